@@ -1,0 +1,291 @@
+// SPDX-License-Identifier: MIT
+//! The one wrapper through which flake-pilot runs external programs.
+//!
+//! Argv is built without a shell, the program is resolved to an absolute path up front (so a
+//! missing engine is reported by name, not as a bare `ENOENT`), environment changes go on the
+//! child only, and failures carry the command line and an excerpt of its stderr.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+
+/// Errors from running an external program.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// The program is not on `PATH`.
+    #[error("{program} not found on PATH; install it or fix PATH")]
+    NotFound {
+        /// Program name.
+        program: String,
+    },
+    /// The program could not be started.
+    #[error("cannot run {command}: {source}")]
+    Spawn {
+        /// The command line.
+        command: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The program exited non-zero.
+    #[error("{command} failed with exit code {code}{}", excerpt(stderr))]
+    Failed {
+        /// The command line.
+        command: String,
+        /// Its exit code.
+        code: i32,
+        /// What it wrote to stderr.
+        stderr: String,
+    },
+    /// The program was killed by a signal.
+    #[error("{command} was killed by signal {signal}")]
+    Killed {
+        /// The command line.
+        command: String,
+        /// The signal.
+        signal: i32,
+    },
+}
+
+fn excerpt(stderr: &str) -> String {
+    let text = stderr.trim();
+    if text.is_empty() {
+        return String::new();
+    }
+    let last: Vec<&str> = text.lines().rev().take(3).collect();
+    let joined: Vec<&str> = last.into_iter().rev().collect();
+    format!(": {}", joined.join(" | "))
+}
+
+/// Result alias for this module.
+pub type Result<T, E = ProcessError> = std::result::Result<T, E>;
+
+/// Finds `program` in the directories of `path_env` (a `PATH` value). Names containing a
+/// slash are taken as they are.
+pub fn resolve(program: &str, path_env: Option<&OsStr>) -> Result<PathBuf> {
+    if program.contains('/') {
+        return Ok(PathBuf::from(program));
+    }
+    let dirs = path_env.map(std::env::split_paths).into_iter().flatten();
+    for dir in dirs.filter(|d| d.is_absolute()) {
+        let candidate = dir.join(program);
+        if is_executable(&candidate) {
+            return Ok(candidate);
+        }
+    }
+    Err(ProcessError::NotFound {
+        program: program.to_string(),
+    })
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// An external command: program, arguments and extra environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cmd {
+    program: PathBuf,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+}
+
+impl Cmd {
+    /// A command running the program at `program` (already resolved).
+    pub fn new(program: impl Into<PathBuf>) -> Self {
+        Cmd {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Appends one argument.
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Appends arguments.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets an environment variable for the child only.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// The program path.
+    pub fn program(&self) -> &Path {
+        &self.program
+    }
+
+    /// The arguments.
+    pub fn get_args(&self) -> &[OsString] {
+        &self.args
+    }
+
+    /// The extra environment.
+    pub fn get_env(&self) -> &[(OsString, OsString)] {
+        &self.env
+    }
+
+    fn command(&self) -> Command {
+        tracing::debug!(command = %self, "running");
+        let mut command = Command::new(&self.program);
+        command
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        command
+    }
+
+    /// Runs with inherited stdio and returns the exit status, whatever it is.
+    pub fn status(&self) -> Result<ExitStatus> {
+        self.command()
+            .status()
+            .map_err(|source| self.spawn_error(source))
+    }
+
+    /// Runs with stdin from `/dev/null`, stdout captured and stderr passed through;
+    /// a non-zero exit is an error.
+    pub fn stdout(&self) -> Result<String> {
+        let output = self
+            .command()
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|source| self.spawn_error(source))?;
+        self.check(output.status, &output.stderr)?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Runs with no output shown; returns whether it exited 0. For yes/no probes such as
+    /// `podman image exists`.
+    pub fn succeeds(&self) -> Result<bool> {
+        let status = self
+            .command()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|source| self.spawn_error(source))?;
+        Ok(status.success())
+    }
+
+    /// Replaces the current process with this command. Returns only on failure.
+    pub fn exec(&self) -> ProcessError {
+        self.spawn_error(self.command().exec())
+    }
+
+    fn check(&self, status: ExitStatus, stderr: &[u8]) -> Result<()> {
+        use std::os::unix::process::ExitStatusExt;
+        if status.success() {
+            return Ok(());
+        }
+        let command = self.to_string();
+        match (status.code(), status.signal()) {
+            (Some(code), _) => Err(ProcessError::Failed {
+                command,
+                code,
+                stderr: String::from_utf8_lossy(stderr).into_owned(),
+            }),
+            (None, signal) => Err(ProcessError::Killed {
+                command,
+                signal: signal.unwrap_or(0),
+            }),
+        }
+    }
+
+    fn spawn_error(&self, source: std::io::Error) -> ProcessError {
+        ProcessError::Spawn {
+            command: self.to_string(),
+            source,
+        }
+    }
+}
+
+impl fmt::Display for Cmd {
+    /// Shell-like rendering for messages; quotes arguments that need it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.program.display())?;
+        for arg in &self.args {
+            let text = arg.to_string_lossy();
+            let plain = !text.is_empty()
+                && text
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:@%,+".contains(c));
+            if plain {
+                write!(f, " {text}")?;
+            } else {
+                write!(f, " '{}'", text.replace('\'', r"'\''"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_finds_programs_on_path() {
+        let path = OsString::from("/nonexistent:/bin:/usr/bin");
+        assert!(resolve("sh", Some(&path)).unwrap().is_absolute());
+        assert!(matches!(
+            resolve("no-such-prog-x", Some(&path)),
+            Err(ProcessError::NotFound { .. })
+        ));
+        assert_eq!(resolve("./x", None).unwrap(), PathBuf::from("./x"));
+        assert!(resolve("sh", None).is_err());
+    }
+
+    #[test]
+    fn display_quotes_what_needs_it() {
+        let cmd = Cmd::new("/usr/bin/podman").args(["run", "a b", "it's", "--x=1"]);
+        assert_eq!(
+            cmd.to_string(),
+            r"/usr/bin/podman run 'a b' 'it'\''s' --x=1"
+        );
+    }
+
+    #[test]
+    fn stdout_and_failures() {
+        let sh = resolve("sh", Some(OsStr::new("/bin:/usr/bin"))).unwrap();
+        let out = Cmd::new(&sh)
+            .args(["-c", "echo $X"])
+            .env("X", "hi")
+            .stdout()
+            .unwrap();
+        assert_eq!(out, "hi\n");
+        let err = Cmd::new(&sh)
+            .args(["-c", "echo bad >&2; exit 3"])
+            .stdout()
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("exit code 3") && text.contains("bad"),
+            "{text}"
+        );
+        let err = Cmd::new(&sh)
+            .args(["-c", "kill -9 $$"])
+            .stdout()
+            .unwrap_err();
+        assert!(matches!(err, ProcessError::Killed { signal: 9, .. }));
+        assert!(!Cmd::new(&sh).args(["-c", "exit 1"]).succeeds().unwrap());
+        assert!(matches!(
+            Cmd::new("/nonexistent/x").status(),
+            Err(ProcessError::Spawn { .. })
+        ));
+    }
+}

@@ -1,0 +1,166 @@
+// SPDX-License-Identifier: MIT
+//! A registration directory (`flakes_dir`): `NAME.yaml` plus optional `NAME.d/` per flake.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::{load_flake, ConfigError, Flake};
+use crate::host::Mode;
+use crate::names::FlakeName;
+
+/// Errors while looking up registrations.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// No registry holds the flake.
+    #[error("no flake named '{name}' is registered (looked for {}); register it with flake-ctl",
+        searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" and "))]
+    NotFound {
+        /// The flake name.
+        name: String,
+        /// Files looked for.
+        searched: Vec<PathBuf>,
+    },
+    /// The registration directory cannot be listed.
+    #[error("cannot list flakes in {}: {source}", dir.display())]
+    List {
+        /// Directory involved.
+        dir: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The flake's configuration is broken.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// One registration directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registry {
+    dir: PathBuf,
+    mode: Mode,
+}
+
+impl Registry {
+    /// A registry rooted at `dir`.
+    pub fn new(dir: PathBuf, mode: Mode) -> Self {
+        Registry { dir, mode }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// System or user registrations.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// `NAME.yaml` of flake `name`.
+    pub fn config_path(&self, name: &FlakeName) -> PathBuf {
+        self.dir.join(format!("{name}.yaml"))
+    }
+
+    /// `NAME.d/` of flake `name`.
+    pub fn fragments_dir(&self, name: &FlakeName) -> PathBuf {
+        self.dir.join(format!("{name}.d"))
+    }
+
+    /// True when `NAME.yaml` exists.
+    pub fn contains(&self, name: &FlakeName) -> bool {
+        self.config_path(name).is_file()
+    }
+
+    /// Loads and validates flake `name`.
+    pub fn load(&self, name: &FlakeName) -> Result<Flake, RegistryError> {
+        Ok(load_flake(name.clone(), &self.config_path(name))?)
+    }
+
+    /// Names of all registered flakes, sorted. The name is the file name minus `.yaml` (the
+    /// original cut at the first dot, listing `python3.11` as `python3`).
+    pub fn names(&self) -> Result<Vec<FlakeName>, RegistryError> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(RegistryError::List {
+                    dir: self.dir.clone(),
+                    source,
+                })
+            }
+        };
+        let mut names: Vec<FlakeName> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let file = e.file_name();
+                let stem = file.to_str()?.strip_suffix(".yaml")?.to_string();
+                FlakeName::new(&stem).ok()
+            })
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+}
+
+/// Finds flake `name` in `registries`, first match wins.
+pub fn find(registries: &[Registry], name: &FlakeName) -> Result<Flake, RegistryError> {
+    for registry in registries {
+        if registry.contains(name) {
+            return registry.load(name);
+        }
+    }
+    Err(RegistryError::NotFound {
+        name: name.to_string(),
+        searched: registries.iter().map(|r| r.config_path(name)).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Engine;
+
+    const FLAKE: &str = "container:\n  name: localhost/busybox\n  host_app_path: /usr/bin/a\n";
+
+    fn write(dir: &Path, file: &str, text: &str) {
+        let path = dir.join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn system_registration_shadows_user_registration() {
+        let sys = tempfile::tempdir().unwrap();
+        let usr = tempfile::tempdir().unwrap();
+        write(sys.path(), "a.yaml", FLAKE);
+        write(usr.path(), "a.yaml", &FLAKE.replace("busybox", "other"));
+        write(usr.path(), "b.yaml", FLAKE);
+        let regs = [
+            Registry::new(sys.path().into(), Mode::System),
+            Registry::new(usr.path().into(), Mode::User),
+        ];
+        let a = find(&regs, &FlakeName::new("a").unwrap()).unwrap();
+        assert!(matches!(a.engine, Engine::Container(ref c) if c.image == "localhost/busybox"));
+        assert!(find(&regs, &FlakeName::new("b").unwrap()).is_ok());
+        let err = find(&regs, &FlakeName::new("c").unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("c.yaml") && err.contains("flake-ctl"), "{err}");
+    }
+
+    #[test]
+    fn names_keep_dots_and_skip_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        for file in [
+            "python3.11.yaml",
+            "aws.yaml",
+            "aws.d/x.yaml",
+            "notes.txt",
+            ".hidden.yaml",
+        ] {
+            write(dir.path(), file, FLAKE);
+        }
+        let reg = Registry::new(dir.path().into(), Mode::System);
+        let names: Vec<String> = reg.names().unwrap().iter().map(|n| n.to_string()).collect();
+        assert_eq!(names, ["aws", "python3.11"]);
+    }
+}
