@@ -1,0 +1,193 @@
+// SPDX-License-Identifier: MIT
+//! The podman engine of flake-pilot.
+//!
+//! [`Engine`] knows how to reach podman for one flake (which binary, through `sudo` or not,
+//! which storage configuration) and builds its commands; [`oneshot`] builds the launch of a
+//! one-shot flake; [`options`] turns a flake's `runtime.podman` entries into arguments.
+//! The `podman-pilot` binary only wires these together.
+
+#![deny(missing_docs)]
+
+pub mod oneshot;
+pub mod options;
+
+use std::ffi::OsStr;
+use std::path::PathBuf;
+
+use flakes::process::{resolve, Cmd, ProcessError};
+use flakes::{CallArgError, PilotExit};
+
+pub use options::OptionError;
+
+/// Environment variable podman reads its storage configuration from.
+pub const STORAGE_CONF_ENV: &str = "CONTAINERS_STORAGE_CONF";
+
+/// Errors of the podman engine and launcher.
+#[derive(Debug, thiserror::Error)]
+pub enum PodmanError {
+    /// The launcher was called under its own name instead of a flake's.
+    #[error(
+        "podman-pilot is a launcher: call it through an app registered with \
+        `flake-ctl podman register`"
+    )]
+    CalledDirectly,
+    /// The name it was called as is not a flake name.
+    #[error(transparent)]
+    Name(#[from] flakes::names::NameError),
+    /// The global configuration is broken.
+    #[error(transparent)]
+    Global(#[from] flakes::global::GlobalConfigError),
+    /// The flake cannot be found or loaded.
+    #[error(transparent)]
+    Registry(#[from] flakes::registry::RegistryError),
+    /// The call arguments are invalid.
+    #[error(transparent)]
+    CallArgs(#[from] CallArgError),
+    /// The flake's engine options are invalid.
+    #[error(transparent)]
+    Options(#[from] OptionError),
+    /// Running podman (or sudo) failed.
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    /// The flake is for another engine.
+    #[error("flake '{name}' is a {engine} flake; register it again with flake-ctl {engine}")]
+    WrongEngine {
+        /// The flake name.
+        name: String,
+        /// Its engine.
+        engine: &'static str,
+    },
+    /// The flake uses a feature this launcher does not implement yet.
+    #[error("flake '{name}' ({}) uses {feature}, which this podman-pilot cannot launch yet",
+        config.display())]
+    Unsupported {
+        /// The flake name.
+        name: String,
+        /// Its configuration file.
+        config: PathBuf,
+        /// The feature.
+        feature: &'static str,
+    },
+}
+
+impl From<&PodmanError> for PilotExit {
+    fn from(_: &PodmanError) -> Self {
+        // Every failure of the launcher itself is 125; 126/127 and the app's own status come
+        // straight from the engine, which the launcher execs.
+        PilotExit::LauncherFailure
+    }
+}
+
+/// How to reach podman for one flake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Engine {
+    podman: PathBuf,
+    sudo: Option<PathBuf>,
+    storage_conf: Option<PathBuf>,
+}
+
+impl Engine {
+    /// An engine running the podman binary at `podman` directly.
+    pub fn new(podman: PathBuf) -> Self {
+        Engine {
+            podman,
+            sudo: None,
+            storage_conf: None,
+        }
+    }
+
+    /// Finds podman (and sudo when `via_sudo`) on `path_env`.
+    pub fn locate(path_env: Option<&OsStr>, via_sudo: bool) -> Result<Self, ProcessError> {
+        let mut engine = Engine::new(resolve("podman", path_env)?);
+        if via_sudo {
+            engine.sudo = Some(resolve("sudo", path_env)?);
+        }
+        Ok(engine)
+    }
+
+    /// Uses the containers-storage configuration at `conf`.
+    pub fn with_storage_conf(mut self, conf: Option<PathBuf>) -> Self {
+        self.storage_conf = conf;
+        self
+    }
+
+    /// A podman command line without podman arguments yet.
+    ///
+    /// Through sudo it is `sudo [--preserve-env=CONTAINERS_STORAGE_CONF] -- podman`; sudo
+    /// resets the environment otherwise, so the storage configuration must be named.
+    pub fn podman(&self) -> Cmd {
+        let mut cmd = match &self.sudo {
+            Some(sudo) => {
+                let mut cmd = Cmd::new(sudo);
+                if self.storage_conf.is_some() {
+                    cmd = cmd.arg(format!("--preserve-env={STORAGE_CONF_ENV}"));
+                }
+                cmd.arg("--").arg(&self.podman)
+            }
+            None => Cmd::new(&self.podman),
+        };
+        if let Some(conf) = &self.storage_conf {
+            cmd = cmd.env(STORAGE_CONF_ENV, conf);
+        }
+        cmd
+    }
+
+    /// `podman pull URI`.
+    pub fn pull(&self, uri: &str) -> Cmd {
+        self.podman().args(["pull", uri])
+    }
+
+    /// `podman load -i ARCHIVE`.
+    pub fn load(&self, archive: &std::path::Path) -> Cmd {
+        self.podman().args(["load", "-i"]).arg(archive)
+    }
+
+    /// `podman image exists IMAGE`.
+    pub fn image_exists(&self, image: &str) -> Cmd {
+        self.podman().args(["image", "exists", image])
+    }
+
+    /// `podman image rm -f IMAGE`.
+    pub fn image_remove(&self, image: &str) -> Cmd {
+        self.podman().args(["image", "rm", "-f", image])
+    }
+
+    /// `podman image mount IMAGE` (prints the mount point).
+    pub fn image_mount(&self, image: &str) -> Cmd {
+        self.podman().args(["image", "mount", image])
+    }
+
+    /// `podman image umount IMAGE`.
+    pub fn image_umount(&self, image: &str) -> Cmd {
+        self.podman().args(["image", "umount", image])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_podman_command() {
+        let cmd = Engine::new("/usr/bin/podman".into()).pull("localhost/x");
+        assert_eq!(cmd.to_string(), "/usr/bin/podman pull localhost/x");
+        assert!(cmd.get_env().is_empty());
+    }
+
+    #[test]
+    fn sudo_preserves_only_the_storage_conf() {
+        let mut engine = Engine::new("/usr/bin/podman".into());
+        engine.sudo = Some("/usr/bin/sudo".into());
+        assert_eq!(
+            engine.podman().to_string(),
+            "/usr/bin/sudo -- /usr/bin/podman"
+        );
+        let engine = engine.with_storage_conf(Some("/etc/flakes/storage.conf".into()));
+        let cmd = engine.image_exists("img");
+        assert_eq!(
+            cmd.to_string(),
+            "/usr/bin/sudo --preserve-env=CONTAINERS_STORAGE_CONF -- /usr/bin/podman image exists img"
+        );
+        assert_eq!(cmd.get_env()[0].0, STORAGE_CONF_ENV);
+    }
+}

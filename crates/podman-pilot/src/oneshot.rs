@@ -1,0 +1,89 @@
+// SPDX-License-Identifier: MIT
+//! The one-shot launch: one `podman run --rm` that the launcher replaces itself with.
+//!
+//! Exec'ing the engine (instead of create + start + rm as the original did) gives the app's
+//! exit status, signals and the terminal to the caller natively, and costs exactly one engine
+//! process. The arguments are chosen so the instance behaves like a local program:
+//! - `--interactive` always, so `echo x | app` and `app < file` stream into the app;
+//! - `--tty` only when stdin and stdout are terminals (or stdin is one and `%interactive`
+//!   was given), so pipes carry clean bytes;
+//! - `--init` unless the flake sets it itself: without an init the app is PID 1, which the
+//!   kernel shields from SIGINT/SIGTERM, so Ctrl-C would not stop it;
+//! - `--quiet` unless `%progress`, so an image pull at first launch does not print into the
+//!   app's stderr.
+
+use std::ffi::OsString;
+
+use flakes::config::{ContainerFlake, Target};
+use flakes::process::Cmd;
+use flakes::{CallArgs, FlakeName};
+
+use crate::options::{engine_options, OptionPolicy};
+use crate::{Engine, PodmanError};
+
+/// Label carrying the flake name on every instance.
+pub const FLAKE_LABEL: &str = "io.flake-pilot.flake";
+/// Label carrying the `@NAME` instance name, when given.
+pub const INSTANCE_LABEL: &str = "io.flake-pilot.instance";
+
+/// Whether stdin and stdout are terminals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Terminal {
+    /// stdin is a terminal.
+    pub stdin: bool,
+    /// stdout is a terminal.
+    pub stdout: bool,
+}
+
+impl Terminal {
+    /// Reads the terminal state of the current process.
+    pub fn detect() -> Self {
+        use std::io::IsTerminal;
+        Terminal {
+            stdin: std::io::stdin().is_terminal(),
+            stdout: std::io::stdout().is_terminal(),
+        }
+    }
+}
+
+/// Builds the `podman run --rm` command of a one-shot launch.
+pub fn command(
+    name: &FlakeName,
+    flake: &ContainerFlake,
+    call: &CallArgs,
+    engine: &Engine,
+    terminal: Terminal,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Cmd, PodmanError> {
+    let policy = OptionPolicy {
+        ignore_missing_volume_path: call.options.ignore_missing_volume_path,
+    };
+    let options = engine_options(&flake.runtime.podman, policy, lookup)?;
+    let tty = terminal.stdin && (terminal.stdout || call.options.interactive);
+    let mut args: Vec<OsString> = ["run", "--rm", "--interactive"].map(OsString::from).into();
+    if tty {
+        args.push("--tty".into());
+    }
+    if !options.iter().any(|o| o.is_init()) {
+        args.push("--init".into());
+    }
+    if !call.options.progress {
+        args.push("--quiet".into());
+    }
+    args.push(format!("--label={FLAKE_LABEL}={name}").into());
+    if let Some(instance) = &call.instance {
+        args.push(format!("--label={INSTANCE_LABEL}={instance}").into());
+    }
+    args.extend(options.iter().flat_map(|o| o.args()).map(OsString::from));
+    match &flake.target {
+        Target::ImageEntrypoint => {}
+        Target::Program(path) => args.extend(["--entrypoint".into(), path.into()]),
+        Target::FlakeName => args.extend(["--entrypoint".into(), name.as_str().into()]),
+    }
+    args.push(flake.image.clone().into());
+    args.extend(call.app_args.iter().cloned());
+    Ok(engine.podman().args(args))
+}
+
+#[cfg(test)]
+mod tests;

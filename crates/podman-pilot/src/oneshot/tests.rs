@@ -1,0 +1,189 @@
+// SPDX-License-Identifier: MIT
+//! Command construction of one-shot launches, case by case.
+
+use std::ffi::OsString;
+
+use flakes::config::{ContainerRuntime, LaunchMode, RunAs};
+
+use super::*;
+
+fn flake(target: Target, podman: &[&str]) -> ContainerFlake {
+    ContainerFlake {
+        image: "localhost/busybox".into(),
+        target,
+        host_app_path: None,
+        base: None,
+        layers: Vec::new(),
+        check_host_dependencies: false,
+        runtime: ContainerRuntime {
+            runas: RunAs::Root,
+            mode: LaunchMode::OneShot,
+            podman: podman.iter().map(|s| s.to_string()).collect(),
+        },
+    }
+}
+
+fn call(args: &[&str]) -> CallArgs {
+    CallArgs::parse(args.iter().map(OsString::from)).unwrap()
+}
+
+fn env(key: &str) -> Option<String> {
+    (key == "HOME").then(|| "/home/u".to_string())
+}
+
+fn render(flake: &ContainerFlake, call: &CallArgs, terminal: Terminal) -> String {
+    let engine = Engine::new("/usr/bin/podman".into());
+    let name = FlakeName::new("app").unwrap();
+    command(&name, flake, call, &engine, terminal, &env)
+        .unwrap()
+        .to_string()
+}
+
+const BASE: &str = "/usr/bin/podman run --rm --interactive";
+const PIPE: Terminal = Terminal {
+    stdin: false,
+    stdout: false,
+};
+const TTY: Terminal = Terminal {
+    stdin: true,
+    stdout: true,
+};
+
+#[test]
+fn plain_program_with_arguments() {
+    let got = render(
+        &flake(Target::Program("/bin/sh".into()), &[]),
+        &call(&["-c", "echo hi"]),
+        PIPE,
+    );
+    assert_eq!(
+        got,
+        format!(
+            "{BASE} --init --quiet --label=io.flake-pilot.flake=app --entrypoint /bin/sh \
+             localhost/busybox -c 'echo hi'"
+        )
+    );
+}
+
+#[test]
+fn terminal_only_when_both_ends_are_terminals() {
+    let f = flake(Target::ImageEntrypoint, &["-ti"]);
+    let cases = [
+        (TTY, &[][..], true),
+        (PIPE, &[][..], false),
+        (
+            Terminal {
+                stdin: true,
+                stdout: false,
+            },
+            &[][..],
+            false,
+        ),
+        (
+            Terminal {
+                stdin: false,
+                stdout: true,
+            },
+            &[][..],
+            false,
+        ),
+        (
+            Terminal {
+                stdin: true,
+                stdout: false,
+            },
+            &["%interactive"][..],
+            true,
+        ),
+        (
+            Terminal {
+                stdin: false,
+                stdout: true,
+            },
+            &["%interactive"][..],
+            false,
+        ),
+    ];
+    for (terminal, args, want_tty) in cases {
+        let got = render(&f, &call(args), terminal);
+        assert_eq!(
+            got.contains("--tty"),
+            want_tty,
+            "{terminal:?} {args:?}: {got}"
+        );
+        assert!(!got.contains("-ti"), "{got}");
+    }
+}
+
+#[test]
+fn image_entrypoint_and_flake_name_targets() {
+    let got = render(
+        &flake(Target::ImageEntrypoint, &[]),
+        &call(&["ec2", "help"]),
+        PIPE,
+    );
+    assert!(
+        got.ends_with("--label=io.flake-pilot.flake=app localhost/busybox ec2 help"),
+        "{got}"
+    );
+    let got = render(&flake(Target::FlakeName, &[]), &call(&[]), PIPE);
+    assert!(got.ends_with("--entrypoint app localhost/busybox"), "{got}");
+}
+
+#[test]
+fn options_expanded_in_order_before_the_image() {
+    let f = flake(
+        Target::Program("/bin/x".into()),
+        &["--net host", "--volume %HOME/ai:/root/ai", "-e K=v w"],
+    );
+    let got = render(&f, &call(&[]), PIPE);
+    assert!(
+        got.contains("--net host --volume /home/u/ai:/root/ai -e 'K=v w' --entrypoint /bin/x"),
+        "{got}"
+    );
+}
+
+#[test]
+fn flake_init_setting_wins_and_progress_shows_pulls() {
+    let got = render(
+        &flake(Target::ImageEntrypoint, &["--init=false"]),
+        &call(&["%progress"]),
+        PIPE,
+    );
+    assert!(
+        !got.contains("--init --") && got.contains("--init=false"),
+        "{got}"
+    );
+    assert!(!got.contains("--quiet"), "{got}");
+}
+
+#[test]
+fn instance_name_labels_the_container_and_is_not_an_app_argument() {
+    let got = render(
+        &flake(Target::ImageEntrypoint, &[]),
+        &call(&["@dev", "x"]),
+        PIPE,
+    );
+    assert!(got.contains("--label=io.flake-pilot.instance=dev"), "{got}");
+    assert!(got.ends_with("localhost/busybox x"), "{got}");
+}
+
+#[test]
+fn escaped_arguments_reach_the_app() {
+    let got = render(
+        &flake(Target::ImageEntrypoint, &[]),
+        &call(&["--", "@x", "%s"]),
+        PIPE,
+    );
+    assert!(got.ends_with("localhost/busybox @x %s"), "{got}");
+}
+
+#[test]
+fn expansion_loop_is_an_error() {
+    let engine = Engine::new("/usr/bin/podman".into());
+    let name = FlakeName::new("app").unwrap();
+    let looping = |k: &str| (k == "A").then(|| "%A".to_string());
+    let f = flake(Target::ImageEntrypoint, &["-e %A"]);
+    let err = command(&name, &f, &call(&[]), &engine, PIPE, &looping).unwrap_err();
+    assert!(matches!(err, PodmanError::Options(_)), "{err}");
+}
