@@ -187,3 +187,9 @@ impl LaunchMode {
 
 #[cfg(test)]
 mod tests;
+
+/// Validates a raw document as if it were loaded from `path`; lets `flake-ctl` check a
+/// registration with exactly the rules the launchers apply, before writing it.
+pub fn validate_raw(name: FlakeName, path: &std::path::Path, raw: raw::RawFlake) -> Result<Flake> {
+    validate::validate(name, path, raw)
+}

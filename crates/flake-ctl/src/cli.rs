@@ -1,0 +1,321 @@
+// SPDX-License-Identifier: MIT
+//! The command line of `flake-ctl`, declared once as data. Help text, completions and man
+//! pages all derive from these types.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Manage flake applications: host programs that run inside containers or microVMs.
+#[derive(Debug, Parser)]
+#[command(name = "flake-ctl", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level actions.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Set up the per-user flake directories and configuration (~/.config/flakes).
+    Init(InitArgs),
+    /// List registered flakes.
+    List(ListArgs),
+    /// Manage podman (container) flakes.
+    Podman(PodmanArgs),
+}
+
+/// `flake-ctl init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Set up user mode (the only mode init handles; system mode is set up by the package).
+    #[arg(long)]
+    pub user: bool,
+    /// Overwrite existing configuration files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Output formats of listings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Aligned columns for people.
+    #[default]
+    Table,
+    /// A JSON array of objects.
+    Json,
+    /// Comma-separated values with a header line.
+    Csv,
+}
+
+/// `flake-ctl list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// List the user's flakes instead of the system's.
+    #[arg(long)]
+    pub user: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+/// `flake-ctl podman`.
+#[derive(Debug, Args)]
+pub struct PodmanArgs {
+    /// Work on the user's flakes (~/.config/flakes) instead of the system's; accepted before
+    /// or after the action.
+    #[arg(long, global = true)]
+    pub user: bool,
+    /// The podman action.
+    #[command(subcommand)]
+    pub action: PodmanAction,
+}
+
+/// Podman actions.
+#[derive(Debug, Subcommand)]
+pub enum PodmanAction {
+    /// Pull an image from a registry.
+    Pull(PullArgs),
+    /// Load an image from an OCI archive.
+    Load(LoadArgs),
+    /// Register an app path that runs a program in a container.
+    Register(Box<RegisterArgs>),
+    /// Remove a flake registration, or all flakes of an image and the image itself.
+    Remove(RemoveArgs),
+}
+
+/// `flake-ctl podman pull`.
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Image reference, e.g. docker.io/amazon/aws-cli.
+    #[arg(long)]
+    pub uri: String,
+}
+
+/// `flake-ctl podman load`.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// OCI archive; when the path does not exist, the newest file starting with it is used.
+    #[arg(long)]
+    pub oci: PathBuf,
+}
+
+/// `flake-ctl podman register`.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["app", "info"]))]
+pub struct RegisterArgs {
+    /// Image of the app (the delta image when --base is given).
+    #[arg(long)]
+    pub container: String,
+    /// Absolute host path of the app to create, e.g. /usr/bin/aws.
+    #[arg(long)]
+    pub app: Option<PathBuf>,
+    /// Program inside the container; defaults to the app path; / keeps the image's entrypoint.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Base image the app image is a delta of.
+    #[arg(long)]
+    pub base: Option<String>,
+    /// Extra image layered between base and app, in order (repeatable).
+    #[arg(long = "layer", num_args = 1..)]
+    pub layers: Vec<String>,
+    /// Tar archive extracted into the instance (repeatable).
+    #[arg(long = "include-tar", num_args = 1..)]
+    pub include_tar: Vec<PathBuf>,
+    /// Host path copied into the instance at the same path (repeatable).
+    #[arg(long = "include-path", num_args = 1..)]
+    pub include_path: Vec<PathBuf>,
+    /// Keep one instance running and run every call inside it.
+    #[arg(long, conflicts_with = "attach")]
+    pub resume: bool,
+    /// Keep the instance and attach later calls to it.
+    #[arg(long)]
+    pub attach: bool,
+    /// Podman option for the instance, as "OPTION[ VALUE]"; write a leading \ before the
+    /// dash so it is not read as a flake-ctl flag: --opt "\--net host" (repeatable).
+    #[arg(long = "opt", num_args = 1..)]
+    pub opts: Vec<String>,
+    /// Print the flake description shipped inside the image instead of registering.
+    #[arg(long)]
+    pub info: bool,
+    /// Replace an existing registration of the same app path.
+    #[arg(long)]
+    pub force: bool,
+    /// Provision the host files the image lists as dependencies.
+    #[arg(long, alias = "check_host_dependencies")]
+    pub check_host_dependencies: bool,
+}
+
+/// `flake-ctl podman remove`.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["app", "container"]))]
+pub struct RemoveArgs {
+    /// App path of the flake to remove.
+    #[arg(long)]
+    pub app: Option<PathBuf>,
+    /// Remove every flake running this image, then the image.
+    #[arg(long)]
+    pub container: Option<String>,
+    /// Remove whatever is left of a broken registration.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("flake-ctl").chain(args.iter().copied()))
+    }
+
+    fn podman(args: &[&str]) -> PodmanArgs {
+        match parse(args).unwrap().command {
+            Command::Podman(p) => p,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn user_flag_before_or_after_the_action() {
+        for args in [
+            &[
+                "podman",
+                "--user",
+                "register",
+                "--container",
+                "c",
+                "--app",
+                "/a",
+            ][..],
+            &[
+                "podman",
+                "register",
+                "--user",
+                "--container",
+                "c",
+                "--app",
+                "/a",
+            ][..],
+            &[
+                "podman",
+                "register",
+                "--container",
+                "c",
+                "--app",
+                "/a",
+                "--user",
+            ][..],
+        ] {
+            assert!(podman(args).user, "{args:?}");
+        }
+        assert!(!podman(&["podman", "pull", "--uri", "x"]).user);
+    }
+
+    #[test]
+    fn seed_command_lines_parse() {
+        let p = podman(&[
+            "podman",
+            "--user",
+            "register",
+            "--app",
+            "/h/ok-google",
+            "--target",
+            "/usr/local/bin/gemini",
+            "--container",
+            "public.ecr.aws/x/gemini:latest",
+            "--resume",
+            "--opt",
+            r"\--net host",
+            "--opt",
+            r"\--interactive",
+            "--opt",
+            r"\--workdir /root/ai",
+            "--opt",
+            r"\--volume %HOME/ai:/root/ai",
+            "--opt",
+            r"\-e GEMINI_API_KEY=KEY",
+        ]);
+        let PodmanAction::Register(r) = p.action else {
+            panic!("register")
+        };
+        assert_eq!(r.opts.len(), 5);
+        assert!(r.resume);
+        assert!(parse(&["podman", "pull", "--uri", "docker.io/amazon/aws-cli"]).is_ok());
+        assert!(parse(&[
+            "podman",
+            "register",
+            "--container",
+            "amazon/aws-cli",
+            "--app",
+            "/usr/bin/aws",
+            "--target",
+            "/"
+        ])
+        .is_ok());
+        assert!(parse(&["list"]).is_ok());
+    }
+
+    #[test]
+    fn multiple_values_and_occurrences() {
+        let p = podman(&[
+            "podman",
+            "register",
+            "--container",
+            "c",
+            "--app",
+            "/a",
+            "--base",
+            "b",
+            "--layer",
+            "l1",
+            "l2",
+            "--layer",
+            "l3",
+            "--check_host_dependencies",
+        ]);
+        let PodmanAction::Register(r) = p.action else {
+            panic!("register")
+        };
+        assert_eq!(r.layers, ["l1", "l2", "l3"]);
+        assert!(r.check_host_dependencies);
+    }
+
+    #[test]
+    fn usage_errors() {
+        for args in [
+            &["podman", "register", "--container", "c"][..],
+            &[
+                "podman",
+                "register",
+                "--container",
+                "c",
+                "--app",
+                "/a",
+                "--info",
+            ][..],
+            &[
+                "podman",
+                "register",
+                "--container",
+                "c",
+                "--app",
+                "/a",
+                "--resume",
+                "--attach",
+            ][..],
+            &["podman", "remove"][..],
+            &["podman", "remove", "--app", "/a", "--container", "c"][..],
+            &["list", "--format", "xml"][..],
+        ] {
+            assert!(parse(args).is_err(), "{args:?}");
+        }
+    }
+}

@@ -1,0 +1,149 @@
+// SPDX-License-Identifier: MIT
+//! `flake-ctl podman register`: create an app path that runs a program in a container.
+//!
+//! Everything is checked before anything is written: the options, the flake YAML (validated
+//! with the launcher's own rules), include files, and what already exists at the app path and
+//! under the flake name. Writing is then atomic (see `flakes::register`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _, Result};
+use flakes::config::raw::{RawContainer, RawFlake, RawInclude, RawRuntime};
+use flakes::register::{app_name, Registration};
+use flakes::{FlakeName, Mode};
+
+use crate::cli::RegisterArgs;
+use crate::context::Context;
+
+/// Runs the registration (or `--info`).
+pub fn run(args: &RegisterArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
+    let Some(app) = &args.app else {
+        return info(&args.container, mode, ctx);
+    };
+    let name = app_name(app)?;
+    let registry = ctx.settings.registry(mode);
+    let raw = flake_document(args, app, &ctx.settings.caller.name, ctx)?;
+    let config = registry.config_path(&name);
+    flakes::config::validate_raw(name.clone(), &config, raw.clone())?;
+    let registration = Registration {
+        registry: &registry,
+        app: app.clone(),
+        pilot: ctx.pilot("podman-pilot")?,
+        yaml: to_yaml(&raw)?,
+        force: args.force,
+    };
+    registration.commit()?;
+    report(&name, app, &config);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(name: &FlakeName, app: &std::path::Path, config: &std::path::Path) {
+    println!(
+        "registered flake {name}: {} -> podman-pilot ({})",
+        app.display(),
+        config.display()
+    );
+}
+
+/// The YAML document of the registration, in the layout flake-ctl 3.1 wrote.
+fn flake_document(
+    args: &RegisterArgs,
+    app: &std::path::Path,
+    caller: &str,
+    ctx: &Context,
+) -> Result<RawFlake> {
+    if !args.layers.is_empty() && args.base.is_none() {
+        bail!("--layer needs --base: layers are applied on top of a base container");
+    }
+    let target = args
+        .target
+        .clone()
+        .unwrap_or_else(|| app.display().to_string());
+    if !target.starts_with('/') {
+        bail!("--target '{target}' must be an absolute path inside the container, or /");
+    }
+    let opts: Vec<String> = args
+        .opts
+        .iter()
+        .map(|o| strip_escape(o).to_string())
+        .collect();
+    let container = RawContainer {
+        name: Some(args.container.clone()),
+        target_app_path: Some(target),
+        host_app_path: Some(app.display().to_string()),
+        base_container: args.base.clone(),
+        check_host_dependencies: Some(args.check_host_dependencies),
+        layers: (!args.layers.is_empty()).then(|| args.layers.clone()),
+        runtime: Some(RawRuntime {
+            runas: Some(caller.to_string()),
+            resume: Some(args.resume),
+            attach: Some(args.attach),
+            podman: (!opts.is_empty()).then_some(opts),
+        }),
+    };
+    Ok(RawFlake {
+        include: Some(RawInclude {
+            tar: includes(&args.include_tar, "--include-tar", ctx)?,
+            path: includes(&args.include_path, "--include-path", ctx)?,
+        }),
+        container: Some(container),
+        vm: None,
+    })
+}
+
+/// `--opt "\--net host"`: one leading backslash protects the dash from the option parser.
+fn strip_escape(opt: &str) -> &str {
+    opt.strip_prefix('\\').unwrap_or(opt)
+}
+
+/// Include paths made absolute and checked to exist now, not at the first launch.
+fn includes(paths: &[PathBuf], flag: &str, ctx: &Context) -> Result<Option<Vec<String>>> {
+    if paths.is_empty() {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(paths.len());
+    for path in paths {
+        let absolute = ctx.absolute(path);
+        if !absolute.exists() {
+            bail!("{flag} {}: no such file or directory", path.display());
+        }
+        out.push(absolute.display().to_string());
+    }
+    Ok(Some(out))
+}
+
+fn to_yaml(raw: &RawFlake) -> Result<String> {
+    let body = yaml_serde::to_string(raw).context("cannot render the flake YAML")?;
+    Ok(format!("---\n{body}"))
+}
+
+/// `--info`: print the flake description an image ships as `/<image basename>.yaml`.
+fn info(container: &str, mode: Mode, ctx: &Context) -> Result<ExitCode> {
+    let podman = ctx.podman(mode)?;
+    let mount = podman.image_mount(container).stdout()?;
+    let base = container.rsplit('/').next().unwrap_or(container);
+    let base = base.split([':', '@']).next().unwrap_or(base);
+    let description = PathBuf::from(mount.trim()).join(format!("{base}.yaml"));
+    let text = std::fs::read_to_string(&description);
+    podman.image_umount(container).stdout()?;
+    match text {
+        Ok(text) => {
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) => bail!("image {container} has no flake description /{base}.yaml: {err}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_leading_backslash_is_stripped() {
+        assert_eq!(strip_escape(r"\--net host"), "--net host");
+        assert_eq!(strip_escape(r"\\-x"), r"\-x");
+        assert_eq!(strip_escape("--rm"), "--rm");
+    }
+}

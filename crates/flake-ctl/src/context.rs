@@ -1,0 +1,73 @@
+// SPDX-License-Identifier: MIT
+//! Everything `flake-ctl` reads from the world, resolved once in `main`.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use flakes::{Mode, Settings};
+use podman_pilot::Engine;
+
+/// The resolved world of one `flake-ctl` run.
+#[derive(Debug)]
+pub struct Context {
+    /// Caller and global configurations.
+    pub settings: Settings,
+    /// Directory holding this `flake-ctl`; the launchers are installed next to it.
+    pub exe_dir: PathBuf,
+    /// `PATH`, for finding podman.
+    pub path_env: Option<OsString>,
+    /// Working directory, for relative paths on the command line.
+    pub cwd: PathBuf,
+}
+
+impl Context {
+    /// Reads the environment.
+    pub fn from_env() -> Result<Self> {
+        let settings = Settings::from_env()?;
+        let exe = std::env::current_exe().context("cannot locate the flake-ctl executable")?;
+        let exe_dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+        let cwd = std::env::current_dir().context("cannot read the working directory")?;
+        Ok(Context {
+            settings,
+            exe_dir,
+            path_env: std::env::var_os("PATH"),
+            cwd,
+        })
+    }
+
+    /// System or user mode from a `--user` flag.
+    pub fn mode(user: bool) -> Mode {
+        if user {
+            Mode::User
+        } else {
+            Mode::System
+        }
+    }
+
+    /// The launcher `name` installed next to `flake-ctl`.
+    pub fn pilot(&self, name: &str) -> Result<PathBuf> {
+        let pilot = self.exe_dir.join(name);
+        anyhow::ensure!(
+            pilot.is_file(),
+            "{} not found next to flake-ctl; install both from the same build (make install)",
+            pilot.display()
+        );
+        Ok(pilot)
+    }
+
+    /// The podman engine for `mode`, run as the caller.
+    pub fn podman(&self, mode: Mode) -> Result<Engine> {
+        let engine = Engine::locate(self.path_env.as_deref(), false)?;
+        Ok(engine.with_storage_conf(self.settings.podman_storage_conf(mode)))
+    }
+
+    /// `path` made absolute against the working directory.
+    pub fn absolute(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.cwd.join(path)
+        }
+    }
+}
