@@ -22,6 +22,11 @@ pub use options::OptionError;
 /// Environment variable podman reads its storage configuration from.
 pub const STORAGE_CONF_ENV: &str = "CONTAINERS_STORAGE_CONF";
 
+/// The container init preferred for `--init`: tini's static build maps a target that is
+/// missing or not executable to exit 127 or 126, as a shell does. podman's default init
+/// (catatonit) exits 1 in both cases, which would hide the difference from the caller.
+pub const INIT_PROGRAM: &str = "tini-static";
+
 /// Errors of the podman engine and launcher.
 #[derive(Debug, thiserror::Error)]
 pub enum PodmanError {
@@ -84,6 +89,7 @@ pub struct Engine {
     podman: PathBuf,
     sudo: Option<PathBuf>,
     storage_conf: Option<PathBuf>,
+    init: Option<PathBuf>,
 }
 
 impl Engine {
@@ -93,6 +99,7 @@ impl Engine {
             podman,
             sudo: None,
             storage_conf: None,
+            init: None,
         }
     }
 
@@ -102,7 +109,19 @@ impl Engine {
         if via_sudo {
             engine.sudo = Some(resolve("sudo", path_env)?);
         }
+        engine.init = resolve(INIT_PROGRAM, path_env).ok();
         Ok(engine)
+    }
+
+    /// Uses the static init at `init` for `--init` instead of podman's default.
+    pub fn with_init(mut self, init: Option<PathBuf>) -> Self {
+        self.init = init;
+        self
+    }
+
+    /// The static init passed as `--init-path`, when the host has one.
+    pub fn init(&self) -> Option<&std::path::Path> {
+        self.init.as_deref()
     }
 
     /// Uses the containers-storage configuration at `conf`.

@@ -8,7 +8,8 @@
 //! - `--tty` only when stdin and stdout are terminals (or stdin is one and `%interactive`
 //!   was given), so pipes carry clean bytes;
 //! - `--init` unless the flake sets it itself: without an init the app is PID 1, which the
-//!   kernel shields from SIGINT/SIGTERM, so Ctrl-C would not stop it;
+//!   kernel shields from SIGINT/SIGTERM, so Ctrl-C would not stop it; tini's static build is
+//!   preferred as the init when installed (see [`crate::INIT_PROGRAM`]);
 //! - `--quiet` unless `%progress`, so an image pull at first launch does not print into the
 //!   app's stderr.
 
@@ -66,6 +67,11 @@ pub fn command(
     }
     if !options.iter().any(|o| o.is_init()) {
         args.push("--init".into());
+        if let Some(init) = engine.init() {
+            let mut arg = OsString::from("--init-path=");
+            arg.push(init);
+            args.push(arg);
+        }
     }
     if !call.options.progress {
         args.push("--quiet".into());

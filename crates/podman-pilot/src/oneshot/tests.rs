@@ -179,6 +179,21 @@ fn escaped_arguments_reach_the_app() {
 }
 
 #[test]
+fn static_init_is_passed_when_available() {
+    let engine =
+        Engine::new("/usr/bin/podman".into()).with_init(Some("/usr/bin/tini-static".into()));
+    let name = FlakeName::new("app").unwrap();
+    let f = flake(Target::ImageEntrypoint, &[]);
+    let got = command(&name, &f, &call(&[]), &engine, PIPE, &env)
+        .unwrap()
+        .to_string();
+    assert!(
+        got.contains("--init --init-path=/usr/bin/tini-static --quiet"),
+        "{got}"
+    );
+}
+
+#[test]
 fn expansion_loop_is_an_error() {
     let engine = Engine::new("/usr/bin/podman".into());
     let name = FlakeName::new("app").unwrap();

@@ -1,0 +1,254 @@
+// SPDX-License-Identifier: MIT
+//! Test harness: a private flake world per test (its own global config, flakes dir, app dir
+//! and HOME) driving the real `flake-ctl` and `podman-pilot` binaries against real podman.
+//!
+//! Tests that need podman skip with a visible message when it is unusable, unless
+//! `FLAKE_TEST_REQUIRE_PODMAN=1` (set by `make test`), which turns the skip into a failure.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::ffi::OsStr;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The image every test runs: busybox-static imported by scripts/setup-host.sh.
+pub const IMAGE: &str = "localhost/busybox:latest";
+
+/// Directory of the built binaries.
+pub fn bin_dir() -> PathBuf {
+    let ctl = PathBuf::from(env!("CARGO_BIN_EXE_flake-ctl"));
+    let dir = ctl.parent().unwrap().to_path_buf();
+    assert!(
+        dir.join("podman-pilot").is_file(),
+        "podman-pilot is not built next to {}; run `cargo build --workspace --bins` first",
+        ctl.display()
+    );
+    dir
+}
+
+/// True when podman and the test image are usable; otherwise explains why.
+pub fn podman_ready() -> bool {
+    let ok = rustix_is_root()
+        && Command::new("podman")
+            .args(["image", "exists", IMAGE])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    if !ok {
+        let required = std::env::var("FLAKE_TEST_REQUIRE_PODMAN").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "podman as root with {IMAGE} is required; run scripts/setup-host.sh"
+        );
+        eprintln!("SKIP: needs root and podman with {IMAGE} (run scripts/setup-host.sh)");
+    }
+    ok
+}
+
+fn rustix_is_root() -> bool {
+    // `id -u` keeps the test crate free of extra dependencies.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n")
+}
+
+/// Skips the calling test when podman is not usable.
+#[macro_export]
+macro_rules! require_podman {
+    () => {
+        if !$crate::util::podman_ready() {
+            return;
+        }
+    };
+}
+
+/// A private flake world.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub flakes: PathBuf,
+    pub bin: PathBuf,
+    pub home: PathBuf,
+}
+
+impl World {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("flake-test-")
+            .tempdir()
+            .unwrap();
+        let root = dir.path().to_path_buf();
+        let (config, flakes, bin, home) = (
+            root.join("flakes.yml"),
+            root.join("flakes"),
+            root.join("bin"),
+            root.join("home"),
+        );
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::write(
+            &config,
+            format!("generic:\n  flakes_dir: {}\n", flakes.display()),
+        )
+        .unwrap();
+        World {
+            dir,
+            config,
+            flakes,
+            bin,
+            home,
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// A command with this world's environment.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("FLAKES_CONFIG", &self.config)
+            .env("HOME", &self.home)
+            .current_dir(self.dir.path());
+        cmd.env_remove("FLAKE_LOG_LEVEL");
+        cmd
+    }
+
+    /// Runs flake-ctl with `args`.
+    pub fn ctl(&self, args: &[&str]) -> Run {
+        let mut cmd = self.command(bin_dir().join("flake-ctl"));
+        cmd.args(args);
+        Run::new(cmd, None)
+    }
+
+    /// Registers app `name` in this world's bin dir on the test image.
+    pub fn register(&self, name: &str, target: &str, opts: &[&str]) -> PathBuf {
+        let app = self.bin.join(name);
+        let app_s = app.display().to_string();
+        let mut args = vec![
+            "podman",
+            "register",
+            "--container",
+            IMAGE,
+            "--app",
+            &app_s,
+            "--target",
+            target,
+        ];
+        for opt in opts {
+            args.extend(["--opt", opt]);
+        }
+        self.ctl(&args).success();
+        app
+    }
+
+    /// Runs the app at `app` with `args` and optional stdin bytes.
+    pub fn app(&self, app: &Path, args: &[&str], stdin: Option<&[u8]>) -> Run {
+        let mut cmd = self.command(app);
+        cmd.args(args);
+        Run::new(cmd, stdin)
+    }
+
+    /// Every path below the world's root, sorted, relative.
+    pub fn tree(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        walk(self.dir.path(), self.dir.path(), &mut out);
+        out.sort();
+        out
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        out.push(path.strip_prefix(root).unwrap().display().to_string());
+        if path.is_dir() && !path.is_symlink() {
+            walk(root, &path, out);
+        }
+    }
+}
+
+/// A finished command with everything needed to explain a failure.
+pub struct Run {
+    pub description: String,
+    pub output: Output,
+    pub elapsed: Duration,
+}
+
+impl Run {
+    fn new(mut cmd: Command, stdin: Option<&[u8]>) -> Self {
+        let description = format!("{cmd:?}");
+        let started = Instant::now();
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {description}: {e}"));
+        if let Some(bytes) = stdin {
+            let mut pipe = child.stdin.take().unwrap();
+            pipe.write_all(bytes).unwrap();
+        }
+        let output = child.wait_with_output().unwrap();
+        Run {
+            description,
+            output,
+            elapsed: started.elapsed(),
+        }
+    }
+
+    pub fn code(&self) -> i32 {
+        self.output.status.code().unwrap_or(-1)
+    }
+
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    /// Panics with the full story unless the exit code is `code`.
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(self.code(), code, "{self}");
+        self
+    }
+
+    pub fn success(&self) -> &Self {
+        self.expect_code(0)
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "\ncommand: {}\nstatus: {:?} after {:?}\nstdout:\n{}\nstderr:\n{}",
+            self.description,
+            self.output.status,
+            self.elapsed,
+            self.stdout(),
+            self.stderr()
+        )
+    }
+}
+
+/// Containers carrying the flake label `name`, as podman reports them.
+pub fn containers_of(name: &str) -> Vec<String> {
+    let out = Command::new("podman")
+        .args(["ps", "-a", "--format", "{{.ID}}", "--filter"])
+        .arg(format!("label=io.flake-pilot.flake={name}"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
