@@ -1,7 +1,12 @@
 // SPDX-License-Identifier: MIT
 //! flake-ctl and podman-pilot as users run them, against real podman.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::tests_outside_test_module
+)]
 
 mod util;
 
