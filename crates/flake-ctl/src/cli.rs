@@ -132,7 +132,7 @@ pub struct RegisterArgs {
     /// Keep the instance and attach later calls to it.
     #[arg(long)]
     pub attach: bool,
-    /// Podman option for the instance, as "OPTION[ VALUE]"; write a leading \ before the
+    /// Podman option for the instance, as `OPTION[ VALUE]`; write a leading backslash before the
     /// dash so it is not read as a flake-ctl flag: --opt "\--net host" (repeatable).
     #[arg(long = "opt", num_args = 1..)]
     pub opts: Vec<String>,

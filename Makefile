@@ -1,0 +1,49 @@
+# SPDX-License-Identifier: MIT
+# Build, install, test and benchmark flake-pilot. `make help` lists the targets.
+
+PREFIX  ?= /usr/local
+BINDIR  ?= $(PREFIX)/bin
+DESTDIR ?=
+CARGO   ?= cargo
+BINS    := flake-ctl podman-pilot
+
+.PHONY: help build install uninstall setup lint test ci demo bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+build: ## release build of every binary
+	$(CARGO) build --release --locked --workspace --bins
+
+install: build ## install the binaries side by side into $(DESTDIR)$(BINDIR)
+	install -d $(DESTDIR)$(BINDIR)
+	for b in $(BINS); do install -m 0755 target/release/$$b $(DESTDIR)$(BINDIR)/$$b; done
+
+uninstall: ## remove the installed binaries
+	for b in $(BINS); do rm -f $(DESTDIR)$(BINDIR)/$$b; done
+
+setup: ## install and configure podman and the test image on this host (root)
+	bash scripts/setup-host.sh
+
+lint: ## formatting, clippy and docs, all warnings fatal
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --locked --workspace --no-deps
+
+test: ## lint, then unit and integration tests against real podman
+	$(MAKE) lint
+	$(CARGO) build --locked --workspace --bins
+	FLAKE_TEST_REQUIRE_PODMAN=1 $(CARGO) test --locked --workspace
+
+ci: setup test ## what CI runs: host setup, then the full test suite
+
+demo: setup install ## set up, install, register a flake on the local image and run it
+	$(DESTDIR)$(BINDIR)/flake-ctl podman register --container localhost/busybox \
+	    --app $(DESTDIR)$(BINDIR)/flake-hello --target /bin/echo --force
+	$(DESTDIR)$(BINDIR)/flake-hello "hello from a container"
+
+bench: build setup ## launch cost of flakes against the raw podman commands
+	bash scripts/bench.sh
+
+clean: ## remove build output
+	$(CARGO) clean
