@@ -1,0 +1,386 @@
+// SPDX-License-Identifier: MIT
+//! Wire format between a launcher and the agent of a resumable instance.
+//!
+//! The agent listens on a unix stream socket in the instance's private state directory. One
+//! connection carries one call. Every message is a frame:
+//!
+//! ```text
+//! +----------------+-----------+------------------+
+//! | length: u32 LE | kind: u8  | payload          |
+//! +----------------+-----------+------------------+
+//!   length counts kind + payload; at most MAX_FRAME bytes
+//! ```
+//!
+//! Strings and byte strings inside payloads are `u32 LE length + bytes`; lists are
+//! `u32 LE count + items`. Frames, in the order they may appear:
+//!
+//! | kind | name    | direction      | payload                                               |
+//! |------|---------|----------------|-------------------------------------------------------|
+//! | 1    | Call    | pilot -> agent | version u16, flags u8 (bit 0: terminal), rows u16, cols u16, argv list, env list (`KEY=VALUE`), cwd bytes (empty: the instance's) |
+//! | 2    | Stdin   | pilot -> agent | bytes (terminal mode only); an empty payload is EOF   |
+//! | 3    | Resize  | pilot -> agent | rows u16, cols u16                                    |
+//! | 4    | Signal  | pilot -> agent | signal number u8, delivered to the app's process group |
+//! | 5    | Output  | agent -> pilot | bytes from the app's terminal (terminal mode only)    |
+//! | 6    | Exit    | agent -> pilot | kind u8 (0: exited, 1: killed by signal), value u8    |
+//! | 7    | Error   | agent -> pilot | message bytes; the call failed before the app ran, an Exit follows |
+//!
+//! Without a terminal, the `Call` frame carries the pilot's stdin, stdout and stderr as
+//! three file descriptors (`SCM_RIGHTS`); the app reads and writes them directly, so no byte
+//! of its I/O passes through the agent. With a terminal, the agent runs the app on a pty
+//! and relays it as `Stdin`/`Output` frames. Either way the connection ends with `Exit`.
+//! A pilot that disconnects before `Exit` makes the agent kill the app's process group.
+//!
+//! [`VERSION`] is bumped on any incompatible change; the agent answers a `Call` of another
+//! version with `Error` and `Exit` 125 rather than guessing.
+
+use std::io::{self, Read, Write};
+
+/// Protocol version spoken by this build.
+pub const VERSION: u16 = 1;
+/// Largest frame accepted (kind + payload).
+pub const MAX_FRAME: u32 = 1 << 20;
+/// Largest `Stdin`/`Output` chunk a sender puts in one frame.
+pub const CHUNK: usize = 64 * 1024;
+
+/// Protocol errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtoError {
+    /// Reading or writing the socket failed.
+    #[error("agent connection: {0}")]
+    Io(#[from] io::Error),
+    /// A frame is malformed.
+    #[error("agent protocol: {0}")]
+    Malformed(&'static str),
+    /// The peer speaks another version.
+    #[error("agent protocol version {got} is not supported (this build speaks {VERSION}); recreate the instance with %remove")]
+    Version {
+        /// The version received.
+        got: u16,
+    },
+}
+
+/// Result alias for this module.
+pub type Result<T, E = ProtoError> = std::result::Result<T, E>;
+
+/// Terminal size in character cells.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WinSize {
+    /// Rows.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
+}
+
+/// The request that opens a connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Call {
+    /// Run the app on a terminal (pty relayed through the connection).
+    pub terminal: bool,
+    /// Initial terminal size (terminal mode).
+    pub size: WinSize,
+    /// Program and arguments; `argv[0]` is the program path inside the instance.
+    pub argv: Vec<Vec<u8>>,
+    /// Extra environment, `KEY=VALUE`, on top of the instance's own.
+    pub env: Vec<Vec<u8>>,
+    /// Working directory; empty for the instance's.
+    pub cwd: Vec<u8>,
+}
+
+/// How the app ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Exited with a code.
+    Exited(u8),
+    /// Killed by a signal.
+    Signaled(u8),
+}
+
+impl ExitStatus {
+    /// The shell-style code: the exit code, or 128 + signal.
+    pub fn code(self) -> u8 {
+        match self {
+            ExitStatus::Exited(code) => code,
+            ExitStatus::Signaled(signal) => 128u8.saturating_add(signal),
+        }
+    }
+}
+
+/// Any frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Opens a call.
+    Call(Call),
+    /// Terminal input; empty means EOF.
+    Stdin(Vec<u8>),
+    /// Terminal size change.
+    Resize(WinSize),
+    /// Signal for the app.
+    Signal(u8),
+    /// Terminal output.
+    Output(Vec<u8>),
+    /// The app ended.
+    Exit(ExitStatus),
+    /// The call failed before the app ran.
+    Error(String),
+}
+
+impl Frame {
+    /// Encodes the frame, length prefix included.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut body = Vec::new();
+        match self {
+            Frame::Call(call) => {
+                body.push(1);
+                body.extend(VERSION.to_le_bytes());
+                body.push(u8::from(call.terminal));
+                body.extend(call.size.rows.to_le_bytes());
+                body.extend(call.size.cols.to_le_bytes());
+                put_list(&mut body, &call.argv);
+                put_list(&mut body, &call.env);
+                put_bytes(&mut body, &call.cwd);
+            }
+            Frame::Stdin(data) => tagged(&mut body, 2, data),
+            Frame::Resize(size) => {
+                body.push(3);
+                body.extend(size.rows.to_le_bytes());
+                body.extend(size.cols.to_le_bytes());
+            }
+            Frame::Signal(signal) => body.extend([4, *signal]),
+            Frame::Output(data) => tagged(&mut body, 5, data),
+            Frame::Exit(ExitStatus::Exited(code)) => body.extend([6, 0, *code]),
+            Frame::Exit(ExitStatus::Signaled(signal)) => body.extend([6, 1, *signal]),
+            Frame::Error(message) => tagged(&mut body, 7, message.as_bytes()),
+        }
+        let mut out = Vec::with_capacity(body.len() + 4);
+        out.extend(u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes());
+        out.extend(body);
+        out
+    }
+
+    /// Decodes one frame body (kind + payload, without the length prefix).
+    pub fn decode(body: &[u8]) -> Result<Self> {
+        let mut r = Reader(body);
+        let frame = match r.u8()? {
+            1 => Frame::Call(decode_call(&mut r)?),
+            2 => Frame::Stdin(r.rest()),
+            3 => Frame::Resize(WinSize {
+                rows: r.u16()?,
+                cols: r.u16()?,
+            }),
+            4 => Frame::Signal(r.u8()?),
+            5 => Frame::Output(r.rest()),
+            6 => Frame::Exit(match (r.u8()?, r.u8()?) {
+                (0, code) => ExitStatus::Exited(code),
+                (1, signal) => ExitStatus::Signaled(signal),
+                _ => return Err(ProtoError::Malformed("unknown exit kind")),
+            }),
+            7 => Frame::Error(String::from_utf8_lossy(&r.rest()).into_owned()),
+            _ => return Err(ProtoError::Malformed("unknown frame kind")),
+        };
+        r.finish()?;
+        Ok(frame)
+    }
+
+    /// Writes the frame to `w`.
+    pub fn write_to(&self, w: &mut impl Write) -> Result<()> {
+        w.write_all(&self.encode())?;
+        Ok(())
+    }
+
+    /// Reads one frame from `r`; `Ok(None)` on a clean end of stream before a frame.
+    pub fn read_from(r: &mut impl Read) -> Result<Option<Self>> {
+        let mut len = [0u8; 4];
+        match r.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(err) => return Err(err.into()),
+        }
+        let len = u32::from_le_bytes(len);
+        if len == 0 || len > MAX_FRAME {
+            return Err(ProtoError::Malformed("frame length out of range"));
+        }
+        let mut body = vec![0u8; usize::try_from(len).unwrap_or(0)];
+        r.read_exact(&mut body)?;
+        Self::decode(&body).map(Some)
+    }
+}
+
+fn decode_call(r: &mut Reader<'_>) -> Result<Call> {
+    let version = r.u16()?;
+    if version != VERSION {
+        return Err(ProtoError::Version { got: version });
+    }
+    let flags = r.u8()?;
+    let size = WinSize {
+        rows: r.u16()?,
+        cols: r.u16()?,
+    };
+    let argv = r.list()?;
+    if argv.is_empty() {
+        return Err(ProtoError::Malformed("empty argv"));
+    }
+    Ok(Call {
+        terminal: flags & 1 != 0,
+        size,
+        argv,
+        env: r.list()?,
+        cwd: r.bytes()?,
+    })
+}
+
+fn tagged(body: &mut Vec<u8>, kind: u8, data: &[u8]) {
+    body.push(kind);
+    body.extend(data);
+}
+
+fn put_bytes(body: &mut Vec<u8>, data: &[u8]) {
+    body.extend(u32::try_from(data.len()).unwrap_or(u32::MAX).to_le_bytes());
+    body.extend(data);
+}
+
+fn put_list(body: &mut Vec<u8>, items: &[Vec<u8>]) {
+    body.extend(u32::try_from(items.len()).unwrap_or(u32::MAX).to_le_bytes());
+    for item in items {
+        put_bytes(body, item);
+    }
+}
+
+/// Cursor over a frame body.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8]> {
+        if self.0.len() < n {
+            return Err(ProtoError::Malformed("frame too short"));
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn bytes(&mut self) -> Result<Vec<u8>> {
+        let len = usize::try_from(self.u32()?).map_err(|_| ProtoError::Malformed("length"))?;
+        Ok(self.take(len)?.to_vec())
+    }
+    fn list(&mut self) -> Result<Vec<Vec<u8>>> {
+        let count = self.u32()?;
+        if count > MAX_FRAME / 4 {
+            return Err(ProtoError::Malformed("list too long"));
+        }
+        (0..count).map(|_| self.bytes()).collect()
+    }
+    fn rest(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.0).to_vec()
+    }
+    fn finish(&self) -> Result<()> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ProtoError::Malformed("trailing bytes in frame"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames() -> Vec<Frame> {
+        vec![
+            Frame::Call(Call {
+                terminal: true,
+                size: WinSize { rows: 24, cols: 80 },
+                argv: vec![
+                    b"/bin/sh".to_vec(),
+                    b"-c".to_vec(),
+                    b"echo \"a b\"".to_vec(),
+                    vec![0xff, 0],
+                ],
+                env: vec![b"TERM=xterm".to_vec()],
+                cwd: b"/root".to_vec(),
+            }),
+            Frame::Call(Call {
+                argv: vec![b"x".to_vec()],
+                ..Call::default()
+            }),
+            Frame::Stdin(b"data".to_vec()),
+            Frame::Stdin(Vec::new()),
+            Frame::Resize(WinSize {
+                rows: 50,
+                cols: 200,
+            }),
+            Frame::Signal(2),
+            Frame::Output(vec![0; CHUNK]),
+            Frame::Exit(ExitStatus::Exited(9)),
+            Frame::Exit(ExitStatus::Signaled(15)),
+            Frame::Error("exec failed".into()),
+        ]
+    }
+
+    #[test]
+    fn every_frame_round_trips_through_a_stream() {
+        let mut stream = Vec::new();
+        for frame in frames() {
+            frame.write_to(&mut stream).unwrap();
+        }
+        let mut reader = stream.as_slice();
+        for want in frames() {
+            assert_eq!(Frame::read_from(&mut reader).unwrap(), Some(want));
+        }
+        assert_eq!(Frame::read_from(&mut reader).unwrap(), None);
+    }
+
+    #[test]
+    fn malformed_input_is_an_error_not_a_panic() {
+        let bad: &[&[u8]] = &[
+            &[0, 0, 0, 0],
+            &[255, 255, 255, 255],
+            &[1, 0, 0, 0, 99],
+            &[2, 0, 0, 0, 6, 7],
+            &[3, 0, 0, 0, 4, 1, 0],
+            &[3, 0, 0, 0, 1, 2, 0],
+            &[5, 0, 0, 0, 1, 1, 0, 0, 0],
+            &[1, 0, 0, 0, 4, 9],
+        ];
+        for input in bad {
+            let mut r = *input;
+            assert!(Frame::read_from(&mut r).is_err(), "{input:?}");
+        }
+        let mut truncated: &[u8] = &[10, 0, 0, 0, 2, 1];
+        assert!(Frame::read_from(&mut truncated).is_err());
+    }
+
+    #[test]
+    fn other_versions_are_refused() {
+        let mut encoded = Frame::Call(Call {
+            argv: vec![b"x".to_vec()],
+            ..Call::default()
+        })
+        .encode();
+        encoded[5] = 99;
+        let err = Frame::decode(&encoded[4..]).unwrap_err();
+        assert!(matches!(err, ProtoError::Version { got: 99 }), "{err}");
+    }
+
+    #[test]
+    fn empty_argv_is_refused() {
+        let encoded = Frame::Call(Call::default()).encode();
+        assert!(Frame::decode(&encoded[4..]).is_err());
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(ExitStatus::Exited(9).code(), 9);
+        assert_eq!(ExitStatus::Signaled(2).code(), 130);
+    }
+}
