@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# Launch benchmark: a registered flake against the raw podman command it stands for.
+#
+# Both are timed in one hyperfine run so that machine noise hits them alike; medians are
+# reported because these machines are noisy. The process count per launch comes from strace
+# (every successful execve), so extra engine or sudo processes show up as numbers.
+# Run as root after `make build` (or set BIN_DIR to the binaries' directory).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+BIN_DIR=${BIN_DIR:-$PWD/target/release}
+RUNS=${RUNS:-30}
+IMAGE=localhost/busybox:latest
+OUT=target/bench
+mkdir -p "$OUT"
+
+work=$(mktemp -d /tmp/flake-bench-XXXXXX)
+export FLAKES_CONFIG=$work/flakes.yml
+cleanup() {
+    "$BIN_DIR/flake-ctl" podman remove --app "$work/bin/bench-true" >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+printf 'generic:\n  flakes_dir: %s/flakes\n' "$work" > "$FLAKES_CONFIG"
+
+"$BIN_DIR/flake-ctl" podman register --container "$IMAGE" --app "$work/bin/bench-true" \
+    --target /bin/true --opt '\--network none' >/dev/null
+app=$work/bin/bench-true
+
+# The raw command with exactly the options the launcher passes (its own choices included).
+init_opts=(--init)
+command -v tini-static >/dev/null && init_opts+=("--init-path=$(command -v tini-static)")
+raw=(podman run --rm --interactive "${init_opts[@]}" --quiet
+     --label=io.flake-pilot.flake=bench-true --network none --entrypoint /bin/true "$IMAGE")
+
+hyperfine -N --warmup 3 --runs "$RUNS" --export-json "$OUT/podman-oneshot.json" \
+    -n "flake one-shot" "$app" \
+    -n "podman run --rm" "${raw[*]}" </dev/null >/dev/null
+
+# processes started per launch: all execve calls, and those of podman itself
+count() {
+    local trace=$work/trace
+    strace -f -qq -e trace=execve -o "$trace" "$@" </dev/null >/dev/null 2>&1
+    local all podman
+    all=$(grep -c 'execve(' "$trace" | tr -d ' ')
+    podman=$(grep -E 'execve\("[^"]*/podman"' "$trace" | grep -vc ' = -1 ' | tr -d ' ')
+    echo "$all $podman"
+}
+read -r flake_all flake_podman < <(count "$app")
+read -r raw_all raw_podman < <(count "${raw[@]}")
+
+python3 - "$OUT/podman-oneshot.json" "$flake_all" "$flake_podman" "$raw_all" "$raw_podman" <<'PY' | tee "$OUT/podman-oneshot.md"
+import json, sys
+results = json.load(open(sys.argv[1]))["results"]
+counts = {"flake one-shot": (sys.argv[2], sys.argv[3]), "podman run --rm": (sys.argv[4], sys.argv[5])}
+raw = next(r for r in results if r["command"] == "podman run --rm")["median"]
+print("| launch | median | ratio to raw | podman execs | all execs |")
+print("|---|---:|---:|---:|---:|")
+for r in results:
+    total, podman = counts[r["command"]]
+    print(f"| {r['command']} | {r['median']*1000:.1f} ms | {r['median']/raw:.3f} | {podman} | {total} |")
+PY
