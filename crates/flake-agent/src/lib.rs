@@ -4,7 +4,7 @@
 //! A resumable instance runs `flake-agent` as its PID 1. Each call of the flake connects to
 //! the agent's socket, hands over its stdio (or asks for a terminal), and gets the app's exit
 //! status back, without starting any engine process. [`proto`] is the wire format,
-//! [`transport`] the descriptor passing, [`server`] the agent itself.
+//! [`transport`] the descriptor passing, `server` the agent itself.
 
 #![deny(missing_docs)]
 
