@@ -3,24 +3,35 @@
 
 PREFIX  ?= /usr/local
 BINDIR  ?= $(PREFIX)/bin
+LIBEXECDIR ?= $(PREFIX)/libexec/flake-pilot
 DESTDIR ?=
 CARGO   ?= cargo
 BINS    := flake-ctl podman-pilot
+# The agent runs inside arbitrary images (busybox has no libc), so it is linked statically.
+TRIPLE  := $(shell rustc -vV | sed -n 's/^host: //p')
+AGENT   := target/$(TRIPLE)/release/flake-agent
 
-.PHONY: help build install uninstall setup lint test ci demo bench clean
+.PHONY: help build agent install uninstall setup lint test ci demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-build: ## release build of every binary
+build: agent ## release build of every binary
 	$(CARGO) build --release --locked --workspace --bins
+
+agent: ## the static in-instance agent of resume flakes
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked \
+	    -p flake-agent --target $(TRIPLE)
 
 install: build ## install the binaries side by side into $(DESTDIR)$(BINDIR)
 	install -d $(DESTDIR)$(BINDIR)
 	for b in $(BINS); do install -m 0755 target/release/$$b $(DESTDIR)$(BINDIR)/$$b; done
+	install -d $(DESTDIR)$(LIBEXECDIR)
+	install -m 0755 $(AGENT) $(DESTDIR)$(LIBEXECDIR)/flake-agent
 
 uninstall: ## remove the installed binaries
 	for b in $(BINS); do rm -f $(DESTDIR)$(BINDIR)/$$b; done
+	rm -f $(DESTDIR)$(LIBEXECDIR)/flake-agent
 
 setup: ## install and configure podman and the test image on this host (root)
 	bash scripts/setup-host.sh
@@ -32,8 +43,9 @@ lint: ## formatting, clippy and docs, all warnings fatal
 
 test: ## lint, then unit and integration tests against real podman
 	$(MAKE) lint
+	$(MAKE) agent
 	$(CARGO) build --locked --workspace --bins
-	FLAKE_TEST_REQUIRE_PODMAN=1 $(CARGO) test --locked --workspace
+	FLAKE_AGENT=$(CURDIR)/$(AGENT) FLAKE_TEST_REQUIRE_PODMAN=1 $(CARGO) test --locked --workspace
 
 ci: setup test ## what CI runs: host setup, then the full test suite
 

@@ -83,6 +83,16 @@ pub enum PodmanAction {
     Register(Box<RegisterArgs>),
     /// Remove a flake registration, or all flakes of an image and the image itself.
     Remove(RemoveArgs),
+    /// List the instances of resume and attach flakes and their state.
+    Show(ShowArgs),
+}
+
+/// `flake-ctl podman show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
 }
 
 /// `flake-ctl podman pull`.

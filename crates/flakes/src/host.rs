@@ -41,6 +41,12 @@ impl Caller {
     }
 }
 
+/// The login name of `uid`, or the number when the passwd database has none.
+pub fn user_name(uid: u32) -> String {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd_entry(&passwd, uid).map_or_else(|| uid.to_string(), |(name, _)| name)
+}
+
 /// Finds `(name, home)` of `uid` in passwd-format text.
 fn passwd_entry(passwd: &str, uid: u32) -> Option<(String, String)> {
     passwd.lines().find_map(|line| {
@@ -135,6 +141,17 @@ impl Settings {
     /// Registries in lookup order: system registrations take precedence over user ones.
     pub fn lookup_order(&self) -> [Registry; 2] {
         [self.registry(Mode::System), self.registry(Mode::User)]
+    }
+
+    /// Base directory of container instance state for `mode`: the mode's `podman_ids_dir`,
+    /// else the system's, else `/tmp/flakes`.
+    pub fn podman_ids_dir(&self, mode: Mode) -> PathBuf {
+        let user = match mode {
+            Mode::User => self.user.generic.podman_ids_dir.clone(),
+            Mode::System => None,
+        };
+        user.or_else(|| self.system.generic.podman_ids_dir.clone())
+            .unwrap_or_else(|| crate::global::DEFAULT_IDS_DIR.into())
     }
 
     /// The podman storage config of `mode`, when one is configured and present.

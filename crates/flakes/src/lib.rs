@@ -16,6 +16,7 @@ pub mod config;
 pub mod exit;
 pub mod global;
 pub mod host;
+pub mod instance;
 pub mod logging;
 pub mod names;
 pub mod process;

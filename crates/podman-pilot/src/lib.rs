@@ -8,8 +8,11 @@
 
 #![deny(missing_docs)]
 
+pub mod attach;
+pub mod client;
 pub mod oneshot;
 pub mod options;
+pub mod resume;
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
@@ -62,6 +65,34 @@ pub enum PodmanError {
         /// Its engine.
         engine: &'static str,
     },
+    /// Resume mode without a program to run.
+    #[error(
+        "flake '{name}' runs in resume mode but has no target_app_path; set one (the image \
+        entrypoint cannot be resumed)"
+    )]
+    NeedsTarget {
+        /// The flake name.
+        name: String,
+    },
+    /// The instance's agent never opened its socket.
+    #[error("instance {container} did not start its agent; see `podman logs {container}`")]
+    AgentDidNotStart {
+        /// Container name.
+        container: String,
+    },
+    /// The static agent binary is missing.
+    #[error("flake-agent not found (looked for {}); reinstall flake-pilot with make install \
+        or set FLAKE_AGENT", looked.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    AgentMissing {
+        /// Paths tried.
+        looked: Vec<PathBuf>,
+    },
+    /// Instance state cannot be prepared.
+    #[error(transparent)]
+    Instance(#[from] flakes::instance::InstanceError),
+    /// The agent connection failed.
+    #[error(transparent)]
+    Agent(#[from] flake_agent::proto::ProtoError),
     /// The flake uses a feature this launcher does not implement yet.
     #[error("flake '{name}' ({}) uses {feature}, which this podman-pilot cannot launch yet",
         config.display())]

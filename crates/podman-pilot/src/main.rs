@@ -1,19 +1,24 @@
 // SPDX-License-Identifier: MIT
 //! `podman-pilot`: the launcher every podman flake's app path points to.
 //!
-//! Called as `/usr/bin/aws ec2 help`, it loads flake `aws`, builds the engine command and
-//! replaces itself with it. Its own failures exit 125 (see `flakes::exit`).
+//! Called as `/usr/bin/aws ec2 help`, it loads flake `aws` and runs it in the flake's launch
+//! mode: one-shot (replaces itself with `podman run --rm`), resume (a call into the running
+//! instance's agent) or attach. Its own failures exit 125 (see `flakes::exit`).
 
-use std::convert::Infallible;
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use flakes::config::{ContainerFlake, Engine as FlakeEngine, LaunchMode, RunAs};
+use flakes::config::{ContainerFlake, Engine as FlakeEngine, Include, LaunchMode, RunAs};
+use flakes::instance::{InstanceKey, StateDir};
 use flakes::register::PILOT_NAMES;
-use flakes::{CallArgs, FlakeName, PilotExit, Settings};
+use flakes::{CallArgs, FlakeName, Mode, PilotExit, Settings};
 use podman_pilot::oneshot::{self, Terminal};
-use podman_pilot::{Engine, PodmanError};
+use podman_pilot::resume::{self, Instance};
+use podman_pilot::{attach, Engine, PodmanError};
+
+/// Environment variable naming the static agent binary (for tests and custom installs).
+const AGENT_ENV: &str = "FLAKE_AGENT";
 
 fn main() -> ExitCode {
     flakes::logging::init(
@@ -22,7 +27,7 @@ fn main() -> ExitCode {
             .as_deref(),
     );
     match run() {
-        Ok(never) => match never {},
+        Ok(exit) => exit.into(),
         Err(err) => {
             eprintln!("podman-pilot: {err}");
             PilotExit::from(&err).into()
@@ -30,7 +35,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> Result<Infallible, PodmanError> {
+fn run() -> Result<PilotExit, PodmanError> {
     let mut argv = std::env::args_os();
     let name = flake_name(&argv.next().unwrap_or_default())?;
     let call = CallArgs::parse(argv)?;
@@ -40,7 +45,7 @@ fn run() -> Result<Infallible, PodmanError> {
     let mode = registries
         .iter()
         .find(|r| r.contains(&name))
-        .map_or(flakes::Mode::System, |r| r.mode());
+        .map_or(Mode::System, |r| r.mode());
     let container = match flake.engine {
         FlakeEngine::Container(container) => container,
         other => {
@@ -55,15 +60,27 @@ fn run() -> Result<Infallible, PodmanError> {
     let engine = Engine::locate(std::env::var_os("PATH").as_deref(), via_sudo)?
         .with_storage_conf(settings.podman_storage_conf(mode));
     let lookup = |key: &str| std::env::var(key).ok();
-    let cmd = oneshot::command(
-        &name,
-        &container,
-        &call,
-        &engine,
-        Terminal::detect(),
-        &lookup,
-    )?;
-    Err(cmd.exec().into())
+    let terminal = Terminal::detect();
+    if container.runtime.mode == LaunchMode::OneShot {
+        let cmd = oneshot::command(&name, &container, &call, &engine, terminal, &lookup)?;
+        return Err(cmd.exec().into());
+    }
+    let key = InstanceKey {
+        flake: name,
+        instance: call.instance.clone(),
+    };
+    let instance = Instance {
+        engine: &engine,
+        state: StateDir::prepare(&settings.podman_ids_dir(mode), settings.caller.uid, &key)?,
+        container: key.container_name(settings.caller.uid),
+        key,
+        agent: locate_agent()?,
+        direct: !via_sudo,
+    };
+    match container.runtime.mode {
+        LaunchMode::Attach => attach::call(&instance, &container, &call, terminal, &lookup),
+        _ => resume::call(&instance, &container, &call, terminal, &lookup),
+    }
 }
 
 /// The flake name is the file name the launcher was called as.
@@ -78,30 +95,38 @@ fn flake_name(argv0: &OsString) -> Result<FlakeName, PodmanError> {
     Ok(FlakeName::new(&base)?)
 }
 
-/// Refuses flakes that need what later releases add, instead of silently running them
-/// without it.
+/// The static agent: `$FLAKE_AGENT`, else `../libexec/flake-pilot/flake-agent` or
+/// `flake-agent` relative to this launcher.
+fn locate_agent() -> Result<PathBuf, PodmanError> {
+    if let Some(path) = std::env::var_os(AGENT_ENV).filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().unwrap_or(Path::new("/"));
+    let looked = vec![
+        dir.join("../libexec/flake-pilot/flake-agent"),
+        dir.join("flake-agent"),
+    ];
+    match looked.iter().find(|p| p.is_file()) {
+        Some(found) => Ok(found.clone()),
+        None => Err(PodmanError::AgentMissing { looked }),
+    }
+}
+
+/// Refuses flakes that need provisioning, which this launcher cannot do yet, instead of
+/// silently running them without it.
 fn check_supported(
     name: &FlakeName,
     config: &Path,
-    include: &flakes::config::Include,
+    include: &Include,
     container: &ContainerFlake,
 ) -> Result<(), PodmanError> {
-    let unsupported = |feature| PodmanError::Unsupported {
-        name: name.to_string(),
-        config: config.to_path_buf(),
-        feature,
-    };
     if container.needs_provisioning(include) {
-        return Err(unsupported(
-            "provisioning (base_container, layers, include or host dependencies)",
-        ));
-    }
-    if container.runtime.mode != LaunchMode::OneShot {
-        tracing::warn!(
-            flake = %name,
-            mode = container.runtime.mode.as_str(),
-            "this podman-pilot runs every call as a one-shot instance; state is not kept between calls"
-        );
+        return Err(PodmanError::Unsupported {
+            name: name.to_string(),
+            config: config.to_path_buf(),
+            feature: "provisioning (base_container, layers, include or host dependencies)",
+        });
     }
     Ok(())
 }

@@ -45,6 +45,12 @@ impl Terminal {
             stdout: std::io::stdout().is_terminal(),
         }
     }
+
+    /// A terminal is allocated when stdin and stdout are terminals, or stdin is one and the
+    /// call asked for `%interactive`.
+    pub fn wants_tty(self, call: &CallArgs) -> bool {
+        self.stdin && (self.stdout || call.options.interactive)
+    }
 }
 
 /// Builds the `podman run --rm` command of a one-shot launch.
@@ -56,13 +62,26 @@ pub fn command(
     terminal: Terminal,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Cmd, PodmanError> {
+    let args = instance_args(name, flake, call, engine, terminal, lookup)?;
+    Ok(engine.podman().args(["run", "--rm"]).args(args))
+}
+
+/// Everything after `podman run --rm` (or `podman create --rm`) for an instance that runs
+/// the flake's target with the call's arguments.
+pub fn instance_args(
+    name: &FlakeName,
+    flake: &ContainerFlake,
+    call: &CallArgs,
+    engine: &Engine,
+    terminal: Terminal,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<OsString>, PodmanError> {
     let policy = OptionPolicy {
         ignore_missing_volume_path: call.options.ignore_missing_volume_path,
     };
     let options = engine_options(&flake.runtime.podman, policy, lookup)?;
-    let tty = terminal.stdin && (terminal.stdout || call.options.interactive);
-    let mut args: Vec<OsString> = ["run", "--rm", "--interactive"].map(OsString::from).into();
-    if tty {
+    let mut args: Vec<OsString> = vec!["--interactive".into()];
+    if terminal.wants_tty(call) {
         args.push("--tty".into());
     }
     if !options.iter().any(|o| o.is_init()) {
@@ -88,7 +107,7 @@ pub fn command(
     }
     args.push(flake.image.clone().into());
     args.extend(call.app_args.iter().cloned());
-    Ok(engine.podman().args(args))
+    Ok(args)
 }
 
 #[cfg(test)]

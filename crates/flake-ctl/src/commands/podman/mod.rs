@@ -5,6 +5,7 @@ pub mod load;
 pub mod pull;
 pub mod register;
 pub mod remove;
+pub mod show;
 
 use std::process::ExitCode;
 
@@ -21,5 +22,6 @@ pub fn run(args: PodmanArgs, ctx: &Context) -> Result<ExitCode> {
         PodmanAction::Load(a) => load::run(&a, mode, ctx),
         PodmanAction::Register(a) => register::run(&a, mode, ctx),
         PodmanAction::Remove(a) => remove::run(&a, mode, ctx),
+        PodmanAction::Show(a) => show::run(&a, mode, ctx),
     }
 }

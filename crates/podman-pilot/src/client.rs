@@ -1,0 +1,196 @@
+// SPDX-License-Identifier: MIT
+//! A call into a running instance through its agent (see `flake_agent::proto`).
+//!
+//! Without a terminal the launcher hands its own stdin, stdout and stderr to the agent, so
+//! the app reads and writes them directly: nothing is copied, pipes and EOF behave as they
+//! do for a local program. With a terminal the agent runs the app on a pty; the launcher
+//! puts the caller's terminal in raw mode, relays bytes and window-size changes, and
+//! restores the terminal before it exits. Signals the launcher receives are forwarded to
+//! the app's process group in both cases.
+
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use flake_agent::proto::{Call, ExitStatus, Frame, ProtoError, WinSize, CHUNK};
+use flake_agent::transport::send_call;
+use flakes::PilotExit;
+use rustix::termios::{self, OptionalActions, Termios};
+use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH};
+use signal_hook::iterator::Signals;
+
+/// Signals forwarded to the app.
+const FORWARDED: [i32; 6] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2];
+
+/// Connects to the agent socket at `path`.
+pub fn connect(path: &Path) -> std::io::Result<UnixStream> {
+    UnixStream::connect(path)
+}
+
+/// What to run in the instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Program and arguments.
+    pub argv: Vec<Vec<u8>>,
+    /// Relay a terminal instead of passing descriptors.
+    pub terminal: bool,
+    /// `TERM` of the caller, for terminal calls.
+    pub term: Option<Vec<u8>>,
+}
+
+/// Runs `request` over `stream` and returns the app's exit status.
+pub fn run(stream: UnixStream, request: &Request) -> Result<PilotExit, ProtoError> {
+    let writer = Arc::new(Mutex::new(stream.try_clone()?));
+    if request.terminal {
+        run_terminal(stream, writer, request)
+    } else {
+        let call = Call {
+            argv: request.argv.clone(),
+            ..Call::default()
+        };
+        let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+        send_call(
+            &stream,
+            &call,
+            Some([stdin.as_fd(), stdout.as_fd(), stderr.as_fd()]),
+        )?;
+        forward_signals(Arc::clone(&writer), false)?;
+        wait_for_exit(stream, |_| Ok(()))
+    }
+}
+
+fn run_terminal(
+    stream: UnixStream,
+    writer: Arc<Mutex<UnixStream>>,
+    request: &Request,
+) -> Result<PilotExit, ProtoError> {
+    let size = window_size();
+    let env = request
+        .term
+        .iter()
+        .map(|t| [b"TERM=".as_slice(), t].concat())
+        .collect();
+    let call = Call {
+        terminal: true,
+        size,
+        argv: request.argv.clone(),
+        env,
+        cwd: Vec::new(),
+    };
+    send_call(&stream, &call, None)?;
+    let _raw = RawMode::enter();
+    forward_signals(Arc::clone(&writer), true)?;
+    relay_stdin(writer);
+    let mut stdout = std::io::stdout().lock();
+    wait_for_exit(stream, |bytes| {
+        stdout.write_all(bytes)?;
+        stdout.flush()
+    })
+}
+
+/// Reads frames until `Exit`, passing terminal output to `output`.
+fn wait_for_exit(
+    stream: UnixStream,
+    mut output: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> Result<PilotExit, ProtoError> {
+    let mut reader = std::io::BufReader::with_capacity(CHUNK + 8, stream);
+    loop {
+        match Frame::read_from(&mut reader)? {
+            Some(Frame::Output(bytes)) => output(&bytes)?,
+            Some(Frame::Error(message)) => eprintln!("podman-pilot: {message}"),
+            Some(Frame::Exit(ExitStatus::Exited(code))) => return Ok(PilotExit::App(code)),
+            Some(Frame::Exit(ExitStatus::Signaled(signal))) => {
+                return Ok(PilotExit::Signal(signal))
+            }
+            Some(_) => return Err(ProtoError::Malformed("unexpected frame from the agent")),
+            None => {
+                return Err(ProtoError::Malformed(
+                    "the agent closed the call without an exit status",
+                ))
+            }
+        }
+    }
+}
+
+fn send(writer: &Mutex<UnixStream>, frame: &Frame) -> std::io::Result<()> {
+    let mut stream = writer
+        .lock()
+        .map_err(|_| std::io::Error::other("writer poisoned"))?;
+    stream.write_all(&frame.encode())
+}
+
+/// Forwards signals (and, with a terminal, window-size changes) on a background thread.
+fn forward_signals(writer: Arc<Mutex<UnixStream>>, terminal: bool) -> std::io::Result<()> {
+    let mut wanted = FORWARDED.to_vec();
+    if terminal {
+        wanted.push(SIGWINCH);
+    }
+    let mut signals = Signals::new(wanted)?;
+    std::thread::spawn(move || {
+        for signal in signals.forever() {
+            let frame = match signal {
+                SIGWINCH => Frame::Resize(window_size()),
+                other => Frame::Signal(u8::try_from(other).unwrap_or(15)),
+            };
+            if send(&writer, &frame).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Copies the caller's stdin to the agent; an empty frame marks EOF.
+fn relay_stdin(writer: Arc<Mutex<UnixStream>>) {
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = match stdin.read(&mut buf) {
+                Ok(n) => n,
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => 0,
+            };
+            if send(&writer, &Frame::Stdin(buf[..n].to_vec())).is_err() || n == 0 {
+                break;
+            }
+        }
+    });
+}
+
+fn window_size() -> WinSize {
+    termios::tcgetwinsize(std::io::stdout())
+        .map(|w| WinSize {
+            rows: w.ws_row,
+            cols: w.ws_col,
+        })
+        .unwrap_or(WinSize { rows: 24, cols: 80 })
+}
+
+/// The caller's terminal in raw mode, restored on drop.
+struct RawMode {
+    saved: Option<Termios>,
+}
+
+impl RawMode {
+    fn enter() -> Self {
+        let stdin = std::io::stdin();
+        let saved = termios::tcgetattr(&stdin).ok();
+        if let Some(original) = &saved {
+            let mut raw = original.clone();
+            raw.make_raw();
+            let _ = termios::tcsetattr(&stdin, OptionalActions::Now, &raw);
+        }
+        RawMode { saved }
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if let Some(original) = &self.saved {
+            let _ = termios::tcsetattr(std::io::stdin(), OptionalActions::Now, original);
+        }
+    }
+}

@@ -1,0 +1,257 @@
+// SPDX-License-Identifier: MIT
+//! Resume mode: one long-lived instance per flake (and `@NAME`), every call runs inside it.
+//!
+//! The instance's PID 1 is `flake-agent`, bind-mounted read-only; its socket lives in the
+//! instance's private state directory, bind-mounted at [`STATE_MOUNT`]. The warm path is a
+//! connect to that socket: no engine process, and a refused connection is proof that the
+//! instance is gone (PID reuse cannot fool it). The cold path runs under the instance lock,
+//! so concurrent first calls start exactly one instance:
+//!
+//! 1. lock; connect again (another caller may have just started it);
+//! 2. `podman run -d --rm --name N ... --entrypoint /.flake-agent IMAGE serve ...`, after
+//!    removing a leftover container of that name (crash, reboot, `podman rm` behind our back);
+//! 3. wait for the socket, unlock, and make the call like a warm one.
+//!
+//! When the agent cannot be reached although the container runs (or podman runs through
+//! sudo, whose root-owned socket the caller cannot open), the call falls back to
+//! `podman exec`.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use flakes::config::{ContainerFlake, Target};
+use flakes::instance::{InstanceKey, StateDir};
+use flakes::process::{Cmd, ProcessError};
+use flakes::{CallArgs, FlakeName, PilotExit};
+
+use crate::client::{self, Request};
+use crate::oneshot::{Terminal, FLAKE_LABEL, INSTANCE_LABEL};
+use crate::options::{engine_options, OptionPolicy};
+use crate::{Engine, PodmanError};
+
+/// Where the state directory appears inside the instance.
+pub const STATE_MOUNT: &str = "/.flake-pilot";
+/// Where the agent binary appears inside the instance.
+pub const AGENT_MOUNT: &str = "/.flake-agent";
+/// How long a started instance may take to open its socket.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Everything a resume call needs besides the flake.
+#[derive(Debug)]
+pub struct Instance<'a> {
+    /// The engine.
+    pub engine: &'a Engine,
+    /// The instance's state directory.
+    pub state: StateDir,
+    /// Which instance.
+    pub key: InstanceKey,
+    /// Container name.
+    pub container: String,
+    /// Host path of the static agent.
+    pub agent: PathBuf,
+    /// True when the agent socket is reachable by the caller (not through sudo).
+    pub direct: bool,
+}
+
+/// Runs one call of a resume flake.
+pub fn call(
+    instance: &Instance<'_>,
+    flake: &ContainerFlake,
+    call: &CallArgs,
+    terminal: Terminal,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<PilotExit, PodmanError> {
+    let argv = target_argv(&instance.key.flake, flake, call)?;
+    let tty = terminal.wants_tty(call);
+    let socket = instance.state.socket();
+    let stream = match instance
+        .direct
+        .then(|| client::connect(&socket).ok())
+        .flatten()
+    {
+        Some(stream) => Some(stream),
+        None => cold_start(instance, flake, call, lookup)?,
+    };
+    let exit = match stream {
+        Some(stream) => {
+            let term = std::env::var_os("TERM").map(|t| t.as_bytes().to_vec());
+            client::run(
+                stream,
+                &Request {
+                    argv,
+                    terminal: tty,
+                    term,
+                },
+            )?
+        }
+        None => exec_fallback(instance, &argv, tty)?,
+    };
+    if call.options.remove {
+        remove(instance)?;
+    }
+    Ok(exit)
+}
+
+/// Removes the instance and its state.
+pub fn remove(instance: &Instance<'_>) -> Result<(), PodmanError> {
+    let _lock = instance.state.lock()?;
+    let _ = instance
+        .engine
+        .podman()
+        .args(["rm", "-f", "-t", "0", &instance.container])
+        .succeeds()?;
+    instance.state.clone().remove()?;
+    Ok(())
+}
+
+fn target_argv(
+    name: &FlakeName,
+    flake: &ContainerFlake,
+    call: &CallArgs,
+) -> Result<Vec<Vec<u8>>, PodmanError> {
+    let program = match &flake.target {
+        Target::Program(path) => path.clone(),
+        Target::FlakeName => name.to_string(),
+        Target::ImageEntrypoint => {
+            return Err(PodmanError::NeedsTarget {
+                name: name.to_string(),
+            })
+        }
+    };
+    let mut argv = vec![program.into_bytes()];
+    argv.extend(call.app_args.iter().map(|a| a.as_bytes().to_vec()));
+    Ok(argv)
+}
+
+/// Starts the instance under its lock; returns a connection when the agent is reachable.
+fn cold_start(
+    instance: &Instance<'_>,
+    flake: &ContainerFlake,
+    call: &CallArgs,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<UnixStream>, PodmanError> {
+    let _lock = instance.state.lock()?;
+    let socket = instance.state.socket();
+    if instance.direct {
+        if let Ok(stream) = client::connect(&socket) {
+            return Ok(Some(stream));
+        }
+    } else if is_running(instance)? {
+        return Ok(None);
+    }
+    let _ = std::fs::remove_file(&socket);
+    let run = start_command(instance, flake, call, lookup)?;
+    if let Err(err) = run.stdout() {
+        // A container of that name left from a crash or reboot: remove it and retry once.
+        let _ = instance
+            .engine
+            .podman()
+            .args(["rm", "-f", "-t", "0", &instance.container])
+            .succeeds();
+        run.stdout().map_err(|_| err)?;
+    }
+    if !instance.direct {
+        return Ok(None);
+    }
+    wait_for_agent(instance, &socket)
+}
+
+fn wait_for_agent(
+    instance: &Instance<'_>,
+    socket: &Path,
+) -> Result<Option<UnixStream>, PodmanError> {
+    let deadline = Instant::now() + AGENT_TIMEOUT;
+    loop {
+        if let Ok(stream) = client::connect(socket) {
+            return Ok(Some(stream));
+        }
+        if Instant::now() > deadline {
+            if is_running(instance)? {
+                tracing::warn!(container = %instance.container, "agent unreachable; using podman exec");
+                return Ok(None);
+            }
+            return Err(PodmanError::AgentDidNotStart {
+                container: instance.container.clone(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn is_running(instance: &Instance<'_>) -> Result<bool, ProcessError> {
+    let out = instance
+        .engine
+        .podman()
+        .args([
+            "container",
+            "inspect",
+            "--format",
+            "{{.State.Running}}",
+            &instance.container,
+        ])
+        .stdout();
+    Ok(matches!(out.as_deref().map(str::trim), Ok("true")))
+}
+
+/// `podman run -d --rm ...` with the agent as PID 1.
+fn start_command(
+    instance: &Instance<'_>,
+    flake: &ContainerFlake,
+    call: &CallArgs,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Cmd, PodmanError> {
+    let policy = OptionPolicy {
+        ignore_missing_volume_path: call.options.ignore_missing_volume_path,
+    };
+    let options = engine_options(&flake.runtime.podman, policy, lookup)?;
+    let mut args: Vec<OsString> = ["run", "--detach", "--rm", "--quiet", "--name"]
+        .map(OsString::from)
+        .into();
+    args.push(instance.container.clone().into());
+    args.push(format!("--label={FLAKE_LABEL}={}", instance.key.flake).into());
+    if let Some(name) = &instance.key.instance {
+        args.push(format!("--label={INSTANCE_LABEL}={name}").into());
+    }
+    args.push(volume(instance.state.path(), STATE_MOUNT, ""));
+    args.push(volume(&instance.agent, AGENT_MOUNT, ":ro"));
+    args.extend(options.iter().flat_map(|o| o.args()).map(OsString::from));
+    args.extend([
+        "--entrypoint".into(),
+        AGENT_MOUNT.into(),
+        flake.image.clone().into(),
+    ]);
+    args.extend([
+        "serve".into(),
+        "--socket".into(),
+        format!("{STATE_MOUNT}/agent.sock").into(),
+    ]);
+    Ok(instance.engine.podman().args(args))
+}
+
+fn volume(host: &Path, inside: &str, flags: &str) -> OsString {
+    let mut arg = OsString::from("--volume=");
+    arg.push(host);
+    arg.push(format!(":{inside}{flags}"));
+    arg
+}
+
+/// `podman exec` into the running instance; replaces the launcher.
+fn exec_fallback(
+    instance: &Instance<'_>,
+    argv: &[Vec<u8>],
+    tty: bool,
+) -> Result<PilotExit, PodmanError> {
+    let mut cmd = instance.engine.podman().args(["exec", "--interactive"]);
+    if tty {
+        cmd = cmd.arg("--tty");
+    }
+    cmd = cmd.arg(&instance.container);
+    cmd = cmd.args(
+        argv.iter()
+            .map(|a| OsString::from(std::ffi::OsStr::from_bytes(a))),
+    );
+    Err(cmd.exec().into())
+}
