@@ -14,12 +14,7 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use util::{containers_of, World, IMAGE};
-
-/// A flake name unique to this test process, so parallel tests never share containers.
-fn unique(name: &str) -> String {
-    format!("{name}-{}", std::process::id())
-}
+use util::{containers_of, unique, World, IMAGE};
 
 #[test]
 fn echo_prints_arguments_verbatim() {

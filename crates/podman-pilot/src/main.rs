@@ -74,13 +74,19 @@ fn run() -> Result<PilotExit, PodmanError> {
         state: StateDir::prepare(&settings.podman_ids_dir(mode), settings.caller.uid, &key)?,
         container: key.container_name(settings.caller.uid),
         key,
-        agent: locate_agent()?,
         direct: !via_sudo,
     };
-    match container.runtime.mode {
-        LaunchMode::Attach => attach::call(&instance, &container, &call, terminal, &lookup),
-        _ => resume::call(&instance, &container, &call, terminal, &lookup),
+    if container.runtime.mode == LaunchMode::Attach {
+        return attach::call(&instance, &container, &call, terminal, &lookup);
     }
+    resume::call(
+        &instance,
+        &locate_agent()?,
+        &container,
+        &call,
+        terminal,
+        &lookup,
+    )
 }
 
 /// The flake name is the file name the launcher was called as.

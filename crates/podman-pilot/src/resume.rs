@@ -19,7 +19,7 @@
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use flakes::config::{ContainerFlake, Target};
@@ -50,15 +50,14 @@ pub struct Instance<'a> {
     pub key: InstanceKey,
     /// Container name.
     pub container: String,
-    /// Host path of the static agent.
-    pub agent: PathBuf,
     /// True when the agent socket is reachable by the caller (not through sudo).
     pub direct: bool,
 }
 
-/// Runs one call of a resume flake.
+/// Runs one call of a resume flake; `agent` is the host path of the static agent.
 pub fn call(
     instance: &Instance<'_>,
+    agent: &Path,
     flake: &ContainerFlake,
     call: &CallArgs,
     terminal: Terminal,
@@ -73,7 +72,7 @@ pub fn call(
         .flatten()
     {
         Some(stream) => Some(stream),
-        None => cold_start(instance, flake, call, lookup)?,
+        None => cold_start(instance, agent, flake, call, lookup)?,
     };
     let exit = match stream {
         Some(stream) => {
@@ -129,6 +128,7 @@ fn target_argv(
 /// Starts the instance under its lock; returns a connection when the agent is reachable.
 fn cold_start(
     instance: &Instance<'_>,
+    agent: &Path,
     flake: &ContainerFlake,
     call: &CallArgs,
     lookup: &dyn Fn(&str) -> Option<String>,
@@ -143,7 +143,7 @@ fn cold_start(
         return Ok(None);
     }
     let _ = std::fs::remove_file(&socket);
-    let run = start_command(instance, flake, call, lookup)?;
+    let run = start_command(instance, agent, flake, call, lookup)?;
     if let Err(err) = run.stdout() {
         // A container of that name left from a crash or reboot: remove it and retry once.
         let _ = instance
@@ -199,6 +199,7 @@ fn is_running(instance: &Instance<'_>) -> Result<bool, ProcessError> {
 /// `podman run -d --rm ...` with the agent as PID 1.
 fn start_command(
     instance: &Instance<'_>,
+    agent: &Path,
     flake: &ContainerFlake,
     call: &CallArgs,
     lookup: &dyn Fn(&str) -> Option<String>,
@@ -216,7 +217,7 @@ fn start_command(
         args.push(format!("--label={INSTANCE_LABEL}={name}").into());
     }
     args.push(volume(instance.state.path(), STATE_MOUNT, ""));
-    args.push(volume(&instance.agent, AGENT_MOUNT, ":ro"));
+    args.push(volume(agent, AGENT_MOUNT, ":ro"));
     args.extend(options.iter().flat_map(|o| o.args()).map(OsString::from));
     args.extend([
         "--entrypoint".into(),

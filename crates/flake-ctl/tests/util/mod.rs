@@ -145,6 +145,27 @@ impl World {
         app
     }
 
+    /// Registers a resume flake `name` running `/bin/sh`, removed again when the guard drops.
+    pub fn register_resume(&self, name: &str) -> (PathBuf, Containers) {
+        let app = self.bin.join(name);
+        let app_s = app.display().to_string();
+        let args = [
+            "podman",
+            "register",
+            "--container",
+            IMAGE,
+            "--app",
+            &app_s,
+            "--target",
+            "/bin/sh",
+            "--resume",
+            "--opt",
+            r"\--network none",
+        ];
+        self.ctl(&args).success();
+        (app, Containers(name.to_string()))
+    }
+
     /// Runs the app at `app` with `args` and optional stdin bytes.
     pub fn app(&self, app: &Path, args: &[&str], stdin: Option<&[u8]>) -> Run {
         let mut cmd = self.command(app);
@@ -251,4 +272,46 @@ pub fn containers_of(name: &str) -> Vec<String> {
         .lines()
         .map(str::to_string)
         .collect()
+}
+
+/// Removes every container of a flake when dropped, so failed tests leave nothing running.
+pub struct Containers(pub String);
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        for id in containers_of(&self.0) {
+            let _ = Command::new("podman")
+                .args(["rm", "-f", "-t", "0", &id])
+                .output();
+        }
+    }
+}
+
+/// A flake name unique to this test process, so parallel tests never share containers.
+pub fn unique(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
+}
+
+/// True when the static agent that resume flakes need is available (`FLAKE_AGENT`).
+pub fn agent_ready() -> bool {
+    let ok = std::env::var_os("FLAKE_AGENT").is_some_and(|p| Path::new(&p).is_file());
+    if !ok {
+        let required = std::env::var("FLAKE_TEST_REQUIRE_PODMAN").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "FLAKE_AGENT must name the static flake-agent (make agent)"
+        );
+        eprintln!("SKIP: FLAKE_AGENT does not name a static flake-agent (run make agent)");
+    }
+    ok
+}
+
+/// Skips the calling test unless podman and the static agent are usable.
+#[macro_export]
+macro_rules! require_resume {
+    () => {
+        if !$crate::util::podman_ready() || !$crate::util::agent_ready() {
+            return;
+        }
+    };
 }

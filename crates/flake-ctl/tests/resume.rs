@@ -1,0 +1,253 @@
+// SPDX-License-Identifier: MIT
+//! Resume and attach flakes against real podman: shared state, warm calls through the agent,
+//! crash safety and concurrency.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::tests_outside_test_module
+)]
+
+mod util;
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use util::{containers_of, unique, World};
+
+#[test]
+fn calls_share_one_instance_and_instances_are_separate() {
+    require_resume!();
+    let w = World::new();
+    let name = unique("shared");
+    let (app, _guard) = w.register_resume(&name);
+    w.app(&app, &["-c", "echo kept > /tmp/state"], None)
+        .success();
+    let run = w.app(&app, &["-c", "cat /tmp/state"], None);
+    run.success();
+    assert_eq!(run.stdout(), "kept\n", "{run}");
+    w.app(&app, &["@one", "-c", "echo one > /tmp/state"], None)
+        .success();
+    let two = w.app(
+        &app,
+        &["@two", "-c", "cat /tmp/state 2>/dev/null || echo none"],
+        None,
+    );
+    assert_eq!(two.stdout(), "none\n", "{two}");
+    let one = w.app(&app, &["@one", "-c", "cat /tmp/state"], None);
+    assert_eq!(one.stdout(), "one\n", "{one}");
+    assert_eq!(containers_of(&name).len(), 3, "default, @one and @two");
+}
+
+#[test]
+fn warm_path_carries_exit_status_streams_and_stdin() {
+    require_resume!();
+    let w = World::new();
+    let (app, _guard) = w.register_resume(&unique("warm"));
+    w.app(&app, &["-c", "true"], None).success();
+    w.app(&app, &["-c", "exit 9"], None).expect_code(9);
+    w.app(&app, &["-c", "kill -TERM $$"], None).expect_code(143);
+    let run = w.app(&app, &["-c", "echo out; echo err >&2"], None);
+    assert_eq!(
+        (run.stdout().as_str(), run.stderr().as_str()),
+        ("out\n", "err\n"),
+        "{run}"
+    );
+    let data: Vec<u8> = (0..50_000)
+        .map(|i| format!("{i}\n"))
+        .collect::<String>()
+        .into_bytes();
+    let piped = w.app(&app, &["-c", "cat"], Some(&data));
+    assert_eq!(piped.output.stdout, data, "{piped}");
+    let file = w.path("in.txt");
+    std::fs::write(&file, "from file\n").unwrap();
+    let out = w
+        .command(&app)
+        .args(["-c", "cat"])
+        .stdin(std::fs::File::open(&file).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, b"from file\n");
+    // The warm call goes through the agent only: no engine process, milliseconds.
+    let warm = w.app(&app, &["-c", "true"], None);
+    assert!(
+        warm.elapsed < Duration::from_millis(150),
+        "warm call took {:?}",
+        warm.elapsed
+    );
+}
+
+#[test]
+fn concurrent_first_calls_create_exactly_one_container() {
+    require_resume!();
+    let w = World::new();
+    let name = unique("race");
+    let (app, _guard) = w.register_resume(&name);
+    let children: Vec<_> = (0..8)
+        .map(|i| {
+            w.command(&app)
+                .args(["-c", &format!("echo call {i}")])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "call {i}: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("call {i}\n"));
+    }
+    assert_eq!(containers_of(&name).len(), 1);
+}
+
+#[test]
+fn killed_pilot_and_removed_container_do_not_block_the_next_call() {
+    require_resume!();
+    let w = World::new();
+    let name = unique("crash");
+    let (app, _guard) = w.register_resume(&name);
+    w.app(&app, &["-c", "true"], None).success();
+    let mut child = w
+        .command(&app)
+        .args(["-c", "sleep 30"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let started = Instant::now();
+    w.app(&app, &["-c", "echo again"], None).success();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    for id in containers_of(&name) {
+        std::process::Command::new("podman")
+            .args(["rm", "-f", "-t", "0", &id])
+            .output()
+            .unwrap();
+    }
+    let run = w.app(&app, &["-c", "echo recreated"], None);
+    run.success();
+    assert_eq!(run.stdout(), "recreated\n", "{run}");
+    assert_eq!(containers_of(&name).len(), 1);
+}
+
+#[test]
+fn remove_option_and_show() {
+    require_resume!();
+    let w = World::new();
+    let name = unique("shown");
+    let (app, _guard) = w.register_resume(&name);
+    w.app(&app, &["@x", "-c", "true"], None).success();
+    let show = w.ctl(&["podman", "show", "--format", "json"]);
+    show.success();
+    let rows: serde_json::Value = serde_json::from_str(&show.stdout()).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == format!("{name}@x"))
+        .unwrap();
+    assert_eq!(row["status"], "running", "{show}");
+    assert_eq!(row["image"], util::IMAGE);
+    w.app(&app, &["@x", "%remove", "-c", "true"], None)
+        .success();
+    assert!(containers_of(&name).is_empty());
+    let show = w.ctl(&["podman", "show", "--format", "json"]);
+    assert!(!show.stdout().contains(&format!("{name}@x")), "{show}");
+}
+
+#[test]
+fn terminal_calls_get_a_pty_and_ctrl_c_reaches_the_app_only() {
+    require_resume!();
+    let w = World::new();
+    let (app, _guard) = w.register_resume(&unique("tty"));
+    w.app(&app, &["-c", "true"], None).success();
+    // python's pty module gives the launcher a real terminal; ^C is typed into it.
+    let driver = r#"
+import os, pty, sys, time, select
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], [sys.argv[1], "-c", "test -t 0 && echo TTY; trap 'echo INT; exit 7' INT; echo ready; sleep 20"])
+buf = b""
+deadline = time.time() + 20
+while b"ready" not in buf and time.time() < deadline:
+    r, _, _ = select.select([fd], [], [], 0.5)
+    if r:
+        buf += os.read(fd, 1024)
+os.write(fd, b"\x03")
+while time.time() < deadline:
+    r, _, _ = select.select([fd], [], [], 0.5)
+    if r:
+        try:
+            chunk = os.read(fd, 1024)
+        except OSError:
+            break
+        if not chunk:
+            break
+        buf += chunk
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(buf.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let mut cmd = w.command("python3");
+    cmd.args(["-c", driver]).arg(&app);
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("TTY") && text.contains("INT"), "{text}");
+    assert_eq!(out.status.code(), Some(7), "{text}");
+    let mut child = w
+        .command(&app)
+        .args(["-c", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"instance survived\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.stdout, b"instance survived\n");
+}
+
+#[test]
+fn attach_runs_the_entry_command_once() {
+    require_podman!();
+    let w = World::new();
+    let name = unique("attach");
+    let app = w.bin.join(&name);
+    let app_s = app.display().to_string();
+    w.ctl(&[
+        "podman",
+        "register",
+        "--container",
+        util::IMAGE,
+        "--app",
+        &app_s,
+        "--target",
+        "/bin/sh",
+        "--attach",
+        "--opt",
+        r"\--network none",
+    ])
+    .success();
+    let _guard = util::Containers(name.clone());
+    let run = w.app(&app, &["-c", "echo attached; exit 4"], None);
+    run.expect_code(4);
+    assert_eq!(run.stdout(), "attached\n", "{run}");
+    assert!(
+        containers_of(&name).is_empty(),
+        "the instance ends with its command"
+    );
+}
