@@ -47,7 +47,9 @@ test: ## lint, then unit and integration tests against real podman
 	$(CARGO) build --locked --workspace --bins
 	FLAKE_AGENT=$(CURDIR)/$(AGENT) FLAKE_TEST_REQUIRE_PODMAN=1 $(CARGO) test --locked --workspace
 
-ci: setup test ## what CI runs: host setup, then the full test suite
+ci: ## what CI runs: host setup (with a rootless test user), then the full test suite
+	ROOTLESS_USER=flaketest bash scripts/setup-host.sh
+	$(MAKE) test
 
 demo: setup install ## set up, install, register a flake on the local image and run it
 	$(DESTDIR)$(BINDIR)/flake-ctl podman register --container localhost/busybox \

@@ -11,6 +11,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 BIN_DIR=${BIN_DIR:-$PWD/target/release}
 RUNS=${RUNS:-30}
+TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
+export FLAKE_AGENT=${FLAKE_AGENT:-$PWD/target/$TRIPLE/release/flake-agent}
 IMAGE=localhost/busybox:latest
 OUT=target/bench
 mkdir -p "$OUT"
@@ -19,10 +21,11 @@ work=$(mktemp -d /tmp/flake-bench-XXXXXX)
 export FLAKES_CONFIG=$work/flakes.yml
 cleanup() {
     "$BIN_DIR/flake-ctl" podman remove --app "$work/bin/bench-true" >/dev/null 2>&1 || true
+    podman rm -f -t 0 flake-bench-warm-u0 >/dev/null 2>&1 || true
     rm -rf "$work"
 }
 trap cleanup EXIT
-printf 'generic:\n  flakes_dir: %s/flakes\n' "$work" > "$FLAKES_CONFIG"
+printf 'generic:\n  flakes_dir: %s/flakes\n  podman_ids_dir: %s/ids\n' "$work" "$work" > "$FLAKES_CONFIG"
 
 "$BIN_DIR/flake-ctl" podman register --container "$IMAGE" --app "$work/bin/bench-true" \
     --target /bin/true --opt '\--network none' >/dev/null
@@ -60,4 +63,35 @@ print("|---|---:|---:|---:|---:|")
 for r in results:
     total, podman = counts[r["command"]]
     print(f"| {r['command']} | {r['median']*1000:.1f} ms | {r['median']/raw:.3f} | {podman} | {total} |")
+PY
+
+# --- resume: a warm call into the running instance against podman exec into the same one
+"$BIN_DIR/flake-ctl" podman register --container "$IMAGE" --app "$work/bin/bench-warm" \
+    --target /bin/true --resume --opt '\--network none' >/dev/null
+warm=$work/bin/bench-warm
+cold_runs=()
+for _ in 1 2 3 4 5; do
+    podman rm -f -t 0 flake-bench-warm-u0 >/dev/null 2>&1 || true
+    start=$(date +%s%N); "$warm" </dev/null; end=$(date +%s%N)
+    cold_runs+=($(( (end - start) / 1000 )))
+done
+hyperfine -N --warmup 5 --runs "$RUNS" --export-json "$OUT/podman-resume.json" \
+    -n "flake resume, warm call" "$warm" \
+    -n "podman exec" "podman exec -i flake-bench-warm-u0 /bin/true" </dev/null >/dev/null
+read -r warm_all warm_podman < <(count "$warm")
+read -r exec_all exec_podman < <(count podman exec -i flake-bench-warm-u0 /bin/true)
+
+python3 - "$OUT/podman-resume.json" "$warm_all" "$warm_podman" "$exec_all" "$exec_podman" "${cold_runs[@]}" <<'PY' | tee "$OUT/podman-resume.md"
+import json, statistics, sys
+results = json.load(open(sys.argv[1]))["results"]
+counts = {"flake resume, warm call": (sys.argv[2], sys.argv[3]), "podman exec": (sys.argv[4], sys.argv[5])}
+cold = statistics.median(int(x) for x in sys.argv[6:]) / 1000
+raw = next(r for r in results if r["command"] == "podman exec")["median"]
+print()
+print("| call | median | ratio to podman exec | podman execs | all execs |")
+print("|---|---:|---:|---:|---:|")
+for r in results:
+    total, podman = counts[r["command"]]
+    print(f"| {r['command']} | {r['median']*1000:.1f} ms | {r['median']/raw:.3f} | {podman} | {total} |")
+print(f"| flake resume, cold first call (5 runs) | {cold:.1f} ms | {cold/1000/raw:.3f} | - | - |")
 PY

@@ -4,9 +4,10 @@
 //! A resumable instance runs `flake-agent` as its PID 1. Each call of the flake connects to
 //! the agent's socket, hands over its stdio (or asks for a terminal), and gets the app's exit
 //! status back, without starting any engine process. [`proto`] is the wire format,
-//! [`transport`] the descriptor passing, `server` the agent itself.
+//! [`transport`] the descriptor passing, [`daemon`] the agent itself.
 
 #![deny(missing_docs)]
 
+pub mod daemon;
 pub mod proto;
 pub mod transport;

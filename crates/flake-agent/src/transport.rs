@@ -39,13 +39,17 @@ pub fn send_call(stream: &UnixStream, call: &Call, fds: Option<[BorrowedFd<'_>; 
 }
 
 /// Receives the opening `Call` and any descriptors that came with it.
+///
+/// Only the frame's 4-byte length is taken with `recvmsg` (the descriptors arrive with the
+/// first byte); the body is then read exactly, so frames the launcher sends right after the
+/// call (terminal input, signals) stay in the socket for the session.
 pub fn recv_call(stream: &UnixStream) -> Result<(Call, Vec<OwnedFd>)> {
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut len = [0u8; 4];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let msg = recvmsg(
         stream,
-        &mut [std::io::IoSliceMut::new(&mut buf)],
+        &mut [std::io::IoSliceMut::new(&mut len)],
         &mut control,
         RecvFlags::CMSG_CLOEXEC,
     )
@@ -56,8 +60,11 @@ pub fn recv_call(stream: &UnixStream) -> Result<(Call, Vec<OwnedFd>)> {
             fds.extend(received);
         }
     }
-    buf.truncate(msg.bytes);
-    let mut reader = Cursor::new(buf).chain(stream);
+    if msg.bytes == 0 {
+        return Err(ProtoError::Malformed("connection closed before the call"));
+    }
+    (&*stream).read_exact(&mut len[msg.bytes..])?;
+    let mut reader = Cursor::new(len).chain(stream);
     match Frame::read_from(&mut reader)? {
         Some(Frame::Call(call)) => Ok((call, fds)),
         Some(_) => Err(ProtoError::Malformed("first frame is not a call")),

@@ -212,11 +212,19 @@ impl Run {
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {description}: {e}"));
-        if let Some(bytes) = stdin {
+        // Feed stdin from a thread: the app may fill its stdout pipe before it has read all of
+        // its input, and nobody reads stdout until wait_with_output.
+        let feeder = stdin.map(|bytes| {
             let mut pipe = child.stdin.take().unwrap();
-            pipe.write_all(bytes).unwrap();
-        }
+            let bytes = bytes.to_vec();
+            std::thread::spawn(move || {
+                let _ = pipe.write_all(&bytes);
+            })
+        });
         let output = child.wait_with_output().unwrap();
+        if let Some(feeder) = feeder {
+            feeder.join().unwrap();
+        }
         Run {
             description,
             output,

@@ -1,0 +1,92 @@
+// SPDX-License-Identifier: MIT
+//! What both call modes share: sending frames from several threads, and watching the
+//! connection for control frames while the app runs.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustix::process::Signal;
+use rustix::process::{kill_process_group, Pid};
+
+use crate::proto::{ExitStatus, Frame};
+
+/// The write half of a connection, shared by the threads of one call.
+#[derive(Debug, Clone)]
+pub struct Writer(Arc<Mutex<UnixStream>>);
+
+impl Writer {
+    /// Wraps a clone of the connection.
+    pub fn new(stream: &UnixStream) -> std::io::Result<Self> {
+        Ok(Writer(Arc::new(Mutex::new(stream.try_clone()?))))
+    }
+
+    /// Sends one frame; errors mean the launcher is gone.
+    pub fn send(&self, frame: &Frame) -> std::io::Result<()> {
+        let mut stream = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        stream.write_all(&frame.encode())
+    }
+
+    /// Sends an error followed by its exit status, ending the call.
+    pub fn fail(&self, message: &str, code: u8) {
+        let _ = self.send(&Frame::Error(message.to_string()));
+        let _ = self.send(&Frame::Exit(ExitStatus::Exited(code)));
+    }
+}
+
+/// Sends `signal` to the process group led by `pid`.
+pub fn signal_group(pid: i32, signal: i32) {
+    if let (Some(pid), Some(signal)) = (Pid::from_raw(pid), Signal::from_named_raw(signal)) {
+        let _ = kill_process_group(pid, signal);
+    }
+}
+
+/// Handles for terminal calls: where `Stdin` and `Resize` frames go.
+pub trait Terminal: Send + 'static {
+    /// Terminal input; empty means EOF.
+    fn input(&mut self, bytes: &[u8]);
+    /// Window size change.
+    fn resize(&mut self, rows: u16, cols: u16);
+}
+
+/// Reads control frames until the connection ends. If it ends before the app (`done` not
+/// yet set), the launcher died: the app's group gets SIGHUP, then SIGKILL.
+pub fn watch(
+    stream: UnixStream,
+    pid: i32,
+    done: Arc<AtomicBool>,
+    mut terminal: Option<Box<dyn Terminal>>,
+) {
+    std::thread::spawn(move || {
+        let mut reader = std::io::BufReader::new(stream);
+        loop {
+            match Frame::read_from(&mut reader) {
+                Ok(Some(Frame::Signal(signal))) => signal_group(pid, i32::from(signal)),
+                Ok(Some(Frame::Stdin(bytes))) => {
+                    if let Some(t) = terminal.as_mut() {
+                        t.input(&bytes);
+                    }
+                }
+                Ok(Some(Frame::Resize(size))) => {
+                    if let Some(t) = terminal.as_mut() {
+                        t.resize(size.rows, size.cols);
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if !done.load(Ordering::SeqCst) {
+            signal_group(pid, Signal::HUP.as_raw());
+            std::thread::sleep(Duration::from_secs(2));
+            if !done.load(Ordering::SeqCst) {
+                signal_group(pid, Signal::KILL.as_raw());
+            }
+        }
+    });
+}

@@ -1,0 +1,97 @@
+// SPDX-License-Identifier: MIT
+//! User-mode flakes run rootless for an unprivileged user, without sudo.
+//!
+//! Needs the user prepared by `ROOTLESS_USER=flaketest scripts/setup-host.sh` (done by
+//! `make ci`); skipped with a message elsewhere.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::tests_outside_test_module
+)]
+
+mod util;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const USER: &str = "flaketest";
+
+/// Binaries copied where the unprivileged user can run them (the build tree may be private).
+fn user_bin_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("flake-rootless-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    for name in ["flake-ctl", "podman-pilot"] {
+        std::fs::copy(util::bin_dir().join(name), bin.join(name)).unwrap();
+    }
+    let agent = std::env::var_os("FLAKE_AGENT").unwrap();
+    std::fs::copy(agent, bin.join("flake-agent")).unwrap();
+    (dir, bin)
+}
+
+fn as_user(script: &str) -> std::process::Output {
+    Command::new("su")
+        .args(["-", USER, "-c", script])
+        .output()
+        .unwrap()
+}
+
+fn user_exists() -> bool {
+    let exists = Command::new("id")
+        .arg(USER)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !exists {
+        let required = std::env::var("FLAKE_TEST_REQUIRE_PODMAN").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "user {USER} missing: run ROOTLESS_USER={USER} scripts/setup-host.sh"
+        );
+        eprintln!("SKIP: no user {USER} (ROOTLESS_USER={USER} scripts/setup-host.sh)");
+    }
+    exists
+}
+
+#[test]
+fn user_flakes_run_rootless_one_shot_and_resumed() {
+    require_resume!();
+    if !user_exists() {
+        return;
+    }
+    let (_keep, bin) = user_bin_dir();
+    let ctl = bin.join("flake-ctl");
+    let tag = util::unique("ul");
+    let script = format!(
+        r#"set -e
+ctl={ctl}
+$ctl podman --user register --container {image} --app "$HOME/bin/{tag}-echo" --target /bin/echo --opt '\--network none' --force
+$ctl podman register --user --container {image} --app "$HOME/bin/{tag}-sh" --target /bin/sh --resume --opt '\--network none' --force
+"$HOME/bin/{tag}-echo" one-shot as "$(id -un)"
+"$HOME/bin/{tag}-sh" -c 'echo kept > /tmp/state'
+"$HOME/bin/{tag}-sh" -c 'cat /tmp/state; id -u'
+"$HOME/bin/{tag}-sh" -c 'exit 6' || echo "status $?"
+"$HOME/bin/{tag}-sh" %remove -c true
+$ctl podman --user remove --app "$HOME/bin/{tag}-echo"
+$ctl podman --user remove --app "$HOME/bin/{tag}-sh"
+"#,
+        ctl = ctl.display(),
+        image = util::IMAGE,
+    );
+    let out = as_user(&script);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains(&format!("one-shot as {USER}")), "{stdout}");
+    assert!(
+        stdout.contains("kept\n0\n"),
+        "root inside the user's namespace: {stdout}"
+    );
+    assert!(stdout.contains("status 6"), "{stdout}");
+    assert!(!Path::new(&format!("/home/{USER}/bin/{tag}-sh")).exists());
+}
