@@ -46,8 +46,8 @@ count() {
     local trace=$work/trace
     strace -f -qq -e trace=execve -o "$trace" "$@" </dev/null >/dev/null 2>&1
     local all podman
-    all=$(grep -c 'execve(' "$trace" | tr -d ' ')
-    podman=$(grep -E 'execve\("[^"]*/podman"' "$trace" | grep -vc ' = -1 ' | tr -d ' ')
+    all=$(awk '/execve\(/ && !/ = -1 / {n++} END {print n+0}' "$trace")
+    podman=$(awk '/execve\("[^"]*\/podman"/ && !/ = -1 / {n++} END {print n+0}' "$trace")
     echo "$all $podman"
 }
 read -r flake_all flake_podman < <(count "$app")

@@ -163,6 +163,20 @@ fn remove_option_and_show() {
     assert!(containers_of(&name).is_empty());
     let show = w.ctl(&["podman", "show", "--format", "json"]);
     assert!(!show.stdout().contains(&format!("{name}@x")), "{show}");
+
+    // Removing the flake takes its instances and their state with it.
+    w.app(&app, &["@y", "-c", "true"], None).success();
+    assert_eq!(containers_of(&name).len(), 1);
+    w.ctl(&["podman", "remove", "--app", &app.display().to_string()])
+        .success();
+    assert!(containers_of(&name).is_empty());
+    let state = w.path("ids/0");
+    let left: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]

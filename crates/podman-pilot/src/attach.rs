@@ -25,16 +25,7 @@ pub fn call(
 ) -> Result<PilotExit, PodmanError> {
     let podman = || instance.engine.podman();
     let lock = instance.state.lock()?;
-    let running = podman()
-        .args([
-            "container",
-            "inspect",
-            "--format",
-            "{{.State.Running}}",
-            &instance.container,
-        ])
-        .stdout()
-        .is_ok_and(|out| out.trim() == "true");
+    let running = instance.engine.container_running(&instance.container)?;
     if running {
         drop(lock);
         if !call.app_args.is_empty() {
@@ -45,9 +36,7 @@ pub fn call(
         }
         return Err(podman().args(["attach", &instance.container]).exec().into());
     }
-    let _ = podman()
-        .args(["rm", "-f", "-t", "0", &instance.container])
-        .succeeds()?;
+    instance.engine.remove_container(&instance.container)?;
     let args = instance_args(
         &instance.key.flake,
         flake,

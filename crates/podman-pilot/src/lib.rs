@@ -207,6 +207,27 @@ impl Engine {
         self.podman().args(["image", "mount", image])
     }
 
+    /// True when container `name` exists and runs (`podman container inspect`).
+    pub fn container_running(&self, name: &str) -> Result<bool, ProcessError> {
+        let inspect = [
+            "container",
+            "inspect",
+            "--format",
+            "{{.State.Running}}",
+            name,
+        ];
+        let out = self.podman().args(inspect).stdout();
+        Ok(matches!(out.as_deref().map(str::trim), Ok("true")))
+    }
+
+    /// `podman rm -f -t 0 NAME`, ignoring whether it existed.
+    pub fn remove_container(&self, name: &str) -> Result<(), ProcessError> {
+        self.podman()
+            .args(["rm", "-f", "-t", "0", name])
+            .succeeds()
+            .map(|_| ())
+    }
+
     /// `podman image umount IMAGE`.
     pub fn image_umount(&self, image: &str) -> Cmd {
         self.podman().args(["image", "umount", image])

@@ -97,11 +97,7 @@ pub fn call(
 /// Removes the instance and its state.
 pub fn remove(instance: &Instance<'_>) -> Result<(), PodmanError> {
     let _lock = instance.state.lock()?;
-    let _ = instance
-        .engine
-        .podman()
-        .args(["rm", "-f", "-t", "0", &instance.container])
-        .succeeds()?;
+    instance.engine.remove_container(&instance.container)?;
     instance.state.clone().remove()?;
     Ok(())
 }
@@ -146,11 +142,7 @@ fn cold_start(
     let run = start_command(instance, agent, flake, call, lookup)?;
     if let Err(err) = run.stdout() {
         // A container of that name left from a crash or reboot: remove it and retry once.
-        let _ = instance
-            .engine
-            .podman()
-            .args(["rm", "-f", "-t", "0", &instance.container])
-            .succeeds();
+        let _ = instance.engine.remove_container(&instance.container);
         run.stdout().map_err(|_| err)?;
     }
     if !instance.direct {
@@ -182,18 +174,7 @@ fn wait_for_agent(
 }
 
 fn is_running(instance: &Instance<'_>) -> Result<bool, ProcessError> {
-    let out = instance
-        .engine
-        .podman()
-        .args([
-            "container",
-            "inspect",
-            "--format",
-            "{{.State.Running}}",
-            &instance.container,
-        ])
-        .stdout();
-    Ok(matches!(out.as_deref().map(str::trim), Ok("true")))
+    instance.engine.container_running(&instance.container)
 }
 
 /// `podman run -d --rm ...` with the agent as PID 1.

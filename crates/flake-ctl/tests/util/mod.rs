@@ -38,14 +38,18 @@ pub fn podman_ready() -> bool {
             .status()
             .is_ok_and(|s| s.success());
     if !ok {
-        let required = std::env::var("FLAKE_TEST_REQUIRE_PODMAN").is_ok_and(|v| v == "1");
-        assert!(
-            !required,
-            "podman as root with {IMAGE} is required; run scripts/setup-host.sh"
-        );
-        eprintln!("SKIP: needs root and podman with {IMAGE} (run scripts/setup-host.sh)");
+        skip(&format!(
+            "needs root and podman with {IMAGE} (run scripts/setup-host.sh)"
+        ));
     }
     ok
+}
+
+/// Reports a skipped test, or fails it when `FLAKE_TEST_REQUIRE_PODMAN=1` (as in `make test`).
+pub fn skip(why: &str) {
+    let required = std::env::var("FLAKE_TEST_REQUIRE_PODMAN").is_ok_and(|v| v == "1");
+    assert!(!required, "required test resource missing: {why}");
+    eprintln!("SKIP: {why}");
 }
 
 fn rustix_is_root() -> bool {
@@ -89,11 +93,13 @@ impl World {
             root.join("home"),
         );
         std::fs::create_dir_all(&home).unwrap();
-        std::fs::write(
-            &config,
-            format!("generic:\n  flakes_dir: {}\n", flakes.display()),
-        )
-        .unwrap();
+        let ids = root.join("ids");
+        let text = format!(
+            "generic:\n  flakes_dir: {}\n  podman_ids_dir: {}\n",
+            flakes.display(),
+            ids.display()
+        );
+        std::fs::write(&config, text).unwrap();
         World {
             dir,
             config,
@@ -304,12 +310,7 @@ pub fn unique(name: &str) -> String {
 pub fn agent_ready() -> bool {
     let ok = std::env::var_os("FLAKE_AGENT").is_some_and(|p| Path::new(&p).is_file());
     if !ok {
-        let required = std::env::var("FLAKE_TEST_REQUIRE_PODMAN").is_ok_and(|v| v == "1");
-        assert!(
-            !required,
-            "FLAKE_AGENT must name the static flake-agent (make agent)"
-        );
-        eprintln!("SKIP: FLAKE_AGENT does not name a static flake-agent (run make agent)");
+        skip("FLAKE_AGENT must name the static flake-agent (run make agent)");
     }
     ok
 }

@@ -3,6 +3,10 @@
 //!
 //! `--container` removes every flake whose `container.name` is the image, then the image
 //! itself (`podman image rm -f`, once: the original ran it twice on success).
+//!
+//! Removing a flake also removes its resume and attach instances (containers labelled with
+//! the flake's name, and the caller's state directories), so nothing is left running for a
+//! flake that no longer exists.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -10,7 +14,8 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result};
 use flakes::config::load::load_raw;
 use flakes::register::remove_app;
-use flakes::{Mode, Registry};
+use flakes::{FlakeName, Mode, Registry};
+use podman_pilot::oneshot::FLAKE_LABEL;
 
 use crate::cli::RemoveArgs;
 use crate::context::Context;
@@ -20,15 +25,57 @@ pub fn run(args: &RemoveArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
     let registry = ctx.settings.registry(mode);
     if let Some(app) = &args.app {
         let name = remove_app(&registry, app, args.force)?;
+        remove_instances(ctx, mode, &name);
         println!("removed flake {name} ({})", app.display());
     }
     if let Some(image) = &args.container {
-        purge_image(&registry, image, ctx.podman(mode)?)?;
+        purge_image(ctx, mode, &registry, image)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn purge_image(registry: &Registry, image: &str, podman: podman_pilot::Engine) -> Result<()> {
+/// Removes the containers and the caller's state directories of flake `name`; best effort,
+/// since the registration itself is already gone.
+fn remove_instances(ctx: &Context, mode: Mode, name: &FlakeName) {
+    if let Ok(podman) = ctx.podman(mode) {
+        let filter = format!("label={FLAKE_LABEL}={name}");
+        let ids = podman
+            .podman()
+            .args(["ps", "-aq", "--filter", &filter])
+            .stdout()
+            .unwrap_or_default();
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let _ = podman
+                .podman()
+                .args(["rm", "-f", "-t", "0"])
+                .args(ids)
+                .succeeds();
+        }
+    }
+    let dir = ctx
+        .settings
+        .podman_ids_dir(mode)
+        .join(ctx.settings.caller.uid.to_string());
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let own = |file: &str| {
+        file == name.as_str()
+            || file
+                .strip_prefix(name.as_str())
+                .is_some_and(|r| r.starts_with('@'))
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let file = entry.file_name();
+        if file.to_str().is_some_and(own) && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn purge_image(ctx: &Context, mode: Mode, registry: &Registry, image: &str) -> Result<()> {
+    let podman = ctx.podman(mode)?;
     for name in registry.names()? {
         let config = registry.config_path(&name);
         let Ok(raw) = load_raw(&config) else {
@@ -45,6 +92,7 @@ fn purge_image(registry: &Registry, image: &str, podman: podman_pilot::Engine) -
             )
         })?;
         remove_app(registry, Path::new(&app), false)?;
+        remove_instances(ctx, mode, &name);
         println!("removed flake {name} ({app})");
     }
     if podman.image_exists(image).succeeds()? {
