@@ -30,7 +30,7 @@ install_packages() {
     local wanted="podman runc conmon fuse-overlayfs slirp4netns uidmap netavark aardvark-dns
         containernetworking-plugins catatonit tini iptables golang-github-containers-common
         skopeo docker-registry busybox-static curl hyperfine strace python3 tmux libcap2-bin
-        bsdutils"
+        bsdutils sudo"
     local missing=() p
     for p in $wanted; do
         dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null | grep -qx installed || missing+=("$p")
@@ -155,6 +155,9 @@ prepare_rootless_user() {
         printf '[storage]\ndriver = "overlay"\n' > "$home/.config/containers/storage.conf"
         chown "$user:$user" "$home/.config/containers/storage.conf"
     }
+    # Lets the test user call root flakes, which run `sudo podman` (see the README).
+    write_if_changed /etc/sudoers.d/flake-pilot-test "$user ALL=(root) NOPASSWD: /usr/bin/podman"
+    chmod 0440 /etc/sudoers.d/flake-pilot-test
     if ! su - "$user" -c "XDG_RUNTIME_DIR=$runtime podman image exists $IMAGE"; then
         step "loading $IMAGE into $user's storage"
         local archive

@@ -2,9 +2,11 @@
 //! The agent: PID 1 of a resumable instance, serving calls on a unix socket.
 //!
 //! Each connection is one call (see [`crate::proto`]) handled on its own thread, so a long
-//! running app never delays the next call. Only the instance's own user (or root) may call:
-//! the socket is 0600 inside a 0700 state directory, and the peer's credentials are checked
-//! again on every connection. SIGTERM (from `podman stop`) ends the running apps and the
+//! running app never delays the next call. On the host the socket sits behind the caller's
+//! 0700 state directory; it is 0666 itself so that a launcher can reach an agent that runs
+//! as another user inside the instance (`--user`, rootless id mapping). Inside the instance,
+//! the peer's credentials are checked on every connection: only root and the agent's own
+//! user may call. SIGTERM (from `podman stop`) ends the running apps and the
 //! agent; as PID 1 it would otherwise be ignored.
 
 mod command;
@@ -69,7 +71,7 @@ fn listen(socket: &Path) -> Result<UnixListener, ServeError> {
         _ => {}
     }
     let listener = UnixListener::bind(socket).map_err(err)?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666)).map_err(err)?;
     Ok(listener)
 }
 

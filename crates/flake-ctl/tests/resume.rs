@@ -265,3 +265,37 @@ fn attach_runs_the_entry_command_once() {
         "the instance ends with its command"
     );
 }
+
+#[test]
+fn calls_run_with_the_instance_environment_workdir_and_user() {
+    require_resume!();
+    let w = World::new();
+    let name = unique("envwd");
+    let app = w.bin.join(&name);
+    let app_s = app.display().to_string();
+    let opts = [
+        r"\--network none",
+        r"\--workdir /tmp",
+        r"\-e FLAKE_TEST_VALUE=from-instance",
+        r"\--user 65534:65534",
+    ];
+    let mut args = vec![
+        "podman",
+        "register",
+        "--container",
+        util::IMAGE,
+        "--app",
+        &app_s,
+        "--target",
+        "/bin/sh",
+        "--resume",
+    ];
+    for opt in &opts {
+        args.extend(["--opt", opt]);
+    }
+    w.ctl(&args).success();
+    let _guard = util::Containers(name.clone());
+    let run = w.app(&app, &["-c", "pwd; echo $FLAKE_TEST_VALUE; id -u"], None);
+    run.success();
+    assert_eq!(run.stdout(), "/tmp\nfrom-instance\n65534\n", "{run}");
+}

@@ -92,3 +92,50 @@ $ctl podman --user remove --app "$HOME/bin/{tag}-sh"
     assert!(stdout.contains("status 6"), "{stdout}");
     assert!(!Path::new(&format!("/home/{USER}/bin/{tag}-sh")).exists());
 }
+
+#[test]
+fn root_flake_called_by_a_user_goes_through_sudo() {
+    require_podman!();
+    if !user_exists() {
+        return;
+    }
+    let (keep, bin) = user_bin_dir();
+    let config = keep.path().join("flakes.yml");
+    let flakes = keep.path().join("flakes");
+    let text = format!("generic:\n  flakes_dir: {}\n", flakes.display());
+    std::fs::write(&config, text).unwrap();
+    let name = util::unique("viasudo");
+    let app = keep.path().join("apps").join(&name);
+    let register = Command::new(bin.join("flake-ctl"))
+        .env("FLAKES_CONFIG", &config)
+        .args([
+            "podman",
+            "register",
+            "--container",
+            util::IMAGE,
+            "--target",
+            "/bin/sh",
+        ])
+        .args(["--opt", r"\--network none", "--app"])
+        .arg(&app)
+        .output()
+        .unwrap();
+    assert!(register.status.success(), "{register:?}");
+    std::fs::set_permissions(
+        keep.path().join("apps"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let script = format!(
+        "FLAKES_CONFIG={} {} -c 'id -u; exit 3'",
+        config.display(),
+        app.display()
+    );
+    let out = as_user(&script);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "0\n",
+        "root's container: {out:?}"
+    );
+}

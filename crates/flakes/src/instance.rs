@@ -6,8 +6,13 @@
 //! ```text
 //! <ids_dir>/                  mode 1777 (shared, sticky), default /tmp/flakes
 //!   <uid>/                    mode 0700, owned by the caller
-//!     <flake>[@<instance>]/   mode 0700: lock, agent.sock, name
+//!     <flake>[@<instance>]/   mode 0700: lock
+//!       run/                  mode 0777: agent.sock; the only part mounted into the instance
 //! ```
+//!
+//! `run/` is open to every user *inside* the instance because the app (and so the agent)
+//! may run as any user there (`--user`, the image's `USER`); on the host it stays behind
+//! the 0700 directories above it.
 //!
 //! Every level is checked with `lstat` before use: a symlink, a foreign owner, or a
 //! world-writable directory without the sticky bit is refused, so another local user cannot
@@ -112,6 +117,11 @@ pub struct StateDir {
     path: PathBuf,
 }
 
+/// The agent socket of the instance whose state directory is `dir`.
+pub fn socket_in(dir: &Path) -> PathBuf {
+    dir.join("run/agent.sock")
+}
+
 /// A held instance lock; released when dropped (or when the process dies).
 #[derive(Debug)]
 pub struct InstanceLock {
@@ -126,7 +136,9 @@ impl StateDir {
         private_dir(&private, uid)?;
         let path = private.join(key.label());
         private_dir(&path, uid)?;
-        Ok(StateDir { path })
+        let state = StateDir { path };
+        shared_run_dir(&state.run_dir())?;
+        Ok(state)
     }
 
     /// The directory.
@@ -134,9 +146,14 @@ impl StateDir {
         &self.path
     }
 
-    /// The agent socket inside it.
+    /// The directory shared with the instance (holds the agent socket).
+    pub fn run_dir(&self) -> PathBuf {
+        self.path.join("run")
+    }
+
+    /// The agent socket.
     pub fn socket(&self) -> PathBuf {
-        self.path.join("agent.sock")
+        socket_in(&self.path)
     }
 
     /// Takes the instance lock, waiting for a concurrent holder.
@@ -202,6 +219,32 @@ fn shared_base(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `run/`: a real directory (not a symlink), writable by any user of the instance.
+fn shared_run_dir(dir: &Path) -> Result<()> {
+    match fs::DirBuilder::new().mode(0o777).create(dir) {
+        Err(err) if err.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(InstanceError::Io {
+                action: "create",
+                path: dir.into(),
+                source: err,
+            })
+        }
+        _ => {}
+    }
+    let meta = fs::symlink_metadata(dir).map_err(io("inspect", dir))?;
+    if !meta.is_dir() {
+        let reason = "it is not a directory (or is a symlink); remove it".into();
+        return Err(InstanceError::Unsafe {
+            path: dir.into(),
+            reason,
+        });
+    }
+    if meta.mode() & 0o777 != 0o777 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o777)).map_err(io("chmod", dir))?;
+    }
+    Ok(())
+}
+
 /// A directory only `uid` may enter.
 fn private_dir(dir: &Path, uid: u32) -> Result<()> {
     match fs::DirBuilder::new().mode(0o700).create(dir) {
@@ -261,7 +304,8 @@ mod tests {
         assert_eq!(mode(&ids), 0o1777);
         assert_eq!(mode(&ids.join(uid().to_string())), 0o700);
         assert_eq!(mode(state.path()), 0o700);
-        assert_eq!(state.socket(), state.path().join("agent.sock"));
+        assert_eq!(mode(&state.run_dir()), 0o777);
+        assert_eq!(state.socket(), state.path().join("run/agent.sock"));
     }
 
     #[test]

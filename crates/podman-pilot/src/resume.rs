@@ -2,7 +2,8 @@
 //! Resume mode: one long-lived instance per flake (and `@NAME`), every call runs inside it.
 //!
 //! The instance's PID 1 is `flake-agent`, bind-mounted read-only; its socket lives in the
-//! instance's private state directory, bind-mounted at [`STATE_MOUNT`]. The warm path is a
+//! `run/` directory of the instance's private state directory, bind-mounted at
+//! [`STATE_MOUNT`]. The warm path is a
 //! connect to that socket: no engine process, and a refused connection is proof that the
 //! instance is gone (PID reuse cannot fool it). The cold path runs under the instance lock,
 //! so concurrent first calls start exactly one instance:
@@ -197,7 +198,7 @@ fn start_command(
     if let Some(name) = &instance.key.instance {
         args.push(format!("--label={INSTANCE_LABEL}={name}").into());
     }
-    args.push(volume(instance.state.path(), STATE_MOUNT, ""));
+    args.push(volume(&instance.state.run_dir(), STATE_MOUNT, ""));
     args.push(volume(agent, AGENT_MOUNT, ":ro"));
     args.extend(options.iter().flat_map(|o| o.args()).map(OsString::from));
     args.extend([
