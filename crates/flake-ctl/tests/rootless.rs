@@ -139,3 +139,43 @@ fn root_flake_called_by_a_user_goes_through_sudo() {
         "root's container: {out:?}"
     );
 }
+
+#[test]
+fn user_layered_flake_with_includes_runs_rootless() {
+    require_podman!();
+    if !user_exists() {
+        return;
+    }
+    let (_keep, bin) = user_bin_dir();
+    let tag = util::unique("ulayer");
+    let script = format!(
+        r#"set -e
+ctl={ctl}
+work=$(mktemp -d)
+mkdir -p "$work/delta/usr/bin" "$work/inc"
+printf '#!/bin/sh\ncat /etc/layered-note; cat "$1"\n' > "$work/delta/usr/bin/show"
+chmod 755 "$work/delta/usr/bin/show"
+mkdir -p "$work/layer/etc" && echo "layer as $(id -un)" > "$work/layer/etc/layered-note"
+echo included > "$work/inc/file"
+tar -C "$work/delta" -c . | podman import -q - localhost/{tag}-delta:1 >/dev/null
+tar -C "$work/layer" -c . | podman import -q - localhost/{tag}-layer:1 >/dev/null
+$ctl podman --user register --container localhost/{tag}-delta:1 --base {image} \
+    --layer localhost/{tag}-layer:1 --include-path "$work/inc" \
+    --app "$HOME/bin/{tag}" --target /usr/bin/show --opt '\--network none' --force
+"$HOME/bin/{tag}" "$work/inc/file"
+$ctl podman --user remove --app "$HOME/bin/{tag}"
+podman rmi -f localhost/{tag}-delta:1 localhost/{tag}-layer:1 >/dev/null
+podman images --filter label=io.flake-pilot.assembled={tag} -q | xargs -r podman rmi -f >/dev/null
+rm -rf "$work"
+"#,
+        ctl = bin.join("flake-ctl").display(),
+        image = util::IMAGE,
+    );
+    let out = as_user(&script);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains(&format!("layer as {USER}\nincluded\n")),
+        "{stdout}"
+    );
+}

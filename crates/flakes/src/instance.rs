@@ -131,9 +131,7 @@ pub struct InstanceLock {
 impl StateDir {
     /// Creates (or checks) `<ids_dir>/<uid>/<key>/` for the calling user `uid`.
     pub fn prepare(ids_dir: &Path, uid: u32, key: &InstanceKey) -> Result<Self> {
-        shared_base(ids_dir)?;
-        let private = ids_dir.join(uid.to_string());
-        private_dir(&private, uid)?;
+        let private = user_dir(ids_dir, uid)?;
         let path = private.join(key.label());
         private_dir(&path, uid)?;
         let state = StateDir { path };
@@ -187,6 +185,22 @@ impl StateDir {
             _ => Ok(()),
         }
     }
+}
+
+/// `<ids_dir>/<uid>/`, created and checked: the caller's private directory.
+pub fn user_dir(ids_dir: &Path, uid: u32) -> Result<PathBuf> {
+    shared_base(ids_dir)?;
+    let private = ids_dir.join(uid.to_string());
+    private_dir(&private, uid)?;
+    Ok(private)
+}
+
+/// `<ids_dir>/<uid>/.cache/`: records of assembled images (flake names never start with a
+/// dot, so it cannot clash with an instance).
+pub fn cache_dir(ids_dir: &Path, uid: u32) -> Result<PathBuf> {
+    let dir = user_dir(ids_dir, uid)?.join(".cache");
+    private_dir(&dir, uid)?;
+    Ok(dir)
 }
 
 /// `<ids_dir>`: shared by all users, so it must be sticky when world-writable.

@@ -12,6 +12,7 @@ pub mod attach;
 pub mod client;
 pub mod oneshot;
 pub mod options;
+pub mod provision;
 pub mod resume;
 
 use std::ffi::OsStr;
@@ -87,23 +88,15 @@ pub enum PodmanError {
         /// Paths tried.
         looked: Vec<PathBuf>,
     },
+    /// Provisioning failed.
+    #[error(transparent)]
+    Provision(#[from] provision::ProvisionError),
     /// Instance state cannot be prepared.
     #[error(transparent)]
     Instance(#[from] flakes::instance::InstanceError),
     /// The agent connection failed.
     #[error(transparent)]
     Agent(#[from] flake_agent::proto::ProtoError),
-    /// The flake uses a feature this launcher does not implement yet.
-    #[error("flake '{name}' ({}) uses {feature}, which this podman-pilot cannot launch yet",
-        config.display())]
-    Unsupported {
-        /// The flake name.
-        name: String,
-        /// Its configuration file.
-        config: PathBuf,
-        /// The feature.
-        feature: &'static str,
-    },
 }
 
 impl From<&PodmanError> for PilotExit {

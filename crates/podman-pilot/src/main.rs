@@ -1,19 +1,21 @@
 // SPDX-License-Identifier: MIT
 //! `podman-pilot`: the launcher every podman flake's app path points to.
 //!
-//! Called as `/usr/bin/aws ec2 help`, it loads flake `aws` and runs it in the flake's launch
-//! mode: one-shot (replaces itself with `podman run --rm`), resume (a call into the running
-//! instance's agent) or attach. Its own failures exit 125 (see `flakes::exit`).
+//! Called as `/usr/bin/aws ec2 help`, it loads flake `aws`, assembles its image first when
+//! it has a base, layers, includes or host dependencies (cached), and runs it in the flake's
+//! launch mode: one-shot (replaces itself with `podman run --rm`), resume (a call into the
+//! running instance's agent) or attach. Its own failures exit 125 (see `flakes::exit`).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use flakes::config::{ContainerFlake, Engine as FlakeEngine, Include, LaunchMode, RunAs};
-use flakes::instance::{InstanceKey, StateDir};
+use flakes::config::{Engine as FlakeEngine, LaunchMode, RunAs};
+use flakes::instance::{cache_dir, InstanceKey, StateDir};
 use flakes::register::PILOT_NAMES;
 use flakes::{CallArgs, FlakeName, Mode, PilotExit, Settings};
 use podman_pilot::oneshot::{self, Terminal};
+use podman_pilot::provision::Provisioner;
 use podman_pilot::resume::{self, Instance};
 use podman_pilot::{attach, Engine, PodmanError};
 
@@ -55,10 +57,23 @@ fn run() -> Result<PilotExit, PodmanError> {
             })
         }
     };
-    check_supported(&name, &flake.path, &flake.include, &container)?;
     let via_sudo = container.runtime.runas == RunAs::Root && !settings.caller.is_root();
     let engine = Engine::locate(std::env::var_os("PATH").as_deref(), via_sudo)?
         .with_storage_conf(settings.podman_storage_conf(mode));
+    let mut container = container;
+    if container.needs_provisioning(&flake.include) {
+        let provisioner = Provisioner {
+            engine: &engine,
+            name: &name,
+            config: &flake.path,
+            flake: &container,
+            include: &flake.include,
+            cache_dir: cache_dir(&settings.podman_ids_dir(mode), settings.caller.uid)?,
+            progress: call.options.progress,
+            ignore_sync_error: call.options.ignore_sync_error,
+        };
+        container.image = provisioner.image()?;
+    }
     let lookup = |key: &str| std::env::var(key).ok();
     let terminal = Terminal::detect();
     if container.runtime.mode == LaunchMode::OneShot {
@@ -117,22 +132,4 @@ fn locate_agent() -> Result<PathBuf, PodmanError> {
         Some(found) => Ok(found.clone()),
         None => Err(PodmanError::AgentMissing { looked }),
     }
-}
-
-/// Refuses flakes that need provisioning, which this launcher cannot do yet, instead of
-/// silently running them without it.
-fn check_supported(
-    name: &FlakeName,
-    config: &Path,
-    include: &Include,
-    container: &ContainerFlake,
-) -> Result<(), PodmanError> {
-    if container.needs_provisioning(include) {
-        return Err(PodmanError::Unsupported {
-            name: name.to_string(),
-            config: config.to_path_buf(),
-            feature: "provisioning (base_container, layers, include or host dependencies)",
-        });
-    }
-    Ok(())
 }

@@ -5,8 +5,8 @@
 //! itself (`podman image rm -f`, once: the original ran it twice on success).
 //!
 //! Removing a flake also removes its resume and attach instances (containers labelled with
-//! the flake's name, and the caller's state directories), so nothing is left running for a
-//! flake that no longer exists.
+//! the flake's name, and the caller's state directories) and the images assembled for it,
+//! so nothing is left running or cached for a flake that no longer exists.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -16,6 +16,7 @@ use flakes::config::load::load_raw;
 use flakes::register::remove_app;
 use flakes::{FlakeName, Mode, Registry};
 use podman_pilot::oneshot::FLAKE_LABEL;
+use podman_pilot::provision::ASSEMBLED_LABEL;
 
 use crate::cli::RemoveArgs;
 use crate::context::Context;
@@ -34,29 +35,37 @@ pub fn run(args: &RemoveArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Removes the containers and the caller's state directories of flake `name`; best effort,
-/// since the registration itself is already gone.
+/// Runs `remove` on the IDs that `list` prints, if any.
+fn remove_listed(podman: &podman_pilot::Engine, list: &[&str], remove: &[&str]) {
+    let ids = podman.podman().args(list).stdout().unwrap_or_default();
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    if !ids.is_empty() {
+        let _ = podman.podman().args(remove).args(ids).succeeds();
+    }
+}
+
+/// Removes the containers, assembled images and the caller's state directories of flake
+/// `name`; best effort, since the registration itself is already gone.
 fn remove_instances(ctx: &Context, mode: Mode, name: &FlakeName) {
     if let Ok(podman) = ctx.podman(mode) {
-        let filter = format!("label={FLAKE_LABEL}={name}");
-        let ids = podman
-            .podman()
-            .args(["ps", "-aq", "--filter", &filter])
-            .stdout()
-            .unwrap_or_default();
-        let ids: Vec<&str> = ids.split_whitespace().collect();
-        if !ids.is_empty() {
-            let _ = podman
-                .podman()
-                .args(["rm", "-f", "-t", "0"])
-                .args(ids)
-                .succeeds();
-        }
+        let containers = format!("label={FLAKE_LABEL}={name}");
+        remove_listed(
+            &podman,
+            &["ps", "-aq", "--filter", &containers],
+            &["rm", "-f", "-t", "0"],
+        );
+        let assembled = format!("label={ASSEMBLED_LABEL}={name}");
+        remove_listed(
+            &podman,
+            &["images", "-q", "--filter", &assembled],
+            &["image", "rm", "-f"],
+        );
     }
     let dir = ctx
         .settings
         .podman_ids_dir(mode)
         .join(ctx.settings.caller.uid.to_string());
+    let _ = std::fs::remove_file(dir.join(".cache").join(format!("{name}.record")));
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return;
     };

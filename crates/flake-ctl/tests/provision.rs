@@ -1,0 +1,331 @@
+// SPDX-License-Identifier: MIT
+//! Layered flakes, includes and host dependencies against real podman.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::tests_outside_test_module
+)]
+
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use util::{unique, World, IMAGE};
+
+/// Images made from directory trees for one test, removed (with what was assembled from
+/// them) when dropped.
+struct Images {
+    names: Vec<String>,
+    flake: String,
+}
+
+impl Images {
+    fn new(flake: &str) -> Self {
+        Images {
+            names: Vec::new(),
+            flake: flake.to_string(),
+        }
+    }
+
+    /// Imports `tree` as `localhost/<flake>-<suffix>:1`.
+    fn import(&mut self, tree: &Path, suffix: &str) -> String {
+        let name = format!("localhost/{}-{suffix}:1", self.flake);
+        let tar = Command::new("tar")
+            .args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-C"])
+            .arg(tree)
+            .args(["-cf", "-", "."])
+            .output()
+            .unwrap();
+        assert!(tar.status.success(), "{tar:?}");
+        let mut import = Command::new("podman")
+            .args(["import", "-q", "-", &name])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut import.stdin.take().unwrap(), &tar.stdout).unwrap();
+        assert!(import.wait().unwrap().success());
+        self.names.push(name.clone());
+        name
+    }
+
+    /// Tags of images assembled for the flake.
+    fn assembled(&self) -> Vec<String> {
+        let filter = format!("label=io.flake-pilot.assembled={}", self.flake);
+        let out = Command::new("podman")
+            .args([
+                "images",
+                "--filter",
+                &filter,
+                "--format",
+                "{{.Repository}}:{{.Tag}}",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        for image in self.assembled().iter().chain(&self.names) {
+            let _ = Command::new("podman").args(["rmi", "-f", image]).output();
+        }
+    }
+}
+
+fn write(path: &Path, text: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn register(w: &World, name: &str, extra: &[&str]) -> PathBuf {
+    let app = w.bin.join(name);
+    let app_s = app.display().to_string();
+    let mut args = vec!["podman", "register", "--app", &app_s];
+    args.extend(extra);
+    args.extend(["--opt", r"\--network none"]);
+    w.ctl(&args).success();
+    app
+}
+
+/// Runs `check` on the mounted root of `image` (host tools see xattrs and owners exactly).
+fn with_mounted(image: &str, check: impl FnOnce(&Path)) {
+    let out = Command::new("podman")
+        .args(["image", "mount", image])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let root = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    check(&root);
+    let _ = Command::new("podman")
+        .args(["image", "umount", image])
+        .output();
+}
+
+#[test]
+fn delta_on_base_with_layers_keeps_owners_and_capabilities() {
+    require_podman!();
+    let w = World::new();
+    let name = unique("layered");
+    let mut images = Images::new(&name);
+    let trees = w.path("trees");
+    write(
+        &trees.join("delta/usr/bin/hello"),
+        "#!/bin/sh\necho \"delta on $(cat /etc/layered)\"\n",
+        0o755,
+    );
+    write(&trees.join("l1/etc/layered"), "layer one\n", 0o644);
+    write(&trees.join("l1/data/owned"), "x\n", 0o640);
+    std::os::unix::fs::chown(trees.join("l1/data/owned"), Some(1234), Some(5678)).unwrap();
+    std::fs::copy("/bin/busybox", trees.join("l1/bin/pinger")).ok();
+    std::fs::create_dir_all(trees.join("l1/bin")).unwrap();
+    std::fs::copy("/bin/busybox", trees.join("l1/bin/pinger")).unwrap();
+    let setcap = Command::new("setcap")
+        .args(["cap_net_raw+ep"])
+        .arg(trees.join("l1/bin/pinger"))
+        .status()
+        .unwrap();
+    assert!(setcap.success());
+    write(&trees.join("l2/etc/layered"), "layer two\n", 0o644);
+    let delta = images.import(&trees.join("delta"), "delta");
+    let l1 = images.import(&trees.join("l1"), "l1");
+    let l2 = images.import(&trees.join("l2"), "l2");
+    let app = register(
+        &w,
+        &name,
+        &[
+            "--container",
+            &delta,
+            "--base",
+            IMAGE,
+            "--layer",
+            &l1,
+            &l2,
+            "--target",
+            "/usr/bin/hello",
+        ],
+    );
+
+    let first = w.app(&app, &[], None);
+    first.success();
+    assert_eq!(
+        first.stdout(),
+        "delta on layer two\n",
+        "the later layer wins: {first}"
+    );
+    let second = w.app(&app, &[], None);
+    second.success();
+    assert_eq!(second.stdout(), first.stdout());
+    let assembled = images.assembled();
+    let keep = assembled.clone();
+    assert_eq!(assembled.len(), 1, "{assembled:?}");
+    with_mounted(&assembled[0], |root| {
+        let caps = Command::new("getcap")
+            .arg(root.join("bin/pinger"))
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&caps.stdout).contains("cap_net_raw"),
+            "{caps:?}"
+        );
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(root.join("data/owned")).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid(), meta.mode() & 0o777),
+            (1234, 5678, 0o640)
+        );
+    });
+    w.ctl(&["podman", "remove", "--app", &app.display().to_string()])
+        .success();
+    assert!(images.assembled().is_empty(), "remove collects {keep:?}");
+}
+
+#[test]
+fn includes_appear_and_changes_are_seen_on_the_next_launch() {
+    require_podman!();
+    let w = World::new();
+    let name = unique("incl");
+    let images = Images::new(&name);
+    let src = w.path("tar-src");
+    write(&src.join("opt/licence/key"), "from tar\n", 0o644);
+    let tar = w.path("include.tar");
+    let made = Command::new("tar")
+        .arg("-C")
+        .arg(&src)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let host_dir = w.path("certs");
+    write(&host_dir.join("ca.pem"), "version one\n", 0o644);
+    let tar_s = tar.display().to_string();
+    let dir_s = host_dir.display().to_string();
+    let app = register(
+        &w,
+        &name,
+        &[
+            "--container",
+            IMAGE,
+            "--target",
+            "/bin/cat",
+            "--include-tar",
+            &tar_s,
+            "--include-path",
+            &dir_s,
+        ],
+    );
+    let inside = format!("{}/ca.pem", host_dir.display());
+    let run = w.app(&app, &["/opt/licence/key", &inside], None);
+    run.success();
+    assert_eq!(run.stdout(), "from tar\nversion one\n", "{run}");
+
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    write(&host_dir.join("ca.pem"), "version two\n", 0o644);
+    let run = w.app(&app, &[&inside], None);
+    assert_eq!(run.stdout(), "version two\n", "{run}");
+    assert_eq!(
+        images.assembled().len(),
+        1,
+        "the outdated assembly is removed"
+    );
+
+    std::fs::remove_file(host_dir.join("ca.pem")).unwrap();
+    std::fs::remove_dir(&host_dir).unwrap();
+    let run = w.app(&app, &[&inside], None);
+    run.expect_code(125);
+    assert!(
+        run.stderr().contains(&dir_s) && run.stderr().contains("include.path"),
+        "{run}"
+    );
+}
+
+#[test]
+fn missing_layer_is_a_clear_error_and_leaves_nothing() {
+    require_podman!();
+    let w = World::new();
+    let name = unique("nolayer");
+    let images = Images::new(&name);
+    let missing = format!("localhost/{name}-never:1");
+    let app = register(
+        &w,
+        &name,
+        &[
+            "--container",
+            IMAGE,
+            "--base",
+            IMAGE,
+            "--layer",
+            &missing,
+            "--target",
+            "/bin/true",
+        ],
+    );
+    let run = w.app(&app, &[], None);
+    run.expect_code(125);
+    assert!(
+        run.stderr().contains(&missing) && run.stderr().contains(&name),
+        "{run}"
+    );
+    assert_eq!(run.stderr().lines().count(), 1, "{run}");
+    assert!(images.assembled().is_empty());
+    assert!(util::containers_of(&name).is_empty());
+    let cache = w.path("ids/0/.cache");
+    let left: Vec<_> = std::fs::read_dir(&cache)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.iter().all(|f| f.to_string_lossy().ends_with(".lock")),
+        "{left:?}"
+    );
+}
+
+#[test]
+fn host_dependencies_listed_by_the_image_are_provisioned_not_executed() {
+    require_podman!();
+    let w = World::new();
+    let name = unique("hostdeps");
+    let mut images = Images::new(&name);
+    let host_file = w.path("host-secret.conf");
+    write(&host_file, "from the host\n", 0o644);
+    let marker = w.path("systemfiles-ran");
+    let trees = w.path("trees");
+    write(
+        &trees.join("delta/removed"),
+        &format!("{}\n", host_file.display()),
+        0o644,
+    );
+    write(
+        &trees.join("delta/systemfiles"),
+        &format!("#!/bin/sh\ntouch {}\n", marker.display()),
+        0o755,
+    );
+    let delta = images.import(&trees.join("delta"), "delta");
+    let app = register(
+        &w,
+        &name,
+        &[
+            "--container",
+            &delta,
+            "--base",
+            IMAGE,
+            "--target",
+            "/bin/cat",
+            "--check-host-dependencies",
+        ],
+    );
+    let run = w.app(&app, &[&host_file.display().to_string()], None);
+    run.success();
+    assert_eq!(run.stdout(), "from the host\n", "{run}");
+    assert!(!marker.exists(), "/systemfiles must never run on the host");
+}
