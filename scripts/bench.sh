@@ -95,3 +95,59 @@ for r in results:
     print(f"| {r['command']} | {r['median']*1000:.1f} ms | {r['median']/raw:.3f} | {podman} | {total} |")
 print(f"| flake resume, cold first call (5 runs) | {cold:.1f} ms | {cold/1000/raw:.3f} | - | - |")
 PY
+
+# --- layered: second launch of a base + layer + delta flake against a plain one-shot flake,
+#     then the first launch (assembly) for growing layer sizes
+mkdir -p "$work/tree/delta/opt" "$work/tree/layer/opt"
+echo delta > "$work/tree/delta/opt/delta"
+echo layer > "$work/tree/layer/opt/layer"
+tar -C "$work/tree/delta" -c . | podman import -q - localhost/flake-bench-delta:1 >/dev/null
+tar -C "$work/tree/layer" -c . | podman import -q - localhost/flake-bench-layer:1 >/dev/null
+layered_cleanup() {
+    podman rmi -f localhost/flake-bench-delta:1 localhost/flake-bench-layer:1 >/dev/null 2>&1 || true
+    podman rmi -f localhost/flake-bench-big:1 >/dev/null 2>&1 || true
+}
+trap 'layered_cleanup; cleanup' EXIT
+"$BIN_DIR/flake-ctl" podman register --container localhost/flake-bench-delta:1 --base "$IMAGE" \
+    --layer localhost/flake-bench-layer:1 --app "$work/bin/bench-layered" --target /bin/true \
+    --opt '\--network none' >/dev/null
+layered=$work/bin/bench-layered
+"$layered" </dev/null
+hyperfine -N --warmup 3 --runs "$RUNS" --export-json "$OUT/podman-layered.json" \
+    -n "layered flake, second launch" "$layered" \
+    -n "plain one-shot flake" "$app" </dev/null >/dev/null
+read -r layered_all layered_podman < <(count "$layered")
+
+sizes=()
+for mb in 1 50 500; do
+    mkdir -p "$work/tree/big/opt"
+    head -c $((mb * 1024 * 1024)) /dev/urandom > "$work/tree/big/opt/blob"
+    tar -C "$work/tree/big" -c . | podman import -q - localhost/flake-bench-big:1 >/dev/null
+    rm -rf "$work/tree/big"
+    "$BIN_DIR/flake-ctl" podman register --container localhost/flake-bench-delta:1 --base "$IMAGE" \
+        --layer localhost/flake-bench-big:1 --app "$work/bin/bench-big" --target /bin/true \
+        --opt '\--network none' --force >/dev/null
+    start=$(date +%s%N); "$work/bin/bench-big" </dev/null; end=$(date +%s%N)
+    sizes+=("$mb:$(( (end - start) / 1000 ))")
+    "$BIN_DIR/flake-ctl" podman remove --app "$work/bin/bench-big" >/dev/null
+    podman rmi -f localhost/flake-bench-big:1 >/dev/null
+done
+"$BIN_DIR/flake-ctl" podman remove --app "$work/bin/bench-layered" >/dev/null
+
+python3 - "$OUT/podman-layered.json" "$layered_all" "$layered_podman" "${sizes[@]}" <<'PY' | tee "$OUT/podman-layered.md"
+import json, sys
+results = json.load(open(sys.argv[1]))["results"]
+plain = next(r for r in results if r["command"] == "plain one-shot flake")["median"]
+print()
+print("| launch | median | ratio to plain one-shot | podman execs |")
+print("|---|---:|---:|---:|")
+for r in results:
+    podman = sys.argv[3] if r["command"].startswith("layered") else "2"
+    print(f"| {r['command']} | {r['median']*1000:.1f} ms | {r['median']/plain:.3f} | {podman} |")
+print()
+print("| layer content | first launch (assembly + run) |")
+print("|---:|---:|")
+for item in sys.argv[4:]:
+    mb, us = item.split(":")
+    print(f"| {mb} MB | {int(us)/1000:.0f} ms |")
+PY
