@@ -329,3 +329,44 @@ fn host_dependencies_listed_by_the_image_are_provisioned_not_executed() {
     assert_eq!(run.stdout(), "from the host\n", "{run}");
     assert!(!marker.exists(), "/systemfiles must never run on the host");
 }
+
+#[test]
+fn systemfiles_script_runs_only_when_the_flake_opts_in() {
+    require_podman!();
+    let w = World::new();
+    let name = unique("sysexec");
+    let mut images = Images::new(&name);
+    let host_file = w.path("generated-list-entry");
+    write(&host_file, "listed by a script\n", 0o644);
+    let marker = w.path("script-ran");
+    let trees = w.path("trees");
+    let script = format!(
+        "#!/bin/sh\ntouch {}\necho {}\n",
+        marker.display(),
+        host_file.display()
+    );
+    write(&trees.join("delta/systemfiles"), &script, 0o755);
+    let delta = images.import(&trees.join("delta"), "delta");
+    let app = register(
+        &w,
+        &name,
+        &[
+            "--container",
+            &delta,
+            "--base",
+            IMAGE,
+            "--target",
+            "/bin/cat",
+            "--check-host-dependencies",
+        ],
+    );
+    std::fs::write(
+        w.flakes.join(format!("{name}.d/exec.yaml")),
+        "container:\n  execute_systemfiles: true\n",
+    )
+    .unwrap();
+    let run = w.app(&app, &[&host_file.display().to_string()], None);
+    run.success();
+    assert_eq!(run.stdout(), "listed by a script\n", "{run}");
+    assert!(marker.exists(), "the opted-in script ran on the host");
+}

@@ -309,7 +309,15 @@ impl Provisioner<'_> {
                 .arg(&target)
                 .succeeds()?
             {
-                let text = std::fs::read_to_string(&target).unwrap_or_default();
+                let text = if file == "systemfiles" && self.flake.execute_systemfiles {
+                    // Opted in by `execute_systemfiles: true`: the image's script runs on the
+                    // host, as the caller, and prints the list (`sh /systemfiles`).
+                    let path = Some(std::ffi::OsStr::new("/usr/bin:/bin"));
+                    let sh = flakes::process::resolve("sh", path)?;
+                    flakes::process::Cmd::new(sh).arg(&target).stdout()?
+                } else {
+                    std::fs::read_to_string(&target).unwrap_or_default()
+                };
                 listed.extend(
                     text.lines()
                         .map(str::trim)

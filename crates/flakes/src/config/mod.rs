@@ -121,6 +121,8 @@ pub struct ContainerFlake {
     pub layers: Vec<String>,
     /// Provision host files listed by the image.
     pub check_host_dependencies: bool,
+    /// Run the image's `/systemfiles` as a script on the host (explicit opt-in).
+    pub execute_systemfiles: bool,
     /// Launch settings.
     pub runtime: ContainerRuntime,
 }

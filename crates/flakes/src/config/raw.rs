@@ -56,6 +56,11 @@ pub struct RawContainer {
     /// Provision host files listed by the image.
     #[serde(default)]
     pub check_host_dependencies: Option<bool>,
+    /// Run the image's `/systemfiles` on the host to produce that list (opt-in; it is read
+    /// as a plain list otherwise). Not written unless set, so registrations keep the
+    /// original layout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execute_systemfiles: Option<bool>,
     /// Extra images applied between base and delta, in order.
     #[serde(default)]
     pub layers: Option<Vec<String>>,

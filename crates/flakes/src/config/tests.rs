@@ -188,6 +188,11 @@ fn errors_name_the_file_and_key_on_one_line() {
             &["resume"],
         ),
         (
+            "container: {name: a, execute_systemfiles: true}",
+            None,
+            &["check_host_dependencies"],
+        ),
+        (
             "include: {tar: [rel.tar]}\ncontainer: {name: a}",
             None,
             &["include.tar"],

@@ -59,6 +59,11 @@ fn container_flake(raw: RawContainer) -> Result<ContainerFlake, String> {
     if !layers.is_empty() && base.is_none() {
         return Err("container.layers needs container.base_container to layer onto".into());
     }
+    if raw.execute_systemfiles == Some(true) && raw.check_host_dependencies != Some(true) {
+        return Err(
+            "container.execute_systemfiles needs container.check_host_dependencies: true".into(),
+        );
+    }
     if let Some(empty) = layers.iter().position(String::is_empty) {
         return Err(format!("container.layers entry {} is empty", empty + 1));
     }
@@ -72,6 +77,7 @@ fn container_flake(raw: RawContainer) -> Result<ContainerFlake, String> {
         base,
         layers,
         check_host_dependencies: raw.check_host_dependencies.unwrap_or(false),
+        execute_systemfiles: raw.execute_systemfiles.unwrap_or(false),
         runtime: runtime(raw.runtime.unwrap_or_default())?,
     })
 }

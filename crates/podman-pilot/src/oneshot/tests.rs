@@ -15,6 +15,7 @@ fn flake(target: Target, podman: &[&str]) -> ContainerFlake {
         base: None,
         layers: Vec::new(),
         check_host_dependencies: false,
+        execute_systemfiles: false,
         runtime: ContainerRuntime {
             runas: RunAs::Root,
             mode: LaunchMode::OneShot,

@@ -13,6 +13,7 @@ fn flake(base: Option<&str>, layers: &[&str]) -> ContainerFlake {
         base: base.map(str::to_string),
         layers: layers.iter().map(|s| s.to_string()).collect(),
         check_host_dependencies: false,
+        execute_systemfiles: false,
         runtime: ContainerRuntime {
             runas: RunAs::Root,
             mode: LaunchMode::OneShot,

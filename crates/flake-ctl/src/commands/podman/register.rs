@@ -74,6 +74,7 @@ fn flake_document(
         host_app_path: Some(app.display().to_string()),
         base_container: args.base.clone(),
         check_host_dependencies: Some(args.check_host_dependencies),
+        execute_systemfiles: None,
         layers: (!args.layers.is_empty()).then(|| args.layers.clone()),
         runtime: Some(RawRuntime {
             runas: Some(caller.to_string()),
