@@ -412,15 +412,9 @@ fn terminal_inside_only_when_caller_has_one() {
     let probe = "if [ -t 0 ] && [ -t 1 ]; then echo TTY; else echo NOTTY; fi";
     let piped = w.app(&app, &["-c", probe], Some(b""));
     assert_eq!(piped.stdout(), "NOTTY\n", "{piped}");
-    // `script` gives the app a real pseudo-terminal on stdin and stdout.
-    let line = format!("{} -c '{probe}'", app.display());
-    let mut cmd = w.command("script");
-    cmd.args(["-q", "-e", "-c", &line, "/dev/null"]);
-    let out = cmd.stdin(Stdio::null()).output().unwrap();
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("TTY\r\n"),
-        "{out:?}"
-    );
+    // python's pty module gives the launcher a real terminal on stdin and stdout.
+    let out = util::in_pty(&w, &app, &["-c", probe]);
+    assert!(out.contains("TTY\r\n") && !out.contains("NOTTY"), "{out:?}");
 }
 
 #[test]

@@ -324,3 +324,33 @@ macro_rules! require_resume {
         }
     };
 }
+
+/// Runs `app args` on a fresh pseudo-terminal and returns everything it printed there.
+pub fn in_pty(w: &World, app: &Path, args: &[&str]) -> String {
+    let driver = r#"
+import os, pty, sys
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+out = b""
+while True:
+    try:
+        chunk = os.read(fd, 4096)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+"#;
+    let out = w
+        .command("python3")
+        .args(["-c", driver])
+        .arg(app)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
