@@ -4,6 +4,7 @@
 PREFIX  ?= /usr/local
 BINDIR  ?= $(PREFIX)/bin
 LIBEXECDIR ?= $(PREFIX)/libexec/flake-pilot
+DATADIR ?= $(PREFIX)/share
 DESTDIR ?=
 CARGO   ?= cargo
 BINS    := flake-ctl podman-pilot
@@ -28,10 +29,22 @@ install: build ## install the binaries side by side into $(DESTDIR)$(BINDIR)
 	for b in $(BINS); do install -m 0755 target/release/$$b $(DESTDIR)$(BINDIR)/$$b; done
 	install -d $(DESTDIR)$(LIBEXECDIR)
 	install -m 0755 $(AGENT) $(DESTDIR)$(LIBEXECDIR)/flake-agent
+	install -d $(DESTDIR)$(DATADIR)/bash-completion/completions \
+	    $(DESTDIR)$(DATADIR)/zsh/site-functions $(DESTDIR)$(DATADIR)/fish/vendor_completions.d
+	target/release/flake-ctl generate completions bash \
+	    > $(DESTDIR)$(DATADIR)/bash-completion/completions/flake-ctl
+	target/release/flake-ctl generate completions zsh > $(DESTDIR)$(DATADIR)/zsh/site-functions/_flake-ctl
+	target/release/flake-ctl generate completions fish \
+	    > $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/flake-ctl.fish
+	target/release/flake-ctl generate man $(DESTDIR)$(DATADIR)/man/man1
 
 uninstall: ## remove the installed binaries
 	for b in $(BINS); do rm -f $(DESTDIR)$(BINDIR)/$$b; done
 	rm -f $(DESTDIR)$(LIBEXECDIR)/flake-agent
+	rm -f $(DESTDIR)$(DATADIR)/bash-completion/completions/flake-ctl \
+	    $(DESTDIR)$(DATADIR)/zsh/site-functions/_flake-ctl \
+	    $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/flake-ctl.fish \
+	    $(DESTDIR)$(DATADIR)/man/man1/flake-ctl*.1
 
 setup: ## install and configure podman and the test image on this host (root)
 	bash scripts/setup-host.sh

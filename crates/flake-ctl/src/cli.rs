@@ -24,6 +24,32 @@ pub enum Command {
     List(ListArgs),
     /// Manage podman (container) flakes.
     Podman(PodmanArgs),
+    /// Write shell completions or man pages generated from this command line.
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+}
+
+/// `flake-ctl generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// What to generate.
+    #[command(subcommand)]
+    pub what: Generate,
+}
+
+/// Generated artefacts.
+#[derive(Debug, Subcommand)]
+pub enum Generate {
+    /// Completion script for a shell, on stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Man pages (section 1) for flake-ctl and each subcommand, into a directory.
+    Man {
+        /// Target directory.
+        dir: PathBuf,
+    },
 }
 
 /// `flake-ctl init`.

@@ -477,3 +477,27 @@ fn pull_load_and_missing_image_pulled_at_launch() {
     let prefix = w.path("busybox-oci-").display().to_string();
     w.ctl(&["podman", "load", "--oci", &prefix]).success();
 }
+
+#[test]
+fn completions_and_man_pages_come_from_the_command_line_definition() {
+    let w = World::new();
+    let bash = w.ctl(&["generate", "completions", "bash"]);
+    bash.success();
+    for word in [
+        "register",
+        "--check-host-dependencies",
+        "--include-tar",
+        "show",
+    ] {
+        assert!(
+            bash.stdout().contains(word),
+            "{word} missing from completions"
+        );
+    }
+    let dir = w.path("man");
+    w.ctl(&["generate", "man", &dir.display().to_string()])
+        .success();
+    let page = std::fs::read_to_string(dir.join("flake-ctl-podman-register.1")).unwrap();
+    assert!(page.contains("include\\-tar"), "{page}");
+    assert!(dir.join("flake-ctl.1").is_file() && dir.join("flake-ctl-list.1").is_file());
+}

@@ -134,6 +134,16 @@ fn killed_pilot_and_removed_container_do_not_block_the_next_call() {
             .output()
             .unwrap();
     }
+    let show = w.ctl(&["podman", "show", "--format", "csv"]);
+    let row = show
+        .stdout()
+        .lines()
+        .find(|l| l.starts_with(&format!("{name},")))
+        .map(str::to_string);
+    assert!(
+        row.as_deref().is_some_and(|r| r.contains(",stale,")),
+        "{show}"
+    );
     let run = w.app(&app, &["-c", "echo recreated"], None);
     run.success();
     assert_eq!(run.stdout(), "recreated\n", "{run}");

@@ -8,6 +8,7 @@
 
 #![deny(missing_docs)]
 
+pub mod agent;
 pub mod attach;
 pub mod client;
 pub mod oneshot;
@@ -91,6 +92,14 @@ pub enum PodmanError {
     /// Provisioning failed.
     #[error(transparent)]
     Provision(#[from] provision::ProvisionError),
+    /// The agent binary cannot run in an instance.
+    #[error("cannot use {} as flake-agent: {reason}", agent.display())]
+    AgentUnusable {
+        /// The agent path.
+        agent: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// Instance state cannot be prepared.
     #[error(transparent)]
     Instance(#[from] flakes::instance::InstanceError),

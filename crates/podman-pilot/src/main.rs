@@ -7,7 +7,7 @@
 //! running instance's agent) or attach. Its own failures exit 125 (see `flakes::exit`).
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use flakes::config::{Engine as FlakeEngine, LaunchMode, RunAs};
@@ -17,10 +17,7 @@ use flakes::{CallArgs, FlakeName, Mode, PilotExit, Settings};
 use podman_pilot::oneshot::{self, Terminal};
 use podman_pilot::provision::Provisioner;
 use podman_pilot::resume::{self, Instance};
-use podman_pilot::{attach, Engine, PodmanError};
-
-/// Environment variable naming the static agent binary (for tests and custom installs).
-const AGENT_ENV: &str = "FLAKE_AGENT";
+use podman_pilot::{agent, attach, Engine, PodmanError};
 
 fn main() -> ExitCode {
     flakes::logging::init(
@@ -94,14 +91,10 @@ fn run() -> Result<PilotExit, PodmanError> {
     if container.runtime.mode == LaunchMode::Attach {
         return attach::call(&instance, &container, &call, terminal, &lookup);
     }
-    resume::call(
-        &instance,
-        &locate_agent()?,
-        &container,
-        &call,
-        terminal,
-        &lookup,
-    )
+    let exe = std::env::current_exe().unwrap_or_default();
+    let exe_dir = exe.parent().unwrap_or(Path::new("/"));
+    let agent = agent::locate(std::env::var_os(agent::AGENT_ENV), exe_dir)?;
+    resume::call(&instance, &agent, &container, &call, terminal, &lookup)
 }
 
 /// The flake name is the file name the launcher was called as.
@@ -114,22 +107,4 @@ fn flake_name(argv0: &OsString) -> Result<FlakeName, PodmanError> {
         return Err(PodmanError::CalledDirectly);
     }
     Ok(FlakeName::new(&base)?)
-}
-
-/// The static agent: `$FLAKE_AGENT`, else `../libexec/flake-pilot/flake-agent` or
-/// `flake-agent` relative to this launcher.
-fn locate_agent() -> Result<PathBuf, PodmanError> {
-    if let Some(path) = std::env::var_os(AGENT_ENV).filter(|p| !p.is_empty()) {
-        return Ok(PathBuf::from(path));
-    }
-    let exe = std::env::current_exe().unwrap_or_default();
-    let dir = exe.parent().unwrap_or(Path::new("/"));
-    let looked = vec![
-        dir.join("../libexec/flake-pilot/flake-agent"),
-        dir.join("flake-agent"),
-    ];
-    match looked.iter().find(|p| p.is_file()) {
-        Some(found) => Ok(found.clone()),
-        None => Err(PodmanError::AgentMissing { looked }),
-    }
 }

@@ -139,6 +139,7 @@ fn cold_start(
     } else if is_running(instance)? {
         return Ok(None);
     }
+    crate::agent::check_static(agent)?;
     let _ = std::fs::remove_file(&socket);
     let run = start_command(instance, agent, flake, call, lookup)?;
     if let Err(err) = run.stdout() {

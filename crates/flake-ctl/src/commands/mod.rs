@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 //! One module per `flake-ctl` action, each with a single `run` entry point.
 
+pub mod generate;
 pub mod init;
 pub mod list;
 pub mod podman;
@@ -18,6 +19,7 @@ pub fn dispatch(command: Command, ctx: &Context) -> Result<ExitCode> {
         Command::Init(args) => init::run(&args, ctx),
         Command::List(args) => list::run(&args, ctx),
         Command::Podman(args) => podman::run(args, ctx),
+        Command::Generate(args) => generate::run(&args),
     }
 }
 
