@@ -235,33 +235,18 @@ fn shared_base(dir: &Path) -> Result<()> {
 
 /// `run/`: a real directory (not a symlink), writable by any user of the instance.
 fn shared_run_dir(dir: &Path) -> Result<()> {
-    match fs::DirBuilder::new().mode(0o777).create(dir) {
-        Err(err) if err.kind() != std::io::ErrorKind::AlreadyExists => {
-            return Err(InstanceError::Io {
-                action: "create",
-                path: dir.into(),
-                source: err,
-            })
-        }
-        _ => {}
-    }
-    let meta = fs::symlink_metadata(dir).map_err(io("inspect", dir))?;
-    if !meta.is_dir() {
-        let reason = "it is not a directory (or is a symlink); remove it".into();
-        return Err(InstanceError::Unsafe {
-            path: dir.into(),
-            reason,
-        });
-    }
-    if meta.mode() & 0o777 != 0o777 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o777)).map_err(io("chmod", dir))?;
-    }
-    Ok(())
+    checked_dir(dir, 0o777, None)
 }
 
 /// A directory only `uid` may enter.
 fn private_dir(dir: &Path, uid: u32) -> Result<()> {
-    match fs::DirBuilder::new().mode(0o700).create(dir) {
+    checked_dir(dir, 0o700, Some(uid))
+}
+
+/// Creates `dir` with `mode` if missing, then checks that it is a real directory (owned by
+/// `owner` when given) and sets `mode` when its permission bits differ.
+fn checked_dir(dir: &Path, mode: u32, owner: Option<u32>) -> Result<()> {
+    match fs::DirBuilder::new().mode(mode).create(dir) {
         Err(err) if err.kind() != std::io::ErrorKind::AlreadyExists => {
             return Err(InstanceError::Io {
                 action: "create",
@@ -281,14 +266,14 @@ fn private_dir(dir: &Path, uid: u32) -> Result<()> {
             "it is not a directory (or is a symlink); remove it".into(),
         ));
     }
-    if meta.uid() != uid {
+    if let Some(uid) = owner.filter(|uid| meta.uid() != *uid) {
         return Err(unsafe_dir(format!(
             "it belongs to uid {}, not {uid}; remove it",
             meta.uid()
         )));
     }
-    if meta.mode() & 0o077 != 0 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io("chmod", dir))?;
+    if meta.mode() & 0o777 != mode {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode)).map_err(io("chmod", dir))?;
     }
     Ok(())
 }

@@ -87,7 +87,7 @@ pub fn call(
                 },
             )?
         }
-        None => exec_fallback(instance, &argv, tty)?,
+        None => exec_fallback(instance, &argv, tty, call.options.remove)?,
     };
     if call.options.remove {
         remove(instance)?;
@@ -223,10 +223,12 @@ fn volume(host: &Path, inside: &str, flags: &str) -> OsString {
 }
 
 /// `podman exec` into the running instance; replaces the launcher.
+/// With `%remove` it runs `podman exec` as a child instead, so the removal can follow.
 fn exec_fallback(
     instance: &Instance<'_>,
     argv: &[Vec<u8>],
     tty: bool,
+    then_remove: bool,
 ) -> Result<PilotExit, PodmanError> {
     let mut cmd = instance.engine.podman().args(["exec", "--interactive"]);
     if tty {
@@ -237,5 +239,8 @@ fn exec_fallback(
         argv.iter()
             .map(|a| OsString::from(std::ffi::OsStr::from_bytes(a))),
     );
+    if then_remove {
+        return Ok(PilotExit::from_status(cmd.status()?));
+    }
     Err(cmd.exec().into())
 }
