@@ -22,6 +22,7 @@ pub mod names;
 pub mod process;
 pub mod register;
 pub mod registry;
+pub mod size;
 
 pub use callargs::{CallArgError, CallArgs, PilotOptions};
 pub use config::{ConfigError, Engine, Flake};

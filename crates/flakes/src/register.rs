@@ -170,14 +170,8 @@ fn app_state(app: &Path) -> Result<AppState> {
 fn registered_app(config: &Path) -> Option<PathBuf> {
     let raw = load_raw(config).ok()?;
     let from_container = raw.container.and_then(|c| c.host_app_path);
-    let from_vm = || {
-        raw.vm
-            .as_ref()?
-            .get("host_app_path")?
-            .as_str()
-            .map(str::to_string)
-    };
-    from_container.or_else(from_vm).map(PathBuf::from)
+    let from_vm = raw.vm.and_then(|v| v.host_app_path);
+    from_container.or(from_vm).map(PathBuf::from)
 }
 
 /// A flake to register.

@@ -94,22 +94,15 @@ fn rows(registry: &Registry) -> Result<Vec<FlakeRow>> {
 
 fn flake_row(flake: &Flake, config: String) -> FlakeRow {
     let (target, host) = match &flake.engine {
-        Engine::Container(c) => {
-            let target = match &c.target {
-                Target::ImageEntrypoint => "/".to_string(),
-                Target::Program(p) => p.clone(),
-                Target::FlakeName => flake.name.to_string(),
-            };
-            (
-                Some(target),
-                c.host_app_path.as_ref().map(|p| p.display().to_string()),
-            )
-        }
-        Engine::Vm(vm) => {
-            let field = |key: &str| vm.get(key).and_then(|v| v.as_str()).map(str::to_string);
-            (field("target_app_path"), field("host_app_path"))
-        }
+        Engine::Container(c) => (&c.target, &c.host_app_path),
+        Engine::Vm(vm) => (&vm.target, &vm.host_app_path),
     };
+    let target = match target {
+        Target::ImageEntrypoint => "/".to_string(),
+        Target::Program(p) => p.clone(),
+        Target::FlakeName => flake.name.to_string(),
+    };
+    let (target, host) = (Some(target), host.as_ref().map(|p| p.display().to_string()));
     FlakeRow {
         name: flake.name.to_string(),
         engine: Some(flake.engine.label().to_string()),

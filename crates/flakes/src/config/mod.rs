@@ -11,6 +11,7 @@ pub mod load;
 pub mod merge;
 pub mod raw;
 mod validate;
+pub mod vm;
 
 use std::path::PathBuf;
 
@@ -92,8 +93,8 @@ impl Include {
 pub enum Engine {
     /// Runs in a podman container.
     Container(ContainerFlake),
-    /// Runs in a microVM; validated by the VM engine.
-    Vm(yaml_serde::Value),
+    /// Runs in a microVM.
+    Vm(vm::VmFlake),
 }
 
 impl Engine {

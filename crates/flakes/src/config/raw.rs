@@ -19,10 +19,9 @@ pub struct RawFlake {
     /// Container engine section.
     #[serde(default)]
     pub container: Option<RawContainer>,
-    /// VM engine section. Kept opaque until the VM engine validates it; container flakes
-    /// written by flake-ctl 3.1 carry `vm: ~`.
+    /// VM engine section; container flakes written by flake-ctl 3.1 carry `vm: ~`.
     #[serde(default)]
-    pub vm: Option<yaml_serde::Value>,
+    pub vm: Option<RawVm>,
 }
 
 /// The `include` section.
@@ -86,4 +85,92 @@ pub struct RawRuntime {
     /// Extra engine options, one `OPTION[ VALUE]` per entry.
     #[serde(default)]
     pub podman: Option<Vec<String>>,
+}
+
+/// The `vm` section.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVm {
+    /// Name of the VM image in the image registry.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Program inside the guest.
+    #[serde(default)]
+    pub target_app_path: Option<String>,
+    /// Registered host path (informational for the launcher).
+    #[serde(default)]
+    pub host_app_path: Option<String>,
+    /// Written by flake-ctl 3.1 and never used; accepted for compatibility.
+    #[serde(default)]
+    pub base_vm: Option<String>,
+    /// Written by flake-ctl 3.1 and never used; accepted for compatibility.
+    #[serde(default)]
+    pub layers: Option<Vec<String>>,
+    /// How the VM runs.
+    #[serde(default)]
+    pub runtime: Option<RawVmRuntime>,
+}
+
+/// The `vm.runtime` section.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVmRuntime {
+    /// User the VMM runs as (recorded; the VMM runs as the caller).
+    #[serde(default)]
+    pub runas: Option<String>,
+    /// Keep the VM running and run each call in it.
+    #[serde(default)]
+    pub resume: Option<bool>,
+    /// Use the guest channel even for one-shot calls.
+    #[serde(default)]
+    pub force_vsock: Option<bool>,
+    /// `firecracker` (default) or `qemu`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm: Option<String>,
+    /// `false`: no network device at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<bool>,
+    /// Machine settings.
+    #[serde(default)]
+    pub firecracker: Option<RawFirecracker>,
+}
+
+/// A size written as a number of bytes or as text such as `20GiB`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RawSize {
+    /// Bytes.
+    Bytes(u64),
+    /// Text with a unit.
+    Text(String),
+}
+
+/// The `vm.runtime.firecracker` section.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFirecracker {
+    /// Kernel command line, one argument per entry.
+    #[serde(default)]
+    pub boot_args: Option<Vec<String>>,
+    /// Size of the writable overlay disk; absent means no overlay.
+    #[serde(default)]
+    pub overlay_size: Option<RawSize>,
+    /// Root filesystem image.
+    #[serde(default)]
+    pub rootfs_image_path: Option<String>,
+    /// Kernel image.
+    #[serde(default)]
+    pub kernel_image_path: Option<String>,
+    /// Initrd image.
+    #[serde(default)]
+    pub initrd_path: Option<String>,
+    /// Guest memory in MiB.
+    #[serde(default)]
+    pub mem_size_mib: Option<u32>,
+    /// Guest CPUs.
+    #[serde(default)]
+    pub vcpu_count: Option<u8>,
+    /// `Writeback` or `Unsafe` for the overlay drive.
+    #[serde(default)]
+    pub cache_type: Option<String>,
 }

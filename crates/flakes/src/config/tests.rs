@@ -221,3 +221,158 @@ fn missing_file_is_a_read_error() {
     let err = load_flake(FlakeName::new("x").unwrap(), &dir.path().join("x.yaml")).unwrap_err();
     assert!(matches!(err, ConfigError::Read { .. }));
 }
+
+/// A VM flake as flake-ctl 3.1 writes it (upstream-behaviour §2.5).
+const ORIGINAL_VM: &str = r#"---
+include:
+  tar: ~
+  path: ~
+container: ~
+vm:
+  name: leap
+  target_app_path: /bin/bash
+  host_app_path: /usr/bin/mybash
+  base_vm: ~
+  layers: ~
+  runtime:
+    runas: root
+    resume: false
+    force_vsock: false
+    firecracker:
+      boot_args:
+        - init=/usr/sbin/sci
+        - console=ttyS0
+        - root=/dev/vda
+        - acpi=off
+        - rd.neednet=1
+        - ip=dhcp
+        - quiet
+      overlay_size: 20GiB
+      rootfs_image_path: /var/lib/firecracker/images/leap/rootfs
+      kernel_image_path: /var/lib/firecracker/images/leap/kernel
+      initrd_path: ~
+      mem_size_mib: 4096
+      vcpu_count: 2
+      cache_type: Writeback
+"#;
+
+fn vm(files: &Files) -> vm::VmFlake {
+    match files.load().unwrap().engine {
+        Engine::Vm(vm) => vm,
+        Engine::Container(_) => panic!("not a VM flake"),
+    }
+}
+
+#[test]
+fn original_vm_yaml_loads_unchanged() {
+    let v = vm(&Files::new(ORIGINAL_VM));
+    assert_eq!(v.image, "leap");
+    assert_eq!(v.target, Target::Program("/bin/bash".into()));
+    assert_eq!(v.runtime.mode, LaunchMode::OneShot);
+    assert_eq!(v.runtime.vmm, vm::Vmm::Firecracker);
+    assert!(v.runtime.network);
+    assert_eq!(v.runtime.overlay_size.map(|s| s.bytes()), Some(20 << 30));
+    assert_eq!(
+        v.runtime.rootfs,
+        PathBuf::from("/var/lib/firecracker/images/leap/rootfs")
+    );
+    assert_eq!(v.runtime.initrd, None);
+    assert_eq!((v.runtime.mem_size_mib, v.runtime.vcpu_count), (4096, 2));
+    assert_eq!(v.runtime.boot_args.len(), 7);
+}
+
+#[test]
+fn vm_keys_and_spellings() {
+    let with = |from: &str, to: &str| Files::new(&ORIGINAL_VM.replace(from, to));
+    assert_eq!(
+        vm(&with("overlay_size: 20GiB", "overlay_size: 20g"))
+            .runtime
+            .overlay_size
+            .map(|s| s.bytes()),
+        Some(20 << 30)
+    );
+    assert_eq!(
+        vm(&with("overlay_size: 20GiB", "overlay_size: 1073741824"))
+            .runtime
+            .overlay_size
+            .map(|s| s.bytes()),
+        Some(1 << 30)
+    );
+    assert_eq!(
+        vm(&with("overlay_size: 20GiB", "overlay_size: ~"))
+            .runtime
+            .overlay_size,
+        None
+    );
+    assert_eq!(
+        vm(&with(
+            "force_vsock: false",
+            "force_vsock: false\n    vmm: qemu"
+        ))
+        .runtime
+        .vmm,
+        vm::Vmm::Qemu
+    );
+    assert!(
+        !vm(&with(
+            "force_vsock: false",
+            "force_vsock: false\n    network: false"
+        ))
+        .runtime
+        .network
+    );
+    assert_eq!(
+        vm(&with("resume: false", "resume: true")).runtime.mode,
+        LaunchMode::Resume
+    );
+    assert_eq!(
+        vm(&with("cache_type: Writeback", "cache_type: Unsafe"))
+            .runtime
+            .cache_type,
+        vm::CacheType::Unsafe
+    );
+}
+
+#[test]
+fn vm_errors_name_the_key() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "overlay_size: 20GiB",
+            "overlay_size: 20 gigs",
+            "overlay_size",
+        ),
+        ("overlay_size: 20GiB", "overlay_size: 0", "overlay_size"),
+        ("- quiet", "- 'quiet\" init=/bin/sh'", "boot_args"),
+        ("- quiet", "- 'a b'", "boot_args"),
+        (
+            "force_vsock: false",
+            "force_vsock: false\n    vmm: kvmtool",
+            "vmm",
+        ),
+        (
+            "cache_type: Writeback",
+            "cache_type: writeback",
+            "cache_type",
+        ),
+        ("vcpu_count: 2", "vcpu_count: 0", "vcpu_count"),
+        (
+            "rootfs_image_path: /var/lib/firecracker/images/leap/rootfs",
+            "rootfs_image_path: rootfs",
+            "rootfs_image_path",
+        ),
+        (
+            "kernel_image_path: /var/lib/firecracker/images/leap/kernel",
+            "kernel_image_path: ~",
+            "kernel_image_path",
+        ),
+        ("  name: leap", "  name: ~", "vm.name"),
+        ("cache_type: Writeback", "cache_typ: Writeback", "cache_typ"),
+    ];
+    for (from, to, needle) in cases {
+        let err = Files::new(&ORIGINAL_VM.replace(from, to))
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle) && !err.contains('\n'), "{to}: {err}");
+    }
+}

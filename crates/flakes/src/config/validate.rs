@@ -17,15 +17,14 @@ pub(crate) fn validate(name: FlakeName, path: &Path, raw: RawFlake) -> Result<Fl
         path: path.to_path_buf(),
         reason,
     };
-    let vm = raw.vm.filter(|v| !v.is_null());
-    let engine = match (raw.container, vm) {
+    let engine = match (raw.container, raw.vm) {
         (Some(_), Some(_)) => {
             return Err(invalid(
                 "has both a container and a vm section; keep the one of its engine".into(),
             ))
         }
         (Some(container), None) => Engine::Container(container_flake(container).map_err(invalid)?),
-        (None, Some(vm)) => Engine::Vm(vm),
+        (None, Some(vm)) => Engine::Vm(super::vm::vm_flake(vm).map_err(invalid)?),
         (None, None) => {
             return Err(invalid(
                 "has neither a container nor a vm section; register it with flake-ctl".into(),
