@@ -7,7 +7,7 @@ LIBEXECDIR ?= $(PREFIX)/libexec/flake-pilot
 DATADIR ?= $(PREFIX)/share
 DESTDIR ?=
 CARGO   ?= cargo
-BINS    := flake-ctl podman-pilot
+BINS    := flake-ctl podman-pilot firecracker-pilot
 # The agent runs inside arbitrary images (busybox has no libc), so it is linked statically.
 TRIPLE  := $(shell rustc -vV | sed -n 's/^host: //p')
 AGENT   := target/$(TRIPLE)/release/flake-agent

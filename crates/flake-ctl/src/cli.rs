@@ -24,6 +24,8 @@ pub enum Command {
     List(ListArgs),
     /// Manage podman (container) flakes.
     Podman(PodmanArgs),
+    /// Manage VM flakes (Firecracker or QEMU microvm).
+    Firecracker(FirecrackerArgs),
     /// Write shell completions or man pages generated from this command line.
     #[command(hide = true)]
     Generate(GenerateArgs),
@@ -119,6 +121,92 @@ pub struct ShowArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
+}
+
+/// `flake-ctl firecracker`.
+#[derive(Debug, Args)]
+pub struct FirecrackerArgs {
+    /// Work on the user's flakes and VM images instead of the system's; accepted before or
+    /// after the action.
+    #[arg(long, global = true)]
+    pub user: bool,
+    /// The action.
+    #[command(subcommand)]
+    pub action: FirecrackerAction,
+}
+
+/// VM actions.
+#[derive(Debug, Subcommand)]
+pub enum FirecrackerAction {
+    /// Register an app path that runs a program in a VM.
+    Register(Box<VmRegisterArgs>),
+    /// Remove a VM flake, or all flakes of a VM image and the image itself.
+    Remove(VmRemoveArgs),
+}
+
+/// VM monitors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VmmArg {
+    /// Firecracker.
+    Firecracker,
+    /// QEMU's microvm machine.
+    Qemu,
+}
+
+/// `flake-ctl firecracker register`.
+#[derive(Debug, Args)]
+pub struct VmRegisterArgs {
+    /// Name of a pulled VM image.
+    #[arg(long)]
+    pub vm: String,
+    /// Absolute host path of the app to create.
+    #[arg(long)]
+    pub app: PathBuf,
+    /// Program inside the VM; defaults to the app path.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// User recorded for the VM (the VMM runs as the caller).
+    #[arg(long)]
+    pub run_as: Option<String>,
+    /// Keep the VM running and run every call inside it.
+    #[arg(long)]
+    pub resume: bool,
+    /// Use the guest channel instead of the serial console.
+    #[arg(long)]
+    pub force_vsock: bool,
+    /// Size of a writable overlay disk, e.g. 20GiB, 20G, 512MiB or 1.5GB.
+    #[arg(long)]
+    pub overlay_size: Option<String>,
+    /// No network device at all.
+    #[arg(long)]
+    pub no_net: bool,
+    /// Tar archive extracted into the overlay (repeatable; needs --overlay-size).
+    #[arg(long = "include-tar", num_args = 1.., requires = "overlay_size")]
+    pub include_tar: Vec<PathBuf>,
+    /// Host path copied into the overlay (repeatable; needs --overlay-size).
+    #[arg(long = "include-path", num_args = 1.., requires = "overlay_size")]
+    pub include_path: Vec<PathBuf>,
+    /// The VM monitor.
+    #[arg(long, value_enum, default_value = "firecracker")]
+    pub vmm: VmmArg,
+    /// Replace an existing registration of the same app path.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `flake-ctl firecracker remove`.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["app", "vm"]))]
+pub struct VmRemoveArgs {
+    /// App path of the flake to remove.
+    #[arg(long)]
+    pub app: Option<PathBuf>,
+    /// Remove every flake of this VM image, then the image.
+    #[arg(long)]
+    pub vm: Option<String>,
+    /// Remove whatever is left of a broken registration.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `flake-ctl podman pull`.

@@ -62,6 +62,24 @@ impl Context {
         Ok(engine.with_storage_conf(self.settings.podman_storage_conf(mode)))
     }
 
+    /// Include paths made absolute and checked to exist now, not at the first launch.
+    pub fn includes(&self, paths: &[PathBuf], flag: &str) -> Result<Option<Vec<String>>> {
+        if paths.is_empty() {
+            return Ok(None);
+        }
+        let mut out = Vec::with_capacity(paths.len());
+        for path in paths {
+            let absolute = self.absolute(path);
+            anyhow::ensure!(
+                absolute.exists(),
+                "{flag} {}: no such file or directory",
+                path.display()
+            );
+            out.push(absolute.display().to_string());
+        }
+        Ok(Some(out))
+    }
+
     /// `path` made absolute against the working directory.
     pub fn absolute(&self, path: &Path) -> PathBuf {
         if path.is_absolute() {

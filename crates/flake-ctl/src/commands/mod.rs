@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 //! One module per `flake-ctl` action, each with a single `run` entry point.
 
+pub mod firecracker;
 pub mod generate;
 pub mod init;
 pub mod list;
@@ -19,6 +20,7 @@ pub fn dispatch(command: Command, ctx: &Context) -> Result<ExitCode> {
         Command::Init(args) => init::run(&args, ctx),
         Command::List(args) => list::run(&args, ctx),
         Command::Podman(args) => podman::run(args, ctx),
+        Command::Firecracker(args) => firecracker::run(args, ctx),
         Command::Generate(args) => generate::run(&args),
     }
 }

@@ -85,8 +85,8 @@ fn flake_document(
     };
     Ok(RawFlake {
         include: Some(RawInclude {
-            tar: includes(&args.include_tar, "--include-tar", ctx)?,
-            path: includes(&args.include_path, "--include-path", ctx)?,
+            tar: ctx.includes(&args.include_tar, "--include-tar")?,
+            path: ctx.includes(&args.include_path, "--include-path")?,
         }),
         container: Some(container),
         vm: None,
@@ -98,23 +98,8 @@ fn strip_escape(opt: &str) -> &str {
     opt.strip_prefix('\\').unwrap_or(opt)
 }
 
-/// Include paths made absolute and checked to exist now, not at the first launch.
-fn includes(paths: &[PathBuf], flag: &str, ctx: &Context) -> Result<Option<Vec<String>>> {
-    if paths.is_empty() {
-        return Ok(None);
-    }
-    let mut out = Vec::with_capacity(paths.len());
-    for path in paths {
-        let absolute = ctx.absolute(path);
-        if !absolute.exists() {
-            bail!("{flag} {}: no such file or directory", path.display());
-        }
-        out.push(absolute.display().to_string());
-    }
-    Ok(Some(out))
-}
-
-fn to_yaml(raw: &RawFlake) -> Result<String> {
+/// The YAML text of a registration, with the document marker flake-ctl 3.1 wrote.
+pub fn to_yaml(raw: &RawFlake) -> Result<String> {
     let body = yaml_serde::to_string(raw).context("cannot render the flake YAML")?;
     Ok(format!("---\n{body}"))
 }

@@ -1,0 +1,21 @@
+// SPDX-License-Identifier: MIT
+//! `flake-ctl firecracker ...`: the VM engine's actions.
+
+pub mod register;
+pub mod remove;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::cli::{FirecrackerAction, FirecrackerArgs};
+use crate::context::Context;
+
+/// Runs one VM action.
+pub fn run(args: FirecrackerArgs, ctx: &Context) -> Result<ExitCode> {
+    let mode = Context::mode(args.user);
+    match args.action {
+        FirecrackerAction::Register(a) => register::run(&a, mode, ctx),
+        FirecrackerAction::Remove(a) => remove::run(&a, mode, ctx),
+    }
+}

@@ -1,0 +1,116 @@
+// SPDX-License-Identifier: MIT
+//! `flake-ctl firecracker register`: create an app path that runs a program in a VM.
+//!
+//! Everything is checked before anything is written: the image must have been pulled (a
+//! rootfs and a kernel), `--overlay-size` must be a size (`20GiB`, `20G`, `20g`, `512MiB`,
+//! `1.5GB`: the original accepted anything here and crashed at launch), and the YAML must
+//! pass the launcher's validation. `--no-net` means no network device at all, and drops the
+//! network boot arguments.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use flakes::config::raw::{RawFirecracker, RawFlake, RawInclude, RawSize, RawVm, RawVmRuntime};
+use flakes::config::vm::DEFAULT_BOOT_ARGS;
+use flakes::register::{app_name, Registration};
+use flakes::size::ByteSize;
+use flakes::Mode;
+
+use crate::cli::{VmRegisterArgs, VmmArg};
+use crate::commands::podman::register::to_yaml;
+use crate::context::Context;
+
+/// Runs the registration.
+pub fn run(args: &VmRegisterArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
+    let name = app_name(&args.app)?;
+    let image = vm_pilot::find_image(&vm_pilot::images_dir(&ctx.settings, mode), &args.vm)?;
+    let raw = flake_document(args, &image, ctx)?;
+    let registry = ctx.settings.registry(mode);
+    let config = registry.config_path(&name);
+    flakes::config::validate_raw(name.clone(), &config, raw.clone())?;
+    let registration = Registration {
+        registry: &registry,
+        app: args.app.clone(),
+        pilot: ctx.pilot("firecracker-pilot")?,
+        yaml: to_yaml(&raw)?,
+        force: args.force,
+    };
+    registration.commit()?;
+    println!(
+        "registered flake {name}: {} -> firecracker-pilot ({})",
+        args.app.display(),
+        config.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn flake_document(
+    args: &VmRegisterArgs,
+    image: &vm_pilot::VmImage,
+    ctx: &Context,
+) -> Result<RawFlake> {
+    let target = args
+        .target
+        .clone()
+        .unwrap_or_else(|| args.app.display().to_string());
+    if !target.starts_with('/') || target == "/" {
+        bail!("--target '{target}' must be an absolute program path inside the VM");
+    }
+    if let Some(size) = &args.overlay_size {
+        ByteSize::parse(size).map_err(|e| anyhow::anyhow!("--overlay-size: {e}"))?;
+    }
+    let path = |p: &Path| Some(p.display().to_string());
+    let firecracker = RawFirecracker {
+        boot_args: Some(boot_args(args)),
+        overlay_size: args.overlay_size.clone().map(RawSize::Text),
+        rootfs_image_path: path(&image.rootfs),
+        kernel_image_path: path(&image.kernel),
+        initrd_path: image.initrd.as_deref().and_then(path),
+        mem_size_mib: Some(4096),
+        vcpu_count: Some(2),
+        cache_type: Some("Writeback".into()),
+    };
+    let runtime = RawVmRuntime {
+        runas: Some(args.run_as.clone().unwrap_or_else(|| "root".into())),
+        resume: Some(args.resume),
+        force_vsock: Some(args.force_vsock),
+        vmm: Some(match args.vmm {
+            VmmArg::Firecracker => "firecracker".into(),
+            VmmArg::Qemu => "qemu".into(),
+        }),
+        network: args.no_net.then_some(false),
+        firecracker: Some(firecracker),
+    };
+    Ok(RawFlake {
+        include: Some(RawInclude {
+            tar: ctx.includes(&args.include_tar, "--include-tar")?,
+            path: ctx.includes(&args.include_path, "--include-path")?,
+        }),
+        container: None,
+        vm: Some(RawVm {
+            name: Some(args.vm.clone()),
+            target_app_path: Some(target),
+            host_app_path: path(&args.app),
+            base_vm: None,
+            layers: None,
+            runtime: Some(runtime),
+        }),
+    })
+}
+
+/// The default kernel command line, adjusted for the options (as flake-ctl 3.1 did).
+fn boot_args(args: &VmRegisterArgs) -> Vec<String> {
+    let mut boot: Vec<String> = DEFAULT_BOOT_ARGS
+        .iter()
+        .filter(|a| !(args.no_net && (a.starts_with("ip=") || a.starts_with("rd.neednet="))))
+        .map(|a| a.to_string())
+        .collect();
+    if args.resume {
+        boot.push("sci_resume=1".into());
+    }
+    if args.force_vsock {
+        boot.push("sci_force_vsock=1".into());
+    }
+    boot
+}

@@ -1,0 +1,189 @@
+// SPDX-License-Identifier: MIT
+//! `flake-ctl firecracker register/remove` and VM flakes in `list`, in user mode.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::tests_outside_test_module
+)]
+
+mod util;
+
+use std::path::PathBuf;
+
+use util::World;
+
+/// A pulled-looking VM image in the user's registry.
+fn fake_image(w: &World, name: &str, initrd: bool) -> PathBuf {
+    let dir = w.home.join(".config/flakes/firecracker/images").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut files = vec!["rootfs", "kernel"];
+    if initrd {
+        files.push("initrd");
+    }
+    for file in files {
+        std::fs::write(dir.join(file), file).unwrap();
+    }
+    dir
+}
+
+fn yaml(w: &World, name: &str) -> String {
+    std::fs::read_to_string(w.home.join(".config/flakes").join(format!("{name}.yaml"))).unwrap()
+}
+
+#[test]
+fn register_list_call_and_remove_round_trip() {
+    let w = World::new();
+    let image = fake_image(&w, "leap", true);
+    let app = w.bin.join("mybash").display().to_string();
+    let register = [
+        "firecracker",
+        "--user",
+        "register",
+        "--vm",
+        "leap",
+        "--app",
+        &app,
+        "--target",
+        "/bin/bash",
+        "--overlay-size",
+        "20GiB",
+        "--resume",
+    ];
+    w.ctl(&register).success();
+    let text = yaml(&w, "mybash");
+    for needle in [
+        "name: leap",
+        "overlay_size: 20GiB",
+        "vmm: firecracker",
+        "sci_resume=1",
+        "initrd_path:",
+        "ip=dhcp",
+    ] {
+        assert!(text.contains(needle), "{needle} missing:\n{text}");
+    }
+    let list = w.ctl(&["list", "--user", "--format", "json"]);
+    list.success();
+    let rows: serde_json::Value = serde_json::from_str(&list.stdout()).unwrap();
+    assert_eq!(rows[0]["engine"], "firecracker");
+    assert_eq!(rows[0]["target"], "/bin/bash");
+
+    let run = w.app(std::path::Path::new(&app), &["-c", "true"], None);
+    run.expect_code(125);
+    assert!(run.stderr().contains("cannot boot VM flakes yet"), "{run}");
+
+    w.ctl(&["firecracker", "remove", "--user", "--vm", "leap"])
+        .success();
+    assert!(!image.exists());
+    assert!(!PathBuf::from(&app).is_symlink());
+    w.ctl(&["firecracker", "remove", "--user", "--vm", "leap"])
+        .expect_code(1);
+}
+
+#[test]
+fn overlay_sizes_and_no_net() {
+    let w = World::new();
+    fake_image(&w, "core", false);
+    for (i, size) in ["20G", "20g", "512MiB", "1.5GB"].iter().enumerate() {
+        let app = w.bin.join(format!("ok{i}")).display().to_string();
+        w.ctl(&[
+            "firecracker",
+            "--user",
+            "register",
+            "--vm",
+            "core",
+            "--app",
+            &app,
+            "--overlay-size",
+            size,
+        ])
+        .success();
+    }
+    let before = w.tree();
+    for size in ["20gigs", "0", "", "1.2.3G", "20 G B"] {
+        let app = w.bin.join("bad").display().to_string();
+        let run = w.ctl(&[
+            "firecracker",
+            "--user",
+            "register",
+            "--vm",
+            "core",
+            "--app",
+            &app,
+            "--overlay-size",
+            size,
+        ]);
+        assert_ne!(run.code(), 0, "{size}: {run}");
+        assert!(
+            run.stderr().contains("size") || run.stderr().contains("overlay"),
+            "{run}"
+        );
+        assert_eq!(w.tree(), before, "nothing left by a refused registration");
+    }
+    let app = w.bin.join("fireshell").display().to_string();
+    w.ctl(&[
+        "firecracker",
+        "--user",
+        "register",
+        "--app",
+        &app,
+        "--target",
+        "/bin/bash",
+        "--vm",
+        "core",
+        "--no-net",
+    ])
+    .success();
+    let text = yaml(&w, "fireshell");
+    assert!(
+        text.contains("network: false") && !text.contains("ip=") && !text.contains("rd.neednet"),
+        "{text}"
+    );
+}
+
+#[test]
+fn clear_errors_for_missing_images_and_includes_without_overlay() {
+    let w = World::new();
+    let app = w.bin.join("x").display().to_string();
+    let run = w.ctl(&[
+        "firecracker",
+        "--user",
+        "register",
+        "--vm",
+        "nope",
+        "--app",
+        &app,
+    ]);
+    run.expect_code(1);
+    assert!(
+        run.stderr().contains("pull") && run.stderr().contains("rootfs"),
+        "{run}"
+    );
+    let run = w.ctl(&[
+        "firecracker",
+        "--user",
+        "register",
+        "--vm",
+        "../etc",
+        "--app",
+        &app,
+    ]);
+    run.expect_code(1);
+    fake_image(&w, "core", false);
+    let tar = w.path("inc.tar");
+    std::fs::write(&tar, "").unwrap();
+    let run = w.ctl(&[
+        "firecracker",
+        "--user",
+        "register",
+        "--vm",
+        "core",
+        "--app",
+        &app,
+        "--include-tar",
+        &tar.display().to_string(),
+    ]);
+    run.expect_code(2);
+    assert!(run.stderr().contains("--overlay-size"), "{run}");
+}
