@@ -138,6 +138,8 @@ pub struct FirecrackerArgs {
 /// VM actions.
 #[derive(Debug, Subcommand)]
 pub enum FirecrackerAction {
+    /// Fetch a VM image (a kis archive, or rootfs and kernel) into the image registry.
+    Pull(VmPullArgs),
     /// Register an app path that runs a program in a VM.
     Register(Box<VmRegisterArgs>),
     /// Remove a VM flake, or all flakes of a VM image and the image itself.
@@ -190,6 +192,31 @@ pub struct VmRegisterArgs {
     #[arg(long, value_enum, default_value = "firecracker")]
     pub vmm: VmmArg,
     /// Replace an existing registration of the same app path.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `flake-ctl firecracker pull`.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["kis_image", "rootfs"]))]
+pub struct VmPullArgs {
+    /// Name of the image in the registry.
+    #[arg(long)]
+    pub name: String,
+    /// KIWI kis archive (https://, file:// or a path; http:// needs
+    /// FLAKE_ALLOW_INSECURE_TRANSPORT=1).
+    #[arg(long, conflicts_with_all = ["rootfs", "kernel", "initrd"])]
+    pub kis_image: Option<String>,
+    /// Root filesystem image.
+    #[arg(long, requires = "kernel")]
+    pub rootfs: Option<String>,
+    /// Kernel image.
+    #[arg(long, requires = "rootfs")]
+    pub kernel: Option<String>,
+    /// Initrd image.
+    #[arg(long, requires = "rootfs")]
+    pub initrd: Option<String>,
+    /// Replace an existing image once the new one is complete and verified.
     #[arg(long)]
     pub force: bool,
 }

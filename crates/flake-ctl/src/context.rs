@@ -19,6 +19,8 @@ pub struct Context {
     pub path_env: Option<OsString>,
     /// Working directory, for relative paths on the command line.
     pub cwd: PathBuf,
+    /// `FLAKE_ALLOW_INSECURE_TRANSPORT` is set: plain http downloads are allowed.
+    pub insecure_transport: bool,
 }
 
 impl Context {
@@ -33,6 +35,7 @@ impl Context {
             exe_dir,
             path_env: std::env::var_os("PATH"),
             cwd,
+            insecure_transport: std::env::var_os(vm_pilot::pull::INSECURE_ENV).is_some(),
         })
     }
 

@@ -11,6 +11,8 @@ use flakes::{Mode, Settings};
 /// Root of the system VM image registry.
 pub const SYSTEM_REGISTRY: &str = "/var/lib/firecracker";
 
+pub mod pull;
+
 /// The directory holding the VM images of `mode`: `/var/lib/firecracker/images` for the
 /// system, `<user flakes_dir>/firecracker/images` for a user.
 pub fn images_dir(settings: &Settings, mode: Mode) -> PathBuf {

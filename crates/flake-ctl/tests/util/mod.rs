@@ -206,6 +206,11 @@ pub struct Run {
 }
 
 impl Run {
+    /// Runs a prepared command with no stdin.
+    pub fn from_command(cmd: Command) -> Self {
+        Run::new(cmd, None)
+    }
+
     fn new(mut cmd: Command, stdin: Option<&[u8]>) -> Self {
         let description = format!("{cmd:?}");
         let started = Instant::now();

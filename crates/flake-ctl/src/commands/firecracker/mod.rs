@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 //! `flake-ctl firecracker ...`: the VM engine's actions.
 
+pub mod pull;
 pub mod register;
 pub mod remove;
 
@@ -15,6 +16,7 @@ use crate::context::Context;
 pub fn run(args: FirecrackerArgs, ctx: &Context) -> Result<ExitCode> {
     let mode = Context::mode(args.user);
     match args.action {
+        FirecrackerAction::Pull(a) => pull::run(&a, mode, ctx),
         FirecrackerAction::Register(a) => register::run(&a, mode, ctx),
         FirecrackerAction::Remove(a) => remove::run(&a, mode, ctx),
     }
