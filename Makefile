@@ -5,6 +5,7 @@ PREFIX  ?= /usr/local
 BINDIR  ?= $(PREFIX)/bin
 LIBEXECDIR ?= $(PREFIX)/libexec/flake-pilot
 DATADIR ?= $(PREFIX)/share
+VM_FIXTURES ?= /var/cache/flake-pilot-vm
 DESTDIR ?=
 CARGO   ?= cargo
 BINS    := flake-ctl podman-pilot firecracker-pilot
@@ -12,10 +13,10 @@ BINS    := flake-ctl podman-pilot firecracker-pilot
 TRIPLE  := $(shell rustc -vV | sed -n 's/^host: //p')
 AGENT   := target/$(TRIPLE)/release/flake-agent
 
-.PHONY: help build agent install uninstall setup lint test ci demo bench clean
+.PHONY: help build agent install uninstall setup vm-fixtures lint test ci demo bench clean
 
 help: ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 build: agent ## release build of every binary
 	$(CARGO) build --release --locked --workspace --bins
@@ -49,6 +50,9 @@ uninstall: ## remove the installed binaries
 setup: ## install and configure podman and the test image on this host (root)
 	bash scripts/setup-host.sh
 
+vm-fixtures: ## Firecracker binary, guest kernel and rootfs for VM tests (cached in $(VM_FIXTURES))
+	bash scripts/vm-fixtures.sh $(VM_FIXTURES)
+
 lint: ## formatting, clippy and docs, all warnings fatal
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
@@ -58,11 +62,13 @@ test: ## lint, then unit and integration tests against real podman
 	$(MAKE) lint
 	$(MAKE) agent
 	$(CARGO) build --locked --workspace --bins
-	FLAKE_AGENT=$(CURDIR)/$(AGENT) FLAKE_TEST_REQUIRE_PODMAN=1 $(CARGO) test --locked --workspace
+	FLAKE_AGENT=$(CURDIR)/$(AGENT) FLAKE_TEST_REQUIRE_PODMAN=1 FLAKE_VM_FIXTURES=$(VM_FIXTURES) \
+	    $(CARGO) test --locked --workspace
 
-ci: ## what CI runs: host setup (with a rootless test user), then the full test suite
+ci: ## what CI runs: host and VM fixture set-up (with a rootless test user), then all tests
 	ROOTLESS_USER=flaketest bash scripts/setup-host.sh
-	$(MAKE) test
+	bash scripts/vm-fixtures.sh $(VM_FIXTURES)
+	FLAKE_TEST_REQUIRE_VM=1 $(MAKE) test
 
 demo: setup install ## set up, install, register a flake on the local image and run it
 	$(DESTDIR)$(BINDIR)/flake-ctl podman register --container localhost/busybox \

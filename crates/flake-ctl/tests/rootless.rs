@@ -179,3 +179,34 @@ rm -rf "$work"
         "{stdout}"
     );
 }
+
+#[test]
+fn user_pulls_a_vm_image_without_root() {
+    require_podman!();
+    if !user_exists() {
+        return;
+    }
+    let (_keep, bin) = user_bin_dir();
+    let tag = util::unique("upull");
+    let script = format!(
+        r#"set -e
+work=$(mktemp -d)
+mkdir "$work/kis"
+head -c 4096 /dev/urandom > "$work/kis/img.raw"
+echo kernel > "$work/kis/img.kernel"
+sha256sum "$work/kis/img.raw" | cut -d' ' -f1 > "$work/kis/img.sha256"
+tar -cJf "$work/img.tar.xz" -C "$work/kis" .
+{ctl} firecracker --user pull --name {tag} --kis-image "file://$work/img.tar.xz"
+test -f "$HOME/.config/flakes/firecracker/images/{tag}/rootfs"
+stat -c %U "$HOME/.config/flakes/firecracker/images/{tag}/rootfs"
+rm -rf "$work" "$HOME/.config/flakes/firecracker/images/{tag}"
+"#,
+        ctl = bin.join("flake-ctl").display(),
+    );
+    let out = as_user(&script);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).ends_with(&format!("{USER}\n")),
+        "{out:?}"
+    );
+}
