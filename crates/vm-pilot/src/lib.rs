@@ -11,6 +11,7 @@ use flakes::{Mode, Settings};
 /// Root of the system VM image registry.
 pub const SYSTEM_REGISTRY: &str = "/var/lib/firecracker";
 
+pub mod firecracker;
 pub mod pull;
 
 /// The directory holding the VM images of `mode`: `/var/lib/firecracker/images` for the
