@@ -12,6 +12,7 @@ BINS    := flake-ctl podman-pilot firecracker-pilot
 # The agent runs inside arbitrary images (busybox has no libc), so it is linked statically.
 TRIPLE  := $(shell rustc -vV | sed -n 's/^host: //p')
 AGENT   := target/$(TRIPLE)/release/flake-agent
+SCI     := target/$(TRIPLE)/release/sci
 
 .PHONY: help build agent install uninstall setup vm-fixtures lint test ci demo bench clean
 
@@ -21,15 +22,16 @@ help: ## list the targets
 build: agent ## release build of every binary
 	$(CARGO) build --release --locked --workspace --bins
 
-agent: ## the static in-instance agent of resume flakes
+agent: ## the static agent of resume flakes and the static guest init sci
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked \
-	    -p flake-agent --target $(TRIPLE)
+	    -p flake-agent -p sci --target $(TRIPLE)
 
 install: build ## install the binaries side by side into $(DESTDIR)$(BINDIR)
 	install -d $(DESTDIR)$(BINDIR)
 	for b in $(BINS); do install -m 0755 target/release/$$b $(DESTDIR)$(BINDIR)/$$b; done
 	install -d $(DESTDIR)$(LIBEXECDIR)
 	install -m 0755 $(AGENT) $(DESTDIR)$(LIBEXECDIR)/flake-agent
+	install -m 0755 $(SCI) $(DESTDIR)$(LIBEXECDIR)/sci
 	install -d $(DESTDIR)$(DATADIR)/bash-completion/completions \
 	    $(DESTDIR)$(DATADIR)/zsh/site-functions $(DESTDIR)$(DATADIR)/fish/vendor_completions.d
 	target/release/flake-ctl generate completions bash \
@@ -41,7 +43,7 @@ install: build ## install the binaries side by side into $(DESTDIR)$(BINDIR)
 
 uninstall: ## remove the installed binaries
 	for b in $(BINS); do rm -f $(DESTDIR)$(BINDIR)/$$b; done
-	rm -f $(DESTDIR)$(LIBEXECDIR)/flake-agent
+	rm -f $(DESTDIR)$(LIBEXECDIR)/flake-agent $(DESTDIR)$(LIBEXECDIR)/sci
 	rm -f $(DESTDIR)$(DATADIR)/bash-completion/completions/flake-ctl \
 	    $(DESTDIR)$(DATADIR)/zsh/site-functions/_flake-ctl \
 	    $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/flake-ctl.fish \
@@ -62,7 +64,8 @@ test: ## lint, then unit and integration tests against real podman
 	$(MAKE) lint
 	$(MAKE) agent
 	$(CARGO) build --locked --workspace --bins
-	FLAKE_AGENT=$(CURDIR)/$(AGENT) FLAKE_TEST_REQUIRE_PODMAN=1 FLAKE_VM_FIXTURES=$(VM_FIXTURES) \
+	FLAKE_AGENT=$(CURDIR)/$(AGENT) FLAKE_SCI=$(CURDIR)/$(SCI) FLAKE_TEST_REQUIRE_PODMAN=1 \
+	    FLAKE_VM_FIXTURES=$(VM_FIXTURES) \
 	    $(CARGO) test --locked --workspace
 
 ci: ## what CI runs: host and VM fixture set-up (with a rootless test user), then all tests

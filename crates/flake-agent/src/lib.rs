@@ -9,5 +9,6 @@
 #![deny(missing_docs)]
 
 pub mod daemon;
+pub mod framed;
 pub mod proto;
 pub mod transport;

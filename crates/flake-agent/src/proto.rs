@@ -16,17 +16,21 @@
 //!
 //! | kind | name    | direction      | payload                                               |
 //! |------|---------|----------------|-------------------------------------------------------|
-//! | 1    | Call    | pilot -> agent | version u16, flags u8 (bit 0: terminal), rows u16, cols u16, argv list, env list (`KEY=VALUE`), cwd bytes (empty: the instance's) |
-//! | 2    | Stdin   | pilot -> agent | bytes (terminal mode only); an empty payload is EOF   |
+//! | 1    | Call    | pilot -> agent | version u16, flags u8 (bit 0: terminal, bit 1: stdio as frames), rows u16, cols u16, argv list, env list (`KEY=VALUE`), cwd bytes (empty: the instance's) |
+//! | 2    | Stdin   | pilot -> agent | bytes (terminal or frame mode); an empty payload is EOF (a half-close) |
 //! | 3    | Resize  | pilot -> agent | rows u16, cols u16                                    |
 //! | 4    | Signal  | pilot -> agent | signal number u8, delivered to the app's process group |
 //! | 5    | Output  | agent -> pilot | bytes from the app's terminal (terminal mode only)    |
 //! | 6    | Exit    | agent -> pilot | kind u8 (0: exited, 1: killed by signal), value u8    |
 //! | 7    | Error   | agent -> pilot | message bytes; the call failed before the app ran, an Exit follows |
+//! | 8    | Stdout  | agent -> pilot | bytes the app wrote to stdout (frame mode only)       |
+//! | 9    | Stderr  | agent -> pilot | bytes the app wrote to stderr (frame mode only)       |
 //!
 //! Without a terminal, the `Call` frame carries the pilot's stdin, stdout and stderr as
 //! three file descriptors (`SCM_RIGHTS`); the app reads and writes them directly, so no byte
-//! of its I/O passes through the agent. With a terminal, the agent runs the app on a pty
+//! of its I/O passes through the agent. Where descriptors cannot travel (into a VM, over a
+//! virtio console or vsock), frame mode carries the three streams as `Stdin`, `Stdout` and
+//! `Stderr` frames instead. With a terminal, the agent runs the app on a pty
 //! and relays it as `Stdin`/`Output` frames. Either way the connection ends with `Exit`.
 //! A pilot that disconnects before `Exit` makes the agent kill the app's process group.
 //!
@@ -36,7 +40,7 @@
 use std::io::{self, Read, Write};
 
 /// Protocol version spoken by this build.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Largest frame accepted (kind + payload).
 pub const MAX_FRAME: u32 = 1 << 20;
 /// Largest `Stdin`/`Output` chunk a sender puts in one frame.
@@ -76,6 +80,8 @@ pub struct WinSize {
 pub struct Call {
     /// Run the app on a terminal (pty relayed through the connection).
     pub terminal: bool,
+    /// Carry stdin, stdout and stderr as frames instead of passed descriptors.
+    pub frames: bool,
     /// Initial terminal size (terminal mode).
     pub size: WinSize,
     /// Program and arguments; `argv[0]` is the program path inside the instance.
@@ -118,6 +124,10 @@ pub enum Frame {
     Signal(u8),
     /// Terminal output.
     Output(Vec<u8>),
+    /// The app's stdout, in frame mode.
+    Stdout(Vec<u8>),
+    /// The app's stderr, in frame mode.
+    Stderr(Vec<u8>),
     /// The app ended.
     Exit(ExitStatus),
     /// The call failed before the app ran.
@@ -132,7 +142,7 @@ impl Frame {
             Frame::Call(call) => {
                 body.push(1);
                 body.extend(VERSION.to_le_bytes());
-                body.push(u8::from(call.terminal));
+                body.push(u8::from(call.terminal) | (u8::from(call.frames) << 1));
                 body.extend(call.size.rows.to_le_bytes());
                 body.extend(call.size.cols.to_le_bytes());
                 put_list(&mut body, &call.argv);
@@ -150,6 +160,8 @@ impl Frame {
             Frame::Exit(ExitStatus::Exited(code)) => body.extend([6, 0, *code]),
             Frame::Exit(ExitStatus::Signaled(signal)) => body.extend([6, 1, *signal]),
             Frame::Error(message) => tagged(&mut body, 7, message.as_bytes()),
+            Frame::Stdout(data) => tagged(&mut body, 8, data),
+            Frame::Stderr(data) => tagged(&mut body, 9, data),
         }
         let mut out = Vec::with_capacity(body.len() + 4);
         out.extend(u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes());
@@ -175,6 +187,8 @@ impl Frame {
                 _ => return Err(ProtoError::Malformed("unknown exit kind")),
             }),
             7 => Frame::Error(String::from_utf8_lossy(&r.rest()).into_owned()),
+            8 => Frame::Stdout(r.rest()),
+            9 => Frame::Stderr(r.rest()),
             _ => return Err(ProtoError::Malformed("unknown frame kind")),
         };
         r.finish()?;
@@ -221,6 +235,7 @@ fn decode_call(r: &mut Reader<'_>) -> Result<Call> {
     }
     Ok(Call {
         terminal: flags & 1 != 0,
+        frames: flags & 2 != 0,
         size,
         argv,
         env: r.list()?,
@@ -299,6 +314,7 @@ mod tests {
         vec![
             Frame::Call(Call {
                 terminal: true,
+                frames: false,
                 size: WinSize { rows: 24, cols: 80 },
                 argv: vec![
                     b"/bin/sh".to_vec(),
@@ -311,8 +327,11 @@ mod tests {
             }),
             Frame::Call(Call {
                 argv: vec![b"x".to_vec()],
+                frames: true,
                 ..Call::default()
             }),
+            Frame::Stdout(b"out".to_vec()),
+            Frame::Stderr(Vec::new()),
             Frame::Stdin(b"data".to_vec()),
             Frame::Stdin(Vec::new()),
             Frame::Resize(WinSize {

@@ -71,7 +71,10 @@ fn register_list_call_and_remove_round_trip() {
 
     let run = w.app(std::path::Path::new(&app), &["-c", "true"], None);
     run.expect_code(125);
-    assert!(run.stderr().contains("cannot boot VM flakes yet"), "{run}");
+    assert!(
+        run.stderr().contains("cannot boot yet") && run.stderr().contains("--vmm qemu"),
+        "{run}"
+    );
 
     w.ctl(&["firecracker", "remove", "--user", "--vm", "leap"])
         .success();

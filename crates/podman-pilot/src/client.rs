@@ -74,6 +74,7 @@ fn run_terminal(
         .collect();
     let call = Call {
         terminal: true,
+        frames: false,
         size,
         argv: request.argv.clone(),
         env,

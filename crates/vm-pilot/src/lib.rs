@@ -13,6 +13,7 @@ pub const SYSTEM_REGISTRY: &str = "/var/lib/firecracker";
 
 pub mod firecracker;
 pub mod pull;
+pub mod qemu;
 
 /// The directory holding the VM images of `mode`: `/var/lib/firecracker/images` for the
 /// system, `<user flakes_dir>/firecracker/images` for a user.
