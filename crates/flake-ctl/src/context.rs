@@ -21,6 +21,8 @@ pub struct Context {
     pub cwd: PathBuf,
     /// `FLAKE_ALLOW_INSECURE_TRANSPORT` is set: plain http downloads are allowed.
     pub insecure_transport: bool,
+    /// `FLAKE_SCI`: the guest init to install into pulled rootfs images.
+    pub sci_env: Option<PathBuf>,
 }
 
 impl Context {
@@ -36,6 +38,9 @@ impl Context {
             path_env: std::env::var_os("PATH"),
             cwd,
             insecure_transport: std::env::var_os(vm_pilot::pull::INSECURE_ENV).is_some(),
+            sci_env: std::env::var_os("FLAKE_SCI")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
         })
     }
 
@@ -57,6 +62,19 @@ impl Context {
             pilot.display()
         );
         Ok(pilot)
+    }
+
+    /// The guest init `sci`: `$FLAKE_SCI`, else installed beside the binaries
+    /// (`../libexec/flake-pilot/sci` or `sci` next to flake-ctl).
+    pub fn sci(&self) -> Option<PathBuf> {
+        self.sci_env.clone().or_else(|| {
+            [
+                self.exe_dir.join("../libexec/flake-pilot/sci"),
+                self.exe_dir.join("sci"),
+            ]
+            .into_iter()
+            .find(|p| p.is_file())
+        })
     }
 
     /// The podman engine for `mode`, run as the caller.

@@ -269,7 +269,11 @@ fn bad_archives_are_rejected_and_force_keeps_the_old_image_until_verified() {
 }
 
 #[test]
-fn components_get_mount_points_without_root_or_loop_mounts() {
+fn components_get_mount_points_and_sci_without_root_or_loop_mounts() {
+    if std::env::var_os("FLAKE_SCI").is_none() {
+        util::skip("FLAKE_SCI must name the static sci (make agent)");
+        return;
+    }
     let w = World::new();
     let tree = w.path("rootfs-tree");
     std::fs::create_dir_all(tree.join("etc")).unwrap();
@@ -311,6 +315,16 @@ fn components_get_mount_points_without_root_or_loop_mounts() {
             "{point} missing: {listing}"
         );
     }
+    let sci = Command::new("debugfs")
+        .args(["-R", "stat /usr/sbin/sci"])
+        .arg(&installed)
+        .output()
+        .unwrap();
+    let sci = String::from_utf8_lossy(&sci.stdout);
+    assert!(
+        sci.contains("Mode:  0755") && sci.contains("Type: regular"),
+        "sci installed: {sci}"
+    );
     let dev = Command::new("debugfs")
         .args(["-R", "ls -p /dev"])
         .arg(&installed)

@@ -48,19 +48,30 @@ fn vm_flake(w: &World, fixtures: &std::path::Path, sci: &std::path::Path, name: 
     for applet in ["sh", "cat", "echo", "printf", "uname", "wc", "head", "true"] {
         std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet)).unwrap();
     }
-    std::fs::copy(sci, tree.join("usr/sbin/sci")).unwrap();
-    let image = w.home.join(".config/flakes/firecracker/images/guest");
-    std::fs::create_dir_all(&image).unwrap();
+    // The rootfs has no sci: the component pull installs it (FLAKE_SCI), without root.
+    assert!(sci.is_file());
+    let rootfs = w.path("guest.ext4");
     let made = Command::new("mkfs.ext4")
         .args(["-q", "-F", "-d"])
         .arg(&tree)
-        .arg(image.join("rootfs"))
+        .arg(&rootfs)
         .arg("32M")
         .stdout(Stdio::null())
         .status()
         .unwrap();
     assert!(made.success());
-    std::fs::copy(fixtures.join("kernel/vmlinux"), image.join("kernel")).unwrap();
+    let kernel = fixtures.join("kernel/vmlinux").display().to_string();
+    let pull = [
+        "firecracker",
+        "--user",
+        "pull",
+        "--name",
+        "guest",
+        "--rootfs",
+    ];
+    let rootfs_s = rootfs.display().to_string();
+    w.ctl(&[&pull[..], &[rootfs_s.as_str(), "--kernel", kernel.as_str()]].concat())
+        .success();
     let app = w.bin.join(name);
     let app_s = app.display().to_string();
     w.ctl(&[

@@ -13,6 +13,7 @@
 
 pub mod callargs;
 pub mod config;
+pub mod elf;
 pub mod exit;
 pub mod global;
 pub mod host;

@@ -111,8 +111,15 @@ pub enum Pull {
     },
 }
 
-/// Pulls `what` as image `name` into `images_dir`; returns the installed directory.
-pub fn pull(images_dir: &Path, name: &str, what: &Pull, force: bool) -> Result<PathBuf, PullError> {
+/// Pulls `what` as image `name` into `images_dir`; returns the installed directory. `sci`
+/// is the guest init installed into component rootfs images that lack one.
+pub fn pull(
+    images_dir: &Path,
+    name: &str,
+    what: &Pull,
+    force: bool,
+    sci: Option<&Path>,
+) -> Result<PathBuf, PullError> {
     let target = crate::image_dir(images_dir, name).map_err(|e| PullError::Source {
         what: "--name",
         address: name.to_string(),
@@ -137,7 +144,7 @@ pub fn pull(images_dir: &Path, name: &str, what: &Pull, force: bool) -> Result<P
             if let Some(initrd) = initrd {
                 fetch::fetch(initrd, &staging.dir().join("initrd"))?;
             }
-            install::prepare_rootfs(&staging.dir().join("rootfs"), name)?;
+            install::prepare_rootfs(&staging.dir().join("rootfs"), name, sci)?;
         }
     }
     staging.commit(&target)?;

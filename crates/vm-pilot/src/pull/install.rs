@@ -73,10 +73,13 @@ impl Drop for Staging {
 
 /// Mount points the guest init uses; created in an ext2/3/4 rootfs when missing.
 const MOUNT_POINTS: [&str; 6] = ["/overlayroot", "/proc", "/sys", "/dev", "/dev/pts", "/mnt"];
+/// Where the guest init lives in a rootfs.
+pub const SCI_PATH: &str = "/usr/sbin/sci";
 
-/// Adds the missing mount points to an ext2/3/4 rootfs with `debugfs -w`, which edits the
-/// image file directly: no root, no loop mount. Other file systems are left as they are.
-pub fn prepare_rootfs(rootfs: &Path, name: &str) -> Result<(), PullError> {
+/// Prepares an ext2/3/4 component rootfs with `debugfs -w`, which edits the image file
+/// directly (no root, no loop mount): adds the missing mount points and installs `sci` (the
+/// static binary at `sci`) unless the image has one. Other file systems are left as they are.
+pub fn prepare_rootfs(rootfs: &Path, name: &str, sci: Option<&Path>) -> Result<(), PullError> {
     if !is_ext(rootfs)? {
         return Ok(());
     }
@@ -84,37 +87,66 @@ pub fn prepare_rootfs(rootfs: &Path, name: &str) -> Result<(), PullError> {
         name: name.to_string(),
         reason,
     };
-    let debugfs = flakes::process::resolve(
-        "debugfs",
-        Some(std::ffi::OsStr::new("/usr/sbin:/sbin:/usr/bin:/bin")),
-    )
-    .map_err(|e| fail(format!("{e} (package e2fsprogs)")))?;
-    let listing = flakes::process::Cmd::new(&debugfs)
-        .args(["-R", "ls -p /"])
-        .arg(rootfs)
-        .stdout()
-        .map_err(|e| fail(e.to_string()))?;
-    for point in MOUNT_POINTS {
-        let exists = if point == "/dev/pts" {
-            let dev = flakes::process::Cmd::new(&debugfs)
-                .args(["-R", "ls -p /dev"])
-                .arg(rootfs)
-                .stdout()
-                .unwrap_or_default();
-            dev.contains("/pts/")
-        } else {
-            listing.contains(&format!("/{}/", point.trim_start_matches('/')))
-        };
-        if !exists {
-            let request = format!("mkdir {point}");
-            flakes::process::Cmd::new(&debugfs)
-                .args(["-w", "-R", &request])
-                .arg(rootfs)
-                .stdout()
-                .map_err(|e| fail(e.to_string()))?;
+    let path = Some(std::ffi::OsStr::new("/usr/sbin:/sbin:/usr/bin:/bin"));
+    let bin = flakes::process::resolve("debugfs", path)
+        .map_err(|e| fail(format!("{e} (package e2fsprogs)")))?;
+    let fs = Debugfs { bin, image: rootfs };
+    for dir in MOUNT_POINTS.iter().chain(&["/usr", "/usr/sbin"]) {
+        if !fs.exists(dir).map_err(&fail)? {
+            fs.write_request(&format!("mkdir {dir}")).map_err(&fail)?;
         }
     }
-    Ok(())
+    if fs.exists(SCI_PATH).map_err(&fail)? {
+        return Ok(());
+    }
+    let sci = sci.ok_or_else(|| {
+        fail("sci was not found; install flake-pilot with make install or set FLAKE_SCI".into())
+    })?;
+    let bytes =
+        std::fs::read(sci).map_err(|e| fail(format!("cannot read {}: {e}", sci.display())))?;
+    if !flakes::elf::is_static(&bytes) {
+        return Err(fail(format!(
+            "{} is not a static binary; build it with make agent",
+            sci.display()
+        )));
+    }
+    fs.write_request(&format!("write {} {SCI_PATH}", sci.display()))
+        .map_err(&fail)?;
+    fs.write_request(&format!("sif {SCI_PATH} mode 0100755"))
+        .map_err(&fail)
+}
+
+/// `debugfs` on one image file.
+struct Debugfs<'a> {
+    bin: PathBuf,
+    image: &'a Path,
+}
+
+impl Debugfs<'_> {
+    fn request(&self, request: &str, write: bool) -> Result<String, String> {
+        let mut cmd = flakes::process::Cmd::new(&self.bin);
+        if write {
+            cmd = cmd.arg("-w");
+        }
+        cmd.args(["-R", request])
+            .arg(self.image)
+            .stdout()
+            .map_err(|e| e.to_string())
+    }
+
+    fn write_request(&self, request: &str) -> Result<(), String> {
+        self.request(request, true).map(|_| ())
+    }
+
+    /// True when `path` exists in the image (`ls -p` of its parent lists `/name/`).
+    fn exists(&self, path: &str) -> Result<bool, String> {
+        let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let parent = if parent.is_empty() { "/" } else { parent };
+        let listing = self.request(&format!("ls -p {parent}"), false)?;
+        Ok(listing
+            .lines()
+            .any(|line| line.split('/').nth(5) == Some(name)))
+    }
 }
 
 /// True when `path` holds an ext2/3/4 file system (magic 0xEF53 at byte 1080).

@@ -28,12 +28,9 @@ pub fn run(args: &VmPullArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
         },
         _ => anyhow::bail!("give --kis-image, or --rootfs together with --kernel"),
     };
-    let dir = pull(
-        &vm_pilot::images_dir(&ctx.settings, mode),
-        &args.name,
-        &what,
-        args.force,
-    )?;
+    let sci = ctx.sci();
+    let images = vm_pilot::images_dir(&ctx.settings, mode);
+    let dir = pull(&images, &args.name, &what, args.force, sci.as_deref())?;
     println!("pulled VM image {} into {}", args.name, dir.display());
     Ok(ExitCode::SUCCESS)
 }
