@@ -144,6 +144,8 @@ pub enum FirecrackerAction {
     Register(Box<VmRegisterArgs>),
     /// Remove a VM flake, or all flakes of a VM image and the image itself.
     Remove(VmRemoveArgs),
+    /// List running and stale VM instances.
+    Show(ShowArgs),
 }
 
 /// VM monitors.

@@ -190,3 +190,23 @@ fn clear_errors_for_missing_images_and_includes_without_overlay() {
     run.expect_code(2);
     assert!(run.stderr().contains("--overlay-size"), "{run}");
 }
+
+#[test]
+fn show_marks_instances_whose_vmm_is_gone_as_stale() {
+    let w = World::new();
+    let empty = w.ctl(&["firecracker", "show"]);
+    empty.success();
+    assert!(empty.stdout().contains("No instance(s) found"), "{empty}");
+    let instance = w.path("ids/0/.vm/mybash@4242");
+    std::fs::create_dir_all(&instance).unwrap();
+    // pid 1 is alive, but it is not this instance's VMM: a reused pid must not count.
+    std::fs::write(instance.join("vmm.pid"), "1").unwrap();
+    let show = w.ctl(&["firecracker", "show", "--format", "csv"]);
+    show.success();
+    assert!(
+        show.stdout()
+            .lines()
+            .any(|l| l.starts_with("mybash@4242,root,,stale,")),
+        "{show}"
+    );
+}

@@ -160,3 +160,37 @@ fn vm_app_behaves_like_a_local_program() {
         "stdin from /dev/null is an immediate EOF: {run}"
     );
 }
+
+#[test]
+fn show_lists_a_running_vm_until_it_ends() {
+    let Some((fixtures, sci)) = inputs() else {
+        return;
+    };
+    let w = World::new();
+    let app = vm_flake(&w, &fixtures, &sci, "vmshow");
+    let mut child = w
+        .command(&app)
+        .args(["-c", "sleep 4"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let show = w.ctl(&["firecracker", "show", "--format", "json"]);
+        let rows: serde_json::Value = serde_json::from_str(&show.stdout()).unwrap();
+        let running = rows.as_array().unwrap().iter().any(|r| {
+            r["name"].as_str().is_some_and(|n| n.starts_with("vmshow@")) && r["status"] == "running"
+        });
+        if running {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never shown as running: {show}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(child.wait().unwrap().success());
+    let show = w.ctl(&["firecracker", "show"]);
+    assert!(show.stdout().contains("No instance(s) found"), "{show}");
+}

@@ -154,6 +154,16 @@ impl Settings {
             .unwrap_or_else(|| crate::global::DEFAULT_IDS_DIR.into())
     }
 
+    /// Base directory of VM instance state: the system config's `firecracker_ids_dir` for
+    /// every mode (as the original), else `/tmp/flakes`.
+    pub fn firecracker_ids_dir(&self) -> PathBuf {
+        self.system
+            .generic
+            .firecracker_ids_dir
+            .clone()
+            .unwrap_or_else(|| crate::global::DEFAULT_IDS_DIR.into())
+    }
+
     /// The podman storage config of `mode`, when one is configured and present.
     ///
     /// Unlike the original, a configured but missing file is not an error: the flakes then

@@ -70,15 +70,9 @@ fn run() -> Result<PilotExit, String> {
             .iter()
             .map(|a| std::os::unix::ffi::OsStrExt::as_bytes(a.as_os_str()).to_vec()),
     );
-    let ids = settings
-        .system
-        .generic
-        .firecracker_ids_dir
-        .clone()
-        .unwrap_or_else(|| flakes::global::DEFAULT_IDS_DIR.into());
-    let workdir = user_dir(&ids, settings.caller.uid)
-        .map_err(|e| e.to_string())?
-        .join(format!(".vm-{name}-{}", std::process::id()));
+    let ids = settings.firecracker_ids_dir();
+    let user = user_dir(&ids, settings.caller.uid).map_err(|e| e.to_string())?;
+    let workdir = vm_pilot::instances_dir(&user).join(format!("{name}@{}", std::process::id()));
     std::fs::create_dir_all(&workdir)
         .map_err(|e| format!("cannot create {}: {e}", workdir.display()))?;
     let qemu = flakes::process::resolve("qemu-system-x86_64", std::env::var_os("PATH").as_deref())

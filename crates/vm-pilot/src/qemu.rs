@@ -65,6 +65,7 @@ impl QemuCall<'_> {
         let socket = self.workdir.join("channel.sock");
         let log = self.workdir.join("console.log");
         let mut qemu = self.start(&socket, &log)?;
+        let _ = std::fs::write(self.workdir.join(crate::PID_FILE), qemu.id().to_string());
         let result = self.call(&socket, &log, argv, &mut qemu);
         // The guest powers off after the call; give it a moment, then make sure.
         let deadline = Instant::now() + Duration::from_secs(5);

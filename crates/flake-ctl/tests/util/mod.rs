@@ -95,8 +95,9 @@ impl World {
         std::fs::create_dir_all(&home).unwrap();
         let ids = root.join("ids");
         let text = format!(
-            "generic:\n  flakes_dir: {}\n  podman_ids_dir: {}\n",
+            "generic:\n  flakes_dir: {}\n  podman_ids_dir: {}\n  firecracker_ids_dir: {}\n",
             flakes.display(),
+            ids.display(),
             ids.display()
         );
         std::fs::write(&config, text).unwrap();

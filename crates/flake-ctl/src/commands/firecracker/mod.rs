@@ -4,6 +4,7 @@
 pub mod pull;
 pub mod register;
 pub mod remove;
+pub mod show;
 
 use std::process::ExitCode;
 
@@ -19,5 +20,6 @@ pub fn run(args: FirecrackerArgs, ctx: &Context) -> Result<ExitCode> {
         FirecrackerAction::Pull(a) => pull::run(&a, mode, ctx),
         FirecrackerAction::Register(a) => register::run(&a, mode, ctx),
         FirecrackerAction::Remove(a) => remove::run(&a, mode, ctx),
+        FirecrackerAction::Show(a) => show::run(&a, ctx),
     }
 }

@@ -1,0 +1,105 @@
+// SPDX-License-Identifier: MIT
+//! `flake-ctl firecracker show [--format table|json|csv]`: VM instances.
+//!
+//! Instances are the directories `<firecracker_ids_dir>/<uid>/.vm/<flake>@<pid>/`. One is
+//! `running` while its VMM process lives and names that directory on its command line (a
+//! reused pid is not mistaken for the VM), `stale` otherwise (a VM that crashed or was killed
+//! keeps its console log there for inspection).
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use flakes::config::Engine;
+use flakes::FlakeName;
+use serde::Serialize;
+
+use crate::cli::ShowArgs;
+use crate::context::Context;
+use crate::output::{render, Row};
+
+/// One VM instance.
+#[derive(Debug, Serialize)]
+pub struct VmRow {
+    name: String,
+    user: String,
+    id: Option<String>,
+    status: String,
+    image: Option<String>,
+    config: Option<String>,
+}
+
+impl Row for VmRow {
+    const HEADERS: &'static [&'static str] = &["NAME", "USER", "ID", "STATUS", "IMAGE", "CONFIG"];
+
+    fn cells(&self) -> Vec<Option<String>> {
+        vec![
+            Some(self.name.clone()),
+            Some(self.user.clone()),
+            self.id.clone(),
+            Some(self.status.clone()),
+            self.image.clone(),
+            self.config.clone(),
+        ]
+    }
+}
+
+/// Runs the listing.
+pub fn run(args: &ShowArgs, ctx: &Context) -> Result<ExitCode> {
+    let ids = ctx.settings.firecracker_ids_dir();
+    let mut rows = Vec::new();
+    for (uid, user_dir) in numbered_dirs(&ids) {
+        let dir = vm_pilot::instances_dir(&user_dir);
+        for (label, instance) in entries(&dir) {
+            rows.push(row(ctx, uid, &label, &instance));
+        }
+    }
+    let title = format!("Flake firecracker instances in {}", ids.display());
+    print!(
+        "{}",
+        render(&rows, args.format, &title, "No instance(s) found")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn row(ctx: &Context, uid: u32, label: &str, dir: &Path) -> VmRow {
+    let pid = vm_pilot::instance_running(dir);
+    let flake = label.rsplit_once('@').map_or(label, |(flake, _)| flake);
+    let found = FlakeName::new(flake)
+        .ok()
+        .and_then(|name| flakes::registry::find(&ctx.settings.lookup_order(), &name).ok());
+    let image = found.as_ref().and_then(|f| match &f.engine {
+        Engine::Vm(vm) => Some(vm.image.clone()),
+        Engine::Container(_) => None,
+    });
+    VmRow {
+        name: label.to_string(),
+        user: flakes::host::user_name(uid),
+        id: pid.map(|p| p.to_string()),
+        status: if pid.is_some() { "running" } else { "stale" }.to_string(),
+        image,
+        config: found.map(|f| f.path.display().to_string()),
+    }
+}
+
+/// `(uid, dir)` of the numeric per-user directories under `ids`.
+fn numbered_dirs(ids: &Path) -> Vec<(u32, std::path::PathBuf)> {
+    entries(ids)
+        .into_iter()
+        .filter_map(|(name, path)| Some((name.parse().ok()?, path)))
+        .collect()
+}
+
+/// Real subdirectories of `dir`, sorted by name.
+fn entries(dir: &Path) -> Vec<(String, std::path::PathBuf)> {
+    let Ok(read) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, std::path::PathBuf)> = read
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+        .collect();
+    out.sort();
+    out
+}
