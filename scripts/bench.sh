@@ -151,3 +151,40 @@ for item in sys.argv[4:]:
     mb, us = item.split(":")
     print(f"| {mb} MB | {int(us)/1000:.0f} ms |")
 PY
+
+# --- VM flakes (QEMU microvm, TCG): a one-shot call through firecracker-pilot against the raw
+#     VMM booting the same kernel and rootfs straight into the same program as init
+FIXTURES=${FLAKE_VM_FIXTURES:-/var/cache/flake-pilot-vm}
+SCI_BIN=${FLAKE_SCI:-$PWD/target/$TRIPLE/release/sci}
+if [ -s "$FIXTURES/kernel/vmlinux" ] && [ -x "$SCI_BIN" ] && command -v qemu-system-x86_64 >/dev/null; then
+    guest=$work/guest
+    mkdir -p "$guest/bin" "$guest/usr/sbin"
+    cp /bin/busybox "$guest/bin/busybox"
+    for applet in sh true; do ln -s busybox "$guest/bin/$applet"; done
+    mkfs.ext4 -q -F -d "$guest" "$work/guest.ext4" 32M >/dev/null
+    FLAKE_SCI=$SCI_BIN "$BIN_DIR/flake-ctl" firecracker pull --name flake-bench --force \
+        --rootfs "$work/guest.ext4" --kernel "$FIXTURES/kernel/vmlinux" >/dev/null
+    "$BIN_DIR/flake-ctl" firecracker register --vm flake-bench --app "$work/bin/bench-vm" \
+        --target /bin/true --vmm qemu --no-net >/dev/null
+    mkdir -p "$work/flakes/bench-vm.d"
+    printf 'vm:\n  runtime:\n    firecracker:\n      mem_size_mib: 256\n      vcpu_count: 1\n' \
+        > "$work/flakes/bench-vm.d/small.yaml"
+    image=/var/lib/firecracker/images/flake-bench
+    raw_vm="qemu-system-x86_64 -M microvm,x-option-roms=off,pit=on,pic=on,rtc=on,acpi=off -accel tcg -cpu max -m 256 -smp 1 -nodefaults -no-user-config -nographic -display none -no-reboot -serial null -kernel $image/kernel -append 'console=ttyS0 root=/dev/vda ro quiet init=/bin/true panic=-1' -drive id=root,file=$image/rootfs,format=raw,if=none,readonly=on -device virtio-blk-device,drive=root"
+    hyperfine --warmup 1 --runs "${VM_RUNS:-10}" --export-json "$OUT/vm-oneshot.json" \
+        -n "VM flake one-shot (qemu tcg)" "$work/bin/bench-vm" \
+        -n "raw qemu boot to the same program" "$raw_vm" </dev/null >/dev/null
+    "$BIN_DIR/flake-ctl" firecracker remove --vm flake-bench >/dev/null
+    python3 - "$OUT/vm-oneshot.json" <<'PY' | tee "$OUT/vm-oneshot.md"
+import json, sys
+results = json.load(open(sys.argv[1]))["results"]
+raw = next(r for r in results if r["command"].startswith("raw"))["median"]
+print()
+print("| VM launch | median | ratio to raw VMM |")
+print("|---|---:|---:|")
+for r in results:
+    print(f"| {r['command']} | {r['median']*1000:.0f} ms | {r['median']/raw:.3f} |")
+PY
+else
+    echo "VM benchmark skipped: needs make vm-fixtures, make agent and qemu"
+fi

@@ -194,3 +194,28 @@ fn show_lists_a_running_vm_until_it_ends() {
     let show = w.ctl(&["firecracker", "show"]);
     assert!(show.stdout().contains("No instance(s) found"), "{show}");
 }
+
+#[test]
+fn ctrl_c_reaches_the_app_in_the_guest() {
+    let Some((fixtures, sci)) = inputs() else {
+        return;
+    };
+    let w = World::new();
+    let app = vm_flake(&w, &fixtures, &sci, "vmsig");
+    let script = "trap 'echo got INT; exit 9' INT; echo ready; while true; do sleep 1; done";
+    let mut child = w
+        .command(&app)
+        .args(["-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "got INT");
+    assert_eq!(child.wait().unwrap().code(), Some(9));
+}

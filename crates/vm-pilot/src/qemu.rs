@@ -170,6 +170,7 @@ impl QemuCall<'_> {
         send(&writer, &Frame::Call(call))
             .map_err(|e| self.guest_error(format!("refused the call: {e}"), log))?;
         relay_stdin(Arc::clone(&writer));
+        forward_signals(Arc::clone(&writer));
         let mut reader = std::io::BufReader::with_capacity(CHUNK + 8, stream);
         let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
         loop {
@@ -230,6 +231,23 @@ fn relay_stdin(writer: Arc<Mutex<UnixStream>>) {
         loop {
             let n = stdin.read(&mut buf).unwrap_or(0);
             if send(&writer, &Frame::Stdin(buf[..n].to_vec())).is_err() || n == 0 {
+                break;
+            }
+        }
+    });
+}
+
+/// Forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT to the app in the guest.
+fn forward_signals(writer: Arc<Mutex<UnixStream>>) {
+    use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT])
+    else {
+        return;
+    };
+    std::thread::spawn(move || {
+        for signal in signals.forever() {
+            let frame = Frame::Signal(u8::try_from(signal).unwrap_or(15));
+            if send(&writer, &frame).is_err() {
                 break;
             }
         }
