@@ -170,7 +170,7 @@ if [ -s "$FIXTURES/kernel/vmlinux" ] && [ -x "$SCI_BIN" ] && command -v qemu-sys
     printf 'vm:\n  runtime:\n    firecracker:\n      mem_size_mib: 256\n      vcpu_count: 1\n' \
         > "$work/flakes/bench-vm.d/small.yaml"
     image=/var/lib/firecracker/images/flake-bench
-    raw_vm="qemu-system-x86_64 -M microvm,x-option-roms=off,pit=on,pic=on,rtc=on,acpi=off -accel tcg -cpu max -m 256 -smp 1 -nodefaults -no-user-config -nographic -display none -no-reboot -serial null -kernel $image/kernel -append 'console=ttyS0 root=/dev/vda ro quiet init=/bin/true panic=-1' -drive id=root,file=$image/rootfs,format=raw,if=none,readonly=on -device virtio-blk-device,drive=root"
+    raw_vm="qemu-system-x86_64 -M microvm,x-option-roms=off,pit=on,pic=on,rtc=on,acpi=off -accel tcg -cpu max -m 256 -smp 1 -nodefaults -no-user-config -nographic -display none -no-reboot -serial null -kernel $image/kernel -append 'console=ttyS0 root=/dev/vda ro quiet init=/bin/true panic=-1 reboot=t' -drive id=root,file=$image/rootfs,format=raw,if=none,readonly=on -device virtio-blk-device,drive=root"
     hyperfine --warmup 1 --runs "${VM_RUNS:-10}" --export-json "$OUT/vm-oneshot.json" \
         -n "VM flake one-shot (qemu tcg)" "$work/bin/bench-vm" \
         -n "raw qemu boot to the same program" "$raw_vm" </dev/null >/dev/null
