@@ -9,7 +9,6 @@
 //! user may call. SIGTERM (from `podman stop`) ends the running apps and the
 //! agent; as PID 1 it would otherwise be ignored.
 
-mod command;
 mod piped;
 mod reaper;
 mod session;

@@ -8,6 +8,7 @@
 
 #![deny(missing_docs)]
 
+pub mod command;
 pub mod daemon;
 pub mod framed;
 pub mod proto;

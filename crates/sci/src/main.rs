@@ -8,9 +8,7 @@
 //! off. Any failure is one line on the console, followed by the power-off: a broken guest
 //! never hangs the caller.
 
-use std::ffi::OsStr;
 use std::fs::File;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::sync::{Arc, Mutex};
@@ -54,23 +52,11 @@ fn run(pid1: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// The call's command; the kernel starts init without `PATH`, so a default is set.
 fn command(call: &Call) -> Command {
-    let program = call.argv.first().map(Vec::as_slice).unwrap_or_default();
-    let mut command = Command::new(OsStr::from_bytes(program));
-    command.args(call.argv.iter().skip(1).map(|a| OsStr::from_bytes(a)));
+    let mut command = flake_agent::command::app_command(call);
     if std::env::var_os("PATH").is_none() {
         command.env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin");
-    }
-    for entry in &call.env {
-        if let Some(eq) = entry.iter().position(|b| *b == b'=') {
-            command.env(
-                OsStr::from_bytes(&entry[..eq]),
-                OsStr::from_bytes(&entry[eq + 1..]),
-            );
-        }
-    }
-    if !call.cwd.is_empty() {
-        command.current_dir(OsStr::from_bytes(&call.cwd));
     }
     command
 }

@@ -8,9 +8,9 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::command::{app_command, start_failure};
 use super::reaper::Reaper;
 use super::session::{watch, Writer};
+use crate::command::{app_command, start_failure};
 use crate::proto::{Call, Frame};
 
 /// Runs `call` with the three passed descriptors and reports its exit status.

@@ -14,9 +14,9 @@ use std::time::Duration;
 use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
 use rustix::termios::{tcsetwinsize, Winsize};
 
-use super::command::{app_command, start_failure};
 use super::reaper::Reaper;
 use super::session::{watch, Terminal, Writer};
+use crate::command::{app_command, start_failure};
 use crate::proto::{Call, Frame, WinSize, CHUNK};
 
 /// How long output may keep coming after the app exited (background jobs holding the pty).

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
-//! Building the app's command from a `Call`, and what a failed start means for the caller.
+//! Building the app's command from a `Call`, and what a failed start means for the caller;
+//! shared by the container agent and the guest init `sci`.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
