@@ -43,15 +43,8 @@ where
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(err) => {
-            let code = if err.kind() == std::io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            };
-            let program =
-                String::from_utf8_lossy(call.argv.first().map(Vec::as_slice).unwrap_or_default())
-                    .into_owned();
-            send(sink, &Frame::Error(format!("cannot run {program}: {err}")))?;
+            let (message, code) = crate::command::start_failure(call, &err);
+            send(sink, &Frame::Error(message))?;
             let status = ExitStatus::Exited(code);
             send(sink, &Frame::Exit(status))?;
             return Ok(status);

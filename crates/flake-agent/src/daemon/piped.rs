@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::reaper::Reaper;
 use super::session::{watch, Writer};
-use crate::command::{app_command, start_failure};
+use crate::command::app_command;
 use crate::proto::{Call, Frame};
 
 /// Runs `call` with the three passed descriptors and reports its exit status.
@@ -44,8 +44,7 @@ pub fn run(
     let (pid, exit) = match spawned {
         Ok(spawned) => spawned,
         Err(err) => {
-            let (message, code) = start_failure(call, &err);
-            writer.fail(&message, code);
+            writer.start_failed(call, &err);
             return Ok(());
         }
     };

@@ -32,6 +32,12 @@ impl Writer {
         stream.write_all(&frame.encode())
     }
 
+    /// Reports an app that could not be started (127: not found, 126: not executable).
+    pub fn start_failed(&self, call: &crate::proto::Call, err: &std::io::Error) {
+        let (message, code) = crate::command::start_failure(call, err);
+        self.fail(&message, code);
+    }
+
     /// Sends an error followed by its exit status, ending the call.
     pub fn fail(&self, message: &str, code: u8) {
         let _ = self.send(&Frame::Error(message.to_string()));

@@ -16,7 +16,7 @@ use rustix::termios::{tcsetwinsize, Winsize};
 
 use super::reaper::Reaper;
 use super::session::{watch, Terminal, Writer};
-use crate::command::{app_command, start_failure};
+use crate::command::app_command;
 use crate::proto::{Call, Frame, WinSize, CHUNK};
 
 /// How long output may keep coming after the app exited (background jobs holding the pty).
@@ -39,8 +39,7 @@ pub fn run(stream: &UnixStream, call: &Call, reaper: &Reaper) -> std::io::Result
     let (pid, exit) = match spawned {
         Ok(spawned) => spawned,
         Err(err) => {
-            let (message, code) = start_failure(call, &err);
-            writer.fail(&message, code);
+            writer.start_failed(call, &err);
             return Ok(());
         }
     };
