@@ -10,9 +10,11 @@
 //! agent; as PID 1 it would otherwise be ignored.
 
 mod piped;
-mod reaper;
-mod session;
-mod terminal;
+pub mod reaper;
+pub(crate) mod session;
+pub(crate) mod terminal;
+
+pub use session::Writer;
 
 use std::convert::Infallible;
 use std::os::unix::fs::PermissionsExt;
@@ -21,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use reaper::Reaper;
-use session::{signal_group, Writer};
+use session::signal_group;
 
 use crate::transport::recv_call;
 
@@ -91,9 +93,10 @@ fn handle_termination(reaper: Arc<Reaper>) -> Result<(), ServeError> {
 
 /// One call, from credentials check to exit status.
 fn handle(stream: &UnixStream, reaper: &Reaper) {
-    let Ok(writer) = Writer::new(stream) else {
+    let Ok(clone) = stream.try_clone() else {
         return;
     };
+    let writer = Writer::new(clone);
     if !peer_allowed(stream) {
         writer.fail(
             "permission denied: only the instance's user may call it",
@@ -109,7 +112,9 @@ fn handle(stream: &UnixStream, reaper: &Reaper) {
         }
     };
     let result = if call.terminal {
-        terminal::run(stream, &call, reaper)
+        stream
+            .try_clone()
+            .and_then(|reader| terminal::run(reader, writer.clone(), &call, reaper))
     } else {
         piped::run(stream, &call, fds, reaper)
     };

@@ -4,10 +4,12 @@
 //! A resumable instance runs `flake-agent` as its PID 1. Each call of the flake connects to
 //! the agent's socket, hands over its stdio (or asks for a terminal), and gets the app's exit
 //! status back, without starting any engine process. [`proto`] is the wire format,
-//! [`transport`] the descriptor passing, [`daemon`] the agent itself.
+//! [`transport`] the descriptor passing, [`daemon`] the agent itself, [`client`] the launcher's end of a call, [`framed`] a call
+//! whose streams travel as frames (into a VM).
 
 #![deny(missing_docs)]
 
+pub mod client;
 pub mod command;
 pub mod daemon;
 pub mod framed;

@@ -25,6 +25,7 @@
 //! | 7    | Error   | agent -> pilot | message bytes; the call failed before the app ran, an Exit follows |
 //! | 8    | Stdout  | agent -> pilot | bytes the app wrote to stdout (frame mode only)       |
 //! | 9    | Stderr  | agent -> pilot | bytes the app wrote to stderr (frame mode only)       |
+//! | 10   | Shutdown| pilot -> agent | empty; instead of a `Call`: end the instance (a VM's init powers off) |
 //!
 //! Without a terminal, the `Call` frame carries the pilot's stdin, stdout and stderr as
 //! three file descriptors (`SCM_RIGHTS`); the app reads and writes them directly, so no byte
@@ -132,6 +133,8 @@ pub enum Frame {
     Exit(ExitStatus),
     /// The call failed before the app ran.
     Error(String),
+    /// End the instance (sent instead of a `Call`).
+    Shutdown,
 }
 
 impl Frame {
@@ -162,6 +165,7 @@ impl Frame {
             Frame::Error(message) => tagged(&mut body, 7, message.as_bytes()),
             Frame::Stdout(data) => tagged(&mut body, 8, data),
             Frame::Stderr(data) => tagged(&mut body, 9, data),
+            Frame::Shutdown => body.push(10),
         }
         let mut out = Vec::with_capacity(body.len() + 4);
         out.extend(u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes());
@@ -189,6 +193,7 @@ impl Frame {
             7 => Frame::Error(String::from_utf8_lossy(&r.rest()).into_owned()),
             8 => Frame::Stdout(r.rest()),
             9 => Frame::Stderr(r.rest()),
+            10 => Frame::Shutdown,
             _ => return Err(ProtoError::Malformed("unknown frame kind")),
         };
         r.finish()?;
@@ -343,6 +348,7 @@ mod tests {
             Frame::Exit(ExitStatus::Exited(9)),
             Frame::Exit(ExitStatus::Signaled(15)),
             Frame::Error("exec failed".into()),
+            Frame::Shutdown,
         ]
     }
 
@@ -370,6 +376,8 @@ mod tests {
             &[3, 0, 0, 0, 1, 2, 0],
             &[5, 0, 0, 0, 1, 1, 0, 0, 0],
             &[1, 0, 0, 0, 4, 9],
+            &[1, 0, 0, 0, 11],
+            &[2, 0, 0, 0, 10, 0],
         ];
         for input in bad {
             let mut r = *input;

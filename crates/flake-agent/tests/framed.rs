@@ -9,11 +9,27 @@
     clippy::tests_outside_test_module
 )]
 
-use std::process::Command;
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use flake_agent::framed::{run, Sink};
+use flake_agent::daemon::reaper::Reaper;
+use flake_agent::daemon::Writer;
+use flake_agent::framed::run;
 use flake_agent::proto::{Call, ExitStatus, Frame};
+
+/// A `Write` whose bytes the test reads back.
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// Runs `argv` with `input` frames and returns (stdout, stderr, status).
 fn call(argv: &[&str], input: Vec<Frame>) -> (Vec<u8>, Vec<u8>, ExitStatus) {
@@ -22,23 +38,27 @@ fn call(argv: &[&str], input: Vec<Frame>) -> (Vec<u8>, Vec<u8>, ExitStatus) {
         frames: true,
         ..Call::default()
     };
-    let mut command = Command::new(argv[0]);
-    command.args(&argv[1..]);
     let bytes: Vec<u8> = input.iter().flat_map(Frame::encode).collect();
-    let sink: Sink<Vec<u8>> = Arc::new(Mutex::new(Vec::new()));
-    let status = run(command, &call, std::io::Cursor::new(bytes), &sink).unwrap();
-    let written = sink.lock().unwrap().clone();
+    // The control stream stays open (a pipe that never ends), as a live connection does:
+    // an ended one would make the call kill its app.
+    let (keep_open, reader) = std::os::unix::net::UnixStream::pair().unwrap();
+    (&keep_open).write_all(&bytes).unwrap();
+    let sink = Shared::default();
+    run(&call, reader, Writer::new(sink.clone()), &Reaper::start()).unwrap();
+    drop(keep_open);
+    let written = sink.0.lock().unwrap().clone();
     let mut reader = written.as_slice();
-    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let (mut out, mut err, mut status) = (Vec::new(), Vec::new(), None);
     while let Some(frame) = Frame::read_from(&mut reader).unwrap() {
+        assert!(status.is_none(), "exit comes last");
         match frame {
             Frame::Stdout(b) => out.extend(b),
             Frame::Stderr(b) => err.extend(b),
-            Frame::Exit(s) => assert_eq!(s, status, "exit comes last"),
+            Frame::Exit(s) => status = Some(s),
             _ => {}
         }
     }
-    (out, err, status)
+    (out, err, status.expect("an exit status"))
 }
 
 #[test]

@@ -179,7 +179,7 @@ fn show_lists_a_running_vm_until_it_ends() {
         let show = w.ctl(&["firecracker", "show", "--format", "json"]);
         let rows: serde_json::Value = serde_json::from_str(&show.stdout()).unwrap();
         let running = rows.as_array().unwrap().iter().any(|r| {
-            r["name"].as_str().is_some_and(|n| n.starts_with("vmshow@")) && r["status"] == "running"
+            r["name"].as_str().is_some_and(|n| n.starts_with("vmshow#")) && r["status"] == "running"
         });
         if running {
             break;

@@ -165,6 +165,32 @@ fn parse_port(value: &str) -> Result<u32, CallArgError> {
         })
 }
 
+/// Whether stdin and stdout are terminals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Terminal {
+    /// stdin is a terminal.
+    pub stdin: bool,
+    /// stdout is a terminal.
+    pub stdout: bool,
+}
+
+impl Terminal {
+    /// Reads the terminal state of the current process.
+    pub fn detect() -> Self {
+        use std::io::IsTerminal;
+        Terminal {
+            stdin: std::io::stdin().is_terminal(),
+            stdout: std::io::stdout().is_terminal(),
+        }
+    }
+
+    /// A terminal is allocated when stdin and stdout are terminals, or stdin is one and the
+    /// call asked for `%interactive`.
+    pub fn wants_tty(self, call: &CallArgs) -> bool {
+        self.stdin && (self.stdout || call.options.interactive)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

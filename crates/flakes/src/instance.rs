@@ -139,6 +139,16 @@ impl StateDir {
         Ok(state)
     }
 
+    /// Creates (or checks) `<ids_dir>/<uid>/.vm/<label>/`, the private directory of a VM
+    /// instance (hidden, so container listings never take it for a container instance).
+    pub fn prepare_vm(ids_dir: &Path, uid: u32, label: &str) -> Result<Self> {
+        let vms = user_dir(ids_dir, uid)?.join(".vm");
+        private_dir(&vms, uid)?;
+        let path = vms.join(label);
+        private_dir(&path, uid)?;
+        Ok(StateDir { path })
+    }
+
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.path

@@ -10,7 +10,6 @@
 
 pub mod agent;
 pub mod attach;
-pub mod client;
 pub mod oneshot;
 pub mod options;
 pub mod provision;

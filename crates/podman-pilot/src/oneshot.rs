@@ -27,31 +27,7 @@ pub const FLAKE_LABEL: &str = "io.flake-pilot.flake";
 /// Label carrying the `@NAME` instance name, when given.
 pub const INSTANCE_LABEL: &str = "io.flake-pilot.instance";
 
-/// Whether stdin and stdout are terminals.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Terminal {
-    /// stdin is a terminal.
-    pub stdin: bool,
-    /// stdout is a terminal.
-    pub stdout: bool,
-}
-
-impl Terminal {
-    /// Reads the terminal state of the current process.
-    pub fn detect() -> Self {
-        use std::io::IsTerminal;
-        Terminal {
-            stdin: std::io::stdin().is_terminal(),
-            stdout: std::io::stdout().is_terminal(),
-        }
-    }
-
-    /// A terminal is allocated when stdin and stdout are terminals, or stdin is one and the
-    /// call asked for `%interactive`.
-    pub fn wants_tty(self, call: &CallArgs) -> bool {
-        self.stdin && (self.stdout || call.options.interactive)
-    }
-}
+pub use flakes::callargs::Terminal;
 
 /// Builds the `podman run --rm` command of a one-shot launch.
 pub fn command(

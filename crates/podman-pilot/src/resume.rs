@@ -28,10 +28,10 @@ use flakes::instance::{InstanceKey, StateDir};
 use flakes::process::{Cmd, ProcessError};
 use flakes::{CallArgs, FlakeName, PilotExit};
 
-use crate::client::{self, Request};
 use crate::oneshot::{Terminal, FLAKE_LABEL, INSTANCE_LABEL};
 use crate::options::{engine_options, OptionPolicy};
 use crate::{Engine, PodmanError};
+use flake_agent::client::{self, Request, Streams};
 
 /// Where the state directory appears inside the instance.
 pub const STATE_MOUNT: &str = "/.flake-pilot";
@@ -78,14 +78,18 @@ pub fn call(
     let exit = match stream {
         Some(stream) => {
             let term = std::env::var_os("TERM").map(|t| t.as_bytes().to_vec());
-            client::run(
-                stream,
-                &Request {
-                    argv,
-                    terminal: tty,
-                    term,
-                },
-            )?
+            let streams = if tty {
+                Streams::Terminal
+            } else {
+                Streams::Descriptors
+            };
+            let request = Request {
+                argv,
+                streams,
+                term,
+                launcher: "podman-pilot",
+            };
+            PilotExit::App(client::run(stream, &request)?.code())
         }
         None => exec_fallback(instance, &argv, tty, call.options.remove)?,
     };

@@ -9,10 +9,18 @@
 //! host side is the unix socket `uds_path`, per Firecracker's convention), and `logger`
 //! (to a file, so VMM messages never mix with the app's output).
 
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use flakes::config::vm::{CacheType, VmFlake};
 use serde::Serialize;
+
+use crate::error::{Result, VmError};
+use crate::vmm::{create_log, Plan, Vmm};
 
 /// The guest's vsock context id (any value >= 3; each VM has its own namespace).
 pub const GUEST_CID: u32 = 3;
@@ -181,5 +189,85 @@ impl VmmConfig {
     }
 }
 
+/// The vsock port the guest init listens on.
+pub const GUEST_PORT: u32 = 52;
+
+/// Firecracker, started with `--no-api --config-file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Firecracker {
+    /// The `firecracker` binary.
+    pub binary: PathBuf,
+}
+
+impl Firecracker {
+    /// Host paths of `plan` as the configuration names them.
+    pub fn paths(plan: &Plan) -> InstancePaths {
+        InstancePaths {
+            overlay: plan.overlay.clone(),
+            vsock: plan.dir.join("vsock.sock"),
+            log: plan.dir.join("vmm.log"),
+            tap: plan.tap.clone(),
+        }
+    }
+}
+
+impl Vmm for Firecracker {
+    fn ports(&self, _resume: bool) -> usize {
+        1
+    }
+
+    fn start(&self, flake: &VmFlake, plan: &Plan) -> Result<Child> {
+        let paths = Self::paths(plan);
+        create_log(&paths.log)?;
+        let console = create_log(&plan.log())?;
+        let config_path = plan.dir.join("vm.json");
+        VmmConfig::new(flake, &paths, &plan.instance_args("vsock"))
+            .write(&config_path)
+            .map_err(crate::error::io(&config_path))?;
+        let mut command = Command::new(&self.binary);
+        // The guest's serial console is Firecracker's stdout: it goes to the console log,
+        // never to the caller. Its own group keeps a Ctrl-C meant for the app away from it.
+        command
+            .arg("--no-api")
+            .arg("--config-file")
+            .arg(&config_path)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(console))
+            .stderr(Stdio::null());
+        command.spawn().map_err(|source| VmError::Start {
+            program: self.binary.clone(),
+            source,
+        })
+    }
+
+    /// Firecracker's host-side vsock convention: connect to `uds_path`, send
+    /// `CONNECT <port>\n`, and the VMM answers `OK <host port>\n` once the guest accepted.
+    fn connect(&self, plan: &Plan, _port: usize) -> std::io::Result<UnixStream> {
+        let mut stream = UnixStream::connect(Self::paths(plan).vsock)?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        stream.write_all(format!("CONNECT {GUEST_PORT}\n").as_bytes())?;
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while line.len() < 32 {
+            if stream.read(&mut byte)? == 0 {
+                break;
+            }
+            if byte[0] == b'\n' {
+                break;
+            }
+            line.push(byte[0]);
+        }
+        if !line.starts_with(b"OK ") {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "the guest does not accept vsock connections yet",
+            ));
+        }
+        stream.set_read_timeout(None)?;
+        Ok(stream)
+    }
+}
+
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

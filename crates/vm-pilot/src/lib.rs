@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
-//! The VM engine of flake-pilot: where VM images live, and (to come) the Firecracker and
-//! QEMU microvm backends behind one `Vmm` trait, the guest channel and instance lifecycle.
+//! The VM engine of flake-pilot: where VM images live ([`pull`], [`find_image`]), the
+//! Firecracker and QEMU microvm backends behind one [`vmm::Vmm`] trait, instance state
+//! ([`instance`]), overlay disks ([`overlay`]), TAP devices ([`tap`]) and the lifecycle of
+//! one call ([`launch`]).
 
 #![deny(missing_docs)]
 
@@ -8,37 +10,28 @@ use std::path::{Path, PathBuf};
 
 use flakes::{Mode, Settings};
 
-/// File in a VM instance's directory holding the VMM's process id.
-pub const PID_FILE: &str = "vmm.pid";
+pub use instance::{running as instance_running, PID_FILE};
 
-/// Where the VM instances of a user live: `<ids_dir>/<uid>/.vm/<flake>@<pid>/` (hidden, so
-/// podman instance listings never mistake it for a container instance).
+/// Where the VM instances of a user live: `<ids_dir>/<uid>/.vm/` (hidden, so podman
+/// instance listings never mistake it for a container instance).
 pub fn instances_dir(user_dir: &Path) -> PathBuf {
     user_dir.join(".vm")
-}
-
-/// Whether the VMM of the instance in `dir` still runs: its recorded pid must be alive *and*
-/// its command line must name this instance's directory, so a reused pid is not mistaken
-/// for the VM.
-pub fn instance_running(dir: &Path) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(dir.join(PID_FILE))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let needle = dir.to_string_lossy();
-    String::from_utf8_lossy(&cmdline)
-        .contains(needle.as_ref())
-        .then_some(pid)
 }
 
 /// Root of the system VM image registry.
 pub const SYSTEM_REGISTRY: &str = "/var/lib/firecracker";
 
+pub mod error;
 pub mod firecracker;
+pub mod instance;
+pub mod launch;
+pub mod overlay;
 pub mod pull;
 pub mod qemu;
+pub mod tap;
+pub mod vmm;
+
+pub use error::VmError;
 
 /// The directory holding the VM images of `mode`: `/var/lib/firecracker/images` for the
 /// system, `<user flakes_dir>/firecracker/images` for a user.

@@ -1,19 +1,24 @@
 // SPDX-License-Identifier: MIT
 //! `firecracker-pilot`: the launcher VM flakes' app paths point to.
 //!
-//! Loads the flake it was called as and runs one call in a fresh VM. The QEMU microvm
-//! backend (`vm.runtime.vmm: qemu`) boots the guest and talks to its init `sci`; arguments
-//! travel as a list over the guest channel, stdin/stdout/stderr stream, and the exit code is
-//! the app's. The Firecracker backend is not wired up yet and says so (exit 125).
+//! It resolves the flake it was called as and the caller's world once, picks the VMM the
+//! flake names (Firecracker, or QEMU microvm), and hands the call to
+//! [`vm_pilot::launch`]; the exit status is the app's (see `flakes::exit`).
 
+use std::ffi::OsString;
 use std::path::Path;
 use std::process::ExitCode;
 
-use flakes::config::vm::Vmm;
-use flakes::config::{Engine, Target};
-use flakes::instance::user_dir;
-use flakes::{CallArgs, FlakeName, PilotExit, Settings};
-use vm_pilot::qemu::{QemuCall, ACCEL_ENV};
+use flakes::callargs::Terminal;
+use flakes::config::vm::{VmFlake, Vmm as VmmKind};
+use flakes::config::Engine;
+use flakes::instance::InstanceKey;
+use flakes::process::resolve;
+use flakes::{CallArgs, FlakeName, Mode, PilotExit, Settings};
+use vm_pilot::firecracker::Firecracker;
+use vm_pilot::launch::Launch;
+use vm_pilot::qemu::{Qemu, ACCEL_ENV};
+use vm_pilot::vmm::Vmm;
 
 fn main() -> ExitCode {
     match run() {
@@ -36,7 +41,7 @@ fn run() -> Result<PilotExit, String> {
     if base == "firecracker-pilot" {
         return Err(
             "firecracker-pilot is a launcher: call it through an app registered with \
-                    `flake-ctl firecracker register`"
+             `flake-ctl firecracker register`"
                 .into(),
         );
     }
@@ -53,41 +58,40 @@ fn run() -> Result<PilotExit, String> {
             ))
         }
     };
-    if vm.runtime.vmm == Vmm::Firecracker {
-        return Err(format!(
-            "flake '{name}' uses Firecracker, which this release cannot boot yet; register it with \
-             --vmm qemu to run it under QEMU ({})",
-            flake.path.display()
-        ));
-    }
-    let program = match &vm.target {
-        Target::Program(path) => path.clone(),
-        _ => name.to_string(),
-    };
-    let mut argv = vec![program.into_bytes()];
-    argv.extend(
-        call.app_args
-            .iter()
-            .map(|a| std::os::unix::ffi::OsStrExt::as_bytes(a.as_os_str()).to_vec()),
-    );
-    let ids = settings.firecracker_ids_dir();
-    let user = user_dir(&ids, settings.caller.uid).map_err(|e| e.to_string())?;
-    let workdir = vm_pilot::instances_dir(&user).join(format!("{name}@{}", std::process::id()));
-    std::fs::create_dir_all(&workdir)
-        .map_err(|e| format!("cannot create {}: {e}", workdir.display()))?;
-    let qemu = flakes::process::resolve("qemu-system-x86_64", std::env::var_os("PATH").as_deref())
-        .map_err(|e| e.to_string())?;
-    let run = QemuCall {
-        qemu,
-        flake_name: name.as_str(),
+    // Tools in sbin are found for users whose PATH lacks it.
+    let mut path = std::env::var_os("PATH").unwrap_or_default();
+    path.push(":/usr/local/sbin:/usr/sbin:/sbin");
+    let vmm = backend(&vm, &path)?;
+    let launch = Launch {
+        key: InstanceKey {
+            flake: name,
+            instance: call.instance.clone(),
+        },
         flake: &vm,
-        workdir: workdir.clone(),
-        accel: std::env::var(ACCEL_ENV).ok(),
+        include: &flake.include,
+        call: &call,
+        vmm: vmm.as_ref(),
+        ids_dir: settings.firecracker_ids_dir(),
+        storage_dir: settings.flakes_dir(Mode::User).join("firecracker/storage"),
+        uid: settings.caller.uid,
+        terminal: Terminal::detect(),
+        term: std::env::var_os("TERM")
+            .map(|t| std::os::unix::ffi::OsStrExt::as_bytes(t.as_os_str()).to_vec()),
+        mkfs: resolve("mkfs.ext4", Some(&path)).ok(),
+        ip: resolve("ip", Some(&path)).ok(),
     };
-    let result = run.run(argv).map_err(|e| e.to_string());
-    if result.is_ok() {
-        let _ = std::fs::remove_dir_all(&workdir);
-    }
-    let status = result?;
-    Ok(PilotExit::App(status.code()))
+    launch.run().map_err(|e| e.to_string())
+}
+
+/// The VMM the flake asks for, found on `path`.
+fn backend(vm: &VmFlake, path: &OsString) -> Result<Box<dyn Vmm>, String> {
+    Ok(match vm.runtime.vmm {
+        VmmKind::Qemu => Box::new(Qemu {
+            binary: resolve("qemu-system-x86_64", Some(path)).map_err(|e| e.to_string())?,
+            accel: std::env::var(ACCEL_ENV).ok(),
+        }),
+        VmmKind::Firecracker => Box::new(Firecracker {
+            binary: resolve("firecracker", Some(path)).map_err(|e| e.to_string())?,
+        }),
+    })
 }

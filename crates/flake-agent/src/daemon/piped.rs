@@ -20,7 +20,7 @@ pub fn run(
     fds: Vec<OwnedFd>,
     reaper: &Reaper,
 ) -> std::io::Result<()> {
-    let writer = Writer::new(stream)?;
+    let writer = Writer::new(stream.try_clone()?);
     let [stdin, stdout, stderr]: [OwnedFd; 3] = match fds.try_into() {
         Ok(fds) => fds,
         Err(_) => {

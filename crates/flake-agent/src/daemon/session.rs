@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: MIT
-//! What both call modes share: sending frames from several threads, and watching the
-//! connection for control frames while the app runs.
+//! What every call mode shares: sending frames from several threads, and watching the
+//! connection for control frames while the app runs. Connections are plain byte streams
+//! (a unix socket in a container, a virtio console port or vsock in a VM), so both halves
+//! are trait objects.
 
-use std::io::Write;
-use std::os::unix::net::UnixStream;
+use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,13 +15,19 @@ use rustix::process::{kill_process_group, Pid};
 use crate::proto::{ExitStatus, Frame};
 
 /// The write half of a connection, shared by the threads of one call.
-#[derive(Debug, Clone)]
-pub struct Writer(Arc<Mutex<UnixStream>>);
+#[derive(Clone)]
+pub struct Writer(Arc<Mutex<Box<dyn Write + Send>>>);
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Writer")
+    }
+}
 
 impl Writer {
-    /// Wraps a clone of the connection.
-    pub fn new(stream: &UnixStream) -> std::io::Result<Self> {
-        Ok(Writer(Arc::new(Mutex::new(stream.try_clone()?))))
+    /// Wraps the write half of a connection.
+    pub fn new(stream: impl Write + Send + 'static) -> Self {
+        Writer(Arc::new(Mutex::new(Box::new(stream))))
     }
 
     /// Sends one frame; errors mean the launcher is gone.
@@ -29,7 +36,8 @@ impl Writer {
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        stream.write_all(&frame.encode())
+        stream.write_all(&frame.encode())?;
+        stream.flush()
     }
 
     /// Reports an app that could not be started (127: not found, 126: not executable).
@@ -52,24 +60,24 @@ pub fn signal_group(pid: i32, signal: i32) {
     }
 }
 
-/// Handles for terminal calls: where `Stdin` and `Resize` frames go.
-pub trait Terminal: Send + 'static {
-    /// Terminal input; empty means EOF.
+/// Where `Stdin` and `Resize` frames go: a pty master, or the app's stdin pipe.
+pub trait Input: Send + 'static {
+    /// Input bytes; empty means EOF.
     fn input(&mut self, bytes: &[u8]);
-    /// Window size change.
-    fn resize(&mut self, rows: u16, cols: u16);
+    /// Window size change (ignored without a terminal).
+    fn resize(&mut self, _rows: u16, _cols: u16) {}
 }
 
 /// Reads control frames until the connection ends. If it ends before the app (`done` not
 /// yet set), the launcher died: the app's group gets SIGHUP, then SIGKILL.
 pub fn watch(
-    stream: UnixStream,
+    reader: impl Read + Send + 'static,
     pid: i32,
     done: Arc<AtomicBool>,
-    mut terminal: Option<Box<dyn Terminal>>,
+    mut terminal: Option<Box<dyn Input>>,
 ) {
     std::thread::spawn(move || {
-        let mut reader = std::io::BufReader::new(stream);
+        let mut reader = std::io::BufReader::new(reader);
         loop {
             match Frame::read_from(&mut reader) {
                 Ok(Some(Frame::Signal(signal))) => signal_group(pid, i32::from(signal)),

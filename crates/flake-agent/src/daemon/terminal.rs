@@ -5,7 +5,6 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::net::UnixStream;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,16 +14,20 @@ use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
 use rustix::termios::{tcsetwinsize, Winsize};
 
 use super::reaper::Reaper;
-use super::session::{watch, Terminal, Writer};
+use super::session::{watch, Input, Writer};
 use crate::command::app_command;
 use crate::proto::{Call, Frame, WinSize, CHUNK};
 
 /// How long output may keep coming after the app exited (background jobs holding the pty).
 const DRAIN: Duration = Duration::from_millis(500);
 
-/// Runs `call` on a new pty and relays it over the connection.
-pub fn run(stream: &UnixStream, call: &Call, reaper: &Reaper) -> std::io::Result<()> {
-    let writer = Writer::new(stream)?;
+/// Runs `call` on a new pty and relays it over the connection (`reader`, `writer`).
+pub fn run(
+    reader: impl Read + Send + 'static,
+    writer: Writer,
+    call: &Call,
+    reaper: &Reaper,
+) -> std::io::Result<()> {
     let (master, slave) = open_pty(call.size)?;
     let spawned = reaper.spawn(|| {
         let mut command = app_command(call);
@@ -46,7 +49,7 @@ pub fn run(stream: &UnixStream, call: &Call, reaper: &Reaper) -> std::io::Result
     let output = relay_output(master.try_clone()?, writer.clone());
     let done = Arc::new(AtomicBool::new(false));
     watch(
-        stream.try_clone()?,
+        reader,
         pid,
         Arc::clone(&done),
         Some(Box::new(Master(master))),
@@ -122,7 +125,7 @@ fn relay_output(mut master: File, writer: Writer) -> std::sync::mpsc::Receiver<(
 /// The pty master as the destination of `Stdin` and `Resize` frames.
 struct Master(File);
 
-impl Terminal for Master {
+impl Input for Master {
     fn input(&mut self, bytes: &[u8]) {
         // EOF from the launcher's side is the terminal's end-of-file character.
         let bytes = if bytes.is_empty() { &[0x04][..] } else { bytes };

@@ -130,6 +130,9 @@ pub struct RawVmRuntime {
     /// `false`: no network device at all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<bool>,
+    /// Resume VMs: seconds without a call after which the VM powers off (0: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<u64>,
     /// Machine settings.
     #[serde(default)]
     pub firecracker: Option<RawFirecracker>,

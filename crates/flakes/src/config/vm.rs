@@ -21,6 +21,8 @@ pub const DEFAULT_BOOT_ARGS: [&str; 7] = [
     "ip=dhcp",
     "quiet",
 ];
+/// Seconds a resume VM stays up without a call, unless the flake says otherwise.
+pub const DEFAULT_IDLE_TIMEOUT: u64 = 1800;
 /// Smallest overlay that can hold a file system.
 pub const MIN_OVERLAY: u64 = 1 << 20;
 
@@ -66,6 +68,8 @@ pub struct VmRuntime {
     pub vmm: Vmm,
     /// Whether the guest gets a network device.
     pub network: bool,
+    /// Resume VMs power off after this long without a call; `None`: never.
+    pub idle_timeout: Option<std::time::Duration>,
     /// Kernel command line.
     pub boot_args: Vec<String>,
     /// Writable overlay disk size.
@@ -131,6 +135,9 @@ fn runtime(raw: RawVmRuntime) -> Result<VmRuntime, String> {
         force_vsock: raw.force_vsock.unwrap_or(false),
         vmm,
         network: raw.network.unwrap_or(true),
+        idle_timeout: Some(raw.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT))
+            .filter(|secs| *secs > 0)
+            .map(std::time::Duration::from_secs),
         boot_args: boot_args(fc.boot_args.clone())?,
         overlay_size: overlay_size(fc.overlay_size.clone())?,
         rootfs: image_path(fc.rootfs_image_path.clone(), "rootfs_image_path")?

@@ -7,7 +7,7 @@ use flakes::config::{LaunchMode, Target};
 
 use super::*;
 
-fn flake(network: bool, kernel: PathBuf, rootfs: PathBuf) -> VmFlake {
+pub(crate) fn flake(network: bool, kernel: PathBuf, rootfs: PathBuf) -> VmFlake {
     VmFlake {
         image: "leap".into(),
         target: Target::Program("/bin/sh".into()),
@@ -17,6 +17,7 @@ fn flake(network: bool, kernel: PathBuf, rootfs: PathBuf) -> VmFlake {
             force_vsock: false,
             vmm: Vmm::Firecracker,
             network,
+            idle_timeout: None,
             boot_args: vec!["console=ttyS0".into(), "quiet".into()],
             overlay_size: None,
             rootfs,

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 //! `flake-ctl firecracker show [--format table|json|csv]`: VM instances.
 //!
-//! Instances are the directories `<firecracker_ids_dir>/<uid>/.vm/<flake>@<pid>/`. One is
+//! Instances are the directories `<firecracker_ids_dir>/<uid>/.vm/<flake>[@NAME]/` (resume)
+//! and `<flake>[@NAME]#<pid>` (one-shot; see `vm_pilot::instance`). One is
 //! `running` while its VMM process lives and names that directory on its command line (a
 //! reused pid is not mistaken for the VM), `stale` otherwise (a VM that crashed or was killed
 //! keeps its console log there for inspection).
@@ -64,7 +65,8 @@ pub fn run(args: &ShowArgs, ctx: &Context) -> Result<ExitCode> {
 
 fn row(ctx: &Context, uid: u32, label: &str, dir: &Path) -> VmRow {
     let pid = vm_pilot::instance_running(dir);
-    let flake = label.rsplit_once('@').map_or(label, |(flake, _)| flake);
+    let key = label.split_once('#').map_or(label, |(key, _)| key);
+    let flake = key.split_once('@').map_or(key, |(flake, _)| flake);
     let found = FlakeName::new(flake)
         .ok()
         .and_then(|name| flakes::registry::find(&ctx.settings.lookup_order(), &name).ok());

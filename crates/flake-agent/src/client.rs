@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: MIT
-//! A call into a running instance through its agent (see `flake_agent::proto`).
+//! The launcher's side of a call (see [`crate::proto`]), shared by the container and the
+//! VM launchers.
 //!
-//! Without a terminal the launcher hands its own stdin, stdout and stderr to the agent, so
-//! the app reads and writes them directly: nothing is copied, pipes and EOF behave as they
-//! do for a local program. With a terminal the agent runs the app on a pty; the launcher
-//! puts the caller's terminal in raw mode, relays bytes and window-size changes, and
-//! restores the terminal before it exits. Signals the launcher receives are forwarded to
-//! the app's process group in both cases.
+//! Without a terminal a container launcher hands its own stdin, stdout and stderr to the
+//! agent, so the app reads and writes them directly: nothing is copied, pipes and EOF
+//! behave as they do for a local program. Into a VM descriptors cannot travel, so the
+//! streams are relayed as frames instead, stdin EOF as a half-close. With a terminal the
+//! agent runs the app on a pty; the launcher puts the caller's terminal in raw mode,
+//! relays bytes and window-size changes, and restores the terminal before it exits.
+//! Signals the launcher receives are forwarded to the app's process group in every mode.
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -14,12 +16,12 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use flake_agent::proto::{Call, ExitStatus, Frame, ProtoError, WinSize, CHUNK};
-use flake_agent::transport::send_call;
-use flakes::PilotExit;
 use rustix::termios::{self, OptionalActions, Termios};
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH};
 use signal_hook::iterator::Signals;
+
+use crate::proto::{Call, ExitStatus, Frame, ProtoError, WinSize, CHUNK};
+use crate::transport::send_call;
 
 /// Signals forwarded to the app.
 const FORWARDED: [i32; 6] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2];
@@ -29,35 +31,66 @@ pub fn connect(path: &Path) -> std::io::Result<UnixStream> {
     UnixStream::connect(path)
 }
 
+/// How the app's streams travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Streams {
+    /// The caller's stdin, stdout and stderr are handed over (containers).
+    Descriptors,
+    /// stdin, stdout and stderr are relayed as frames (VMs).
+    Frames,
+    /// A pty inside the instance, relayed to the caller's terminal.
+    Terminal,
+}
+
 /// What to run in the instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     /// Program and arguments.
     pub argv: Vec<Vec<u8>>,
-    /// Relay a terminal instead of passing descriptors.
-    pub terminal: bool,
+    /// How the streams travel.
+    pub streams: Streams,
     /// `TERM` of the caller, for terminal calls.
     pub term: Option<Vec<u8>>,
+    /// The launcher's name, prefixed to the errors the instance reports.
+    pub launcher: &'static str,
 }
 
 /// Runs `request` over `stream` and returns the app's exit status.
-pub fn run(stream: UnixStream, request: &Request) -> Result<PilotExit, ProtoError> {
+pub fn run(stream: UnixStream, request: &Request) -> Result<ExitStatus, ProtoError> {
     let writer = Arc::new(Mutex::new(stream.try_clone()?));
-    if request.terminal {
-        run_terminal(stream, writer, request)
-    } else {
-        let call = Call {
-            argv: request.argv.clone(),
-            ..Call::default()
-        };
-        let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
-        send_call(
-            &stream,
-            &call,
-            Some([stdin.as_fd(), stdout.as_fd(), stderr.as_fd()]),
-        )?;
-        forward_signals(Arc::clone(&writer), false)?;
-        wait_for_exit(stream, |_| Ok(()))
+    match request.streams {
+        Streams::Terminal => run_terminal(stream, writer, request),
+        Streams::Descriptors => {
+            let call = Call {
+                argv: request.argv.clone(),
+                ..Call::default()
+            };
+            let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+            send_call(
+                &stream,
+                &call,
+                Some([stdin.as_fd(), stdout.as_fd(), stderr.as_fd()]),
+            )?;
+            forward_signals(Arc::clone(&writer), false)?;
+            wait_for_exit(stream, request.launcher, |_| Ok(()))
+        }
+        Streams::Frames => {
+            let call = Call {
+                argv: request.argv.clone(),
+                frames: true,
+                ..Call::default()
+            };
+            send(&writer, &Frame::Call(call))?;
+            forward_signals(Arc::clone(&writer), false)?;
+            relay_stdin(writer);
+            let mut stdout = std::io::stdout().lock();
+            wait_for_exit(stream, request.launcher, |bytes| {
+                // A reader that went away (`app | head`) must not stop the app's stderr
+                // or its exit status from arriving.
+                let _ = stdout.write_all(bytes).and_then(|()| stdout.flush());
+                Ok(())
+            })
+        }
     }
 }
 
@@ -65,7 +98,7 @@ fn run_terminal(
     stream: UnixStream,
     writer: Arc<Mutex<UnixStream>>,
     request: &Request,
-) -> Result<PilotExit, ProtoError> {
+) -> Result<ExitStatus, ProtoError> {
     let size = window_size();
     let env = request
         .term
@@ -85,26 +118,28 @@ fn run_terminal(
     forward_signals(Arc::clone(&writer), true)?;
     relay_stdin(writer);
     let mut stdout = std::io::stdout().lock();
-    wait_for_exit(stream, |bytes| {
+    wait_for_exit(stream, request.launcher, |bytes| {
         stdout.write_all(bytes)?;
         stdout.flush()
     })
 }
 
-/// Reads frames until `Exit`, passing terminal output to `output`.
+/// Reads frames until `Exit`, passing terminal output and stdout to `output`.
 fn wait_for_exit(
     stream: UnixStream,
+    launcher: &str,
     mut output: impl FnMut(&[u8]) -> std::io::Result<()>,
-) -> Result<PilotExit, ProtoError> {
+) -> Result<ExitStatus, ProtoError> {
     let mut reader = std::io::BufReader::with_capacity(CHUNK + 8, stream);
+    let mut stderr = std::io::stderr();
     loop {
         match Frame::read_from(&mut reader)? {
-            Some(Frame::Output(bytes)) => output(&bytes)?,
-            Some(Frame::Error(message)) => eprintln!("podman-pilot: {message}"),
-            Some(Frame::Exit(ExitStatus::Exited(code))) => return Ok(PilotExit::App(code)),
-            Some(Frame::Exit(ExitStatus::Signaled(signal))) => {
-                return Ok(PilotExit::Signal(signal))
+            Some(Frame::Output(bytes) | Frame::Stdout(bytes)) => output(&bytes)?,
+            Some(Frame::Stderr(bytes)) => {
+                let _ = stderr.write_all(&bytes);
             }
+            Some(Frame::Error(message)) => eprintln!("{launcher}: {message}"),
+            Some(Frame::Exit(status)) => return Ok(status),
             Some(_) => return Err(ProtoError::Malformed("unexpected frame from the agent")),
             None => {
                 return Err(ProtoError::Malformed(

@@ -1,0 +1,242 @@
+// SPDX-License-Identifier: MIT
+//! Calls over virtio console ports (the QEMU guest channel).
+//!
+//! QEMU backs each port named `flake*` with a unix socket on the host; a launcher connects,
+//! runs one call and disconnects. A port is one byte stream that knows no connections, so
+//! this module adds them, from what the virtio console driver reports:
+//!
+//! - while no host is connected, `read` returns 0 and `poll` returns `POLLHUP` at once, so
+//!   waiting for the next caller cannot block on the port; the driver sends `SIGIO` when
+//!   the host side opens or closes (with `O_ASYNC` and `F_SETOWN`), which wakes the waiter;
+//! - every connection is a [`Session`] with its own generation: once a call is over, its
+//!   leftover threads (a terminal draining, the watcher of control frames) read EOF and
+//!   fail to write, so nothing of an ended call reaches the next caller;
+//! - the port is non-blocking and writes wait with `poll`: a write while no host is
+//!   connected would otherwise block until the *next* caller and hand it stale output.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::fs::OFlags;
+use rustix::io::Errno;
+
+/// Ports whose name starts with this carry calls.
+pub const PORT_PREFIX: &str = "flake";
+
+/// One virtio console port.
+#[derive(Debug)]
+pub struct Port {
+    file: File,
+    generation: Mutex<u64>,
+}
+
+/// One host connection on a port.
+#[derive(Debug, Clone)]
+pub struct Session {
+    port: Arc<Port>,
+    generation: u64,
+}
+
+impl Port {
+    /// Opens the port at `path`, non-blocking, with connection changes signalled.
+    pub fn open(path: &Path) -> Result<Arc<Self>, String> {
+        let fail = |e: &dyn std::fmt::Display| format!("cannot open {}: {e}", path.display());
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| fail(&e))?;
+        let flags = rustix::fs::fcntl_getfl(&file).map_err(|e| fail(&e))?;
+        rustix::fs::fcntl_setfl(&file, flags | OFlags::NONBLOCK | OFlags::ASYNC)
+            .map_err(|e| fail(&e))?;
+        set_owner(&file).map_err(|e| fail(&e))?;
+        Ok(Arc::new(Port {
+            file,
+            generation: Mutex::new(0),
+        }))
+    }
+
+    fn revents(&self, wanted: PollFlags, timeout: Option<Duration>) -> PollFlags {
+        let timeout = timeout.and_then(|t| Timespec::try_from(t).ok());
+        let mut fds = [PollFd::new(&self.file, wanted)];
+        match poll(&mut fds, timeout.as_ref()) {
+            Ok(_) => fds[0].revents(),
+            Err(_) => PollFlags::empty(),
+        }
+    }
+
+    /// Waits until a host is connected (or has sent data).
+    pub fn wait_for_host(&self) {
+        loop {
+            let seen = sigio_generation();
+            if !self
+                .revents(PollFlags::IN, Some(Duration::ZERO))
+                .contains(PollFlags::HUP)
+            {
+                return;
+            }
+            // The signal is the wake-up; the timeout only guards against a lost one.
+            wait_for_sigio(seen, Duration::from_secs(1));
+        }
+    }
+
+    /// Starts the session of the host connected now.
+    pub fn session(self: &Arc<Self>) -> Session {
+        let generation = *lock(&self.generation);
+        Session {
+            port: Arc::clone(self),
+            generation,
+        }
+    }
+}
+
+impl Session {
+    /// Ends the session: its readers see EOF, its writers an error.
+    pub fn close(&self) {
+        let mut current = lock(&self.port.generation);
+        if *current == self.generation {
+            *current += 1;
+        }
+    }
+}
+
+impl Read for Session {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            self.port
+                .revents(PollFlags::IN, Some(Duration::from_millis(500)));
+            let current = lock(&self.port.generation);
+            if *current != self.generation {
+                return Ok(0);
+            }
+            match rustix::io::read(&self.port.file, &mut *buf) {
+                Ok(n) => return Ok(n),
+                Err(Errno::AGAIN | Errno::INTR) => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+}
+
+impl Write for Session {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        loop {
+            {
+                let current = lock(&self.port.generation);
+                if *current != self.generation {
+                    return Err(std::io::ErrorKind::BrokenPipe.into());
+                }
+                match rustix::io::write(&self.port.file, buf) {
+                    Ok(n) => return Ok(n),
+                    Err(Errno::AGAIN | Errno::INTR) => {}
+                    Err(err) => return Err(err.into()),
+                }
+            }
+            let revents = self
+                .port
+                .revents(PollFlags::OUT, Some(Duration::from_millis(500)));
+            if revents.contains(PollFlags::HUP) && !revents.contains(PollFlags::OUT) {
+                return Err(std::io::ErrorKind::BrokenPipe.into());
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Makes this process the receiver of the port's `SIGIO`.
+///
+/// rustix has no `F_SETOWN`, so this is the one direct `fcntl` call.
+#[allow(unsafe_code)]
+fn set_owner(file: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let pid = rustix::process::getpid().as_raw_nonzero().get();
+    // SAFETY: `file` is an open descriptor for the duration of the call; F_SETOWN takes an
+    // int argument and touches no memory of ours.
+    let rc = unsafe { libc::fcntl(file.as_fd().as_raw_fd(), libc::F_SETOWN, pid) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Counts `SIGIO`s; waiters sleep on the condition variable.
+fn sigio() -> &'static (Mutex<u64>, Condvar) {
+    static STATE: OnceLock<(Mutex<u64>, Condvar)> = OnceLock::new();
+    STATE.get_or_init(|| (Mutex::new(0), Condvar::new()))
+}
+
+fn sigio_generation() -> u64 {
+    *lock(&sigio().0)
+}
+
+fn wait_for_sigio(seen: u64, timeout: Duration) {
+    let (count, changed) = sigio();
+    let deadline = Instant::now() + timeout;
+    let mut current = lock(count);
+    while *current == seen {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        current = changed
+            .wait_timeout(current, left)
+            .map(|(guard, _)| guard)
+            .unwrap_or_else(|e| e.into_inner().0);
+    }
+}
+
+/// Catches `SIGIO` (whose default action would end `sci`) and wakes the waiters. Must run
+/// before any port is opened.
+pub fn handle_sigio() -> Result<(), String> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGIO])
+        .map_err(|e| format!("cannot handle SIGIO: {e}"))?;
+    std::thread::spawn(move || {
+        for _ in signals.forever() {
+            let (count, changed) = sigio();
+            *lock(count) += 1;
+            changed.notify_all();
+        }
+    });
+    Ok(())
+}
+
+/// The devices of the ports named `flake*`, waiting up to `timeout` for the first.
+pub fn find_ports(timeout: Duration) -> Result<Vec<PathBuf>, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut found = Vec::new();
+        if let Ok(entries) = std::fs::read_dir("/sys/class/virtio-ports") {
+            for entry in entries.filter_map(Result::ok) {
+                let name = std::fs::read_to_string(entry.path().join("name")).unwrap_or_default();
+                let device = Path::new("/dev").join(entry.file_name());
+                if name.trim().starts_with(PORT_PREFIX) && device.exists() {
+                    found.push(device);
+                }
+            }
+        }
+        if !found.is_empty() {
+            found.sort();
+            return Ok(found);
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "no virtio console port named '{PORT_PREFIX}*' appeared"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

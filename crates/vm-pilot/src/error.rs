@@ -1,0 +1,81 @@
+// SPDX-License-Identifier: MIT
+//! Errors of a VM launch; each names the flake, file or program involved.
+
+use std::path::PathBuf;
+
+use flake_agent::proto::ProtoError;
+
+/// Result alias of the VM engine.
+pub type Result<T, E = VmError> = std::result::Result<T, E>;
+
+/// Why a VM launch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// The flake's image is missing or broken.
+    #[error(transparent)]
+    Image(#[from] crate::ImageError),
+    /// The instance's state directory is unusable.
+    #[error(transparent)]
+    Instance(#[from] flakes::instance::InstanceError),
+    /// A helper program (mkfs, ip) failed.
+    #[error(transparent)]
+    Process(#[from] flakes::process::ProcessError),
+    /// The VMM could not be started.
+    #[error("cannot start {}: {source}", program.display())]
+    Start {
+        /// The VMM binary.
+        program: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The guest never answered or broke off.
+    #[error("the VM of flake '{flake}' {what}; its console log is {}", log.display())]
+    Guest {
+        /// The flake.
+        flake: String,
+        /// What happened.
+        what: String,
+        /// The console log.
+        log: PathBuf,
+    },
+    /// The call broke off mid-way.
+    #[error("the call into the VM of flake '{flake}' broke off: {source}; its console log is {}", log.display())]
+    Call {
+        /// The flake.
+        flake: String,
+        /// Underlying error.
+        source: ProtoError,
+        /// The console log.
+        log: PathBuf,
+    },
+    /// The overlay disk could not be prepared.
+    #[error("cannot prepare the overlay {}: {reason}", path.display())]
+    Overlay {
+        /// The overlay image.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A file of the instance could not be written.
+    #[error("cannot write {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The TAP device could not be set up.
+    #[error("tap device {name}: {reason}")]
+    Tap {
+        /// Device name.
+        name: String,
+        /// What went wrong, with the fix.
+        reason: String,
+    },
+}
+
+/// Maps an I/O error on `path` to [`VmError::Io`].
+pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> VmError {
+    let path = path.into();
+    move |source| VmError::Io { path, source }
+}

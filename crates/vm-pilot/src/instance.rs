@@ -1,0 +1,164 @@
+// SPDX-License-Identifier: MIT
+//! VM instances on the host: where their state lives, whether their VMM runs, and which
+//! guest channel port a call may use.
+//!
+//! ```text
+//! <firecracker_ids_dir>/<uid>/.vm/<flake>[@NAME]/        a resume VM (one per @NAME)
+//! <firecracker_ids_dir>/<uid>/.vm/<flake>[@NAME]#<pid>/  a one-shot VM of launcher <pid>
+//!   lock          flock: held while the VM is started or removed
+//!   vmm.pid       the VMM's pid
+//!   port-N.lock   flock: held by the call using guest channel port N
+//!   channel-N.sock, vsock.sock, vm.json, console.log, vmm.log, overlay.ext4 (one-shot)
+//! ```
+//!
+//! One-shot instances carry their launcher's pid, so concurrent calls of one flake never
+//! share a VM. `#` cannot appear in a flake or instance name, so the two kinds never
+//! collide. A VM counts as running only if its recorded pid is alive *and* that process's
+//! command line names the instance directory, so a reused pid is never taken for the VM.
+//! A dead VM's files are removed by the next call (or `flake-ctl firecracker show`
+//! reports them as stale); the overlay of a resume VM lives elsewhere and survives.
+
+use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{flock, FlockOperation};
+
+use crate::error::{io, Result};
+
+/// File in a VM instance's directory holding the VMM's process id.
+pub const PID_FILE: &str = "vmm.pid";
+
+/// The label of a one-shot instance of `key_label` started by launcher `pid`.
+pub fn one_shot_label(key_label: &str, pid: u32) -> String {
+    format!("{key_label}#{pid}")
+}
+
+/// Whether the VMM of the instance in `dir` still runs; its pid if so.
+pub fn running(dir: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(dir.join(PID_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let needle = dir.to_string_lossy();
+    String::from_utf8_lossy(&cmdline)
+        .contains(needle.as_ref())
+        .then_some(pid)
+}
+
+/// Records the VMM's pid.
+pub fn write_pid(dir: &Path, pid: u32) -> Result<()> {
+    let path = dir.join(PID_FILE);
+    std::fs::write(&path, pid.to_string()).map_err(io(&path))
+}
+
+/// Removes what a dead VM left in `dir` (sockets, logs, pid), keeping the lock file.
+pub fn clear_stale(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(std::result::Result::ok) {
+        let name = entry.file_name();
+        if name != "lock" && name != "tap.created" {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// A held guest channel port.
+#[derive(Debug)]
+pub struct PortClaim {
+    /// The port number.
+    pub port: usize,
+    _lock: File,
+}
+
+/// Claims a free guest channel port of the instance in `dir` (of `ports`); when all are
+/// busy, waits for the one chosen by the caller's pid.
+pub fn claim_port(dir: &Path, ports: usize) -> Result<PortClaim> {
+    let ports = ports.max(1);
+    for port in 0..ports {
+        let file = open_lock(&port_lock(dir, port))?;
+        if flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok() {
+            return Ok(PortClaim { port, _lock: file });
+        }
+    }
+    let port = usize::try_from(std::process::id()).unwrap_or(0) % ports;
+    let path = port_lock(dir, port);
+    let file = open_lock(&path)?;
+    flock(&file, FlockOperation::LockExclusive).map_err(|e| crate::error::VmError::Io {
+        path,
+        source: e.into(),
+    })?;
+    Ok(PortClaim { port, _lock: file })
+}
+
+fn port_lock(dir: &Path, port: usize) -> PathBuf {
+    dir.join(format!("port-{port}.lock"))
+}
+
+fn open_lock(path: &Path) -> Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(i32::try_from(rustix::fs::OFlags::NOFOLLOW.bits()).unwrap_or(0))
+        .open(path)
+        .map_err(io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reused_pid_is_not_the_vm() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(running(dir.path()), None);
+        // Our own pid is alive, but its command line does not name the directory.
+        write_pid(dir.path(), std::process::id()).unwrap();
+        assert_eq!(running(dir.path()), None);
+        let mut vmm = std::process::Command::new("sh")
+            .args(["-c", "sleep 30; true"])
+            .arg(dir.path())
+            .spawn()
+            .unwrap();
+        write_pid(dir.path(), vmm.id()).unwrap();
+        assert_eq!(running(dir.path()), Some(vmm.id()));
+        vmm.kill().unwrap();
+        vmm.wait().unwrap();
+        assert_eq!(running(dir.path()), None, "a dead VMM is not running");
+    }
+
+    #[test]
+    fn ports_are_claimed_one_call_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = claim_port(dir.path(), 2).unwrap();
+        let second = claim_port(dir.path(), 2).unwrap();
+        assert_ne!(first.port, second.port);
+        drop(first);
+        assert_eq!(
+            claim_port(dir.path(), 2).unwrap().port,
+            0,
+            "a freed port is reused"
+        );
+    }
+
+    #[test]
+    fn stale_files_go_the_lock_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["lock", "vmm.pid", "channel-0.sock", "console.log"] {
+            std::fs::write(dir.path().join(name), "").unwrap();
+        }
+        clear_stale(dir.path());
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("lock")]);
+    }
+}

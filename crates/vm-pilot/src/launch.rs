@@ -1,0 +1,248 @@
+// SPDX-License-Identifier: MIT
+//! One call of a VM flake, from the instance to the exit status.
+//!
+//! - **One-shot**: a fresh instance directory (with the launcher's pid in its name), a fresh
+//!   overlay disk with the includes when the flake has `overlay_size`, the VMM, one call,
+//!   then the VM is stopped and everything removed. The VM's root is read-only and its
+//!   overlay thrown away, so stopping it at once loses nothing and keeps the launch as
+//!   short as the boot.
+//! - **Resume**: one VM per flake and `@NAME`, started by the first call under the
+//!   instance lock (so concurrent first calls start one VM), with an overlay disk that
+//!   persists across calls and restarts. Every call claims a free guest channel port and
+//!   runs without any VMM process being started. The guest powers off after the flake's
+//!   idle timeout; `%remove` shuts it down at once and removes its state and overlay.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use flake_agent::client::{self, Request, Streams};
+use flake_agent::proto::{ExitStatus, Frame};
+use flakes::callargs::Terminal;
+use flakes::config::vm::VmFlake;
+use flakes::config::{Include, LaunchMode};
+use flakes::instance::{InstanceKey, StateDir};
+use flakes::{CallArgs, PilotExit};
+
+use crate::error::{Result, VmError};
+use crate::instance::{self, claim_port};
+use crate::vmm::{wait_connect, GuestSettings, Plan, Vmm};
+use crate::{overlay, tap};
+
+/// How long a guest may take to open its channel (software emulation is slow).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Everything one call needs, resolved once by the launcher.
+#[derive(Debug)]
+pub struct Launch<'a> {
+    /// Which instance.
+    pub key: InstanceKey,
+    /// The flake.
+    pub flake: &'a VmFlake,
+    /// Host files for the overlay.
+    pub include: &'a Include,
+    /// The call's arguments and options.
+    pub call: &'a CallArgs,
+    /// The VMM backend.
+    pub vmm: &'a dyn Vmm,
+    /// `firecracker_ids_dir`.
+    pub ids_dir: PathBuf,
+    /// Where resume overlays persist.
+    pub storage_dir: PathBuf,
+    /// The caller's uid.
+    pub uid: u32,
+    /// Whether stdin and stdout are terminals.
+    pub terminal: Terminal,
+    /// The caller's `TERM`.
+    pub term: Option<Vec<u8>>,
+    /// `mkfs.ext4`, for overlays.
+    pub mkfs: Option<PathBuf>,
+    /// `ip`, for TAP devices.
+    pub ip: Option<PathBuf>,
+}
+
+impl Launch<'_> {
+    /// Runs the call and returns the launcher's exit status.
+    pub fn run(&self) -> Result<PilotExit> {
+        let status = match self.flake.runtime.mode {
+            LaunchMode::Resume => self.resume()?,
+            _ => self.one_shot()?,
+        };
+        Ok(PilotExit::App(status.code()))
+    }
+
+    fn request(&self) -> Request {
+        let program = match &self.flake.target {
+            flakes::config::Target::Program(path) => path.clone(),
+            _ => self.key.flake.to_string(),
+        };
+        let mut argv = vec![program.into_bytes()];
+        argv.extend(
+            self.call
+                .app_args
+                .iter()
+                .map(|a| std::os::unix::ffi::OsStrExt::as_bytes(a.as_os_str()).to_vec()),
+        );
+        let streams = if self.terminal.wants_tty(self.call) {
+            Streams::Terminal
+        } else {
+            Streams::Frames
+        };
+        Request {
+            argv,
+            streams,
+            term: self.term.clone(),
+            launcher: "firecracker-pilot",
+        }
+    }
+
+    fn plan(&self, state: &StateDir, label: &str, resume: bool) -> Plan {
+        let overlay = self.flake.runtime.overlay_size.map(|_| {
+            if resume {
+                self.storage_dir.join(format!("{label}.ext4"))
+            } else {
+                state.path().join("overlay.ext4")
+            }
+        });
+        Plan {
+            flake: self.key.flake.to_string(),
+            dir: state.path().to_path_buf(),
+            overlay,
+            ports: self.vmm.ports(resume),
+            tap: self.flake.runtime.network.then(|| tap::name(label)),
+            guest: GuestSettings {
+                resume,
+                idle: self.flake.runtime.idle_timeout.map(|d| d.as_secs()),
+            },
+        }
+    }
+
+    /// Creates the overlay (when missing) and the TAP device the plan needs.
+    fn provide(&self, plan: &Plan) -> Result<()> {
+        if let (Some(path), Some(size)) = (&plan.overlay, self.flake.runtime.overlay_size) {
+            if !path.exists() {
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).map_err(crate::error::io(parent))?;
+                }
+                overlay::create(
+                    path,
+                    size,
+                    self.include,
+                    self.tool(&self.mkfs, "mkfs.ext4")?,
+                )?;
+            }
+        }
+        if let Some(name) = &plan.tap {
+            tap::ensure(name, &plan.dir, self.tool(&self.ip, "ip")?, self.uid)?;
+        }
+        Ok(())
+    }
+
+    fn tool<'p>(&self, path: &'p Option<PathBuf>, name: &str) -> Result<&'p PathBuf> {
+        path.as_ref().ok_or_else(|| {
+            VmError::Process(flakes::process::ProcessError::NotFound {
+                program: name.to_string(),
+            })
+        })
+    }
+
+    fn one_shot(&self) -> Result<ExitStatus> {
+        let label = instance::one_shot_label(&self.key.label(), std::process::id());
+        let state = StateDir::prepare_vm(&self.ids_dir, self.uid, &label)?;
+        let plan = self.plan(&state, &label, false);
+        let result = self.provide(&plan).and_then(|()| self.boot_and_call(&plan));
+        if let Some(ip) = &self.ip {
+            tap::release(&plan.dir, ip);
+        }
+        let _ = state.remove();
+        result
+    }
+
+    fn boot_and_call(&self, plan: &Plan) -> Result<ExitStatus> {
+        let mut vmm = self.vmm.start(self.flake, plan)?;
+        instance::write_pid(&plan.dir, vmm.id())?;
+        let result = wait_connect(self.vmm, plan, 0, BOOT_TIMEOUT, || {
+            matches!(vmm.try_wait(), Ok(None))
+        })
+        .and_then(|stream| self.call_over(stream, plan));
+        let _ = vmm.kill();
+        let _ = vmm.wait();
+        result
+    }
+
+    fn call_over(&self, stream: std::os::unix::net::UnixStream, plan: &Plan) -> Result<ExitStatus> {
+        client::run(stream, &self.request()).map_err(|source| VmError::Call {
+            flake: plan.flake.clone(),
+            source,
+            log: plan.log(),
+        })
+    }
+
+    fn resume(&self) -> Result<ExitStatus> {
+        let label = self.key.label();
+        let state = StateDir::prepare_vm(&self.ids_dir, self.uid, &label)?;
+        let plan = self.plan(&state, &label, true);
+        {
+            let _lock = state.lock()?;
+            if instance::running(&plan.dir).is_none() {
+                self.start_resume_vm(&plan)?;
+            }
+        }
+        let claim = claim_port(&plan.dir, plan.ports)?;
+        let alive = || instance::running(&plan.dir).is_some();
+        let stream = wait_connect(self.vmm, &plan, claim.port, BOOT_TIMEOUT, alive)?;
+        let status = self.call_over(stream, &plan)?;
+        drop(claim);
+        if self.call.options.remove {
+            self.remove(state, &plan)?;
+        }
+        Ok(status)
+    }
+
+    fn start_resume_vm(&self, plan: &Plan) -> Result<()> {
+        instance::clear_stale(&plan.dir);
+        if let Some(ip) = &self.ip {
+            tap::release(&plan.dir, ip);
+        }
+        self.provide(plan)?;
+        let vmm = self.vmm.start(self.flake, plan)?;
+        instance::write_pid(&plan.dir, vmm.id())
+        // The VMM outlives this launcher: it is not waited for.
+    }
+
+    /// Shuts the resume VM down, then removes its state, overlay and TAP device.
+    fn remove(&self, state: StateDir, plan: &Plan) -> Result<()> {
+        let _lock = state.lock()?;
+        if let Some(pid) = instance::running(&plan.dir) {
+            let claim = claim_port(&plan.dir, plan.ports)?;
+            if let Ok(mut stream) = self.vmm.connect(plan, claim.port) {
+                let _ = Frame::Shutdown.write_to(&mut stream);
+                let _ = Frame::read_from(&mut stream);
+            }
+            stop(pid, &plan.dir);
+        }
+        if let Some(ip) = &self.ip {
+            tap::release(&plan.dir, ip);
+        }
+        if let Some(overlay) = &plan.overlay {
+            let _ = std::fs::remove_file(overlay);
+        }
+        drop(_lock);
+        Ok(state.remove()?)
+    }
+}
+
+/// Waits up to 10 s for the VMM `pid` to end after a shutdown, then kills it.
+fn stop(pid: u32, dir: &std::path::Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while instance::running(dir).is_some() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if instance::running(dir).is_some() {
+        if let Some(pid) = i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
