@@ -56,7 +56,17 @@ pub struct Request {
 }
 
 /// Runs `request` over `stream` and returns the app's exit status.
+///
+/// The connection is shut down when the call ends, although threads still hold clones of
+/// it: a guest channel port serves its next call only once this one has hung up.
 pub fn run(stream: UnixStream, request: &Request) -> Result<ExitStatus, ProtoError> {
+    let handle = stream.try_clone()?;
+    let result = run_call(stream, request);
+    let _ = handle.shutdown(std::net::Shutdown::Both);
+    result
+}
+
+fn run_call(stream: UnixStream, request: &Request) -> Result<ExitStatus, ProtoError> {
     let writer = Arc::new(Mutex::new(stream.try_clone()?));
     match request.streams {
         Streams::Terminal => run_terminal(stream, writer, request),

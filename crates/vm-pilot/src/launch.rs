@@ -181,14 +181,20 @@ impl Launch<'_> {
         let label = self.key.label();
         let state = StateDir::prepare_vm(&self.ids_dir, self.uid, &label)?;
         let plan = self.plan(&state, &label, true);
-        {
+        let mut started = {
             let _lock = state.lock()?;
-            if instance::running(&plan.dir).is_none() {
-                self.start_resume_vm(&plan)?;
+            match instance::running(&plan.dir) {
+                Some(_) => None,
+                None => Some(self.start_resume_vm(&plan)?),
             }
-        }
+        };
         let claim = claim_port(&plan.dir, plan.ports)?;
-        let alive = || instance::running(&plan.dir).is_some();
+        // The launcher that started the VMM asks its child: right after the fork, the
+        // child's command line is still the launcher's, so `running` would say no.
+        let alive = || match started.as_mut() {
+            Some(vmm) => matches!(vmm.try_wait(), Ok(None)),
+            None => instance::running(&plan.dir).is_some(),
+        };
         let stream = wait_connect(self.vmm, &plan, claim.port, BOOT_TIMEOUT, alive)?;
         let status = self.call_over(stream, &plan)?;
         drop(claim);
@@ -198,15 +204,16 @@ impl Launch<'_> {
         Ok(status)
     }
 
-    fn start_resume_vm(&self, plan: &Plan) -> Result<()> {
+    /// Starts the VM of a resume instance; the VMM outlives this launcher.
+    fn start_resume_vm(&self, plan: &Plan) -> Result<std::process::Child> {
         instance::clear_stale(&plan.dir);
         if let Some(ip) = &self.ip {
             tap::release(&plan.dir, ip);
         }
         self.provide(plan)?;
         let vmm = self.vmm.start(self.flake, plan)?;
-        instance::write_pid(&plan.dir, vmm.id())
-        // The VMM outlives this launcher: it is not waited for.
+        instance::write_pid(&plan.dir, vmm.id())?;
+        Ok(vmm)
     }
 
     /// Shuts the resume VM down, then removes its state, overlay and TAP device.

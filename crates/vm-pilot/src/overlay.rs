@@ -38,7 +38,7 @@ pub fn create(path: &Path, size: ByteSize, include: &Include, mkfs: &Path) -> Re
             .arg(&staging)
             .arg(&partial)
             .arg(format!("{}k", size.bytes() / 1024))
-            .status()?;
+            .stdout()?;
         std::fs::rename(&partial, path).map_err(|e| fail(e.to_string()))
     });
     let _ = std::fs::remove_dir_all(&staging);
@@ -68,7 +68,11 @@ fn stage(staging: &Path, include: &Include) -> std::result::Result<(), String> {
         tar.set_preserve_ownerships(rustix::process::geteuid().is_root());
         tar.unpack(&upper).map_err(|e| {
             let cause = std::error::Error::source(&e).map(ToString::to_string);
-            format!("include {}: {e}: {}", archive.display(), cause.unwrap_or_default())
+            format!(
+                "include {}: {e}: {}",
+                archive.display(),
+                cause.unwrap_or_default()
+            )
         })?;
     }
     for source in &include.path {

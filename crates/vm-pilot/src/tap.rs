@@ -65,7 +65,7 @@ pub fn ensure(name: &str, dir: &Path, ip: &Path, uid: u32) -> Result<()> {
         .status()?;
     let marker = dir.join(CREATED);
     std::fs::write(&marker, name).map_err(crate::error::io(&marker))?;
-    Cmd::new(ip).args(["link", "set", name, "up"]).status()?;
+    Cmd::new(ip).args(["link", "set", name, "up"]).stdout()?;
     Ok(())
 }
 
@@ -73,7 +73,7 @@ pub fn ensure(name: &str, dir: &Path, ip: &Path, uid: u32) -> Result<()> {
 pub fn release(dir: &Path, ip: &Path) {
     let marker = dir.join(CREATED);
     if let Ok(name) = std::fs::read_to_string(&marker) {
-        let _ = Cmd::new(ip).args(["link", "delete", name.trim()]).status();
+        let _ = Cmd::new(ip).args(["link", "delete", name.trim()]).stdout();
         let _ = std::fs::remove_file(marker);
     }
 }
