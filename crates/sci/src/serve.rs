@@ -20,6 +20,9 @@ use flake_agent::proto::{ExitStatus, Frame, ProtoError, CHUNK};
 use crate::cmdline::{BootSettings, Channel, VSOCK_PORT};
 use crate::port::{self, Port};
 
+/// How long a one-shot VM waits for its call.
+const FIRST_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Why serving ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
@@ -45,8 +48,11 @@ pub fn serve(settings: &BootSettings) -> Result<End, String> {
         Channel::Virtio => serve_ports(server)?,
         Channel::Vsock => serve_vsock(server)?,
     }
-    if let (true, Some(idle)) = (settings.resume, settings.idle) {
-        watch_idle(activity, idle, end_tx);
+    match (settings.resume, settings.idle) {
+        (true, Some(idle)) => watch_idle(activity, idle, end_tx),
+        (true, None) => {}
+        // A launcher killed while the VM booted never calls: do not wait for it forever.
+        (false, _) => watch_idle(activity, FIRST_CALL_TIMEOUT, end_tx),
     }
     end_rx
         .recv()

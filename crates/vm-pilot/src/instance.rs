@@ -48,6 +48,26 @@ pub fn running(dir: &Path) -> Option<u32> {
         .then_some(pid)
 }
 
+/// Removes the one-shot instances below `vms_dir` whose launcher and VMM are both gone
+/// (a launcher killed with `kill -9` cannot remove its own).
+pub fn collect_orphans(vms_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(vms_dir) else {
+        return;
+    };
+    for entry in entries.filter_map(std::result::Result::ok) {
+        let name = entry.file_name();
+        let Some((_, pid)) = name.to_str().and_then(|n| n.rsplit_once('#')) else {
+            continue;
+        };
+        let launcher_gone = pid
+            .parse::<u32>()
+            .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+        if launcher_gone && running(&entry.path()).is_none() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Records the VMM's pid.
 pub fn write_pid(dir: &Path, pid: u32) -> Result<()> {
     let path = dir.join(PID_FILE);
@@ -132,6 +152,21 @@ mod tests {
         vmm.kill().unwrap();
         vmm.wait().unwrap();
         assert_eq!(running(dir.path()), None, "a dead VMM is not running");
+    }
+
+    #[test]
+    fn orphaned_one_shot_instances_are_collected() {
+        let dir = tempfile::tempdir().unwrap();
+        let orphan = dir.path().join("app#999999999");
+        let live = dir.path().join(one_shot_label("app", std::process::id()));
+        let resume = dir.path().join("app@work");
+        for d in [&orphan, &live, &resume] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        collect_orphans(dir.path());
+        assert!(!orphan.exists());
+        assert!(live.exists(), "its launcher still runs");
+        assert!(resume.exists(), "resume instances are not one-shot orphans");
     }
 
     #[test]

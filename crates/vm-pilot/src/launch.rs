@@ -148,6 +148,9 @@ impl Launch<'_> {
     fn one_shot(&self) -> Result<ExitStatus> {
         let label = instance::one_shot_label(&self.key.label(), std::process::id());
         let state = StateDir::prepare_vm(&self.ids_dir, self.uid, &label)?;
+        if let Some(vms) = state.path().parent() {
+            instance::collect_orphans(vms);
+        }
         let plan = self.plan(&state, &label, false);
         let result = self.provide(&plan).and_then(|()| self.boot_and_call(&plan));
         if let Some(ip) = &self.ip {

@@ -1,0 +1,192 @@
+// SPDX-License-Identifier: MIT
+//! VM test helpers: a busybox guest with `sci` registered as a VM flake, and what the
+//! instances look like from `flake-ctl firecracker show`.
+//!
+//! Needs the VM fixtures (`FLAKE_VM_FIXTURES`) and the static `sci` (`FLAKE_SCI`, built by
+//! `make agent`); required when `FLAKE_TEST_REQUIRE_VM=1`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::World;
+
+/// Kills, when a test ends (also by failing), every VMM still running for its world, so a
+/// failed test leaves no resume VM behind.
+pub struct KillVms(pub PathBuf);
+
+impl Drop for KillVms {
+    fn drop(&mut self) {
+        let _ = Command::new("pkill")
+            .arg("-KILL")
+            .arg("-f")
+            .arg(format!("(qemu-system|firecracker).*{}", self.0.display()))
+            .status();
+    }
+}
+
+pub fn inputs() -> Option<(PathBuf, PathBuf)> {
+    let fixtures = std::env::var_os("FLAKE_VM_FIXTURES").map(PathBuf::from);
+    let sci = std::env::var_os("FLAKE_SCI").map(PathBuf::from);
+    match (fixtures, sci) {
+        (Some(f), Some(s)) if f.join("kernel/vmlinux").is_file() && s.is_file() => Some((f, s)),
+        _ => {
+            let required = std::env::var("FLAKE_TEST_REQUIRE_VM").is_ok_and(|v| v == "1");
+            assert!(
+                !required,
+                "VM fixtures or static sci missing (make vm-fixtures agent)"
+            );
+            eprintln!("SKIP: needs FLAKE_VM_FIXTURES and FLAKE_SCI");
+            None
+        }
+    }
+}
+
+/// Registers `name` as a QEMU VM flake on a busybox rootfs with sci as init.
+pub fn vm_flake(w: &World, fixtures: &Path, sci: &Path, name: &str) -> PathBuf {
+    vm_flake_with(w, fixtures, sci, name, &[], "")
+}
+
+/// [`vm_flake`] with extra `register` arguments and extra `vm.runtime` YAML lines (indented
+/// by four spaces) in the flake's fragment.
+pub fn vm_flake_with(
+    w: &World,
+    fixtures: &Path,
+    sci: &Path,
+    name: &str,
+    register: &[&str],
+    runtime_yaml: &str,
+) -> PathBuf {
+    vm_flake_on(w, fixtures, sci, name, "qemu", register, runtime_yaml)
+}
+
+/// [`vm_flake_with`] on VMM `vmm` (`qemu` or `firecracker`).
+pub fn vm_flake_on(
+    w: &World,
+    fixtures: &Path,
+    sci: &Path,
+    name: &str,
+    vmm: &str,
+    register: &[&str],
+    runtime_yaml: &str,
+) -> PathBuf {
+    let tree = w.path("guest");
+    for dir in [
+        "mnt",
+        "overlayroot",
+        "bin",
+        "usr/sbin",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "etc",
+        "root",
+        "run",
+    ] {
+        std::fs::create_dir_all(tree.join(dir)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", tree.join("bin/busybox")).unwrap();
+    let applets = [
+        "sh", "cat", "echo", "printf", "uname", "wc", "head", "true", "sleep", "test", "[", "ls",
+        "stty", "tty", "mount", "id",
+    ];
+    for applet in applets {
+        let link = tree.join("bin").join(applet);
+        if !link.exists() {
+            std::os::unix::fs::symlink("busybox", link).unwrap();
+        }
+    }
+    // The rootfs has no sci: the component pull installs it (FLAKE_SCI), without root.
+    assert!(sci.is_file());
+    let rootfs = w.path("guest.ext4");
+    let made = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&tree)
+        .arg(&rootfs)
+        .arg("32M")
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let kernel = fixtures.join("kernel/vmlinux").display().to_string();
+    let pull = [
+        "firecracker",
+        "--user",
+        "pull",
+        "--name",
+        "guest",
+        "--rootfs",
+    ];
+    let rootfs_s = rootfs.display().to_string();
+    if !w
+        .home
+        .join(".config/flakes/firecracker/images/guest")
+        .exists()
+    {
+        w.ctl(&[&pull[..], &[rootfs_s.as_str(), "--kernel", kernel.as_str()]].concat())
+            .success();
+    }
+    let app = w.bin.join(name);
+    let app_s = app.display().to_string();
+    let args = [
+        "firecracker",
+        "--user",
+        "register",
+        "--vm",
+        "guest",
+        "--app",
+        &app_s,
+        "--target",
+        "/bin/sh",
+        "--vmm",
+        vmm,
+        "--no-net",
+    ];
+    w.ctl(&[&args[..], register].concat()).success();
+    let fragment = w.home.join(format!(".config/flakes/{name}.d/small.yaml"));
+    std::fs::write(
+        fragment,
+        format!(
+            "vm:\n  runtime:\n{runtime_yaml}    firecracker:\n      mem_size_mib: 256\n      vcpu_count: 1\n"
+        ),
+    )
+    .unwrap();
+    app
+}
+
+/// The VMM pid `flake-ctl firecracker show` reports for instance `label` while it runs.
+pub fn running_vm(w: &World, label: &str) -> Option<String> {
+    let show = w.ctl(&["firecracker", "show", "--format", "json"]);
+    let rows: serde_json::Value = serde_json::from_str(&show.stdout()).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == label && r["status"] == "running")
+        .and_then(|r| r["id"].as_str().map(str::to_string))
+}
+
+/// A host directory and a tar archive to include, and the register arguments naming them.
+pub fn includes(w: &World) -> Vec<String> {
+    let dir = w.path("incl/etc/app");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("conf"), "from an include path\n").unwrap();
+    let staged = w.path("tarred/usr/share");
+    std::fs::create_dir_all(&staged).unwrap();
+    std::fs::write(staged.join("note"), "from an include tar\n").unwrap();
+    let archive = w.path("files.tar");
+    let made = Command::new("tar")
+        .arg("-C")
+        .arg(w.path("tarred"))
+        .arg("-cf")
+        .arg(&archive)
+        .arg("usr")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    vec![
+        "--include-path".into(),
+        w.path("incl/etc/app").display().to_string(),
+        "--include-tar".into(),
+        archive.display().to_string(),
+    ]
+}
