@@ -16,7 +16,7 @@ mod util;
 
 use std::process::{Command, Stdio};
 
-use util::vm::{includes, inputs, running_vm, vm_flake, vm_flake_with, KillVms};
+use util::vm::{includes, inputs, running_vm, vm_flake, vm_flake_on, vm_flake_with, KillVms};
 use util::World;
 
 #[test]
@@ -320,4 +320,52 @@ fn terminal_calls_get_a_pty_in_the_guest() {
     assert_eq!(piped.stdout(), "NOTTY\n", "{piped}");
     let out = util::in_pty(&w, &app, &["-c", probe]);
     assert!(out.contains("TTY\r\n") && !out.contains("NOTTY"), "{out:?}");
+}
+
+fn link_exists(name: &str) -> bool {
+    std::path::Path::new("/sys/class/net").join(name).exists()
+}
+
+#[test]
+fn tap_devices_are_made_for_the_vm_and_removed_with_it() {
+    let Some((fixtures, sci)) = inputs() else {
+        return;
+    };
+    if !util::podman_ready() {
+        return; // root is needed to create TAP devices
+    }
+    let w = World::new();
+    let _vms = KillVms(w.dir.path().to_path_buf());
+    // Registered with a network (no --no-net); the guest kernel has no NIC driver, the
+    // host side is what is checked here.
+    let app = vm_flake_on(
+        &w,
+        &fixtures,
+        &sci,
+        "vmnet",
+        "qemu",
+        &["--resume", util::vm::WITH_NET],
+        "",
+    );
+    w.app(&app, &["-c", "true"], None).success();
+    assert!(
+        link_exists("tap-vmnet"),
+        "tap-<flake> made for the running VM"
+    );
+    w.app(&app, &["%remove", "-c", "true"], None).success();
+    assert!(!link_exists("tap-vmnet"), "and removed with the instance");
+
+    // A device the admin made is used and left alone.
+    let made = Command::new("ip")
+        .args(["tuntap", "add", "dev", "tap-vmnet@keep", "mode", "tap"])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    w.app(&app, &["@keep", "%remove", "-c", "true"], None)
+        .success();
+    let kept = link_exists("tap-vmnet@keep");
+    let _ = Command::new("ip")
+        .args(["link", "delete", "tap-vmnet@keep"])
+        .status();
+    assert!(kept, "a device the launcher did not make is not removed");
 }

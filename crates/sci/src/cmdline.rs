@@ -13,6 +13,7 @@
 //! | `sci_resume`   | `1`                   | serve calls until told to stop or idle, instead of one call   |
 //! | `sci_idle`     | seconds               | resume mode: power off after this long without a call (0: never) |
 //! | `overlay_root` | a block device        | writable overlay disk: the root becomes an overlay with its upper layer there |
+//! | `sci_debug`    | `1`                   | diagnostics on the guest console                              |
 //!
 //! `sci_resume` and `overlay_root` are the original guest init's names, so command lines
 //! of Flake Pilot 3.1 images keep their meaning. Unknown words are the kernel's or the
@@ -43,6 +44,8 @@ pub struct BootSettings {
     pub idle: Option<Duration>,
     /// Overlay disk.
     pub overlay: Option<String>,
+    /// Diagnostics on the console.
+    pub debug: bool,
 }
 
 impl BootSettings {
@@ -53,6 +56,7 @@ impl BootSettings {
             resume: false,
             idle: None,
             overlay: None,
+            debug: false,
         };
         for word in cmdline.split_ascii_whitespace() {
             let Some((key, value)) = word.split_once('=') else {
@@ -67,6 +71,7 @@ impl BootSettings {
                     }
                 }
                 "sci_resume" => settings.resume = !matches!(value, "0" | "" | "false"),
+                "sci_debug" => settings.debug = value == "1",
                 "sci_idle" => {
                     let secs: u64 = value
                         .parse()
@@ -99,7 +104,8 @@ mod tests {
                 channel: Channel::Vsock,
                 resume: false,
                 idle: None,
-                overlay: None
+                overlay: None,
+                debug: false
             }
         );
         let all = BootSettings::parse(

@@ -10,6 +10,7 @@
 
 mod boot;
 mod cmdline;
+mod debug;
 mod port;
 mod serve;
 
@@ -38,6 +39,10 @@ fn run(pid1: bool) -> Result<(), String> {
     let cmdline = std::fs::read_to_string("/proc/cmdline")
         .map_err(|e| format!("cannot read /proc/cmdline: {e}"))?;
     let settings = BootSettings::parse(&cmdline)?;
+    if settings.debug {
+        debug::enable();
+    }
+    debug::log(|| format!("{settings:?}"));
     if let (true, Some(device)) = (pid1, &settings.overlay) {
         boot::overlay_root(device)?;
         boot::mount_basics();

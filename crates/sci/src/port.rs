@@ -10,7 +10,10 @@
 //!   the host side opens or closes (with `O_ASYNC` and `F_SETOWN`), which wakes the waiter;
 //! - every connection is a [`Session`] with its own generation: once a call is over, its
 //!   leftover threads (a terminal draining, the watcher of control frames) read EOF and
-//!   fail to write, so nothing of an ended call reaches the next caller;
+//!   fail to write, so nothing of an ended call reaches the next caller. Reading stops
+//!   before the exit status is sent: a host may hang up and the next one connect and
+//!   send its call between two reads, which the port does not tell apart, so every byte
+//!   after the exit status is the next session's;
 //! - the port is non-blocking and writes wait with `poll`: a write while no host is
 //!   connected would otherwise block until the *next* caller and hand it stale output.
 
@@ -32,7 +35,15 @@ pub const PORT_PREFIX: &str = "flake";
 #[derive(Debug)]
 pub struct Port {
     file: File,
-    generation: Mutex<u64>,
+    generation: Mutex<Generations>,
+}
+
+/// The sessions allowed to read and to write now (0: none), and the last one started.
+#[derive(Debug, Default, Clone, Copy)]
+struct Generations {
+    read: u64,
+    write: u64,
+    last: u64,
 }
 
 /// One host connection on a port.
@@ -51,13 +62,18 @@ impl Port {
             .write(true)
             .open(path)
             .map_err(|e| fail(&e))?;
-        let flags = rustix::fs::fcntl_getfl(&file).map_err(|e| fail(&e))?;
-        rustix::fs::fcntl_setfl(&file, flags | OFlags::NONBLOCK | OFlags::ASYNC)
-            .map_err(|e| fail(&e))?;
-        set_owner(&file).map_err(|e| fail(&e))?;
+        Self::from_file(file).map_err(|e| fail(&e))
+    }
+
+    /// A port on an open device (or, in tests, any stream).
+    fn from_file(file: File) -> std::io::Result<Arc<Self>> {
+        let fail = |e: rustix::io::Errno| std::io::Error::from(e);
+        let flags = rustix::fs::fcntl_getfl(&file).map_err(fail)?;
+        rustix::fs::fcntl_setfl(&file, flags | OFlags::NONBLOCK | OFlags::ASYNC).map_err(fail)?;
+        set_owner(&file)?;
         Ok(Arc::new(Port {
             file,
-            generation: Mutex::new(0),
+            generation: Mutex::new(Generations::default()),
         }))
     }
 
@@ -87,7 +103,13 @@ impl Port {
 
     /// Starts the session of the host connected now.
     pub fn session(self: &Arc<Self>) -> Session {
-        let generation = *lock(&self.generation);
+        let mut current = lock(&self.generation);
+        let generation = current.last + 1;
+        *current = Generations {
+            read: generation,
+            write: generation,
+            last: generation,
+        };
         Session {
             port: Arc::clone(self),
             generation,
@@ -96,11 +118,22 @@ impl Port {
 }
 
 impl Session {
+    /// Stops reading for this session: its readers see EOF from now on.
+    pub fn close_reads(&self) {
+        let mut current = lock(&self.port.generation);
+        if current.read == self.generation {
+            current.read = 0;
+        }
+    }
+
     /// Ends the session: its readers see EOF, its writers an error.
     pub fn close(&self) {
         let mut current = lock(&self.port.generation);
-        if *current == self.generation {
-            *current += 1;
+        if current.read == self.generation {
+            current.read = 0;
+        }
+        if current.write == self.generation {
+            current.write = 0;
         }
     }
 }
@@ -111,7 +144,7 @@ impl Read for Session {
             self.port
                 .revents(PollFlags::IN, Some(Duration::from_millis(500)));
             let current = lock(&self.port.generation);
-            if *current != self.generation {
+            if current.read != self.generation {
                 return Ok(0);
             }
             match rustix::io::read(&self.port.file, &mut *buf) {
@@ -128,7 +161,7 @@ impl Write for Session {
         loop {
             {
                 let current = lock(&self.port.generation);
-                if *current != self.generation {
+                if current.write != self.generation {
                     return Err(std::io::ErrorKind::BrokenPipe.into());
                 }
                 match rustix::io::write(&self.port.file, buf) {
@@ -238,5 +271,59 @@ pub fn find_ports(timeout: Duration) -> Result<Vec<PathBuf>, String> {
             ));
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    fn port() -> (Arc<Port>, UnixStream) {
+        handle_sigio().unwrap();
+        let (guest, host) = UnixStream::pair().unwrap();
+        let port = Port::from_file(File::from(OwnedFd::from(guest))).unwrap();
+        (port, host)
+    }
+
+    #[test]
+    fn an_ended_session_never_sees_the_next_callers_bytes() {
+        let (port, mut host) = port();
+        let mut first = port.session();
+        first.close();
+        let mut second = port.session();
+        host.write_all(b"next call").unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(
+            first.read(&mut buf).unwrap(),
+            0,
+            "the old session reads EOF"
+        );
+        assert!(first.write(b"stale").is_err(), "and cannot write");
+        let n = second.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"next call");
+        // A third session after the second must not revive the first.
+        second.close();
+        let _third = port.session();
+        host.write_all(b"x").unwrap();
+        assert_eq!(first.read(&mut buf).unwrap(), 0);
+        assert_eq!(second.read(&mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn reads_stop_before_the_exit_status_writes_do_not() {
+        let (port, mut host) = port();
+        let mut session = port.session();
+        session.close_reads();
+        host.write_all(b"after exit").unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(session.read(&mut buf).unwrap(), 0);
+        session.write_all(b"exit").unwrap();
+        let mut got = [0u8; 4];
+        host.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"exit");
     }
 }

@@ -7,7 +7,7 @@
 //! pty when asked for, the exit status last. The first frame of a connection must be a
 //! `Call` or `Shutdown`; anything else is the rest of an earlier, ended call and skipped.
 
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Read};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -70,18 +70,24 @@ struct Server {
 
 impl Server {
     /// Handles one connection; returns false when serving must stop.
-    fn connection<R, W>(&self, reader: R, writer: W) -> bool
+    fn connection<R>(&self, reader: R, writer: Writer) -> bool
     where
         R: Read + Send + 'static,
-        W: Write + Send + 'static,
     {
         let mut reader = BufReader::with_capacity(CHUNK + 8, reader);
-        let writer = Writer::new(writer);
         loop {
-            match Frame::read_from(&mut reader) {
+            let frame = Frame::read_from(&mut reader);
+            crate::debug::log(|| {
+                format!(
+                    "connection frame: {:?}",
+                    frame.as_ref().map(|f| f.as_ref().map(kind))
+                )
+            });
+            match frame {
                 Ok(Some(Frame::Call(call))) => {
                     let busy = self.activity.begin();
-                    let _ = framed::run(&call, reader, writer, &self.reaper);
+                    let result = framed::run(&call, reader, writer, &self.reaper);
+                    crate::debug::log(|| format!("call ended: {result:?}"));
                     drop(busy);
                     if !self.resume {
                         let _ = self.end.send(End::Done);
@@ -106,6 +112,17 @@ impl Server {
     }
 }
 
+/// A frame's name, for diagnostics (payloads stay out of the log).
+fn kind(frame: &Frame) -> &'static str {
+    match frame {
+        Frame::Call(_) => "call",
+        Frame::Shutdown => "shutdown",
+        Frame::Stdin(_) => "stdin",
+        Frame::Signal(_) => "signal",
+        _ => "other",
+    }
+}
+
 fn serve_ports(server: Server) -> Result<(), String> {
     port::handle_sigio()?;
     for path in port::find_ports(Duration::from_secs(10))? {
@@ -114,7 +131,10 @@ fn serve_ports(server: Server) -> Result<(), String> {
         std::thread::spawn(move || loop {
             port.wait_for_host();
             let session = port.session();
-            let more = server.connection(session.clone(), session.clone());
+            crate::debug::log(|| format!("{} session {session:?}", path.display()));
+            let reads = session.clone();
+            let writer = Writer::new(session.clone()).before_exit(move || reads.close_reads());
+            let more = server.connection(session.clone(), writer);
             session.close();
             if !more {
                 return;
@@ -134,7 +154,7 @@ fn serve_vsock(server: Server) -> Result<(), String> {
                 continue;
             };
             let server = server.clone();
-            std::thread::spawn(move || server.connection(reader, stream));
+            std::thread::spawn(move || server.connection(reader, Writer::new(stream)));
         }
     });
     Ok(())

@@ -58,6 +58,8 @@ pub struct Launch<'a> {
     pub mkfs: Option<PathBuf>,
     /// `ip`, for TAP devices.
     pub ip: Option<PathBuf>,
+    /// `PILOT_DEBUG` is set: the guest init logs to the console log.
+    pub debug: bool,
 }
 
 impl Launch<'_> {
@@ -112,6 +114,7 @@ impl Launch<'_> {
             guest: GuestSettings {
                 resume,
                 idle: self.flake.runtime.idle_timeout.map(|d| d.as_secs()),
+                debug: self.debug,
             },
         }
     }
@@ -225,6 +228,8 @@ impl Launch<'_> {
         if let Some(pid) = instance::running(&plan.dir) {
             let claim = claim_port(&plan.dir, plan.ports)?;
             if let Ok(mut stream) = self.vmm.connect(plan, claim.port) {
+                // A guest that does not answer is stopped by `stop` below.
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
                 let _ = Frame::Shutdown.write_to(&mut stream);
                 let _ = Frame::read_from(&mut stream);
             }

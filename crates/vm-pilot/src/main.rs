@@ -79,6 +79,7 @@ fn run() -> Result<PilotExit, String> {
             .map(|t| std::os::unix::ffi::OsStrExt::as_bytes(t.as_os_str()).to_vec()),
         mkfs: resolve("mkfs.ext4", Some(&path)).ok(),
         ip: resolve("ip", Some(&path)).ok(),
+        debug: std::env::var_os("PILOT_DEBUG").is_some(),
     };
     launch.run().map_err(|e| e.to_string())
 }

@@ -160,6 +160,7 @@ mod tests {
             guest: GuestSettings {
                 resume: true,
                 idle: Some(60),
+                debug: false,
             },
         };
         let qemu = Qemu {

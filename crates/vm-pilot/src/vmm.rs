@@ -24,6 +24,8 @@ pub struct GuestSettings {
     pub resume: bool,
     /// Idle timeout in seconds (resume), `None` for never.
     pub idle: Option<u64>,
+    /// Diagnostics on the guest console (`PILOT_DEBUG` on the host).
+    pub debug: bool,
 }
 
 /// One VM instance on the host.
@@ -62,6 +64,9 @@ impl Plan {
         args.push(format!("sci_channel={channel}"));
         if self.overlay.is_some() {
             args.push("overlay_root=/dev/vdb".into());
+        }
+        if self.guest.debug {
+            args.push("sci_debug=1".into());
         }
         if self.guest.resume {
             args.push("sci_resume=1".into());

@@ -59,6 +59,9 @@ pub fn vm_flake_with(
     vm_flake_on(w, fixtures, sci, name, "qemu", register, runtime_yaml)
 }
 
+/// Marker argument for [`vm_flake_on`]: register the flake with a network.
+pub const WITH_NET: &str = "<with network>";
+
 /// [`vm_flake_with`] on VMM `vmm` (`qemu` or `firecracker`).
 pub fn vm_flake_on(
     w: &World,
@@ -140,9 +143,19 @@ pub fn vm_flake_on(
         "/bin/sh",
         "--vmm",
         vmm,
-        "--no-net",
     ];
-    w.ctl(&[&args[..], register].concat()).success();
+    // `WITH_NET` among `register` keeps the network; every other flake gets --no-net.
+    let net: &[&str] = if register.contains(&WITH_NET) {
+        &[]
+    } else {
+        &["--no-net"]
+    };
+    let register: Vec<&str> = register
+        .iter()
+        .copied()
+        .filter(|a| *a != WITH_NET)
+        .collect();
+    w.ctl(&[&args[..], net, &register].concat()).success();
     let fragment = w.home.join(format!(".config/flakes/{name}.d/small.yaml"));
     std::fs::write(
         fragment,
