@@ -22,11 +22,23 @@ export FLAKES_CONFIG=$work/flakes.yml
 cleanup() {
     "$BIN_DIR/flake-ctl" podman remove --app "$work/bin/bench-true" >/dev/null 2>&1 || true
     podman rm -f -t 0 flake-bench-warm-u0 >/dev/null 2>&1 || true
+    pkill -KILL -f "qemu-system.*$work" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
 printf 'generic:\n  flakes_dir: %s/flakes\n  podman_ids_dir: %s/ids\n' "$work" "$work" > "$FLAKES_CONFIG"
 
+# processes started per launch: all execve calls, and those of podman itself
+count() {
+    local trace=$work/trace
+    strace -f -qq -e trace=execve -o "$trace" "$@" </dev/null >/dev/null 2>&1
+    local all podman
+    all=$(awk '/execve\(/ && !/ = -1 / {n++} END {print n+0}' "$trace")
+    podman=$(awk '/execve\("[^"]*\/podman"/ && !/ = -1 / {n++} END {print n+0}' "$trace")
+    echo "$all $podman"
+}
+
+if [ "${BENCH_ONLY:-}" != vm ]; then
 "$BIN_DIR/flake-ctl" podman register --container "$IMAGE" --app "$work/bin/bench-true" \
     --target /bin/true --opt '\--network none' >/dev/null
 app=$work/bin/bench-true
@@ -41,15 +53,6 @@ hyperfine -N --warmup 3 --runs "$RUNS" --export-json "$OUT/podman-oneshot.json" 
     -n "flake one-shot" "$app" \
     -n "podman run --rm" "${raw[*]}" </dev/null >/dev/null
 
-# processes started per launch: all execve calls, and those of podman itself
-count() {
-    local trace=$work/trace
-    strace -f -qq -e trace=execve -o "$trace" "$@" </dev/null >/dev/null 2>&1
-    local all podman
-    all=$(awk '/execve\(/ && !/ = -1 / {n++} END {print n+0}' "$trace")
-    podman=$(awk '/execve\("[^"]*\/podman"/ && !/ = -1 / {n++} END {print n+0}' "$trace")
-    echo "$all $podman"
-}
 read -r flake_all flake_podman < <(count "$app")
 read -r raw_all raw_podman < <(count "${raw[@]}")
 
@@ -152,8 +155,11 @@ for item in sys.argv[4:]:
     print(f"| {mb} MB | {int(us)/1000:.0f} ms |")
 PY
 
+fi
+
 # --- VM flakes (QEMU microvm, TCG): a one-shot call through firecracker-pilot against the raw
-#     VMM booting the same kernel and rootfs straight into the same program as init
+#     VMM booting the same kernel and rootfs straight into the same program as init, and a
+#     warm call into a running resume VM
 FIXTURES=${FLAKE_VM_FIXTURES:-/var/cache/flake-pilot-vm}
 SCI_BIN=${FLAKE_SCI:-$PWD/target/$TRIPLE/release/sci}
 if [ -s "$FIXTURES/kernel/vmlinux" ] && [ -x "$SCI_BIN" ] && command -v qemu-system-x86_64 >/dev/null; then
@@ -164,26 +170,39 @@ if [ -s "$FIXTURES/kernel/vmlinux" ] && [ -x "$SCI_BIN" ] && command -v qemu-sys
     mkfs.ext4 -q -F -d "$guest" "$work/guest.ext4" 32M >/dev/null
     FLAKE_SCI=$SCI_BIN "$BIN_DIR/flake-ctl" firecracker pull --name flake-bench --force \
         --rootfs "$work/guest.ext4" --kernel "$FIXTURES/kernel/vmlinux" >/dev/null
-    "$BIN_DIR/flake-ctl" firecracker register --vm flake-bench --app "$work/bin/bench-vm" \
-        --target /bin/true --vmm qemu --no-net >/dev/null
-    mkdir -p "$work/flakes/bench-vm.d"
-    printf 'vm:\n  runtime:\n    firecracker:\n      mem_size_mib: 256\n      vcpu_count: 1\n' \
-        > "$work/flakes/bench-vm.d/small.yaml"
+    small='vm:\n  runtime:\n    firecracker:\n      mem_size_mib: 256\n      vcpu_count: 1\n'
+    for app in bench-vm bench-vmres; do
+        extra=()
+        [ "$app" = bench-vmres ] && extra=(--resume)
+        "$BIN_DIR/flake-ctl" firecracker register --vm flake-bench --app "$work/bin/$app" \
+            --target /bin/true --vmm qemu --no-net "${extra[@]}" >/dev/null
+        mkdir -p "$work/flakes/$app.d"
+        printf "$small" > "$work/flakes/$app.d/small.yaml"
+    done
     image=/var/lib/firecracker/images/flake-bench
     raw_vm="qemu-system-x86_64 -M microvm,x-option-roms=off,pit=on,pic=on,rtc=on,acpi=off -accel tcg -cpu max -m 256 -smp 1 -nodefaults -no-user-config -nographic -display none -no-reboot -serial null -kernel $image/kernel -append 'console=ttyS0 root=/dev/vda ro quiet init=/bin/true panic=-1 reboot=t' -drive id=root,file=$image/rootfs,format=raw,if=none,readonly=on -device virtio-blk-device,drive=root"
     hyperfine --warmup 1 --runs "${VM_RUNS:-10}" --export-json "$OUT/vm-oneshot.json" \
         -n "VM flake one-shot (qemu tcg)" "$work/bin/bench-vm" \
         -n "raw qemu boot to the same program" "$raw_vm" </dev/null >/dev/null
+    read -r vm_all _ < <(count "$work/bin/bench-vm")
+    "$work/bin/bench-vmres" </dev/null
+    hyperfine -N --warmup 5 --runs "$RUNS" --export-json "$OUT/vm-resume.json" \
+        -n "VM flake resume, warm call" "$work/bin/bench-vmres" </dev/null >/dev/null
+    read -r vmres_all _ < <(count "$work/bin/bench-vmres")
+    "$work/bin/bench-vmres" %remove </dev/null
     "$BIN_DIR/flake-ctl" firecracker remove --vm flake-bench >/dev/null
-    python3 - "$OUT/vm-oneshot.json" <<'PY' | tee "$OUT/vm-oneshot.md"
+    python3 - "$OUT/vm-oneshot.json" "$OUT/vm-resume.json" "$vm_all" "$vmres_all" <<'PY' | tee "$OUT/vm.md"
 import json, sys
-results = json.load(open(sys.argv[1]))["results"]
-raw = next(r for r in results if r["command"].startswith("raw"))["median"]
+oneshot = json.load(open(sys.argv[1]))["results"]
+resume = json.load(open(sys.argv[2]))["results"][0]
+raw = next(r for r in oneshot if r["command"].startswith("raw"))["median"]
 print()
-print("| VM launch | median | ratio to raw VMM |")
-print("|---|---:|---:|")
-for r in results:
-    print(f"| {r['command']} | {r['median']*1000:.0f} ms | {r['median']/raw:.3f} |")
+print("| VM launch | median | ratio to raw VMM | execs |")
+print("|---|---:|---:|---:|")
+for r in oneshot:
+    execs = sys.argv[3] if r["command"].startswith("VM") else "1"
+    print(f"| {r['command']} | {r['median']*1000:.0f} ms | {r['median']/raw:.3f} | {execs} |")
+print(f"| {resume['command']} | {resume['median']*1000:.1f} ms | - | {sys.argv[4]} |")
 PY
 else
     echo "VM benchmark skipped: needs make vm-fixtures, make agent and qemu"

@@ -40,6 +40,9 @@
 
 use std::io::{self, Read, Write};
 
+/// A string every guest init speaking this protocol carries in its binary; `flake-ctl
+/// firecracker pull` looks for it to tell such images from ones with the original init.
+pub const GUEST_MARKER: &str = "flake-pilot-guest-protocol-2";
 /// Protocol version spoken by this build.
 pub const VERSION: u16 = 2;
 /// Largest frame accepted (kind + payload).

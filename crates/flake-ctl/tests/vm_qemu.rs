@@ -369,3 +369,127 @@ fn tap_devices_are_made_for_the_vm_and_removed_with_it() {
         .status();
     assert!(kept, "a device the launcher did not make is not removed");
 }
+
+/// VMMs of this world still running.
+fn vmms_of(w: &World) -> usize {
+    let out = Command::new("pgrep")
+        .arg("-f")
+        .arg(format!("qemu-system.*{}", w.dir.path().display()))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+#[test]
+fn concurrent_first_calls_of_a_resume_flake_start_one_vm() {
+    let Some((fixtures, sci)) = inputs() else {
+        return;
+    };
+    let w = World::new();
+    let _vms = KillVms(w.dir.path().to_path_buf());
+    let app = vm_flake_with(&w, &fixtures, &sci, "vmconc", &["--resume"], "");
+    let children: Vec<_> = (0..3)
+        .map(|i| {
+            w.command(&app)
+                .args(["-c", &format!("echo call {i}")])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("call {i}\n"));
+    }
+    assert_eq!(vmms_of(&w), 1, "one VM serves all first calls");
+    w.app(&app, &["%remove", "-c", "true"], None).success();
+    assert_eq!(vmms_of(&w), 0);
+}
+
+#[test]
+fn a_launcher_killed_mid_call_leaves_nothing_that_blocks_the_next_call() {
+    let Some((fixtures, sci)) = inputs() else {
+        return;
+    };
+    let w = World::new();
+    let _vms = KillVms(w.dir.path().to_path_buf());
+    let kill_mid_call = |app: &std::path::Path| {
+        let mut child = w
+            .command(app)
+            .args(["-c", "echo started; sleep 60"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines =
+            std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+        assert_eq!(lines.next().unwrap().unwrap(), "started");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    };
+
+    // Resume: the VM stays, the killed call's app ends, the next call is served.
+    let resume = vm_flake_with(&w, &fixtures, &sci, "vmkill", &["--resume"], "");
+    kill_mid_call(&resume);
+    let next = w.app(&resume, &["-c", "echo served"], None);
+    next.success();
+    assert_eq!(next.stdout(), "served\n");
+    w.app(&resume, &["%remove", "-c", "true"], None).success();
+
+    // One-shot: the guest powers off when its caller is gone; the next launch collects
+    // the directory the killed launcher could not remove.
+    let oneshot = vm_flake(&w, &fixtures, &sci, "vmkill1");
+    kill_mid_call(&oneshot);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while vmms_of(&w) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the orphaned one-shot VM kept running"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    w.app(&oneshot, &["-c", "true"], None).success();
+    let left: Vec<_> = std::fs::read_dir(w.path("ids/0/.vm"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "orphaned instance collected: {left:?}");
+}
+
+#[test]
+fn images_without_the_guest_protocol_run_in_serial_mode() {
+    let Some((fixtures, sci)) = inputs() else {
+        return;
+    };
+    let w = World::new();
+    let _vms = KillVms(w.dir.path().to_path_buf());
+    let app = vm_flake(&w, &fixtures, &sci, "vmserial");
+    let marker = w
+        .home
+        .join(".config/flakes/firecracker/images/guest/guest-channel");
+    assert!(
+        marker.is_file(),
+        "pull marks an image whose init speaks the protocol"
+    );
+    // As if the image had the original guest init: the console is the caller's.
+    std::fs::remove_file(&marker).unwrap();
+    let run = w.app(
+        &app,
+        &["-c", "echo serial works; echo it\\'s $0", "a b"],
+        None,
+    );
+    run.success();
+    assert!(
+        run.stdout().contains("serial works") && run.stdout().contains("it's a b"),
+        "{run}"
+    );
+    let quote = w.app(&app, &["-c", "echo \"x\""], None);
+    quote.expect_code(125);
+    assert!(quote.stderr().contains("serial mode"), "{quote}");
+    let resume = vm_flake_with(&w, &fixtures, &sci, "vmserial2", &["--resume"], "");
+    let refused = w.app(&resume, &["-c", "true"], None);
+    refused.expect_code(125);
+    assert!(refused.stderr().contains("guest init"), "{refused}");
+}

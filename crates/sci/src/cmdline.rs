@@ -15,6 +15,10 @@
 //! | `overlay_root` | a block device        | writable overlay disk: the root becomes an overlay with its upper layer there |
 //! | `sci_debug`    | `1`                   | diagnostics on the guest console                              |
 //!
+//! Serial mode, for launchers that cannot use a guest channel (the original's convention):
+//! `run="WORDS"` holds the command as shell words (single quotes, backslash escapes); it
+//! runs on the console and the VM powers off after it.
+//!
 //! `sci_resume` and `overlay_root` are the original guest init's names, so command lines
 //! of Flake Pilot 3.1 images keep their meaning. Unknown words are the kernel's or the
 //! image's business and are ignored.
@@ -91,9 +95,87 @@ impl BootSettings {
     }
 }
 
+/// The command of serial mode: the words of `run="..."`, if the command line has one.
+pub fn run_command(cmdline: &str) -> Result<Option<Vec<String>>, String> {
+    let start = match cmdline.find("run=\"") {
+        Some(0) => 5,
+        Some(_) => match cmdline.find(" run=\"") {
+            Some(at) => at + 6,
+            None => return Ok(None),
+        },
+        None => return Ok(None),
+    };
+    let rest = &cmdline[start..];
+    let value = rest
+        .find('"')
+        .map(|end| &rest[..end])
+        .ok_or("run=\" has no closing quote")?;
+    let words = split_words(value)?;
+    if words.is_empty() {
+        return Err("run=\"\" names no program".into());
+    }
+    Ok(Some(words))
+}
+
+/// Splits shell words: blanks separate, `'...'` is literal, `\x` is `x`.
+fn split_words(text: &str) -> Result<Vec<String>, String> {
+    let (mut words, mut word, mut in_word) = (Vec::new(), String::new(), false);
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(q) => word.push(q),
+                        None => return Err("run=: unterminated single quote".into()),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                word.extend(chars.next());
+            }
+            other => {
+                in_word = true;
+                word.push(other);
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    Ok(words)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serial_mode_command() {
+        assert_eq!(run_command("console=ttyS0 quiet").unwrap(), None);
+        let words =
+            run_command(r#"init=/usr/sbin/sci run="/bin/sh -c 'echo a  b' it\'s \-x" quiet"#)
+                .unwrap()
+                .unwrap();
+        assert_eq!(words, ["/bin/sh", "-c", "echo a  b", "it's", "-x"]);
+        assert_eq!(
+            run_command(r#"run="'' x""#).unwrap().unwrap(),
+            ["", "x"],
+            "an empty argument survives"
+        );
+        assert!(run_command(r#"run="""#).is_err());
+        assert!(run_command(r#"run="'open""#).is_err());
+        assert_eq!(run_command(r#"xrun="a""#).unwrap(), None);
+    }
 
     #[test]
     fn keys_and_defaults() {

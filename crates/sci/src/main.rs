@@ -51,5 +51,21 @@ fn run(pid1: bool) -> Result<(), String> {
         // Still single-threaded here: nothing else reads the environment yet.
         std::env::set_var("PATH", DEFAULT_PATH);
     }
+    if let Some(argv) = cmdline::run_command(&cmdline)? {
+        return serial(&argv);
+    }
+    // Keeps the marker in the binary: `pull` looks for it (see `proto::GUEST_MARKER`).
+    std::hint::black_box(flake_agent::proto::GUEST_MARKER);
     serve::serve(&settings).map(|_| ())
+}
+
+/// Serial mode: the command runs on the console, which is the caller's terminal.
+fn serial(argv: &[String]) -> Result<(), String> {
+    let (program, args) = argv.split_first().ok_or("run= names no program")?;
+    let status = std::process::Command::new(program)
+        .args(args)
+        .status()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    debug::log(|| format!("serial command ended: {status}"));
+    Ok(())
 }

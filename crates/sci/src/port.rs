@@ -3,17 +3,16 @@
 //!
 //! QEMU backs each port named `flake*` with a unix socket on the host; a launcher connects,
 //! runs one call and disconnects. A port is one byte stream that knows no connections, so
-//! this module adds them, from what the virtio console driver reports:
+//! this module and `serve` add them, from what the virtio console driver reports:
 //!
 //! - while no host is connected, `read` returns 0 and `poll` returns `POLLHUP` at once, so
 //!   waiting for the next caller cannot block on the port; the driver sends `SIGIO` when
 //!   the host side opens or closes (with `O_ASYNC` and `F_SETOWN`), which wakes the waiter;
-//! - every connection is a [`Session`] with its own generation: once a call is over, its
-//!   leftover threads (a terminal draining, the watcher of control frames) read EOF and
-//!   fail to write, so nothing of an ended call reaches the next caller. Reading stops
-//!   before the exit status is sent: a host may hang up and the next one connect and
-//!   send its call between two reads, which the port does not tell apart, so every byte
-//!   after the exit status is the next session's;
+//! - one thread reads a port; a `Call` frame starts a call, so a host that hung up and a
+//!   next one that connected between two reads (which the port does not tell apart) still
+//!   get separate calls;
+//! - every call writes through its own [`PortWriter`] generation: when its caller has
+//!   gone, writes fail, so nothing of an ended call reaches the next caller;
 //! - the port is non-blocking and writes wait with `poll`: a write while no host is
 //!   connected would otherwise block until the *next* caller and hand it stale output.
 
@@ -35,23 +34,21 @@ pub const PORT_PREFIX: &str = "flake";
 #[derive(Debug)]
 pub struct Port {
     file: File,
-    generation: Mutex<Generations>,
+    /// The writer generation allowed to write now (0: none).
+    writing: Mutex<u64>,
+    last: std::sync::atomic::AtomicU64,
 }
 
-/// The sessions allowed to read and to write now (0: none), and the last one started.
-#[derive(Debug, Default, Clone, Copy)]
-struct Generations {
-    read: u64,
-    write: u64,
-    last: u64,
-}
-
-/// One host connection on a port.
+/// The write half of one call on a port.
 #[derive(Debug, Clone)]
-pub struct Session {
+pub struct PortWriter {
     port: Arc<Port>,
     generation: u64,
 }
+
+/// The read half of a port (one reader per port).
+#[derive(Debug, Clone)]
+pub struct PortReader(pub Arc<Port>);
 
 impl Port {
     /// Opens the port at `path`, non-blocking, with connection changes signalled.
@@ -73,7 +70,8 @@ impl Port {
         set_owner(&file)?;
         Ok(Arc::new(Port {
             file,
-            generation: Mutex::new(Generations::default()),
+            writing: Mutex::new(0),
+            last: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -101,53 +99,29 @@ impl Port {
         }
     }
 
-    /// Starts the session of the host connected now.
-    pub fn session(self: &Arc<Self>) -> Session {
-        let mut current = lock(&self.generation);
-        let generation = current.last + 1;
-        *current = Generations {
-            read: generation,
-            write: generation,
-            last: generation,
-        };
-        Session {
+    /// The writer of a new call; writers of earlier calls fail from now on.
+    pub fn writer(self: &Arc<Self>) -> PortWriter {
+        let generation = self.last.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        *lock(&self.writing) = generation;
+        PortWriter {
             port: Arc::clone(self),
             generation,
         }
     }
-}
 
-impl Session {
-    /// Stops reading for this session: its readers see EOF from now on.
-    pub fn close_reads(&self) {
-        let mut current = lock(&self.port.generation);
-        if current.read == self.generation {
-            current.read = 0;
-        }
-    }
-
-    /// Ends the session: its readers see EOF, its writers an error.
-    pub fn close(&self) {
-        let mut current = lock(&self.port.generation);
-        if current.read == self.generation {
-            current.read = 0;
-        }
-        if current.write == self.generation {
-            current.write = 0;
-        }
+    /// Ends all writing: the host has hung up.
+    pub fn end_writes(&self) {
+        *lock(&self.writing) = 0;
     }
 }
 
-impl Read for Session {
+impl Read for PortReader {
+    /// Reads what the host sent; 0 once it has hung up.
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         loop {
-            self.port
+            self.0
                 .revents(PollFlags::IN, Some(Duration::from_millis(500)));
-            let current = lock(&self.port.generation);
-            if current.read != self.generation {
-                return Ok(0);
-            }
-            match rustix::io::read(&self.port.file, &mut *buf) {
+            match rustix::io::read(&self.0.file, &mut *buf) {
                 Ok(n) => return Ok(n),
                 Err(Errno::AGAIN | Errno::INTR) => {}
                 Err(err) => return Err(err.into()),
@@ -156,12 +130,12 @@ impl Read for Session {
     }
 }
 
-impl Write for Session {
+impl Write for PortWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         loop {
             {
-                let current = lock(&self.port.generation);
-                if current.write != self.generation {
+                let current = lock(&self.port.writing);
+                if *current != self.generation {
                     return Err(std::io::ErrorKind::BrokenPipe.into());
                 }
                 match rustix::io::write(&self.port.file, buf) {
@@ -290,40 +264,33 @@ mod tests {
     }
 
     #[test]
-    fn an_ended_session_never_sees_the_next_callers_bytes() {
+    fn only_the_newest_call_writes() {
         let (port, mut host) = port();
-        let mut first = port.session();
-        first.close();
-        let mut second = port.session();
-        host.write_all(b"next call").unwrap();
-        let mut buf = [0u8; 16];
-        assert_eq!(
-            first.read(&mut buf).unwrap(),
-            0,
-            "the old session reads EOF"
+        let mut first = port.writer();
+        let mut second = port.writer();
+        assert!(
+            first.write(b"stale").is_err(),
+            "an earlier call cannot write"
         );
-        assert!(first.write(b"stale").is_err(), "and cannot write");
-        let n = second.read(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"next call");
-        // A third session after the second must not revive the first.
-        second.close();
-        let _third = port.session();
-        host.write_all(b"x").unwrap();
-        assert_eq!(first.read(&mut buf).unwrap(), 0);
-        assert_eq!(second.read(&mut buf).unwrap(), 0);
+        second.write_all(b"fresh").unwrap();
+        let mut got = [0u8; 5];
+        host.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"fresh");
+        port.end_writes();
+        assert!(
+            second.write(b"x").is_err(),
+            "nothing is written once the host hung up"
+        );
+        let mut third = port.writer();
+        third.write_all(b"next").unwrap();
     }
 
     #[test]
-    fn reads_stop_before_the_exit_status_writes_do_not() {
+    fn the_reader_sees_what_the_host_sent() {
         let (port, mut host) = port();
-        let mut session = port.session();
-        session.close_reads();
-        host.write_all(b"after exit").unwrap();
-        let mut buf = [0u8; 16];
-        assert_eq!(session.read(&mut buf).unwrap(), 0);
-        session.write_all(b"exit").unwrap();
-        let mut got = [0u8; 4];
-        host.read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"exit");
+        host.write_all(b"call").unwrap();
+        let mut buf = [0u8; 8];
+        let n = PortReader(Arc::clone(&port)).read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"call");
     }
 }

@@ -4,8 +4,12 @@
 //! A one-shot VM serves one call; a resume VM serves calls (several at once, one per port
 //! or vsock connection) until a launcher sends `Shutdown` or no call came for the idle
 //! timeout. Each call runs as in a container (`flake_agent::framed`): streams as frames, a
-//! pty when asked for, the exit status last. The first frame of a connection must be a
-//! `Call` or `Shutdown`; anything else is the rest of an earlier, ended call and skipped.
+//! pty when asked for, the exit status last.
+//!
+//! A vsock connection is one call. A virtio port has no connections, so its one reader
+//! splits the stream: a `Call` (or `Shutdown`) frame starts the next call and ends the one
+//! before (its caller is gone), other frames go to the running call, and the host hanging
+//! up ends it; frames before the first `Call` are the rest of an earlier, ended call.
 
 use std::io::{BufReader, Read};
 use std::sync::mpsc::{channel, Sender};
@@ -18,7 +22,7 @@ use flake_agent::framed;
 use flake_agent::proto::{ExitStatus, Frame, ProtoError, CHUNK};
 
 use crate::cmdline::{BootSettings, Channel, VSOCK_PORT};
-use crate::port::{self, Port};
+use crate::port::{self, Port, PortReader};
 
 /// How long a one-shot VM waits for its call.
 const FIRST_CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -69,7 +73,7 @@ struct Server {
 }
 
 impl Server {
-    /// Handles one connection; returns false when serving must stop.
+    /// Handles one vsock connection (one call); returns false when serving must stop.
     fn connection<R>(&self, reader: R, writer: Writer) -> bool
     where
         R: Read + Send + 'static,
@@ -84,17 +88,7 @@ impl Server {
                 )
             });
             match frame {
-                Ok(Some(Frame::Call(call))) => {
-                    let busy = self.activity.begin();
-                    let result = framed::run(&call, reader, writer, &self.reaper);
-                    crate::debug::log(|| format!("call ended: {result:?}"));
-                    drop(busy);
-                    if !self.resume {
-                        let _ = self.end.send(End::Done);
-                        return false;
-                    }
-                    return true;
-                }
+                Ok(Some(Frame::Call(call))) => return self.run_call(&call, reader, writer),
                 Ok(Some(Frame::Shutdown)) => {
                     let _ = writer.send(&Frame::Exit(ExitStatus::Exited(0)));
                     let _ = self.end.send(End::Shutdown);
@@ -107,6 +101,101 @@ impl Server {
                     return true;
                 }
                 Err(_) => return true,
+            }
+        }
+    }
+}
+
+impl Server {
+    /// Runs one call and reports whether serving goes on (a one-shot VM serves one).
+    fn run_call(
+        &self,
+        call: &flake_agent::proto::Call,
+        reader: impl Read + Send + 'static,
+        writer: Writer,
+    ) -> bool {
+        let busy = self.activity.begin();
+        let result = framed::run(call, reader, writer, &self.reaper);
+        crate::debug::log(|| format!("call ended: {result:?}"));
+        drop(busy);
+        if !self.resume {
+            let _ = self.end.send(End::Done);
+        }
+        self.resume
+    }
+
+    /// Reads the frames of a port until its host hangs up; false when serving must stop.
+    fn port_connection(&self, port: &Arc<Port>) -> bool {
+        let mut reader = BufReader::with_capacity(CHUNK + 8, PortReader(Arc::clone(port)));
+        // The control frames of the running call, if one runs.
+        let mut current: Option<Sender<Vec<u8>>> = None;
+        let more = loop {
+            let frame = Frame::read_from(&mut reader);
+            crate::debug::log(|| {
+                format!(
+                    "port frame: {:?}",
+                    frame.as_ref().map(|f| f.as_ref().map(kind))
+                )
+            });
+            match frame {
+                Ok(Some(Frame::Call(call))) => {
+                    drop(current.take());
+                    let (tx, rx) = channel();
+                    current = Some(tx);
+                    let writer = Writer::new(port.writer());
+                    let server = self.clone();
+                    std::thread::spawn(move || server.run_call(&call, Frames::new(rx), writer));
+                }
+                Ok(Some(Frame::Shutdown)) => {
+                    drop(current.take());
+                    let _ = Writer::new(port.writer()).send(&Frame::Exit(ExitStatus::Exited(0)));
+                    let _ = self.end.send(End::Shutdown);
+                    break false;
+                }
+                Ok(Some(control)) => {
+                    if let Some(tx) = &current {
+                        let _ = tx.send(control.encode());
+                    }
+                }
+                Err(err @ ProtoError::Version { .. }) => {
+                    Writer::new(port.writer()).fail(&format!("sci: {err}"), 125);
+                }
+                Ok(None) | Err(_) => break true,
+            }
+        };
+        // The host hung up (or broke the stream): its call's app is ended and nothing it
+        // still writes reaches the next host.
+        port.end_writes();
+        drop(current);
+        more
+    }
+}
+
+/// Control frames of a port call, handed over by the port's reader, as a byte stream.
+struct Frames {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    pending: std::io::Cursor<Vec<u8>>,
+}
+
+impl Frames {
+    fn new(rx: std::sync::mpsc::Receiver<Vec<u8>>) -> Self {
+        Frames {
+            rx,
+            pending: std::io::Cursor::new(Vec::new()),
+        }
+    }
+}
+
+impl Read for Frames {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let n = self.pending.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            match self.rx.recv() {
+                Ok(bytes) => self.pending = std::io::Cursor::new(bytes),
+                Err(_) => return Ok(0),
             }
         }
     }
@@ -130,13 +219,8 @@ fn serve_ports(server: Server) -> Result<(), String> {
         let server = server.clone();
         std::thread::spawn(move || loop {
             port.wait_for_host();
-            let session = port.session();
-            crate::debug::log(|| format!("{} session {session:?}", path.display()));
-            let reads = session.clone();
-            let writer = Writer::new(session.clone()).before_exit(move || reads.close_reads());
-            let more = server.connection(session.clone(), writer);
-            session.close();
-            if !more {
+            crate::debug::log(|| format!("{}: host connected", path.display()));
+            if !server.port_connection(&port) {
                 return;
             }
         });

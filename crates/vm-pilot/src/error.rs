@@ -64,6 +64,26 @@ pub enum VmError {
         /// Underlying error.
         source: std::io::Error,
     },
+    /// An argument cannot be passed in serial mode.
+    #[error(
+        "flake '{flake}': {what} cannot be passed to an image without the flake-pilot guest \
+         init (serial mode); pull the image again with flake-ctl firecracker pull to install it"
+    )]
+    Serial {
+        /// The flake.
+        flake: String,
+        /// The argument.
+        what: String,
+    },
+    /// A resume flake on an image whose guest init does not speak the protocol.
+    #[error(
+        "flake '{flake}' is a resume flake, which needs the flake-pilot guest init in its image; \
+         pull the image again with flake-ctl firecracker pull to install it"
+    )]
+    NoGuestChannel {
+        /// The flake.
+        flake: String,
+    },
     /// The TAP device could not be set up.
     #[error("tap device {name}: {reason}")]
     Tap {

@@ -231,10 +231,15 @@ impl Vmm for Firecracker {
             .arg("--no-api")
             .arg("--config-file")
             .arg(&config_path)
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(console))
             .stderr(Stdio::null());
+        // Serial mode keeps the caller's process group and stdio: the console is the
+        // caller's terminal.
+        if plan.serial.is_none() {
+            command
+                .process_group(0)
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(console));
+        }
         command.spawn().map_err(|source| VmError::Start {
             program: self.binary.clone(),
             source,

@@ -148,6 +148,11 @@ mod tests {
             .spawn()
             .unwrap();
         write_pid(dir.path(), vmm.id()).unwrap();
+        // Until the child has exec'd, its command line is still this test's.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while running(dir.path()).is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         assert_eq!(running(dir.path()), Some(vmm.id()));
         vmm.kill().unwrap();
         vmm.wait().unwrap();

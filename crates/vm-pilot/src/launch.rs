@@ -116,7 +116,18 @@ impl Launch<'_> {
                 idle: self.flake.runtime.idle_timeout.map(|d| d.as_secs()),
                 debug: self.debug,
             },
+            serial: None,
         }
+    }
+
+    /// Whether the image's guest init speaks the protocol (`pull` marked it so); images
+    /// with the original init run in serial mode.
+    fn guest_channel(&self) -> bool {
+        self.flake
+            .runtime
+            .rootfs
+            .with_file_name(crate::pull::GUEST_CHANNEL_FILE)
+            .exists()
     }
 
     /// Creates the overlay (when missing) and the TAP device the plan needs.
@@ -154,8 +165,18 @@ impl Launch<'_> {
         if let Some(vms) = state.path().parent() {
             instance::collect_orphans(vms);
         }
-        let plan = self.plan(&state, &label, false);
-        let result = self.provide(&plan).and_then(|()| self.boot_and_call(&plan));
+        let mut plan = self.plan(&state, &label, false);
+        let serial = !self.guest_channel() && !self.flake.runtime.force_vsock;
+        let result = self
+            .serial_word(serial)
+            .and_then(|word| {
+                plan.serial = word;
+                self.provide(&plan)
+            })
+            .and_then(|()| match plan.serial {
+                Some(_) => self.boot_serial(&plan),
+                None => self.boot_and_call(&plan),
+            });
         if let Some(ip) = &self.ip {
             tap::release(&plan.dir, ip);
         }
@@ -163,8 +184,42 @@ impl Launch<'_> {
         result
     }
 
+    /// The `run="..."` word when the call runs in serial mode.
+    fn serial_word(&self, serial: bool) -> Result<Option<String>> {
+        if !serial {
+            return Ok(None);
+        }
+        crate::vmm::serial_run(&self.request().argv)
+            .map(Some)
+            .map_err(|what| VmError::Serial {
+                flake: self.key.flake.to_string(),
+                what,
+            })
+    }
+
+    /// Serial mode: the VM's console is the caller's terminal; the status is the VMM's.
+    fn boot_serial(&self, plan: &Plan) -> Result<ExitStatus> {
+        let mut vmm = self.start_vmm(plan)?;
+        instance::write_pid(&plan.dir, vmm.id())?;
+        let status = vmm.wait().map_err(crate::error::io(&plan.dir))?;
+        let code = PilotExit::from_status(status).code();
+        Ok(ExitStatus::Exited(code))
+    }
+
+    /// Starts the VMM, saying so on stderr when the call asked for `%progress`.
+    fn start_vmm(&self, plan: &Plan) -> Result<std::process::Child> {
+        if self.call.options.progress {
+            eprintln!(
+                "firecracker-pilot: starting the VM of flake '{}' ({})",
+                plan.flake,
+                plan.dir.display()
+            );
+        }
+        self.vmm.start(self.flake, plan)
+    }
+
     fn boot_and_call(&self, plan: &Plan) -> Result<ExitStatus> {
-        let mut vmm = self.vmm.start(self.flake, plan)?;
+        let mut vmm = self.start_vmm(plan)?;
         instance::write_pid(&plan.dir, vmm.id())?;
         let result = wait_connect(self.vmm, plan, 0, BOOT_TIMEOUT, || {
             matches!(vmm.try_wait(), Ok(None))
@@ -184,6 +239,11 @@ impl Launch<'_> {
     }
 
     fn resume(&self) -> Result<ExitStatus> {
+        if !self.guest_channel() {
+            return Err(VmError::NoGuestChannel {
+                flake: self.key.flake.to_string(),
+            });
+        }
         let label = self.key.label();
         let state = StateDir::prepare_vm(&self.ids_dir, self.uid, &label)?;
         let plan = self.plan(&state, &label, true);
@@ -217,7 +277,7 @@ impl Launch<'_> {
             tap::release(&plan.dir, ip);
         }
         self.provide(plan)?;
-        let vmm = self.vmm.start(self.flake, plan)?;
+        let vmm = self.start_vmm(plan)?;
         instance::write_pid(&plan.dir, vmm.id())?;
         Ok(vmm)
     }

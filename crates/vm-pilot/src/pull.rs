@@ -84,6 +84,8 @@ pub enum PullError {
     },
 }
 
+pub use install::GUEST_CHANNEL_FILE;
+
 pub(crate) fn io<'a>(
     action: &'static str,
     path: &'a Path,
@@ -147,6 +149,7 @@ pub fn pull(
             install::prepare_rootfs(&staging.dir().join("rootfs"), name, sci)?;
         }
     }
+    install::mark_guest_channel(staging.dir())?;
     staging.commit(&target)?;
     Ok(target)
 }

@@ -65,9 +65,21 @@ impl Qemu {
                 "-display",
                 "none",
             ])
-            .arg("-no-reboot")
-            .arg("-serial")
-            .arg(format!("file:{}", plan.log().display()))
+            .arg("-no-reboot");
+        if plan.serial.is_some() {
+            // Serial mode: the console is the caller's terminal (QEMU's own stdio).
+            command.args([
+                "-chardev",
+                "stdio,id=console,signal=off",
+                "-serial",
+                "chardev:console",
+            ]);
+        } else {
+            command
+                .arg("-serial")
+                .arg(format!("file:{}", plan.log().display()));
+        }
+        command
             .arg("-kernel")
             .arg(&runtime.kernel)
             .args(["-append", &plan.kernel_args(flake, "virtio").join(" ")]);
@@ -87,6 +99,9 @@ impl Qemu {
                 .arg("-netdev")
                 .arg(format!("tap,id=net0,ifname={tap},script=no,downscript=no"))
                 .args(["-device", "virtio-net-device,netdev=net0"]);
+        }
+        if plan.serial.is_some() {
+            return command;
         }
         command.args(["-device", "virtio-serial-device"]);
         for port in 0..plan.ports.max(1) {
@@ -127,11 +142,14 @@ impl Vmm for Qemu {
         let mut command = self.command(flake, plan);
         // Its own process group: a Ctrl-C on the caller's terminal is for the app (the
         // launcher forwards it), not for the VMM.
-        command
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        // Serial mode keeps the caller's process group: the VMM reads the terminal.
+        if plan.serial.is_none() {
+            command
+                .process_group(0)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+        }
         command.spawn().map_err(|source| VmError::Start {
             program: self.binary.clone(),
             source,
@@ -162,6 +180,7 @@ mod tests {
                 idle: Some(60),
                 debug: false,
             },
+            serial: None,
         };
         let qemu = Qemu {
             binary: "/usr/bin/qemu-system-x86_64".into(),
@@ -176,7 +195,7 @@ mod tests {
         for needle in [
             "-accel tcg",
             "-serial file:/i/console.log",
-            "console=ttyS0 quiet ro panic=-1 reboot=t sci_channel=virtio overlay_root=/dev/vdb sci_resume=1 sci_idle=60",
+            "console=ttyS0 quiet ro panic=-1 reboot=t overlay_root=/dev/vdb sci_channel=virtio sci_resume=1 sci_idle=60",
             "id=root,file=/r,format=raw,if=none,readonly=on",
             "id=overlay,file=/i/overlay.ext4,format=raw,if=none,cache=unsafe",
             "tap,id=net0,ifname=tap-app,script=no,downscript=no",

@@ -28,6 +28,26 @@ pub struct GuestSettings {
     pub debug: bool,
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_words_quote_what_needs_it() {
+        let argv: Vec<Vec<u8>> = ["/bin/sh", "-c", "echo a b", "it's", ""]
+            .iter()
+            .map(|a| a.as_bytes().to_vec())
+            .collect();
+        assert_eq!(
+            serial_run(&argv).unwrap(),
+            r#"run="/bin/sh -c 'echo a b' 'it'\''s' ''""#
+        );
+        let quote = vec![b"say \"hi\"".to_vec()];
+        assert!(serial_run(&quote).unwrap_err().contains("say"));
+        assert!(serial_run(&[b"a\nb".to_vec()]).is_err());
+    }
+}
+
 /// One VM instance on the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -43,6 +63,9 @@ pub struct Plan {
     pub tap: Option<String>,
     /// Settings for the guest init.
     pub guest: GuestSettings,
+    /// Serial mode (an image without the flake-pilot guest init): the `run="..."` word of
+    /// the kernel command line; the guest console is the caller's terminal.
+    pub serial: Option<String>,
 }
 
 impl Plan {
@@ -61,10 +84,14 @@ impl Plan {
     /// The words this instance adds to the flake's kernel command line.
     pub fn instance_args(&self, channel: &str) -> Vec<String> {
         let mut args: Vec<String> = vec!["ro".into(), "panic=-1".into(), "reboot=t".into()];
-        args.push(format!("sci_channel={channel}"));
         if self.overlay.is_some() {
             args.push("overlay_root=/dev/vdb".into());
         }
+        if let Some(run) = &self.serial {
+            args.push(run.clone());
+            return args;
+        }
+        args.push(format!("sci_channel={channel}"));
         if self.guest.debug {
             args.push("sci_debug=1".into());
         }
@@ -83,6 +110,30 @@ impl Plan {
             log: self.log(),
         }
     }
+}
+
+/// The `run="..."` word of serial mode for `argv`: each argument a shell word, quoted
+/// when it needs to be. A double quote or a control character cannot be carried on a
+/// kernel command line, so such an argument is refused (naming it) rather than mangled.
+pub fn serial_run(argv: &[Vec<u8>]) -> std::result::Result<String, String> {
+    let mut words = Vec::new();
+    for arg in argv {
+        let text = String::from_utf8(arg.clone())
+            .map_err(|_| "an argument that is not UTF-8".to_string())?;
+        if text.chars().any(|c| c == '"' || c.is_control()) {
+            return Err(format!("the argument {text:?}"));
+        }
+        let plain = !text.is_empty()
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/._-=:,+@%".contains(c));
+        words.push(if plain {
+            text
+        } else {
+            format!("'{}'", text.replace('\'', r"'\''"))
+        });
+    }
+    Ok(format!("run=\"{}\"", words.join(" ")))
 }
 
 /// A virtual machine monitor.

@@ -14,14 +14,10 @@ use rustix::process::{kill_process_group, Pid};
 
 use crate::proto::{ExitStatus, Frame};
 
-/// Called right before a call's `Exit` frame is sent.
-type ExitHook = Arc<dyn Fn() + Send + Sync>;
-
 /// The write half of a connection, shared by the threads of one call.
 #[derive(Clone)]
 pub struct Writer {
     stream: Arc<Mutex<Box<dyn Write + Send>>>,
-    before_exit: Option<ExitHook>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -35,23 +31,11 @@ impl Writer {
     pub fn new(stream: impl Write + Send + 'static) -> Self {
         Writer {
             stream: Arc::new(Mutex::new(Box::new(stream))),
-            before_exit: None,
         }
-    }
-
-    /// Runs `hook` right before the `Exit` frame goes out. A channel without connections
-    /// (a virtio console port) stops reading for the call there: whatever arrives after
-    /// the exit status belongs to the next caller.
-    pub fn before_exit(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
-        self.before_exit = Some(Arc::new(hook));
-        self
     }
 
     /// Sends one frame; errors mean the launcher is gone.
     pub fn send(&self, frame: &Frame) -> std::io::Result<()> {
-        if let (Frame::Exit(_), Some(hook)) = (frame, &self.before_exit) {
-            hook();
-        }
         let mut stream = self
             .stream
             .lock()

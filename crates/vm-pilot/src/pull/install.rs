@@ -116,6 +116,35 @@ pub fn prepare_rootfs(rootfs: &Path, name: &str, sci: Option<&Path>) -> Result<(
         .map_err(&fail)
 }
 
+/// File in an image directory saying its guest init speaks the flake-pilot protocol;
+/// images without it (the original's init) are run in serial mode.
+pub const GUEST_CHANNEL_FILE: &str = "guest-channel";
+
+/// Writes [`GUEST_CHANNEL_FILE`] into `dir` when the ext rootfs there carries a guest init
+/// that speaks the protocol (its binary holds `proto::GUEST_MARKER`).
+pub fn mark_guest_channel(dir: &Path) -> Result<(), PullError> {
+    let rootfs = dir.join("rootfs");
+    if !is_ext(&rootfs)? {
+        return Ok(());
+    }
+    let path = Some(std::ffi::OsStr::new("/usr/sbin:/sbin:/usr/bin:/bin"));
+    let Ok(bin) = flakes::process::resolve("debugfs", path) else {
+        return Ok(());
+    };
+    let fs = Debugfs {
+        bin,
+        image: &rootfs,
+    };
+    let init = fs
+        .request(&format!("cat {SCI_PATH}"), false)
+        .unwrap_or_default();
+    if init.contains(flake_agent::proto::GUEST_MARKER) {
+        let marker = dir.join(GUEST_CHANNEL_FILE);
+        std::fs::write(&marker, "").map_err(io("write", &marker))?;
+    }
+    Ok(())
+}
+
 /// `debugfs` on one image file.
 struct Debugfs<'a> {
     bin: PathBuf,
