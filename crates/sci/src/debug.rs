@@ -12,9 +12,11 @@ pub fn enable() {
     ON.store(true, Ordering::Relaxed);
 }
 
-/// Prints one diagnostic line when enabled.
+/// Prints one diagnostic line when enabled, stamped with the guest's uptime.
 pub fn log(message: impl FnOnce() -> String) {
     if ON.load(Ordering::Relaxed) {
-        eprintln!("sci: {}", message());
+        let uptime = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+        let stamp = uptime.split_whitespace().next().unwrap_or("?");
+        eprintln!("sci [{stamp}]: {}", message());
     }
 }

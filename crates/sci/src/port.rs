@@ -244,7 +244,7 @@ pub fn find_ports(timeout: Duration) -> Result<Vec<PathBuf>, String> {
                 "no virtio console port named '{PORT_PREFIX}*' appeared"
             ));
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

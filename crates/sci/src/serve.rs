@@ -214,7 +214,9 @@ fn kind(frame: &Frame) -> &'static str {
 
 fn serve_ports(server: Server) -> Result<(), String> {
     port::handle_sigio()?;
-    for path in port::find_ports(Duration::from_secs(10))? {
+    let ports = port::find_ports(Duration::from_secs(10))?;
+    crate::debug::log(|| format!("ports {ports:?}"));
+    for path in ports {
         let port = Port::open(&path)?;
         let server = server.clone();
         std::thread::spawn(move || loop {
