@@ -167,15 +167,7 @@ impl StateDir {
     /// Takes the instance lock, waiting for a concurrent holder.
     pub fn lock(&self) -> Result<InstanceLock> {
         let path = self.path.join("lock");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(i32::try_from(rustix::fs::OFlags::NOFOLLOW.bits()).unwrap_or(0))
-            .open(&path)
-            .map_err(io("open", &path))?;
+        let file = lock_file(&path)?;
         flock(&file, FlockOperation::LockExclusive).map_err(|e| InstanceError::Io {
             action: "lock",
             path,
@@ -195,6 +187,19 @@ impl StateDir {
             _ => Ok(()),
         }
     }
+}
+
+/// Opens (creating, mode 0600, never through a symlink) a file that is only ever `flock`ed.
+pub fn lock_file(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(i32::try_from(rustix::fs::OFlags::NOFOLLOW.bits()).unwrap_or(0))
+        .open(path)
+        .map_err(io("open", path))
 }
 
 /// `<ids_dir>/<uid>/`, created and checked: the caller's private directory.

@@ -19,7 +19,6 @@
 //! reports them as stale); the overlay of a resume VM lives elsewhere and survives.
 
 use std::fs::File;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{flock, FlockOperation};
@@ -120,15 +119,7 @@ fn port_lock(dir: &Path, port: usize) -> PathBuf {
 }
 
 fn open_lock(path: &Path) -> Result<File> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(i32::try_from(rustix::fs::OFlags::NOFOLLOW.bits()).unwrap_or(0))
-        .open(path)
-        .map_err(io(path))
+    Ok(flakes::instance::lock_file(path)?)
 }
 
 #[cfg(test)]
