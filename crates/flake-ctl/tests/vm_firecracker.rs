@@ -210,11 +210,21 @@ fn firecracker_accepts_the_instance_and_the_launcher_cleans_up_when_it_is_killed
         err.contains("stopped before its guest channel opened"),
         "{err}"
     );
-    assert!(!dir.exists(), "the instance directory is removed");
+    assert!(
+        err.contains(&dir.display().to_string()),
+        "the error points at the logs: {err}"
+    );
+    assert!(dir.join("vmm.log").is_file(), "kept for inspection");
+    assert!(
+        running_vm(&w, &label).is_none(),
+        "shown as stale, not running"
+    );
+    // That the next launch collects such a directory is checked by
+    // a_vmm_that_fails_is_reported_and_blocks_nothing.
 }
 
 #[test]
-fn a_vmm_that_fails_is_reported_and_leaves_nothing() {
+fn a_vmm_that_fails_is_reported_and_blocks_nothing() {
     let Some((fixtures, sci)) = fc_inputs() else {
         return;
     };
@@ -241,13 +251,37 @@ fn a_vmm_that_fails_is_reported_and_leaves_nothing() {
         .unwrap();
     let err = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(125), "{err}");
-    assert!(
-        err.contains("fcbad") && err.contains("console log"),
-        "{err}"
-    );
+    assert!(err.contains("fcbad") && err.contains("vmm.log"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(10));
+    let kept: Vec<_> = std::fs::read_dir(w.path("ids/0/.vm"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(
+        kept.len(),
+        1,
+        "the failed instance keeps its logs: {kept:?}"
+    );
+    let logs = ["vmm.log", "vmm.stderr", "console.log"]
+        .iter()
+        .map(|f| std::fs::read_to_string(kept[0].join(f)).unwrap_or_default())
+        .collect::<String>();
+    assert!(
+        !logs.trim().is_empty(),
+        "Firecracker's complaint is in the logs"
+    );
+    // A second failing launch collects the first one's directory and keeps only its own.
+    let again = w
+        .command(&app)
+        .env("PATH", path_with(&fixtures))
+        .args(["-c", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(125));
     let left: Vec<_> = std::fs::read_dir(w.path("ids/0/.vm")).unwrap().collect();
-    assert!(left.is_empty(), "nothing left behind: {left:?}");
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(!kept[0].exists());
 }
 
 #[test]

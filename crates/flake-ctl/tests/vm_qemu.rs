@@ -493,3 +493,41 @@ fn images_without_the_guest_protocol_run_in_serial_mode() {
     refused.expect_code(125);
     assert!(refused.stderr().contains("guest init"), "{refused}");
 }
+
+#[test]
+fn concurrent_one_shot_calls_of_one_flake_get_their_own_vms() {
+    let Some((fixtures, sci)) = inputs() else {
+        return;
+    };
+    let w = World::new();
+    let _vms = KillVms(w.dir.path().to_path_buf());
+    let app = vm_flake_with(
+        &w,
+        &fixtures,
+        &sci,
+        "vmpar",
+        &["--overlay-size", "16MiB"],
+        "",
+    );
+    let children: Vec<_> = (0..2)
+        .map(|i| {
+            w.command(&app)
+                .args(["-c", &format!("echo {i} > /tmp/who; sleep 1; cat /tmp/who")])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{i}\n"),
+            "own overlay"
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(w.path("ids/0/.vm")).unwrap().collect();
+    assert!(left.is_empty(), "both instances removed: {left:?}");
+}

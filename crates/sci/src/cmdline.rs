@@ -10,6 +10,7 @@
 //! | key            | value                 | meaning                                                      |
 //! |----------------|-----------------------|--------------------------------------------------------------|
 //! | `sci_channel`  | `virtio` or `vsock`   | guest channel: virtio console ports named `flake*` (QEMU), or vsock port 52 (Firecracker, the default) |
+//! | `sci_ports`    | count                 | virtio: how many ports to wait for (default 1)                |
 //! | `sci_resume`   | `1`                   | serve calls until told to stop or idle, instead of one call   |
 //! | `sci_idle`     | seconds               | resume mode: power off after this long without a call (0: never) |
 //! | `overlay_root` | a block device        | writable overlay disk: the root becomes an overlay with its upper layer there |
@@ -42,6 +43,8 @@ pub const VSOCK_PORT: u32 = 52;
 pub struct BootSettings {
     /// The guest channel.
     pub channel: Channel,
+    /// Virtio ports to wait for.
+    pub ports: usize,
     /// Serve many calls.
     pub resume: bool,
     /// Power off after this long without a call (resume mode).
@@ -57,12 +60,13 @@ impl BootSettings {
     pub fn parse(cmdline: &str) -> Result<Self, String> {
         let mut settings = BootSettings {
             channel: Channel::Vsock,
+            ports: 1,
             resume: false,
             idle: None,
             overlay: None,
             debug: false,
         };
-        for word in cmdline.split_ascii_whitespace() {
+        for word in without_run(cmdline).split_ascii_whitespace() {
             let Some((key, value)) = word.split_once('=') else {
                 continue;
             };
@@ -75,6 +79,11 @@ impl BootSettings {
                     }
                 }
                 "sci_resume" => settings.resume = !matches!(value, "0" | "" | "false"),
+                "sci_ports" => {
+                    settings.ports = value
+                        .parse()
+                        .map_err(|_| format!("sci_ports={value} is not a count"))?;
+                }
                 "sci_debug" => settings.debug = value == "1",
                 "sci_idle" => {
                     let secs: u64 = value
@@ -93,6 +102,26 @@ impl BootSettings {
         }
         Ok(settings)
     }
+}
+
+/// The command line without its `run="..."` part, whose words are the command's.
+fn without_run(cmdline: &str) -> String {
+    match run_span(cmdline) {
+        Some((start, end)) => format!("{} {}", &cmdline[..start], &cmdline[end..]),
+        None => cmdline.to_string(),
+    }
+}
+
+/// Byte range of `run="..."` (closing quote included), if present and closed.
+fn run_span(cmdline: &str) -> Option<(usize, usize)> {
+    let start = if cmdline.starts_with("run=\"") {
+        0
+    } else {
+        cmdline.find(" run=\"")? + 1
+    };
+    let value = start + 5;
+    let close = cmdline[value..].find('"')?;
+    Some((start, value + close + 1))
 }
 
 /// The command of serial mode: the words of `run="..."`, if the command line has one.
@@ -185,6 +214,7 @@ mod tests {
             BootSettings {
                 channel: Channel::Vsock,
                 resume: false,
+                ports: 1,
                 idle: None,
                 overlay: None,
                 debug: false
@@ -200,6 +230,14 @@ mod tests {
         assert_eq!(all.overlay.as_deref(), Some("/dev/vdb"));
         assert_eq!(BootSettings::parse("sci_idle=0").unwrap().idle, None);
         assert!(!BootSettings::parse("sci_resume=0").unwrap().resume);
+    }
+
+    #[test]
+    fn words_of_the_serial_command_are_not_settings() {
+        let settings =
+            BootSettings::parse(r#"quiet run="env sci_idle=x prog" sci_ports=4"#).unwrap();
+        assert_eq!(settings.ports, 4);
+        assert_eq!(settings.idle, None);
     }
 
     #[test]

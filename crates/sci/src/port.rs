@@ -221,8 +221,9 @@ pub fn handle_sigio() -> Result<(), String> {
     Ok(())
 }
 
-/// The devices of the ports named `flake*`, waiting up to `timeout` for the first.
-pub fn find_ports(timeout: Duration) -> Result<Vec<PathBuf>, String> {
+/// The devices of the ports named `flake*`, waiting up to `timeout` for `expected` of
+/// them (they appear one by one); after the timeout, whatever has appeared.
+pub fn find_ports(expected: usize, timeout: Duration) -> Result<Vec<PathBuf>, String> {
     let deadline = Instant::now() + timeout;
     loop {
         let mut found = Vec::new();
@@ -235,11 +236,12 @@ pub fn find_ports(timeout: Duration) -> Result<Vec<PathBuf>, String> {
                 }
             }
         }
-        if !found.is_empty() {
+        let late = Instant::now() > deadline;
+        if found.len() >= expected.max(1) || (late && !found.is_empty()) {
             found.sort();
             return Ok(found);
         }
-        if Instant::now() > deadline {
+        if late {
             return Err(format!(
                 "no virtio console port named '{PORT_PREFIX}*' appeared"
             ));

@@ -43,6 +43,7 @@ pub fn serve(settings: &BootSettings) -> Result<End, String> {
     let (end_tx, end_rx) = channel();
     let activity = Arc::new(Activity::new());
     let server = Server {
+        ports: settings.ports,
         resume: settings.resume,
         end: end_tx.clone(),
         activity: Arc::clone(&activity),
@@ -66,6 +67,7 @@ pub fn serve(settings: &BootSettings) -> Result<End, String> {
 /// What every connection handler shares.
 #[derive(Debug, Clone)]
 struct Server {
+    ports: usize,
     resume: bool,
     end: Sender<End>,
     activity: Arc<Activity>,
@@ -119,7 +121,13 @@ impl Server {
         crate::debug::log(|| format!("call ended: {result:?}"));
         drop(busy);
         if !self.resume {
-            let _ = self.end.send(End::Done);
+            // The exit status may still be on its way (vsock sends asynchronously): the VM
+            // ends when the host hangs up (it stops the VMM itself, normally), or soon after.
+            let end = self.end.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(2));
+                let _ = end.send(End::Done);
+            });
         }
         self.resume
     }
@@ -129,6 +137,8 @@ impl Server {
         let mut reader = BufReader::with_capacity(CHUNK + 8, PortReader(Arc::clone(port)));
         // The control frames of the running call, if one runs.
         let mut current: Option<Sender<Vec<u8>>> = None;
+        let mut served = false;
+        self.activity.touch();
         let more = loop {
             let frame = Frame::read_from(&mut reader);
             crate::debug::log(|| {
@@ -144,6 +154,7 @@ impl Server {
                     current = Some(tx);
                     let writer = Writer::new(port.writer());
                     let server = self.clone();
+                    served = true;
                     std::thread::spawn(move || server.run_call(&call, Frames::new(rx), writer));
                 }
                 Ok(Some(Frame::Shutdown)) => {
@@ -160,9 +171,17 @@ impl Server {
                 Err(err @ ProtoError::Version { .. }) => {
                     Writer::new(port.writer()).fail(&format!("sci: {err}"), 125);
                 }
-                Ok(None) | Err(_) => break true,
+                Ok(None) => break true,
+                Err(_) => {
+                    // A broken stream: drop it, and do not spin on an error that persists.
+                    std::thread::sleep(Duration::from_millis(10));
+                    break true;
+                }
             }
         };
+        if served && !self.resume {
+            let _ = self.end.send(End::Done);
+        }
         // The host hung up (or broke the stream): its call's app is ended and nothing it
         // still writes reaches the next host.
         port.end_writes();
@@ -214,7 +233,7 @@ fn kind(frame: &Frame) -> &'static str {
 
 fn serve_ports(server: Server) -> Result<(), String> {
     port::handle_sigio()?;
-    let ports = port::find_ports(Duration::from_secs(10))?;
+    let ports = port::find_ports(server.ports, Duration::from_secs(10))?;
     crate::debug::log(|| format!("ports {ports:?}"));
     for path in ports {
         let port = Port::open(&path)?;
@@ -240,6 +259,7 @@ fn serve_vsock(server: Server) -> Result<(), String> {
                 continue;
             };
             let server = server.clone();
+            server.activity.touch();
             std::thread::spawn(move || server.connection(reader, Writer::new(stream)));
         }
     });
@@ -268,6 +288,11 @@ impl Activity {
     fn begin(&self) -> Busy<'_> {
         self.lock().0 += 1;
         Busy(self)
+    }
+
+    /// A host connected: its call is about to come, so the idle time starts again.
+    fn touch(&self) {
+        self.lock().1 = Instant::now();
     }
 
     /// How long no call has run; `None` while one runs.

@@ -29,24 +29,24 @@ pub enum VmError {
         source: std::io::Error,
     },
     /// The guest never answered or broke off.
-    #[error("the VM of flake '{flake}' {what}; its console log is {}", log.display())]
+    #[error("the VM of flake '{flake}' {what}; see console.log and vmm.log in {}", dir.display())]
     Guest {
         /// The flake.
         flake: String,
         /// What happened.
         what: String,
-        /// The console log.
-        log: PathBuf,
+        /// The instance directory, kept for inspection.
+        dir: PathBuf,
     },
     /// The call broke off mid-way.
-    #[error("the call into the VM of flake '{flake}' broke off: {source}; its console log is {}", log.display())]
+    #[error("the call into the VM of flake '{flake}' broke off: {source}; see console.log and vmm.log in {}", dir.display())]
     Call {
         /// The flake.
         flake: String,
         /// Underlying error.
         source: ProtoError,
-        /// The console log.
-        log: PathBuf,
+        /// The instance directory, kept for inspection.
+        dir: PathBuf,
     },
     /// The overlay disk could not be prepared.
     #[error("cannot prepare the overlay {}: {reason}", path.display())]

@@ -205,7 +205,7 @@ impl Firecracker {
         InstancePaths {
             overlay: plan.overlay.clone(),
             vsock: plan.dir.join("vsock.sock"),
-            log: plan.dir.join("vmm.log"),
+            log: plan.vmm_log(),
             tap: plan.tap.clone(),
         }
     }
@@ -213,7 +213,7 @@ impl Firecracker {
 
 impl Vmm for Firecracker {
     fn ports(&self, _resume: bool) -> usize {
-        1
+        0
     }
 
     fn start(&self, flake: &VmFlake, plan: &Plan) -> Result<Child> {
@@ -231,7 +231,7 @@ impl Vmm for Firecracker {
             .arg("--no-api")
             .arg("--config-file")
             .arg(&config_path)
-            .stderr(Stdio::null());
+            .stderr(Stdio::from(create_log(&plan.dir.join("vmm.stderr"))?));
         // Serial mode keeps the caller's process group and stdio: the console is the
         // caller's terminal.
         if plan.serial.is_none() {

@@ -41,15 +41,16 @@ pub fn running(dir: &Path) -> Option<u32> {
         .parse()
         .ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let needle = dir.to_string_lossy();
+    // With the slash: `.vm/app/` must not match the VMM of `.vm/app@work/`.
+    let needle = format!("{}/", dir.display());
     String::from_utf8_lossy(&cmdline)
-        .contains(needle.as_ref())
+        .contains(&needle)
         .then_some(pid)
 }
 
 /// Removes the one-shot instances below `vms_dir` whose launcher and VMM are both gone
 /// (a launcher killed with `kill -9` cannot remove its own).
-pub fn collect_orphans(vms_dir: &Path) {
+pub fn collect_orphans(vms_dir: &Path, ip: Option<&Path>) {
     let Ok(entries) = std::fs::read_dir(vms_dir) else {
         return;
     };
@@ -62,6 +63,9 @@ pub fn collect_orphans(vms_dir: &Path) {
             .parse::<u32>()
             .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
         if launcher_gone && running(&entry.path()).is_none() {
+            if let Some(ip) = ip {
+                crate::tap::release(&entry.path(), ip);
+            }
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
@@ -98,11 +102,8 @@ pub struct PortClaim {
 /// busy, waits for the one chosen by the caller's pid.
 pub fn claim_port(dir: &Path, ports: usize) -> Result<PortClaim> {
     let ports = ports.max(1);
-    for port in 0..ports {
-        let file = open_lock(&port_lock(dir, port))?;
-        if flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok() {
-            return Ok(PortClaim { port, _lock: file });
-        }
+    if let Some(free) = try_claim_port(dir, ports)? {
+        return Ok(free);
     }
     let port = usize::try_from(std::process::id()).unwrap_or(0) % ports;
     let path = port_lock(dir, port);
@@ -112,6 +113,17 @@ pub fn claim_port(dir: &Path, ports: usize) -> Result<PortClaim> {
         source: e.into(),
     })?;
     Ok(PortClaim { port, _lock: file })
+}
+
+/// Claims a free port without waiting; `None` when all are busy.
+pub fn try_claim_port(dir: &Path, ports: usize) -> Result<Option<PortClaim>> {
+    for port in 0..ports.max(1) {
+        let file = open_lock(&port_lock(dir, port))?;
+        if flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok() {
+            return Ok(Some(PortClaim { port, _lock: file }));
+        }
+    }
+    Ok(None)
 }
 
 fn port_lock(dir: &Path, port: usize) -> PathBuf {
@@ -159,7 +171,7 @@ mod tests {
         for d in [&orphan, &live, &resume] {
             std::fs::create_dir_all(d).unwrap();
         }
-        collect_orphans(dir.path());
+        collect_orphans(dir.path(), None);
         assert!(!orphan.exists());
         assert!(live.exists(), "its launcher still runs");
         assert!(resume.exists(), "resume instances are not one-shot orphans");

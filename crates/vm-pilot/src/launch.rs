@@ -110,13 +110,24 @@ impl Launch<'_> {
             dir: state.path().to_path_buf(),
             overlay,
             ports: self.vmm.ports(resume),
-            tap: self.flake.runtime.network.then(|| tap::name(label)),
+            tap: self.flake.runtime.network.then(|| self.tap_name(label)),
             guest: GuestSettings {
                 resume,
                 idle: self.flake.runtime.idle_timeout.map(|d| d.as_secs()),
                 debug: self.debug,
             },
             serial: None,
+        }
+    }
+
+    /// The TAP device of instance `label`. Root gets one per instance, made and removed by
+    /// the launcher; another user cannot make devices, so a one-shot call uses the device
+    /// an admin made for the flake (`tap-<flake>[@NAME]`).
+    fn tap_name(&self, label: &str) -> String {
+        if rustix::process::geteuid().is_root() {
+            tap::name(label)
+        } else {
+            tap::name(&self.key.label())
         }
     }
 
@@ -163,7 +174,7 @@ impl Launch<'_> {
         let label = instance::one_shot_label(&self.key.label(), std::process::id());
         let state = StateDir::prepare_vm(&self.ids_dir, self.uid, &label)?;
         if let Some(vms) = state.path().parent() {
-            instance::collect_orphans(vms);
+            instance::collect_orphans(vms, self.ip.as_deref());
         }
         let mut plan = self.plan(&state, &label, false);
         let serial = !self.guest_channel() && !self.flake.runtime.force_vsock;
@@ -180,7 +191,11 @@ impl Launch<'_> {
         if let Some(ip) = &self.ip {
             tap::release(&plan.dir, ip);
         }
-        let _ = state.remove();
+        // A VM that failed keeps its logs for the error message to point at; the next
+        // launch collects the directory (its launcher is gone by then).
+        if !matches!(result, Err(VmError::Guest { .. } | VmError::Call { .. })) {
+            let _ = state.remove();
+        }
         result
     }
 
@@ -200,7 +215,11 @@ impl Launch<'_> {
     /// Serial mode: the VM's console is the caller's terminal; the status is the VMM's.
     fn boot_serial(&self, plan: &Plan) -> Result<ExitStatus> {
         let mut vmm = self.start_vmm(plan)?;
-        instance::write_pid(&plan.dir, vmm.id())?;
+        if let Err(err) = instance::write_pid(&plan.dir, vmm.id()) {
+            let _ = vmm.kill();
+            let _ = vmm.wait();
+            return Err(err);
+        }
         let status = vmm.wait().map_err(crate::error::io(&plan.dir))?;
         let code = PilotExit::from_status(status).code();
         Ok(ExitStatus::Exited(code))
@@ -220,11 +239,12 @@ impl Launch<'_> {
 
     fn boot_and_call(&self, plan: &Plan) -> Result<ExitStatus> {
         let mut vmm = self.start_vmm(plan)?;
-        instance::write_pid(&plan.dir, vmm.id())?;
-        let result = wait_connect(self.vmm, plan, 0, BOOT_TIMEOUT, || {
-            matches!(vmm.try_wait(), Ok(None))
-        })
-        .and_then(|stream| self.call_over(stream, plan));
+        let result = instance::write_pid(&plan.dir, vmm.id()).and_then(|()| {
+            wait_connect(self.vmm, plan, 0, BOOT_TIMEOUT, || {
+                matches!(vmm.try_wait(), Ok(None))
+            })
+            .and_then(|stream| self.call_over(stream, plan))
+        });
         let _ = vmm.kill();
         let _ = vmm.wait();
         result
@@ -234,7 +254,7 @@ impl Launch<'_> {
         client::run(stream, &self.request()).map_err(|source| VmError::Call {
             flake: plan.flake.clone(),
             source,
-            log: plan.log(),
+            dir: plan.dir.clone(),
         })
     }
 
@@ -254,14 +274,19 @@ impl Launch<'_> {
                 None => Some(self.start_resume_vm(&plan)?),
             }
         };
-        let claim = claim_port(&plan.dir, plan.ports)?;
+        // A channel with ports serves one call per port; vsock takes any number.
+        let claim = match plan.ports {
+            0 => None,
+            ports => Some(claim_port(&plan.dir, ports)?),
+        };
+        let port = claim.as_ref().map_or(0, |c| c.port);
         // The launcher that started the VMM asks its child: right after the fork, the
         // child's command line is still the launcher's, so `running` would say no.
         let alive = || match started.as_mut() {
             Some(vmm) => matches!(vmm.try_wait(), Ok(None)),
             None => instance::running(&plan.dir).is_some(),
         };
-        let stream = wait_connect(self.vmm, &plan, claim.port, BOOT_TIMEOUT, alive)?;
+        let stream = wait_connect(self.vmm, &plan, port, BOOT_TIMEOUT, alive)?;
         let status = self.call_over(stream, &plan)?;
         drop(claim);
         if self.call.options.remove {
@@ -277,17 +302,33 @@ impl Launch<'_> {
             tap::release(&plan.dir, ip);
         }
         self.provide(plan)?;
-        let vmm = self.start_vmm(plan)?;
-        instance::write_pid(&plan.dir, vmm.id())?;
+        let mut vmm = self.start_vmm(plan)?;
+        if let Err(err) = instance::write_pid(&plan.dir, vmm.id()) {
+            // Without its pid recorded the VM would be invisible and a second one could
+            // start on the same overlay.
+            let _ = vmm.kill();
+            let _ = vmm.wait();
+            return Err(err);
+        }
         Ok(vmm)
     }
 
     /// Shuts the resume VM down, then removes its state, overlay and TAP device.
     fn remove(&self, state: StateDir, plan: &Plan) -> Result<()> {
-        let _lock = state.lock()?;
+        let lock = state.lock()?;
         if let Some(pid) = instance::running(&plan.dir) {
-            let claim = claim_port(&plan.dir, plan.ports)?;
-            if let Ok(mut stream) = self.vmm.connect(plan, claim.port) {
+            // Ask the guest to power off on a free port; with every port busy, or no
+            // answer, `stop` ends the VMM.
+            let claim = match plan.ports {
+                0 => None,
+                ports => instance::try_claim_port(&plan.dir, ports)?,
+            };
+            let reachable = plan.ports == 0 || claim.is_some();
+            let port = claim.as_ref().map_or(0, |c| c.port);
+            if let Some(mut stream) = reachable
+                .then(|| self.vmm.connect(plan, port).ok())
+                .flatten()
+            {
                 // A guest that does not answer is stopped by `stop` below.
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
                 let _ = Frame::Shutdown.write_to(&mut stream);
@@ -301,8 +342,11 @@ impl Launch<'_> {
         if let Some(overlay) = &plan.overlay {
             let _ = std::fs::remove_file(overlay);
         }
-        drop(_lock);
-        Ok(state.remove()?)
+        // Removed while locked: a launcher waiting for the lock then finds no instance
+        // and makes a new directory.
+        let removed = state.remove();
+        drop(lock);
+        Ok(removed?)
     }
 }
 

@@ -148,7 +148,7 @@ impl Vmm for Qemu {
                 .process_group(0)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null());
+                .stderr(Stdio::from(crate::vmm::create_log(&plan.vmm_log())?));
         }
         command.spawn().map_err(|source| VmError::Start {
             program: self.binary.clone(),

@@ -4,7 +4,10 @@
 //! The device is named `tap-<instance>` (for example `tap-mybash` or `tap-mybash@work`)
 //! when that fits the kernel's 15-character limit on interface names, and
 //! `tap-<8 hex digits>` (a hash of the instance name) when it does not; the original let
-//! long names fail. A device that exists already (made by an admin, for instance with
+//! long names fail. One-shot instances of root get their own device (the name then
+//! carries the launcher's pid, so it is the short form); other users' one-shot calls use
+//! the flake's `tap-<flake>[@NAME]`, which only an admin can make. A device that exists
+//! already (made by an admin, for instance with
 //! `ip tuntap add NAME mode tap user UID`) is used as it is and left alone. Otherwise the
 //! launcher creates it and records that in the instance directory, so it is removed with
 //! the instance and only then. Creating one needs `CAP_NET_ADMIN` (root); routing and

@@ -57,7 +57,8 @@ pub struct Plan {
     pub dir: PathBuf,
     /// Writable overlay disk (the guest's second drive).
     pub overlay: Option<PathBuf>,
-    /// Guest channel ports (QEMU; Firecracker's vsock takes any number of connections).
+    /// Guest channel ports, each serving one call at a time (QEMU); 0 for a channel that
+    /// takes any number of connections (Firecracker's vsock).
     pub ports: usize,
     /// TAP device of the guest's network interface.
     pub tap: Option<String>,
@@ -92,6 +93,9 @@ impl Plan {
             return args;
         }
         args.push(format!("sci_channel={channel}"));
+        if self.ports > 1 {
+            args.push(format!("sci_ports={}", self.ports));
+        }
         if self.guest.debug {
             args.push("sci_debug=1".into());
         }
@@ -107,8 +111,13 @@ impl Plan {
         VmError::Guest {
             flake: self.flake.clone(),
             what: what.into(),
-            log: self.log(),
+            dir: self.dir.clone(),
         }
+    }
+
+    /// Where the VMM's own messages go.
+    pub fn vmm_log(&self) -> PathBuf {
+        self.dir.join("vmm.log")
     }
 }
 
@@ -138,7 +147,8 @@ pub fn serial_run(argv: &[Vec<u8>]) -> std::result::Result<String, String> {
 
 /// A virtual machine monitor.
 pub trait Vmm: std::fmt::Debug {
-    /// How many guest channel ports a VM gets (`resume`: it serves several calls at once).
+    /// How many guest channel ports a VM gets (`resume`: it serves several calls at once);
+    /// 0 when every connection is its own channel.
     fn ports(&self, resume: bool) -> usize;
     /// Starts the VMM of `plan`; it runs until the guest ends.
     fn start(&self, flake: &VmFlake, plan: &Plan) -> Result<Child>;
