@@ -145,9 +145,10 @@ mod tests {
         // Our own pid is alive, but its command line does not name the directory.
         write_pid(dir.path(), std::process::id()).unwrap();
         assert_eq!(running(dir.path()), None);
+        // A VMM names a file in its directory (`--config-file DIR/vm.json`, a socket path).
         let mut vmm = std::process::Command::new("sh")
             .args(["-c", "sleep 30; true"])
-            .arg(dir.path())
+            .arg(dir.path().join("vm.json"))
             .spawn()
             .unwrap();
         write_pid(dir.path(), vmm.id()).unwrap();
@@ -160,6 +161,21 @@ mod tests {
         vmm.kill().unwrap();
         vmm.wait().unwrap();
         assert_eq!(running(dir.path()), None, "a dead VMM is not running");
+        // Another instance whose directory name starts with this one's is not this VM.
+        let other = dir.path().with_file_name(format!(
+            "{}@work",
+            dir.path().file_name().unwrap().to_string_lossy()
+        ));
+        let mut vmm = std::process::Command::new("sh")
+            .args(["-c", "sleep 30; true"])
+            .arg(other.join("vm.json"))
+            .spawn()
+            .unwrap();
+        write_pid(dir.path(), vmm.id()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(running(dir.path()), None, "a prefix is not a match");
+        vmm.kill().unwrap();
+        vmm.wait().unwrap();
     }
 
     #[test]

@@ -195,7 +195,7 @@ mod tests {
         for needle in [
             "-accel tcg",
             "-serial file:/i/console.log",
-            "console=ttyS0 quiet ro panic=-1 reboot=t overlay_root=/dev/vdb sci_channel=virtio sci_resume=1 sci_idle=60",
+            "console=ttyS0 quiet ro panic=-1 reboot=t overlay_root=/dev/vdb sci_channel=virtio sci_ports=2 sci_resume=1 sci_idle=60",
             "id=root,file=/r,format=raw,if=none,readonly=on",
             "id=overlay,file=/i/overlay.ext4,format=raw,if=none,cache=unsafe",
             "tap,id=net0,ifname=tap-app,script=no,downscript=no",
