@@ -310,6 +310,15 @@ impl Launch<'_> {
             let _ = vmm.wait();
             return Err(err);
         }
+        // Until the child has exec'd, its command line is still this launcher's and
+        // `running` says no: the lock is held until a concurrent first call can see the VM.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while instance::running(&plan.dir).is_none()
+            && matches!(vmm.try_wait(), Ok(None))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         Ok(vmm)
     }
 
