@@ -19,7 +19,7 @@ mkdir -p "$DEST/bin" "$DEST/kernel"
 step() { printf 'vm-fixtures: %s\n' "$*"; }
 
 need=()
-for p in qemu-system-x86 busybox-static e2fsprogs gcc make flex bison bc libelf-dev xz-utils unzip python3-pip; do
+for p in qemu-system-x86 busybox-static e2fsprogs gcc make flex bison bc libelf-dev xz-utils unzip python3-pip iproute2 procps; do
     dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null | grep -qx installed || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
