@@ -41,6 +41,13 @@ fn fc_inputs() -> Option<(PathBuf, PathBuf)> {
     Some((fixtures, sci))
 }
 
+/// [`vm_world`](util::vm::vm_world) for Firecracker tests.
+fn fc_world() -> Option<(KillVms, World, PathBuf, PathBuf)> {
+    let (fixtures, sci) = fc_inputs()?;
+    let w = World::new();
+    Some((KillVms(w.dir.path().to_path_buf()), w, fixtures, sci))
+}
+
 /// `PATH` with the fixture's firecracker first.
 fn path_with(fixtures: &Path) -> OsString {
     let mut path = fixtures.join("bin").into_os_string();
@@ -153,11 +160,9 @@ fn wait_exit(child: &mut Child, within: Duration) -> (i32, String) {
 
 #[test]
 fn firecracker_accepts_the_instance_and_the_launcher_cleans_up_when_it_is_killed() {
-    let Some((fixtures, sci)) = fc_inputs() else {
+    let Some((_vms, w, fixtures, sci)) = fc_world() else {
         return;
     };
-    let w = World::new();
-    let _vms = KillVms(w.dir.path().to_path_buf());
     let app = vm_flake_on(
         &w,
         &fixtures,
@@ -225,11 +230,9 @@ fn firecracker_accepts_the_instance_and_the_launcher_cleans_up_when_it_is_killed
 
 #[test]
 fn a_vmm_that_fails_is_reported_and_blocks_nothing() {
-    let Some((fixtures, sci)) = fc_inputs() else {
+    let Some((_vms, w, fixtures, sci)) = fc_world() else {
         return;
     };
-    let w = World::new();
-    let _vms = KillVms(w.dir.path().to_path_buf());
     let bogus = w.path("not-a-kernel");
     std::fs::write(&bogus, "this is no ELF image").unwrap();
     let app = vm_flake_on(&w, &fixtures, &sci, "fcbad", "firecracker", &[], "");

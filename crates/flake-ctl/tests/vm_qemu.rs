@@ -16,16 +16,16 @@ mod util;
 
 use std::process::{Command, Stdio};
 
-use util::vm::{includes, inputs, running_vm, vm_flake, vm_flake_on, vm_flake_with, KillVms};
+use util::vm::{
+    includes, inputs, running_vm, vm_flake, vm_flake_on, vm_flake_with, vm_world, KillVms,
+};
 use util::World;
 
 #[test]
 fn vm_app_behaves_like_a_local_program() {
-    let Some((fixtures, sci)) = inputs() else {
+    let Some((_vms, w, fixtures, sci)) = vm_world() else {
         return;
     };
-    let w = World::new();
-    let _vms = KillVms(w.dir.path().to_path_buf());
     let app = vm_flake(&w, &fixtures, &sci, "vmsh");
 
     let run = w.app(
@@ -85,11 +85,9 @@ fn vm_app_behaves_like_a_local_program() {
 
 #[test]
 fn show_lists_a_running_vm_until_it_ends() {
-    let Some((fixtures, sci)) = inputs() else {
+    let Some((_vms, w, fixtures, sci)) = vm_world() else {
         return;
     };
-    let w = World::new();
-    let _vms = KillVms(w.dir.path().to_path_buf());
     let app = vm_flake(&w, &fixtures, &sci, "vmshow");
     let mut child = w
         .command(&app)
@@ -120,11 +118,9 @@ fn show_lists_a_running_vm_until_it_ends() {
 
 #[test]
 fn ctrl_c_reaches_the_app_in_the_guest() {
-    let Some((fixtures, sci)) = inputs() else {
+    let Some((_vms, w, fixtures, sci)) = vm_world() else {
         return;
     };
-    let w = World::new();
-    let _vms = KillVms(w.dir.path().to_path_buf());
     let app = vm_flake(&w, &fixtures, &sci, "vmsig");
     let script = "trap 'echo got INT; exit 9' INT; echo ready; while true; do sleep 1; done";
     let mut child = w
@@ -146,11 +142,9 @@ fn ctrl_c_reaches_the_app_in_the_guest() {
 
 #[test]
 fn resume_vm_keeps_state_serves_calls_and_is_removed() {
-    let Some((fixtures, sci)) = inputs() else {
+    let Some((_vms, w, fixtures, sci)) = vm_world() else {
         return;
     };
-    let w = World::new();
-    let _vms = KillVms(w.dir.path().to_path_buf());
     let extra = includes(&w);
     let mut register: Vec<&str> = vec!["--resume", "--overlay-size", "64MiB"];
     register.extend(extra.iter().map(String::as_str));
@@ -243,11 +237,9 @@ fn resume_vm_keeps_state_serves_calls_and_is_removed() {
 
 #[test]
 fn one_shot_overlay_is_fresh_every_call() {
-    let Some((fixtures, sci)) = inputs() else {
+    let Some((_vms, w, fixtures, sci)) = vm_world() else {
         return;
     };
-    let w = World::new();
-    let _vms = KillVms(w.dir.path().to_path_buf());
     let extra = includes(&w);
     let mut register: Vec<&str> = vec!["--overlay-size", "32MiB"];
     register.extend(extra.iter().map(String::as_str));
@@ -273,11 +265,9 @@ fn one_shot_overlay_is_fresh_every_call() {
 
 #[test]
 fn idle_resume_vm_powers_off_and_restarts_with_its_overlay() {
-    let Some((fixtures, sci)) = inputs() else {
+    let Some((_vms, w, fixtures, sci)) = vm_world() else {
         return;
     };
-    let w = World::new();
-    let _vms = KillVms(w.dir.path().to_path_buf());
     let app = vm_flake_with(
         &w,
         &fixtures,
@@ -309,11 +299,9 @@ fn idle_resume_vm_powers_off_and_restarts_with_its_overlay() {
 
 #[test]
 fn terminal_calls_get_a_pty_in_the_guest() {
-    let Some((fixtures, sci)) = inputs() else {
+    let Some((_vms, w, fixtures, sci)) = vm_world() else {
         return;
     };
-    let w = World::new();
-    let _vms = KillVms(w.dir.path().to_path_buf());
     let app = vm_flake(&w, &fixtures, &sci, "vmtty");
     let probe = "if [ -t 0 ] && [ -t 1 ]; then echo TTY; else echo NOTTY; fi; exit 5";
     let piped = w.app(&app, &["-c", probe], Some(b""));
@@ -370,6 +358,30 @@ fn tap_devices_are_made_for_the_vm_and_removed_with_it() {
     assert!(kept, "a device the launcher did not make is not removed");
 }
 
+/// Runs `app -c SCRIPT` for every script at the same time; each must succeed. Returns
+/// their stdouts in order.
+fn parallel_calls(w: &World, app: &std::path::Path, scripts: &[String]) -> Vec<String> {
+    let children: Vec<_> = scripts
+        .iter()
+        .map(|script| {
+            w.command(app)
+                .args(["-c", script])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|child| {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+        .collect()
+}
+
 /// VMMs of this world still running.
 fn vmms_of(w: &World) -> usize {
     let out = Command::new("pgrep")
@@ -382,26 +394,13 @@ fn vmms_of(w: &World) -> usize {
 
 #[test]
 fn concurrent_first_calls_of_a_resume_flake_start_one_vm() {
-    let Some((fixtures, sci)) = inputs() else {
+    let Some((_vms, w, fixtures, sci)) = vm_world() else {
         return;
     };
-    let w = World::new();
-    let _vms = KillVms(w.dir.path().to_path_buf());
     let app = vm_flake_with(&w, &fixtures, &sci, "vmconc", &["--resume"], "");
-    let children: Vec<_> = (0..3)
-        .map(|i| {
-            w.command(&app)
-                .args(["-c", &format!("echo call {i}")])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for (i, child) in children.into_iter().enumerate() {
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{out:?}");
-        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("call {i}\n"));
+    let scripts: Vec<String> = (0..3).map(|i| format!("echo call {i}")).collect();
+    for (i, stdout) in parallel_calls(&w, &app, &scripts).iter().enumerate() {
+        assert_eq!(stdout, &format!("call {i}\n"));
     }
     assert_eq!(vmms_of(&w), 1, "one VM serves all first calls");
     w.app(&app, &["%remove", "-c", "true"], None).success();
@@ -410,11 +409,9 @@ fn concurrent_first_calls_of_a_resume_flake_start_one_vm() {
 
 #[test]
 fn a_launcher_killed_mid_call_leaves_nothing_that_blocks_the_next_call() {
-    let Some((fixtures, sci)) = inputs() else {
+    let Some((_vms, w, fixtures, sci)) = vm_world() else {
         return;
     };
-    let w = World::new();
-    let _vms = KillVms(w.dir.path().to_path_buf());
     let kill_mid_call = |app: &std::path::Path| {
         let mut child = w
             .command(app)
@@ -460,11 +457,9 @@ fn a_launcher_killed_mid_call_leaves_nothing_that_blocks_the_next_call() {
 
 #[test]
 fn images_without_the_guest_protocol_run_in_serial_mode() {
-    let Some((fixtures, sci)) = inputs() else {
+    let Some((_vms, w, fixtures, sci)) = vm_world() else {
         return;
     };
-    let w = World::new();
-    let _vms = KillVms(w.dir.path().to_path_buf());
     let app = vm_flake(&w, &fixtures, &sci, "vmserial");
     let marker = w
         .home
@@ -496,11 +491,9 @@ fn images_without_the_guest_protocol_run_in_serial_mode() {
 
 #[test]
 fn concurrent_one_shot_calls_of_one_flake_get_their_own_vms() {
-    let Some((fixtures, sci)) = inputs() else {
+    let Some((_vms, w, fixtures, sci)) = vm_world() else {
         return;
     };
-    let w = World::new();
-    let _vms = KillVms(w.dir.path().to_path_buf());
     let app = vm_flake_with(
         &w,
         &fixtures,
@@ -509,24 +502,11 @@ fn concurrent_one_shot_calls_of_one_flake_get_their_own_vms() {
         &["--overlay-size", "16MiB"],
         "",
     );
-    let children: Vec<_> = (0..2)
-        .map(|i| {
-            w.command(&app)
-                .args(["-c", &format!("echo {i} > /tmp/who; sleep 1; cat /tmp/who")])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
+    let scripts: Vec<String> = (0..2)
+        .map(|i| format!("echo {i} > /tmp/who; sleep 1; cat /tmp/who"))
         .collect();
-    for (i, child) in children.into_iter().enumerate() {
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{out:?}");
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            format!("{i}\n"),
-            "own overlay"
-        );
+    for (i, stdout) in parallel_calls(&w, &app, &scripts).iter().enumerate() {
+        assert_eq!(stdout, &format!("{i}\n"), "own overlay");
     }
     let left: Vec<_> = std::fs::read_dir(w.path("ids/0/.vm")).unwrap().collect();
     assert!(left.is_empty(), "both instances removed: {left:?}");

@@ -24,6 +24,14 @@ impl Drop for KillVms {
     }
 }
 
+/// A world for a VM test with the fixtures and `sci`, and the guard that kills its VMs (put
+/// first, so the guard outlives the world); `None` when the VM inputs are missing.
+pub fn vm_world() -> Option<(KillVms, World, PathBuf, PathBuf)> {
+    let (fixtures, sci) = inputs()?;
+    let w = World::new();
+    Some((KillVms(w.dir.path().to_path_buf()), w, fixtures, sci))
+}
+
 pub fn inputs() -> Option<(PathBuf, PathBuf)> {
     let fixtures = std::env::var_os("FLAKE_VM_FIXTURES").map(PathBuf::from);
     let sci = std::env::var_os("FLAKE_SCI").map(PathBuf::from);
