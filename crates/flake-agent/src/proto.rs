@@ -26,6 +26,7 @@
 //! | 8    | Stdout  | agent -> pilot | bytes the app wrote to stdout (frame mode only)       |
 //! | 9    | Stderr  | agent -> pilot | bytes the app wrote to stderr (frame mode only)       |
 //! | 10   | Shutdown| pilot -> agent | empty; instead of a `Call`: end the instance (a VM's init powers off) |
+//! | 11   | Ready   | agent -> pilot | version u16; sent first on a channel that cannot tell the host it is open (a VM's virtio console): the pilot sends its `Call` only after it |
 //!
 //! Without a terminal, the `Call` frame carries the pilot's stdin, stdout and stderr as
 //! three file descriptors (`SCM_RIGHTS`); the app reads and writes them directly, so no byte
@@ -43,6 +44,10 @@ use std::io::{self, Read, Write};
 /// A string every guest init speaking this protocol carries in its binary; `flake-ctl
 /// firecracker pull` looks for it to tell such images from ones with the original init.
 pub const GUEST_MARKER: &str = "flake-pilot-guest-protocol-2";
+/// A string a guest init that can serve a one-shot call over a plain virtio console
+/// (`hvc0`, announcing itself with `Ready`) carries in its binary; images pulled with an
+/// older init go on using virtio console ports.
+pub const GUEST_CONSOLE_MARKER: &str = "flake-pilot-guest-feature-console";
 /// Protocol version spoken by this build.
 pub const VERSION: u16 = 2;
 /// Largest frame accepted (kind + payload).
@@ -138,6 +143,8 @@ pub enum Frame {
     Error(String),
     /// End the instance (sent instead of a `Call`).
     Shutdown,
+    /// The guest init reads its channel now (it speaks `version`).
+    Ready(u16),
 }
 
 impl Frame {
@@ -169,6 +176,10 @@ impl Frame {
             Frame::Stdout(data) => tagged(&mut body, 8, data),
             Frame::Stderr(data) => tagged(&mut body, 9, data),
             Frame::Shutdown => body.push(10),
+            Frame::Ready(version) => {
+                body.push(11);
+                body.extend(version.to_le_bytes());
+            }
         }
         let mut out = Vec::with_capacity(body.len() + 4);
         out.extend(u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes());
@@ -197,6 +208,7 @@ impl Frame {
             8 => Frame::Stdout(r.rest()),
             9 => Frame::Stderr(r.rest()),
             10 => Frame::Shutdown,
+            11 => Frame::Ready(r.u16()?),
             _ => return Err(ProtoError::Malformed("unknown frame kind")),
         };
         r.finish()?;
@@ -352,6 +364,7 @@ mod tests {
             Frame::Exit(ExitStatus::Signaled(15)),
             Frame::Error("exec failed".into()),
             Frame::Shutdown,
+            Frame::Ready(VERSION),
         ]
     }
 

@@ -511,3 +511,63 @@ fn concurrent_one_shot_calls_of_one_flake_get_their_own_vms() {
     let left: Vec<_> = std::fs::read_dir(w.path("ids/0/.vm")).unwrap().collect();
     assert!(left.is_empty(), "both instances removed: {left:?}");
 }
+
+/// The channel the guest init was told to use, as the app in the guest sees it.
+const CHANNEL_SCRIPT: &str = "read -r line < /proc/cmdline; case \"$line\" in \
+    *sci_channel=console*) echo console;; *sci_channel=virtio*) echo ports;; esac";
+
+#[test]
+fn one_shot_calls_use_the_plain_console_when_the_init_knows_it_and_ports_otherwise() {
+    let Some((_vms, w, fixtures, sci)) = vm_world() else {
+        return;
+    };
+    let app = vm_flake(&w, &fixtures, &sci, "vmchan");
+    let marker = w
+        .home
+        .join(".config/flakes/firecracker/images/guest/guest-channel");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "console\n");
+    let console = w.app(&app, &["-c", CHANNEL_SCRIPT], None);
+    console.success();
+    assert_eq!(console.stdout(), "console\n");
+    // Large input and output in both directions, byte for byte, over the console.
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let echoed = w.app(&app, &["-c", "cat; echo done >&2; exit 7"], Some(&data));
+    echoed.expect_code(7);
+    assert!(
+        echoed.output.stdout == data,
+        "{} bytes back",
+        echoed.output.stdout.len()
+    );
+    assert_eq!(echoed.stderr(), "done\n");
+
+    // An image pulled with an init that predates the console goes on using ports.
+    std::fs::write(&marker, "").unwrap();
+    let ports = w.app(&app, &["-c", CHANNEL_SCRIPT], None);
+    ports.success();
+    assert_eq!(ports.stdout(), "ports\n");
+}
+
+#[test]
+fn a_guest_that_never_gets_ready_is_reported_not_waited_for() {
+    let Some((_vms, w, fixtures, sci)) = vm_world() else {
+        return;
+    };
+    let app = vm_flake(&w, &fixtures, &sci, "vmnoinit");
+    // The kernel runs another init, which ends at once: sci never announces itself.
+    let yaml = w.home.join(".config/flakes/vmnoinit.yaml");
+    let text = std::fs::read_to_string(&yaml).unwrap();
+    assert!(text.contains("init=/usr/sbin/sci"));
+    std::fs::write(&yaml, text.replace("init=/usr/sbin/sci", "init=/bin/true")).unwrap();
+    let started = std::time::Instant::now();
+    let run = w.app(&app, &["-c", "echo never"], None);
+    run.expect_code(125);
+    assert!(run.stdout().is_empty(), "{run}");
+    assert!(
+        run.stderr()
+            .contains("stopped before its guest init was ready")
+            && run.stderr().contains("console.log"),
+        "{run}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    assert_eq!(vmms_of(&w), 0);
+}

@@ -9,7 +9,7 @@
 //!
 //! | key            | value                 | meaning                                                      |
 //! |----------------|-----------------------|--------------------------------------------------------------|
-//! | `sci_channel`  | `virtio` or `vsock`   | guest channel: virtio console ports named `flake*` (QEMU), or vsock port 52 (Firecracker, the default) |
+//! | `sci_channel`  | `virtio`, `console` or `vsock` | guest channel: virtio console ports named `flake*` (QEMU), the plain virtio console `hvc0` (a QEMU one-shot call), or vsock port 52 (Firecracker, the default) |
 //! | `sci_ports`    | count                 | virtio: how many ports to wait for (default 1)                |
 //! | `sci_resume`   | `1`                   | serve calls until told to stop or idle, instead of one call   |
 //! | `sci_idle`     | seconds               | resume mode: power off after this long without a call (0: never) |
@@ -33,6 +33,9 @@ pub enum Channel {
     Virtio,
     /// Vsock port [`VSOCK_PORT`] (Firecracker).
     Vsock,
+    /// The virtio console `hvc0` without ports (QEMU, one call): it is there as soon as
+    /// the kernel has probed it, while ports take a round of messages with the VMM.
+    Console,
 }
 
 /// The vsock port `sci` listens on (the original's, so host tooling keeps working).
@@ -75,6 +78,7 @@ impl BootSettings {
                     settings.channel = match value {
                         "virtio" => Channel::Virtio,
                         "vsock" => Channel::Vsock,
+                        "console" => Channel::Console,
                         other => return Err(format!("sci_channel={other} is unknown")),
                     }
                 }
@@ -217,7 +221,7 @@ mod tests {
                 ports: 1,
                 idle: None,
                 overlay: None,
-                debug: false
+                debug: false,
             }
         );
         let all = BootSettings::parse(
@@ -225,6 +229,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(all.channel, Channel::Virtio);
+        assert_eq!(
+            BootSettings::parse("sci_channel=console").unwrap().channel,
+            Channel::Console
+        );
+
         assert!(all.resume);
         assert_eq!(all.idle, Some(Duration::from_secs(90)));
         assert_eq!(all.overlay.as_deref(), Some("/dev/vdb"));

@@ -12,11 +12,16 @@ pub fn enable() {
     ON.store(true, Ordering::Relaxed);
 }
 
-/// Prints one diagnostic line when enabled, stamped with the guest's uptime.
+/// Prints one diagnostic line when enabled, stamped with the guest's uptime
+/// (microseconds: the boot-time budget is counted in milliseconds).
 pub fn log(message: impl FnOnce() -> String) {
     if ON.load(Ordering::Relaxed) {
-        let uptime = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
-        let stamp = uptime.split_whitespace().next().unwrap_or("?");
-        eprintln!("sci [{stamp}]: {}", message());
+        eprintln!("sci [{}]: {}", uptime(), message());
     }
+}
+
+/// The guest's uptime in seconds, to the microsecond.
+pub fn uptime() -> String {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    format!("{}.{:06}", now.tv_sec, now.tv_nsec / 1000)
 }

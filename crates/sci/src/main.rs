@@ -10,6 +10,7 @@
 
 mod boot;
 mod cmdline;
+mod console;
 mod debug;
 mod port;
 mod serve;
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
 }
 
 fn run(pid1: bool) -> Result<(), String> {
+    let started = debug::uptime();
     if pid1 {
         boot::mount_basics();
     }
@@ -42,7 +44,7 @@ fn run(pid1: bool) -> Result<(), String> {
     if settings.debug {
         debug::enable();
     }
-    debug::log(|| format!("{settings:?}"));
+    debug::log(|| format!("started at {started}: {settings:?}"));
     if let (true, Some(device)) = (pid1, &settings.overlay) {
         boot::overlay_root(device)?;
         boot::mount_basics();
@@ -56,6 +58,7 @@ fn run(pid1: bool) -> Result<(), String> {
     }
     // Keeps the marker in the binary: `pull` looks for it (see `proto::GUEST_MARKER`).
     std::hint::black_box(flake_agent::proto::GUEST_MARKER);
+    std::hint::black_box(flake_agent::proto::GUEST_CONSOLE_MARKER);
     serve::serve(&settings).map(|_| ())
 }
 

@@ -49,15 +49,17 @@ pub fn serve(settings: &BootSettings) -> Result<End, String> {
         activity: Arc::clone(&activity),
         reaper: Reaper::start(),
     };
-    match settings.channel {
-        Channel::Virtio => serve_ports(server)?,
-        Channel::Vsock => serve_vsock(server)?,
-    }
+
     match (settings.resume, settings.idle) {
         (true, Some(idle)) => watch_idle(activity, idle, end_tx),
         (true, None) => {}
         // A launcher killed while the VM booted never calls: do not wait for it forever.
         (false, _) => watch_idle(activity, FIRST_CALL_TIMEOUT, end_tx),
+    }
+    match settings.channel {
+        Channel::Virtio => serve_ports(server)?,
+        Channel::Vsock => serve_vsock(server)?,
+        Channel::Console => serve_console(server)?,
     }
     end_rx
         .recv()
@@ -117,6 +119,7 @@ impl Server {
         writer: Writer,
     ) -> bool {
         let busy = self.activity.begin();
+        crate::debug::log(|| "call starts".to_string());
         let result = framed::run(call, reader, writer, &self.reaper);
         crate::debug::log(|| format!("call ended: {result:?}"));
         drop(busy);
@@ -237,6 +240,7 @@ fn serve_ports(server: Server) -> Result<(), String> {
     crate::debug::log(|| format!("ports {ports:?}"));
     for path in ports {
         let port = Port::open(&path)?;
+        crate::debug::log(|| format!("{}: open", path.display()));
         let server = server.clone();
         std::thread::spawn(move || loop {
             port.wait_for_host();
@@ -246,6 +250,30 @@ fn serve_ports(server: Server) -> Result<(), String> {
             }
         });
     }
+    Ok(())
+}
+
+/// The one call of a one-shot VM over the plain virtio console. The console cannot tell
+/// the host that the guest reads it, so `Ready` says so; the host sends its `Call` after it.
+fn serve_console(server: Server) -> Result<(), String> {
+    let console = crate::console::open(Duration::from_secs(10))?;
+    crate::debug::log(|| "console open".to_string());
+    let reader = console
+        .try_clone()
+        .map_err(|e| format!("cannot share {}: {e}", crate::console::DEVICE))?;
+    let writer = Writer::new(console);
+    // `Ready` comes from the thread that then reads: the host answers it at once.
+    std::thread::spawn(
+        move || match writer.send(&Frame::Ready(flake_agent::proto::VERSION)) {
+            Ok(()) => {
+                server.connection(reader, writer);
+            }
+            Err(e) => {
+                eprintln!("sci: cannot write to {}: {e}", crate::console::DEVICE);
+                let _ = server.end.send(End::Done);
+            }
+        },
+    );
     Ok(())
 }
 

@@ -225,6 +225,9 @@ impl Vmm for Firecracker {
             .write(&config_path)
             .map_err(crate::error::io(&config_path))?;
         let mut command = Command::new(&self.binary);
+        if !plan.guest.resume {
+            crate::vmm::end_with_launcher(&mut command);
+        }
         // The guest's serial console is Firecracker's stdout: it goes to the console log,
         // never to the caller. Its own group keeps a Ctrl-C meant for the app away from it.
         command

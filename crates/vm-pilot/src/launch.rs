@@ -25,11 +25,22 @@ use flakes::{CallArgs, PilotExit};
 
 use crate::error::{Result, VmError};
 use crate::instance::{self, claim_port};
-use crate::vmm::{wait_connect, GuestSettings, Plan, Vmm};
+use crate::vmm::{wait_connect, wait_ready, GuestSettings, Plan, Vmm};
 use crate::{overlay, tap};
 
 /// How long a guest may take to open its channel (software emulation is slow).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The guest init of an image, as far as the launcher needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GuestInit {
+    /// Not flake-pilot's (the original's): serial mode.
+    Original,
+    /// Speaks the protocol over virtio console ports or vsock.
+    Protocol,
+    /// Also serves a one-shot call over the plain virtio console.
+    Console,
+}
 
 /// Everything one call needs, resolved once by the launcher.
 #[derive(Debug)]
@@ -117,6 +128,7 @@ impl Launch<'_> {
                 debug: self.debug,
             },
             serial: None,
+            console: !resume && self.guest_init() == GuestInit::Console,
         }
     }
 
@@ -131,14 +143,26 @@ impl Launch<'_> {
         }
     }
 
-    /// Whether the image's guest init speaks the protocol (`pull` marked it so); images
-    /// with the original init run in serial mode.
-    fn guest_channel(&self) -> bool {
-        self.flake
+    /// What the image's guest init speaks (`pull` wrote it down); images with the
+    /// original init run in serial mode.
+    fn guest_init(&self) -> GuestInit {
+        let marker = self
+            .flake
             .runtime
             .rootfs
-            .with_file_name(crate::pull::GUEST_CHANNEL_FILE)
-            .exists()
+            .with_file_name(crate::pull::GUEST_CHANNEL_FILE);
+        match std::fs::read_to_string(marker) {
+            Err(_) => GuestInit::Original,
+            Ok(features) if features.lines().any(|l| l == crate::pull::CONSOLE_FEATURE) => {
+                GuestInit::Console
+            }
+            Ok(_) => GuestInit::Protocol,
+        }
+    }
+
+    /// Whether the image's guest init speaks the protocol.
+    fn guest_channel(&self) -> bool {
+        self.guest_init() != GuestInit::Original
     }
 
     /// Creates the overlay (when missing) and the TAP device the plan needs.
@@ -191,9 +215,16 @@ impl Launch<'_> {
         if let Some(ip) = &self.ip {
             tap::release(&plan.dir, ip);
         }
-        // A VM that failed keeps its logs for the error message to point at; the next
-        // launch collects the directory (its launcher is gone by then).
-        if !matches!(result, Err(VmError::Guest { .. } | VmError::Call { .. })) {
+        // A VM that failed keeps its logs for the error message to point at, and so does
+        // every VM with `PILOT_DEBUG`; the next launch collects the directory (its launcher
+        // is gone by then).
+        let failed = matches!(result, Err(VmError::Guest { .. } | VmError::Call { .. }));
+        if self.debug {
+            eprintln!(
+                "firecracker-pilot: PILOT_DEBUG: the logs stay in {} until the next call",
+                state.path().display()
+            );
+        } else if !failed {
             let _ = state.remove();
         }
         result
@@ -240,10 +271,12 @@ impl Launch<'_> {
     fn boot_and_call(&self, plan: &Plan) -> Result<ExitStatus> {
         let mut vmm = self.start_vmm(plan)?;
         let result = instance::write_pid(&plan.dir, vmm.id()).and_then(|()| {
-            wait_connect(self.vmm, plan, 0, BOOT_TIMEOUT, || {
-                matches!(vmm.try_wait(), Ok(None))
-            })
-            .and_then(|stream| self.call_over(stream, plan))
+            let mut alive = || matches!(vmm.try_wait(), Ok(None));
+            let mut stream = wait_connect(self.vmm, plan, 0, BOOT_TIMEOUT, &mut alive)?;
+            if plan.console {
+                wait_ready(&mut stream, plan, BOOT_TIMEOUT, &mut alive)?;
+            }
+            self.call_over(stream, plan)
         });
         let _ = vmm.kill();
         let _ = vmm.wait();

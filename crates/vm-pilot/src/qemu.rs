@@ -4,7 +4,9 @@
 //!
 //! The guest channel is a set of virtio console ports named `flake0`, `flake1`, ..., each
 //! backed by a unix socket QEMU listens on (`channel-N.sock` in the instance directory);
-//! one port carries one call at a time, so a resume VM gets several. The kernel console
+//! one port carries one call at a time, so a resume VM gets several. A one-shot VM whose
+//! guest init knows it uses the plain virtio console instead (the device without ports,
+//! on `channel-0.sock`): it is ready as soon as the kernel has probed it. The kernel console
 //! goes to a log file, so no kernel or VMM message can mix with the app's output. The
 //! root drive is read-only; the overlay drive, when the flake has one, is the second disk
 //! (`/dev/vdb`). Hardware KVM is used only when asked for (`FLAKE_QEMU_ACCEL=kvm`): some
@@ -79,10 +81,12 @@ impl Qemu {
                 .arg("-serial")
                 .arg(format!("file:{}", plan.log().display()));
         }
-        command
-            .arg("-kernel")
-            .arg(&runtime.kernel)
-            .args(["-append", &plan.kernel_args(flake, "virtio").join(" ")]);
+        command.arg("-kernel").arg(&runtime.kernel).args([
+            "-append",
+            &plan
+                .kernel_args(flake, if plan.console { "console" } else { "virtio" })
+                .join(" "),
+        ]);
         if let Some(initrd) = &runtime.initrd {
             command.arg("-initrd").arg(initrd);
         }
@@ -101,6 +105,17 @@ impl Qemu {
                 .args(["-device", "virtio-net-device,netdev=net0"]);
         }
         if plan.serial.is_some() {
+            return command;
+        }
+        if plan.console {
+            command
+                .args(["-device", "virtio-serial-device,max_ports=1"])
+                .arg("-chardev")
+                .arg(format!(
+                    "socket,id=ch0,path={},server=on,wait=off",
+                    Self::channel(plan, 0).display()
+                ))
+                .args(["-device", "virtconsole,chardev=ch0"]);
             return command;
         }
         command.args(["-device", "virtio-serial-device"]);
@@ -140,6 +155,9 @@ impl Vmm for Qemu {
 
     fn start(&self, flake: &VmFlake, plan: &Plan) -> Result<Child> {
         let mut command = self.command(flake, plan);
+        if !plan.guest.resume {
+            crate::vmm::end_with_launcher(&mut command);
+        }
         // Its own process group: a Ctrl-C on the caller's terminal is for the app (the
         // launcher forwards it), not for the VMM.
         // Serial mode keeps the caller's process group: the VMM reads the terminal.
@@ -167,6 +185,44 @@ mod tests {
     use crate::vmm::GuestSettings;
 
     #[test]
+    fn a_one_shot_vm_on_the_plain_console_has_no_ports() {
+        let flake = crate::firecracker::tests::flake(false, "/k".into(), "/r".into());
+        let plan = Plan {
+            flake: "app".into(),
+            dir: "/i".into(),
+            overlay: None,
+            ports: 1,
+            tap: None,
+            guest: GuestSettings {
+                resume: false,
+                idle: None,
+                debug: false,
+            },
+            serial: None,
+            console: true,
+        };
+        let qemu = Qemu {
+            binary: "qemu-system-x86_64".into(),
+            accel: None,
+        };
+        let args: Vec<String> = qemu
+            .command(&flake, &plan)
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let joined = args.join(" ");
+        for needle in [
+            "sci_channel=console",
+            "-device virtio-serial-device,max_ports=1",
+            "socket,id=ch0,path=/i/channel-0.sock,server=on,wait=off",
+            "-device virtconsole,chardev=ch0",
+        ] {
+            assert!(joined.contains(needle), "{needle} missing in {joined}");
+        }
+        assert!(!joined.contains("virtserialport"), "{joined}");
+    }
+
+    #[test]
     fn command_line_of_a_resume_vm_with_overlay_and_tap() {
         let flake = crate::firecracker::tests::flake(true, "/k".into(), "/r".into());
         let plan = Plan {
@@ -181,6 +237,7 @@ mod tests {
                 debug: false,
             },
             serial: None,
+            console: false,
         };
         let qemu = Qemu {
             binary: "/usr/bin/qemu-system-x86_64".into(),

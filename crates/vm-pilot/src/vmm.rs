@@ -46,6 +46,62 @@ mod tests {
         assert!(serial_run(&quote).unwrap_err().contains("say"));
         assert!(serial_run(&[b"a\nb".to_vec()]).is_err());
     }
+
+    fn plan() -> Plan {
+        Plan {
+            flake: "app".into(),
+            dir: "/i".into(),
+            overlay: None,
+            ports: 1,
+            tap: None,
+            guest: GuestSettings {
+                resume: false,
+                idle: None,
+                debug: false,
+            },
+            serial: None,
+            console: true,
+        }
+    }
+
+    /// `wait_ready` on a stream whose guest end wrote `bytes` and then stayed or hung up.
+    fn ready_after(bytes: &[u8], hang_up: bool) -> Result<()> {
+        let (mut host, mut guest) = UnixStream::pair().unwrap();
+        std::io::Write::write_all(&mut guest, bytes).unwrap();
+        if hang_up {
+            drop(guest);
+            return wait_ready(&mut host, &plan(), Duration::from_secs(5), || true);
+        }
+        let result = wait_ready(&mut host, &plan(), Duration::from_secs(5), || true);
+        drop(guest);
+        result
+    }
+
+    #[test]
+    fn the_call_waits_for_ready_and_a_guest_that_says_anything_else_is_an_error() {
+        use flake_agent::proto::{Frame, VERSION};
+        assert!(ready_after(&Frame::Ready(VERSION).encode(), false).is_ok());
+        let old = ready_after(&Frame::Ready(VERSION - 1).encode(), false).unwrap_err();
+        assert!(old.to_string().contains("pull the image again"), "{old}");
+        let noise = ready_after(b"[    0.1] kernel message\n", false).unwrap_err();
+        assert!(
+            noise.to_string().contains("other than its ready"),
+            "{noise}"
+        );
+        let closed = ready_after(b"", true).unwrap_err();
+        assert!(closed.to_string().contains("channel closed"), "{closed}");
+    }
+
+    #[test]
+    fn waiting_for_ready_ends_when_the_vmm_does_or_time_is_up() {
+        let (mut host, _guest) = UnixStream::pair().unwrap();
+        let gone = wait_ready(&mut host, &plan(), Duration::from_secs(30), || false);
+        assert!(gone.unwrap_err().to_string().contains("stopped before"));
+        let started = Instant::now();
+        let late = wait_ready(&mut host, &plan(), Duration::from_millis(120), || true);
+        assert!(late.unwrap_err().to_string().contains("not ready within"));
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
 }
 
 /// One VM instance on the host.
@@ -67,6 +123,10 @@ pub struct Plan {
     /// Serial mode (an image without the flake-pilot guest init): the `run="..."` word of
     /// the kernel command line; the guest console is the caller's terminal.
     pub serial: Option<String>,
+    /// The one call of a one-shot VM goes over the plain virtio console, which is ready
+    /// sooner than ports (QEMU; the image's guest init must know it). The guest announces
+    /// itself with `Ready` there, see [`wait_ready`].
+    pub console: bool,
 }
 
 impl Plan {
@@ -179,6 +239,79 @@ pub fn wait_connect(
             )));
         }
         std::thread::sleep(Duration::from_millis(3));
+    }
+}
+
+/// Waits for the guest init's `Ready` on a channel that cannot tell the host that the guest
+/// reads it (the plain virtio console): the call must not be sent before, and a guest that
+/// never gets there (a kernel that hangs, an init that fails) is noticed instead of
+/// hanging the caller.
+pub fn wait_ready(
+    stream: &mut UnixStream,
+    plan: &Plan,
+    timeout: Duration,
+    mut alive: impl FnMut() -> bool,
+) -> Result<()> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let deadline = Instant::now() + timeout;
+    let step = Timespec {
+        tv_sec: 0,
+        tv_nsec: 50_000_000,
+    };
+    loop {
+        let mut fds = [PollFd::new(&*stream, PollFlags::IN)];
+        if poll(&mut fds, Some(&step)).is_ok_and(|n| n > 0) {
+            break;
+        }
+        if !alive() {
+            return Err(plan.guest_error("stopped before its guest init was ready"));
+        }
+        if Instant::now() > deadline {
+            return Err(plan.guest_error(format!(
+                "guest init was not ready within {} s",
+                timeout.as_secs()
+            )));
+        }
+    }
+    // The frame is 7 bytes written at once: once any arrived, the rest follows.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(crate::error::io(&plan.dir))?;
+    let frame = flake_agent::proto::Frame::read_from(stream);
+    stream
+        .set_read_timeout(None)
+        .map_err(crate::error::io(&plan.dir))?;
+    match frame {
+        Ok(Some(flake_agent::proto::Frame::Ready(flake_agent::proto::VERSION))) => Ok(()),
+        Ok(Some(flake_agent::proto::Frame::Ready(other))) => Err(plan.guest_error(format!(
+            "guest init speaks protocol {other}, this launcher {}: pull the image again",
+            flake_agent::proto::VERSION
+        ))),
+        Ok(None) => {
+            Err(plan
+                .guest_error("stopped before its guest init was ready (the guest channel closed)"))
+        }
+        Ok(Some(_)) | Err(_) => {
+            Err(plan
+                .guest_error("sent something other than its ready message on the guest channel"))
+        }
+    }
+}
+
+/// Makes the VMM of a one-shot call end with its launcher: with a launcher killed
+/// mid-call (even by `SIGKILL`), nothing would stop the VM otherwise, and a guest on the
+/// plain virtio console cannot see its caller hang up.
+pub fn end_with_launcher(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec and only makes the
+    // prctl(2) system call, which is async-signal-safe; it allocates nothing and takes no
+    // lock.
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(std::io::Error::from)
+        });
     }
 }
 

@@ -117,8 +117,11 @@ pub fn prepare_rootfs(rootfs: &Path, name: &str, sci: Option<&Path>) -> Result<(
 }
 
 /// File in an image directory saying its guest init speaks the flake-pilot protocol;
-/// images without it (the original's init) are run in serial mode.
+/// images without it (the original's init) are run in serial mode. It lists the init's
+/// optional features, one per line.
 pub const GUEST_CHANNEL_FILE: &str = "guest-channel";
+/// The feature line of an init that serves a one-shot call over the plain virtio console.
+pub const CONSOLE_FEATURE: &str = "console";
 
 /// Writes [`GUEST_CHANNEL_FILE`] into `dir` when the ext rootfs there carries a guest init
 /// that speaks the protocol (its binary holds `proto::GUEST_MARKER`).
@@ -140,7 +143,12 @@ pub fn mark_guest_channel(dir: &Path) -> Result<(), PullError> {
         .unwrap_or_default();
     if init.contains(flake_agent::proto::GUEST_MARKER) {
         let marker = dir.join(GUEST_CHANNEL_FILE);
-        std::fs::write(&marker, "").map_err(io("write", &marker))?;
+        let features = if init.contains(flake_agent::proto::GUEST_CONSOLE_MARKER) {
+            format!("{CONSOLE_FEATURE}\n")
+        } else {
+            String::new()
+        };
+        std::fs::write(&marker, features).map_err(io("write", &marker))?;
     }
     Ok(())
 }
