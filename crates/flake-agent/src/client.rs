@@ -14,6 +14,7 @@ use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rustix::termios::{self, OptionalActions, Termios};
@@ -81,7 +82,7 @@ fn run_call(stream: UnixStream, request: &Request) -> Result<ExitStatus, ProtoEr
                 &call,
                 Some([stdin.as_fd(), stdout.as_fd(), stderr.as_fd()]),
             )?;
-            forward_signals(Arc::clone(&writer), false)?;
+            let _forwarding = forward_signals(Arc::clone(&writer), false)?;
             wait_for_exit(stream, request.launcher, |_| Ok(()))
         }
         Streams::Frames => {
@@ -91,7 +92,7 @@ fn run_call(stream: UnixStream, request: &Request) -> Result<ExitStatus, ProtoEr
                 ..Call::default()
             };
             send(&writer, &Frame::Call(call))?;
-            forward_signals(Arc::clone(&writer), false)?;
+            let _forwarding = forward_signals(Arc::clone(&writer), false)?;
             relay_stdin(writer);
             let mut stdout = std::io::stdout().lock();
             wait_for_exit(stream, request.launcher, |bytes| {
@@ -124,8 +125,10 @@ fn run_terminal(
         cwd: Vec::new(),
     };
     send_call(&stream, &call, None)?;
+    // Declared before the raw mode, so dropped after it: a signal that takes its default
+    // action again (the call is over) finds the terminal restored.
+    let _forwarding = forward_signals(Arc::clone(&writer), true)?;
     let _raw = RawMode::enter();
-    forward_signals(Arc::clone(&writer), true)?;
     relay_stdin(writer);
     let mut stdout = std::io::stdout().lock();
     wait_for_exit(stream, request.launcher, |bytes| {
@@ -167,25 +170,43 @@ fn send(writer: &Mutex<UnixStream>, frame: &Frame) -> std::io::Result<()> {
     stream.write_all(&frame.encode())
 }
 
+/// Signals go to the app while this lives; once the call is over (it is dropped), they take
+/// their default action again, so a Ctrl-C while the launcher cleans up ends it as it would
+/// end any program, rather than being forwarded to an app that is gone.
+struct Forwarding(Arc<AtomicBool>);
+
+impl Drop for Forwarding {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// Forwards signals (and, with a terminal, window-size changes) on a background thread.
-fn forward_signals(writer: Arc<Mutex<UnixStream>>, terminal: bool) -> std::io::Result<()> {
+fn forward_signals(writer: Arc<Mutex<UnixStream>>, terminal: bool) -> std::io::Result<Forwarding> {
     let mut wanted = FORWARDED.to_vec();
     if terminal {
         wanted.push(SIGWINCH);
     }
     let mut signals = Signals::new(wanted)?;
+    let over = Arc::new(AtomicBool::new(false));
+    let call_over = Arc::clone(&over);
     std::thread::spawn(move || {
         for signal in signals.forever() {
+            if call_over.load(Ordering::SeqCst) {
+                if signal != SIGWINCH {
+                    let _ = signal_hook::low_level::emulate_default_handler(signal);
+                }
+                continue;
+            }
             let frame = match signal {
                 SIGWINCH => Frame::Resize(window_size()),
                 other => Frame::Signal(u8::try_from(other).unwrap_or(15)),
             };
-            if send(&writer, &frame).is_err() {
-                break;
-            }
+            // A connection that broke ends the call with an error: nothing to do here.
+            let _ = send(&writer, &frame);
         }
     });
-    Ok(())
+    Ok(Forwarding(over))
 }
 
 /// Copies the caller's stdin to the agent; an empty frame marks EOF.
