@@ -308,6 +308,43 @@ fn terminal_calls_get_a_pty_in_the_guest() {
     assert_eq!(piped.stdout(), "NOTTY\n", "{piped}");
     let out = util::in_pty(&w, &app, &["-c", probe]);
     assert!(out.contains("TTY\r\n") && !out.contains("NOTTY"), "{out:?}");
+
+    // Ctrl-C typed on the caller's terminal is the guest terminal's interrupt: it reaches
+    // the app, and the caller's terminal is back in its modes afterwards.
+    let script = "trap 'echo got INT; exit 6' INT; echo ready; while true; do sleep 1; done";
+    let typed = util::pty_session(&w, &app, &["-c", script], "ready", b"\x03");
+    assert!(typed.output.contains("got INT"), "{typed:?}");
+    assert_eq!(typed.code, 6, "{typed:?}");
+    assert!(typed.restored, "terminal modes restored: {typed:?}");
+}
+
+#[test]
+fn sigterm_to_the_launcher_reaches_the_app_in_the_guest() {
+    let Some((_vms, w, fixtures, sci)) = vm_world() else {
+        return;
+    };
+    for (name, register) in [("vmterm", &[][..]), ("vmterm2", &["--resume"][..])] {
+        let app = vm_flake_with(&w, &fixtures, &sci, name, register, "");
+        let script = "trap 'echo got TERM; exit 4' TERM; echo ready; while true; do sleep 1; done";
+        let mut child = w
+            .command(&app)
+            .args(["-c", script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines =
+            std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+        assert_eq!(lines.next().unwrap().unwrap(), "ready");
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert_eq!(lines.next().unwrap().unwrap(), "got TERM", "{name}");
+        assert_eq!(child.wait().unwrap().code(), Some(4), "{name}");
+    }
+    w.app(&w.bin.join("vmterm2"), &["%remove", "-c", "true"], None)
+        .success();
 }
 
 fn link_exists(name: &str) -> bool {

@@ -362,3 +362,76 @@ sys.stdout.write(out.decode(errors="replace"))
     assert!(out.status.success(), "{out:?}");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// What [`pty_session`] saw.
+#[derive(Debug)]
+pub struct PtySession {
+    /// Everything the app printed on its terminal.
+    pub output: String,
+    /// The app's exit code (128 + N for a signal N).
+    pub code: i32,
+    /// The terminal's modes after the app were those it had before.
+    pub restored: bool,
+}
+
+/// Runs `app args` on a fresh pseudo-terminal in cooked mode; once its output contains
+/// `mark`, types `input`. Reports the output, the exit code, and whether the terminal's
+/// modes were restored (a launcher puts it in raw mode for a terminal call).
+pub fn pty_session(w: &World, app: &Path, args: &[&str], mark: &str, input: &[u8]) -> PtySession {
+    let driver = r#"
+import os, sys, termios, time, json, select
+mark, data = sys.argv[1].encode(), bytes.fromhex(sys.argv[2])
+master, slave = os.openpty()
+before = termios.tcgetattr(slave)
+pid = os.fork()
+if pid == 0:
+    os.setsid()
+    import fcntl
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    os.execv(sys.argv[3], sys.argv[3:])
+out, sent, deadline = b"", not data, time.time() + 120
+while time.time() < deadline:
+    ready, _, _ = select.select([master], [], [], 0.2)
+    if ready:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        out += chunk
+    if not sent and mark in out:
+        os.write(master, data)
+        sent = True
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        break
+else:
+    os.kill(pid, 9)
+    done, status = os.waitpid(pid, 0)
+try:
+    while select.select([master], [], [], 0.2)[0]:
+        out += os.read(master, 4096)
+except OSError:
+    pass
+after = termios.tcgetattr(slave)
+code = os.waitstatus_to_exitcode(status)
+print(json.dumps({"out": out.decode(errors="replace"), "code": code if code >= 0 else 128 - code,
+                  "restored": before == after}))
+"#;
+    let hex: String = input.iter().map(|b| format!("{b:02x}")).collect();
+    let out = w
+        .command("python3")
+        .args(["-c", driver, mark, &hex])
+        .arg(app)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    PtySession {
+        output: seen["out"].as_str().unwrap_or_default().to_string(),
+        code: i32::try_from(seen["code"].as_i64().unwrap_or(-1)).unwrap_or(-1),
+        restored: seen["restored"].as_bool().unwrap_or(false),
+    }
+}
