@@ -175,6 +175,10 @@ pub struct VmRegisterArgs {
     /// Keep the VM running and run every call inside it.
     #[arg(long)]
     pub resume: bool,
+    /// With --resume: power the VM off after this many seconds without a call (default
+    /// 1800; 0 keeps it running until `%remove`).
+    #[arg(long, value_name = "SECONDS", requires = "resume")]
+    pub idle_timeout: Option<u64>,
     /// Use the guest channel instead of the serial console.
     #[arg(long)]
     pub force_vsock: bool,

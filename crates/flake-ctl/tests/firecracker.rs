@@ -50,10 +50,13 @@ fn register_list_call_and_remove_round_trip() {
         "--overlay-size",
         "20GiB",
         "--resume",
+        "--idle-timeout",
+        "90",
     ];
     w.ctl(&register).success();
     let text = yaml(&w, "mybash");
     for needle in [
+        "idle_timeout: 90",
         "name: leap",
         "overlay_size: 20GiB",
         "vmm: firecracker",
@@ -190,6 +193,37 @@ fn clear_errors_for_missing_images_and_includes_without_overlay() {
     ]);
     run.expect_code(2);
     assert!(run.stderr().contains("--overlay-size"), "{run}");
+    // An idle timeout is a resume VM's: without --resume it is refused, naming both.
+    let idle = w.ctl(&[
+        "firecracker",
+        "--user",
+        "register",
+        "--vm",
+        "core",
+        "--app",
+        &app,
+        "--idle-timeout",
+        "60",
+    ]);
+    idle.expect_code(2);
+    assert!(
+        idle.stderr().contains("--idle-timeout") && idle.stderr().contains("--resume"),
+        "{idle}"
+    );
+    let word = w.ctl(&[
+        "firecracker",
+        "--user",
+        "register",
+        "--vm",
+        "core",
+        "--app",
+        &app,
+        "--resume",
+        "--idle-timeout",
+        "soon",
+    ]);
+    word.expect_code(2);
+    assert!(word.stderr().contains("soon"), "{word}");
 }
 
 #[test]

@@ -273,8 +273,8 @@ fn idle_resume_vm_powers_off_and_restarts_with_its_overlay() {
         &fixtures,
         &sci,
         "vmidle",
-        &["--resume", "--overlay-size", "32MiB"],
-        "    idle_timeout: 2\n",
+        &["--resume", "--idle-timeout", "2", "--overlay-size", "32MiB"],
+        "",
     );
     w.app(&app, &["-c", "echo persisted > /root/file; sync"], None)
         .success();

@@ -80,7 +80,7 @@ fn flake_document(
             VmmArg::Qemu => "qemu".into(),
         }),
         network: args.no_net.then_some(false),
-        idle_timeout: None,
+        idle_timeout: args.idle_timeout,
         firecracker: Some(firecracker),
     };
     Ok(RawFlake {
