@@ -180,10 +180,12 @@ if [ -s "$FIXTURES/kernel/vmlinux" ] && [ -x "$SCI_BIN" ] && command -v qemu-sys
         printf "$small" > "$work/flakes/$app.d/small.yaml"
     done
     image=/var/lib/firecracker/images/flake-bench
-    raw_vm="qemu-system-x86_64 -M microvm,x-option-roms=off,pit=on,pic=on,rtc=on,acpi=off -accel tcg -cpu max -m 256 -smp 1 -nodefaults -no-user-config -nographic -display none -no-reboot -serial null -kernel $image/kernel -append 'console=ttyS0 root=/dev/vda ro quiet init=/bin/true panic=-1 reboot=t' -drive id=root,file=$image/rootfs,format=raw,if=none,readonly=on -device virtio-blk-device,drive=root"
+    # The same accelerator on both sides (software emulation unless set otherwise).
+    export FLAKE_QEMU_ACCEL=${FLAKE_QEMU_ACCEL:-tcg}
+    raw_vm="qemu-system-x86_64 -M microvm,x-option-roms=off,pit=on,pic=on,rtc=on,acpi=off -accel $FLAKE_QEMU_ACCEL -cpu max -m 256 -smp 1 -nodefaults -no-user-config -nographic -display none -no-reboot -serial null -kernel $image/kernel -append 'console=ttyS0 root=/dev/vda ro quiet init=/bin/true panic=-1 reboot=t' -drive id=root,file=$image/rootfs,format=raw,if=none,readonly=on -device virtio-blk-device,drive=root"
     # Round-robin, not hyperfine: a drift of the machine over the runs hits both alike.
     python3 scripts/interleave.py "${VM_RUNS:-20}" 1 "$OUT/vm-oneshot.json" \
-        "VM flake one-shot (qemu tcg)" "$work/bin/bench-vm" \
+        "VM flake one-shot (qemu $FLAKE_QEMU_ACCEL)" "$work/bin/bench-vm" \
         "raw qemu boot to the same program" "$raw_vm"
     read -r vm_all _ < <(count "$work/bin/bench-vm")
     "$work/bin/bench-vmres" </dev/null

@@ -9,9 +9,10 @@
 //! on `channel-0.sock`): it is ready as soon as the kernel has probed it. The kernel console
 //! goes to a log file, so no kernel or VMM message can mix with the app's output. The
 //! root drive is read-only; the overlay drive, when the flake has one, is the second disk
-//! (`/dev/vdb`). Hardware KVM is used only when asked for (`FLAKE_QEMU_ACCEL=kvm`): some
-//! hosts expose a `/dev/kvm` that cannot run Linux guests, and software emulation (TCG)
-//! works everywhere.
+//! (`/dev/vdb`). KVM is used when the caller may open `/dev/kvm` and the CPU has hardware
+//! virtualisation (`vmx` or `svm`): some hosts expose a `/dev/kvm` without it (a software
+//! nested hypervisor) that cannot run Linux guests; everywhere else QEMU emulates the
+//! guest (TCG). `FLAKE_QEMU_ACCEL=kvm|tcg` overrides the choice.
 
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -54,7 +55,7 @@ impl Qemu {
             ])
             .args([
                 "-accel",
-                self.accel.as_deref().unwrap_or("tcg"),
+                self.accel.as_deref().unwrap_or_else(|| default_accel()),
                 "-cpu",
                 "max",
             ])
@@ -133,6 +134,35 @@ impl Qemu {
     }
 }
 
+/// `kvm` when hardware KVM is usable by the caller, else `tcg` (see the module doc).
+pub fn default_accel() -> &'static str {
+    use rustix::fs::{access, Access};
+    let kvm = access("/dev/kvm", Access::READ_OK | Access::WRITE_OK).is_ok();
+    let cpuinfo = std::fs::File::open("/proc/cpuinfo").ok();
+    choose_accel(kvm, cpuinfo.map(std::io::BufReader::new))
+}
+
+/// The accelerator for a host where `/dev/kvm` is (`kvm`) or is not usable, given its
+/// `/proc/cpuinfo`: only the first processor's `flags` line is read.
+fn choose_accel(kvm: bool, cpuinfo: Option<impl std::io::BufRead>) -> &'static str {
+    let hardware = kvm
+        && cpuinfo.is_some_and(|info| {
+            info.lines()
+                .map_while(std::result::Result::ok)
+                .find(|line| line.starts_with("flags"))
+                .is_some_and(|flags| {
+                    flags
+                        .split_ascii_whitespace()
+                        .any(|f| f == "vmx" || f == "svm")
+                })
+        });
+    if hardware {
+        "kvm"
+    } else {
+        "tcg"
+    }
+}
+
 fn drive(command: &mut Command, id: &str, file: &std::path::Path, options: &str) {
     command
         .arg("-drive")
@@ -183,6 +213,21 @@ impl Vmm for Qemu {
 mod tests {
     use super::*;
     use crate::vmm::GuestSettings;
+
+    #[test]
+    fn kvm_only_with_the_device_and_hardware_virtualisation() {
+        let intel = "processor\t: 0\nflags\t\t: fpu vme vmx sse\n";
+        let amd = "flags\t\t: fpu svm\n";
+        let nested = "processor\t: 0\nflags\t\t: fpu vme sse hypervisor\n";
+        assert_eq!(choose_accel(true, Some(intel.as_bytes())), "kvm");
+        assert_eq!(choose_accel(true, Some(amd.as_bytes())), "kvm");
+        assert_eq!(choose_accel(true, Some(nested.as_bytes())), "tcg");
+        assert_eq!(choose_accel(false, Some(intel.as_bytes())), "tcg");
+        assert_eq!(choose_accel(true, None::<&[u8]>), "tcg");
+        // Only the first processor counts; a "vmx" elsewhere in the text does not.
+        let later = "flags\t\t: fpu\nbugs\t\t: vmx\nflags\t\t: vmx\n";
+        assert_eq!(choose_accel(true, Some(later.as_bytes())), "tcg");
+    }
 
     #[test]
     fn a_one_shot_vm_on_the_plain_console_has_no_ports() {
@@ -249,8 +294,9 @@ mod tests {
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         let joined = args.join(" ");
+        let accel = format!("-accel {}", default_accel());
         for needle in [
-            "-accel tcg",
+            accel.as_str(),
             "-serial file:/i/console.log",
             "console=ttyS0 quiet ro panic=-1 reboot=t overlay_root=/dev/vdb sci_channel=virtio sci_ports=2 sci_resume=1 sci_idle=60",
             "id=root,file=/r,format=raw,if=none,readonly=on",
