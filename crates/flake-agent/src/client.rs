@@ -21,7 +21,7 @@ use rustix::termios::{self, OptionalActions, Termios};
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH};
 use signal_hook::iterator::Signals;
 
-use crate::proto::{Call, ExitStatus, Frame, ProtoError, WinSize, CHUNK};
+use crate::proto::{Call, ExitStatus, Frame, ProtoError, WinSize, CHUNK, STDIN_WINDOW};
 use crate::transport::send_call;
 
 /// Signals forwarded to the app.
@@ -83,19 +83,21 @@ fn run_call(stream: UnixStream, request: &Request) -> Result<ExitStatus, ProtoEr
                 Some([stdin.as_fd(), stdout.as_fd(), stderr.as_fd()]),
             )?;
             let _forwarding = forward_signals(Arc::clone(&writer), false)?;
-            wait_for_exit(stream, request.launcher, |_| Ok(()))
+            wait_for_exit(stream, request.launcher, &Window::open(), |_| Ok(()))
         }
         Streams::Frames => {
             let call = Call {
                 argv: request.argv.clone(),
                 frames: true,
+                flow: true,
                 ..Call::default()
             };
             send(&writer, &Frame::Call(call))?;
             let _forwarding = forward_signals(Arc::clone(&writer), false)?;
-            relay_stdin(writer);
+            let window = Window::open();
+            relay_stdin(writer, Arc::clone(&window));
             let mut stdout = std::io::stdout().lock();
-            wait_for_exit(stream, request.launcher, |bytes| {
+            wait_for_exit(stream, request.launcher, &window, |bytes| {
                 // A reader that went away (`app | head`) must not stop the app's stderr
                 // or its exit status from arriving.
                 let _ = stdout.write_all(bytes).and_then(|()| stdout.flush());
@@ -119,6 +121,7 @@ fn run_terminal(
     let call = Call {
         terminal: true,
         frames: false,
+        flow: true,
         size,
         argv: request.argv.clone(),
         env,
@@ -129,9 +132,10 @@ fn run_terminal(
     // action again (the call is over) finds the terminal restored.
     let _forwarding = forward_signals(Arc::clone(&writer), true)?;
     let _raw = RawMode::enter();
-    relay_stdin(writer);
+    let window = Window::open();
+    relay_stdin(writer, Arc::clone(&window));
     let mut stdout = std::io::stdout().lock();
-    wait_for_exit(stream, request.launcher, |bytes| {
+    wait_for_exit(stream, request.launcher, &window, |bytes| {
         stdout.write_all(bytes)?;
         stdout.flush()
     })
@@ -141,12 +145,16 @@ fn run_terminal(
 fn wait_for_exit(
     stream: UnixStream,
     launcher: &str,
+    window: &Window,
     mut output: impl FnMut(&[u8]) -> std::io::Result<()>,
 ) -> Result<ExitStatus, ProtoError> {
     let mut reader = std::io::BufReader::with_capacity(CHUNK + 8, stream);
     let mut stderr = std::io::stderr();
+    // However the call ends, a stdin relay waiting for room must not wait forever.
+    let _close = CloseOnDrop(window);
     loop {
         match Frame::read_from(&mut reader)? {
+            Some(Frame::StdinAck(count)) => window.acknowledged(count),
             Some(Frame::Output(bytes) | Frame::Stdout(bytes)) => output(&bytes)?,
             Some(Frame::Stderr(bytes)) => {
                 let _ = stderr.write_all(&bytes);
@@ -209,8 +217,10 @@ fn forward_signals(writer: Arc<Mutex<UnixStream>>, terminal: bool) -> std::io::R
     Ok(Forwarding(over))
 }
 
-/// Copies the caller's stdin to the agent; an empty frame marks EOF.
-fn relay_stdin(writer: Arc<Mutex<UnixStream>>) {
+/// Copies the caller's stdin to the agent; an empty frame marks EOF. Once the agent has
+/// acknowledged stdin, it waits for room in the window first, without holding the writer:
+/// signals and window changes go out meanwhile.
+fn relay_stdin(writer: Arc<Mutex<UnixStream>>, window: Arc<Window>) {
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin().lock();
         let mut buf = vec![0u8; CHUNK];
@@ -220,11 +230,82 @@ fn relay_stdin(writer: Arc<Mutex<UnixStream>>) {
                 Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => 0,
             };
+            if !window.reserve(n) {
+                break;
+            }
             if send(&writer, &Frame::Stdin(buf[..n].to_vec())).is_err() || n == 0 {
                 break;
             }
         }
     });
+}
+
+/// The launcher's side of stdin flow control (see [`crate::proto`]).
+#[derive(Debug, Default)]
+struct Window {
+    state: Mutex<WindowState>,
+    room: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct WindowState {
+    /// The agent acknowledges stdin: the window applies.
+    active: bool,
+    /// Bytes sent and not yet acknowledged.
+    outstanding: u64,
+    /// The call is over.
+    closed: bool,
+}
+
+impl Window {
+    fn open() -> Arc<Self> {
+        Arc::new(Window::default())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WindowState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits until `n` more bytes fit; false once the call is over.
+    fn reserve(&self, n: usize) -> bool {
+        let n = u64::try_from(n).unwrap_or(u64::MAX);
+        let mut state = self.lock();
+        while state.active
+            && !state.closed
+            && state.outstanding > 0
+            && state.outstanding.saturating_add(n) > STDIN_WINDOW
+        {
+            state = self
+                .room
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        state.outstanding = state.outstanding.saturating_add(n);
+        !state.closed
+    }
+
+    fn acknowledged(&self, count: u32) {
+        let mut state = self.lock();
+        state.active = true;
+        state.outstanding = state.outstanding.saturating_sub(u64::from(count));
+        self.room.notify_all();
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.room.notify_all();
+    }
+}
+
+/// Closes the window when the call ends.
+struct CloseOnDrop<'a>(&'a Window);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 fn window_size() -> WinSize {

@@ -58,7 +58,13 @@ pub fn run(
     ];
     let done = Arc::new(AtomicBool::new(false));
     let input = stdin.map(|pipe| Box::new(Pipe(Some(pipe))) as Box<dyn Input>);
-    watch(reader, pid, Arc::clone(&done), input);
+    watch(
+        reader,
+        pid,
+        Arc::clone(&done),
+        input,
+        call.flow.then(|| writer.clone()),
+    );
     if let Ok(status) = exit.recv() {
         done.store(true, Ordering::SeqCst);
         for pump in pumps.into_iter().flatten() {

@@ -16,7 +16,7 @@
 //!
 //! | kind | name    | direction      | payload                                               |
 //! |------|---------|----------------|-------------------------------------------------------|
-//! | 1    | Call    | pilot -> agent | version u16, flags u8 (bit 0: terminal, bit 1: stdio as frames), rows u16, cols u16, argv list, env list (`KEY=VALUE`), cwd bytes (empty: the instance's) |
+//! | 1    | Call    | pilot -> agent | version u16, flags u8 (bit 0: terminal, bit 1: stdio as frames, bit 2: stdin flow control), rows u16, cols u16, argv list, env list (`KEY=VALUE`), cwd bytes (empty: the instance's) |
 //! | 2    | Stdin   | pilot -> agent | bytes (terminal or frame mode); an empty payload is EOF (a half-close) |
 //! | 3    | Resize  | pilot -> agent | rows u16, cols u16                                    |
 //! | 4    | Signal  | pilot -> agent | signal number u8, delivered to the app's process group |
@@ -27,6 +27,7 @@
 //! | 9    | Stderr  | agent -> pilot | bytes the app wrote to stderr (frame mode only)       |
 //! | 10   | Shutdown| pilot -> agent | empty; instead of a `Call`: end the instance (a VM's init powers off) |
 //! | 11   | Ready   | agent -> pilot | version u16; sent first on a channel that cannot tell the host it is open (a VM's virtio console): the pilot sends its `Call` only after it |
+//! | 12   | StdinAck| agent -> pilot | count u32: that many bytes of `Stdin` were passed on to the app (or dropped, its stdin being closed) |
 //!
 //! Without a terminal, the `Call` frame carries the pilot's stdin, stdout and stderr as
 //! three file descriptors (`SCM_RIGHTS`); the app reads and writes them directly, so no byte
@@ -35,6 +36,14 @@
 //! `Stderr` frames instead. With a terminal, the agent runs the app on a pty
 //! and relays it as `Stdin`/`Output` frames. Either way the connection ends with `Exit`.
 //! A pilot that disconnects before `Exit` makes the agent kill the app's process group.
+//!
+//! **Stdin flow control.** An app that does not read its stdin must not stall the call: the
+//! agent would stop reading the connection, and a `Signal` queued behind stdin (a Ctrl-C)
+//! would never arrive. With flag bit 2 the agent reads the connection without pause, hands
+//! stdin to the app from a thread of its own and acknowledges it with `StdinAck`, the
+//! first (`StdinAck(0)`) as soon as the call starts; a pilot that has seen an
+//! acknowledgement keeps at most [`STDIN_WINDOW`] bytes unacknowledged. An agent that
+//! predates the flag ignores it and never acknowledges, and the pilot then sends as before.
 //!
 //! [`VERSION`] is bumped on any incompatible change; the agent answers a `Call` of another
 //! version with `Error` and `Exit` 125 rather than guessing.
@@ -54,6 +63,8 @@ pub const VERSION: u16 = 2;
 pub const MAX_FRAME: u32 = 1 << 20;
 /// Largest `Stdin`/`Output` chunk a sender puts in one frame.
 pub const CHUNK: usize = 64 * 1024;
+/// Stdin bytes a pilot keeps unacknowledged at most, under flow control.
+pub const STDIN_WINDOW: u64 = 4 * CHUNK as u64;
 
 /// Protocol errors.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +102,8 @@ pub struct Call {
     pub terminal: bool,
     /// Carry stdin, stdout and stderr as frames instead of passed descriptors.
     pub frames: bool,
+    /// The pilot limits its unacknowledged stdin; acknowledge it with `StdinAck`.
+    pub flow: bool,
     /// Initial terminal size (terminal mode).
     pub size: WinSize,
     /// Program and arguments; `argv[0]` is the program path inside the instance.
@@ -145,6 +158,8 @@ pub enum Frame {
     Shutdown,
     /// The guest init reads its channel now (it speaks `version`).
     Ready(u16),
+    /// Stdin bytes passed on to the app.
+    StdinAck(u32),
 }
 
 impl Frame {
@@ -155,7 +170,11 @@ impl Frame {
             Frame::Call(call) => {
                 body.push(1);
                 body.extend(VERSION.to_le_bytes());
-                body.push(u8::from(call.terminal) | (u8::from(call.frames) << 1));
+                body.push(
+                    u8::from(call.terminal)
+                        | (u8::from(call.frames) << 1)
+                        | (u8::from(call.flow) << 2),
+                );
                 body.extend(call.size.rows.to_le_bytes());
                 body.extend(call.size.cols.to_le_bytes());
                 put_list(&mut body, &call.argv);
@@ -179,6 +198,10 @@ impl Frame {
             Frame::Ready(version) => {
                 body.push(11);
                 body.extend(version.to_le_bytes());
+            }
+            Frame::StdinAck(count) => {
+                body.push(12);
+                body.extend(count.to_le_bytes());
             }
         }
         let mut out = Vec::with_capacity(body.len() + 4);
@@ -209,6 +232,7 @@ impl Frame {
             9 => Frame::Stderr(r.rest()),
             10 => Frame::Shutdown,
             11 => Frame::Ready(r.u16()?),
+            12 => Frame::StdinAck(r.u32()?),
             _ => return Err(ProtoError::Malformed("unknown frame kind")),
         };
         r.finish()?;
@@ -256,6 +280,7 @@ fn decode_call(r: &mut Reader<'_>) -> Result<Call> {
     Ok(Call {
         terminal: flags & 1 != 0,
         frames: flags & 2 != 0,
+        flow: flags & 4 != 0,
         size,
         argv,
         env: r.list()?,
@@ -335,6 +360,7 @@ mod tests {
             Frame::Call(Call {
                 terminal: true,
                 frames: false,
+                flow: true,
                 size: WinSize { rows: 24, cols: 80 },
                 argv: vec![
                     b"/bin/sh".to_vec(),
@@ -365,6 +391,7 @@ mod tests {
             Frame::Error("exec failed".into()),
             Frame::Shutdown,
             Frame::Ready(VERSION),
+            Frame::StdinAck(70_000),
         ]
     }
 

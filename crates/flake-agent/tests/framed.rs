@@ -103,3 +103,80 @@ fn signals_reach_the_app() {
     let (_, _, status) = call(&["sleep", "30"], vec![Frame::Signal(15)]);
     assert_eq!(status, ExitStatus::Signaled(15));
 }
+
+/// With flow control, a signal behind more input than the app's stdin pipe holds (an app
+/// that never reads it) still reaches the app at once, and the input is acknowledged.
+#[test]
+fn a_signal_overtakes_input_the_app_does_not_read() {
+    let call = Call {
+        argv: [
+            "sh",
+            "-c",
+            "trap 'exit 3' INT; sleep 20 >/dev/null 2>&1 & wait",
+        ]
+        .iter()
+        .map(|a| a.as_bytes().to_vec())
+        .collect(),
+        frames: true,
+        flow: true,
+        ..Call::default()
+    };
+    let (host, guest) = std::os::unix::net::UnixStream::pair().unwrap();
+    let feeder = std::thread::spawn(move || {
+        let mut host = host;
+        // Four chunks fill the window; the app's pipe takes only one of them.
+        for _ in 0..4 {
+            Frame::Stdin(vec![b'y'; flake_agent::proto::CHUNK])
+                .write_to(&mut host)
+                .unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        Frame::Signal(2).write_to(&mut host).unwrap();
+        host
+    });
+    let sink = Shared::default();
+    let started = std::time::Instant::now();
+    run(&call, guest, Writer::new(sink.clone()), &Reaper::start()).unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "the signal waited for the input"
+    );
+    let _host = feeder.join().unwrap();
+    let written = sink.0.lock().unwrap().clone();
+    let mut reader = written.as_slice();
+    let (mut acked, mut status) = (Vec::new(), None);
+    while let Some(frame) = Frame::read_from(&mut reader).unwrap() {
+        match frame {
+            Frame::StdinAck(n) => acked.push(n),
+            Frame::Exit(s) => status = Some(s),
+            _ => {}
+        }
+    }
+    assert_eq!(status, Some(ExitStatus::Exited(3)));
+    assert_eq!(
+        acked.first(),
+        Some(&0),
+        "support announced first: {acked:?}"
+    );
+}
+
+/// Without flow control (a launcher that predates it), nothing is acknowledged.
+#[test]
+fn no_acknowledgements_unless_asked() {
+    let input = [Frame::Stdin(b"x\n".to_vec()), Frame::Stdin(Vec::new())];
+    let call = Call {
+        argv: vec![b"cat".to_vec()],
+        frames: true,
+        ..Call::default()
+    };
+    let bytes: Vec<u8> = input.iter().flat_map(Frame::encode).collect();
+    let (keep_open, reader) = std::os::unix::net::UnixStream::pair().unwrap();
+    (&keep_open).write_all(&bytes).unwrap();
+    let sink = Shared::default();
+    run(&call, reader, Writer::new(sink.clone()), &Reaper::start()).unwrap();
+    let written = sink.0.lock().unwrap().clone();
+    let mut reader = written.as_slice();
+    while let Some(frame) = Frame::read_from(&mut reader).unwrap() {
+        assert!(!matches!(frame, Frame::StdinAck(_)), "{frame:?}");
+    }
+}

@@ -608,3 +608,45 @@ fn a_guest_that_never_gets_ready_is_reported_not_waited_for() {
     assert!(started.elapsed() < std::time::Duration::from_secs(60));
     assert_eq!(vmms_of(&w), 0);
 }
+
+#[test]
+fn ctrl_c_reaches_a_guest_app_that_does_not_read_its_endless_stdin() {
+    let Some((_vms, w, fixtures, sci)) = vm_world() else {
+        return;
+    };
+    for (name, register) in [("vmyes", &[][..]), ("vmyes2", &["--resume"][..])] {
+        let app = vm_flake_with(&w, &fixtures, &sci, name, register, "");
+        let script = "trap 'echo got INT; exit 9' INT; echo ready; sleep 60 >/dev/null 2>&1 & wait";
+        let mut child = w
+            .command(&app)
+            .args(["-c", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // `yes | app`: input without end that the app never reads.
+        let mut stdin = child.stdin.take().unwrap();
+        let feeder = std::thread::spawn(move || {
+            let chunk = vec![b'y'; 65536];
+            while std::io::Write::write_all(&mut stdin, &chunk).is_ok() {}
+        });
+        let mut lines =
+            std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+        assert_eq!(lines.next().unwrap().unwrap(), "ready", "{name}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let started = std::time::Instant::now();
+        Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert_eq!(lines.next().unwrap().unwrap(), "got INT", "{name}");
+        assert_eq!(child.wait().unwrap().code(), Some(9), "{name}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{name}"
+        );
+        feeder.join().unwrap();
+    }
+    w.app(&w.bin.join("vmyes2"), &["%remove", "-c", "true"], None)
+        .success();
+}

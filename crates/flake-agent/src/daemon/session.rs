@@ -74,31 +74,34 @@ pub trait Input: Send + 'static {
 
 /// Reads control frames until the connection ends. If it ends before the app (`done` not
 /// yet set), the launcher died: the app's group gets SIGHUP, then SIGKILL.
+///
+/// With `acks` (the launcher asked for stdin flow control), input goes to `terminal` from a
+/// thread of its own and is acknowledged there, so this loop never waits for the app to
+/// read its stdin and a `Signal` behind a heap of input still arrives at once. Without it
+/// (a launcher that does not limit its input), input is passed on here, as it comes.
 pub fn watch(
     reader: impl Read + Send + 'static,
     pid: i32,
     done: Arc<AtomicBool>,
-    mut terminal: Option<Box<dyn Input>>,
+    terminal: Option<Box<dyn Input>>,
+    acks: Option<Writer>,
 ) {
     std::thread::spawn(move || {
+        let mut input = match (terminal, acks) {
+            (Some(terminal), Some(acks)) => Deliver::Queued(queue_input(terminal, acks)),
+            (terminal, _) => Deliver::Inline(terminal),
+        };
         let mut reader = std::io::BufReader::new(reader);
         loop {
             match Frame::read_from(&mut reader) {
                 Ok(Some(Frame::Signal(signal))) => signal_group(pid, i32::from(signal)),
-                Ok(Some(Frame::Stdin(bytes))) => {
-                    if let Some(t) = terminal.as_mut() {
-                        t.input(&bytes);
-                    }
-                }
-                Ok(Some(Frame::Resize(size))) => {
-                    if let Some(t) = terminal.as_mut() {
-                        t.resize(size.rows, size.cols);
-                    }
-                }
+                Ok(Some(Frame::Stdin(bytes))) => input.pass(Pending::Bytes(bytes)),
+                Ok(Some(Frame::Resize(size))) => input.pass(Pending::Resize(size.rows, size.cols)),
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => break,
             }
         }
+        drop(input);
         if !done.load(Ordering::SeqCst) {
             signal_group(pid, Signal::HUP.as_raw());
             std::thread::sleep(Duration::from_secs(2));
@@ -107,4 +110,54 @@ pub fn watch(
             }
         }
     });
+}
+
+/// Input for the app, in the order it came.
+enum Pending {
+    Bytes(Vec<u8>),
+    Resize(u16, u16),
+}
+
+/// Where the watch loop puts input.
+enum Deliver {
+    Inline(Option<Box<dyn Input>>),
+    Queued(std::sync::mpsc::Sender<Pending>),
+}
+
+impl Deliver {
+    fn pass(&mut self, pending: Pending) {
+        match self {
+            Deliver::Inline(Some(terminal)) => deliver(terminal.as_mut(), &pending),
+            Deliver::Inline(None) => {}
+            Deliver::Queued(queue) => {
+                let _ = queue.send(pending);
+            }
+        }
+    }
+}
+
+fn deliver(terminal: &mut dyn Input, pending: &Pending) {
+    match pending {
+        Pending::Bytes(bytes) => terminal.input(bytes),
+        Pending::Resize(rows, cols) => terminal.resize(*rows, *cols),
+    }
+}
+
+/// Starts the thread that hands input to `terminal` and acknowledges it. The queue holds
+/// at most what the launcher's window lets it send.
+fn queue_input(mut terminal: Box<dyn Input>, acks: Writer) -> std::sync::mpsc::Sender<Pending> {
+    let (queue, pending) = std::sync::mpsc::channel();
+    let _ = acks.send(&Frame::StdinAck(0));
+    std::thread::spawn(move || {
+        for item in pending {
+            deliver(terminal.as_mut(), &item);
+            if let Pending::Bytes(bytes) = &item {
+                let count = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+                if count > 0 && acks.send(&Frame::StdinAck(count)).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    queue
 }

@@ -53,6 +53,7 @@ pub fn run(
         pid,
         Arc::clone(&done),
         Some(Box::new(Master(master))),
+        call.flow.then(|| writer.clone()),
     );
     if let Ok(status) = exit.recv() {
         done.store(true, Ordering::SeqCst);
