@@ -128,7 +128,9 @@ impl Launch<'_> {
                 debug: self.debug,
             },
             serial: None,
-            console: !resume && self.guest_init() == GuestInit::Console,
+            console: !resume
+                && self.vmm.plain_console()
+                && self.guest_init() == GuestInit::Console,
         }
     }
 

@@ -175,6 +175,10 @@ fn drive(command: &mut Command, id: &str, file: &std::path::Path, options: &str)
 }
 
 impl Vmm for Qemu {
+    fn plain_console(&self) -> bool {
+        true
+    }
+
     fn ports(&self, resume: bool) -> usize {
         if resume {
             RESUME_PORTS

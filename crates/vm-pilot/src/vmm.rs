@@ -210,6 +210,11 @@ pub trait Vmm: std::fmt::Debug {
     /// How many guest channel ports a VM gets (`resume`: it serves several calls at once);
     /// 0 when every connection is its own channel.
     fn ports(&self, resume: bool) -> usize;
+    /// Whether a one-shot call can use the plain virtio console (QEMU; Firecracker has no
+    /// virtio console and always uses vsock).
+    fn plain_console(&self) -> bool {
+        false
+    }
     /// Starts the VMM of `plan`; it runs until the guest ends.
     fn start(&self, flake: &VmFlake, plan: &Plan) -> Result<Child>;
     /// One attempt to open guest channel `port`; fails while the guest is not ready.
