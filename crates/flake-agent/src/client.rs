@@ -54,6 +54,9 @@ pub struct Request {
     pub term: Option<Vec<u8>>,
     /// The launcher's name, prefixed to the errors the instance reports.
     pub launcher: &'static str,
+    /// Acknowledge output (the channel drops what the host does not take at once: a VM's
+    /// plain virtio console).
+    pub output_acks: bool,
 }
 
 /// Runs `request` over `stream` and returns the app's exit status.
@@ -83,21 +86,23 @@ fn run_call(stream: UnixStream, request: &Request) -> Result<ExitStatus, ProtoEr
                 Some([stdin.as_fd(), stdout.as_fd(), stderr.as_fd()]),
             )?;
             let _forwarding = forward_signals(Arc::clone(&writer), false)?;
-            wait_for_exit(stream, request.launcher, &Window::open(), |_| Ok(()))
+            wait_for_exit(stream, request.launcher, &Window::open(), None, |_| Ok(()))
         }
         Streams::Frames => {
             let call = Call {
                 argv: request.argv.clone(),
                 frames: true,
                 flow: true,
+                output_acks: request.output_acks,
                 ..Call::default()
             };
             send(&writer, &Frame::Call(call))?;
             let _forwarding = forward_signals(Arc::clone(&writer), false)?;
             let window = Window::open();
-            relay_stdin(writer, Arc::clone(&window));
+            relay_stdin(Arc::clone(&writer), Arc::clone(&window));
             let mut stdout = std::io::stdout().lock();
-            wait_for_exit(stream, request.launcher, &window, |bytes| {
+            let acks = request.output_acks.then_some(&*writer);
+            wait_for_exit(stream, request.launcher, &window, acks, |bytes| {
                 // A reader that went away (`app | head`) must not stop the app's stderr
                 // or its exit status from arriving.
                 let _ = stdout.write_all(bytes).and_then(|()| stdout.flush());
@@ -122,6 +127,7 @@ fn run_terminal(
         terminal: true,
         frames: false,
         flow: true,
+        output_acks: request.output_acks,
         size,
         argv: request.argv.clone(),
         env,
@@ -133,9 +139,10 @@ fn run_terminal(
     let _forwarding = forward_signals(Arc::clone(&writer), true)?;
     let _raw = RawMode::enter();
     let window = Window::open();
-    relay_stdin(writer, Arc::clone(&window));
+    relay_stdin(Arc::clone(&writer), Arc::clone(&window));
     let mut stdout = std::io::stdout().lock();
-    wait_for_exit(stream, request.launcher, &window, |bytes| {
+    let acks = request.output_acks.then_some(&*writer);
+    wait_for_exit(stream, request.launcher, &window, acks, |bytes| {
         stdout.write_all(bytes)?;
         stdout.flush()
     })
@@ -146,6 +153,7 @@ fn wait_for_exit(
     stream: UnixStream,
     launcher: &str,
     window: &Window,
+    acks: Option<&Mutex<UnixStream>>,
     mut output: impl FnMut(&[u8]) -> std::io::Result<()>,
 ) -> Result<ExitStatus, ProtoError> {
     let mut reader = std::io::BufReader::with_capacity(CHUNK + 8, stream);
@@ -153,8 +161,20 @@ fn wait_for_exit(
     // However the call ends, a stdin relay waiting for room must not wait forever.
     let _close = CloseOnDrop(window);
     loop {
-        match Frame::read_from(&mut reader)? {
+        let frame = match Frame::read_counted(&mut reader)? {
+            Some((frame, len)) => {
+                if let Some(acks) = acks {
+                    let count = u32::try_from(len).unwrap_or(u32::MAX);
+                    send(acks, &Frame::OutputAck(count))?;
+                }
+                Some(frame)
+            }
+            None => None,
+        };
+        match frame {
             Some(Frame::StdinAck(count)) => window.acknowledged(count),
+            // A guest init repeats `Ready` until it has read the call.
+            Some(Frame::Ready(_)) => {}
             Some(Frame::Output(bytes) | Frame::Stdout(bytes)) => output(&bytes)?,
             Some(Frame::Stderr(bytes)) => {
                 let _ = stderr.write_all(&bytes);

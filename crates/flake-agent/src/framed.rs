@@ -29,6 +29,9 @@ pub fn run(
     writer: Writer,
     reaper: &Reaper,
 ) -> std::io::Result<()> {
+    if call.output_acks {
+        writer.limit_output();
+    }
     if call.terminal {
         return terminal::run(reader, writer, call, reaper);
     }
@@ -63,7 +66,8 @@ pub fn run(
         pid,
         Arc::clone(&done),
         input,
-        call.flow.then(|| writer.clone()),
+        Some(writer.clone()),
+        call.flow,
     );
     if let Ok(status) = exit.recv() {
         done.store(true, Ordering::SeqCst);

@@ -16,7 +16,7 @@
 //!
 //! | kind | name    | direction      | payload                                               |
 //! |------|---------|----------------|-------------------------------------------------------|
-//! | 1    | Call    | pilot -> agent | version u16, flags u8 (bit 0: terminal, bit 1: stdio as frames, bit 2: stdin flow control), rows u16, cols u16, argv list, env list (`KEY=VALUE`), cwd bytes (empty: the instance's) |
+//! | 1    | Call    | pilot -> agent | version u16, flags u8 (bit 0: terminal, bit 1: stdio as frames, bit 2: stdin flow control, bit 3: output flow control), rows u16, cols u16, argv list, env list (`KEY=VALUE`), cwd bytes (empty: the instance's) |
 //! | 2    | Stdin   | pilot -> agent | bytes (terminal or frame mode); an empty payload is EOF (a half-close) |
 //! | 3    | Resize  | pilot -> agent | rows u16, cols u16                                    |
 //! | 4    | Signal  | pilot -> agent | signal number u8, delivered to the app's process group |
@@ -28,6 +28,7 @@
 //! | 10   | Shutdown| pilot -> agent | empty; instead of a `Call`: end the instance (a VM's init powers off) |
 //! | 11   | Ready   | agent -> pilot | version u16; sent first on a channel that cannot tell the host it is open (a VM's virtio console): the pilot sends its `Call` only after it |
 //! | 12   | StdinAck| agent -> pilot | count u32: that many bytes of `Stdin` were passed on to the app (or dropped, its stdin being closed) |
+//! | 13   | OutputAck| pilot -> agent | count u32: that many bytes of frames (length prefixes included) arrived from the agent |
 //!
 //! Without a terminal, the `Call` frame carries the pilot's stdin, stdout and stderr as
 //! three file descriptors (`SCM_RIGHTS`); the app reads and writes them directly, so no byte
@@ -44,6 +45,11 @@
 //! first (`StdinAck(0)`) as soon as the call starts; a pilot that has seen an
 //! acknowledgement keeps at most [`STDIN_WINDOW`] bytes unacknowledged. An agent that
 //! predates the flag ignores it and never acknowledges, and the pilot then sends as before.
+//!
+//! **Output flow control.** A VM's plain virtio console drops what its host socket cannot
+//! take at once. With flag bit 3 (set only on that channel) the pilot acknowledges every
+//! frame it read with `OutputAck`, and the agent keeps at most [`OUTPUT_WINDOW`] bytes of
+//! frames unacknowledged (one larger frame alone), well below what a socket holds.
 //!
 //! [`VERSION`] is bumped on any incompatible change; the agent answers a `Call` of another
 //! version with `Error` and `Exit` 125 rather than guessing.
@@ -63,6 +69,8 @@ pub const VERSION: u16 = 2;
 pub const MAX_FRAME: u32 = 1 << 20;
 /// Largest `Stdin`/`Output` chunk a sender puts in one frame.
 pub const CHUNK: usize = 64 * 1024;
+/// Frame bytes an agent keeps unacknowledged at most, under output flow control.
+pub const OUTPUT_WINDOW: u64 = 32 * 1024;
 /// Stdin bytes a pilot keeps unacknowledged at most, under flow control.
 pub const STDIN_WINDOW: u64 = 4 * CHUNK as u64;
 
@@ -104,6 +112,8 @@ pub struct Call {
     pub frames: bool,
     /// The pilot limits its unacknowledged stdin; acknowledge it with `StdinAck`.
     pub flow: bool,
+    /// The pilot acknowledges output with `OutputAck`; keep within the window.
+    pub output_acks: bool,
     /// Initial terminal size (terminal mode).
     pub size: WinSize,
     /// Program and arguments; `argv[0]` is the program path inside the instance.
@@ -160,6 +170,8 @@ pub enum Frame {
     Ready(u16),
     /// Stdin bytes passed on to the app.
     StdinAck(u32),
+    /// Frame bytes that arrived from the agent.
+    OutputAck(u32),
 }
 
 impl Frame {
@@ -173,7 +185,8 @@ impl Frame {
                 body.push(
                     u8::from(call.terminal)
                         | (u8::from(call.frames) << 1)
-                        | (u8::from(call.flow) << 2),
+                        | (u8::from(call.flow) << 2)
+                        | (u8::from(call.output_acks) << 3),
                 );
                 body.extend(call.size.rows.to_le_bytes());
                 body.extend(call.size.cols.to_le_bytes());
@@ -201,6 +214,10 @@ impl Frame {
             }
             Frame::StdinAck(count) => {
                 body.push(12);
+                body.extend(count.to_le_bytes());
+            }
+            Frame::OutputAck(count) => {
+                body.push(13);
                 body.extend(count.to_le_bytes());
             }
         }
@@ -233,6 +250,7 @@ impl Frame {
             10 => Frame::Shutdown,
             11 => Frame::Ready(r.u16()?),
             12 => Frame::StdinAck(r.u32()?),
+            13 => Frame::OutputAck(r.u32()?),
             _ => return Err(ProtoError::Malformed("unknown frame kind")),
         };
         r.finish()?;
@@ -247,6 +265,11 @@ impl Frame {
 
     /// Reads one frame from `r`; `Ok(None)` on a clean end of stream before a frame.
     pub fn read_from(r: &mut impl Read) -> Result<Option<Self>> {
+        Ok(Self::read_counted(r)?.map(|(frame, _)| frame))
+    }
+
+    /// [`Frame::read_from`], also giving the bytes the frame took on the stream.
+    pub fn read_counted(r: &mut impl Read) -> Result<Option<(Self, usize)>> {
         let mut len = [0u8; 4];
         match r.read_exact(&mut len) {
             Ok(()) => {}
@@ -259,7 +282,7 @@ impl Frame {
         }
         let mut body = vec![0u8; usize::try_from(len).unwrap_or(0)];
         r.read_exact(&mut body)?;
-        Self::decode(&body).map(Some)
+        Self::decode(&body).map(|frame| Some((frame, body.len() + 4)))
     }
 }
 
@@ -281,6 +304,7 @@ fn decode_call(r: &mut Reader<'_>) -> Result<Call> {
         terminal: flags & 1 != 0,
         frames: flags & 2 != 0,
         flow: flags & 4 != 0,
+        output_acks: flags & 8 != 0,
         size,
         argv,
         env: r.list()?,
@@ -361,6 +385,7 @@ mod tests {
                 terminal: true,
                 frames: false,
                 flow: true,
+                output_acks: true,
                 size: WinSize { rows: 24, cols: 80 },
                 argv: vec![
                     b"/bin/sh".to_vec(),
@@ -392,6 +417,7 @@ mod tests {
             Frame::Shutdown,
             Frame::Ready(VERSION),
             Frame::StdinAck(70_000),
+            Frame::OutputAck(9),
         ]
     }
 

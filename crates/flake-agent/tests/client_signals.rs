@@ -29,6 +29,7 @@ fn run_client(path: &str) {
         streams: Streams::Frames,
         term: None,
         launcher: "test-pilot",
+        output_acks: false,
     };
     let status = client::run(stream, &request).unwrap();
     assert_eq!(status, ExitStatus::Exited(0));

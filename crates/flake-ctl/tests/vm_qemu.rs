@@ -577,6 +577,24 @@ fn one_shot_calls_use_the_plain_console_when_the_init_knows_it_and_ports_otherwi
     );
     assert_eq!(echoed.stderr(), "done\n");
 
+    // A caller that reads slowly loses nothing: the console drops what its socket cannot
+    // take, so the guest stays within what the launcher acknowledged.
+    let slow = w
+        .command("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} -c 'head -c 4000000 /dev/zero; echo end >&2' | (sleep 3; wc -c)",
+            app.display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&slow.stdout).trim(),
+        "4000000",
+        "{slow:?}"
+    );
+    assert_eq!(String::from_utf8_lossy(&slow.stderr), "end\n", "{slow:?}");
+
     // An image pulled with an init that predates the console goes on using ports.
     std::fs::write(&marker, "").unwrap();
     let ports = w.app(&app, &["-c", CHANNEL_SCRIPT], None);

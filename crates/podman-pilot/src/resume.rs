@@ -88,6 +88,7 @@ pub fn call(
                 streams,
                 term,
                 launcher: "podman-pilot",
+                output_acks: false,
             };
             PilotExit::App(client::run(stream, &request)?.code())
         }

@@ -12,6 +12,7 @@
 //! up ends it; frames before the first `Call` are the rest of an earlier, ended call.
 
 use std::io::{BufReader, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -262,7 +263,13 @@ fn serve_console(server: Server) -> Result<(), String> {
         .try_clone()
         .map_err(|e| format!("cannot share {}: {e}", crate::console::DEVICE))?;
     let writer = Writer::new(console);
+    let heard = Arc::new(AtomicBool::new(false));
+    let reader = FirstRead {
+        inner: reader,
+        heard: Arc::clone(&heard),
+    };
     // `Ready` comes from the thread that then reads: the host answers it at once.
+    let ready = writer.clone();
     std::thread::spawn(
         move || match writer.send(&Frame::Ready(flake_agent::proto::VERSION)) {
             Ok(()) => {
@@ -274,7 +281,35 @@ fn serve_console(server: Server) -> Result<(), String> {
             }
         },
     );
+    // The console drops what is written while no host is connected: until the call comes,
+    // `Ready` is repeated (the host skips the extra ones).
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_millis(100));
+        if heard.load(Ordering::SeqCst)
+            || ready
+                .send(&Frame::Ready(flake_agent::proto::VERSION))
+                .is_err()
+        {
+            return;
+        }
+    });
     Ok(())
+}
+
+/// A reader that notes when its first bytes came.
+struct FirstRead<R> {
+    inner: R,
+    heard: Arc<AtomicBool>,
+}
+
+impl<R: Read> Read for FirstRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 {
+            self.heard.store(true, Ordering::SeqCst);
+        }
+        Ok(n)
+    }
 }
 
 fn serve_vsock(server: Server) -> Result<(), String> {

@@ -83,7 +83,7 @@ impl Launch<'_> {
         Ok(PilotExit::App(status.code()))
     }
 
-    fn request(&self) -> Request {
+    fn request(&self, output_acks: bool) -> Request {
         let program = match &self.flake.target {
             flakes::config::Target::Program(path) => path.clone(),
             _ => self.key.flake.to_string(),
@@ -105,6 +105,7 @@ impl Launch<'_> {
             streams,
             term: self.term.clone(),
             launcher: "firecracker-pilot",
+            output_acks,
         }
     }
 
@@ -128,9 +129,7 @@ impl Launch<'_> {
                 debug: self.debug,
             },
             serial: None,
-            console: !resume
-                && self.vmm.plain_console()
-                && self.guest_init() == GuestInit::Console,
+            console: !resume && self.vmm.plain_console() && self.guest_init() == GuestInit::Console,
         }
     }
 
@@ -237,7 +236,7 @@ impl Launch<'_> {
         if !serial {
             return Ok(None);
         }
-        crate::vmm::serial_run(&self.request().argv)
+        crate::vmm::serial_run(&self.request(false).argv)
             .map(Some)
             .map_err(|what| VmError::Serial {
                 flake: self.key.flake.to_string(),
@@ -286,7 +285,7 @@ impl Launch<'_> {
     }
 
     fn call_over(&self, stream: std::os::unix::net::UnixStream, plan: &Plan) -> Result<ExitStatus> {
-        client::run(stream, &self.request()).map_err(|source| VmError::Call {
+        client::run(stream, &self.request(plan.console)).map_err(|source| VmError::Call {
             flake: plan.flake.clone(),
             source,
             dir: plan.dir.clone(),

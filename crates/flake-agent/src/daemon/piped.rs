@@ -49,7 +49,14 @@ pub fn run(
         }
     };
     let done = Arc::new(AtomicBool::new(false));
-    watch(stream.try_clone()?, pid, Arc::clone(&done), None, None);
+    watch(
+        stream.try_clone()?,
+        pid,
+        Arc::clone(&done),
+        None,
+        None,
+        false,
+    );
     if let Ok(status) = exit.recv() {
         done.store(true, Ordering::SeqCst);
         writer.send(&Frame::Exit(status))?;

@@ -18,6 +18,15 @@ use crate::proto::{ExitStatus, Frame};
 #[derive(Clone)]
 pub struct Writer {
     stream: Arc<Mutex<Box<dyn Write + Send>>>,
+    credit: Arc<Credit>,
+}
+
+/// Output flow control (see [`crate::proto`]): frame bytes sent and not acknowledged.
+#[derive(Debug, Default)]
+struct Credit {
+    /// (limited, outstanding)
+    state: Mutex<(bool, u64)>,
+    room: std::sync::Condvar,
 }
 
 impl std::fmt::Debug for Writer {
@@ -31,16 +40,33 @@ impl Writer {
     pub fn new(stream: impl Write + Send + 'static) -> Self {
         Writer {
             stream: Arc::new(Mutex::new(Box::new(stream))),
+            credit: Arc::default(),
         }
     }
 
-    /// Sends one frame; errors mean the launcher is gone.
+    /// From now on, keeps at most `OUTPUT_WINDOW` bytes unacknowledged (the launcher
+    /// asked for output flow control).
+    pub fn limit_output(&self) {
+        self.credit.lock().0 = true;
+    }
+
+    /// The launcher received `count` bytes of frames.
+    pub fn acknowledged(&self, count: u32) {
+        let mut state = self.credit.lock();
+        state.1 = state.1.saturating_sub(u64::from(count));
+        self.credit.room.notify_all();
+    }
+
+    /// Sends one frame; errors mean the launcher is gone. Under output flow control it
+    /// first waits for room, without holding the connection.
     pub fn send(&self, frame: &Frame) -> std::io::Result<()> {
+        let bytes = frame.encode();
+        self.credit.reserve(bytes.len());
         let mut stream = self
             .stream
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        stream.write_all(&frame.encode())?;
+        stream.write_all(&bytes)?;
         stream.flush()
     }
 
@@ -54,6 +80,29 @@ impl Writer {
     pub fn fail(&self, message: &str, code: u8) {
         let _ = self.send(&Frame::Error(message.to_string()));
         let _ = self.send(&Frame::Exit(ExitStatus::Exited(code)));
+    }
+}
+
+impl Credit {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (bool, u64)> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits until `len` more bytes fit (a frame alone always does), then counts them.
+    fn reserve(&self, len: usize) {
+        let len = u64::try_from(len).unwrap_or(u64::MAX);
+        let mut state = self.lock();
+        while state.0 && state.1 > 0 && state.1.saturating_add(len) > crate::proto::OUTPUT_WINDOW {
+            state = self
+                .room
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        if state.0 {
+            state.1 = state.1.saturating_add(len);
+        }
     }
 }
 
@@ -79,16 +128,19 @@ pub trait Input: Send + 'static {
 /// thread of its own and is acknowledged there, so this loop never waits for the app to
 /// read its stdin and a `Signal` behind a heap of input still arrives at once. Without it
 /// (a launcher that does not limit its input), input is passed on here, as it comes.
+///
+/// `OutputAck`s go to `writer` (see [`Writer::limit_output`]).
 pub fn watch(
     reader: impl Read + Send + 'static,
     pid: i32,
     done: Arc<AtomicBool>,
     terminal: Option<Box<dyn Input>>,
-    acks: Option<Writer>,
+    writer: Option<Writer>,
+    flow: bool,
 ) {
     std::thread::spawn(move || {
-        let mut input = match (terminal, acks) {
-            (Some(terminal), Some(acks)) => Deliver::Queued(queue_input(terminal, acks)),
+        let mut input = match (terminal, writer.clone()) {
+            (Some(terminal), Some(acks)) if flow => Deliver::Queued(queue_input(terminal, acks)),
             (terminal, _) => Deliver::Inline(terminal),
         };
         let mut reader = std::io::BufReader::new(reader);
@@ -97,6 +149,11 @@ pub fn watch(
                 Ok(Some(Frame::Signal(signal))) => signal_group(pid, i32::from(signal)),
                 Ok(Some(Frame::Stdin(bytes))) => input.pass(Pending::Bytes(bytes)),
                 Ok(Some(Frame::Resize(size))) => input.pass(Pending::Resize(size.rows, size.cols)),
+                Ok(Some(Frame::OutputAck(count))) => {
+                    if let Some(writer) = &writer {
+                        writer.acknowledged(count);
+                    }
+                }
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => break,
             }
@@ -147,8 +204,12 @@ fn deliver(terminal: &mut dyn Input, pending: &Pending) {
 /// at most what the launcher's window lets it send.
 fn queue_input(mut terminal: Box<dyn Input>, acks: Writer) -> std::sync::mpsc::Sender<Pending> {
     let (queue, pending) = std::sync::mpsc::channel();
-    let _ = acks.send(&Frame::StdinAck(0));
+    // Sent from the new thread: the watch loop must never wait for output room, since it
+    // is what reads the acknowledgements that make room.
     std::thread::spawn(move || {
+        if acks.send(&Frame::StdinAck(0)).is_err() {
+            return;
+        }
         for item in pending {
             deliver(terminal.as_mut(), &item);
             if let Pending::Bytes(bytes) = &item {

@@ -53,7 +53,8 @@ pub fn run(
         pid,
         Arc::clone(&done),
         Some(Box::new(Master(master))),
-        call.flow.then(|| writer.clone()),
+        Some(writer.clone()),
+        call.flow,
     );
     if let Ok(status) = exit.recv() {
         done.store(true, Ordering::SeqCst);
