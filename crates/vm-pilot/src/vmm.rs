@@ -289,7 +289,7 @@ pub fn wait_ready(
     match frame {
         Ok(Some(flake_agent::proto::Frame::Ready(flake_agent::proto::VERSION))) => Ok(()),
         Ok(Some(flake_agent::proto::Frame::Ready(other))) => Err(plan.guest_error(format!(
-            "guest init speaks protocol {other}, this launcher {}: pull the image again",
+            "guest init speaks protocol {other}, this launcher {}: pull the image again with this flake-pilot, or update flake-pilot",
             flake_agent::proto::VERSION
         ))),
         Ok(None) => {
