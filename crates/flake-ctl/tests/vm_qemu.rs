@@ -325,23 +325,7 @@ fn sigterm_to_the_launcher_reaches_the_app_in_the_guest() {
     };
     for (name, register) in [("vmterm", &[][..]), ("vmterm2", &["--resume"][..])] {
         let app = vm_flake_with(&w, &fixtures, &sci, name, register, "");
-        let script = "trap 'echo got TERM; exit 4' TERM; echo ready; while true; do sleep 1; done";
-        let mut child = w
-            .command(&app)
-            .args(["-c", script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines =
-            std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
-        assert_eq!(lines.next().unwrap().unwrap(), "ready");
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert_eq!(lines.next().unwrap().unwrap(), "got TERM", "{name}");
-        assert_eq!(child.wait().unwrap().code(), Some(4), "{name}");
+        signal_reaches_the_guest_app(&w, &app, "TERM", false);
     }
     w.app(&w.bin.join("vmterm2"), &["%remove", "-c", "true"], None)
         .success();
@@ -634,37 +618,50 @@ fn ctrl_c_reaches_a_guest_app_that_does_not_read_its_endless_stdin() {
     };
     for (name, register) in [("vmyes", &[][..]), ("vmyes2", &["--resume"][..])] {
         let app = vm_flake_with(&w, &fixtures, &sci, name, register, "");
-        let script = "trap 'echo got INT; exit 9' INT; echo ready; sleep 60 >/dev/null 2>&1 & wait";
-        let mut child = w
-            .command(&app)
-            .args(["-c", script])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // `yes | app`: input without end that the app never reads.
-        let mut stdin = child.stdin.take().unwrap();
-        let feeder = std::thread::spawn(move || {
-            let chunk = vec![b'y'; 65536];
-            while std::io::Write::write_all(&mut stdin, &chunk).is_ok() {}
-        });
-        let mut lines =
-            std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
-        assert_eq!(lines.next().unwrap().unwrap(), "ready", "{name}");
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        let started = std::time::Instant::now();
-        Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert_eq!(lines.next().unwrap().unwrap(), "got INT", "{name}");
-        assert_eq!(child.wait().unwrap().code(), Some(9), "{name}");
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(10),
-            "{name}"
-        );
-        feeder.join().unwrap();
+        signal_reaches_the_guest_app(&w, &app, "INT", true);
     }
     w.app(&w.bin.join("vmyes2"), &["%remove", "-c", "true"], None)
         .success();
+}
+
+/// Runs `app` with a script that traps `signal` (printing `got SIGNAL`, exiting `code`),
+/// sends the launcher `signal` once the app is ready, and checks the app saw it. With
+/// `endless`, stdin is an input without end that the app never reads (`yes | app`).
+fn signal_reaches_the_guest_app(w: &World, app: &std::path::Path, signal: &str, endless: bool) {
+    let script = format!(
+        "trap 'echo got {signal}; exit 9' {signal}; echo ready; sleep 60 >/dev/null 2>&1 & wait"
+    );
+    let mut child = w
+        .command(app)
+        .args(["-c", &script])
+        .stdin(if endless {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let feeder = child.stdin.take().map(|mut stdin| {
+        std::thread::spawn(move || {
+            let chunk = vec![b'y'; 65536];
+            while std::io::Write::write_all(&mut stdin, &chunk).is_ok() {}
+        })
+    });
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    if endless {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let started = std::time::Instant::now();
+    Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), format!("got {signal}"));
+    assert_eq!(child.wait().unwrap().code(), Some(9));
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    if let Some(feeder) = feeder {
+        feeder.join().unwrap();
+    }
 }

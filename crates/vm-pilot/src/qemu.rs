@@ -236,20 +236,7 @@ mod tests {
     #[test]
     fn a_one_shot_vm_on_the_plain_console_has_no_ports() {
         let flake = crate::firecracker::tests::flake(false, "/k".into(), "/r".into());
-        let plan = Plan {
-            flake: "app".into(),
-            dir: "/i".into(),
-            overlay: None,
-            ports: 1,
-            tap: None,
-            guest: GuestSettings {
-                resume: false,
-                idle: None,
-                debug: false,
-            },
-            serial: None,
-            console: true,
-        };
+        let plan = crate::vmm::tests::plan();
         let qemu = Qemu {
             binary: "qemu-system-x86_64".into(),
             accel: None,

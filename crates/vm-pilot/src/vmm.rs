@@ -29,7 +29,7 @@ pub struct GuestSettings {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -47,7 +47,8 @@ mod tests {
         assert!(serial_run(&[b"a\nb".to_vec()]).is_err());
     }
 
-    fn plan() -> Plan {
+    /// A one-shot plan on the plain console, for tests.
+    pub(crate) fn plan() -> Plan {
         Plan {
             flake: "app".into(),
             dir: "/i".into(),
