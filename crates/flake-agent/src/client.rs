@@ -21,7 +21,9 @@ use rustix::termios::{self, OptionalActions, Termios};
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH};
 use signal_hook::iterator::Signals;
 
-use crate::proto::{Call, ExitStatus, Frame, ProtoError, WinSize, CHUNK, STDIN_WINDOW};
+use crate::proto::{
+    window_cost, Call, ExitStatus, Frame, ProtoError, WinSize, CHUNK, STDIN_WINDOW,
+};
 use crate::transport::send_call;
 
 /// Signals forwarded to the app.
@@ -160,16 +162,24 @@ fn wait_for_exit(
     let mut stderr = std::io::stderr();
     // However the call ends, a stdin relay waiting for room must not wait forever.
     let _close = CloseOnDrop(window);
+    let mut acks = acks;
     loop {
-        let frame = match Frame::read_counted(&mut reader)? {
-            Some((frame, len)) => {
-                if let Some(acks) = acks {
-                    let count = u32::try_from(len).unwrap_or(u32::MAX);
-                    send(acks, &Frame::OutputAck(count))?;
+        let frame = match Frame::read_counted(&mut reader) {
+            Ok(Some((frame, len))) => {
+                let counted = !matches!(frame, Frame::Ready(_) | Frame::Exit(_));
+                if let (Some(writer), true) = (acks, counted) {
+                    let cost = u32::try_from(window_cost(len)).unwrap_or(u32::MAX);
+                    // A guest that has hung up may still have left frames to read.
+                    if send(writer, &Frame::OutputAck(cost)).is_err() {
+                        acks = None;
+                    }
                 }
                 Some(frame)
             }
-            None => None,
+            // A newer agent's frame, read whole: skipped.
+            Err(ProtoError::UnknownKind(_)) => continue,
+            Ok(None) => None,
+            Err(err) => return Err(err),
         };
         match frame {
             Some(Frame::StdinAck(count)) => window.acknowledged(count),

@@ -28,7 +28,7 @@
 //! | 10   | Shutdown| pilot -> agent | empty; instead of a `Call`: end the instance (a VM's init powers off) |
 //! | 11   | Ready   | agent -> pilot | version u16; sent first on a channel that cannot tell the host it is open (a VM's virtio console): the pilot sends its `Call` only after it |
 //! | 12   | StdinAck| agent -> pilot | count u32: that many bytes of `Stdin` were passed on to the app (or dropped, its stdin being closed) |
-//! | 13   | OutputAck| pilot -> agent | count u32: that many bytes of frames (length prefixes included) arrived from the agent |
+//! | 13   | OutputAck| pilot -> agent | count u32: the [`window_cost`] of frames that arrived from the agent |
 //!
 //! Without a terminal, the `Call` frame carries the pilot's stdin, stdout and stderr as
 //! three file descriptors (`SCM_RIGHTS`); the app reads and writes them directly, so no byte
@@ -48,8 +48,10 @@
 //!
 //! **Output flow control.** A VM's plain virtio console drops what its host socket cannot
 //! take at once. With flag bit 3 (set only on that channel) the pilot acknowledges every
-//! frame it read with `OutputAck`, and the agent keeps at most [`OUTPUT_WINDOW`] bytes of
-//! frames unacknowledged (one larger frame alone), well below what a socket holds.
+//! frame it read but `Ready` and `Exit` with `OutputAck` (its [`window_cost`]), and the agent
+//! keeps at most [`OUTPUT_WINDOW`] of that unacknowledged (one larger frame alone), well
+//! below what a socket holds. A launcher uses this only with a guest init whose image says
+//! it knows it (`pull` records the feature).
 //!
 //! [`VERSION`] is bumped on any incompatible change; the agent answers a `Call` of another
 //! version with `Error` and `Exit` 125 rather than guessing.
@@ -62,15 +64,24 @@ pub const GUEST_MARKER: &str = "flake-pilot-guest-protocol-2";
 /// A string a guest init that can serve a one-shot call over a plain virtio console
 /// (`hvc0`, announcing itself with `Ready`) carries in its binary; images pulled with an
 /// older init go on using virtio console ports.
-pub const GUEST_CONSOLE_MARKER: &str = "flake-pilot-guest-feature-console";
+pub const GUEST_CONSOLE_MARKER: &str = "flake-pilot-guest-feature-console-acks";
 /// Protocol version spoken by this build.
 pub const VERSION: u16 = 2;
 /// Largest frame accepted (kind + payload).
 pub const MAX_FRAME: u32 = 1 << 20;
 /// Largest `Stdin`/`Output` chunk a sender puts in one frame.
 pub const CHUNK: usize = 64 * 1024;
-/// Frame bytes an agent keeps unacknowledged at most, under output flow control.
+/// What an agent keeps unacknowledged at most under output flow control, counted with
+/// [`window_cost`].
 pub const OUTPUT_WINDOW: u64 = 32 * 1024;
+
+/// What a frame of `len` bytes (length prefix included) counts in the output window: its
+/// bytes, and 1 KiB for every 4 KiB piece of it, which is about what a socket charges for
+/// each write the VMM makes (it writes the console's buffers one by one).
+pub fn window_cost(len: usize) -> u64 {
+    let len = u64::try_from(len).unwrap_or(u64::MAX);
+    len.saturating_add(len.div_ceil(4096).saturating_mul(1024))
+}
 /// Stdin bytes a pilot keeps unacknowledged at most, under flow control.
 pub const STDIN_WINDOW: u64 = 4 * CHUNK as u64;
 
@@ -83,6 +94,10 @@ pub enum ProtoError {
     /// A frame is malformed.
     #[error("agent protocol: {0}")]
     Malformed(&'static str),
+    /// A well-formed frame of a kind this build does not know (a newer peer's): it has
+    /// been read whole, so the stream is still in step and a reader may skip it.
+    #[error("agent protocol: unknown frame kind {0}")]
+    UnknownKind(u8),
     /// The peer speaks another version.
     #[error("agent protocol version {got} is not supported (this build speaks {VERSION}); recreate the instance with %remove")]
     Version {
@@ -251,7 +266,7 @@ impl Frame {
             11 => Frame::Ready(r.u16()?),
             12 => Frame::StdinAck(r.u32()?),
             13 => Frame::OutputAck(r.u32()?),
-            _ => return Err(ProtoError::Malformed("unknown frame kind")),
+            kind => return Err(ProtoError::UnknownKind(kind)),
         };
         r.finish()?;
         Ok(frame)

@@ -546,7 +546,7 @@ fn one_shot_calls_use_the_plain_console_when_the_init_knows_it_and_ports_otherwi
     let marker = w
         .home
         .join(".config/flakes/firecracker/images/guest/guest-channel");
-    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "console\n");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "console-acks\n");
     let console = w.app(&app, &["-c", CHANNEL_SCRIPT], None);
     console.success();
     assert_eq!(console.stdout(), "console\n");
@@ -578,6 +578,22 @@ fn one_shot_calls_use_the_plain_console_when_the_init_knows_it_and_ports_otherwi
         "{slow:?}"
     );
     assert_eq!(String::from_utf8_lossy(&slow.stderr), "end\n", "{slow:?}");
+    // Many small frames (a line each) against a stalled reader: each is a write of its
+    // own on the host socket, which the window accounts for.
+    let lines = w
+        .command("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} -c 'i=0; while [ $i -lt 20000 ]; do echo line $i; echo e >&2; i=$((i+1)); done' 2>/dev/null | (sleep 3; wc -l)",
+            app.display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&lines.stdout).trim(),
+        "20000",
+        "{lines:?}"
+    );
 
     // An image pulled with an init that predates the console goes on using ports.
     std::fs::write(&marker, "").unwrap();

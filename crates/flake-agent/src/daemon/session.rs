@@ -12,7 +12,7 @@ use std::time::Duration;
 use rustix::process::Signal;
 use rustix::process::{kill_process_group, Pid};
 
-use crate::proto::{ExitStatus, Frame};
+use crate::proto::{ExitStatus, Frame, ProtoError};
 
 /// The write half of a connection, shared by the threads of one call.
 #[derive(Clone)]
@@ -61,7 +61,10 @@ impl Writer {
     /// first waits for room, without holding the connection.
     pub fn send(&self, frame: &Frame) -> std::io::Result<()> {
         let bytes = frame.encode();
-        self.credit.reserve(bytes.len());
+        // `Ready` precedes the call and is never acknowledged.
+        if !matches!(frame, Frame::Ready(_)) {
+            self.credit.reserve(crate::proto::window_cost(bytes.len()));
+        }
         let mut stream = self
             .stream
             .lock()
@@ -90,9 +93,8 @@ impl Credit {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Waits until `len` more bytes fit (a frame alone always does), then counts them.
-    fn reserve(&self, len: usize) {
-        let len = u64::try_from(len).unwrap_or(u64::MAX);
+    /// Waits until `len` more fits (a frame alone always does), then counts it.
+    fn reserve(&self, len: u64) {
         let mut state = self.lock();
         while state.0 && state.1 > 0 && state.1.saturating_add(len) > crate::proto::OUTPUT_WINDOW {
             state = self
@@ -154,7 +156,7 @@ pub fn watch(
                         writer.acknowledged(count);
                     }
                 }
-                Ok(Some(_)) => {}
+                Ok(Some(_)) | Err(ProtoError::UnknownKind(_)) => {}
                 Ok(None) | Err(_) => break,
             }
         }

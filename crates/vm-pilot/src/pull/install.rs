@@ -121,7 +121,7 @@ pub fn prepare_rootfs(rootfs: &Path, name: &str, sci: Option<&Path>) -> Result<(
 /// optional features, one per line.
 pub const GUEST_CHANNEL_FILE: &str = "guest-channel";
 /// The feature line of an init that serves a one-shot call over the plain virtio console.
-pub const CONSOLE_FEATURE: &str = "console";
+pub const CONSOLE_FEATURE: &str = "console-acks";
 
 /// Writes [`GUEST_CHANNEL_FILE`] into `dir` when the ext rootfs there carries a guest init
 /// that speaks the protocol (its binary holds `proto::GUEST_MARKER`).

@@ -1,0 +1,89 @@
+// SPDX-License-Identifier: MIT
+//! The launcher's end of a frame-mode call against a scripted agent on a socket pair.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::tests_outside_test_module
+)]
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+
+use flake_agent::client::{self, Request, Streams};
+use flake_agent::proto::{ExitStatus, Frame};
+
+fn request(output_acks: bool) -> Request {
+    Request {
+        argv: vec![b"/bin/true".to_vec()],
+        streams: Streams::Frames,
+        term: None,
+        launcher: "test-pilot",
+        output_acks,
+    }
+}
+
+/// A guest that sends output and its exit status and hangs up at once, before the launcher
+/// read any of it (a one-shot VM powering off): acknowledgements then fail, the status
+/// still counts. A frame of a kind this build does not know is skipped.
+#[test]
+fn the_status_arrives_although_the_guest_hung_up_and_unknown_frames_are_skipped() {
+    for output_acks in [true, false] {
+        let (launcher, mut agent) = UnixStream::pair().unwrap();
+        let guest = std::thread::spawn(move || {
+            assert!(matches!(
+                Frame::read_from(&mut agent).unwrap(),
+                Some(Frame::Call(call)) if call.output_acks == output_acks && call.flow
+            ));
+            let mut bytes = Vec::new();
+            bytes.extend([2, 0, 0, 0, 99, 0]); // kind 99, one payload byte
+            for _ in 0..3 {
+                bytes.extend(Frame::Stderr(b"x".to_vec()).encode());
+            }
+            bytes.extend(Frame::Exit(ExitStatus::Exited(7)).encode());
+            agent.write_all(&bytes).unwrap();
+            drop(agent);
+        });
+        let status = client::run(launcher, &request(output_acks)).unwrap();
+        guest.join().unwrap();
+        assert_eq!(status, ExitStatus::Exited(7), "output_acks {output_acks}");
+    }
+}
+
+/// With output acknowledgements, every frame but `Ready` and `Exit` is acknowledged with
+/// its window cost.
+#[test]
+fn frames_are_acknowledged_with_their_cost() {
+    let (launcher, mut agent) = UnixStream::pair().unwrap();
+    let guest = std::thread::spawn(move || {
+        assert!(matches!(
+            Frame::read_from(&mut agent).unwrap(),
+            Some(Frame::Call(_))
+        ));
+        let stderr = Frame::Stderr(vec![b'e'; 5000]);
+        let len = stderr.encode().len();
+        Frame::Ready(flake_agent::proto::VERSION)
+            .write_to(&mut agent)
+            .unwrap();
+        stderr.write_to(&mut agent).unwrap();
+        let mut acked = Vec::new();
+        while acked.is_empty() {
+            match Frame::read_from(&mut agent).unwrap() {
+                Some(Frame::OutputAck(n)) => acked.push(n),
+                Some(_) => {}
+                None => panic!("closed"),
+            }
+        }
+        Frame::Exit(ExitStatus::Exited(0))
+            .write_to(&mut agent)
+            .unwrap();
+        (acked, len)
+    });
+    let status = client::run(launcher, &request(true)).unwrap();
+    assert_eq!(status, ExitStatus::Exited(0));
+    let (acked, len) = guest.join().unwrap();
+    let cost = u32::try_from(flake_agent::proto::window_cost(len)).unwrap();
+    assert_eq!(acked, vec![cost], "one ack, for the Stderr frame only");
+    assert_eq!(cost, 5005 + 2048, "4 + 1 + 5000 bytes in two 4 KiB pieces");
+}
