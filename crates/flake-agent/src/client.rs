@@ -183,6 +183,11 @@ fn wait_for_exit(
         };
         match frame {
             Some(Frame::StdinAck(count)) => window.acknowledged(count),
+            Some(Frame::Closing) => {
+                return Err(ProtoError::Refused {
+                    stdin_read: window.read_any(),
+                })
+            }
             // A guest init repeats `Ready` until it has read the call.
             Some(Frame::Ready(_)) => {}
             Some(Frame::Output(bytes) | Frame::Stdout(bytes)) => output(&bytes)?,
@@ -285,6 +290,8 @@ struct WindowState {
     outstanding: u64,
     /// The call is over.
     closed: bool,
+    /// Bytes were read from the caller's stdin.
+    read_any: bool,
 }
 
 impl Window {
@@ -302,6 +309,7 @@ impl Window {
     fn reserve(&self, n: usize) -> bool {
         let n = u64::try_from(n).unwrap_or(u64::MAX);
         let mut state = self.lock();
+        state.read_any |= n > 0;
         while state.active
             && !state.closed
             && state.outstanding > 0
@@ -321,6 +329,10 @@ impl Window {
         state.active = true;
         state.outstanding = state.outstanding.saturating_sub(u64::from(count));
         self.room.notify_all();
+    }
+
+    fn read_any(&self) -> bool {
+        self.lock().read_any
     }
 
     fn close(&self) {

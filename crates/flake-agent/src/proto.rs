@@ -29,6 +29,7 @@
 //! | 11   | Ready   | agent -> pilot | version u16; sent first on a channel that cannot tell the host it is open (a VM's virtio console): the pilot sends its `Call` only after it |
 //! | 12   | StdinAck| agent -> pilot | count u32: that many bytes of `Stdin` were passed on to the app (or dropped, its stdin being closed) |
 //! | 13   | OutputAck| pilot -> agent | count u32: the [`window_cost`] of frames that arrived from the agent |
+//! | 14   | Closing | agent -> pilot | empty; instead of running a `Call`: the instance is powering off (a VM after its idle time) and nothing of the call ran, so the pilot may start the instance again and repeat it |
 //!
 //! Without a terminal, the `Call` frame carries the pilot's stdin, stdout and stderr as
 //! three file descriptors (`SCM_RIGHTS`); the app reads and writes them directly, so no byte
@@ -94,6 +95,13 @@ pub enum ProtoError {
     /// A frame is malformed.
     #[error("agent protocol: {0}")]
     Malformed(&'static str),
+    /// The instance was powering off and did not run the call (`Closing`); `stdin_read`:
+    /// the launcher had already taken input from its stdin, so it cannot repeat the call.
+    #[error("the instance was powering off after its idle time and did not run the call; call the app again")]
+    Refused {
+        /// Input was already read from the caller's stdin.
+        stdin_read: bool,
+    },
     /// A well-formed frame of a kind this build does not know (a newer peer's): it has
     /// been read whole, so the stream is still in step and a reader may skip it.
     #[error("agent protocol: unknown frame kind {0}")]
@@ -187,6 +195,8 @@ pub enum Frame {
     StdinAck(u32),
     /// Frame bytes that arrived from the agent.
     OutputAck(u32),
+    /// The instance is powering off and did not run the call.
+    Closing,
 }
 
 impl Frame {
@@ -235,6 +245,7 @@ impl Frame {
                 body.push(13);
                 body.extend(count.to_le_bytes());
             }
+            Frame::Closing => body.push(14),
         }
         let mut out = Vec::with_capacity(body.len() + 4);
         out.extend(u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes());
@@ -266,6 +277,7 @@ impl Frame {
             11 => Frame::Ready(r.u16()?),
             12 => Frame::StdinAck(r.u32()?),
             13 => Frame::OutputAck(r.u32()?),
+            14 => Frame::Closing,
             kind => return Err(ProtoError::UnknownKind(kind)),
         };
         r.finish()?;
@@ -433,6 +445,7 @@ mod tests {
             Frame::Ready(VERSION),
             Frame::StdinAck(70_000),
             Frame::OutputAck(9),
+            Frame::Closing,
         ]
     }
 

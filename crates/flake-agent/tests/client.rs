@@ -87,3 +87,25 @@ fn frames_are_acknowledged_with_their_cost() {
     assert_eq!(acked, vec![cost], "one ack, for the Stderr frame only");
     assert_eq!(cost, 5005 + 2048, "4 + 1 + 5000 bytes in two 4 KiB pieces");
 }
+
+/// An instance that refuses the call as it powers off says so; a launcher that took no
+/// input yet may repeat the call.
+#[test]
+fn a_refused_call_is_its_own_error() {
+    let (launcher, mut agent) = UnixStream::pair().unwrap();
+    let guest = std::thread::spawn(move || {
+        assert!(matches!(
+            Frame::read_from(&mut agent).unwrap(),
+            Some(Frame::Call(_))
+        ));
+        Frame::Closing.write_to(&mut agent).unwrap();
+        agent
+    });
+    let refused = client::run(launcher, &request(false)).unwrap_err();
+    let _agent = guest.join().unwrap();
+    assert!(
+        matches!(refused, flake_agent::proto::ProtoError::Refused { .. }),
+        "{refused:?}"
+    );
+    assert!(refused.to_string().contains("call the app again"));
+}

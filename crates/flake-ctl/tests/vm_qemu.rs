@@ -681,3 +681,28 @@ fn signal_reaches_the_guest_app(w: &World, app: &std::path::Path, signal: &str, 
         feeder.join().unwrap();
     }
 }
+
+#[test]
+fn calls_at_the_moment_a_resume_vm_idles_out_are_served() {
+    let Some((_vms, w, fixtures, sci)) = vm_world() else {
+        return;
+    };
+    let app = vm_flake_with(
+        &w,
+        &fixtures,
+        &sci,
+        "vmedge",
+        &["--resume", "--idle-timeout", "1"],
+        "",
+    );
+    w.app(&app, &["-c", "true"], None).success();
+    // Around the idle time, a call meets a VM that runs, one that is deciding to power off
+    // (it refuses the call and the launcher starts it again), or none.
+    for pause in [900, 1000, 1100, 1250, 1400, 1500] {
+        std::thread::sleep(std::time::Duration::from_millis(pause));
+        let run = w.app(&app, &["-c", "echo served"], None);
+        run.success();
+        assert_eq!(run.stdout(), "served\n", "after {pause} ms: {run}");
+    }
+    w.app(&app, &["%remove", "-c", "true"], None).success();
+}

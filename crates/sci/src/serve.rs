@@ -25,6 +25,8 @@ use flake_agent::proto::{ExitStatus, Frame, ProtoError, CHUNK};
 use crate::cmdline::{BootSettings, Channel, VSOCK_PORT};
 use crate::port::{self, Port, PortReader};
 
+/// How long a VM that decided to power off for idleness still answers calls (refusing them).
+const CLOSING_GRACE: Duration = Duration::from_millis(300);
 /// How long a one-shot VM waits for its call.
 const FIRST_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -62,9 +64,15 @@ pub fn serve(settings: &BootSettings) -> Result<End, String> {
         Channel::Vsock => serve_vsock(server)?,
         Channel::Console => serve_console(server)?,
     }
-    end_rx
+    let end = end_rx
         .recv()
-        .map_err(|_| "every guest channel closed".to_string())
+        .map_err(|_| "every guest channel closed".to_string())?;
+    if end == End::Idle {
+        // A call that came as the VM decided to power off is refused: the refusal must
+        // reach its launcher before the VM is gone.
+        std::thread::sleep(CLOSING_GRACE);
+    }
+    Ok(end)
 }
 
 /// What every connection handler shares.
@@ -119,7 +127,12 @@ impl Server {
         reader: impl Read + Send + 'static,
         writer: Writer,
     ) -> bool {
-        let busy = self.activity.begin();
+        let Some(busy) = self.activity.begin() else {
+            // Refused whole, never cut off: nothing of the call has run, and the launcher
+            // may start the VM again and repeat it.
+            let _ = writer.send(&Frame::Closing);
+            return false;
+        };
         crate::debug::log(|| "call starts".to_string());
         let result = framed::run(call, reader, writer, &self.reaper);
         crate::debug::log(|| format!("call ended: {result:?}"));
@@ -329,9 +342,16 @@ fn serve_vsock(server: Server) -> Result<(), String> {
     Ok(())
 }
 
-/// Calls running now, and when the last one ended.
+/// Calls running now, when the last one ended, and whether the VM is powering off.
 #[derive(Debug)]
-struct Activity(Mutex<(usize, Instant)>);
+struct Activity(Mutex<ActivityState>);
+
+#[derive(Debug)]
+struct ActivityState {
+    running: usize,
+    since: Instant,
+    closing: bool,
+}
 
 /// Marks a call as running while it lives.
 #[derive(Debug)]
@@ -339,44 +359,58 @@ struct Busy<'a>(&'a Activity);
 
 impl Activity {
     fn new() -> Self {
-        Activity(Mutex::new((0, Instant::now())))
+        Activity(Mutex::new(ActivityState {
+            running: 0,
+            since: Instant::now(),
+            closing: false,
+        }))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, Instant)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ActivityState> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn begin(&self) -> Busy<'_> {
-        self.lock().0 += 1;
-        Busy(self)
+    /// A call starts, unless the VM is powering off: the decision to power off and a call
+    /// starting are taken under one lock, so a call is either run to its end or refused.
+    fn begin(&self) -> Option<Busy<'_>> {
+        let mut state = self.lock();
+        if state.closing {
+            return None;
+        }
+        state.running += 1;
+        Some(Busy(self))
     }
 
     /// A host connected: its call is about to come, so the idle time starts again.
     fn touch(&self) {
-        self.lock().1 = Instant::now();
+        self.lock().since = Instant::now();
     }
 
-    /// How long no call has run; `None` while one runs.
-    fn idle_for(&self) -> Option<Duration> {
-        let (running, since) = *self.lock();
-        (running == 0).then(|| since.elapsed())
+    /// Decides to power off when no call has run for `idle`; from then on calls are
+    /// refused.
+    fn close_if_idle(&self, idle: Duration) -> bool {
+        let mut state = self.lock();
+        if state.running == 0 && state.since.elapsed() >= idle {
+            state.closing = true;
+        }
+        state.closing
     }
 }
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
         let mut state = self.0.lock();
-        state.0 = state.0.saturating_sub(1);
-        state.1 = Instant::now();
+        state.running = state.running.saturating_sub(1);
+        state.since = Instant::now();
     }
 }
 
 fn watch_idle(activity: Arc<Activity>, idle: Duration, end: Sender<End>) {
     std::thread::spawn(move || loop {
         std::thread::sleep(Duration::from_millis(500));
-        if activity.idle_for().is_some_and(|quiet| quiet >= idle) {
+        if activity.close_if_idle(idle) {
             let _ = end.send(End::Idle);
             return;
         }
@@ -388,14 +422,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn idle_time_counts_from_the_last_call() {
+    fn idle_time_counts_from_the_last_call_and_closing_refuses_calls() {
         let activity = Activity::new();
-        let busy = activity.begin();
-        assert_eq!(activity.idle_for(), None);
-        let second = activity.begin();
+        let busy = activity.begin().unwrap();
+        assert!(!activity.close_if_idle(Duration::ZERO), "a call runs");
+        let second = activity.begin().unwrap();
         drop(busy);
-        assert_eq!(activity.idle_for(), None, "one call still runs");
+        assert!(
+            !activity.close_if_idle(Duration::ZERO),
+            "one call still runs"
+        );
         drop(second);
-        assert!(activity.idle_for().unwrap() < Duration::from_secs(1));
+        assert!(
+            !activity.close_if_idle(Duration::from_secs(60)),
+            "not idle long"
+        );
+        assert!(activity.close_if_idle(Duration::ZERO));
+        assert!(
+            activity.begin().is_none(),
+            "a call after the decision is refused"
+        );
+        assert!(
+            activity.close_if_idle(Duration::from_secs(60)),
+            "closing stays"
+        );
     }
 }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use flake_agent::client::{self, Request, Streams};
-use flake_agent::proto::{ExitStatus, Frame};
+use flake_agent::proto::{ExitStatus, Frame, ProtoError};
 use flakes::callargs::Terminal;
 use flakes::config::vm::VmFlake;
 use flakes::config::{Include, LaunchMode};
@@ -301,11 +301,39 @@ impl Launch<'_> {
         let label = self.key.label();
         let state = StateDir::prepare_vm(&self.ids_dir, self.uid, &label)?;
         let plan = self.plan(&state, &label, true);
+        let status = match self.resume_call(&state, &plan) {
+            // The VM was powering off for idleness as the call came and ran nothing of it:
+            // once it is gone, the call starts it again.
+            Err(VmError::Call {
+                source: ProtoError::Refused { stdin_read: false },
+                ..
+            }) => {
+                // Only that VM is waited for: another launcher may start the next one.
+                if let Some(closing) = instance::running(&plan.dir) {
+                    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                    while instance::running(&plan.dir) == Some(closing)
+                        && std::time::Instant::now() < deadline
+                    {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+                self.resume_call(&state, &plan)?
+            }
+            other => other?,
+        };
+        if self.call.options.remove {
+            self.remove(state, &plan)?;
+        }
+        Ok(status)
+    }
+
+    /// One call into the resume VM of `plan`, starting the VM when it is not running.
+    fn resume_call(&self, state: &StateDir, plan: &Plan) -> Result<ExitStatus> {
         let mut started = {
             let _lock = state.lock()?;
             match instance::running(&plan.dir) {
                 Some(_) => None,
-                None => Some(self.start_resume_vm(&plan)?),
+                None => Some(self.start_resume_vm(plan)?),
             }
         };
         // A channel with ports serves one call per port; vsock takes any number.
@@ -320,13 +348,10 @@ impl Launch<'_> {
             Some(vmm) => matches!(vmm.try_wait(), Ok(None)),
             None => instance::running(&plan.dir).is_some(),
         };
-        let stream = wait_connect(self.vmm, &plan, port, BOOT_TIMEOUT, alive)?;
-        let status = self.call_over(stream, &plan)?;
+        let stream = wait_connect(self.vmm, plan, port, BOOT_TIMEOUT, alive)?;
+        let status = self.call_over(stream, plan);
         drop(claim);
-        if self.call.options.remove {
-            self.remove(state, &plan)?;
-        }
-        Ok(status)
+        status
     }
 
     /// Starts the VM of a resume instance; the VMM outlives this launcher.
