@@ -163,9 +163,11 @@ fn wait_for_exit(
     // However the call ends, a stdin relay waiting for room must not wait forever.
     let _close = CloseOnDrop(window);
     let mut acks = acks;
+    let mut answered = false;
     loop {
         let frame = match Frame::read_counted(&mut reader) {
             Ok(Some((frame, len))) => {
+                answered |= !matches!(frame, Frame::Ready(_));
                 let counted = !matches!(frame, Frame::Ready(_) | Frame::Exit(_));
                 if let (Some(writer), true) = (acks, counted) {
                     let cost = u32::try_from(window_cost(len)).unwrap_or(u32::MAX);
@@ -176,8 +178,16 @@ fn wait_for_exit(
                 }
                 Some(frame)
             }
-            // A newer agent's frame, read whole: skipped.
-            Err(ProtoError::UnknownKind(_)) => continue,
+            // A newer agent's frame, read whole: acknowledged (it may count) and skipped.
+            Err(ProtoError::UnknownKind { len, .. }) => {
+                if let Some(writer) = acks {
+                    let cost = u32::try_from(window_cost(len)).unwrap_or(u32::MAX);
+                    if send(writer, &Frame::OutputAck(cost)).is_err() {
+                        acks = None;
+                    }
+                }
+                continue;
+            }
             Ok(None) => None,
             Err(err) => return Err(err),
         };
@@ -197,6 +207,8 @@ fn wait_for_exit(
             Some(Frame::Error(message)) => eprintln!("{launcher}: {message}"),
             Some(Frame::Exit(status)) => return Ok(status),
             Some(_) => return Err(ProtoError::Malformed("unexpected frame from the agent")),
+            // Not even the first `StdinAck` of a call the agent started.
+            None if !answered => return Err(ProtoError::Unanswered),
             None => {
                 return Err(ProtoError::Malformed(
                     "the agent closed the call without an exit status",

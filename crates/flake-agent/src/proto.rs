@@ -65,7 +65,7 @@ pub const GUEST_MARKER: &str = "flake-pilot-guest-protocol-2";
 /// A string a guest init that can serve a one-shot call over a plain virtio console
 /// (`hvc0`, announcing itself with `Ready`) carries in its binary; images pulled with an
 /// older init go on using virtio console ports.
-pub const GUEST_CONSOLE_MARKER: &str = "flake-pilot-guest-feature-console-acks";
+pub const GUEST_CONSOLE_MARKER: &str = "flake-pilot-guest-console-with-acks";
 /// Protocol version spoken by this build.
 pub const VERSION: u16 = 2;
 /// Largest frame accepted (kind + payload).
@@ -97,15 +97,24 @@ pub enum ProtoError {
     Malformed(&'static str),
     /// The instance was powering off and did not run the call (`Closing`); `stdin_read`:
     /// the launcher had already taken input from its stdin, so it cannot repeat the call.
-    #[error("the instance was powering off after its idle time and did not run the call; call the app again")]
+    #[error("the instance was powering off (no call had come for its idle time) and did not run the call; call the app again")]
     Refused {
         /// Input was already read from the caller's stdin.
         stdin_read: bool,
     },
+    /// The instance ended without answering the call at all (a VM powering off after its
+    /// idle time as the call came).
+    #[error("the instance ended before it answered the call (a VM does so when it powers off after its idle time); call the app again")]
+    Unanswered,
     /// A well-formed frame of a kind this build does not know (a newer peer's): it has
     /// been read whole, so the stream is still in step and a reader may skip it.
-    #[error("agent protocol: unknown frame kind {0}")]
-    UnknownKind(u8),
+    #[error("agent protocol: unknown frame kind {kind}")]
+    UnknownKind {
+        /// The kind.
+        kind: u8,
+        /// The bytes the frame took on the stream, length prefix included.
+        len: usize,
+    },
     /// The peer speaks another version.
     #[error("agent protocol version {got} is not supported (this build speaks {VERSION}); recreate the instance with %remove")]
     Version {
@@ -278,7 +287,12 @@ impl Frame {
             12 => Frame::StdinAck(r.u32()?),
             13 => Frame::OutputAck(r.u32()?),
             14 => Frame::Closing,
-            kind => return Err(ProtoError::UnknownKind(kind)),
+            kind => {
+                return Err(ProtoError::UnknownKind {
+                    kind,
+                    len: body.len() + 4,
+                })
+            }
         };
         r.finish()?;
         Ok(frame)

@@ -109,6 +109,8 @@ impl Server {
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => return true,
+                // A newer launcher's frame, read whole.
+                Err(ProtoError::UnknownKind { .. }) => {}
                 Err(err @ ProtoError::Version { .. }) => {
                     writer.fail(&format!("sci: {err}"), 125);
                     return true;
@@ -188,6 +190,7 @@ impl Server {
                 Err(err @ ProtoError::Version { .. }) => {
                     Writer::new(port.writer()).fail(&format!("sci: {err}"), 125);
                 }
+                Err(ProtoError::UnknownKind { .. }) => {}
                 Ok(None) => break true,
                 Err(_) => {
                     // A broken stream: drop it, and do not spin on an error that persists.

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use flake_agent::client::{self, Request, Streams};
-use flake_agent::proto::{ExitStatus, Frame, ProtoError};
+use flake_agent::proto::{ExitStatus, Frame};
 use flakes::callargs::Terminal;
 use flakes::config::vm::VmFlake;
 use flakes::config::{Include, LaunchMode};
@@ -301,26 +301,10 @@ impl Launch<'_> {
         let label = self.key.label();
         let state = StateDir::prepare_vm(&self.ids_dir, self.uid, &label)?;
         let plan = self.plan(&state, &label, true);
-        let status = match self.resume_call(&state, &plan) {
-            // The VM was powering off for idleness as the call came and ran nothing of it:
-            // once it is gone, the call starts it again.
-            Err(VmError::Call {
-                source: ProtoError::Refused { stdin_read: false },
-                ..
-            }) => {
-                // Only that VM is waited for: another launcher may start the next one.
-                if let Some(closing) = instance::running(&plan.dir) {
-                    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-                    while instance::running(&plan.dir) == Some(closing)
-                        && std::time::Instant::now() < deadline
-                    {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                }
-                self.resume_call(&state, &plan)?
-            }
-            other => other?,
-        };
+        // A call that comes as the VM powers off for idleness is refused whole (nothing of
+        // it runs) and reported; repeating it here would need the caller's stdin and
+        // signal forwarding handed over from one attempt to the next.
+        let status = self.resume_call(&state, &plan)?;
         if self.call.options.remove {
             self.remove(state, &plan)?;
         }

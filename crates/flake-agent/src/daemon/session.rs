@@ -156,7 +156,7 @@ pub fn watch(
                         writer.acknowledged(count);
                     }
                 }
-                Ok(Some(_)) | Err(ProtoError::UnknownKind(_)) => {}
+                Ok(Some(_)) | Err(ProtoError::UnknownKind { .. }) => {}
                 Ok(None) | Err(_) => break,
             }
         }
