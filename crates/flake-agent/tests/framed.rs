@@ -31,6 +31,26 @@ impl Write for Shared {
     }
 }
 
+/// Runs `call` with `input` frames and returns every frame it wrote.
+fn frames_of(call: &Call, input: &[Frame]) -> Vec<Frame> {
+    let bytes: Vec<u8> = input.iter().flat_map(Frame::encode).collect();
+    // The control stream stays open (a pipe that never ends), as a live connection does:
+    // an ended one would make the call kill its app.
+    let (keep_open, reader) = std::os::unix::net::UnixStream::pair().unwrap();
+    (&keep_open).write_all(&bytes).unwrap();
+    let sink = Shared::default();
+    run(call, reader, Writer::new(sink.clone()), &Reaper::start()).unwrap();
+    drop(keep_open);
+    decode(&sink)
+}
+
+/// The frames written into `sink`.
+fn decode(sink: &Shared) -> Vec<Frame> {
+    let written = sink.0.lock().unwrap().clone();
+    let mut reader = written.as_slice();
+    std::iter::from_fn(|| Frame::read_from(&mut reader).unwrap()).collect()
+}
+
 /// Runs `argv` with `input` frames and returns (stdout, stderr, status).
 fn call(argv: &[&str], input: Vec<Frame>) -> (Vec<u8>, Vec<u8>, ExitStatus) {
     let call = Call {
@@ -38,18 +58,8 @@ fn call(argv: &[&str], input: Vec<Frame>) -> (Vec<u8>, Vec<u8>, ExitStatus) {
         frames: true,
         ..Call::default()
     };
-    let bytes: Vec<u8> = input.iter().flat_map(Frame::encode).collect();
-    // The control stream stays open (a pipe that never ends), as a live connection does:
-    // an ended one would make the call kill its app.
-    let (keep_open, reader) = std::os::unix::net::UnixStream::pair().unwrap();
-    (&keep_open).write_all(&bytes).unwrap();
-    let sink = Shared::default();
-    run(&call, reader, Writer::new(sink.clone()), &Reaper::start()).unwrap();
-    drop(keep_open);
-    let written = sink.0.lock().unwrap().clone();
-    let mut reader = written.as_slice();
     let (mut out, mut err, mut status) = (Vec::new(), Vec::new(), None);
-    while let Some(frame) = Frame::read_from(&mut reader).unwrap() {
+    for frame in frames_of(&call, &input) {
         assert!(status.is_none(), "exit comes last");
         match frame {
             Frame::Stdout(b) => out.extend(b),
@@ -142,10 +152,8 @@ fn a_signal_overtakes_input_the_app_does_not_read() {
         "the signal waited for the input"
     );
     let _host = feeder.join().unwrap();
-    let written = sink.0.lock().unwrap().clone();
-    let mut reader = written.as_slice();
     let (mut acked, mut status) = (Vec::new(), None);
-    while let Some(frame) = Frame::read_from(&mut reader).unwrap() {
+    for frame in decode(&sink) {
         match frame {
             Frame::StdinAck(n) => acked.push(n),
             Frame::Exit(s) => status = Some(s),
@@ -169,14 +177,7 @@ fn no_acknowledgements_unless_asked() {
         frames: true,
         ..Call::default()
     };
-    let bytes: Vec<u8> = input.iter().flat_map(Frame::encode).collect();
-    let (keep_open, reader) = std::os::unix::net::UnixStream::pair().unwrap();
-    (&keep_open).write_all(&bytes).unwrap();
-    let sink = Shared::default();
-    run(&call, reader, Writer::new(sink.clone()), &Reaper::start()).unwrap();
-    let written = sink.0.lock().unwrap().clone();
-    let mut reader = written.as_slice();
-    while let Some(frame) = Frame::read_from(&mut reader).unwrap() {
+    for frame in frames_of(&call, &input) {
         assert!(!matches!(frame, Frame::StdinAck(_)), "{frame:?}");
     }
 }
