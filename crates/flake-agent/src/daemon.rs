@@ -14,7 +14,7 @@ pub mod reaper;
 pub(crate) mod session;
 pub(crate) mod terminal;
 
-pub use session::Writer;
+pub use session::{signal_group, Writer};
 
 use std::convert::Infallible;
 use std::os::unix::fs::PermissionsExt;
@@ -23,7 +23,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use reaper::Reaper;
-use session::signal_group;
 
 use crate::transport::recv_call;
 

@@ -309,6 +309,25 @@ impl Frame {
         Ok(Self::read_counted(r)?.map(|(frame, _)| frame))
     }
 
+    /// Takes the first frame off `buf` when `buf` holds all of it, giving the frame and
+    /// the bytes it took; `Ok(None)` asks for more bytes. For a reader that cannot block
+    /// on one stream (it polls several). A frame of unknown kind comes back as
+    /// `UnknownKind` with its length, so the reader can skip it.
+    pub fn parse(buf: &[u8]) -> Result<Option<(Self, usize)>> {
+        let Some(prefix) = buf.first_chunk::<4>() else {
+            return Ok(None);
+        };
+        let len = u32::from_le_bytes(*prefix);
+        if len == 0 || len > MAX_FRAME {
+            return Err(ProtoError::Malformed("frame length out of range"));
+        }
+        let end = usize::try_from(len).map_or(usize::MAX, |len| len.saturating_add(4));
+        match buf.get(4..end) {
+            Some(body) => Self::decode(body).map(|frame| Some((frame, end))),
+            None => Ok(None),
+        }
+    }
+
     /// [`Frame::read_from`], also giving the bytes the frame took on the stream.
     pub fn read_counted(r: &mut impl Read) -> Result<Option<(Self, usize)>> {
         let mut len = [0u8; 4];
@@ -474,6 +493,34 @@ mod tests {
             assert_eq!(Frame::read_from(&mut reader).unwrap(), Some(want));
         }
         assert_eq!(Frame::read_from(&mut reader).unwrap(), None);
+    }
+
+    #[test]
+    fn frames_are_parsed_off_a_buffer_once_whole() {
+        let mut stream = Vec::new();
+        for frame in frames() {
+            frame.write_to(&mut stream).unwrap();
+        }
+        // Fed a byte at a time, as a polling reader may get them.
+        let mut buf = Vec::new();
+        let mut got = Vec::new();
+        for byte in stream {
+            buf.push(byte);
+            if let Some((frame, used)) = Frame::parse(&buf).unwrap() {
+                assert_eq!(used, buf.len());
+                buf.clear();
+                got.push(frame);
+            }
+        }
+        assert_eq!(got, frames());
+        assert!(buf.is_empty());
+        let unknown = [2, 0, 0, 0, 200, 1, 9];
+        assert!(matches!(
+            Frame::parse(&unknown),
+            Err(ProtoError::UnknownKind { kind: 200, len: 6 })
+        ));
+        assert!(Frame::parse(&[0, 0, 0, 0]).is_err());
+        assert!(Frame::parse(&[255, 255, 255, 255, 1]).is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod boot;
 mod cmdline;
 mod console;
 mod debug;
+mod oneshot;
 mod port;
 mod serve;
 

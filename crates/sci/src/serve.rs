@@ -12,7 +12,6 @@
 //! up ends it; frames before the first `Call` are the rest of an earlier, ended call.
 
 use std::io::{BufReader, Read};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,6 +42,13 @@ pub enum End {
 
 /// Serves calls as `settings` say; returns when the VM should end.
 pub fn serve(settings: &BootSettings) -> Result<End, String> {
+    if settings.channel == Channel::Console {
+        // One call; the console cannot carry more (its host cannot reconnect).
+        let console = crate::console::open(Duration::from_secs(10))?;
+        crate::debug::log(|| "console open".to_string());
+        crate::oneshot::serve(console, FIRST_CALL_TIMEOUT)?;
+        return Ok(End::Done);
+    }
     let (end_tx, end_rx) = channel();
     let activity = Arc::new(Activity::new());
     let server = Server {
@@ -62,7 +68,7 @@ pub fn serve(settings: &BootSettings) -> Result<End, String> {
     match settings.channel {
         Channel::Virtio => serve_ports(server)?,
         Channel::Vsock => serve_vsock(server)?,
-        Channel::Console => serve_console(server)?,
+        Channel::Console => {}
     }
     let end = end_rx
         .recv()
@@ -268,64 +274,6 @@ fn serve_ports(server: Server) -> Result<(), String> {
         });
     }
     Ok(())
-}
-
-/// The one call of a one-shot VM over the plain virtio console. The console cannot tell
-/// the host that the guest reads it, so `Ready` says so; the host sends its `Call` after it.
-fn serve_console(server: Server) -> Result<(), String> {
-    let console = crate::console::open(Duration::from_secs(10))?;
-    crate::debug::log(|| "console open".to_string());
-    let reader = console
-        .try_clone()
-        .map_err(|e| format!("cannot share {}: {e}", crate::console::DEVICE))?;
-    let writer = Writer::new(console);
-    let heard = Arc::new(AtomicBool::new(false));
-    let reader = FirstRead {
-        inner: reader,
-        heard: Arc::clone(&heard),
-    };
-    // `Ready` comes from the thread that then reads: the host answers it at once.
-    let ready = writer.clone();
-    std::thread::spawn(
-        move || match writer.send(&Frame::Ready(flake_agent::proto::VERSION)) {
-            Ok(()) => {
-                server.connection(reader, writer);
-            }
-            Err(e) => {
-                eprintln!("sci: cannot write to {}: {e}", crate::console::DEVICE);
-                let _ = server.end.send(End::Done);
-            }
-        },
-    );
-    // The console drops what is written while no host is connected: until the call comes,
-    // `Ready` is repeated (the host skips the extra ones).
-    std::thread::spawn(move || loop {
-        std::thread::sleep(Duration::from_millis(100));
-        if heard.load(Ordering::SeqCst)
-            || ready
-                .send(&Frame::Ready(flake_agent::proto::VERSION))
-                .is_err()
-        {
-            return;
-        }
-    });
-    Ok(())
-}
-
-/// A reader that notes when its first bytes came.
-struct FirstRead<R> {
-    inner: R,
-    heard: Arc<AtomicBool>,
-}
-
-impl<R: Read> Read for FirstRead<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n > 0 {
-            self.heard.store(true, Ordering::SeqCst);
-        }
-        Ok(n)
-    }
 }
 
 fn serve_vsock(server: Server) -> Result<(), String> {
