@@ -1,116 +1,43 @@
 // SPDX-License-Identifier: MIT
 //! Running one call whose streams travel as frames over any byte channel (a VM's virtio
-//! console port or vsock), because descriptors cannot cross into a guest. Used by the
+//! console or port, or vsock), because descriptors cannot cross into a guest. Used by the
 //! guest init `sci`.
 //!
-//! Without a terminal the app gets three pipes: output is relayed in chunks as it comes
-//! (not byte by byte, as the original guest init did), a `Stdin` frame with no bytes is a
-//! half-close that reaches the app as EOF, and the call ends with the app's exit status
-//! after all of its output. With a terminal the app runs on a pty, exactly as in a
-//! container (see `daemon::terminal`). Children are waited for by the process's one
-//! [`Reaper`], so an init that also reaps orphans never loses a call's status.
+//! Without a terminal the app gets three pipes and [`relay`] moves the frames from one
+//! thread: output is relayed in chunks as it comes (not byte by byte, as the original guest
+//! init did), a `Stdin` frame with no bytes is a half-close that reaches the app as EOF,
+//! and the call ends with the app's exit status after all of its output. With a terminal
+//! the app runs on a pty, exactly as in a container (see `daemon::terminal`). In a process
+//! that reaps orphans (an init serving many calls), children are waited for by its one
+//! [`Reaper`], so no call loses its app's status to it.
 
-use std::io::{Read, Write};
-use std::process::{ChildStdin, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+mod relay;
 
-use crate::command::app_command;
+use std::io::{Cursor, Read};
+
 use crate::daemon::reaper::Reaper;
-use crate::daemon::session::{watch, Input};
 use crate::daemon::{terminal, Writer};
-use crate::proto::{Call, Frame, CHUNK};
+use crate::proto::Call;
 
-/// Runs `call`, reading control frames from `reader` and writing output and the exit status
-/// to `writer`. Returns when the exit status is sent (or the connection broke).
-pub fn run(
-    call: &Call,
-    reader: impl Read + Send + 'static,
-    writer: Writer,
-    reaper: &Reaper,
-) -> std::io::Result<()> {
+pub use relay::Link;
+
+/// Runs `call` over `link`: control frames in, output and the exit status out. `reaper`:
+/// the process's reaper when it has one; without, the app is waited for directly and no
+/// thread is started for a call without a terminal. Returns when the exit status is sent
+/// (or the connection broke).
+pub fn run(call: &Call, link: Link, reaper: Option<&Reaper>) -> std::io::Result<()> {
+    if !call.terminal {
+        relay::run(call, link, reaper);
+        return Ok(());
+    }
+    let (input, output, read_ahead) = link.into_parts();
+    let reader = Cursor::new(read_ahead).chain(input);
+    let writer = Writer::new(output);
     if call.output_acks {
         writer.limit_output();
     }
-    if call.terminal {
-        return terminal::run(reader, writer, call, reaper);
-    }
-    let mut pipes = None;
-    let spawned = reaper.spawn(|| {
-        let mut command = app_command(call);
-        command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        let mut child = command.spawn()?;
-        pipes = Some((child.stdin.take(), child.stdout.take(), child.stderr.take()));
-        Ok(child)
-    });
-    let (pid, exit) = match spawned {
-        Ok(spawned) => spawned,
-        Err(err) => {
-            writer.start_failed(call, &err);
-            return Ok(());
-        }
-    };
-    let (stdin, stdout, stderr) = pipes.unwrap_or((None, None, None));
-    let pumps = [
-        stdout.map(|out| pump(out, writer.clone(), Frame::Stdout)),
-        stderr.map(|err| pump(err, writer.clone(), Frame::Stderr)),
-    ];
-    let done = Arc::new(AtomicBool::new(false));
-    let input = stdin.map(|pipe| Box::new(Pipe(Some(pipe))) as Box<dyn Input>);
-    watch(
-        reader,
-        pid,
-        Arc::clone(&done),
-        input,
-        Some(writer.clone()),
-        call.flow,
-    );
-    if let Ok(status) = exit.recv() {
-        done.store(true, Ordering::SeqCst);
-        for pump in pumps.into_iter().flatten() {
-            let _ = pump.join();
-        }
-        writer.send(&Frame::Exit(status))?;
-    }
-    Ok(())
-}
-
-/// Copies one output stream of the app into frames made by `frame`.
-fn pump<R: Read + Send + 'static>(
-    mut from: R,
-    writer: Writer,
-    frame: fn(Vec<u8>) -> Frame,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if writer.send(&frame(buf[..n].to_vec())).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    })
-}
-
-/// The app's stdin pipe as the destination of `Stdin` frames; EOF closes it.
-struct Pipe(Option<ChildStdin>);
-
-impl Input for Pipe {
-    fn input(&mut self, bytes: &[u8]) {
-        if bytes.is_empty() {
-            self.0 = None;
-        } else if let Some(pipe) = self.0.as_mut() {
-            if pipe.write_all(bytes).is_err() {
-                self.0 = None;
-            }
-        }
+    match reaper {
+        Some(reaper) => terminal::run(reader, writer, call, reaper),
+        None => terminal::run(reader, writer, call, &Reaper::start()),
     }
 }

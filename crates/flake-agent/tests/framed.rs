@@ -13,8 +13,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use flake_agent::daemon::reaper::Reaper;
-use flake_agent::daemon::Writer;
-use flake_agent::framed::run;
+use flake_agent::framed::{run, Link};
 use flake_agent::proto::{Call, ExitStatus, Frame};
 
 /// A `Write` whose bytes the test reads back.
@@ -39,9 +38,15 @@ fn frames_of(call: &Call, input: &[Frame]) -> Vec<Frame> {
     let (keep_open, reader) = std::os::unix::net::UnixStream::pair().unwrap();
     (&keep_open).write_all(&bytes).unwrap();
     let sink = Shared::default();
-    run(call, reader, Writer::new(sink.clone()), &Reaper::start()).unwrap();
+    run(call, link_to(reader, &sink), Some(&Reaper::start())).unwrap();
     drop(keep_open);
     decode(&sink)
+}
+
+/// A link reading from `input` and writing to `sink`.
+fn link_to(input: std::os::unix::net::UnixStream, sink: &Shared) -> Link {
+    let input = std::fs::File::from(std::os::fd::OwnedFd::from(input));
+    Link::new(input, Box::new(sink.clone()), Vec::new())
 }
 
 /// The frames written into `sink`.
@@ -146,7 +151,7 @@ fn a_signal_overtakes_input_the_app_does_not_read() {
     });
     let sink = Shared::default();
     let started = std::time::Instant::now();
-    run(&call, guest, Writer::new(sink.clone()), &Reaper::start()).unwrap();
+    run(&call, link_to(guest, &sink), Some(&Reaper::start())).unwrap();
     assert!(
         started.elapsed() < std::time::Duration::from_secs(10),
         "the signal waited for the input"

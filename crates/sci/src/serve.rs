@@ -11,14 +11,16 @@
 //! before (its caller is gone), other frames go to the running call, and the host hanging
 //! up ends it; frames before the first `Call` are the rest of an earlier, ended call.
 
-use std::io::{BufReader, Read};
+use std::fs::File;
+use std::io::{BufReader, Write};
+use std::os::fd::OwnedFd;
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flake_agent::daemon::reaper::Reaper;
 use flake_agent::daemon::Writer;
-use flake_agent::framed;
+use flake_agent::framed::{self, Link};
 use flake_agent::proto::{ExitStatus, Frame, ProtoError, CHUNK};
 
 use crate::cmdline::{BootSettings, Channel, VSOCK_PORT};
@@ -93,13 +95,9 @@ struct Server {
 
 impl Server {
     /// Handles one vsock connection (one call); returns false when serving must stop.
-    fn connection<R>(&self, reader: R, writer: Writer) -> bool
-    where
-        R: Read + Send + 'static,
-    {
-        let mut reader = BufReader::with_capacity(CHUNK + 8, reader);
+    fn connection(&self, mut link: Link) -> bool {
         loop {
-            let frame = Frame::read_from(&mut reader);
+            let frame = link.take();
             crate::debug::log(|| {
                 format!(
                     "connection frame: {:?}",
@@ -107,42 +105,36 @@ impl Server {
                 )
             });
             match frame {
-                Ok(Some(Frame::Call(call))) => return self.run_call(&call, reader, writer),
+                Ok(Some(Frame::Call(call))) => return self.run_call(&call, link),
                 Ok(Some(Frame::Shutdown)) => {
-                    let _ = writer.send(&Frame::Exit(ExitStatus::Exited(0)));
+                    link.send(&Frame::Exit(ExitStatus::Exited(0)));
                     let _ = self.end.send(End::Shutdown);
                     return false;
                 }
                 Ok(Some(_)) => {}
-                Ok(None) => return true,
-                // A newer launcher's frame, read whole.
-                Err(ProtoError::UnknownKind { .. }) => {}
+                Ok(None) if link.gone() => return true,
+                // Reading blocks: this thread serves this connection only.
+                Ok(None) => link.fill(),
                 Err(err @ ProtoError::Version { .. }) => {
-                    writer.fail(&format!("sci: {err}"), 125);
+                    link.send(&Frame::Error(format!("sci: {err}")));
+                    link.send(&Frame::Exit(ExitStatus::Exited(125)));
                     return true;
                 }
                 Err(_) => return true,
             }
         }
     }
-}
 
-impl Server {
     /// Runs one call and reports whether serving goes on (a one-shot VM serves one).
-    fn run_call(
-        &self,
-        call: &flake_agent::proto::Call,
-        reader: impl Read + Send + 'static,
-        writer: Writer,
-    ) -> bool {
+    fn run_call(&self, call: &flake_agent::proto::Call, mut link: Link) -> bool {
         let Some(busy) = self.activity.begin() else {
             // Refused whole, never cut off: nothing of the call has run, and the launcher
             // may start the VM again and repeat it.
-            let _ = writer.send(&Frame::Closing);
+            link.send(&Frame::Closing);
             return false;
         };
         crate::debug::log(|| "call starts".to_string());
-        let result = framed::run(call, reader, writer, &self.reaper);
+        let result = framed::run(call, link, Some(&self.reaper));
         crate::debug::log(|| format!("call ended: {result:?}"));
         drop(busy);
         if !self.resume {
@@ -161,7 +153,7 @@ impl Server {
     fn port_connection(&self, port: &Arc<Port>) -> bool {
         let mut reader = BufReader::with_capacity(CHUNK + 8, PortReader(Arc::clone(port)));
         // The control frames of the running call, if one runs.
-        let mut current: Option<Sender<Vec<u8>>> = None;
+        let mut current: Option<File> = None;
         let mut served = false;
         self.activity.touch();
         let more = loop {
@@ -175,12 +167,17 @@ impl Server {
             match frame {
                 Ok(Some(Frame::Call(call))) => {
                     drop(current.take());
-                    let (tx, rx) = channel();
-                    current = Some(tx);
-                    let writer = Writer::new(port.writer());
+                    let flags = rustix::pipe::PipeFlags::CLOEXEC;
+                    let Ok((rx, tx)) = rustix::pipe::pipe_with(flags) else {
+                        Writer::new(port.writer()).fail("sci: cannot make a pipe", 125);
+                        continue;
+                    };
+                    current = Some(File::from(tx));
+                    let input = File::from(rx);
+                    let link = Link::new(input, Box::new(port.writer()), Vec::new());
                     let server = self.clone();
                     served = true;
-                    std::thread::spawn(move || server.run_call(&call, Frames::new(rx), writer));
+                    std::thread::spawn(move || server.run_call(&call, link));
                 }
                 Ok(Some(Frame::Shutdown)) => {
                     drop(current.take());
@@ -189,8 +186,12 @@ impl Server {
                     break false;
                 }
                 Ok(Some(control)) => {
-                    if let Some(tx) = &current {
-                        let _ = tx.send(control.encode());
+                    // The call's relay takes them from the pipe; once it is done, they go
+                    // nowhere.
+                    if let Some(tx) = current.as_mut() {
+                        if tx.write_all(&control.encode()).is_err() {
+                            current = None;
+                        }
                     }
                 }
                 Err(err @ ProtoError::Version { .. }) => {
@@ -213,36 +214,6 @@ impl Server {
         port.end_writes();
         drop(current);
         more
-    }
-}
-
-/// Control frames of a port call, handed over by the port's reader, as a byte stream.
-struct Frames {
-    rx: std::sync::mpsc::Receiver<Vec<u8>>,
-    pending: std::io::Cursor<Vec<u8>>,
-}
-
-impl Frames {
-    fn new(rx: std::sync::mpsc::Receiver<Vec<u8>>) -> Self {
-        Frames {
-            rx,
-            pending: std::io::Cursor::new(Vec::new()),
-        }
-    }
-}
-
-impl Read for Frames {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            let n = self.pending.read(buf)?;
-            if n > 0 || buf.is_empty() {
-                return Ok(n);
-            }
-            match self.rx.recv() {
-                Ok(bytes) => self.pending = std::io::Cursor::new(bytes),
-                Err(_) => return Ok(0),
-            }
-        }
     }
 }
 
@@ -282,12 +253,17 @@ fn serve_vsock(server: Server) -> Result<(), String> {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { continue };
-            let Ok(reader) = stream.try_clone() else {
+            let Ok(output) = stream.try_clone() else {
                 continue;
             };
+            let link = Link::new(
+                File::from(OwnedFd::from(stream)),
+                Box::new(output),
+                Vec::new(),
+            );
             let server = server.clone();
             server.activity.touch();
-            std::thread::spawn(move || server.connection(reader, Writer::new(stream)));
+            std::thread::spawn(move || server.connection(link));
         }
     });
     Ok(())
@@ -397,5 +373,84 @@ mod tests {
             activity.close_if_idle(Duration::from_secs(60)),
             "closing stays"
         );
+    }
+}
+
+#[cfg(test)]
+mod connection_tests {
+    //! A vsock connection's frames before a call, over a socket pair. No call runs the app
+    //! here: these tests share their process with `oneshot`'s, which wait for their own
+    //! children, so no reaper may run.
+    use super::*;
+    use flake_agent::proto::Call;
+    use std::os::unix::net::UnixStream;
+
+    fn server() -> (Server, std::sync::mpsc::Receiver<End>) {
+        let (end, ended) = channel();
+        let server = Server {
+            ports: 1,
+            resume: true,
+            end,
+            activity: Arc::new(Activity::new()),
+            // Never started: nothing here is spawned.
+            reaper: Arc::new(Reaper::default()),
+        };
+        (server, ended)
+    }
+
+    fn link(stream: UnixStream) -> Link {
+        let output = stream.try_clone().unwrap();
+        Link::new(
+            File::from(OwnedFd::from(stream)),
+            Box::new(output),
+            Vec::new(),
+        )
+    }
+
+    fn frames(host: &mut UnixStream) -> Vec<Frame> {
+        std::iter::from_fn(|| Frame::read_from(host).unwrap()).collect()
+    }
+
+    #[test]
+    fn shutdown_ends_serving_and_other_versions_are_refused() {
+        let (server, ended) = server();
+        let (mut host, guest) = UnixStream::pair().unwrap();
+        // A newer launcher's frame first: skipped.
+        host.write_all(&[2, 0, 0, 0, 200, 1]).unwrap();
+        host.write_all(&Frame::Shutdown.encode()).unwrap();
+        assert!(!server.connection(link(guest)), "serving stops");
+        assert_eq!(frames(&mut host), [Frame::Exit(ExitStatus::Exited(0))]);
+        assert_eq!(ended.try_recv(), Ok(End::Shutdown));
+
+        let (mut host, guest) = UnixStream::pair().unwrap();
+        let mut call = Frame::Call(Call {
+            argv: vec![b"/bin/true".to_vec()],
+            ..Call::default()
+        })
+        .encode();
+        call[5] = 99;
+        host.write_all(&call).unwrap();
+        assert!(server.connection(link(guest)), "serving goes on");
+        let got = frames(&mut host);
+        assert!(
+            matches!(&got[0], Frame::Error(m) if m.contains("version 99")),
+            "{got:?}"
+        );
+        assert_eq!(got[1], Frame::Exit(ExitStatus::Exited(125)));
+    }
+
+    #[test]
+    fn a_call_after_the_idle_decision_is_refused_whole() {
+        let (server, _ended) = server();
+        assert!(server.activity.close_if_idle(Duration::ZERO));
+        let (mut host, guest) = UnixStream::pair().unwrap();
+        let call = Frame::Call(Call {
+            argv: vec![b"/bin/true".to_vec()],
+            frames: true,
+            ..Call::default()
+        });
+        host.write_all(&call.encode()).unwrap();
+        assert!(!server.connection(link(guest)));
+        assert_eq!(frames(&mut host), [Frame::Closing]);
     }
 }
