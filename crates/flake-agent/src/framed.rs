@@ -3,7 +3,7 @@
 //! console or port, or vsock), because descriptors cannot cross into a guest. Used by the
 //! guest init `sci`.
 //!
-//! Without a terminal the app gets three pipes and [`relay`] moves the frames from one
+//! Without a terminal the app gets three pipes and the relay moves the frames from one
 //! thread: output is relayed in chunks as it comes (not byte by byte, as the original guest
 //! init did), a `Stdin` frame with no bytes is a half-close that reaches the app as EOF,
 //! and the call ends with the app's exit status after all of its output. With a terminal
