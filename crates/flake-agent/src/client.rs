@@ -14,7 +14,6 @@ use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rustix::termios::{self, OptionalActions, Termios};
@@ -59,6 +58,11 @@ pub struct Request {
     /// Acknowledge output (the channel drops what the host does not take at once: a VM's
     /// plain virtio console).
     pub output_acks: bool,
+    /// The agent acknowledges stdin from the start of every call it runs (`StdinAck(0)`
+    /// comes first): stdin is read only after that, so a call the instance refuses has
+    /// taken none of the caller's input and can be made again. Only for agents known to
+    /// do so; one that never acknowledges would never get input.
+    pub stdin_on_ack: bool,
 }
 
 /// Runs `request` over `stream` and returns the app's exit status.
@@ -101,7 +105,11 @@ fn run_call(stream: UnixStream, request: &Request) -> Result<ExitStatus, ProtoEr
             send(&writer, &Frame::Call(call))?;
             let _forwarding = forward_signals(Arc::clone(&writer), false)?;
             let window = Window::open();
-            relay_stdin(Arc::clone(&writer), Arc::clone(&window));
+            relay_stdin(
+                Arc::clone(&writer),
+                Arc::clone(&window),
+                request.stdin_on_ack,
+            );
             let mut stdout = std::io::stdout().lock();
             let acks = request.output_acks.then_some(&*writer);
             wait_for_exit(stream, request.launcher, &window, acks, |bytes| {
@@ -141,7 +149,11 @@ fn run_terminal(
     let _forwarding = forward_signals(Arc::clone(&writer), true)?;
     let _raw = RawMode::enter();
     let window = Window::open();
-    relay_stdin(Arc::clone(&writer), Arc::clone(&window));
+    relay_stdin(
+        Arc::clone(&writer),
+        Arc::clone(&window),
+        request.stdin_on_ack,
+    );
     let mut stdout = std::io::stdout().lock();
     let acks = request.output_acks.then_some(&*writer);
     wait_for_exit(stream, request.launcher, &window, acks, |bytes| {
@@ -225,50 +237,78 @@ fn send(writer: &Mutex<UnixStream>, frame: &Frame) -> std::io::Result<()> {
     stream.write_all(&frame.encode())
 }
 
-/// Signals go to the app while this lives; once the call is over (it is dropped), they take
-/// their default action again, so a Ctrl-C while the launcher cleans up ends it as it would
-/// end any program, rather than being forwarded to an app that is gone.
-struct Forwarding(Arc<AtomicBool>);
+/// Signals go to the app of the call while this lives; once the call is over (it is
+/// dropped), they take their default action again, so a Ctrl-C while the launcher cleans
+/// up ends it as it would end any program, rather than being forwarded to an app that is
+/// gone. A launcher that makes a call again (the instance refused it) forwards to the new
+/// call: one listener serves the whole process.
+struct Forwarding;
 
 impl Drop for Forwarding {
     fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
+        *signal_target() = None;
     }
 }
 
-/// Forwards signals (and, with a terminal, window-size changes) on a background thread.
+/// The call the process's signals go to: its connection, and whether it has a terminal
+/// (which also gets window-size changes).
+type Target = (Arc<Mutex<UnixStream>>, bool);
+
+fn signal_target() -> std::sync::MutexGuard<'static, Option<Target>> {
+    static TARGET: Mutex<Option<Target>> = Mutex::new(None);
+    TARGET
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Forwards signals (and, with a terminal, window-size changes) to the call on `writer`,
+/// from the process's listener thread (started on first use).
 fn forward_signals(writer: Arc<Mutex<UnixStream>>, terminal: bool) -> std::io::Result<Forwarding> {
-    let mut wanted = FORWARDED.to_vec();
-    if terminal {
+    static LISTENING: Mutex<bool> = Mutex::new(false);
+    let mut listening = LISTENING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !*listening {
+        let mut wanted = FORWARDED.to_vec();
         wanted.push(SIGWINCH);
-    }
-    let mut signals = Signals::new(wanted)?;
-    let over = Arc::new(AtomicBool::new(false));
-    let call_over = Arc::clone(&over);
-    std::thread::spawn(move || {
-        for signal in signals.forever() {
-            if call_over.load(Ordering::SeqCst) {
-                if signal != SIGWINCH {
-                    let _ = signal_hook::low_level::emulate_default_handler(signal);
-                }
-                continue;
+        let mut signals = Signals::new(wanted)?;
+        std::thread::spawn(move || {
+            for signal in signals.forever() {
+                deliver(signal);
             }
-            let frame = match signal {
-                SIGWINCH => Frame::Resize(window_size()),
-                other => Frame::Signal(u8::try_from(other).unwrap_or(15)),
-            };
-            // A connection that broke ends the call with an error: nothing to do here.
-            let _ = send(&writer, &frame);
+        });
+        *listening = true;
+    }
+    *signal_target() = Some((writer, terminal));
+    Ok(Forwarding)
+}
+
+fn deliver(signal: i32) {
+    let target = signal_target().clone();
+    let Some((writer, terminal)) = target else {
+        if signal != SIGWINCH {
+            let _ = signal_hook::low_level::emulate_default_handler(signal);
         }
-    });
-    Ok(Forwarding(over))
+        return;
+    };
+    let frame = match signal {
+        SIGWINCH if terminal => Frame::Resize(window_size()),
+        SIGWINCH => return,
+        other => Frame::Signal(u8::try_from(other).unwrap_or(15)),
+    };
+    // A connection that broke ends the call with an error: nothing to do here.
+    let _ = send(&writer, &frame);
 }
 
 /// Copies the caller's stdin to the agent; an empty frame marks EOF. Once the agent has
 /// acknowledged stdin, it waits for room in the window first, without holding the writer:
-/// signals and window changes go out meanwhile.
-fn relay_stdin(writer: Arc<Mutex<UnixStream>>, window: Arc<Window>) {
+/// signals and window changes go out meanwhile. `on_ack`: nothing is read before the
+/// agent's first acknowledgement (and nothing at all if the call ends first).
+fn relay_stdin(writer: Arc<Mutex<UnixStream>>, window: Arc<Window>, on_ack: bool) {
     std::thread::spawn(move || {
+        if on_ack && !window.wait_active() {
+            return;
+        }
         let mut stdin = std::io::stdin().lock();
         let mut buf = vec![0u8; CHUNK];
         loop {
@@ -341,6 +381,18 @@ impl Window {
         state.active = true;
         state.outstanding = state.outstanding.saturating_sub(u64::from(count));
         self.room.notify_all();
+    }
+
+    /// Waits for the agent's first acknowledgement; false if the call ended first.
+    fn wait_active(&self) -> bool {
+        let mut state = self.lock();
+        while !state.active && !state.closed {
+            state = self
+                .room
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        !state.closed
     }
 
     fn read_any(&self) -> bool {

@@ -21,6 +21,7 @@ fn request(output_acks: bool) -> Request {
         term: None,
         launcher: "test-pilot",
         output_acks,
+        stdin_on_ack: false,
     }
 }
 

@@ -30,6 +30,7 @@ fn run_client(path: &str) {
         term: None,
         launcher: "test-pilot",
         output_acks: false,
+        stdin_on_ack: false,
     };
     let status = client::run(stream, &request).unwrap();
     assert_eq!(status, ExitStatus::Exited(0));
@@ -92,4 +93,111 @@ fn a_signal_during_the_call_goes_to_the_app_and_after_it_ends_the_launcher() {
     let status = child.wait().unwrap();
     assert_eq!(status.signal(), Some(2), "{status:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+const AGAIN: &str = "FLAKE_AGENT_TEST_CLIENT_AGAIN";
+
+/// In the child: a call the instance refuses, then the same call made again, with stdin
+/// read only once the agent acknowledges it.
+fn run_client_again(path: &str) {
+    let request = Request {
+        argv: vec![b"/bin/cat".to_vec()],
+        streams: Streams::Frames,
+        term: None,
+        launcher: "test-pilot",
+        output_acks: false,
+        stdin_on_ack: true,
+    };
+    let refused = client::run(UnixStream::connect(path).unwrap(), &request).unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            flake_agent::proto::ProtoError::Refused { stdin_read: false }
+        ),
+        "{refused:?}"
+    );
+    eprintln!("refused");
+    let status = client::run(UnixStream::connect(path).unwrap(), &request).unwrap();
+    assert_eq!(status, ExitStatus::Exited(0));
+    std::process::exit(0);
+}
+
+#[test]
+fn a_call_made_again_after_a_refusal_gets_all_input_and_the_signals() {
+    if let Ok(path) = std::env::var(AGAIN) {
+        run_client_again(&path);
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_call_made_again_after_a_refusal_gets_all_input_and_the_signals",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(AGAIN, &path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut input, b"every byte\n").unwrap();
+    drop(input);
+    // The first call is refused as the instance powers off: it has read no input.
+    let (mut agent, _) = listener.accept().unwrap();
+    agent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert!(matches!(
+        Frame::read_from(&mut agent).unwrap(),
+        Some(Frame::Call(_))
+    ));
+    // Time for a relay that does not wait for an acknowledgement to read and send input.
+    agent
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let early = Frame::read_from(&mut agent);
+    assert!(
+        early.is_err(),
+        "nothing before the agent's answer: {early:?}"
+    );
+    Frame::Closing.write_to(&mut agent).unwrap();
+    drop(agent);
+    // The call made again gets all of it once it acknowledges stdin.
+    let (mut agent, _) = listener.accept().unwrap();
+    agent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert!(matches!(
+        Frame::read_from(&mut agent).unwrap(),
+        Some(Frame::Call(_))
+    ));
+    Frame::StdinAck(0).write_to(&mut agent).unwrap();
+    let mut got = Vec::new();
+    loop {
+        match Frame::read_from(&mut agent).unwrap() {
+            Some(Frame::Stdin(bytes)) if bytes.is_empty() => break,
+            Some(Frame::Stdin(bytes)) => got.extend(bytes),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(got, b"every byte\n");
+    // Signals go to the call made again, and do not end the launcher.
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    assert_eq!(
+        Frame::read_from(&mut agent).unwrap(),
+        Some(Frame::Signal(2))
+    );
+    Frame::Exit(ExitStatus::Exited(0))
+        .write_to(&mut agent)
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    assert!(stderr.contains("refused"), "{stderr}");
 }

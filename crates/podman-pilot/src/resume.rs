@@ -89,6 +89,7 @@ pub fn call(
                 term,
                 launcher: "podman-pilot",
                 output_acks: false,
+                stdin_on_ack: false,
             };
             PilotExit::App(client::run(stream, &request)?.code())
         }

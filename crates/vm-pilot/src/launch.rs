@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use flake_agent::client::{self, Request, Streams};
-use flake_agent::proto::{ExitStatus, Frame};
+use flake_agent::proto::{ExitStatus, Frame, ProtoError};
 use flakes::callargs::Terminal;
 use flakes::config::vm::VmFlake;
 use flakes::config::{Include, LaunchMode};
@@ -30,6 +30,24 @@ use crate::{overlay, tap};
 
 /// How long a guest may take to open its channel (software emulation is slow).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often a resume call is made at most when VMs powering off refuse it.
+const CALL_ATTEMPTS: u32 = 3;
+
+/// How one attempt at a resume call failed.
+#[derive(Debug)]
+enum Attempt {
+    /// Refused whole by the VM (its VMM's pid) powering off, or met that VMM ending: it
+    /// may be made again.
+    Refused(VmError, u32),
+    /// Anything else.
+    Failed(VmError),
+}
+
+impl From<VmError> for Attempt {
+    fn from(err: VmError) -> Self {
+        Attempt::Failed(err)
+    }
+}
 
 /// The guest init of an image, as far as the launcher needs to know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +124,8 @@ impl Launch<'_> {
             term: self.term.clone(),
             launcher: "firecracker-pilot",
             output_acks,
+            // An init that knows the console acknowledges stdin from the start of a call.
+            stdin_on_ack: self.guest_init() == GuestInit::Console,
         }
     }
 
@@ -301,23 +321,44 @@ impl Launch<'_> {
         let label = self.key.label();
         let state = StateDir::prepare_vm(&self.ids_dir, self.uid, &label)?;
         let plan = self.plan(&state, &label, true);
-        // A call that comes as the VM powers off for idleness is refused whole (nothing of
-        // it runs) and reported; repeating it here would need the caller's stdin and
-        // signal forwarding handed over from one attempt to the next.
-        let status = self.resume_call(&state, &plan)?;
+        let status = self.resume_call_until_served(&state, &plan)?;
         if self.call.options.remove {
             self.remove(state, &plan)?;
         }
         Ok(status)
     }
 
+    /// A call that comes as a running VM powers off for idleness is refused whole (nothing
+    /// of it ran, none of the caller's input was taken) or meets a VMM that is ending: it
+    /// is made again once that VM is gone, which starts a new one. Only with an init that
+    /// acknowledges stdin from a call's start (else input may have been taken already).
+    fn resume_call_until_served(&self, state: &StateDir, plan: &Plan) -> Result<ExitStatus> {
+        let mut attempts = 1;
+        loop {
+            match self.resume_call(state, plan) {
+                Err(Attempt::Refused(_, pid)) if attempts < CALL_ATTEMPTS => {
+                    if self.debug {
+                        eprintln!(
+                            "firecracker-pilot: PILOT_DEBUG: the VM powering off refused the \
+                             call; making it again"
+                        );
+                    }
+                    stop(pid, &plan.dir);
+                    attempts += 1;
+                }
+                Err(Attempt::Refused(err, _) | Attempt::Failed(err)) => return Err(err),
+                Ok(status) => return Ok(status),
+            }
+        }
+    }
+
     /// One call into the resume VM of `plan`, starting the VM when it is not running.
-    fn resume_call(&self, state: &StateDir, plan: &Plan) -> Result<ExitStatus> {
-        let mut started = {
-            let _lock = state.lock()?;
+    fn resume_call(&self, state: &StateDir, plan: &Plan) -> Result<ExitStatus, Attempt> {
+        let (mut started, warm) = {
+            let _lock = state.lock().map_err(VmError::from)?;
             match instance::running(&plan.dir) {
-                Some(_) => None,
-                None => Some(self.start_resume_vm(plan)?),
+                Some(pid) => (None, Some(pid)),
+                None => (Some(self.start_resume_vm(plan)?), None),
             }
         };
         // A channel with ports serves one call per port; vsock takes any number.
@@ -335,7 +376,17 @@ impl Launch<'_> {
         let stream = wait_connect(self.vmm, plan, port, BOOT_TIMEOUT, alive)?;
         let status = self.call_over(stream, plan);
         drop(claim);
-        status
+        let repeatable = self.guest_init() == GuestInit::Console;
+        status.map_err(|err| match (err, warm) {
+            (
+                err @ VmError::Call {
+                    source: ProtoError::Refused { stdin_read: false } | ProtoError::Unanswered,
+                    ..
+                },
+                Some(pid),
+            ) if repeatable => Attempt::Refused(err, pid),
+            (err, _) => Attempt::Failed(err),
+        })
     }
 
     /// Starts the VM of a resume instance; the VMM outlives this launcher.
@@ -402,13 +453,14 @@ impl Launch<'_> {
     }
 }
 
-/// Waits up to 10 s for the VMM `pid` to end after a shutdown, then kills it.
+/// Waits up to 10 s for the VMM `pid` of `dir` to end (after a shutdown, or powering off),
+/// then kills it; a VMM another launcher has started since is left alone.
 fn stop(pid: u32, dir: &std::path::Path) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while instance::running(dir).is_some() && std::time::Instant::now() < deadline {
+    while instance::running(dir) == Some(pid) && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    if instance::running(dir).is_some() {
+    if instance::running(dir) == Some(pid) {
         if let Some(pid) = i32::try_from(pid)
             .ok()
             .and_then(rustix::process::Pid::from_raw)
