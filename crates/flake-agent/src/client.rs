@@ -242,17 +242,26 @@ fn send(writer: &Mutex<UnixStream>, frame: &Frame) -> std::io::Result<()> {
 /// up ends it as it would end any program, rather than being forwarded to an app that is
 /// gone. A launcher that makes a call again (the instance refused it) forwards to the new
 /// call: one listener serves the whole process.
-struct Forwarding;
+struct Forwarding(u64);
 
 impl Drop for Forwarding {
     fn drop(&mut self) {
-        *signal_target() = None;
+        let mut target = signal_target();
+        // Only its own call's: a later call's target stays.
+        if target.as_ref().is_some_and(|t| t.id == self.0) {
+            *target = None;
+        }
     }
 }
 
 /// The call the process's signals go to: its connection, and whether it has a terminal
 /// (which also gets window-size changes).
-type Target = (Arc<Mutex<UnixStream>>, bool);
+#[derive(Clone)]
+struct Target {
+    id: u64,
+    writer: Arc<Mutex<UnixStream>>,
+    terminal: bool,
+}
 
 fn signal_target() -> std::sync::MutexGuard<'static, Option<Target>> {
     static TARGET: Mutex<Option<Target>> = Mutex::new(None);
@@ -279,13 +288,22 @@ fn forward_signals(writer: Arc<Mutex<UnixStream>>, terminal: bool) -> std::io::R
         });
         *listening = true;
     }
-    *signal_target() = Some((writer, terminal));
-    Ok(Forwarding)
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let id = CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    *signal_target() = Some(Target {
+        id,
+        writer,
+        terminal,
+    });
+    Ok(Forwarding(id))
 }
 
 fn deliver(signal: i32) {
     let target = signal_target().clone();
-    let Some((writer, terminal)) = target else {
+    let Some(Target {
+        writer, terminal, ..
+    }) = target
+    else {
         if signal != SIGWINCH {
             let _ = signal_hook::low_level::emulate_default_handler(signal);
         }

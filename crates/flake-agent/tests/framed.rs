@@ -186,3 +186,37 @@ fn no_acknowledgements_unless_asked() {
         assert!(!matches!(frame, Frame::StdinAck(_)), "{frame:?}");
     }
 }
+
+/// Under output flow control one thread relays the call; here the process's reaper waits
+/// for the app (as in a guest init that reaps orphans).
+#[test]
+fn one_thread_relays_a_call_under_output_flow_control() {
+    let call = Call {
+        argv: ["sh", "-c", "cat; echo err >&2; exit 5"]
+            .iter()
+            .map(|a| a.as_bytes().to_vec())
+            .collect(),
+        frames: true,
+        flow: true,
+        output_acks: true,
+        ..Call::default()
+    };
+    let input = [Frame::Stdin(b"in\n".to_vec()), Frame::Stdin(Vec::new())];
+    let (mut out, mut err, mut acked, mut status) = (Vec::new(), Vec::new(), 0, None);
+    for frame in frames_of(&call, &input) {
+        assert!(status.is_none(), "exit comes last");
+        match frame {
+            Frame::Stdout(b) => out.extend(b),
+            Frame::Stderr(b) => err.extend(b),
+            Frame::StdinAck(n) => acked += n,
+            Frame::Exit(s) => status = Some(s),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        (out.as_slice(), err.as_slice()),
+        (&b"in\n"[..], &b"err\n"[..])
+    );
+    assert_eq!(acked, 3);
+    assert_eq!(status, Some(ExitStatus::Exited(5)));
+}

@@ -32,6 +32,9 @@ use crate::{overlay, tap};
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often a resume call is made at most when VMs powering off refuse it.
 const CALL_ATTEMPTS: u32 = 3;
+/// How soon a VMM that closed a call without a word must end for the call to be made again
+/// (a guest powering off ends within its 300 ms grace).
+const UNANSWERED_END: Duration = Duration::from_secs(3);
 
 /// How one attempt at a resume call failed.
 #[derive(Debug)]
@@ -336,14 +339,27 @@ impl Launch<'_> {
         let mut attempts = 1;
         loop {
             match self.resume_call(state, plan) {
-                Err(Attempt::Refused(_, pid)) if attempts < CALL_ATTEMPTS => {
+                Err(Attempt::Refused(err, pid)) if attempts < CALL_ATTEMPTS => {
+                    // A VM that said it powers off is waited for (and stopped, if it
+                    // hangs); one that just went quiet only counts as ending if it does.
+                    let closing = matches!(
+                        err,
+                        VmError::Call {
+                            source: ProtoError::Refused { .. },
+                            ..
+                        }
+                    );
+                    if closing {
+                        stop(pid, &plan.dir);
+                    } else if !ends_within(pid, &plan.dir, UNANSWERED_END) {
+                        return Err(err);
+                    }
                     if self.debug {
                         eprintln!(
                             "firecracker-pilot: PILOT_DEBUG: the VM powering off refused the \
                              call; making it again"
                         );
                     }
-                    stop(pid, &plan.dir);
                     attempts += 1;
                 }
                 Err(Attempt::Refused(err, _) | Attempt::Failed(err)) => return Err(err),
@@ -451,6 +467,18 @@ impl Launch<'_> {
         drop(lock);
         Ok(removed?)
     }
+}
+
+/// Whether the VMM `pid` of `dir` ends within `timeout` (it is left alone either way).
+fn ends_within(pid: u32, dir: &std::path::Path, timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while instance::running(dir) == Some(pid) {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
 }
 
 /// Waits up to 10 s for the VMM `pid` of `dir` to end (after a shutdown, or powering off),

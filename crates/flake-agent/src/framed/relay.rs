@@ -49,6 +49,8 @@ pub struct Link {
     outstanding: u64,
     /// The launcher hung up or broke the stream.
     gone: bool,
+    /// Where reads land first.
+    scratch: Vec<u8>,
 }
 
 impl std::fmt::Debug for Link {
@@ -73,6 +75,7 @@ impl Link {
             limited: false,
             outstanding: 0,
             gone: false,
+            scratch: Vec::new(),
         }
     }
 
@@ -103,6 +106,13 @@ impl Link {
         }
     }
 
+    /// Whether a frame of `len` bytes fits the window now (one alone always does).
+    fn fits(&self, len: usize) -> bool {
+        !self.limited
+            || self.outstanding == 0
+            || self.outstanding.saturating_add(window_cost(len)) <= OUTPUT_WINDOW
+    }
+
     /// How many output bytes the next frame may carry now (0: wait for acknowledgements).
     /// A frame alone always fits.
     fn room(&self) -> usize {
@@ -117,12 +127,12 @@ impl Link {
 
     /// Reads what the input has (poll said it has something).
     pub fn fill(&mut self) {
-        let mut buf = vec![0u8; CHUNK];
-        match self.input.read(&mut buf) {
+        self.scratch.resize(CHUNK, 0);
+        match self.input.read(&mut self.scratch) {
             Ok(0) => self.gone = true,
             Ok(n) => self
                 .inbox
-                .extend_from_slice(buf.get(..n).unwrap_or_default()),
+                .extend_from_slice(self.scratch.get(..n).unwrap_or_default()),
             Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::WouldBlock) => {}
             Err(_) => self.gone = true,
         }
@@ -173,10 +183,17 @@ struct Relay {
     eof: bool,
     /// The launcher acknowledges input (stdin flow control).
     flow: bool,
+    /// Input the app took that is not acknowledged yet (acknowledgements wait for room in
+    /// the output window, like any frame).
+    taken: u64,
     stdout: Option<ChildStdout>,
     stderr: Option<ChildStderr>,
+    /// The launcher is gone, and the app was told (`hang_up`).
+    hung_up: bool,
     /// When the app's group gets SIGKILL (its launcher hung up).
     kill_at: Option<Instant>,
+    /// Where the app's output lands first.
+    buf: Vec<u8>,
 }
 
 /// What one `poll` entry stands for.
@@ -228,6 +245,11 @@ impl Relay {
             rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
         });
         let Pipes(stdin, stdout, stderr) = pipes;
+        let mut app = app;
+        // An app that has ended (and been reaped) already: its pid may be another
+        // process's by now, so the pidfd is not to be trusted.
+        let status = app.status(false);
+        let ended = if status.is_some() { None } else { ended };
         if let Some(pipe) = &stdin {
             // The loop must never wait for the app to read its input.
             let _ = rustix::io::ioctl_fionbio(pipe, true);
@@ -239,15 +261,18 @@ impl Relay {
             link,
             pid,
             ended,
-            status: None,
+            status,
             stdin,
             pending: Vec::new(),
             eof: false,
             flow: call.flow,
+            taken: 0,
             stdout,
             stderr,
             app,
+            hung_up: false,
             kill_at: None,
+            buf: Vec::new(),
         })
     }
 
@@ -280,6 +305,10 @@ impl Relay {
         if self.ended.is_none() && self.status.is_none() {
             self.reap(false);
         }
+        if self.link.gone && !self.hung_up {
+            self.hang_up();
+        }
+        self.send_acks();
         if let Some(at) = self.kill_at {
             if Instant::now() >= at {
                 signal_group(self.pid, Signal::KILL.as_raw());
@@ -384,21 +413,16 @@ impl Relay {
             }
         }
         self.feed_app();
-        if self.link.gone {
-            self.hang_up();
-        }
     }
 
     /// The launcher is gone: the app's group gets SIGHUP now and SIGKILL soon, and what it
     /// still writes goes nowhere.
     fn hang_up(&mut self) {
-        if self.kill_at.is_some() || self.status.is_some() {
-            self.stdout = None;
-            self.stderr = None;
-            return;
+        self.hung_up = true;
+        if self.status.is_none() {
+            signal_group(self.pid, Signal::HUP.as_raw());
+            self.kill_at = Some(Instant::now() + HANGUP_GRACE);
         }
-        signal_group(self.pid, Signal::HUP.as_raw());
-        self.kill_at = Some(Instant::now() + HANGUP_GRACE);
         self.stdin = None;
         self.pending.clear();
         self.stdout = None;
@@ -435,8 +459,18 @@ impl Relay {
     }
 
     fn acknowledge(&mut self, count: usize) {
-        if self.flow && count > 0 {
-            let count = u32::try_from(count).unwrap_or(u32::MAX);
+        if self.flow {
+            let count = u64::try_from(count).unwrap_or(u64::MAX);
+            self.taken = self.taken.saturating_add(count);
+        }
+    }
+
+    /// Acknowledges the input taken so far, in one frame, once the window has room for it.
+    fn send_acks(&mut self) {
+        let ack_len = Frame::StdinAck(0).encode().len();
+        if self.taken > 0 && !self.link.gone && self.link.fits(ack_len) {
+            let count = u32::try_from(self.taken).unwrap_or(u32::MAX);
+            self.taken -= u64::from(count);
             self.link.send(&Frame::StdinAck(count));
         }
     }
@@ -448,22 +482,20 @@ impl Relay {
             // The other stream took the room: the next round waits for acknowledgements.
             return;
         }
-        let mut buf = vec![0u8; room];
+        self.buf.resize(room, 0);
+        let buf = &mut self.buf;
         let read = match source {
-            Source::Stdout => self.stdout.as_mut().map(|pipe| pipe.read(&mut buf)),
-            _ => self.stderr.as_mut().map(|pipe| pipe.read(&mut buf)),
+            Source::Stdout => self.stdout.as_mut().map(|pipe| pipe.read(buf)),
+            _ => self.stderr.as_mut().map(|pipe| pipe.read(buf)),
         };
         match read {
             Some(Ok(n)) if n > 0 => {
-                buf.truncate(n);
+                let bytes = self.buf.get(..n).unwrap_or_default().to_vec();
                 let frame = match source {
-                    Source::Stdout => Frame::Stdout(buf),
-                    _ => Frame::Stderr(buf),
+                    Source::Stdout => Frame::Stdout(bytes),
+                    _ => Frame::Stderr(bytes),
                 };
                 self.link.send(&frame);
-                if self.link.gone {
-                    self.hang_up();
-                }
             }
             Some(Err(e)) if e.kind() == ErrorKind::Interrupted => {}
             _ => match source {
@@ -505,7 +537,11 @@ impl Waiting {
     /// reaper's hand-over is a moment away at most.
     fn status(&mut self, ended: bool) -> Option<ExitStatus> {
         match self {
-            Waiting::Child(child) => child.try_wait().ok().flatten().map(exit_status),
+            // An error (it was reaped elsewhere) must not leave the loop waiting for ever.
+            Waiting::Child(child) => match child.try_wait() {
+                Ok(status) => status.map(exit_status),
+                Err(_) => Some(ExitStatus::Exited(125)),
+            },
             Waiting::Reaper(status) if ended => {
                 Some(status.recv().unwrap_or(ExitStatus::Exited(125)))
             }
