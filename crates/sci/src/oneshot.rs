@@ -310,6 +310,17 @@ mod tests {
     }
 
     #[test]
+    fn an_app_whose_launcher_left_right_after_the_call_is_hung_up_too() {
+        let mut host = Host::start();
+        host.call(&["/bin/sleep", "30"], true);
+        // Gone before reading anything: the guest's first write may already fail.
+        assert!(
+            host.finish() < Duration::from_secs(2),
+            "SIGHUP ended the app"
+        );
+    }
+
+    #[test]
     fn failures_before_the_app_runs_are_reported_with_their_status() {
         let mut host = Host::start();
         host.call(&["/nonexistent/app"], false);

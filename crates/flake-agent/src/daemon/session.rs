@@ -108,6 +108,16 @@ impl Credit {
     }
 }
 
+/// Under stdin flow control (`flow`), tells the launcher that input will be acknowledged:
+/// `StdinAck(0)`, sent before the app starts, so that a launcher that has nothing from the
+/// call knows nothing of it ran.
+pub fn announce_acks(writer: &Writer, flow: bool) -> std::io::Result<()> {
+    if flow {
+        writer.send(&Frame::StdinAck(0))?;
+    }
+    Ok(())
+}
+
 /// Sends `signal` to the process group led by `pid`.
 pub fn signal_group(pid: i32, signal: i32) {
     if let (Some(pid), Some(signal)) = (Pid::from_raw(pid), Signal::from_named_raw(signal)) {
@@ -209,9 +219,6 @@ fn queue_input(mut terminal: Box<dyn Input>, acks: Writer) -> std::sync::mpsc::S
     // Sent from the new thread: the watch loop must never wait for output room, since it
     // is what reads the acknowledgements that make room.
     std::thread::spawn(move || {
-        if acks.send(&Frame::StdinAck(0)).is_err() {
-            return;
-        }
         for item in pending {
             deliver(terminal.as_mut(), &item);
             if let Pending::Bytes(bytes) = &item {

@@ -14,7 +14,7 @@ use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
 use rustix::termios::{tcsetwinsize, Winsize};
 
 use super::reaper::Reaper;
-use super::session::{watch, Input, Writer};
+use super::session::{announce_acks, watch, Input, Writer};
 use crate::command::app_command;
 use crate::proto::{Call, Frame, WinSize, CHUNK};
 
@@ -29,6 +29,7 @@ pub fn run(
     reaper: &Reaper,
 ) -> std::io::Result<()> {
     let (master, slave) = open_pty(call.size)?;
+    announce_acks(&writer, call.flow)?;
     let spawned = reaper.spawn(|| {
         let mut command = app_command(call);
         command

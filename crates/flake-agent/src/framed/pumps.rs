@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::command::app_command;
 use crate::daemon::reaper::Reaper;
-use crate::daemon::session::{watch, Input};
+use crate::daemon::session::{announce_acks, watch, Input};
 use crate::daemon::Writer;
 use crate::proto::{Call, Frame, CHUNK};
 
@@ -22,6 +22,7 @@ pub(super) fn run(
     writer: Writer,
     reaper: &Reaper,
 ) -> std::io::Result<()> {
+    announce_acks(&writer, call.flow)?;
     let mut pipes = None;
     let spawned = reaper.spawn(|| {
         let mut command = app_command(call);

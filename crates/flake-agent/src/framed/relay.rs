@@ -215,6 +215,10 @@ impl Relay {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        // Before the app starts: a launcher that got nothing knows nothing of it ran.
+        if call.flow {
+            link.send(&Frame::StdinAck(0));
+        }
         let spawned = match reaper {
             Some(reaper) => {
                 let mut pipes = None;
@@ -254,9 +258,6 @@ impl Relay {
             // The loop must never wait for the app to read its input.
             let _ = rustix::io::ioctl_fionbio(pipe, true);
         }
-        if call.flow {
-            link.send(&Frame::StdinAck(0));
-        }
         Some(Relay {
             link,
             pid,
@@ -284,11 +285,19 @@ impl Relay {
             self.step();
         }
         let status = self.status.unwrap_or(ExitStatus::Exited(125));
+        if self.taken > 0 && !self.link.gone {
+            // The last acknowledgement goes out whatever the window says: the call is over.
+            let count = u32::try_from(self.taken).unwrap_or(u32::MAX);
+            self.link.send(&Frame::StdinAck(count));
+        }
         self.link.send(&Frame::Exit(status));
     }
 
     /// One round: waits for whatever can move, and moves it.
     fn step(&mut self) {
+        if self.link.gone && !self.hung_up {
+            self.hang_up();
+        }
         let ready = self.wait();
         for (source, events) in ready {
             if events.is_empty() {
@@ -302,11 +311,9 @@ impl Relay {
                 Source::Ended => self.reap(true),
             }
         }
-        if self.ended.is_none() && self.status.is_none() {
+        if self.status.is_none() {
+            // Without a pidfd, or one the reaper may beat: look.
             self.reap(false);
-        }
-        if self.link.gone && !self.hung_up {
-            self.hang_up();
         }
         self.send_acks();
         if let Some(at) = self.kill_at {
