@@ -17,12 +17,20 @@ const OVERLAY_MOUNT: &str = "/overlayroot";
 /// Mounts the kernel file systems; ones already mounted (or missing mount points) are
 /// skipped, the program may not need them.
 pub fn mount_basics() {
-    for (source, target, fstype) in [
-        ("proc", "/proc", "proc"),
-        ("sysfs", "/sys", "sysfs"),
-        ("devtmpfs", "/dev", "devtmpfs"),
-        ("tmpfs", "/run", "tmpfs"),
-    ] {
+    mount_early();
+    mount_rest();
+}
+
+/// Mounts what `sci` itself needs first: `/proc` (its settings) and `/dev` (the console).
+pub fn mount_early() {
+    for (source, target, fstype) in [("proc", "/proc", "proc"), ("devtmpfs", "/dev", "devtmpfs")] {
+        let _ = mount(source, target, fstype, MountFlags::NOSUID, None);
+    }
+}
+
+/// Mounts the kernel file systems only programs need.
+pub fn mount_rest() {
+    for (source, target, fstype) in [("sysfs", "/sys", "sysfs"), ("tmpfs", "/run", "tmpfs")] {
         let _ = mount(source, target, fstype, MountFlags::NOSUID, None);
     }
     let _ = std::fs::create_dir_all("/dev/pts");

@@ -18,7 +18,9 @@ mod serve;
 
 use std::process::ExitCode;
 
-use cmdline::BootSettings;
+use std::time::Duration;
+
+use cmdline::{BootSettings, Channel};
 
 /// The search path programs get; the kernel starts init without one.
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
@@ -37,7 +39,9 @@ fn main() -> ExitCode {
 fn run(pid1: bool) -> Result<(), String> {
     let started = debug::uptime();
     if pid1 {
-        boot::mount_basics();
+        // What the settings and the console need; the rest may come while the launcher
+        // answers `Ready`.
+        boot::mount_early();
     }
     let cmdline = std::fs::read_to_string("/proc/cmdline")
         .map_err(|e| format!("cannot read /proc/cmdline: {e}"))?;
@@ -46,6 +50,30 @@ fn run(pid1: bool) -> Result<(), String> {
         debug::enable();
     }
     debug::log(|| format!("started at {started}: {settings:?}"));
+    let prepare = || prepare(pid1, &settings);
+    if let Some(argv) = cmdline::run_command(&cmdline)? {
+        prepare()?;
+        return serial(&argv);
+    }
+    // Keeps the marker in the binary: `pull` looks for it (see `proto::GUEST_MARKER`).
+    std::hint::black_box(flake_agent::proto::GUEST_MARKER);
+    std::hint::black_box(flake_agent::proto::GUEST_CONSOLE_MARKER);
+    if settings.channel == Channel::Console {
+        // One call; the console cannot carry more (its host cannot reconnect).
+        let console = console::open(Duration::from_secs(10))?;
+        debug::log(|| "console open".to_string());
+        return oneshot::serve(console, serve::FIRST_CALL_TIMEOUT, prepare);
+    }
+    prepare()?;
+    serve::serve(&settings).map(|_| ())
+}
+
+/// The rest of the guest's preparation: the other kernel file systems, the overlay root,
+/// a search path.
+fn prepare(pid1: bool, settings: &BootSettings) -> Result<(), String> {
+    if pid1 {
+        boot::mount_rest();
+    }
     if let (true, Some(device)) = (pid1, &settings.overlay) {
         boot::overlay_root(device)?;
         boot::mount_basics();
@@ -54,13 +82,7 @@ fn run(pid1: bool) -> Result<(), String> {
         // Still single-threaded here: nothing else reads the environment yet.
         std::env::set_var("PATH", DEFAULT_PATH);
     }
-    if let Some(argv) = cmdline::run_command(&cmdline)? {
-        return serial(&argv);
-    }
-    // Keeps the marker in the binary: `pull` looks for it (see `proto::GUEST_MARKER`).
-    std::hint::black_box(flake_agent::proto::GUEST_MARKER);
-    std::hint::black_box(flake_agent::proto::GUEST_CONSOLE_MARKER);
-    serve::serve(&settings).map(|_| ())
+    Ok(())
 }
 
 /// Serial mode: the command runs on the console, which is the caller's terminal.

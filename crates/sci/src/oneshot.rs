@@ -20,12 +20,20 @@ const READY_EVERY: Duration = Duration::from_millis(100);
 /// the VMM itself as soon as it has it).
 const LINGER: Duration = Duration::from_secs(2);
 
-/// Serves the one call that comes over `console` within `first_call`.
-pub fn serve(console: File, first_call: Duration) -> Result<(), String> {
+/// Serves the one call that comes over `console` within `first_call`; `prepare` readies
+/// the guest for the app meanwhile (after the first `Ready`, so the launcher's answer is on
+/// its way).
+pub fn serve(
+    console: File,
+    first_call: Duration,
+    prepare: impl FnOnce() -> Result<(), String>,
+) -> Result<(), String> {
     let fail = |e: std::io::Error| format!("cannot share {}: {e}", crate::console::DEVICE);
     let output = console.try_clone().map_err(fail)?;
     let last = console.try_clone().map_err(fail)?;
     let mut link = Link::new(console, Box::new(output), Vec::new());
+    link.send(&Frame::Ready(VERSION));
+    prepare()?;
     if let Some(call) = wait_call(&mut link, first_call)? {
         crate::debug::log(|| "call".to_string());
         let _ = framed::run(&call, link, None);
@@ -35,16 +43,17 @@ pub fn serve(console: File, first_call: Duration) -> Result<(), String> {
     Ok(())
 }
 
-/// Says `Ready` until the launcher's first bytes come, then waits for its `Call`; `None`
-/// when none came in `timeout`, the launcher is gone or speaks another version.
+/// Waits for the launcher's `Call`, saying `Ready` again every [`READY_EVERY`] until its
+/// first bytes come; `None` when no call came in `timeout`, the launcher is gone or speaks
+/// another version.
 fn wait_call(link: &mut Link, timeout: Duration) -> Result<Option<Call>, String> {
     let deadline = Instant::now() + timeout;
     let mut heard = false;
     while !link.gone() && Instant::now() < deadline {
-        if !heard {
-            link.send(&Frame::Ready(VERSION));
-        }
         if !link.readable(READY_EVERY) {
+            if !heard {
+                link.send(&Frame::Ready(VERSION));
+            }
             continue;
         }
         heard = true;
@@ -109,7 +118,8 @@ mod tests {
             host.set_read_timeout(Some(Duration::from_secs(10)))
                 .unwrap();
             let console = File::from(OwnedFd::from(guest));
-            let sci = std::thread::spawn(move || serve(console, Duration::from_secs(20)));
+            let sci =
+                std::thread::spawn(move || serve(console, Duration::from_secs(20), || Ok(())));
             Host {
                 stream: host,
                 sci: Some(sci),

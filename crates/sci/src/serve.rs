@@ -29,7 +29,7 @@ use crate::port::{self, Port, PortReader};
 /// How long a VM that decided to power off for idleness still answers calls (refusing them).
 const CLOSING_GRACE: Duration = Duration::from_millis(300);
 /// How long a one-shot VM waits for its call.
-const FIRST_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+pub const FIRST_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why serving ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,13 +44,6 @@ pub enum End {
 
 /// Serves calls as `settings` say; returns when the VM should end.
 pub fn serve(settings: &BootSettings) -> Result<End, String> {
-    if settings.channel == Channel::Console {
-        // One call; the console cannot carry more (its host cannot reconnect).
-        let console = crate::console::open(Duration::from_secs(10))?;
-        crate::debug::log(|| "console open".to_string());
-        crate::oneshot::serve(console, FIRST_CALL_TIMEOUT)?;
-        return Ok(End::Done);
-    }
     let (end_tx, end_rx) = channel();
     let activity = Arc::new(Activity::new());
     let server = Server {
@@ -70,7 +63,7 @@ pub fn serve(settings: &BootSettings) -> Result<End, String> {
     match settings.channel {
         Channel::Virtio => serve_ports(server)?,
         Channel::Vsock => serve_vsock(server)?,
-        Channel::Console => {}
+        Channel::Console => return Err("the console serves a one-shot call only".into()),
     }
     let end = end_rx
         .recv()
