@@ -63,6 +63,9 @@ pub struct Request {
     /// taken none of the caller's input and can be made again. Only for agents known to
     /// do so; one that never acknowledges would never get input.
     pub stdin_on_ack: bool,
+    /// How long the first answer to the call (an agent with `stdin_on_ack` acknowledges at
+    /// once) may take; `None`: as long as it takes.
+    pub answer_within: Option<std::time::Duration>,
 }
 
 /// Runs `request` over `stream` and returns the app's exit status.
@@ -92,7 +95,15 @@ fn run_call(stream: UnixStream, request: &Request) -> Result<ExitStatus, ProtoEr
                 Some([stdin.as_fd(), stdout.as_fd(), stderr.as_fd()]),
             )?;
             let _forwarding = forward_signals(Arc::clone(&writer), false)?;
-            wait_for_exit(stream, request.launcher, &Window::open(), None, |_| Ok(()))
+            let answer = request.answer_within;
+            wait_for_exit(
+                stream,
+                request.launcher,
+                &Window::open(),
+                None,
+                answer,
+                |_| Ok(()),
+            )
         }
         Streams::Frames => {
             let call = Call {
@@ -112,7 +123,8 @@ fn run_call(stream: UnixStream, request: &Request) -> Result<ExitStatus, ProtoEr
             );
             let mut stdout = std::io::stdout().lock();
             let acks = request.output_acks.then_some(&*writer);
-            wait_for_exit(stream, request.launcher, &window, acks, |bytes| {
+            let answer = request.answer_within;
+            wait_for_exit(stream, request.launcher, &window, acks, answer, |bytes| {
                 // A reader that went away (`app | head`) must not stop the app's stderr
                 // or its exit status from arriving.
                 let _ = stdout.write_all(bytes).and_then(|()| stdout.flush());
@@ -156,30 +168,46 @@ fn run_terminal(
     );
     let mut stdout = std::io::stdout().lock();
     let acks = request.output_acks.then_some(&*writer);
-    wait_for_exit(stream, request.launcher, &window, acks, |bytes| {
+    let answer = request.answer_within;
+    wait_for_exit(stream, request.launcher, &window, acks, answer, |bytes| {
         stdout.write_all(bytes)?;
         stdout.flush()
     })
 }
 
-/// Reads frames until `Exit`, passing terminal output and stdout to `output`.
+/// Reads frames until `Exit`, passing terminal output and stdout to `output`; the first
+/// frame other than `Ready` must come within `answer_within`.
 fn wait_for_exit(
     stream: UnixStream,
     launcher: &str,
     window: &Window,
     acks: Option<&Mutex<UnixStream>>,
+    answer_within: Option<std::time::Duration>,
     mut output: impl FnMut(&[u8]) -> std::io::Result<()>,
 ) -> Result<ExitStatus, ProtoError> {
     let mut reader = std::io::BufReader::with_capacity(CHUNK + 8, stream);
+    let seconds = answer_within.map_or(0, |d| d.as_secs());
+    let mut deadline = answer_within.map(|d| std::time::Instant::now() + d);
     let mut stderr = std::io::stderr();
     // However the call ends, a stdin relay waiting for room must not wait forever.
     let _close = CloseOnDrop(window);
     let mut acks = acks;
     let mut answered = false;
     loop {
+        if let Some(deadline) = deadline {
+            // Repeated `Ready`s do not count as an answer, nor do they extend the time.
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(ProtoError::NoAnswer { seconds });
+            }
+            reader.get_ref().set_read_timeout(Some(left))?;
+        }
         let frame = match Frame::read_counted(&mut reader) {
             Ok(Some((frame, len))) => {
                 answered |= !matches!(frame, Frame::Ready(_));
+                if answered && deadline.take().is_some() {
+                    reader.get_ref().set_read_timeout(None)?;
+                }
                 let counted = !matches!(frame, Frame::Ready(_) | Frame::Exit(_));
                 if let (Some(writer), true) = (acks, counted) {
                     let cost = u32::try_from(window_cost(len)).unwrap_or(u32::MAX);
@@ -201,6 +229,14 @@ fn wait_for_exit(
                 continue;
             }
             Ok(None) => None,
+            Err(ProtoError::Io(err))
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(ProtoError::NoAnswer { seconds })
+            }
             Err(err) => return Err(err),
         };
         match frame {

@@ -106,6 +106,13 @@ pub enum ProtoError {
     /// idle time as the call came).
     #[error("the instance ended before it answered the call (a VM does so when it powers off after its idle time); call the app again")]
     Unanswered,
+    /// No answer came in time: the instance took the call (a VM's console port accepts
+    /// before its guest is up) but never started it.
+    #[error("the instance did not answer the call within {seconds} s (a guest that hangs or never came up; `%remove` stops a resume VM)")]
+    NoAnswer {
+        /// The time allowed.
+        seconds: u64,
+    },
     /// A well-formed frame of a kind this build does not know (a newer peer's): it has
     /// been read whole, so the stream is still in step and a reader may skip it.
     #[error("agent protocol: unknown frame kind {kind}")]

@@ -22,6 +22,7 @@ fn request(output_acks: bool) -> Request {
         launcher: "test-pilot",
         output_acks,
         stdin_on_ack: false,
+        answer_within: None,
     }
 }
 
@@ -109,4 +110,42 @@ fn a_refused_call_is_its_own_error() {
         "{refused:?}"
     );
     assert!(refused.to_string().contains("call the app again"));
+}
+
+/// An instance that takes the call and never answers it (a VM whose guest hangs) is
+/// reported once the time allowed has passed; repeated `Ready`s do not extend it.
+#[test]
+fn a_call_without_an_answer_in_time_is_its_own_error() {
+    let (launcher, mut agent) = UnixStream::pair().unwrap();
+    let guest = std::thread::spawn(move || {
+        assert!(matches!(
+            Frame::read_from(&mut agent).unwrap(),
+            Some(Frame::Call(_))
+        ));
+        for _ in 0..20 {
+            if Frame::Ready(flake_agent::proto::VERSION)
+                .write_to(&mut agent)
+                .is_err()
+            {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        agent
+    });
+    let mut request = request(false);
+    request.answer_within = Some(std::time::Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let err = client::run(launcher, &request).unwrap_err();
+    let waited = started.elapsed();
+    let _agent = guest.join().unwrap();
+    assert!(
+        matches!(err, flake_agent::proto::ProtoError::NoAnswer { .. }),
+        "{err:?}"
+    );
+    assert!(
+        waited >= std::time::Duration::from_millis(300)
+            && waited < std::time::Duration::from_millis(900),
+        "{waited:?}"
+    );
 }

@@ -31,6 +31,7 @@ fn run_client(path: &str) {
         launcher: "test-pilot",
         output_acks: false,
         stdin_on_ack: false,
+        answer_within: None,
     };
     let status = client::run(stream, &request).unwrap();
     assert_eq!(status, ExitStatus::Exited(0));
@@ -107,6 +108,7 @@ fn run_client_again(path: &str) {
         launcher: "test-pilot",
         output_acks: false,
         stdin_on_ack: true,
+        answer_within: None,
     };
     let refused = client::run(UnixStream::connect(path).unwrap(), &request).unwrap_err();
     assert!(

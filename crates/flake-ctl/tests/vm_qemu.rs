@@ -675,3 +675,36 @@ fn calls_at_the_moment_a_resume_vm_idles_out_are_made_again_and_served() {
     }
     w.app(&app, &["%remove", "-c", "true"], None).success();
 }
+
+#[test]
+fn a_resume_vm_that_does_not_answer_is_reported_not_waited_for() {
+    let Some((_vms, w, fixtures, sci)) = vm_world() else {
+        return;
+    };
+    let app = vm_flake_with(&w, &fixtures, &sci, "vmfrozen", &["--resume"], "");
+    w.app(&app, &["-c", "true"], None).success();
+    // A stopped VMM still accepts the call on its port socket, and answers nothing.
+    let out = Command::new("pgrep")
+        .arg("-f")
+        .arg(format!("qemu-system.*{}.*vmfrozen", w.dir.path().display()))
+        .output()
+        .unwrap();
+    let pid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!pid.is_empty() && !pid.contains('\n'), "one VMM: {pid:?}");
+    Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    let started = std::time::Instant::now();
+    let run = w.app(&app, &["-c", "echo never"], None);
+    let waited = started.elapsed();
+    Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+    run.expect_code(125);
+    assert!(
+        run.stderr().contains("did not answer the call within 30 s"),
+        "{run}"
+    );
+    assert!(run.stdout().is_empty(), "{run}");
+    assert!(waited < std::time::Duration::from_secs(45), "{waited:?}");
+    // Going again, the VM serves.
+    let again = w.app(&app, &["%remove", "-c", "echo back"], None);
+    again.success();
+    assert_eq!(again.stdout(), "back\n");
+}

@@ -90,6 +90,7 @@ pub fn call(
                 launcher: "podman-pilot",
                 output_acks: false,
                 stdin_on_ack: false,
+                answer_within: None,
             };
             PilotExit::App(client::run(stream, &request)?.code())
         }

@@ -30,6 +30,8 @@ use crate::{overlay, tap};
 
 /// How long a guest may take to open its channel (software emulation is slow).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a running guest may take to answer a call.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a resume call is made at most when VMs powering off refuse it.
 const CALL_ATTEMPTS: u32 = 3;
 /// How soon a VMM that closed a call without a word must end for the call to be made again
@@ -129,6 +131,7 @@ impl Launch<'_> {
             output_acks,
             // An init that knows the console acknowledges stdin from the start of a call.
             stdin_on_ack: self.guest_init() == GuestInit::Console,
+            answer_within: None,
         }
     }
 
@@ -300,15 +303,27 @@ impl Launch<'_> {
             if plan.console {
                 wait_ready(&mut stream, plan, BOOT_TIMEOUT, &mut alive)?;
             }
-            self.call_over(stream, plan)
+            // The guest is up (or, over ports, its VMM is): it answers at once.
+            self.call_over(stream, plan, ANSWER_TIMEOUT)
         });
         let _ = vmm.kill();
         let _ = vmm.wait();
         result
     }
 
-    fn call_over(&self, stream: std::os::unix::net::UnixStream, plan: &Plan) -> Result<ExitStatus> {
-        client::run(stream, &self.request(plan.console)).map_err(|source| VmError::Call {
+    /// Makes the call over `stream`; an init that acknowledges calls at once must answer
+    /// within `answer` (QEMU accepts a port's connection before the guest is up).
+    fn call_over(
+        &self,
+        stream: std::os::unix::net::UnixStream,
+        plan: &Plan,
+        answer: Duration,
+    ) -> Result<ExitStatus> {
+        let mut request = self.request(plan.console);
+        if request.stdin_on_ack {
+            request.answer_within = Some(answer);
+        }
+        client::run(stream, &request).map_err(|source| VmError::Call {
             flake: plan.flake.clone(),
             source,
             dir: plan.dir.clone(),
@@ -390,7 +405,13 @@ impl Launch<'_> {
             None => instance::running(&plan.dir).is_some(),
         };
         let stream = wait_connect(self.vmm, plan, port, BOOT_TIMEOUT, alive)?;
-        let status = self.call_over(stream, plan);
+        // A VM this call started may still be booting.
+        let answer = if started.is_some() {
+            BOOT_TIMEOUT
+        } else {
+            ANSWER_TIMEOUT
+        };
+        let status = self.call_over(stream, plan, answer);
         drop(claim);
         let repeatable = self.guest_init() == GuestInit::Console;
         status.map_err(|err| match (err, warm) {
