@@ -28,6 +28,18 @@ pub fn app_command(call: &Call) -> Command {
     command
 }
 
+/// The app's command with three pipes for its streams, in a process group of its own (the
+/// group signals go to): a frame-mode call without a terminal.
+pub fn piped_app_command(call: &Call) -> Command {
+    let mut command = app_command(call);
+    command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    command
+}
+
 /// Message and exit code for an app that could not be started: 127 when it does not
 /// exist, 126 when it cannot be executed, as a shell reports them.
 pub fn start_failure(call: &Call, err: &std::io::Error) -> (String, u8) {

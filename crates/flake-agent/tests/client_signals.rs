@@ -40,28 +40,38 @@ fn run_client(path: &str) {
     std::process::exit(0);
 }
 
+/// This binary run again as the launcher of `test` (which sees `var` set to the agent
+/// socket), and the socket's listener.
+fn launcher(
+    test: &str,
+    var: &str,
+    stdin: Stdio,
+) -> (tempfile::TempDir, UnixListener, std::process::Child) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(var, &path)
+        .stdin(stdin)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    (dir, listener, child)
+}
+
 #[test]
 fn a_signal_during_the_call_goes_to_the_app_and_after_it_ends_the_launcher() {
     if let Ok(path) = std::env::var(CHILD) {
         run_client(&path);
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("agent.sock");
-    let listener = UnixListener::bind(&path).unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "a_signal_during_the_call_goes_to_the_app_and_after_it_ends_the_launcher",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, &path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (_dir, listener, mut child) = launcher(
+        "a_signal_during_the_call_goes_to_the_app_and_after_it_ends_the_launcher",
+        CHILD,
+        Stdio::null(),
+    );
     let (mut agent, _) = listener.accept().unwrap();
     assert!(matches!(
         Frame::read_from(&mut agent).unwrap(),
@@ -130,22 +140,11 @@ fn a_call_made_again_after_a_refusal_gets_all_input_and_the_signals() {
         run_client_again(&path);
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("agent.sock");
-    let listener = UnixListener::bind(&path).unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "a_call_made_again_after_a_refusal_gets_all_input_and_the_signals",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(AGAIN, &path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (_dir, listener, mut child) = launcher(
+        "a_call_made_again_after_a_refusal_gets_all_input_and_the_signals",
+        AGAIN,
+        Stdio::piped(),
+    );
     let mut input = child.stdin.take().unwrap();
     std::io::Write::write_all(&mut input, b"every byte\n").unwrap();
     drop(input);

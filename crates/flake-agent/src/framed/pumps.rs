@@ -4,11 +4,11 @@
 //! holds up the control frames, which [`watch`] reads meanwhile.
 
 use std::io::{Read, Write};
-use std::process::{ChildStdin, Stdio};
+use std::process::ChildStdin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::command::app_command;
+use crate::command::piped_app_command;
 use crate::daemon::reaper::Reaper;
 use crate::daemon::session::{announce_acks, watch, Input};
 use crate::daemon::Writer;
@@ -25,13 +25,7 @@ pub(super) fn run(
     announce_acks(&writer, call.flow)?;
     let mut pipes = None;
     let spawned = reaper.spawn(|| {
-        let mut command = app_command(call);
-        command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        let mut child = command.spawn()?;
+        let mut child = piped_app_command(call).spawn()?;
         pipes = Some((child.stdin.take(), child.stdout.take(), child.stderr.take()));
         Ok(child)
     });

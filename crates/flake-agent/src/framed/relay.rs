@@ -13,14 +13,14 @@
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Stdio};
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::process::Signal;
 
-use crate::command::{app_command, start_failure};
+use crate::command::{piped_app_command, start_failure};
 use crate::daemon::reaper::Reaper;
 use crate::daemon::signal_group;
 use crate::proto::{window_cost, Call, ExitStatus, Frame, ProtoError, CHUNK, OUTPUT_WINDOW};
@@ -209,12 +209,7 @@ enum Source {
 impl Relay {
     /// Starts the app; a failed start is reported to the launcher (`None`).
     fn start(call: &Call, mut link: Link, reaper: Option<&Reaper>) -> Option<Self> {
-        let mut command = app_command(call);
-        command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let mut command = piped_app_command(call);
         // Before the app starts: a launcher that got nothing knows nothing of it ran.
         if call.flow {
             link.send(&Frame::StdinAck(0));
