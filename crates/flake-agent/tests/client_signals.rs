@@ -61,6 +61,19 @@ fn launcher(
     (dir, listener, child)
 }
 
+/// The launcher's next connection, which opens with its call.
+fn accept_call(listener: &UnixListener) -> UnixStream {
+    let (mut agent, _) = listener.accept().unwrap();
+    agent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert!(matches!(
+        Frame::read_from(&mut agent).unwrap(),
+        Some(Frame::Call(_))
+    ));
+    agent
+}
+
 #[test]
 fn a_signal_during_the_call_goes_to_the_app_and_after_it_ends_the_launcher() {
     if let Ok(path) = std::env::var(CHILD) {
@@ -72,11 +85,7 @@ fn a_signal_during_the_call_goes_to_the_app_and_after_it_ends_the_launcher() {
         CHILD,
         Stdio::null(),
     );
-    let (mut agent, _) = listener.accept().unwrap();
-    assert!(matches!(
-        Frame::read_from(&mut agent).unwrap(),
-        Some(Frame::Call(_))
-    ));
+    let mut agent = accept_call(&listener);
     let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
     // stdin (/dev/null) is relayed after the signal handlers are in place: its EOF says
     // the launcher is ready for them.
@@ -149,14 +158,7 @@ fn a_call_made_again_after_a_refusal_gets_all_input_and_the_signals() {
     std::io::Write::write_all(&mut input, b"every byte\n").unwrap();
     drop(input);
     // The first call is refused as the instance powers off: it has read no input.
-    let (mut agent, _) = listener.accept().unwrap();
-    agent
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    assert!(matches!(
-        Frame::read_from(&mut agent).unwrap(),
-        Some(Frame::Call(_))
-    ));
+    let mut agent = accept_call(&listener);
     // Time for a relay that does not wait for an acknowledgement to read and send input.
     agent
         .set_read_timeout(Some(Duration::from_millis(300)))
@@ -169,14 +171,7 @@ fn a_call_made_again_after_a_refusal_gets_all_input_and_the_signals() {
     Frame::Closing.write_to(&mut agent).unwrap();
     drop(agent);
     // The call made again gets all of it once it acknowledges stdin.
-    let (mut agent, _) = listener.accept().unwrap();
-    agent
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    assert!(matches!(
-        Frame::read_from(&mut agent).unwrap(),
-        Some(Frame::Call(_))
-    ));
+    let mut agent = accept_call(&listener);
     Frame::StdinAck(0).write_to(&mut agent).unwrap();
     let mut got = Vec::new();
     loop {
