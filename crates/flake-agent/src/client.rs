@@ -220,6 +220,10 @@ fn wait_for_exit(
             }
             // A newer agent's frame, read whole: acknowledged (it may count) and skipped.
             Err(ProtoError::UnknownKind { len, .. }) => {
+                answered = true;
+                if deadline.take().is_some() {
+                    reader.get_ref().set_read_timeout(None)?;
+                }
                 if let Some(writer) = acks {
                     let cost = u32::try_from(window_cost(len)).unwrap_or(u32::MAX);
                     if send(writer, &Frame::OutputAck(cost)).is_err() {

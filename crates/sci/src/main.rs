@@ -71,12 +71,14 @@ fn run(pid1: bool) -> Result<(), String> {
 /// The rest of the guest's preparation: the other kernel file systems, the overlay root,
 /// a search path.
 fn prepare(pid1: bool, settings: &BootSettings) -> Result<(), String> {
-    if pid1 {
-        boot::mount_rest();
-    }
-    if let (true, Some(device)) = (pid1, &settings.overlay) {
-        boot::overlay_root(device)?;
-        boot::mount_basics();
+    match (pid1, &settings.overlay) {
+        (false, _) => {}
+        (true, None) => boot::mount_rest(),
+        // All of them on the new root.
+        (true, Some(device)) => {
+            boot::overlay_root(device)?;
+            boot::mount_basics();
+        }
     }
     if std::env::var_os("PATH").is_none() {
         // Still single-threaded here: nothing else reads the environment yet.

@@ -33,7 +33,13 @@ pub fn serve(
     let last = console.try_clone().map_err(fail)?;
     let mut link = Link::new(console, Box::new(output), Vec::new());
     link.send(&Frame::Ready(VERSION));
-    prepare()?;
+    if let Err(message) = prepare() {
+        // The launcher waits for its call's answer: this is it.
+        link.send(&Frame::Error(format!("sci: {message}")));
+        link.send(&Frame::Exit(ExitStatus::Exited(125)));
+        linger(last);
+        return Err(message);
+    }
     if let Some(call) = wait_call(&mut link, first_call)? {
         crate::debug::log(|| "call".to_string());
         let _ = framed::run(&call, link, None);
@@ -114,12 +120,16 @@ mod tests {
 
     impl Host {
         fn start() -> Host {
+            Host::start_with(|| Ok(()))
+        }
+
+        /// A guest readied by `prepare`.
+        fn start_with(prepare: fn() -> Result<(), String>) -> Host {
             let (host, guest) = UnixStream::pair().unwrap();
             host.set_read_timeout(Some(Duration::from_secs(10)))
                 .unwrap();
             let console = File::from(OwnedFd::from(guest));
-            let sci =
-                std::thread::spawn(move || serve(console, Duration::from_secs(20), || Ok(())));
+            let sci = std::thread::spawn(move || serve(console, Duration::from_secs(20), prepare));
             Host {
                 stream: host,
                 sci: Some(sci),
@@ -328,6 +338,22 @@ mod tests {
             host.finish() < Duration::from_secs(2),
             "SIGHUP ended the app"
         );
+    }
+
+    #[test]
+    fn a_guest_that_cannot_get_ready_answers_the_call_with_why() {
+        let mut host = Host::start_with(|| Err("overlay /dev/vdb: cannot mount it".into()));
+        host.call(&["/bin/true"], true);
+        let got = host.collect(true);
+        assert_eq!(got.status, Some(ExitStatus::Exited(125)));
+        assert!(
+            got.errors[0].contains("overlay /dev/vdb"),
+            "{:?}",
+            got.errors
+        );
+        drop(host.stream);
+        let err = host.sci.take().unwrap().join().unwrap().unwrap_err();
+        assert!(err.contains("cannot mount"), "{err}");
     }
 
     #[test]

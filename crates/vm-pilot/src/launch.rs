@@ -30,8 +30,11 @@ use crate::{overlay, tap};
 
 /// How long a guest may take to open its channel (software emulation is slow).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long a running guest may take to answer a call.
+/// How long a guest that is up may take to answer a call.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// In a resume instance's directory: its guest has answered a call (the VM is up). Removed
+/// with the rest of the state when the VM starts again.
+const GUEST_UP_FILE: &str = "guest-up";
 /// How often a resume call is made at most when VMs powering off refuse it.
 const CALL_ATTEMPTS: u32 = 3;
 /// How soon a VMM that closed a call without a word must end for the call to be made again
@@ -303,8 +306,13 @@ impl Launch<'_> {
             if plan.console {
                 wait_ready(&mut stream, plan, BOOT_TIMEOUT, &mut alive)?;
             }
-            // The guest is up (or, over ports, its VMM is): it answers at once.
-            self.call_over(stream, plan, ANSWER_TIMEOUT)
+            // The guest said `Ready` (over the console) or is booting (over ports).
+            let answer = if plan.console {
+                ANSWER_TIMEOUT
+            } else {
+                BOOT_TIMEOUT
+            };
+            self.call_over(stream, plan, answer)
         });
         let _ = vmm.kill();
         let _ = vmm.wait();
@@ -405,13 +413,18 @@ impl Launch<'_> {
             None => instance::running(&plan.dir).is_some(),
         };
         let stream = wait_connect(self.vmm, plan, port, BOOT_TIMEOUT, alive)?;
-        // A VM this call started may still be booting.
-        let answer = if started.is_some() {
-            BOOT_TIMEOUT
-        } else {
+        // A VM may still be booting (this call or another started it) until it has
+        // answered a call once.
+        let up = plan.dir.join(GUEST_UP_FILE);
+        let answer = if up.exists() {
             ANSWER_TIMEOUT
+        } else {
+            BOOT_TIMEOUT
         };
         let status = self.call_over(stream, plan, answer);
+        if status.is_ok() && answer == BOOT_TIMEOUT {
+            let _ = std::fs::write(&up, "");
+        }
         drop(claim);
         let repeatable = self.guest_init() == GuestInit::Console;
         status.map_err(|err| match (err, warm) {
