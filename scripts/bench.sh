@@ -195,7 +195,7 @@ if [ -s "$FIXTURES/kernel/vmlinux" ] && [ -x "$SCI_BIN" ] && command -v qemu-sys
     "$work/bin/bench-vmres" %remove </dev/null
     "$BIN_DIR/flake-ctl" firecracker remove --vm flake-bench >/dev/null
     python3 - "$OUT/vm-oneshot.json" "$OUT/vm-resume.json" "$vm_all" "$vmres_all" <<'PY' | tee "$OUT/vm.md"
-import json, sys
+import json, statistics, sys
 oneshot = json.load(open(sys.argv[1]))["results"]
 resume = json.load(open(sys.argv[2]))["results"][0]
 raw = next(r for r in oneshot if r["command"].startswith("raw"))["median"]
@@ -206,6 +206,15 @@ for r in oneshot:
     execs = sys.argv[3] if r["command"].startswith("VM") else "1"
     print(f"| {r['command']} | {r['median']*1000:.0f} ms | {r['median']/raw:.3f} | {execs} |")
 print(f"| {resume['command']} | {resume['median']*1000:.1f} ms | - | {sys.argv[4]} |")
+# Rounds ran both one after the other: the medians of each round's ratio and difference
+# see less of the machine's drift than the ratio of two medians.
+flake = next(r for r in oneshot if r["command"].startswith("VM"))["times"]
+raw_times = next(r for r in oneshot if r["command"].startswith("raw"))["times"]
+ratios = statistics.median(a / b for a, b in zip(flake, raw_times))
+extra = statistics.median(a - b for a, b in zip(flake, raw_times))
+print()
+print(f"Per round, VM flake one-shot against the raw VMM: median ratio {ratios:.3f}, "
+      f"median difference {extra*1000:.0f} ms ({len(flake)} rounds).")
 PY
 else
     echo "VM benchmark skipped: needs make vm-fixtures, make agent and qemu"
