@@ -42,10 +42,14 @@
 //! **Stdin flow control.** An app that does not read its stdin must not stall the call: the
 //! agent would stop reading the connection, and a `Signal` queued behind stdin (a Ctrl-C)
 //! would never arrive. With flag bit 2 the agent reads the connection without pause, hands
-//! stdin to the app from a thread of its own and acknowledges it with `StdinAck`, the
-//! first (`StdinAck(0)`) as soon as the call starts; a pilot that has seen an
-//! acknowledgement keeps at most [`STDIN_WINDOW`] bytes unacknowledged. An agent that
-//! predates the flag ignores it and never acknowledges, and the pilot then sends as before.
+//! stdin to the app as it takes it and acknowledges it with `StdinAck`, the first
+//! (`StdinAck(0)`) before it starts the app; a pilot that has seen an acknowledgement keeps
+//! at most [`STDIN_WINDOW`] bytes unacknowledged. An agent that predates the flag ignores it
+//! and never acknowledges, and the pilot then sends as before. A pilot that knows the agent
+//! acknowledges (a guest init whose image says so) reads no stdin before `StdinAck(0)`, so
+//! a call answered with `Closing` took none of its caller's input and can be made again,
+//! and it can give the agent a time to answer at all: a call without a first frame comes
+//! to nothing (a guest that hangs, or never came up), and nothing of it ran.
 //!
 //! **Output flow control.** A VM's plain virtio console drops what its host socket cannot
 //! take at once. With flag bit 3 (set only on that channel) the pilot acknowledges every
