@@ -48,8 +48,8 @@
 //! and never acknowledges, and the pilot then sends as before. A pilot that knows the agent
 //! acknowledges (a guest init whose image says so) reads no stdin before `StdinAck(0)`, so
 //! a call answered with `Closing` took none of its caller's input and can be made again,
-//! and it can give the agent a time to answer at all: a call without a first frame comes
-//! to nothing (a guest that hangs, or never came up), and nothing of it ran.
+//! and it can give the agent a time to answer at all: a guest that hangs, or never came up,
+//! is then reported rather than waited for.
 //!
 //! **Output flow control.** A VM's plain virtio console drops what its host socket cannot
 //! take at once. With flag bit 3 (set only on that channel) the pilot acknowledges every
