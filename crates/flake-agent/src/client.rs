@@ -364,7 +364,8 @@ fn deliver(signal: i32) {
 /// agent's first acknowledgement (and nothing at all if the call ends first).
 fn relay_stdin(writer: Arc<Mutex<UnixStream>>, window: Arc<Window>, on_ack: bool) {
     std::thread::spawn(move || {
-        if on_ack && !window.wait_active() {
+        // `/dev/null` gives nothing to lose: its EOF goes with the call, as early as ever.
+        if on_ack && !stdin_is_null() && !window.wait_active() {
             return;
         }
         let mut stdin = std::io::stdin().lock();
@@ -383,6 +384,14 @@ fn relay_stdin(writer: Arc<Mutex<UnixStream>>, window: Arc<Window>, on_ack: bool
             }
         }
     });
+}
+
+/// Whether the caller's stdin is `/dev/null` (a character device 1:3).
+fn stdin_is_null() -> bool {
+    rustix::fs::fstat(std::io::stdin()).is_ok_and(|st| {
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::CharacterDevice
+            && st.st_rdev == rustix::fs::makedev(1, 3)
+    })
 }
 
 /// The launcher's side of stdin flow control (see [`crate::proto`]).
