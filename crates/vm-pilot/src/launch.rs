@@ -30,8 +30,9 @@ use crate::{overlay, tap};
 
 /// How long a guest may take to open its channel (software emulation is slow).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long a guest that is up may take to answer a call.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a guest that is up may take to answer a call (generous: a guest starved of CPU
+/// on a loaded host under software emulation is slow, not hung).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 /// In a resume instance's directory: its guest has answered a call (the VM is up). Removed
 /// with the rest of the state when the VM starts again.
 const GUEST_UP_FILE: &str = "guest-up";
