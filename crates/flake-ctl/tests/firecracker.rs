@@ -28,6 +28,21 @@ fn fake_image(w: &World, name: &str, initrd: bool) -> PathBuf {
     dir
 }
 
+/// `flake-ctl firecracker --user register --vm VM --app APP EXTRA...`.
+fn register(w: &World, vm: &str, app: &str, extra: &[&str]) -> util::Run {
+    let mut args = vec![
+        "firecracker",
+        "--user",
+        "register",
+        "--vm",
+        vm,
+        "--app",
+        app,
+    ];
+    args.extend_from_slice(extra);
+    w.ctl(&args)
+}
+
 fn yaml(w: &World, name: &str) -> String {
     std::fs::read_to_string(w.home.join(".config/flakes").join(format!("{name}.yaml"))).unwrap()
 }
@@ -94,33 +109,12 @@ fn overlay_sizes_and_no_net() {
     fake_image(&w, "core", false);
     for (i, size) in ["20G", "20g", "512MiB", "1.5GB"].iter().enumerate() {
         let app = w.bin.join(format!("ok{i}")).display().to_string();
-        w.ctl(&[
-            "firecracker",
-            "--user",
-            "register",
-            "--vm",
-            "core",
-            "--app",
-            &app,
-            "--overlay-size",
-            size,
-        ])
-        .success();
+        register(&w, "core", &app, &["--overlay-size", size]).success();
     }
     let before = w.tree();
     for size in ["20gigs", "0", "", "1.2.3G", "20 G B"] {
         let app = w.bin.join("bad").display().to_string();
-        let run = w.ctl(&[
-            "firecracker",
-            "--user",
-            "register",
-            "--vm",
-            "core",
-            "--app",
-            &app,
-            "--overlay-size",
-            size,
-        ]);
+        let run = register(&w, "core", &app, &["--overlay-size", size]);
         assert_ne!(run.code(), 0, "{size}: {run}");
         assert!(
             run.stderr().contains("size") || run.stderr().contains("overlay"),
@@ -153,75 +147,33 @@ fn overlay_sizes_and_no_net() {
 fn clear_errors_for_missing_images_and_includes_without_overlay() {
     let w = World::new();
     let app = w.bin.join("x").display().to_string();
-    let run = w.ctl(&[
-        "firecracker",
-        "--user",
-        "register",
-        "--vm",
-        "nope",
-        "--app",
-        &app,
-    ]);
+    let run = register(&w, "nope", &app, &[]);
     run.expect_code(1);
     assert!(
         run.stderr().contains("pull") && run.stderr().contains("rootfs"),
         "{run}"
     );
-    let run = w.ctl(&[
-        "firecracker",
-        "--user",
-        "register",
-        "--vm",
-        "../etc",
-        "--app",
-        &app,
-    ]);
+    let run = register(&w, "../etc", &app, &[]);
     run.expect_code(1);
     fake_image(&w, "core", false);
     let tar = w.path("inc.tar");
     std::fs::write(&tar, "").unwrap();
-    let run = w.ctl(&[
-        "firecracker",
-        "--user",
-        "register",
-        "--vm",
+    let run = register(
+        &w,
         "core",
-        "--app",
         &app,
-        "--include-tar",
-        &tar.display().to_string(),
-    ]);
+        &["--include-tar", &tar.display().to_string()],
+    );
     run.expect_code(2);
     assert!(run.stderr().contains("--overlay-size"), "{run}");
     // An idle timeout is a resume VM's: without --resume it is refused, naming both.
-    let idle = w.ctl(&[
-        "firecracker",
-        "--user",
-        "register",
-        "--vm",
-        "core",
-        "--app",
-        &app,
-        "--idle-timeout",
-        "60",
-    ]);
+    let idle = register(&w, "core", &app, &["--idle-timeout", "60"]);
     idle.expect_code(2);
     assert!(
         idle.stderr().contains("--idle-timeout") && idle.stderr().contains("--resume"),
         "{idle}"
     );
-    let word = w.ctl(&[
-        "firecracker",
-        "--user",
-        "register",
-        "--vm",
-        "core",
-        "--app",
-        &app,
-        "--resume",
-        "--idle-timeout",
-        "soon",
-    ]);
+    let word = register(&w, "core", &app, &["--resume", "--idle-timeout", "soon"]);
     word.expect_code(2);
     assert!(word.stderr().contains("soon"), "{word}");
 }
