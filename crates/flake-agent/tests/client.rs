@@ -12,7 +12,7 @@ use std::io::Write;
 use std::os::unix::net::UnixStream;
 
 use flake_agent::client::{self, Request, Streams};
-use flake_agent::proto::{ExitStatus, Frame};
+use flake_agent::proto::{Call, ExitStatus, Frame};
 
 fn request(output_acks: bool) -> Request {
     Request {
@@ -26,18 +26,27 @@ fn request(output_acks: bool) -> Request {
     }
 }
 
+/// A guest on the other end of the launcher's connection: once it has read the call, it
+/// does `answer` on its own thread.
+fn fake_guest<T: Send + 'static>(
+    answer: impl FnOnce(Call, UnixStream) -> T + Send + 'static,
+) -> (UnixStream, std::thread::JoinHandle<T>) {
+    let (launcher, mut agent) = UnixStream::pair().unwrap();
+    let guest = std::thread::spawn(move || match Frame::read_from(&mut agent).unwrap() {
+        Some(Frame::Call(call)) => answer(call, agent),
+        other => panic!("the launcher opened with {other:?}"),
+    });
+    (launcher, guest)
+}
+
 /// A guest that sends output and its exit status and hangs up at once, before the launcher
 /// read any of it (a one-shot VM powering off): acknowledgements then fail, the status
 /// still counts. A frame of a kind this build does not know is skipped.
 #[test]
 fn the_status_arrives_although_the_guest_hung_up_and_unknown_frames_are_skipped() {
     for output_acks in [true, false] {
-        let (launcher, mut agent) = UnixStream::pair().unwrap();
-        let guest = std::thread::spawn(move || {
-            assert!(matches!(
-                Frame::read_from(&mut agent).unwrap(),
-                Some(Frame::Call(call)) if call.output_acks == output_acks && call.flow
-            ));
+        let (launcher, guest) = fake_guest(move |call, mut agent| {
+            assert!(call.output_acks == output_acks && call.flow);
             let mut bytes = Vec::new();
             bytes.extend([2, 0, 0, 0, 99, 0]); // kind 99, one payload byte
             for _ in 0..3 {
@@ -57,12 +66,7 @@ fn the_status_arrives_although_the_guest_hung_up_and_unknown_frames_are_skipped(
 /// its window cost.
 #[test]
 fn frames_are_acknowledged_with_their_cost() {
-    let (launcher, mut agent) = UnixStream::pair().unwrap();
-    let guest = std::thread::spawn(move || {
-        assert!(matches!(
-            Frame::read_from(&mut agent).unwrap(),
-            Some(Frame::Call(_))
-        ));
+    let (launcher, guest) = fake_guest(move |_call, mut agent| {
         let stderr = Frame::Stderr(vec![b'e'; 5000]);
         let len = stderr.encode().len();
         Frame::Ready(flake_agent::proto::VERSION)
@@ -94,12 +98,7 @@ fn frames_are_acknowledged_with_their_cost() {
 /// input yet may repeat the call.
 #[test]
 fn a_refused_call_is_its_own_error() {
-    let (launcher, mut agent) = UnixStream::pair().unwrap();
-    let guest = std::thread::spawn(move || {
-        assert!(matches!(
-            Frame::read_from(&mut agent).unwrap(),
-            Some(Frame::Call(_))
-        ));
+    let (launcher, guest) = fake_guest(move |_call, mut agent| {
         Frame::Closing.write_to(&mut agent).unwrap();
         agent
     });
@@ -116,12 +115,7 @@ fn a_refused_call_is_its_own_error() {
 /// reported once the time allowed has passed; repeated `Ready`s do not extend it.
 #[test]
 fn a_call_without_an_answer_in_time_is_its_own_error() {
-    let (launcher, mut agent) = UnixStream::pair().unwrap();
-    let guest = std::thread::spawn(move || {
-        assert!(matches!(
-            Frame::read_from(&mut agent).unwrap(),
-            Some(Frame::Call(_))
-        ));
+    let (launcher, guest) = fake_guest(move |_call, mut agent| {
         for _ in 0..20 {
             if Frame::Ready(flake_agent::proto::VERSION)
                 .write_to(&mut agent)

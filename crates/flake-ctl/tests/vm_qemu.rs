@@ -462,9 +462,7 @@ fn images_without_the_guest_protocol_run_in_serial_mode() {
         return;
     };
     let app = vm_flake(&w, &fixtures, &sci, "vmserial");
-    let marker = w
-        .home
-        .join(".config/flakes/firecracker/images/guest/guest-channel");
+    let marker = channel_marker(&w);
     assert!(
         marker.is_file(),
         "pull marks an image whose init speaks the protocol"
@@ -513,6 +511,12 @@ fn concurrent_one_shot_calls_of_one_flake_get_their_own_vms() {
     assert!(left.is_empty(), "both instances removed: {left:?}");
 }
 
+/// The file in which `pull` records what the test image's guest init speaks.
+fn channel_marker(w: &World) -> std::path::PathBuf {
+    w.home
+        .join(".config/flakes/firecracker/images/guest/guest-channel")
+}
+
 /// The channel the guest init was told to use, as the app in the guest sees it.
 const CHANNEL_SCRIPT: &str = "read -r line < /proc/cmdline; case \"$line\" in \
     *sci_channel=console*) echo console;; *sci_channel=virtio*) echo ports;; esac";
@@ -523,9 +527,7 @@ fn one_shot_calls_use_the_plain_console_when_the_init_knows_it_and_ports_otherwi
         return;
     };
     let app = vm_flake(&w, &fixtures, &sci, "vmchan");
-    let marker = w
-        .home
-        .join(".config/flakes/firecracker/images/guest/guest-channel");
+    let marker = channel_marker(&w);
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "console-acks\n");
     let console = w.app(&app, &["-c", CHANNEL_SCRIPT], None);
     console.success();
