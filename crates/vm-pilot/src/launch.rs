@@ -60,13 +60,31 @@ impl From<VmError> for Attempt {
 
 /// The guest init of an image, as far as the launcher needs to know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum GuestInit {
+pub enum GuestInit {
     /// Not flake-pilot's (the original's): serial mode.
     Original,
     /// Speaks the protocol over virtio console ports or vsock.
     Protocol,
     /// Also serves a one-shot call over the plain virtio console.
     Console,
+}
+
+impl GuestInit {
+    /// What the guest init of `flake`'s image speaks (`pull` wrote it down); images with
+    /// the original init run in serial mode. Read once per launch.
+    pub fn of(flake: &VmFlake) -> Self {
+        let marker = flake
+            .runtime
+            .rootfs
+            .with_file_name(crate::pull::GUEST_CHANNEL_FILE);
+        match std::fs::read_to_string(marker) {
+            Err(_) => GuestInit::Original,
+            Ok(features) if features.lines().any(|l| l == crate::pull::CONSOLE_FEATURE) => {
+                GuestInit::Console
+            }
+            Ok(_) => GuestInit::Protocol,
+        }
+    }
 }
 
 /// Everything one call needs, resolved once by the launcher.
@@ -98,6 +116,8 @@ pub struct Launch<'a> {
     pub ip: Option<PathBuf>,
     /// `PILOT_DEBUG` is set: the guest init logs to the console log.
     pub debug: bool,
+    /// What the image's guest init speaks ([`GuestInit::of`]).
+    pub guest: GuestInit,
 }
 
 impl Launch<'_> {
@@ -134,7 +154,7 @@ impl Launch<'_> {
             launcher: "firecracker-pilot",
             output_acks,
             // An init that knows the console acknowledges stdin from the start of a call.
-            stdin_on_ack: self.guest_init() == GuestInit::Console,
+            stdin_on_ack: self.guest == GuestInit::Console,
             answer_within: None,
         }
     }
@@ -159,7 +179,7 @@ impl Launch<'_> {
                 debug: self.debug,
             },
             serial: None,
-            console: !resume && self.vmm.plain_console() && self.guest_init() == GuestInit::Console,
+            console: !resume && self.vmm.plain_console() && self.guest == GuestInit::Console,
         }
     }
 
@@ -174,26 +194,9 @@ impl Launch<'_> {
         }
     }
 
-    /// What the image's guest init speaks (`pull` wrote it down); images with the
-    /// original init run in serial mode.
-    fn guest_init(&self) -> GuestInit {
-        let marker = self
-            .flake
-            .runtime
-            .rootfs
-            .with_file_name(crate::pull::GUEST_CHANNEL_FILE);
-        match std::fs::read_to_string(marker) {
-            Err(_) => GuestInit::Original,
-            Ok(features) if features.lines().any(|l| l == crate::pull::CONSOLE_FEATURE) => {
-                GuestInit::Console
-            }
-            Ok(_) => GuestInit::Protocol,
-        }
-    }
-
     /// Whether the image's guest init speaks the protocol.
     fn guest_channel(&self) -> bool {
-        self.guest_init() != GuestInit::Original
+        self.guest != GuestInit::Original
     }
 
     /// Creates the overlay (when missing) and the TAP device the plan needs.
@@ -427,7 +430,7 @@ impl Launch<'_> {
             let _ = std::fs::write(&up, "");
         }
         drop(claim);
-        let repeatable = self.guest_init() == GuestInit::Console;
+        let repeatable = self.guest == GuestInit::Console;
         status.map_err(|err| match (err, warm) {
             (
                 err @ VmError::Call {

@@ -16,7 +16,7 @@ use flakes::instance::InstanceKey;
 use flakes::process::resolve;
 use flakes::{CallArgs, FlakeName, Mode, PilotExit, Settings};
 use vm_pilot::firecracker::Firecracker;
-use vm_pilot::launch::Launch;
+use vm_pilot::launch::{GuestInit, Launch};
 use vm_pilot::qemu::{Qemu, ACCEL_ENV};
 use vm_pilot::vmm::Vmm;
 
@@ -80,6 +80,7 @@ fn run() -> Result<PilotExit, String> {
         mkfs: resolve("mkfs.ext4", Some(&path)).ok(),
         ip: resolve("ip", Some(&path)).ok(),
         debug: std::env::var_os("PILOT_DEBUG").is_some(),
+        guest: GuestInit::of(&vm),
     };
     launch.run().map_err(|e| e.to_string())
 }
