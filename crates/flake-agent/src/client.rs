@@ -71,16 +71,69 @@ pub struct Request {
 /// Runs `request` over `stream` and returns the app's exit status.
 ///
 /// The connection is shut down when the call ends, although threads still hold clones of
-/// it: a guest channel port serves its next call only once this one has hung up.
+/// it: a guest channel port serves its next call only once this one has hung up. After a
+/// call that ended with its status, that happens between frames and once the other end
+/// has read all that was sent.
 pub fn run(stream: UnixStream, request: &Request) -> Result<ExitStatus, ProtoError> {
     let handle = stream.try_clone()?;
-    let result = run_call(stream, request);
+    let writer = Arc::new(Mutex::new(stream.try_clone()?));
+    let result = run_call(stream, Arc::clone(&writer), request);
+    if result.is_ok() {
+        hang_up(&handle, &writer);
+    }
     let _ = handle.shutdown(std::net::Shutdown::Both);
     result
 }
 
-fn run_call(stream: UnixStream, request: &Request) -> Result<ExitStatus, ProtoError> {
-    let writer = Arc::new(Mutex::new(stream.try_clone()?));
+/// How long hanging up waits, for a frame another thread is writing and then for the
+/// other end to take the rest.
+const HANG_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Hangs up between two frames, and only once the other end has read everything sent.
+///
+/// A VM's virtio port is one byte stream for all its callers, and QEMU drops what it has
+/// not read yet from a caller that closed: its guest would take the next caller's `Call`
+/// for the rest of a cut frame and never serve it. So a frame that the stdin relay or the
+/// signal forwarder is writing is finished first, then the sending half is shut (nothing
+/// more goes out), and what the other end still sends is read and dropped until it closes
+/// too, which QEMU does once it has read up to that end. Each wait is bounded by
+/// [`HANG_UP_WAIT`]. Only after a call that ended with its status: an instance that
+/// broke off or never answered is not waited for.
+fn hang_up(handle: &UnixStream, writer: &Mutex<UnixStream>) {
+    let deadline = std::time::Instant::now() + HANG_UP_WAIT;
+    let between_frames = loop {
+        match writer.try_lock() {
+            Ok(guard) => break Some(guard),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => break Some(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(std::sync::TryLockError::WouldBlock) => break None,
+        }
+    };
+    let _ = handle.shutdown(std::net::Shutdown::Write);
+    drop(between_frames);
+    let mut rest = [0u8; 16 * 1024];
+    let mut reader = handle;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || reader.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
+        match reader.read(&mut rest) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+}
+
+fn run_call(
+    stream: UnixStream,
+    writer: Arc<Mutex<UnixStream>>,
+    request: &Request,
+) -> Result<ExitStatus, ProtoError> {
     match request.streams {
         Streams::Terminal => run_terminal(stream, writer, request),
         Streams::Descriptors => {

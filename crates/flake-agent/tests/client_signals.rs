@@ -197,3 +197,78 @@ fn a_call_made_again_after_a_refusal_gets_all_input_and_the_signals() {
     assert!(output.status.success(), "{:?}: {stderr}", output.status);
     assert!(stderr.contains("refused"), "{stderr}");
 }
+
+const ENDLESS: &str = "FLAKE_AGENT_TEST_CLIENT_ENDLESS";
+
+/// In the child: a call with endless input (`yes | app`) that ends before the input does.
+fn run_client_endless(path: &str) {
+    let request = Request {
+        argv: vec![b"/bin/true".to_vec()],
+        streams: Streams::Frames,
+        term: None,
+        launcher: "test-pilot",
+        output_acks: false,
+        stdin_on_ack: true,
+        answer_within: None,
+    };
+    let status = client::run(UnixStream::connect(path).unwrap(), &request).unwrap();
+    assert_eq!(status, ExitStatus::Exited(0));
+    std::process::exit(0);
+}
+
+/// A launcher hangs up only when the other end has read all it sent, and never inside a
+/// frame: on a VM's virtio port QEMU would drop the rest, and the guest would take the next
+/// caller's call for it.
+#[test]
+fn a_launcher_hangs_up_between_frames_once_all_it_sent_is_read() {
+    if let Ok(path) = std::env::var(ENDLESS) {
+        run_client_endless(&path);
+        return;
+    }
+    let (_dir, listener, mut child) = launcher(
+        "a_launcher_hangs_up_between_frames_once_all_it_sent_is_read",
+        ENDLESS,
+        Stdio::piped(),
+    );
+    let mut input = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        let chunk = vec![b'y'; 65536];
+        while std::io::Write::write_all(&mut input, &chunk).is_ok() {}
+    });
+    let mut agent = accept_call(&listener);
+    Frame::StdinAck(0).write_to(&mut agent).unwrap();
+    // The launcher sends a window of input, more than the socket holds: it is still
+    // sending when the call ends.
+    std::thread::sleep(Duration::from_millis(300));
+    Frame::Exit(ExitStatus::Exited(0))
+        .write_to(&mut agent)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        child.try_wait().unwrap(),
+        None,
+        "the launcher waits until what it sent has been read"
+    );
+    let mut sent = Vec::new();
+    std::io::Read::read_to_end(&mut agent, &mut sent).unwrap();
+    let mut at = 0;
+    while at < sent.len() {
+        match Frame::parse(&sent[at..]).unwrap() {
+            Some((Frame::Stdin(bytes), len)) if !bytes.is_empty() => at += len,
+            Some((other, _)) => panic!("only input was on its way, got {other:?}"),
+            None => panic!("a frame cut off at {at} of {} bytes", sent.len()),
+        }
+    }
+    assert!(at > 65536, "input was on its way: {at} bytes");
+    let started = Instant::now();
+    drop(agent);
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{:?}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    feeder.join().unwrap();
+}

@@ -710,3 +710,40 @@ fn a_resume_vm_that_does_not_answer_is_reported_not_waited_for() {
     again.success();
     assert_eq!(again.stdout(), "back\n");
 }
+
+/// A launcher killed while it sends input (`kill -9` in the middle of a frame, which QEMU
+/// then cuts short) costs the next caller on its port a short wait, not its call.
+#[test]
+fn a_launcher_killed_while_sending_input_does_not_cost_the_next_call() {
+    let Some((_vms, w, fixtures, sci)) = vm_world() else {
+        return;
+    };
+    let app = vm_flake_with(&w, &fixtures, &sci, "vmkilled", &["--resume"], "");
+    w.app(&app, &["-c", "true"], None).success();
+    for _ in 0..2 {
+        let mut child = w
+            .command(&app)
+            .args(["-c", "echo ready; sleep 60"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        let feeder = std::thread::spawn(move || {
+            let chunk = vec![b'y'; 65536];
+            while std::io::Write::write_all(&mut input, &chunk).is_ok() {}
+        });
+        let mut lines =
+            std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+        assert_eq!(lines.next().unwrap().unwrap(), "ready");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        feeder.join().unwrap();
+        let run = w.app(&app, &["-c", "echo served"], None);
+        run.success();
+        assert_eq!(run.stdout(), "served\n", "{run}");
+        assert!(run.elapsed < std::time::Duration::from_secs(20), "{run}");
+    }
+    w.app(&app, &["%remove", "-c", "true"], None).success();
+}

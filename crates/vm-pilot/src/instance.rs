@@ -7,7 +7,7 @@
 //! <firecracker_ids_dir>/<uid>/.vm/<flake>[@NAME]#<pid>/  a one-shot VM of launcher <pid>
 //!   lock          flock: held while the VM is started or removed
 //!   vmm.pid       the VMM's pid
-//!   port-N.lock   flock: held by the call using guest channel port N
+//!   port-N.lock   flock: held by the call using guest channel port N (marked during it)
 //!   channel-N.sock, vsock.sock, vm.json, console.log, vmm.log, overlay.ext4 (one-shot)
 //! ```
 //!
@@ -20,6 +20,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rustix::fs::{flock, FlockOperation};
 
@@ -91,11 +92,39 @@ pub fn clear_stale(dir: &Path) {
 }
 
 /// A held guest channel port.
+///
+/// While a call uses the port its lock file holds a mark, cleared when the call has hung
+/// up cleanly ([`PortClaim::ended_cleanly`]). A mark found on claiming says the caller
+/// before died during its call, maybe in the middle of a frame, which QEMU then cut
+/// short: the guest drops such a frame once its rest has not come for
+/// [`FRAME_STALL`](flake_agent::proto::FRAME_STALL), and a next call sent before would be
+/// taken for that rest. So the claimer waits that long first (only then, once).
 #[derive(Debug)]
 pub struct PortClaim {
     /// The port number.
     pub port: usize,
-    _lock: File,
+    lock: File,
+}
+
+/// What a port's lock file holds while a call uses the port.
+const IN_CALL: &[u8] = b"in call\n";
+
+impl PortClaim {
+    /// The claim on `port`, whose lock `lock` is held: waits if the caller before died
+    /// during its call, then marks the port as in a call.
+    fn taken(port: usize, lock: File) -> Self {
+        if lock.metadata().is_ok_and(|m| m.len() > 0) {
+            std::thread::sleep(flake_agent::proto::FRAME_STALL + Duration::from_secs(1));
+        }
+        let _ = std::os::unix::fs::FileExt::write_all_at(&lock, IN_CALL, 0);
+        PortClaim { port, lock }
+    }
+
+    /// The call hung up after the other end had read all it sent: the next caller need
+    /// not wait.
+    pub fn ended_cleanly(&self) {
+        let _ = self.lock.set_len(0);
+    }
 }
 
 /// Claims a free guest channel port of the instance in `dir` (of `ports`); when all are
@@ -112,7 +141,7 @@ pub fn claim_port(dir: &Path, ports: usize) -> Result<PortClaim> {
         path,
         source: e.into(),
     })?;
-    Ok(PortClaim { port, _lock: file })
+    Ok(PortClaim::taken(port, file))
 }
 
 /// Claims a free port without waiting; `None` when all are busy.
@@ -120,7 +149,7 @@ pub fn try_claim_port(dir: &Path, ports: usize) -> Result<Option<PortClaim>> {
     for port in 0..ports.max(1) {
         let file = open_lock(&port_lock(dir, port))?;
         if flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok() {
-            return Ok(Some(PortClaim { port, _lock: file }));
+            return Ok(Some(PortClaim::taken(port, file)));
         }
     }
     Ok(None)

@@ -429,6 +429,9 @@ impl Launch<'_> {
         if status.is_ok() && answer == BOOT_TIMEOUT {
             let _ = std::fs::write(&up, "");
         }
+        if let (Some(claim), Ok(_)) = (&claim, &status) {
+            claim.ended_cleanly();
+        }
         drop(claim);
         let repeatable = self.guest == GuestInit::Console;
         status.map_err(|err| match (err, warm) {

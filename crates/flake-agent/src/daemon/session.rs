@@ -17,8 +17,15 @@ use crate::proto::{ExitStatus, Frame, ProtoError};
 /// The write half of a connection, shared by the threads of one call.
 #[derive(Clone)]
 pub struct Writer {
-    stream: Arc<Mutex<Box<dyn Write + Send>>>,
+    stream: Arc<Mutex<Writing>>,
     credit: Arc<Credit>,
+}
+
+/// The connection, and whether the call's `Exit` has gone out: a call says nothing after
+/// it (a late `StdinAck` would reach whoever uses the guest channel port next).
+struct Writing {
+    stream: Box<dyn Write + Send>,
+    ended: bool,
 }
 
 /// Output flow control (see [`crate::proto`]): frame bytes sent and not acknowledged.
@@ -39,7 +46,10 @@ impl Writer {
     /// Wraps the write half of a connection.
     pub fn new(stream: impl Write + Send + 'static) -> Self {
         Writer {
-            stream: Arc::new(Mutex::new(Box::new(stream))),
+            stream: Arc::new(Mutex::new(Writing {
+                stream: Box::new(stream),
+                ended: false,
+            })),
             credit: Arc::default(),
         }
     }
@@ -57,20 +67,25 @@ impl Writer {
         self.credit.room.notify_all();
     }
 
-    /// Sends one frame; errors mean the launcher is gone. Under output flow control it
-    /// first waits for room, without holding the connection.
+    /// Sends one frame; errors mean the launcher is gone, or the call has ended (its
+    /// `Exit` was sent). Under output flow control it first waits for room, without
+    /// holding the connection.
     pub fn send(&self, frame: &Frame) -> std::io::Result<()> {
         let bytes = frame.encode();
         // `Ready` precedes the call and is never acknowledged.
         if !matches!(frame, Frame::Ready(_)) {
             self.credit.reserve(crate::proto::window_cost(bytes.len()));
         }
-        let mut stream = self
+        let mut writing = self
             .stream
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        stream.write_all(&bytes)?;
-        stream.flush()
+        if writing.ended {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        }
+        writing.ended = matches!(frame, Frame::Exit(_));
+        writing.stream.write_all(&bytes)?;
+        writing.stream.flush()
     }
 
     /// Reports an app that could not be started (127: not found, 126: not executable).

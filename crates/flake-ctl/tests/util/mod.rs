@@ -201,6 +201,42 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
     }
 }
 
+/// How long one command of a test may run: a hang fails its test in minutes, not when the
+/// whole run is cut off.
+const RUN_LIMIT: Duration = Duration::from_secs(300);
+
+/// Kills a command that runs longer than [`RUN_LIMIT`].
+struct Watchdog {
+    stop: std::sync::mpsc::Sender<()>,
+    fired: std::thread::JoinHandle<bool>,
+}
+
+impl Watchdog {
+    fn start(pid: u32) -> Self {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let fired = std::thread::spawn(move || {
+            match stopped.recv_timeout(RUN_LIMIT) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    // Still waited for (unless it ended this very moment), so the pid
+                    // is the command's.
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status();
+                    true
+                }
+                _ => false,
+            }
+        });
+        Watchdog { stop, fired }
+    }
+
+    /// Whether the command had to be killed.
+    fn stop(self) -> bool {
+        let _ = self.stop.send(());
+        self.fired.join().unwrap_or(true)
+    }
+}
+
 /// A finished command with everything needed to explain a failure.
 pub struct Run {
     pub description: String,
@@ -235,7 +271,16 @@ impl Run {
                 let _ = pipe.write_all(&bytes);
             })
         });
+        let watchdog = Watchdog::start(child.id());
         let output = child.wait_with_output().unwrap();
+        let overran = watchdog.stop();
+        assert!(
+            !overran,
+            "{description} ran longer than {RUN_LIMIT:?} and was killed: {:?}\nstdout:\n{}\nstderr:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
         if let Some(feeder) = feeder {
             feeder.join().unwrap();
         }
