@@ -726,6 +726,7 @@ fn a_launcher_killed_while_sending_input_does_not_cost_the_next_call() {
             .args(["-c", "echo ready; sleep 60"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let mut input = child.stdin.take().unwrap();
@@ -735,7 +736,11 @@ fn a_launcher_killed_while_sending_input_does_not_cost_the_next_call() {
         });
         let mut lines =
             std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
-        assert_eq!(lines.next().unwrap().unwrap(), "ready");
+        if lines.next().and_then(Result::ok).as_deref() != Some("ready") {
+            let mut stderr = String::new();
+            let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr);
+            panic!("no ready: {:?} {stderr}", child.wait());
+        }
         std::thread::sleep(std::time::Duration::from_millis(300));
         child.kill().unwrap();
         child.wait().unwrap();

@@ -102,6 +102,24 @@ impl Port {
         }
     }
 
+    /// Waits up to `limit` until the port says a host is connected.
+    ///
+    /// The driver may take a new host's data (its call) before the news that the host
+    /// connected, and until then writes fail as if no host were there: a call read in that
+    /// moment would be dropped at its first answer.
+    pub fn await_host(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let seen = sigio_generation();
+            let revents = self.revents(PollFlags::IN, Some(Duration::ZERO));
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !revents.contains(PollFlags::HUP) || left.is_zero() {
+                return;
+            }
+            wait_for_sigio(seen, left.min(Duration::from_millis(100)));
+        }
+    }
+
     /// The writer of a new call; writers of earlier calls fail from now on.
     pub fn writer(self: &Arc<Self>) -> PortWriter {
         let generation = self.last.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;

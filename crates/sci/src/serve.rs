@@ -26,6 +26,9 @@ use flake_agent::proto::{ExitStatus, Frame, ProtoError, CHUNK, FRAME_STALL};
 use crate::cmdline::{BootSettings, Channel, VSOCK_PORT};
 use crate::port::{self, Port, PortReader};
 
+/// How long a call read on a port waits for the news that its host connected (see
+/// [`Port::await_host`]); a host that left meanwhile gets nothing either way.
+const HOST_NEWS_WAIT: Duration = Duration::from_secs(5);
 /// How long a VM that decided to power off for idleness still answers calls (refusing them).
 const CLOSING_GRACE: Duration = Duration::from_millis(300);
 /// How long a one-shot VM waits for its call.
@@ -167,6 +170,7 @@ impl Server {
             match frame {
                 Ok(Some(Frame::Call(call))) => {
                     drop(current.take());
+                    port.await_host(HOST_NEWS_WAIT);
                     let flags = rustix::pipe::PipeFlags::CLOEXEC;
                     let Ok((rx, tx)) = rustix::pipe::pipe_with(flags) else {
                         Writer::new(port.writer()).fail("sci: cannot make a pipe", 125);
@@ -181,6 +185,7 @@ impl Server {
                 }
                 Ok(Some(Frame::Shutdown)) => {
                     drop(current.take());
+                    port.await_host(HOST_NEWS_WAIT);
                     let _ = Writer::new(port.writer()).send(&Frame::Exit(ExitStatus::Exited(0)));
                     let _ = self.end.send(End::Shutdown);
                     break false;
