@@ -71,35 +71,47 @@ pub struct Request {
 /// Runs `request` over `stream` and returns the app's exit status.
 ///
 /// The connection is shut down when the call ends, although threads still hold clones of
-/// it: a guest channel port serves its next call only once this one has hung up. After a
-/// call that ended with its status, that happens between frames and once the other end
-/// has read all that was sent.
+/// it: the other end learns at once that the call is over.
 pub fn run(stream: UnixStream, request: &Request) -> Result<ExitStatus, ProtoError> {
-    let handle = stream.try_clone()?;
-    let writer = Arc::new(Mutex::new(stream.try_clone()?));
-    let result = run_call(stream, Arc::clone(&writer), request);
-    if result.is_ok() {
-        hang_up(&handle, &writer);
-    }
-    let _ = handle.shutdown(std::net::Shutdown::Both);
-    result
+    run_with(stream, request, false).0
 }
 
-/// How long hanging up waits, for a frame another thread is writing and then for the
-/// other end to take the rest.
+/// [`run`] over a stream that later calls use too (a VM's virtio port): after a call that
+/// ended with its status, it hangs up only between frames and once the other end has read
+/// all it sent (the protocol's "Ending a call"). The second value says whether it did: if
+/// not, the stream may hold the start of a frame whose rest never comes.
+pub fn run_shared(stream: UnixStream, request: &Request) -> (Result<ExitStatus, ProtoError>, bool) {
+    run_with(stream, request, true)
+}
+
+fn run_with(
+    stream: UnixStream,
+    request: &Request,
+    shared: bool,
+) -> (Result<ExitStatus, ProtoError>, bool) {
+    let (handle, writer) = match (stream.try_clone(), stream.try_clone()) {
+        (Ok(handle), Ok(writer)) => (handle, Arc::new(Mutex::new(writer))),
+        (Err(err), _) | (_, Err(err)) => return (Err(err.into()), false),
+    };
+    let result = run_call(stream, Arc::clone(&writer), request);
+    let clean = shared && result.is_ok() && hang_up(&handle, &writer);
+    let _ = handle.shutdown(std::net::Shutdown::Both);
+    (result, clean)
+}
+
+/// How long hanging up may take in all: waiting for a frame another thread is writing,
+/// then for the other end to read the rest.
 const HANG_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Hangs up between two frames, and only once the other end has read everything sent.
+/// Hangs up between two frames, and only once the other end has read everything sent;
+/// false if that did not happen within [`HANG_UP_WAIT`].
 ///
-/// A VM's virtio port is one byte stream for all its callers, and QEMU drops what it has
-/// not read yet from a caller that closed: its guest would take the next caller's `Call`
-/// for the rest of a cut frame and never serve it. So a frame that the stdin relay or the
-/// signal forwarder is writing is finished first, then the sending half is shut (nothing
-/// more goes out), and what the other end still sends is read and dropped until it closes
-/// too, which QEMU does once it has read up to that end. Each wait is bounded by
-/// [`HANG_UP_WAIT`]. Only after a call that ended with its status: an instance that
-/// broke off or never answered is not waited for.
-fn hang_up(handle: &UnixStream, writer: &Mutex<UnixStream>) {
+/// QEMU drops what it has not read yet from a caller that closed its port connection. So
+/// a frame that the stdin relay or the signal forwarder is writing is finished first,
+/// then the sending half is shut (nothing more goes out), and what the other end still
+/// sends is read and dropped until it closes too, which QEMU does once it has read up to
+/// that point.
+fn hang_up(handle: &UnixStream, writer: &Mutex<UnixStream>) -> bool {
     let deadline = std::time::Instant::now() + HANG_UP_WAIT;
     let between_frames = loop {
         match writer.try_lock() {
@@ -111,6 +123,7 @@ fn hang_up(handle: &UnixStream, writer: &Mutex<UnixStream>) {
             Err(std::sync::TryLockError::WouldBlock) => break None,
         }
     };
+    let whole_frames = between_frames.is_some();
     let _ = handle.shutdown(std::net::Shutdown::Write);
     drop(between_frames);
     let mut rest = [0u8; 16 * 1024];
@@ -118,13 +131,13 @@ fn hang_up(handle: &UnixStream, writer: &Mutex<UnixStream>) {
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() || reader.set_read_timeout(Some(left)).is_err() {
-            break;
+            return false;
         }
         match reader.read(&mut rest) {
-            Ok(0) => break,
+            Ok(0) => return whole_frames,
             Ok(_) => {}
             Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => break,
+            Err(_) => return false,
         }
     }
 }

@@ -39,13 +39,12 @@
 //! and relays it as `Stdin`/`Output` frames. Either way the connection ends with `Exit`.
 //! A pilot that disconnects before `Exit` makes the agent kill the app's process group.
 //!
-//! **Ending a call.** Nothing follows `Exit`: the agent sends no late acknowledgement. The
-//! pilot hangs up between frames, and only once the other end has read all it sent: it
-//! shuts its sending half and reads until that end closes. A VM's virtio port is one
-//! stream for all its callers, and QEMU drops what it has not read from a caller that
-//! closed; a cut frame would make the guest take the next caller's `Call` for its rest. A
-//! guest init therefore also drops a frame whose rest stops coming (its caller died while
-//! writing it).
+//! **Ending a call.** Nothing follows `Exit`: the agent sends no late acknowledgement. On a
+//! VM's virtio port, which is one stream for all its callers in turn, the pilot hangs up
+//! between frames and only once the other end has read all it sent (it shuts its sending
+//! half and reads until that end closes): QEMU drops what it has not read from a caller
+//! that closed, and the guest would take the next caller's `Call` for the rest of a cut
+//! frame.
 //!
 //! **Stdin flow control.** An app that does not read its stdin must not stall the call: the
 //! agent would stop reading the connection, and a `Signal` queued behind stdin (a Ctrl-C)
@@ -97,9 +96,6 @@ pub fn window_cost(len: usize) -> u64 {
 }
 /// Stdin bytes a pilot keeps unacknowledged at most, under flow control.
 pub const STDIN_WINDOW: u64 = 4 * CHUNK as u64;
-/// How long a guest init waits for the rest of a frame begun on a virtio port before it
-/// drops it as cut short (see "Ending a call").
-pub const FRAME_STALL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Protocol errors.
 #[derive(Debug, thiserror::Error)]

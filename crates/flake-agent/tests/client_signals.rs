@@ -211,14 +211,15 @@ fn run_client_endless(path: &str) {
         stdin_on_ack: true,
         answer_within: None,
     };
-    let status = client::run(UnixStream::connect(path).unwrap(), &request).unwrap();
-    assert_eq!(status, ExitStatus::Exited(0));
+    let (status, clean) = client::run_shared(UnixStream::connect(path).unwrap(), &request);
+    assert_eq!(status.unwrap(), ExitStatus::Exited(0));
+    assert!(clean, "hung up cleanly");
     std::process::exit(0);
 }
 
-/// A launcher hangs up only when the other end has read all it sent, and never inside a
-/// frame: on a VM's virtio port QEMU would drop the rest, and the guest would take the next
-/// caller's call for it.
+/// On a stream later calls use too, a launcher hangs up only when the other end has read
+/// all it sent, and never inside a frame: on a VM's virtio port QEMU would drop the rest,
+/// and the guest would take the next caller's call for it.
 #[test]
 fn a_launcher_hangs_up_between_frames_once_all_it_sent_is_read() {
     if let Ok(path) = std::env::var(ENDLESS) {

@@ -14,7 +14,13 @@
 //! - every call writes through its own [`PortWriter`] generation: when its caller has
 //!   gone, writes fail, so nothing of an ended call reaches the next caller;
 //! - the port is non-blocking and writes wait with `poll`: a write while no host is
-//!   connected would otherwise block until the *next* caller and hand it stale output.
+//!   connected would otherwise block until the *next* caller and hand it stale output;
+//! - the driver may take a new host's data before the news that it connected: a call read
+//!   while the port still says no host waits for that news ([`Port::await_host`]) before
+//!   it answers;
+//! - a frame cut short by a caller that died while writing it (QEMU drops what it had not
+//!   read) ends when the port says the host is gone; the launchers keep the next caller
+//!   from connecting before that (see `firecracker-pilot`'s port claims).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -37,8 +43,6 @@ pub struct Port {
     /// The writer generation allowed to write now (0: none).
     writing: Mutex<u64>,
     last: std::sync::atomic::AtomicU64,
-    /// How long a read may wait for more bytes now; `None`: as long as it takes.
-    stall_limit: Mutex<Option<Duration>>,
 }
 
 /// The write half of one call on a port.
@@ -65,7 +69,7 @@ impl Port {
     }
 
     /// A port on an open device (or, in tests, any stream).
-    pub(crate) fn from_file(file: File) -> std::io::Result<Arc<Self>> {
+    fn from_file(file: File) -> std::io::Result<Arc<Self>> {
         let fail = |e: rustix::io::Errno| std::io::Error::from(e);
         let flags = rustix::fs::fcntl_getfl(&file).map_err(fail)?;
         rustix::fs::fcntl_setfl(&file, flags | OFlags::NONBLOCK | OFlags::ASYNC).map_err(fail)?;
@@ -74,7 +78,6 @@ impl Port {
             file,
             writing: Mutex::new(0),
             last: std::sync::atomic::AtomicU64::new(0),
-            stall_limit: Mutex::new(None),
         }))
     }
 
@@ -134,31 +137,18 @@ impl Port {
     pub fn end_writes(&self) {
         *lock(&self.writing) = 0;
     }
-
-    /// From now on a read that gets no byte within `limit` fails with `TimedOut`
-    /// (`None`: reads wait as long as it takes).
-    pub fn limit_stalls(&self, limit: Option<Duration>) {
-        *lock(&self.stall_limit) = limit;
-    }
 }
 
 impl Read for PortReader {
     /// Reads what the host sent; 0 once it has hung up.
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let limit = *lock(&self.0.stall_limit);
-        let started = Instant::now();
-        let wait = limit.map_or(Duration::from_millis(500), |limit| {
-            limit.min(Duration::from_millis(500))
-        });
         loop {
-            self.0.revents(PollFlags::IN, Some(wait));
+            self.0
+                .revents(PollFlags::IN, Some(Duration::from_millis(500)));
             match rustix::io::read(&self.0.file, &mut *buf) {
                 Ok(n) => return Ok(n),
                 Err(Errno::AGAIN | Errno::INTR) => {}
                 Err(err) => return Err(err.into()),
-            }
-            if limit.is_some_and(|limit| started.elapsed() >= limit) {
-                return Err(std::io::ErrorKind::TimedOut.into());
             }
         }
     }

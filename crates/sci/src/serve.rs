@@ -12,7 +12,7 @@
 //! up ends it; frames before the first `Call` are the rest of an earlier, ended call.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::os::fd::OwnedFd;
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use flake_agent::daemon::reaper::Reaper;
 use flake_agent::daemon::Writer;
 use flake_agent::framed::{self, Link};
-use flake_agent::proto::{ExitStatus, Frame, ProtoError, CHUNK, FRAME_STALL};
+use flake_agent::proto::{ExitStatus, Frame, ProtoError, CHUNK};
 
 use crate::cmdline::{BootSettings, Channel, VSOCK_PORT};
 use crate::port::{self, Port, PortReader};
@@ -55,7 +55,6 @@ pub fn serve(settings: &BootSettings) -> Result<End, String> {
         end: end_tx.clone(),
         activity: Arc::clone(&activity),
         reaper: Reaper::start(),
-        frame_stall: FRAME_STALL,
     };
 
     match (settings.resume, settings.idle) {
@@ -88,12 +87,6 @@ struct Server {
     end: Sender<End>,
     activity: Arc<Activity>,
     reaper: Arc<Reaper>,
-    /// How long the rest of a frame a host has begun on a port may take: [`FRAME_STALL`],
-    /// shorter in tests. A launcher writes each frame whole, so a frame that stops short
-    /// for this long was cut: its launcher died while writing, and QEMU drops what it had
-    /// not yet read from a closed connection. The next caller's frames would otherwise be
-    /// taken for the rest, and it never served.
-    frame_stall: Duration,
 }
 
 impl Server {
@@ -160,7 +153,7 @@ impl Server {
         let mut served = false;
         self.activity.touch();
         let more = loop {
-            let frame = read_frame(&mut reader, self.frame_stall);
+            let frame = Frame::read_from(&mut reader);
             crate::debug::log(|| {
                 format!(
                     "port frame: {:?}",
@@ -220,22 +213,6 @@ impl Server {
         drop(current);
         more
     }
-}
-
-/// The next frame a port's host sends. Waiting for a frame to begin takes as long as it
-/// takes (a call may get no input for hours); once it has begun, its rest must come
-/// within `stall` (see `Server::frame_stall`), else the read fails with `TimedOut`.
-fn read_frame(
-    reader: &mut BufReader<PortReader>,
-    stall: Duration,
-) -> Result<Option<Frame>, ProtoError> {
-    if reader.fill_buf()?.is_empty() {
-        return Ok(None);
-    }
-    reader.get_ref().0.limit_stalls(Some(stall));
-    let frame = Frame::read_from(reader);
-    reader.get_ref().0.limit_stalls(None);
-    frame
 }
 
 /// A frame's name, for diagnostics (payloads stay out of the log).
@@ -415,7 +392,6 @@ mod connection_tests {
             activity: Arc::new(Activity::new()),
             // Never started: nothing here is spawned.
             reaper: Arc::new(Reaper::default()),
-            frame_stall: Duration::from_millis(300),
         };
         (server, ended)
     }
@@ -459,34 +435,6 @@ mod connection_tests {
             "{got:?}"
         );
         assert_eq!(got[1], Frame::Exit(ExitStatus::Exited(125)));
-    }
-
-    /// A frame cut short (its launcher died while writing it) is dropped once nothing more
-    /// of it comes for a while, with whatever was taken for its rest: the port serves the
-    /// callers after it.
-    #[test]
-    fn a_port_drops_a_frame_cut_short_and_serves_on() {
-        let (server, ended) = server();
-        port::handle_sigio().unwrap();
-        let (mut host, guest) = UnixStream::pair().unwrap();
-        let port = Port::from_file(File::from(OwnedFd::from(guest))).unwrap();
-        // 10 of the 100 bytes a frame announced, then a caller's frame taken for the rest.
-        host.write_all(&[101, 0, 0, 0, 2]).unwrap();
-        host.write_all(&[b'y'; 10]).unwrap();
-        host.write_all(&Frame::Shutdown.encode()).unwrap();
-        let started = Instant::now();
-        assert!(server.port_connection(&port), "serving goes on");
-        assert!(started.elapsed() >= Duration::from_millis(300));
-        assert_eq!(ended.try_recv(), Err(std::sync::mpsc::TryRecvError::Empty));
-        // The next caller's frames are read from their start.
-        host.write_all(&Frame::Shutdown.encode()).unwrap();
-        assert!(!server.port_connection(&port), "serving stops");
-        assert_eq!(ended.try_recv(), Ok(End::Shutdown));
-        host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        assert_eq!(
-            Frame::read_from(&mut host).unwrap(),
-            Some(Frame::Exit(ExitStatus::Exited(0)))
-        );
     }
 
     #[test]

@@ -96,9 +96,10 @@ pub fn clear_stale(dir: &Path) {
 /// While a call uses the port its lock file holds a mark, cleared when the call has hung
 /// up cleanly ([`PortClaim::ended_cleanly`]). A mark found on claiming says the caller
 /// before died during its call, maybe in the middle of a frame, which QEMU then cut
-/// short: the guest drops such a frame once its rest has not come for
-/// [`FRAME_STALL`](flake_agent::proto::FRAME_STALL), and a next call sent before would be
-/// taken for that rest. So the claimer waits that long first (only then, once).
+/// short. The guest ends such a frame when it sees that no host is connected; a next
+/// caller that connected before that would have its call taken for the frame's rest. So
+/// the claimer of a marked port waits [`PORT_SETTLE`] before it connects (once: its
+/// own call marks the port afresh), and free unmarked ports are claimed first.
 #[derive(Debug)]
 pub struct PortClaim {
     /// The port number.
@@ -106,15 +107,19 @@ pub struct PortClaim {
     lock: File,
 }
 
+/// How long a call waits before it uses a port left by a caller that died during its call
+/// (see [`PortClaim`]).
+pub const PORT_SETTLE: Duration = Duration::from_secs(3);
+
 /// What a port's lock file holds while a call uses the port.
 const IN_CALL: &[u8] = b"in call\n";
 
 impl PortClaim {
-    /// The claim on `port`, whose lock `lock` is held: waits if the caller before died
-    /// during its call, then marks the port as in a call.
-    fn taken(port: usize, lock: File) -> Self {
-        if lock.metadata().is_ok_and(|m| m.len() > 0) {
-            std::thread::sleep(flake_agent::proto::FRAME_STALL + Duration::from_secs(1));
+    /// The claim on `port`, whose lock `lock` is held: with `settle`, waits if the caller
+    /// before died during its call; then marks the port as in a call.
+    fn taken(port: usize, lock: File, settle: bool) -> Self {
+        if settle && marked(&lock) {
+            std::thread::sleep(PORT_SETTLE);
         }
         let _ = std::os::unix::fs::FileExt::write_all_at(&lock, IN_CALL, 0);
         PortClaim { port, lock }
@@ -127,11 +132,15 @@ impl PortClaim {
     }
 }
 
+fn marked(lock: &File) -> bool {
+    lock.metadata().is_ok_and(|m| m.len() > 0)
+}
+
 /// Claims a free guest channel port of the instance in `dir` (of `ports`); when all are
 /// busy, waits for the one chosen by the caller's pid.
 pub fn claim_port(dir: &Path, ports: usize) -> Result<PortClaim> {
     let ports = ports.max(1);
-    if let Some(free) = try_claim_port(dir, ports)? {
+    if let Some(free) = try_claim_port(dir, ports, true)? {
         return Ok(free);
     }
     let port = usize::try_from(std::process::id()).unwrap_or(0) % ports;
@@ -141,18 +150,24 @@ pub fn claim_port(dir: &Path, ports: usize) -> Result<PortClaim> {
         path,
         source: e.into(),
     })?;
-    Ok(PortClaim::taken(port, file))
+    Ok(PortClaim::taken(port, file, true))
 }
 
-/// Claims a free port without waiting; `None` when all are busy.
-pub fn try_claim_port(dir: &Path, ports: usize) -> Result<Option<PortClaim>> {
+/// Claims a free port without waiting for one, an unmarked one if there is; `None` when
+/// all are busy. `settle`: wait on a marked port (see [`PortClaim`]).
+pub fn try_claim_port(dir: &Path, ports: usize, settle: bool) -> Result<Option<PortClaim>> {
+    let mut left_marked = None;
     for port in 0..ports.max(1) {
         let file = open_lock(&port_lock(dir, port))?;
         if flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok() {
-            return Ok(Some(PortClaim::taken(port, file)));
+            if !marked(&file) {
+                return Ok(Some(PortClaim::taken(port, file, settle)));
+            }
+            // Held until an unmarked one turns up (then released) or none does.
+            left_marked.get_or_insert((port, file));
         }
     }
-    Ok(None)
+    Ok(left_marked.map(|(port, file)| PortClaim::taken(port, file, settle)))
 }
 
 fn port_lock(dir: &Path, port: usize) -> PathBuf {
@@ -228,11 +243,48 @@ mod tests {
         let first = claim_port(dir.path(), 2).unwrap();
         let second = claim_port(dir.path(), 2).unwrap();
         assert_ne!(first.port, second.port);
+        first.ended_cleanly();
         drop(first);
         assert_eq!(
             claim_port(dir.path(), 2).unwrap().port,
             0,
             "a freed port is reused"
+        );
+    }
+
+    /// A port left by a caller that died during its call is used last, and then only
+    /// after a wait.
+    #[test]
+    fn a_port_left_in_a_call_is_claimed_last_and_after_a_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        // Port 0's caller dies during its call (its claim is dropped, not ended cleanly);
+        // port 1's hangs up cleanly.
+        drop(claim_port(dir.path(), 2).unwrap());
+        let clean = try_claim_port(dir.path(), 2, true).unwrap().unwrap();
+        assert_eq!(clean.port, 1);
+        clean.ended_cleanly();
+        drop(clean);
+        let started = std::time::Instant::now();
+        let next = claim_port(dir.path(), 2).unwrap();
+        assert_eq!(next.port, 1, "the clean port first");
+        assert!(started.elapsed() < PORT_SETTLE, "and without a wait");
+        let last = claim_port(dir.path(), 2).unwrap();
+        assert_eq!(last.port, 0);
+        assert!(
+            started.elapsed() >= PORT_SETTLE,
+            "the left port after a wait"
+        );
+        // Shutting the VM down does not wait.
+        drop((next, last));
+        let started = std::time::Instant::now();
+        let both = [
+            try_claim_port(dir.path(), 2, false).unwrap().unwrap(),
+            try_claim_port(dir.path(), 2, false).unwrap().unwrap(),
+        ];
+        assert!(
+            started.elapsed() < PORT_SETTLE,
+            "{:?}",
+            both.map(|c| c.port)
         );
     }
 

@@ -316,7 +316,7 @@ impl Launch<'_> {
             } else {
                 BOOT_TIMEOUT
             };
-            self.call_over(stream, plan, answer)
+            self.call_over(stream, plan, answer, None)
         });
         let _ = vmm.kill();
         let _ = vmm.wait();
@@ -324,18 +324,31 @@ impl Launch<'_> {
     }
 
     /// Makes the call over `stream`; an init that acknowledges calls at once must answer
-    /// within `answer` (QEMU accepts a port's connection before the guest is up).
+    /// within `answer` (QEMU accepts a port's connection before the guest is up). On a
+    /// port of a resume VM (`claim`), which later calls use too, the claim's mark is
+    /// cleared once the call has hung up cleanly.
     fn call_over(
         &self,
         stream: std::os::unix::net::UnixStream,
         plan: &Plan,
         answer: Duration,
+        claim: Option<&instance::PortClaim>,
     ) -> Result<ExitStatus> {
         let mut request = self.request(plan.console);
         if request.stdin_on_ack {
             request.answer_within = Some(answer);
         }
-        client::run(stream, &request).map_err(|source| VmError::Call {
+        let status = match claim {
+            Some(claim) => {
+                let (status, clean) = client::run_shared(stream, &request);
+                if clean {
+                    claim.ended_cleanly();
+                }
+                status
+            }
+            None => client::run(stream, &request),
+        };
+        status.map_err(|source| VmError::Call {
             flake: plan.flake.clone(),
             source,
             dir: plan.dir.clone(),
@@ -425,12 +438,9 @@ impl Launch<'_> {
         } else {
             BOOT_TIMEOUT
         };
-        let status = self.call_over(stream, plan, answer);
+        let status = self.call_over(stream, plan, answer, claim.as_ref());
         if status.is_ok() && answer == BOOT_TIMEOUT {
             let _ = std::fs::write(&up, "");
-        }
-        if let (Some(claim), Ok(_)) = (&claim, &status) {
-            claim.ended_cleanly();
         }
         drop(claim);
         let repeatable = self.guest == GuestInit::Console;
@@ -481,7 +491,7 @@ impl Launch<'_> {
             // answer, `stop` ends the VMM.
             let claim = match plan.ports {
                 0 => None,
-                ports => instance::try_claim_port(&plan.dir, ports)?,
+                ports => instance::try_claim_port(&plan.dir, ports, false)?,
             };
             let reachable = plan.ports == 0 || claim.is_some();
             let port = claim.as_ref().map_or(0, |c| c.port);

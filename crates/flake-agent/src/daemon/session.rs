@@ -31,8 +31,8 @@ struct Writing {
 /// Output flow control (see [`crate::proto`]): frame bytes sent and not acknowledged.
 #[derive(Debug, Default)]
 struct Credit {
-    /// (limited, outstanding)
-    state: Mutex<(bool, u64)>,
+    /// (limited, outstanding, the call has ended)
+    state: Mutex<(bool, u64, bool)>,
     room: std::sync::Condvar,
 }
 
@@ -72,20 +72,36 @@ impl Writer {
     /// holding the connection.
     pub fn send(&self, frame: &Frame) -> std::io::Result<()> {
         let bytes = frame.encode();
+        // Not even waiting for room: no acknowledgement comes after the end.
+        if self.ended() {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        }
         // `Ready` precedes the call and is never acknowledged.
         if !matches!(frame, Frame::Ready(_)) {
             self.credit.reserve(crate::proto::window_cost(bytes.len()));
         }
-        let mut writing = self
-            .stream
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut writing = self.writing();
         if writing.ended {
             return Err(std::io::ErrorKind::BrokenPipe.into());
         }
         writing.ended = matches!(frame, Frame::Exit(_));
+        if writing.ended {
+            // Whoever waits for room gives up.
+            self.credit.lock().2 = true;
+            self.credit.room.notify_all();
+        }
         writing.stream.write_all(&bytes)?;
         writing.stream.flush()
+    }
+
+    fn writing(&self) -> std::sync::MutexGuard<'_, Writing> {
+        self.stream
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn ended(&self) -> bool {
+        self.writing().ended
     }
 
     /// Reports an app that could not be started (127: not found, 126: not executable).
@@ -102,7 +118,7 @@ impl Writer {
 }
 
 impl Credit {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (bool, u64)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (bool, u64, bool)> {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -111,7 +127,11 @@ impl Credit {
     /// Waits until `len` more fits (a frame alone always does), then counts it.
     fn reserve(&self, len: u64) {
         let mut state = self.lock();
-        while state.0 && state.1 > 0 && state.1.saturating_add(len) > crate::proto::OUTPUT_WINDOW {
+        while state.0
+            && !state.2
+            && state.1 > 0
+            && state.1.saturating_add(len) > crate::proto::OUTPUT_WINDOW
+        {
             state = self
                 .room
                 .wait(state)

@@ -205,7 +205,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
 /// whole run is cut off.
 const RUN_LIMIT: Duration = Duration::from_secs(300);
 
-/// Kills a command that runs longer than [`RUN_LIMIT`].
+/// Kills a command (its process group) that runs longer than [`RUN_LIMIT`].
 struct Watchdog {
     stop: std::sync::mpsc::Sender<()>,
     fired: std::thread::JoinHandle<bool>,
@@ -217,10 +217,10 @@ impl Watchdog {
         let fired = std::thread::spawn(move || {
             match stopped.recv_timeout(RUN_LIMIT) {
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    // Still waited for (unless it ended this very moment), so the pid
-                    // is the command's.
+                    // Still waited for (unless it ended this very moment), so the
+                    // group is the command's; all of it, as any of it may hold the pipes.
                     let _ = Command::new("kill")
-                        .args(["-KILL", &pid.to_string()])
+                        .args(["-KILL", "--", &format!("-{pid}")])
                         .status();
                     true
                 }
@@ -259,6 +259,8 @@ impl Run {
             Stdio::null()
         });
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        // A group of its own, for the watchdog.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {description}: {e}"));
