@@ -107,10 +107,11 @@ const HANG_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// false if that did not happen within [`HANG_UP_WAIT`].
 ///
 /// QEMU drops what it has not read yet from a caller that closed its port connection. So
-/// a frame that the stdin relay or the signal forwarder is writing is finished first,
-/// then the sending half is shut (nothing more goes out), and what the other end still
-/// sends is read and dropped until it closes too, which QEMU does once it has read up to
-/// that point.
+/// a frame that the stdin relay or the signal forwarder is writing is finished first.
+/// If the other end has read every byte by then (the usual case), that is all; else the
+/// sending half is shut (nothing more goes out), and what the other end still sends is
+/// read and dropped until it closes too, which QEMU does once it has read up to that
+/// point.
 fn hang_up(handle: &UnixStream, writer: &Mutex<UnixStream>) -> bool {
     let deadline = std::time::Instant::now() + HANG_UP_WAIT;
     let between_frames = loop {
@@ -124,6 +125,10 @@ fn hang_up(handle: &UnixStream, writer: &Mutex<UnixStream>) -> bool {
         }
     };
     let whole_frames = between_frames.is_some();
+    if whole_frames && unread(handle) == Some(0) {
+        // The other end has read every byte already (the usual case): nothing to lose.
+        return true;
+    }
     let _ = handle.shutdown(std::net::Shutdown::Write);
     drop(between_frames);
     let mut rest = [0u8; 16 * 1024];
@@ -140,6 +145,28 @@ fn hang_up(handle: &UnixStream, writer: &Mutex<UnixStream>) -> bool {
             Err(_) => return false,
         }
     }
+}
+
+/// How many bytes sent on `stream` its other end has not read yet (`SIOCOUTQ`).
+///
+/// rustix has no typed call for it, so this is a direct `ioctl`.
+#[allow(unsafe_code)]
+fn unread(stream: &UnixStream) -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    let mut queued: libc::c_int = 0;
+    // SAFETY: the descriptor is open for the duration of the call, and SIOCOUTQ (equal to
+    // TIOCOUTQ) writes one int to the live local it is given.
+    let rc = unsafe {
+        libc::ioctl(
+            stream.as_raw_fd(),
+            libc::TIOCOUTQ,
+            std::ptr::addr_of_mut!(queued),
+        )
+    };
+    if rc < 0 {
+        return None;
+    }
+    usize::try_from(queued).ok()
 }
 
 fn run_call(
