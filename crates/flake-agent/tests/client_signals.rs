@@ -24,20 +24,26 @@ const CHILD: &str = "FLAKE_AGENT_TEST_CLIENT_SOCKET";
 /// launcher's `%remove` may have), then exit 0.
 fn run_client(path: &str) {
     let stream = UnixStream::connect(path).unwrap();
-    let request = Request {
-        argv: vec![b"/bin/true".to_vec()],
-        streams: Streams::Frames,
-        term: None,
-        launcher: "test-pilot",
-        output_acks: false,
-        stdin_on_ack: false,
-        answer_within: None,
-    };
+    let request = frames_request(b"/bin/true", false);
     let status = client::run(stream, &request).unwrap();
     assert_eq!(status, ExitStatus::Exited(0));
     eprintln!("call over");
     std::thread::sleep(Duration::from_secs(20));
     std::process::exit(0);
+}
+
+/// A frame-mode call of `program`; `stdin_on_ack`: stdin is read only once the agent
+/// acknowledges it.
+fn frames_request(program: &[u8], stdin_on_ack: bool) -> Request {
+    Request {
+        argv: vec![program.to_vec()],
+        streams: Streams::Frames,
+        term: None,
+        launcher: "test-pilot",
+        output_acks: false,
+        stdin_on_ack,
+        answer_within: None,
+    }
 }
 
 /// This binary run again as the launcher of `test` (which sees `var` set to the agent
@@ -120,15 +126,7 @@ const AGAIN: &str = "FLAKE_AGENT_TEST_CLIENT_AGAIN";
 /// In the child: a call the instance refuses, then the same call made again, with stdin
 /// read only once the agent acknowledges it.
 fn run_client_again(path: &str) {
-    let request = Request {
-        argv: vec![b"/bin/cat".to_vec()],
-        streams: Streams::Frames,
-        term: None,
-        launcher: "test-pilot",
-        output_acks: false,
-        stdin_on_ack: true,
-        answer_within: None,
-    };
+    let request = frames_request(b"/bin/cat", true);
     let refused = client::run(UnixStream::connect(path).unwrap(), &request).unwrap_err();
     assert!(
         matches!(
@@ -202,15 +200,7 @@ const ENDLESS: &str = "FLAKE_AGENT_TEST_CLIENT_ENDLESS";
 
 /// In the child: a call with endless input (`yes | app`) that ends before the input does.
 fn run_client_endless(path: &str) {
-    let request = Request {
-        argv: vec![b"/bin/true".to_vec()],
-        streams: Streams::Frames,
-        term: None,
-        launcher: "test-pilot",
-        output_acks: false,
-        stdin_on_ack: true,
-        answer_within: None,
-    };
+    let request = frames_request(b"/bin/true", true);
     let (status, clean) = client::run_shared(UnixStream::connect(path).unwrap(), &request);
     assert_eq!(status.unwrap(), ExitStatus::Exited(0));
     assert!(clean, "hung up cleanly");

@@ -612,6 +612,14 @@ fn a_guest_that_never_gets_ready_is_reported_not_waited_for() {
 /// Runs `app` with a script that traps `signal` (printing `got SIGNAL`, exiting `code`),
 /// sends the launcher `signal` once the app is ready, and checks the app saw it. With
 /// `endless`, stdin is an input without end that the app never reads (`yes | app`).
+/// Writes `y`s into `stdin` until its reader is gone (`yes | app`).
+fn feed_endlessly(mut stdin: std::process::ChildStdin) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let chunk = vec![b'y'; 65536];
+        while std::io::Write::write_all(&mut stdin, &chunk).is_ok() {}
+    })
+}
+
 fn signal_reaches_the_guest_app(w: &World, app: &std::path::Path, signal: &str, endless: bool) {
     let script = format!(
         "trap 'echo got {signal}; exit 9' {signal}; echo ready; sleep 60 >/dev/null 2>&1 & wait"
@@ -627,12 +635,7 @@ fn signal_reaches_the_guest_app(w: &World, app: &std::path::Path, signal: &str, 
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let feeder = child.stdin.take().map(|mut stdin| {
-        std::thread::spawn(move || {
-            let chunk = vec![b'y'; 65536];
-            while std::io::Write::write_all(&mut stdin, &chunk).is_ok() {}
-        })
-    });
+    let feeder = child.stdin.take().map(feed_endlessly);
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
     assert_eq!(lines.next().unwrap().unwrap(), "ready");
     if endless {
@@ -730,11 +733,7 @@ fn a_launcher_killed_while_sending_input_does_not_cost_the_next_call() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut input = child.stdin.take().unwrap();
-        let feeder = std::thread::spawn(move || {
-            let chunk = vec![b'y'; 65536];
-            while std::io::Write::write_all(&mut input, &chunk).is_ok() {}
-        });
+        let feeder = feed_endlessly(child.stdin.take().unwrap());
         let mut lines =
             std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
         if lines.next().and_then(Result::ok).as_deref() != Some("ready") {
