@@ -122,7 +122,9 @@ impl World {
         cmd.env("FLAKES_CONFIG", &self.config)
             .env("HOME", &self.home)
             .current_dir(self.dir.path());
-        cmd.env_remove("FLAKE_LOG_LEVEL");
+        // The caller's diagnostics settings would change what the launchers print and
+        // keep (`PILOT_DEBUG` keeps every VM's directory).
+        cmd.env_remove("FLAKE_LOG_LEVEL").env_remove("PILOT_DEBUG");
         cmd
     }
 
