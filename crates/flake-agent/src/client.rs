@@ -127,6 +127,8 @@ fn hang_up(handle: &UnixStream, writer: &Mutex<UnixStream>) -> bool {
     let whole_frames = between_frames.is_some();
     if whole_frames && unread(handle) == Some(0) {
         // The other end has read every byte already (the usual case): nothing to lose.
+        // Shut while the lock is held, so no thread starts a frame in between.
+        let _ = handle.shutdown(std::net::Shutdown::Both);
         return true;
     }
     let _ = handle.shutdown(std::net::Shutdown::Write);
@@ -147,7 +149,8 @@ fn hang_up(handle: &UnixStream, writer: &Mutex<UnixStream>) -> bool {
     }
 }
 
-/// How many bytes sent on `stream` its other end has not read yet (`SIOCOUTQ`).
+/// What the kernel still holds of the data sent on `stream` for its other end to read
+/// (`SIOCOUTQ`, in its own accounting); 0: the other end has read everything.
 ///
 /// rustix has no typed call for it, so this is a direct `ioctl`.
 #[allow(unsafe_code)]

@@ -41,10 +41,10 @@
 //!
 //! **Ending a call.** Nothing follows `Exit`: the agent sends no late acknowledgement. On a
 //! VM's virtio port, which is one stream for all its callers in turn, the pilot hangs up
-//! between frames and only once the other end has read all it sent (it shuts its sending
-//! half and reads until that end closes): QEMU drops what it has not read from a caller
-//! that closed, and the guest would take the next caller's `Call` for the rest of a cut
-//! frame.
+//! between frames and only once the other end has read all it sent (if it has not yet,
+//! the pilot shuts its sending half and reads until that end closes): QEMU drops what it
+//! has not read from a caller that closed, and the guest would take the next caller's
+//! `Call` for the rest of a cut frame.
 //!
 //! **Stdin flow control.** An app that does not read its stdin must not stall the call: the
 //! agent would stop reading the connection, and a `Signal` queued behind stdin (a Ctrl-C)

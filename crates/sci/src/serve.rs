@@ -27,8 +27,10 @@ use crate::cmdline::{BootSettings, Channel, VSOCK_PORT};
 use crate::port::{self, Port, PortReader};
 
 /// How long a call read on a port waits for the news that its host connected (see
-/// [`Port::await_host`]); a host that left meanwhile gets nothing either way.
-const HOST_NEWS_WAIT: Duration = Duration::from_secs(5);
+/// [`Port::await_host`]). The news comes within moments; this stays well below the wait
+/// of a launcher that takes a port its last caller left in a call (3 s), so a call whose
+/// launcher is gone is not answered to the next one.
+const HOST_NEWS_WAIT: Duration = Duration::from_secs(1);
 /// How long a VM that decided to power off for idleness still answers calls (refusing them).
 const CLOSING_GRACE: Duration = Duration::from_millis(300);
 /// How long a one-shot VM waits for its call.

@@ -491,7 +491,7 @@ impl Launch<'_> {
             // answer, `stop` ends the VMM.
             let claim = match plan.ports {
                 0 => None,
-                ports => instance::try_claim_port(&plan.dir, ports, false)?,
+                ports => instance::try_claim_port(&plan.dir, ports)?,
             };
             let reachable = plan.ports == 0 || claim.is_some();
             let port = claim.as_ref().map_or(0, |c| c.port);
