@@ -72,15 +72,15 @@ impl Writer {
     /// holding the connection.
     pub fn send(&self, frame: &Frame) -> std::io::Result<()> {
         let bytes = frame.encode();
-        // Not even waiting for room: no acknowledgement comes after the end.
-        if self.ended() {
-            return Err(std::io::ErrorKind::BrokenPipe.into());
-        }
-        // `Ready` precedes the call and is never acknowledged.
+        // `Ready` precedes the call and is never acknowledged. Once `Exit` is out, no
+        // room is waited for (no acknowledgement comes after the end).
         if !matches!(frame, Frame::Ready(_)) {
             self.credit.reserve(crate::proto::window_cost(bytes.len()));
         }
-        let mut writing = self.writing();
+        let mut writing = self
+            .stream
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if writing.ended {
             return Err(std::io::ErrorKind::BrokenPipe.into());
         }
@@ -92,16 +92,6 @@ impl Writer {
         }
         writing.stream.write_all(&bytes)?;
         writing.stream.flush()
-    }
-
-    fn writing(&self) -> std::sync::MutexGuard<'_, Writing> {
-        self.stream
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn ended(&self) -> bool {
-        self.writing().ended
     }
 
     /// Reports an app that could not be started (127: not found, 126: not executable).
