@@ -79,17 +79,35 @@ pub fn write_pid(dir: &Path, pid: u32) -> Result<()> {
     std::fs::write(&path, pid.to_string()).map_err(io(&path))
 }
 
-/// Removes what a dead VM left in `dir` (sockets, logs, pid), keeping the lock file.
+/// Removes what a dead VM left in `dir` (sockets, logs, pid), keeping the lock files.
+///
+/// A port's lock file stays, only its mark goes (it spoke of the dead VM's guest): another
+/// launcher may hold it or wait for it, and a new file under the same name would let a
+/// second launcher claim the same port of the new VM.
 pub fn clear_stale(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.filter_map(std::result::Result::ok) {
         let name = entry.file_name();
-        if name != "lock" && name != "tap.created" {
+        if is_port_lock(&name) {
+            let _ = File::options()
+                .write(true)
+                .open(entry.path())
+                .and_then(|lock| lock.set_len(0));
+        } else if name != "lock" && name != "tap.created" {
             let _ = std::fs::remove_file(entry.path());
         }
     }
+}
+
+/// Whether `name` is that of a port's lock file (`port-N.lock`).
+fn is_port_lock(name: &std::ffi::OsStr) -> bool {
+    name.to_str().is_some_and(|name| {
+        name.strip_prefix("port-")
+            .and_then(|rest| rest.strip_suffix(".lock"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    })
 }
 
 /// A held guest channel port.
@@ -282,7 +300,13 @@ mod tests {
     #[test]
     fn stale_files_go_the_lock_stays() {
         let dir = tempfile::tempdir().unwrap();
-        for name in ["lock", "vmm.pid", "channel-0.sock", "console.log"] {
+        for name in [
+            "lock",
+            "vmm.pid",
+            "channel-0.sock",
+            "console.log",
+            "port-x.lock",
+        ] {
             std::fs::write(dir.path().join(name), "").unwrap();
         }
         clear_stale(dir.path());
@@ -291,5 +315,33 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(left, vec![std::ffi::OsString::from("lock")]);
+    }
+
+    #[test]
+    fn a_new_vm_keeps_the_port_locks_of_the_dead_one_without_their_marks() {
+        let dir = tempfile::tempdir().unwrap();
+        // A launcher holds port 0 of a VM that died, and left port 1 marked.
+        let held = claim_port(dir.path(), 2).unwrap();
+        assert_eq!(held.port, 0);
+        std::fs::write(dir.path().join("port-1.lock"), IN_CALL).unwrap();
+        clear_stale(dir.path());
+        // The same file stays locked, so nobody else gets port 0 of the new VM...
+        let started = std::time::Instant::now();
+        let next = try_claim_port(dir.path(), 2)
+            .unwrap()
+            .expect("port 1 is free");
+        assert_eq!(next.port, 1);
+        // ...and the dead guest's mark costs the new VM's callers no wait.
+        assert!(
+            started.elapsed() < PORT_SETTLE / 2,
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            try_claim_port(dir.path(), 2).unwrap().is_none(),
+            "both are held"
+        );
+        drop(held);
+        assert_eq!(try_claim_port(dir.path(), 2).unwrap().unwrap().port, 0);
     }
 }
