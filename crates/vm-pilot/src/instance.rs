@@ -91,10 +91,9 @@ pub fn clear_stale(dir: &Path) {
     for entry in entries.filter_map(std::result::Result::ok) {
         let name = entry.file_name();
         if is_port_lock(&name) {
-            let _ = File::options()
-                .write(true)
-                .open(entry.path())
-                .and_then(|lock| lock.set_len(0));
+            if let Ok(lock) = open_lock(&entry.path()) {
+                let _ = lock.set_len(0);
+            }
         } else if name != "lock" && name != "tap.created" {
             let _ = std::fs::remove_file(entry.path());
         }
