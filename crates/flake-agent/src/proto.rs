@@ -30,6 +30,7 @@
 //! | 12   | StdinAck| agent -> pilot | count u32: that many bytes of `Stdin` were passed on to the app (or dropped, its stdin being closed) |
 //! | 13   | OutputAck| pilot -> agent | count u32: the [`window_cost`] of frames that arrived from the agent |
 //! | 14   | Closing | agent -> pilot | empty; instead of running a `Call`: the instance is powering off (a VM after its idle time) and nothing of the call ran, so the pilot may start the instance again and repeat it |
+//! | 15   | Resync  | pilot -> agent | seconds u64, nanoseconds u32 (the host's wall clock), 32 bytes of host entropy; before the `Call` of a VM restored from a saved state: the guest sets its clock, reseeds its random generator, attaches its disks and answers `Ready` |
 //!
 //! Without a terminal, the `Call` frame carries the pilot's stdin, stdout and stderr as
 //! three file descriptors (`SCM_RIGHTS`); the app reads and writes them directly, so no byte
@@ -77,6 +78,9 @@ pub const GUEST_MARKER: &str = "flake-pilot-guest-protocol-2";
 /// (`hvc0`, announcing itself with `Ready`) carries in its binary; images pulled with an
 /// older init go on using virtio console ports.
 pub const GUEST_CONSOLE_MARKER: &str = "flake-pilot-guest-console-with-acks";
+/// A string a guest init that understands [`Frame::Resync`] carries in its binary: only
+/// its images are restored from saved VM states.
+pub const GUEST_RESYNC_MARKER: &str = "flake-pilot-guest-resync-1";
 /// Protocol version spoken by this build.
 pub const VERSION: u16 = 2;
 /// Largest frame accepted (kind + payload).
@@ -174,6 +178,17 @@ pub struct Call {
     pub cwd: Vec<u8>,
 }
 
+/// What a guest restored from a saved state must take from its host before a call: every
+/// instance restored from the same state would otherwise share its clock and its random
+/// generator's state with the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resync {
+    /// The host's wall clock, since the Unix epoch.
+    pub realtime: std::time::Duration,
+    /// Fresh entropy from the host.
+    pub entropy: [u8; 32],
+}
+
 /// How the app ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitStatus {
@@ -224,6 +239,8 @@ pub enum Frame {
     OutputAck(u32),
     /// The instance is powering off and did not run the call.
     Closing,
+    /// The guest was restored from a saved state: take the host's clock and entropy.
+    Resync(Resync),
 }
 
 impl Frame {
@@ -273,6 +290,12 @@ impl Frame {
                 body.extend(count.to_le_bytes());
             }
             Frame::Closing => body.push(14),
+            Frame::Resync(resync) => {
+                body.push(15);
+                body.extend(resync.realtime.as_secs().to_le_bytes());
+                body.extend(resync.realtime.subsec_nanos().to_le_bytes());
+                body.extend(resync.entropy);
+            }
         }
         let mut out = Vec::with_capacity(body.len() + 4);
         out.extend(u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes());
@@ -305,6 +328,7 @@ impl Frame {
             12 => Frame::StdinAck(r.u32()?),
             13 => Frame::OutputAck(r.u32()?),
             14 => Frame::Closing,
+            15 => Frame::Resync(decode_resync(&mut r)?),
             kind => {
                 return Err(ProtoError::UnknownKind {
                     kind,
@@ -390,6 +414,18 @@ fn decode_call(r: &mut Reader<'_>) -> Result<Call> {
     })
 }
 
+fn decode_resync(r: &mut Reader<'_>) -> Result<Resync> {
+    let secs = u64::from_le_bytes(r.array()?);
+    let nanos = r.u32()?;
+    if nanos >= 1_000_000_000 {
+        return Err(ProtoError::Malformed("nanoseconds out of range"));
+    }
+    Ok(Resync {
+        realtime: std::time::Duration::new(secs, nanos),
+        entropy: r.array()?,
+    })
+}
+
 fn tagged(body: &mut Vec<u8>, kind: u8, data: &[u8]) {
     body.push(kind);
     body.extend(data);
@@ -429,6 +465,11 @@ impl Reader<'_> {
     fn u32(&mut self) -> Result<u32> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
     }
     fn bytes(&mut self) -> Result<Vec<u8>> {
         let len = usize::try_from(self.u32()?).map_err(|_| ProtoError::Malformed("length"))?;
@@ -497,7 +538,33 @@ mod tests {
             Frame::StdinAck(70_000),
             Frame::OutputAck(9),
             Frame::Closing,
+            Frame::Resync(Resync {
+                realtime: std::time::Duration::new(1_796_000_000, 999_999_999),
+                entropy: std::array::from_fn(|i| u8::try_from(i).unwrap()),
+            }),
         ]
+    }
+
+    #[test]
+    fn a_resync_is_exactly_its_fields_and_refuses_bad_nanoseconds() {
+        let resync = Frame::Resync(Resync {
+            realtime: std::time::Duration::new(7, 5),
+            entropy: [0xab; 32],
+        });
+        let encoded = resync.encode();
+        assert_eq!(encoded.len(), 4 + 1 + 8 + 4 + 32);
+        assert_eq!(encoded[4], 15);
+        assert_eq!(&encoded[5..13], &7u64.to_le_bytes());
+        let mut bad = encoded.clone();
+        bad[13..17].copy_from_slice(&1_000_000_000u32.to_le_bytes());
+        assert!(matches!(
+            Frame::read_from(&mut bad.as_slice()),
+            Err(ProtoError::Malformed(_))
+        ));
+        let mut short = encoded[..encoded.len() - 1].to_vec();
+        let body = u32::try_from(short.len() - 4).unwrap();
+        short[..4].copy_from_slice(&body.to_le_bytes());
+        assert!(Frame::read_from(&mut short.as_slice()).is_err());
     }
 
     #[test]

@@ -512,6 +512,145 @@ fn concurrent_one_shot_calls_of_one_flake_get_their_own_vms() {
 }
 
 /// The file in which `pull` records what the test image's guest init speaks.
+/// The saved VM states of flake `name` in the world's user.
+fn states_of(w: &World, name: &str) -> Vec<std::path::PathBuf> {
+    let dir = w.home.join(".config/flakes/firecracker/states");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut states: Vec<_> = entries
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let file = p.file_name().unwrap().to_string_lossy().into_owned();
+            file.starts_with(&format!("{name}-")) && file.ends_with(".vmstate")
+        })
+        .collect();
+    states.sort();
+    states
+}
+
+/// What a guest tells of itself: a mark left by an earlier call, an include, its clock
+/// against the host's, random bytes and its boot id.
+const SELF_REPORT: &str = "test -e /tmp/mark && echo stale; echo x > /tmp/mark; \
+    cat /usr/share/note; date +%s; head -c 16 /dev/urandom | od -An -tx1; \
+    cat /proc/sys/kernel/random/boot_id";
+
+/// A call of `app` with `%progress` (which says whether it booted or restored the VM).
+fn progress_call(w: &World, app: &std::path::Path, env: &[(&str, &str)]) -> util::Run {
+    let mut cmd = w.command(app);
+    cmd.args(["-c", SELF_REPORT, "%progress"]);
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    util::Run::from_command(cmd)
+}
+
+fn host_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[test]
+fn one_shot_vms_start_from_a_saved_state_with_their_own_clock_entropy_and_overlay() {
+    let Some((_vms, w, fixtures, sci)) = vm_world() else {
+        return;
+    };
+    let extra = includes(&w);
+    let mut register: Vec<&str> = vec!["--overlay-size", "32MiB"];
+    register.extend(extra.iter().map(String::as_str));
+    let app = vm_flake_with(&w, &fixtures, &sci, "vmsaved", &register, "");
+
+    let first = progress_call(&w, &app, &[]);
+    first.success();
+    assert!(first.stderr().contains("starting the VM"), "{first}");
+    let states = states_of(&w, "vmsaved");
+    assert_eq!(states.len(), 1, "the first launch saved its VM: {states:?}");
+    let dir_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(states[0].parent().unwrap())
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(dir_mode & 0o777, 0o700, "a state holds guest memory");
+
+    let mut reports = Vec::new();
+    for _ in 0..2 {
+        let before = host_seconds();
+        let run = progress_call(&w, &app, &[]);
+        run.success();
+        assert!(run.stderr().contains("restoring the VM"), "{run}");
+        assert!(
+            run.elapsed < first.elapsed,
+            "a restored VM is quicker than a boot: {:?} against {:?}",
+            run.elapsed,
+            first.elapsed
+        );
+        let out = run.stdout();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 4, "{run}");
+        assert_eq!(lines[0], "from an include tar", "a fresh overlay: {run}");
+        let guest: u64 = lines[1].parse().unwrap();
+        assert!(
+            (before.saturating_sub(1)..=host_seconds() + 1).contains(&guest),
+            "the guest clock is the host's ({guest} against {before}): {run}"
+        );
+        reports.push((lines[2].to_string(), lines[3].to_string()));
+    }
+    assert_ne!(
+        reports[0].0, reports[1].0,
+        "restored VMs draw their own random bytes"
+    );
+    assert_ne!(reports[0].1, reports[1].1, "and have their own boot ids");
+
+    // Another VM (more memory) finds no state: it boots, and its state replaces the old.
+    let fragment = w.home.join(".config/flakes/vmsaved.d/zz-memory.yaml");
+    std::fs::write(
+        &fragment,
+        "vm:\n  runtime:\n    firecracker:\n      mem_size_mib: 320\n",
+    )
+    .unwrap();
+    let changed = progress_call(&w, &app, &[]);
+    changed.success();
+    assert!(changed.stderr().contains("starting the VM"), "{changed}");
+    let replaced = states_of(&w, "vmsaved");
+    assert_eq!(replaced.len(), 1, "{replaced:?}");
+    assert_ne!(replaced, states, "a new key");
+
+    // A state the VMM refuses costs a boot, not the call, and is saved anew.
+    std::fs::write(&replaced[0], b"not a VM state").unwrap();
+    let refused = progress_call(&w, &app, &[]);
+    refused.success();
+    assert!(
+        refused.stdout().starts_with("from an include tar\n"),
+        "{refused}"
+    );
+    assert!(refused.stderr().contains("starting the VM"), "{refused}");
+    assert!(std::fs::metadata(&replaced[0]).unwrap().len() > 1_000_000);
+    progress_call(&w, &app, &[]).success();
+
+    // Turned off: a boot every time, nothing saved.
+    let off = [("FLAKE_VM_SAVED_STATES", "off")];
+    std::fs::remove_file(&replaced[0]).unwrap();
+    let booted = progress_call(&w, &app, &off);
+    booted.success();
+    assert!(booted.stderr().contains("starting the VM"), "{booted}");
+    assert!(states_of(&w, "vmsaved").is_empty());
+
+    // Removing the flake removes its states.
+    progress_call(&w, &app, &[]).success();
+    assert_eq!(states_of(&w, "vmsaved").len(), 1);
+    w.ctl(&[
+        "firecracker",
+        "remove",
+        "--user",
+        "--app",
+        app.to_str().unwrap(),
+    ])
+    .success();
+    assert!(states_of(&w, "vmsaved").is_empty());
+}
+
 fn channel_marker(w: &World) -> std::path::PathBuf {
     w.home
         .join(".config/flakes/firecracker/images/guest/guest-channel")
@@ -528,7 +667,10 @@ fn one_shot_calls_use_the_plain_console_when_the_init_knows_it_and_ports_otherwi
     };
     let app = vm_flake(&w, &fixtures, &sci, "vmchan");
     let marker = channel_marker(&w);
-    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "console-acks\n");
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap(),
+        "console-acks\nresync\n"
+    );
     let console = w.app(&app, &["-c", CHANNEL_SCRIPT], None);
     console.success();
     assert_eq!(console.stdout(), "console\n");
@@ -576,6 +718,16 @@ fn one_shot_calls_use_the_plain_console_when_the_init_knows_it_and_ports_otherwi
         "20000",
         "{lines:?}"
     );
+
+    // An image pulled with an init that predates `Resync` boots every one-shot VM.
+    let saved = states_of(&w, "vmchan");
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    std::fs::remove_file(&saved[0]).unwrap();
+    std::fs::write(&marker, "console-acks\n").unwrap();
+    let booted = w.app(&app, &["-c", CHANNEL_SCRIPT], None);
+    booted.success();
+    assert_eq!(booted.stdout(), "console\n");
+    assert!(states_of(&w, "vmchan").is_empty());
 
     // An image pulled with an init that predates the console goes on using ports.
     std::fs::write(&marker, "").unwrap();

@@ -15,6 +15,7 @@
 //! | `sci_idle`     | seconds               | resume mode: power off after this long without a call (0: never) |
 //! | `overlay_root` | a block device        | writable overlay disk: the root becomes an overlay with its upper layer there |
 //! | `sci_debug`    | `1`                   | diagnostics on the guest console                              |
+//! | `sci_resync`   | `1`                   | console: the VM may be saved while it waits for its call and restored many times, so the overlay disk is attached only after the host's `Resync` (each restored VM gets its own disk) |
 //!
 //! Serial mode, for launchers that cannot use a guest channel (the original's convention):
 //! `run="WORDS"` holds the command as shell words (single quotes, backslash escapes); it
@@ -56,6 +57,8 @@ pub struct BootSettings {
     pub overlay: Option<String>,
     /// Diagnostics on the console.
     pub debug: bool,
+    /// Attach the overlay after the host's `Resync` (the VM may be a restored copy).
+    pub resync: bool,
 }
 
 impl BootSettings {
@@ -68,6 +71,7 @@ impl BootSettings {
             idle: None,
             overlay: None,
             debug: false,
+            resync: false,
         };
         for word in without_run(cmdline).split_ascii_whitespace() {
             let Some((key, value)) = word.split_once('=') else {
@@ -89,6 +93,7 @@ impl BootSettings {
                         .map_err(|_| format!("sci_ports={value} is not a count"))?;
                 }
                 "sci_debug" => settings.debug = value == "1",
+                "sci_resync" => settings.resync = value == "1",
                 "sci_idle" => {
                     let secs: u64 = value
                         .parse()
@@ -222,8 +227,10 @@ mod tests {
                 idle: None,
                 overlay: None,
                 debug: false,
+                resync: false,
             }
         );
+        assert!(BootSettings::parse("sci_resync=1").unwrap().resync);
         let all = BootSettings::parse(
             "init=/usr/sbin/sci sci_channel=virtio sci_resume=1 sci_idle=90 overlay_root=/dev/vdb",
         )

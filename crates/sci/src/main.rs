@@ -14,6 +14,7 @@ mod console;
 mod debug;
 mod oneshot;
 mod port;
+mod resync;
 mod serve;
 
 use std::process::ExitCode;
@@ -58,11 +59,19 @@ fn run(pid1: bool) -> Result<(), String> {
     // Keeps the marker in the binary: `pull` looks for it (see `proto::GUEST_MARKER`).
     std::hint::black_box(flake_agent::proto::GUEST_MARKER);
     std::hint::black_box(flake_agent::proto::GUEST_CONSOLE_MARKER);
+    std::hint::black_box(flake_agent::proto::GUEST_RESYNC_MARKER);
     if settings.channel == Channel::Console {
         // One call; the console cannot carry more (its host cannot reconnect).
         let console = console::open(Duration::from_secs(10))?;
         debug::log(|| "console open".to_string());
-        return oneshot::serve(console, serve::FIRST_CALL_TIMEOUT, prepare);
+        if settings.resync {
+            // The overlay waits for the host: this VM may be saved until then.
+            let overlay = settings.overlay.clone().filter(|_| pid1);
+            let on_resync: oneshot::OnResync = Box::new(move |resync| attach(resync, overlay));
+            let prepare = || prepare_with(pid1, None);
+            return oneshot::serve(console, serve::FIRST_CALL_TIMEOUT, prepare, Some(on_resync));
+        }
+        return oneshot::serve(console, serve::FIRST_CALL_TIMEOUT, prepare, None);
     }
     prepare()?;
     serve::serve(&settings).map(|_| ())
@@ -71,7 +80,28 @@ fn run(pid1: bool) -> Result<(), String> {
 /// The rest of the guest's preparation: the other kernel file systems, the overlay root,
 /// a search path.
 fn prepare(pid1: bool, settings: &BootSettings) -> Result<(), String> {
-    match (pid1, &settings.overlay) {
+    prepare_with(pid1, settings.overlay.as_deref())
+}
+
+/// A restored VM takes its host's clock and entropy, then its own overlay disk.
+fn attach(
+    resync: Option<&flake_agent::proto::Resync>,
+    overlay: Option<String>,
+) -> Result<(), String> {
+    if let Some(resync) = resync {
+        resync::apply(resync)?;
+    }
+    if let Some(device) = overlay {
+        resync::forget_cached(&device)?;
+        boot::overlay_root(&device)?;
+        boot::mount_basics();
+    }
+    Ok(())
+}
+
+/// [`prepare`] with `overlay` as the overlay disk (none: the root stays read-only).
+fn prepare_with(pid1: bool, overlay: Option<&str>) -> Result<(), String> {
+    match (pid1, overlay) {
         (false, _) => {}
         (true, None) => boot::mount_rest(),
         // All of them on the new root.

@@ -6,12 +6,20 @@
 //! `Ready` until the call comes, then runs it with `flake_agent::framed` without a reaper
 //! (one `poll` loop over the console and the app's pipes; a call with a terminal still
 //! takes the threaded way), and stays up until the launcher has the exit status.
+//!
+//! A VM that its launcher may save while it waits (`sci_resync=1`) attaches its overlay
+//! disk only once the host's `Resync` came (see [`crate::resync`]) and answers it with
+//! `Ready`: until then it is the same for every copy restored from the saved state.
 
 use std::fs::File;
 use std::time::{Duration, Instant};
 
 use flake_agent::framed::{self, Link};
-use flake_agent::proto::{Call, ExitStatus, Frame, ProtoError, VERSION};
+use flake_agent::proto::{Call, ExitStatus, Frame, ProtoError, Resync, VERSION};
+
+/// What a VM that may be saved does once its host has resynced it (`Some`), or at its call
+/// when no `Resync` came (`None`).
+pub type OnResync = Box<dyn FnOnce(Option<&Resync>) -> Result<(), String> + Send>;
 
 /// How often `Ready` is said until the call comes: the console drops what is written
 /// while no host is connected.
@@ -27,6 +35,7 @@ pub fn serve(
     console: File,
     first_call: Duration,
     prepare: impl FnOnce() -> Result<(), String>,
+    mut on_resync: Option<OnResync>,
 ) -> Result<(), String> {
     let fail = |e: std::io::Error| format!("cannot share {}: {e}", crate::console::DEVICE);
     let output = console.try_clone().map_err(fail)?;
@@ -40,19 +49,39 @@ pub fn serve(
         linger(last);
         return Err(message);
     }
-    if let Some(call) = wait_call(&mut link, first_call)? {
+    let call = wait_call(&mut link, first_call, &mut on_resync);
+    if let Ok(Some(call)) = &call {
         crate::debug::log(|| "call".to_string());
-        let _ = framed::run(&call, link, None);
+        let _ = framed::run(call, link, None);
         crate::debug::log(|| "exit sent".to_string());
     }
     linger(last);
-    Ok(())
+    call.map(|_| ())
+}
+
+/// Runs `on_resync` (once) for `resync`; a failure is the call's answer.
+fn resync(
+    link: &mut Link,
+    on_resync: &mut Option<OnResync>,
+    resync: Option<&Resync>,
+) -> Result<(), String> {
+    let Some(attach) = on_resync.take() else {
+        return Ok(());
+    };
+    attach(resync).inspect_err(|message| {
+        link.send(&Frame::Error(format!("sci: {message}")));
+        link.send(&Frame::Exit(ExitStatus::Exited(125)));
+    })
 }
 
 /// Waits for the launcher's `Call`, saying `Ready` again every [`READY_EVERY`] until its
 /// first bytes come; `None` when no call came in `timeout`, the launcher is gone or speaks
 /// another version.
-fn wait_call(link: &mut Link, timeout: Duration) -> Result<Option<Call>, String> {
+fn wait_call(
+    link: &mut Link,
+    timeout: Duration,
+    on_resync: &mut Option<OnResync>,
+) -> Result<Option<Call>, String> {
     let deadline = Instant::now() + timeout;
     let mut heard = false;
     while !link.gone() && Instant::now() < deadline {
@@ -66,7 +95,15 @@ fn wait_call(link: &mut Link, timeout: Duration) -> Result<Option<Call>, String>
         link.fill();
         loop {
             match link.take() {
-                Ok(Some(Frame::Call(call))) => return Ok(Some(call)),
+                Ok(Some(Frame::Call(call))) => {
+                    resync(link, on_resync, None)?;
+                    return Ok(Some(call));
+                }
+                Ok(Some(Frame::Resync(fresh))) => {
+                    resync(link, on_resync, Some(&fresh))?;
+                    crate::debug::log(|| "resynced".to_string());
+                    link.send(&Frame::Ready(VERSION));
+                }
                 Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(err @ ProtoError::Version { .. }) => {
@@ -125,11 +162,21 @@ mod tests {
 
         /// A guest readied by `prepare`.
         fn start_with(prepare: fn() -> Result<(), String>) -> Host {
+            Host::start_resyncing(prepare, None)
+        }
+
+        /// A guest readied by `prepare` that waits for a `Resync` when `on_resync` is set.
+        fn start_resyncing(
+            prepare: fn() -> Result<(), String>,
+            on_resync: Option<OnResync>,
+        ) -> Host {
             let (host, guest) = UnixStream::pair().unwrap();
             host.set_read_timeout(Some(Duration::from_secs(10)))
                 .unwrap();
             let console = File::from(OwnedFd::from(guest));
-            let sci = std::thread::spawn(move || serve(console, Duration::from_secs(20), prepare));
+            let sci = std::thread::spawn(move || {
+                serve(console, Duration::from_secs(20), prepare, on_resync)
+            });
             Host {
                 stream: host,
                 sci: Some(sci),
@@ -200,6 +247,69 @@ mod tests {
             host.finish() < LINGER,
             "serving ends with the host's hang-up"
         );
+    }
+
+    /// An `OnResync` that sends what it was given over a channel.
+    fn recording(
+        result: Result<(), String>,
+    ) -> (OnResync, std::sync::mpsc::Receiver<Option<Resync>>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let on_resync: OnResync = Box::new(move |resync: Option<&Resync>| {
+            tx.send(resync.copied()).unwrap();
+            result
+        });
+        (on_resync, rx)
+    }
+
+    #[test]
+    fn a_resync_is_taken_once_and_answered_with_ready_before_the_call() {
+        let (on_resync, seen) = recording(Ok(()));
+        let mut host = Host::start_resyncing(|| Ok(()), Some(on_resync));
+        let fresh = Resync {
+            realtime: Duration::new(1_800_000_000, 42),
+            entropy: [7; 32],
+        };
+        assert_eq!(host.recv(), Frame::Ready(VERSION));
+        host.send(&Frame::Resync(fresh));
+        // Only the answer counts: a `Ready` said on the timer may come first.
+        while host.recv() != Frame::Ready(VERSION) {}
+        assert_eq!(seen.recv().unwrap(), Some(fresh));
+        host.send(&Frame::Call(Call {
+            argv: vec![b"/bin/sh".to_vec(), b"-c".to_vec(), b"exit 4".to_vec()],
+            frames: true,
+            output_acks: true,
+            ..Call::default()
+        }));
+        assert_eq!(host.collect(true).status, Some(ExitStatus::Exited(4)));
+        host.finish();
+        assert!(seen.try_recv().is_err(), "the disks are attached once");
+    }
+
+    #[test]
+    fn a_call_without_resync_still_attaches_the_disks_first() {
+        let (on_resync, seen) = recording(Ok(()));
+        let mut host = Host::start_resyncing(|| Ok(()), Some(on_resync));
+        host.call(&["/bin/true"], false);
+        assert_eq!(host.collect(true).status, Some(ExitStatus::Exited(0)));
+        host.finish();
+        assert_eq!(seen.recv().unwrap(), None);
+    }
+
+    #[test]
+    fn a_failed_resync_is_the_calls_answer() {
+        let (on_resync, _seen) = recording(Err("overlay /dev/vdb: broken".into()));
+        let mut host = Host::start_resyncing(|| Ok(()), Some(on_resync));
+        assert_eq!(host.recv(), Frame::Ready(VERSION));
+        host.send(&Frame::Resync(Resync {
+            realtime: Duration::ZERO,
+            entropy: [0; 32],
+        }));
+        let got = host.collect(false);
+        assert_eq!(got.errors, ["sci: overlay /dev/vdb: broken"]);
+        assert_eq!(got.status, Some(ExitStatus::Exited(125)));
+        drop(host.stream);
+        let served = host.sci.take().unwrap().join().unwrap();
+        assert_eq!(served.unwrap_err(), "overlay /dev/vdb: broken");
     }
 
     #[test]

@@ -11,6 +11,9 @@
 //!   persists across calls and restarts. Every call claims a free guest channel port and
 //!   runs without any VMM process being started. The guest powers off after the flake's
 //!   idle timeout; `%remove` shuts it down at once and removes its state and overlay.
+//!
+//! A one-shot VM whose VMM and guest init allow it starts from a saved state when there is
+//! one ([`crate::saved`]); the first launch boots it and saves it on the way.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,11 +28,14 @@ use flakes::{CallArgs, PilotExit};
 
 use crate::error::{Result, VmError};
 use crate::instance::{self, claim_port};
-use crate::vmm::{wait_connect, wait_ready, GuestSettings, Plan, Vmm};
-use crate::{overlay, tap};
+use crate::vmm::{wait_connect, wait_ready, GuestSettings, Plan, StateFile, Vmm};
+use crate::{overlay, saved, tap};
 
 /// How long a guest may take to open its channel (software emulation is slow).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a VM restored from a saved state may take to answer its `Resync`; one that
+/// does not is booted instead.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a guest that is up may take to answer a call (generous: a guest starved of CPU
 /// on a loaded host under software emulation is slow, not hung).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -67,6 +73,8 @@ pub enum GuestInit {
     Protocol,
     /// Also serves a one-shot call over the plain virtio console.
     Console,
+    /// Also takes a `Resync`: its one-shot VMs may be saved and restored.
+    Resync,
 }
 
 impl GuestInit {
@@ -77,13 +85,23 @@ impl GuestInit {
             .runtime
             .rootfs
             .with_file_name(crate::pull::GUEST_CHANNEL_FILE);
-        match std::fs::read_to_string(marker) {
-            Err(_) => GuestInit::Original,
-            Ok(features) if features.lines().any(|l| l == crate::pull::CONSOLE_FEATURE) => {
-                GuestInit::Console
-            }
-            Ok(_) => GuestInit::Protocol,
+        let Ok(features) = std::fs::read_to_string(marker) else {
+            return GuestInit::Original;
+        };
+        let has = |feature: &str| features.lines().any(|l| l == feature);
+        match (
+            has(crate::pull::CONSOLE_FEATURE),
+            has(crate::pull::RESYNC_FEATURE),
+        ) {
+            (true, true) => GuestInit::Resync,
+            (true, false) => GuestInit::Console,
+            (false, _) => GuestInit::Protocol,
         }
+    }
+
+    /// Serves a one-shot call over the plain console, acknowledging stdin from the start.
+    pub fn console(self) -> bool {
+        matches!(self, GuestInit::Console | GuestInit::Resync)
     }
 }
 
@@ -104,6 +122,8 @@ pub struct Launch<'a> {
     pub ids_dir: PathBuf,
     /// Where resume overlays persist.
     pub storage_dir: PathBuf,
+    /// Where saved one-shot VM states live; `None` when they are turned off.
+    pub states_dir: Option<PathBuf>,
     /// The caller's uid.
     pub uid: u32,
     /// Whether stdin and stdout are terminals.
@@ -154,7 +174,7 @@ impl Launch<'_> {
             launcher: "firecracker-pilot",
             output_acks,
             // An init that knows the console acknowledges stdin from the start of a call.
-            stdin_on_ack: self.guest == GuestInit::Console,
+            stdin_on_ack: self.guest.console(),
             answer_within: None,
         }
     }
@@ -177,9 +197,14 @@ impl Launch<'_> {
                 resume,
                 idle: self.flake.runtime.idle_timeout.map(|d| d.as_secs()),
                 debug: self.debug,
+                resync: !resume
+                    && self.guest == GuestInit::Resync
+                    && self.states_dir.is_some()
+                    && self.vmm.saves_states()
+                    && !self.flake.runtime.network,
             },
             serial: None,
-            console: !resume && self.vmm.plain_console() && self.guest == GuestInit::Console,
+            console: !resume && self.vmm.plain_console() && self.guest.console(),
         }
     }
 
@@ -244,7 +269,7 @@ impl Launch<'_> {
             })
             .and_then(|()| match plan.serial {
                 Some(_) => self.boot_serial(&plan),
-                None => self.boot_and_call(&plan),
+                None => self.start_and_call(&plan),
             });
         if let Some(ip) = &self.ip {
             tap::release(&plan.dir, ip);
@@ -290,25 +315,118 @@ impl Launch<'_> {
         Ok(ExitStatus::Exited(code))
     }
 
-    /// Starts the VMM, saying so on stderr when the call asked for `%progress`.
-    fn start_vmm(&self, plan: &Plan) -> Result<std::process::Child> {
+    /// Starts the VMM (with `state`), saying so on stderr when the call asked for
+    /// `%progress`.
+    fn start_vmm_with(
+        &self,
+        plan: &Plan,
+        state: Option<&StateFile>,
+    ) -> Result<std::process::Child> {
         if self.call.options.progress {
+            let how = match state {
+                Some(StateFile::Restore(_)) => "restoring",
+                _ => "starting",
+            };
             eprintln!(
-                "firecracker-pilot: starting the VM of flake '{}' ({})",
+                "firecracker-pilot: {how} the VM of flake '{}' ({})",
                 plan.flake,
                 plan.dir.display()
             );
         }
-        self.vmm.start(self.flake, plan)
+        match state {
+            Some(state) => self.vmm.start_with_state(self.flake, plan, state),
+            None => self.vmm.start(self.flake, plan),
+        }
     }
 
-    fn boot_and_call(&self, plan: &Plan) -> Result<ExitStatus> {
-        let mut vmm = self.start_vmm(plan)?;
+    /// Starts the VMM, saying so on stderr when the call asked for `%progress`.
+    fn start_vmm(&self, plan: &Plan) -> Result<std::process::Child> {
+        self.start_vmm_with(plan, None)
+    }
+
+    /// A one-shot VM from its saved state when there is one; else booted, and saved on the
+    /// way when it may be.
+    fn start_and_call(&self, plan: &Plan) -> Result<ExitStatus> {
+        let key = plan
+            .guest
+            .resync
+            .then(|| self.vmm.state_key(self.flake, plan))
+            .flatten();
+        let (Some(key), Some(dir)) = (key, &self.states_dir) else {
+            return self.boot_and_call(plan, None);
+        };
+        let path = saved::path(dir, &plan.flake, &key);
+        if let Ok(file) = std::fs::File::open(&path) {
+            match self.restore_and_call(plan, file) {
+                Ok(status) => return status,
+                Err(err) => {
+                    // Not restored, nothing of the call made: boot instead.
+                    if self.debug {
+                        eprintln!(
+                            "firecracker-pilot: PILOT_DEBUG: {} not restored ({err}); booting",
+                            path.display()
+                        );
+                    }
+                    let _ = std::fs::remove_file(&path);
+                    let _ = std::fs::remove_file(crate::qemu::Qemu::channel(plan, 0));
+                }
+            }
+        }
+        self.boot_and_call(plan, saved::Saving::new(path).ok())
+    }
+
+    /// Restores the VM of `plan` from `state` and makes the call. The outer error: the VM
+    /// was not restored (the VMM refused the state, or the guest never answered its
+    /// `Resync`), and nothing of the call has been made.
+    fn restore_and_call(
+        &self,
+        plan: &Plan,
+        state: std::fs::File,
+    ) -> std::result::Result<Result<ExitStatus>, VmError> {
+        let mut vmm = self.start_vmm_with(plan, Some(&StateFile::Restore(state)))?;
+        let restored = instance::write_pid(&plan.dir, vmm.id()).and_then(|()| {
+            let mut alive = || matches!(vmm.try_wait(), Ok(None));
+            let mut stream = wait_connect(self.vmm, plan, 0, RESTORE_TIMEOUT, &mut alive)?;
+            send_resync(&mut stream, plan)?;
+            wait_ready(&mut stream, plan, RESTORE_TIMEOUT, &mut alive)?;
+            Ok(stream)
+        });
+        let result = restored.map(|stream| self.call_over(stream, plan, ANSWER_TIMEOUT, None));
+        let _ = vmm.kill();
+        let _ = vmm.wait();
+        result
+    }
+
+    /// Saves the VM of `plan` (waiting for its call) with `saving`; a VM that cannot be
+    /// saved just goes on (the next launch tries again).
+    fn save(&self, plan: &Plan, saving: saved::Saving) {
+        let saved = self.vmm.save_state(plan, &saving.temporary).and_then(|()| {
+            saving
+                .finish(&plan.flake)
+                .map_err(|e| plan.guest_error(format!("state not kept: {e}")))
+        });
+        if self.debug {
+            match saved {
+                Ok(path) => eprintln!("firecracker-pilot: PILOT_DEBUG: saved {}", path.display()),
+                Err(err) => eprintln!("firecracker-pilot: PILOT_DEBUG: not saved: {err}"),
+            }
+        }
+    }
+
+    fn boot_and_call(&self, plan: &Plan, saving: Option<saved::Saving>) -> Result<ExitStatus> {
+        let state = saving.as_ref().map(|_| StateFile::Save);
+        let mut vmm = self.start_vmm_with(plan, state.as_ref())?;
         let result = instance::write_pid(&plan.dir, vmm.id()).and_then(|()| {
             let mut alive = || matches!(vmm.try_wait(), Ok(None));
             let mut stream = wait_connect(self.vmm, plan, 0, BOOT_TIMEOUT, &mut alive)?;
             if plan.console {
                 wait_ready(&mut stream, plan, BOOT_TIMEOUT, &mut alive)?;
+            }
+            if let Some(saving) = saving {
+                self.save(plan, saving);
+            }
+            if plan.guest.resync {
+                send_resync(&mut stream, plan)?;
             }
             // The guest said `Ready` (over the console) or is booting (over ports).
             let answer = if plan.console {
@@ -443,7 +561,7 @@ impl Launch<'_> {
             let _ = std::fs::write(&up, "");
         }
         drop(claim);
-        let repeatable = self.guest == GuestInit::Console;
+        let repeatable = self.guest.console();
         status.map_err(|err| match (err, warm) {
             (
                 err @ VmError::Call {
@@ -518,6 +636,22 @@ impl Launch<'_> {
         drop(lock);
         Ok(removed?)
     }
+}
+
+/// Sends the guest of `plan` the host's clock and fresh entropy.
+fn send_resync(stream: &mut std::os::unix::net::UnixStream, plan: &Plan) -> Result<()> {
+    use std::io::Read as _;
+    let realtime = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut entropy = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut entropy))
+        .map_err(crate::error::io(std::path::Path::new("/dev/urandom")))?;
+    let resync = flake_agent::proto::Resync { realtime, entropy };
+    Frame::Resync(resync)
+        .write_to(stream)
+        .map_err(|e| plan.guest_error(format!("cannot resync it: {e}")))
 }
 
 /// Whether the VMM `pid` of `dir` ends within `timeout` (it is left alone either way).

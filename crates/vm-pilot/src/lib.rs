@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 //! The VM engine of flake-pilot: where VM images live ([`pull`], [`find_image`]), the
 //! Firecracker and QEMU microvm backends behind one [`vmm::Vmm`] trait, instance state
-//! ([`instance`]), overlay disks ([`overlay`]), TAP devices ([`tap`]) and the lifecycle of
-//! one call ([`launch`]).
+//! ([`instance`]), overlay disks ([`overlay`]), TAP devices ([`tap`]), saved one-shot VM
+//! states ([`saved`]) and the lifecycle of one call ([`launch`]).
 
 #![deny(missing_docs)]
 
@@ -18,6 +18,12 @@ pub fn instances_dir(user_dir: &Path) -> PathBuf {
     user_dir.join(".vm")
 }
 
+/// Where the caller's saved one-shot VM states live ([`saved`]): beside the resume
+/// overlays, under the caller's own flakes directory.
+pub fn states_dir(settings: &Settings) -> PathBuf {
+    settings.flakes_dir(Mode::User).join("firecracker/states")
+}
+
 /// Root of the system VM image registry.
 pub const SYSTEM_REGISTRY: &str = "/var/lib/firecracker";
 
@@ -28,6 +34,7 @@ pub mod launch;
 pub mod overlay;
 pub mod pull;
 pub mod qemu;
+pub mod saved;
 pub mod tap;
 pub mod vmm;
 

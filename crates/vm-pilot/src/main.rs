@@ -73,6 +73,7 @@ fn run() -> Result<PilotExit, String> {
         vmm: vmm.as_ref(),
         ids_dir: settings.firecracker_ids_dir(),
         storage_dir: settings.flakes_dir(Mode::User).join("firecracker/storage"),
+        states_dir: vm_pilot::saved::enabled().then(|| vm_pilot::states_dir(&settings)),
         uid: settings.caller.uid,
         terminal: Terminal::detect(),
         term: std::env::var_os("TERM")

@@ -13,16 +13,22 @@
 //! virtualisation (`vmx` or `svm`): some hosts expose a `/dev/kvm` without it (a software
 //! nested hypervisor) that cannot run Linux guests; everywhere else QEMU emulates the
 //! guest (TCG). `FLAKE_QEMU_ACCEL=kvm|tcg` overrides the choice.
+//!
+//! A one-shot VM on the plain console can be saved and restored ([`crate::saved`]): it
+//! is saved through QEMU's monitor (QMP, on `monitor.sock`, only while saving) with a
+//! migration into the state file, and restored with `-incoming fd:N` from the open file.
+
+mod qmp;
 
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use flakes::config::vm::{CacheType, VmFlake};
 
 use crate::error::{Result, VmError};
-use crate::vmm::{Plan, Vmm};
+use crate::vmm::{Plan, StateFile, Vmm};
 
 /// Environment variable choosing QEMU's accelerator (`tcg` by default).
 pub const ACCEL_ENV: &str = "FLAKE_QEMU_ACCEL";
@@ -42,6 +48,32 @@ impl Qemu {
     /// The socket of guest channel `port`.
     pub fn channel(plan: &Plan, port: usize) -> PathBuf {
         plan.dir.join(format!("channel-{port}.sock"))
+    }
+
+    /// The monitor socket of a VM that may be saved.
+    pub fn monitor(plan: &Plan) -> PathBuf {
+        plan.dir.join("monitor.sock")
+    }
+
+    /// Starts `command`, the VMM of `plan`.
+    fn spawn(&self, mut command: Command, plan: &Plan) -> Result<Child> {
+        if !plan.guest.resume {
+            crate::vmm::end_with_launcher(&mut command);
+        }
+        // Its own process group: a Ctrl-C on the caller's terminal is for the app (the
+        // launcher forwards it), not for the VMM.
+        // Serial mode keeps the caller's process group: the VMM reads the terminal.
+        if plan.serial.is_none() {
+            command
+                .process_group(0)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(crate::vmm::create_log(&plan.vmm_log())?));
+        }
+        command.spawn().map_err(|source| VmError::Start {
+            program: self.binary.clone(),
+            source,
+        })
     }
 
     /// The QEMU command line of `plan`.
@@ -188,28 +220,75 @@ impl Vmm for Qemu {
     }
 
     fn start(&self, flake: &VmFlake, plan: &Plan) -> Result<Child> {
-        let mut command = self.command(flake, plan);
-        if !plan.guest.resume {
-            crate::vmm::end_with_launcher(&mut command);
-        }
-        // Its own process group: a Ctrl-C on the caller's terminal is for the app (the
-        // launcher forwards it), not for the VMM.
-        // Serial mode keeps the caller's process group: the VMM reads the terminal.
-        if plan.serial.is_none() {
-            command
-                .process_group(0)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(crate::vmm::create_log(&plan.vmm_log())?));
-        }
-        command.spawn().map_err(|source| VmError::Start {
-            program: self.binary.clone(),
-            source,
-        })
+        self.spawn(self.command(flake, plan), plan)
     }
 
     fn connect(&self, plan: &Plan, port: usize) -> std::io::Result<UnixStream> {
         UnixStream::connect(Self::channel(plan, port))
+    }
+
+    fn saves_states(&self) -> bool {
+        true
+    }
+
+    fn state_key(&self, flake: &VmFlake, plan: &Plan) -> Option<String> {
+        // One call on the plain console, no network: a VM with nothing of the host in it
+        // but its files.
+        if !plan.console || plan.guest.resume || plan.tap.is_some() || plan.serial.is_some() {
+            return None;
+        }
+        let dir = plan.dir.to_string_lossy();
+        let mut material = vec![
+            self.binary.to_string_lossy().into_owned(),
+            format!("overlay {:?}", flake.runtime.overlay_size),
+        ];
+        material.extend(
+            self.command(flake, plan)
+                .get_args()
+                .map(|arg| arg.to_string_lossy().replace(&*dir, "%i")),
+        );
+        let runtime = &flake.runtime;
+        let mut files = vec![self.binary.as_path(), &runtime.kernel, &runtime.rootfs];
+        files.extend(runtime.initrd.as_deref());
+        crate::saved::key(&material, &files)
+    }
+
+    fn start_with_state(&self, flake: &VmFlake, plan: &Plan, state: &StateFile) -> Result<Child> {
+        let mut command = self.command(flake, plan);
+        match state {
+            StateFile::Restore(file) => {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(file);
+                command.arg("-incoming").arg(format!("fd:{fd}"));
+                inherit(&mut command, fd);
+            }
+            StateFile::Save => {
+                command.arg("-qmp").arg(format!(
+                    "unix:{},server=on,wait=off",
+                    Self::monitor(plan).display()
+                ));
+            }
+        }
+        self.spawn(command, plan)
+    }
+
+    fn save_state(&self, plan: &Plan, to: &Path) -> Result<()> {
+        qmp::save(&Self::monitor(plan), to)
+            .map_err(|what| plan.guest_error(format!("could not be saved: {what}")))
+    }
+}
+
+/// Lets the VMM started by `command` inherit descriptor `fd` (open in this process until
+/// the VMM has started).
+fn inherit(command: &mut Command, fd: std::os::fd::RawFd) {
+    // SAFETY: the closure runs in the child between fork and exec and makes one fcntl(2)
+    // call, which is async-signal-safe, on `fd`, which the parent keeps open across the
+    // spawn (so the child has it too); it allocates nothing and takes no lock.
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(move || {
+            let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).map_err(Into::into)
+        });
     }
 }
 
@@ -271,6 +350,7 @@ mod tests {
                 resume: true,
                 idle: Some(60),
                 debug: false,
+                resync: false,
             },
             serial: None,
             console: false,

@@ -26,6 +26,8 @@ pub struct GuestSettings {
     pub idle: Option<u64>,
     /// Diagnostics on the guest console (`PILOT_DEBUG` on the host).
     pub debug: bool,
+    /// The VM may be saved while it waits for its call (see [`crate::saved`]).
+    pub resync: bool,
 }
 
 #[cfg(test)]
@@ -59,6 +61,7 @@ pub(crate) mod tests {
                 resume: false,
                 idle: None,
                 debug: false,
+                resync: false,
             },
             serial: None,
             console: true,
@@ -160,6 +163,9 @@ impl Plan {
         if self.guest.debug {
             args.push("sci_debug=1".into());
         }
+        if self.guest.resync {
+            args.push("sci_resync=1".into());
+        }
         if self.guest.resume {
             args.push("sci_resume=1".into());
             args.push(format!("sci_idle={}", self.guest.idle.unwrap_or(0)));
@@ -220,6 +226,34 @@ pub trait Vmm: std::fmt::Debug {
     fn start(&self, flake: &VmFlake, plan: &Plan) -> Result<Child>;
     /// One attempt to open guest channel `port`; fails while the guest is not ready.
     fn connect(&self, plan: &Plan, port: usize) -> std::io::Result<UnixStream>;
+    /// Whether this VMM can save a one-shot VM and start others from its state.
+    fn saves_states(&self) -> bool {
+        false
+    }
+    /// The key a saved state of `plan`'s VM is valid for (see [`crate::saved::key`]);
+    /// `None` when it cannot have one.
+    fn state_key(&self, _flake: &VmFlake, _plan: &Plan) -> Option<String> {
+        None
+    }
+    /// Starts the VMM of `plan` restoring `state`, or ready to save to it
+    /// ([`Vmm::save_state`]).
+    fn start_with_state(&self, flake: &VmFlake, plan: &Plan, _state: &StateFile) -> Result<Child> {
+        self.start(flake, plan)
+    }
+    /// Saves the running VM of `plan` (started with [`StateFile::Save`]) to `to`, then
+    /// lets it run on.
+    fn save_state(&self, plan: &Plan, _to: &Path) -> Result<()> {
+        Err(plan.guest_error("this VMM cannot save VM states"))
+    }
+}
+
+/// What a VMM started with a saved state does with it.
+#[derive(Debug)]
+pub enum StateFile {
+    /// Restore the VM from this open state.
+    Restore(std::fs::File),
+    /// Be ready to save the VM.
+    Save,
 }
 
 /// Connects to guest channel `port`, waiting up to `timeout` while the VMM (`alive`) runs.

@@ -99,7 +99,7 @@ pub fn vm_flake_on(
     std::fs::copy("/bin/busybox", tree.join("bin/busybox")).unwrap();
     let applets = [
         "sh", "cat", "echo", "printf", "uname", "wc", "head", "true", "sleep", "test", "[", "ls",
-        "stty", "tty", "mount", "id",
+        "stty", "tty", "mount", "id", "date", "od",
     ];
     for applet in applets {
         let link = tree.join("bin").join(applet);

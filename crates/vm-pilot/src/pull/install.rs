@@ -122,6 +122,9 @@ pub fn prepare_rootfs(rootfs: &Path, name: &str, sci: Option<&Path>) -> Result<(
 pub const GUEST_CHANNEL_FILE: &str = "guest-channel";
 /// The feature line of an init that serves a one-shot call over the plain virtio console.
 pub const CONSOLE_FEATURE: &str = "console-acks";
+/// The feature line of an init that takes a `Resync`: its one-shot VMs may be restored
+/// from a saved state.
+pub const RESYNC_FEATURE: &str = "resync";
 
 /// Writes [`GUEST_CHANNEL_FILE`] into `dir` when the ext rootfs there carries a guest init
 /// that speaks the protocol (its binary holds `proto::GUEST_MARKER`).
@@ -143,11 +146,16 @@ pub fn mark_guest_channel(dir: &Path) -> Result<(), PullError> {
         .unwrap_or_default();
     if init.contains(flake_agent::proto::GUEST_MARKER) {
         let marker = dir.join(GUEST_CHANNEL_FILE);
-        let features = if init.contains(flake_agent::proto::GUEST_CONSOLE_MARKER) {
-            format!("{CONSOLE_FEATURE}\n")
-        } else {
-            String::new()
-        };
+        let mut features = String::new();
+        for (marker, feature) in [
+            (flake_agent::proto::GUEST_CONSOLE_MARKER, CONSOLE_FEATURE),
+            (flake_agent::proto::GUEST_RESYNC_MARKER, RESYNC_FEATURE),
+        ] {
+            if init.contains(marker) {
+                features.push_str(feature);
+                features.push('\n');
+            }
+        }
         std::fs::write(&marker, features).map_err(io("write", &marker))?;
     }
     Ok(())

@@ -2,7 +2,8 @@
 //! `flake-ctl firecracker remove --app PATH | --vm NAME [--force]`.
 //!
 //! `--vm` removes every flake whose `vm.name` is the image, then the image directory; the
-//! original only logged failures here, this reports them.
+//! original only logged failures here, this reports them. A removed flake's saved VM
+//! states (the caller's) go with it.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -20,6 +21,7 @@ pub fn run(args: &VmRemoveArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
     let registry = ctx.settings.registry(mode);
     if let Some(app) = &args.app {
         let name = remove_app(&registry, app, args.force)?;
+        forget_states(ctx, &name.to_string());
         println!("removed flake {name} ({})", app.display());
     }
     if let Some(vm) = &args.vm {
@@ -38,6 +40,7 @@ pub fn run(args: &VmRemoveArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
                 )
             })?;
             remove_app(&registry, Path::new(&app), false)?;
+            forget_states(ctx, &name.to_string());
             println!("removed flake {name} ({app})");
         }
         let image = vm_pilot::image_dir(&vm_pilot::images_dir(&ctx.settings, mode), vm)?;
@@ -47,4 +50,9 @@ pub fn run(args: &VmRemoveArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
         println!("removed VM image {vm} ({})", image.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Removes the caller's saved VM states of flake `name`.
+fn forget_states(ctx: &Context, name: &str) {
+    vm_pilot::saved::remove(&vm_pilot::states_dir(&ctx.settings), name, None);
 }
