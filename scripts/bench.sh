@@ -183,38 +183,57 @@ if [ -s "$FIXTURES/kernel/vmlinux" ] && [ -x "$SCI_BIN" ] && command -v qemu-sys
     # The same accelerator on both sides (software emulation unless set otherwise).
     export FLAKE_QEMU_ACCEL=${FLAKE_QEMU_ACCEL:-tcg}
     raw_vm="qemu-system-x86_64 -M microvm,x-option-roms=off,pit=on,pic=on,rtc=on,acpi=off -accel $FLAKE_QEMU_ACCEL -cpu max -m 256 -smp 1 -nodefaults -no-user-config -nographic -display none -no-reboot -serial null -kernel $image/kernel -append 'console=ttyS0 root=/dev/vda ro quiet init=/bin/true panic=-1 reboot=t' -drive id=root,file=$image/rootfs,format=raw,if=none,readonly=on -device virtio-blk-device,drive=root"
-    # Round-robin, not hyperfine: a drift of the machine over the runs hits both alike.
+    # Round-robin, not hyperfine: a drift of the machine over the runs hits all alike. The
+    # warm-up launch saves the VM's state; the flake's launches restore it from then on, so
+    # the same launch booted (saved states off) is timed beside them.
     python3 scripts/interleave.py "${VM_RUNS:-20}" 1 "$OUT/vm-oneshot.json" \
         "VM flake one-shot (qemu $FLAKE_QEMU_ACCEL)" "$work/bin/bench-vm" \
+        "VM flake one-shot, booted (saved states off)" "env FLAKE_VM_SAVED_STATES=off $work/bin/bench-vm" \
         "raw qemu boot to the same program" "$raw_vm"
+    # A flake's first launch boots and saves its VM: timed with the state removed each run.
+    states=${HOME:-/root}/.config/flakes/firecracker/states
+    hyperfine -N --runs 5 --export-json "$OUT/vm-first.json" \
+        --prepare "sh -c 'rm -f $states/bench-vm-*.vmstate'" \
+        -n "VM flake one-shot, first launch (boots and saves)" "$work/bin/bench-vm" \
+        </dev/null >/dev/null
     read -r vm_all _ < <(count "$work/bin/bench-vm")
+    read -r vm_booted _ < <(FLAKE_VM_SAVED_STATES=off count "$work/bin/bench-vm")
+    rm -f "$states"/bench-vm-*.vmstate
+    read -r vm_first _ < <(count "$work/bin/bench-vm")
     "$work/bin/bench-vmres" </dev/null
     hyperfine -N --warmup 5 --runs "$RUNS" --export-json "$OUT/vm-resume.json" \
         -n "VM flake resume, warm call" "$work/bin/bench-vmres" </dev/null >/dev/null
     read -r vmres_all _ < <(count "$work/bin/bench-vmres")
     "$work/bin/bench-vmres" %remove </dev/null
     "$BIN_DIR/flake-ctl" firecracker remove --vm flake-bench >/dev/null
-    python3 - "$OUT/vm-oneshot.json" "$OUT/vm-resume.json" "$vm_all" "$vmres_all" <<'PY' | tee "$OUT/vm.md"
+    python3 - "$OUT" "$vm_all" "$vm_booted" "$vm_first" "$vmres_all" <<'PY' | tee "$OUT/vm.md"
 import json, statistics, sys
-oneshot = json.load(open(sys.argv[1]))["results"]
-resume = json.load(open(sys.argv[2]))["results"][0]
-raw = next(r for r in oneshot if r["command"].startswith("raw"))["median"]
+out = sys.argv[1]
+oneshot = json.load(open(f"{out}/vm-oneshot.json"))["results"]
+oneshot += json.load(open(f"{out}/vm-first.json"))["results"]
+resume = json.load(open(f"{out}/vm-resume.json"))["results"][0]
+execs = dict(zip(["restored", "booted", "first"], sys.argv[2:5]))
+def kind(command):
+    if command.startswith("raw"):
+        return "raw"
+    return "booted" if "booted" in command else "first" if "first" in command else "restored"
+raw = next(r for r in oneshot if kind(r["command"]) == "raw")
 print()
 print("| VM launch | median | ratio to raw VMM | execs |")
 print("|---|---:|---:|---:|")
 for r in oneshot:
-    execs = sys.argv[3] if r["command"].startswith("VM") else "1"
-    print(f"| {r['command']} | {r['median']*1000:.0f} ms | {r['median']/raw:.3f} | {execs} |")
-print(f"| {resume['command']} | {resume['median']*1000:.1f} ms | - | {sys.argv[4]} |")
-# Rounds ran both one after the other: the medians of each round's ratio and difference
-# see less of the machine's drift than the ratio of two medians.
-flake = next(r for r in oneshot if r["command"].startswith("VM"))["times"]
-raw_times = next(r for r in oneshot if r["command"].startswith("raw"))["times"]
-ratios = statistics.median(a / b for a, b in zip(flake, raw_times))
-extra = statistics.median(a - b for a, b in zip(flake, raw_times))
+    count = execs.get(kind(r["command"]), "1")
+    print(f"| {r['command']} | {r['median']*1000:.0f} ms | {r['median']/raw['median']:.3f} | {count} |")
+print(f"| {resume['command']} | {resume['median']*1000:.1f} ms | - | {sys.argv[5]} |")
+# The interleaved commands ran one after the other in every round: the medians of each
+# round's ratio and difference see less of the machine's drift than a ratio of medians.
 print()
-print(f"Per round, VM flake one-shot against the raw VMM: median ratio {ratios:.3f}, "
-      f"median difference {extra*1000:.0f} ms ({len(flake)} rounds).")
+for r in oneshot:
+    if kind(r["command"]) in ("restored", "booted"):
+        ratios = statistics.median(a / b for a, b in zip(r["times"], raw["times"]))
+        extra = statistics.median(a - b for a, b in zip(r["times"], raw["times"]))
+        print(f"Per round, {r['command']} against the raw VMM: median ratio {ratios:.3f}, "
+              f"median difference {extra*1000:.0f} ms ({len(r['times'])} rounds).")
 PY
 else
     echo "VM benchmark skipped: needs make vm-fixtures, make agent and qemu"
