@@ -603,6 +603,16 @@ fn one_shot_vms_start_from_a_saved_state_with_their_own_clock_entropy_and_overla
     );
     assert_ne!(reports[0].1, reports[1].1, "and have their own boot ids");
 
+    // Each restored VM mounts its own overlay, made with the includes of its launch (here a
+    // file that grew to other blocks than the saved VM's overlay had).
+    let conf = w.path("incl/etc/app/conf");
+    std::fs::write(&conf, "y".repeat(300_000)).unwrap();
+    let script = format!("wc -c < {}", conf.display());
+    let grown = w.app(&app, &["-c", &script, "%progress"], None);
+    grown.success();
+    assert!(grown.stderr().contains("restoring the VM"), "{grown}");
+    assert_eq!(grown.stdout().trim(), "300000", "{grown}");
+
     // Another VM (more memory) finds no state: it boots, and its state replaces the old.
     let fragment = w.home.join(".config/flakes/vmsaved.d/zz-memory.yaml");
     std::fs::write(
