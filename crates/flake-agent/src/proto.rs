@@ -30,7 +30,8 @@
 //! | 12   | StdinAck| agent -> pilot | count u32: that many bytes of `Stdin` were passed on to the app (or dropped, its stdin being closed) |
 //! | 13   | OutputAck| pilot -> agent | count u32: the [`window_cost`] of frames that arrived from the agent |
 //! | 14   | Closing | agent -> pilot | empty; instead of running a `Call`: the instance is powering off (a VM after its idle time) and nothing of the call ran, so the pilot may start the instance again and repeat it |
-//! | 15   | Resync  | pilot -> agent | seconds u64, nanoseconds u32 (the host's wall clock), 32 bytes of host entropy; before the `Call` of a VM restored from a saved state: the guest sets its clock, reseeds its random generator, attaches its disks and answers `Ready` |
+//! | 15   | Resync  | pilot -> agent | seconds u64, nanoseconds u32 (below 10^9; the host's wall clock), 32 bytes of host entropy; before the `Call` of a one-shot VM that may be saved or was restored from a saved state: the guest sets its clock, reseeds its random generator, attaches its overlay disk, and answers `Resynced` (or `Error` and `Exit` 125 when the disk fails) |
+//! | 16   | Resynced| agent -> pilot | u8: 1 when the clock and the random generator were taken, 0 when the guest cannot reseed its generator (its VM must not be saved or restored); the guest then waits for the `Call` |
 //!
 //! Without a terminal, the `Call` frame carries the pilot's stdin, stdout and stderr as
 //! three file descriptors (`SCM_RIGHTS`); the app reads and writes them directly, so no byte
@@ -241,6 +242,8 @@ pub enum Frame {
     Closing,
     /// The guest was restored from a saved state: take the host's clock and entropy.
     Resync(Resync),
+    /// The answer to `Resync`: whether the guest took the clock and reseeded.
+    Resynced(bool),
 }
 
 impl Frame {
@@ -296,6 +299,7 @@ impl Frame {
                 body.extend(resync.realtime.subsec_nanos().to_le_bytes());
                 body.extend(resync.entropy);
             }
+            Frame::Resynced(reseeded) => body.extend([16, u8::from(*reseeded)]),
         }
         let mut out = Vec::with_capacity(body.len() + 4);
         out.extend(u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes());
@@ -329,6 +333,7 @@ impl Frame {
             13 => Frame::OutputAck(r.u32()?),
             14 => Frame::Closing,
             15 => Frame::Resync(decode_resync(&mut r)?),
+            16 => Frame::Resynced(r.u8()? != 0),
             kind => {
                 return Err(ProtoError::UnknownKind {
                     kind,
@@ -542,6 +547,8 @@ mod tests {
                 realtime: std::time::Duration::new(1_796_000_000, 999_999_999),
                 entropy: std::array::from_fn(|i| u8::try_from(i).unwrap()),
             }),
+            Frame::Resynced(true),
+            Frame::Resynced(false),
         ]
     }
 

@@ -627,7 +627,8 @@ fn one_shot_vms_start_from_a_saved_state_with_their_own_clock_entropy_and_overla
     assert_eq!(replaced.len(), 1, "{replaced:?}");
     assert_ne!(replaced, states, "a new key");
 
-    // A state the VMM refuses costs a boot, not the call, and is saved anew.
+    // A state the VMM refuses costs a boot, not the call; that VM then boots without
+    // saving (a mark beside the states says so) until the mark goes.
     std::fs::write(&replaced[0], b"not a VM state").unwrap();
     let refused = progress_call(&w, &app, &[]);
     refused.success();
@@ -635,13 +636,29 @@ fn one_shot_vms_start_from_a_saved_state_with_their_own_clock_entropy_and_overla
         refused.stdout().starts_with("from an include tar\n"),
         "{refused}"
     );
+    assert!(refused.stderr().contains("was not restored"), "{refused}");
     assert!(refused.stderr().contains("starting the VM"), "{refused}");
-    assert!(std::fs::metadata(&replaced[0]).unwrap().len() > 1_000_000);
+    let mark = replaced[0].with_extension("refused");
+    assert!(mark.exists() && !replaced[0].exists());
+    let again = progress_call(&w, &app, &[]);
+    again.success();
+    assert!(again.stderr().contains("starting the VM"), "{again}");
+    assert!(states_of(&w, "vmsaved").is_empty(), "not saved again");
+    std::fs::remove_file(&mark).unwrap();
     progress_call(&w, &app, &[]).success();
+    let resaved = states_of(&w, "vmsaved");
+    assert_eq!(resaved, replaced, "saved again once the mark is gone");
+    let file_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&resaved[0]).unwrap().permissions(),
+    );
+    assert_eq!(file_mode & 0o777, 0o600);
+    let restored = progress_call(&w, &app, &[]);
+    restored.success();
+    assert!(restored.stderr().contains("restoring the VM"), "{restored}");
 
     // Turned off: a boot every time, nothing saved.
     let off = [("FLAKE_VM_SAVED_STATES", "off")];
-    std::fs::remove_file(&replaced[0]).unwrap();
+    std::fs::remove_file(&resaved[0]).unwrap();
     let booted = progress_call(&w, &app, &off);
     booted.success();
     assert!(booted.stderr().contains("starting the VM"), "{booted}");

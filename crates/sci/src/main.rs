@@ -83,20 +83,22 @@ fn prepare(pid1: bool, settings: &BootSettings) -> Result<(), String> {
     prepare_with(pid1, settings.overlay.as_deref())
 }
 
-/// A restored VM takes its host's clock and entropy, then its own overlay disk.
+/// A VM that may have been restored takes its host's clock and entropy (giving whether it
+/// could), then its own overlay disk.
 fn attach(
     resync: Option<&flake_agent::proto::Resync>,
     overlay: Option<String>,
-) -> Result<(), String> {
-    if let Some(resync) = resync {
-        resync::apply(resync)?;
-    }
+) -> Result<bool, String> {
+    let reseeded = resync.is_some_and(|resync| {
+        resync::apply(resync)
+            .inspect_err(|message| eprintln!("sci: {message}"))
+            .is_ok()
+    });
     if let Some(device) = overlay {
         resync::forget_cached(&device)?;
-        boot::overlay_root(&device)?;
-        boot::mount_basics();
+        prepare_with(true, Some(&device))?;
     }
-    Ok(())
+    Ok(reseeded)
 }
 
 /// [`prepare`] with `overlay` as the overlay disk (none: the root stays read-only).

@@ -9,7 +9,7 @@
 //!
 //! A VM that its launcher may save while it waits (`sci_resync=1`) attaches its overlay
 //! disk only once the host's `Resync` came (see [`crate::resync`]) and answers it with
-//! `Ready`: until then it is the same for every copy restored from the saved state.
+//! `Resynced`: until then it is the same for every copy restored from the saved state.
 
 use std::fs::File;
 use std::time::{Duration, Instant};
@@ -18,8 +18,9 @@ use flake_agent::framed::{self, Link};
 use flake_agent::proto::{Call, ExitStatus, Frame, ProtoError, Resync, VERSION};
 
 /// What a VM that may be saved does once its host has resynced it (`Some`), or at its call
-/// when no `Resync` came (`None`).
-pub type OnResync = Box<dyn FnOnce(Option<&Resync>) -> Result<(), String> + Send>;
+/// when no `Resync` came (`None`): whether it took the clock and reseeded, or why its disk
+/// could not be attached.
+pub type OnResync = Box<dyn FnOnce(Option<&Resync>) -> Result<bool, String> + Send>;
 
 /// How often `Ready` is said until the call comes: the console drops what is written
 /// while no host is connected.
@@ -59,14 +60,15 @@ pub fn serve(
     call.map(|_| ())
 }
 
-/// Runs `on_resync` (once) for `resync`; a failure is the call's answer.
+/// Runs `on_resync` (once) for `resync`, giving whether the guest reseeded; a failure is
+/// the call's answer.
 fn resync(
     link: &mut Link,
     on_resync: &mut Option<OnResync>,
     resync: Option<&Resync>,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let Some(attach) = on_resync.take() else {
-        return Ok(());
+        return Ok(false);
     };
     attach(resync).inspect_err(|message| {
         link.send(&Frame::Error(format!("sci: {message}")));
@@ -82,7 +84,7 @@ fn wait_call(
     timeout: Duration,
     on_resync: &mut Option<OnResync>,
 ) -> Result<Option<Call>, String> {
-    let deadline = Instant::now() + timeout;
+    let mut deadline = Instant::now() + timeout;
     let mut heard = false;
     while !link.gone() && Instant::now() < deadline {
         if !link.readable(READY_EVERY) {
@@ -100,9 +102,11 @@ fn wait_call(
                     return Ok(Some(call));
                 }
                 Ok(Some(Frame::Resync(fresh))) => {
-                    resync(link, on_resync, Some(&fresh))?;
-                    crate::debug::log(|| "resynced".to_string());
-                    link.send(&Frame::Ready(VERSION));
+                    let reseeded = resync(link, on_resync, Some(&fresh))?;
+                    crate::debug::log(|| format!("resynced (reseeded: {reseeded})"));
+                    link.send(&Frame::Resynced(reseeded));
+                    // A restored copy waits its own time, not what was left when saved.
+                    deadline = Instant::now() + timeout;
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => break,
@@ -256,13 +260,13 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let on_resync: OnResync = Box::new(move |resync: Option<&Resync>| {
             tx.send(resync.copied()).unwrap();
-            result
+            result.map(|()| resync.is_some())
         });
         (on_resync, rx)
     }
 
     #[test]
-    fn a_resync_is_taken_once_and_answered_with_ready_before_the_call() {
+    fn a_resync_is_taken_once_and_answered_before_the_call() {
         let (on_resync, seen) = recording(Ok(()));
         let mut host = Host::start_resyncing(|| Ok(()), Some(on_resync));
         let fresh = Resync {
@@ -271,9 +275,24 @@ mod tests {
         };
         assert_eq!(host.recv(), Frame::Ready(VERSION));
         host.send(&Frame::Resync(fresh));
-        // Only the answer counts: a `Ready` said on the timer may come first.
-        while host.recv() != Frame::Ready(VERSION) {}
+        // A `Ready` said on the timer may come before the answer.
+        let answer = loop {
+            match host.recv() {
+                Frame::Ready(_) => {}
+                other => break other,
+            }
+        };
+        assert_eq!(answer, Frame::Resynced(true));
         assert_eq!(seen.recv().unwrap(), Some(fresh));
+        // Another `Resync` takes nothing more.
+        host.send(&Frame::Resync(fresh));
+        let again = loop {
+            match host.recv() {
+                Frame::Ready(_) => {}
+                other => break other,
+            }
+        };
+        assert_eq!(again, Frame::Resynced(false));
         host.send(&Frame::Call(Call {
             argv: vec![b"/bin/sh".to_vec(), b"-c".to_vec(), b"exit 4".to_vec()],
             frames: true,

@@ -16,11 +16,11 @@ use std::os::fd::AsRawFd;
 use flake_agent::proto::Resync;
 
 /// `RNDADDENTROPY`: `_IOW('R', 0x03, int[2])`.
-const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+const RNDADDENTROPY: libc::Ioctl = 0x4008_5203;
 /// `RNDRESEEDCRNG`: `_IO('R', 0x07)`.
-const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+const RNDRESEEDCRNG: libc::Ioctl = 0x5207;
 /// `BLKFLSBUF`: `_IO(0x12, 97)`.
-const BLKFLSBUF: libc::c_ulong = 0x1261;
+const BLKFLSBUF: libc::Ioctl = 0x1261;
 
 /// `struct rand_pool_info` with the entropy of one `Resync`.
 #[repr(C)]
@@ -29,8 +29,15 @@ struct PoolInfo {
     buf_size: libc::c_int,
     buf: [u8; 32],
 }
+const _: () = assert!(std::mem::size_of::<PoolInfo>() == 40);
 
-/// Takes the host's clock and entropy.
+/// The first kernel whose reseed also renews the per-CPU batches behind
+/// `get_random_u32` (which place a new program in memory): older ones would keep handing
+/// every restored copy the same saved values.
+const RESEEDS_BATCHES: (u32, u32) = (5, 18);
+
+/// Takes the host's clock and entropy; an error says why the guest cannot be a restored
+/// copy (the clock may have been set).
 pub fn apply(resync: &Resync) -> Result<(), String> {
     let time = rustix::time::Timespec {
         tv_sec: i64::try_from(resync.realtime.as_secs())
@@ -39,6 +46,14 @@ pub fn apply(resync: &Resync) -> Result<(), String> {
     };
     rustix::time::clock_settime(rustix::time::ClockId::Realtime, time)
         .map_err(|e| format!("cannot set the clock: {e}"))?;
+    let uname = rustix::system::uname();
+    let release = uname.release().to_string_lossy();
+    if kernel_version(&release).is_none_or(|version| version < RESEEDS_BATCHES) {
+        return Err(format!(
+            "kernel {release} cannot renew all of its random state (5.18 or newer can): \
+             this VM is not restored from saved states"
+        ));
+    }
     let random = OpenOptions::new()
         .write(true)
         .open("/dev/urandom")
@@ -56,6 +71,14 @@ pub fn apply(resync: &Resync) -> Result<(), String> {
         Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(()),
         Err(e) => Err(format!("cannot reseed the random generator: {e}")),
     }
+}
+
+/// The major and minor version of a kernel release (`6.1.192-3`).
+fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
 }
 
 /// Drops what the kernel has cached of block device `device`.
@@ -76,7 +99,7 @@ fn add_entropy(random: &File, info: &PoolInfo) -> std::io::Result<()> {
 }
 
 #[allow(unsafe_code)]
-fn no_arg_ioctl(file: &File, request: libc::c_ulong) -> std::io::Result<()> {
+fn no_arg_ioctl(file: &File, request: libc::Ioctl) -> std::io::Result<()> {
     // SAFETY: `file` is open for the call, and `request` is one that takes no argument and
     // touches no memory of ours.
     let rc = unsafe { libc::ioctl(file.as_raw_fd(), request) };
@@ -84,4 +107,19 @@ fn no_arg_ioctl(file: &File, request: libc::c_ulong) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions_are_read_from_releases() {
+        assert_eq!(kernel_version("6.1.192-3"), Some((6, 1)));
+        assert_eq!(kernel_version("5.18.0"), Some((5, 18)));
+        assert_eq!(kernel_version("4.19-rc1"), Some((4, 19)));
+        assert_eq!(kernel_version("unknown"), None);
+        assert!(kernel_version("5.17.9").unwrap() < RESEEDS_BATCHES);
+        assert!(kernel_version("6.1.192-3").unwrap() >= RESEEDS_BATCHES);
+    }
 }

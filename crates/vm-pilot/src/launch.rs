@@ -28,7 +28,7 @@ use flakes::{CallArgs, PilotExit};
 
 use crate::error::{Result, VmError};
 use crate::instance::{self, claim_port};
-use crate::vmm::{wait_connect, wait_ready, GuestSettings, Plan, StateFile, Vmm};
+use crate::vmm::{wait_connect, wait_ready, wait_resynced, GuestSettings, Plan, StateFile, Vmm};
 use crate::{overlay, saved, tap};
 
 /// How long a guest may take to open its channel (software emulation is slow).
@@ -356,77 +356,117 @@ impl Launch<'_> {
             return self.boot_and_call(plan, None);
         };
         let path = saved::path(dir, &plan.flake, &key);
-        if let Ok(file) = std::fs::File::open(&path) {
-            match self.restore_and_call(plan, file) {
+        if saved::refused(&path) {
+            return self.boot_and_call(plan, None);
+        }
+        match saved::open(&path) {
+            None => {}
+            Some(Ok(state)) => match self.restore_and_call(plan, &state) {
                 Ok(status) => return status,
                 Err(err) => {
-                    // Not restored, nothing of the call made: boot instead.
-                    if self.debug {
-                        eprintln!(
-                            "firecracker-pilot: PILOT_DEBUG: {} not restored ({err}); booting",
-                            path.display()
-                        );
-                    }
-                    let _ = std::fs::remove_file(&path);
-                    let _ = std::fs::remove_file(crate::qemu::Qemu::channel(plan, 0));
+                    // Not restored, nothing of the call made: boot, and no more states
+                    // for this VM.
+                    saved::refuse(&path, Some(&state));
+                    eprintln!(
+                        "firecracker-pilot: the saved state {} of flake '{}' was not restored \
+                         ({err}); booting, and this VM is not saved again (a change to the \
+                         flake or image, or removing the .refused file beside it, tries again)",
+                        path.display(),
+                        plan.flake
+                    );
+                    return self.boot_and_call(plan, None);
                 }
+            },
+            Some(Err(why)) => {
+                if self.debug {
+                    eprintln!("firecracker-pilot: PILOT_DEBUG: not restored: {why}");
+                }
+                return self.boot_and_call(plan, None);
             }
         }
-        self.boot_and_call(plan, saved::Saving::new(path).ok())
+        let saving = saved::Saving::new(path)
+            .inspect_err(|why| {
+                if self.debug {
+                    eprintln!("firecracker-pilot: PILOT_DEBUG: not saved: {why}");
+                }
+            })
+            .ok();
+        self.boot_and_call(plan, saving)
     }
 
-    /// Restores the VM of `plan` from `state` and makes the call. The outer error: the VM
-    /// was not restored (the VMM refused the state, or the guest never answered its
-    /// `Resync`), and nothing of the call has been made.
-    fn restore_and_call(
+    /// Runs `body` with the started VMM of the one-shot `plan` (its pid recorded) and
+    /// whether it still runs; the VMM is stopped after.
+    fn with_vmm<T>(
         &self,
         plan: &Plan,
-        state: std::fs::File,
-    ) -> std::result::Result<Result<ExitStatus>, VmError> {
-        let mut vmm = self.start_vmm_with(plan, Some(&StateFile::Restore(state)))?;
-        let restored = instance::write_pid(&plan.dir, vmm.id()).and_then(|()| {
+        state: Option<&StateFile>,
+        body: impl FnOnce(&mut dyn FnMut() -> bool) -> Result<T>,
+    ) -> Result<T> {
+        let mut vmm = self.start_vmm_with(plan, state)?;
+        let result = instance::write_pid(&plan.dir, vmm.id()).and_then(|()| {
             let mut alive = || matches!(vmm.try_wait(), Ok(None));
-            let mut stream = wait_connect(self.vmm, plan, 0, RESTORE_TIMEOUT, &mut alive)?;
-            send_resync(&mut stream, plan)?;
-            wait_ready(&mut stream, plan, RESTORE_TIMEOUT, &mut alive)?;
-            Ok(stream)
+            body(&mut alive)
         });
-        let result = restored.map(|stream| self.call_over(stream, plan, ANSWER_TIMEOUT, None));
         let _ = vmm.kill();
         let _ = vmm.wait();
         result
     }
 
-    /// Saves the VM of `plan` (waiting for its call) with `saving`; a VM that cannot be
-    /// saved just goes on (the next launch tries again).
-    fn save(&self, plan: &Plan, saving: saved::Saving) {
-        let saved = self.vmm.save_state(plan, &saving.temporary).and_then(|()| {
-            saving
-                .finish(&plan.flake)
-                .map_err(|e| plan.guest_error(format!("state not kept: {e}")))
+    /// Restores the VM of `plan` from `state` and makes the call. The outer error: the VM
+    /// was not restored (the VMM refused the state, the guest never answered its `Resync`
+    /// or could not reseed), and nothing of the call has been made.
+    fn restore_and_call(
+        &self,
+        plan: &Plan,
+        state: &std::fs::File,
+    ) -> std::result::Result<Result<ExitStatus>, VmError> {
+        let state = state.try_clone().map_err(crate::error::io(&plan.dir))?;
+        self.with_vmm(plan, Some(&StateFile::Restore(state)), |alive| {
+            let mut stream = wait_connect(self.vmm, plan, 0, RESTORE_TIMEOUT, &mut *alive)?;
+            send_resync(&mut stream, plan)?;
+            if !wait_resynced(&mut stream, plan, RESTORE_TIMEOUT, &mut *alive)? {
+                return Err(plan.guest_error("could not take a random state of its own"));
+            }
+            Ok(self.call_over(stream, plan, ANSWER_TIMEOUT, None))
+        })
+    }
+
+    /// Saves the VM of `plan` (waiting for its call) with `saving`, giving the state; a VM
+    /// that cannot be saved just goes on (the next launch tries again).
+    fn save(&self, plan: &Plan, saving: saved::Saving) -> Option<PathBuf> {
+        let saved = self.vmm.save_state(plan, &saving.file).and_then(|()| {
+            let path = saving.path.clone();
+            saving.finish(&plan.flake).map_err(|e| {
+                plan.guest_error(format!(
+                    "its state could not be kept as {}: {e}",
+                    path.display()
+                ))
+            })
         });
         if self.debug {
-            match saved {
+            match &saved {
                 Ok(path) => eprintln!("firecracker-pilot: PILOT_DEBUG: saved {}", path.display()),
                 Err(err) => eprintln!("firecracker-pilot: PILOT_DEBUG: not saved: {err}"),
             }
         }
+        saved.ok()
     }
 
     fn boot_and_call(&self, plan: &Plan, saving: Option<saved::Saving>) -> Result<ExitStatus> {
         let state = saving.as_ref().map(|_| StateFile::Save);
-        let mut vmm = self.start_vmm_with(plan, state.as_ref())?;
-        let result = instance::write_pid(&plan.dir, vmm.id()).and_then(|()| {
-            let mut alive = || matches!(vmm.try_wait(), Ok(None));
-            let mut stream = wait_connect(self.vmm, plan, 0, BOOT_TIMEOUT, &mut alive)?;
+        self.with_vmm(plan, state.as_ref(), |alive| {
+            let mut stream = wait_connect(self.vmm, plan, 0, BOOT_TIMEOUT, &mut *alive)?;
             if plan.console {
-                wait_ready(&mut stream, plan, BOOT_TIMEOUT, &mut alive)?;
+                wait_ready(&mut stream, plan, BOOT_TIMEOUT, &mut *alive)?;
             }
-            if let Some(saving) = saving {
-                self.save(plan, saving);
-            }
+            let saved = saving.and_then(|saving| self.save(plan, saving));
             if plan.guest.resync {
                 send_resync(&mut stream, plan)?;
+                let reseeded = wait_resynced(&mut stream, plan, ANSWER_TIMEOUT, &mut *alive)?;
+                if let (false, Some(path)) = (reseeded, saved) {
+                    // Copies of this guest would share its random state.
+                    saved::refuse(&path, None);
+                }
             }
             // The guest said `Ready` (over the console) or is booting (over ports).
             let answer = if plan.console {
@@ -435,10 +475,7 @@ impl Launch<'_> {
                 BOOT_TIMEOUT
             };
             self.call_over(stream, plan, answer, None)
-        });
-        let _ = vmm.kill();
-        let _ = vmm.wait();
-        result
+        })
     }
 
     /// Makes the call over `stream`; an init that acknowledges calls at once must answer

@@ -14,15 +14,16 @@
 //! nested hypervisor) that cannot run Linux guests; everywhere else QEMU emulates the
 //! guest (TCG). `FLAKE_QEMU_ACCEL=kvm|tcg` overrides the choice.
 //!
-//! A one-shot VM on the plain console can be saved and restored ([`crate::saved`]): it
-//! is saved through QEMU's monitor (QMP, on `monitor.sock`, only while saving) with a
-//! migration into the state file, and restored with `-incoming fd:N` from the open file.
+//! A one-shot VM on the plain console can be saved and restored ([`crate::saved`]): a VM
+//! started to be saved has QEMU's monitor (QMP) on `monitor.sock` in its private instance
+//! directory, through which it migrates into the state file the launcher hands over; a
+//! restored VM reads its state with `-incoming fd:N` from the open file.
 
 mod qmp;
 
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use flakes::config::vm::{CacheType, VmFlake};
@@ -166,6 +167,21 @@ impl Qemu {
     }
 }
 
+/// The first processor's model and feature flags from `/proc/cpuinfo`.
+fn host_cpu() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let wanted = ["vendor_id", "cpu family", "model", "model name", "flags"];
+    info.lines()
+        .take_while(|line| !line.trim().is_empty())
+        .filter(|line| {
+            line.split(':')
+                .next()
+                .is_some_and(|key| wanted.contains(&key.trim()))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// `kvm` when hardware KVM is usable by the caller, else `tcg` (see the module doc).
 pub fn default_accel() -> &'static str {
     use rustix::fs::{access, Access};
@@ -247,6 +263,10 @@ impl Vmm for Qemu {
                 .get_args()
                 .map(|arg| arg.to_string_lossy().replace(&*dir, "%i")),
         );
+        if self.accel.as_deref().unwrap_or_else(|| default_accel()) == "kvm" {
+            // `-cpu max` under KVM is the host's CPU: a state needs the same features.
+            material.push(host_cpu());
+        }
         let runtime = &flake.runtime;
         let mut files = vec![self.binary.as_path(), &runtime.kernel, &runtime.rootfs];
         files.extend(runtime.initrd.as_deref());
@@ -255,9 +275,19 @@ impl Vmm for Qemu {
 
     fn start_with_state(&self, flake: &VmFlake, plan: &Plan, state: &StateFile) -> Result<Child> {
         let mut command = self.command(flake, plan);
+        // Kept open until the VMM has started; above the three standard descriptors, which
+        // the spawn sets up before the child runs `inherit`.
+        let mut above_stdio = None;
         match state {
             StateFile::Restore(file) => {
-                let fd = std::os::fd::AsRawFd::as_raw_fd(file);
+                use std::os::fd::AsRawFd;
+                let mut fd = file.as_raw_fd();
+                if fd <= 2 {
+                    let high = rustix::io::fcntl_dupfd_cloexec(file, 3)
+                        .map_err(|e| plan.guest_error(format!("cannot pass its state: {e}")))?;
+                    fd = high.as_raw_fd();
+                    above_stdio = Some(high);
+                }
                 command.arg("-incoming").arg(format!("fd:{fd}"));
                 inherit(&mut command, fd);
             }
@@ -268,10 +298,12 @@ impl Vmm for Qemu {
                 ));
             }
         }
-        self.spawn(command, plan)
+        let started = self.spawn(command, plan);
+        drop(above_stdio);
+        started
     }
 
-    fn save_state(&self, plan: &Plan, to: &Path) -> Result<()> {
+    fn save_state(&self, plan: &Plan, to: &std::fs::File) -> Result<()> {
         qmp::save(&Self::monitor(plan), to)
             .map_err(|what| plan.guest_error(format!("could not be saved: {what}")))
     }

@@ -21,10 +21,18 @@
 //! saved guest has never mounted one.
 //!
 //! **Where.** States are per user (`firecracker/states` beside the resume overlays), in a
-//! directory only the user can read: a state holds the guest's memory. A state that cannot
-//! be restored (a VMM that refuses it) is removed, and the launch boots instead.
+//! directory only the user can read, each file only the user's: a state holds the guest's
+//! memory, and QEMU trusts what it restores, so a state owned by anyone else or writable
+//! by others is never used. A state is written into an unnamed file and linked under its
+//! name only once whole and synced: a launcher killed while saving leaves nothing.
+//!
+//! **When it fails.** A state that cannot be restored (a VMM that refuses it, a guest that
+//! does not answer, a guest kernel that cannot reseed) is replaced by a `.refused` mark
+//! for its key, and that VM boots from then on without saving; any change to the VM is a
+//! new key, and `flake-ctl firecracker remove` clears the marks with the states.
 //! `FLAKE_VM_SAVED_STATES=off` turns all of this off.
 
+use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -34,8 +42,11 @@ use sha2::{Digest, Sha256};
 pub const ENV: &str = "FLAKE_VM_SAVED_STATES";
 /// Suffix of a saved state file.
 const SUFFIX: &str = ".vmstate";
+/// Suffix of the mark of a key whose state could not be restored.
+const REFUSED: &str = ".refused";
 
-/// Whether the caller's environment allows saved states.
+/// Whether the caller's environment allows saved states (`off`, `0`, `no` and `false`
+/// turn them off).
 pub fn enabled() -> bool {
     !matches!(
         std::env::var(ENV).as_deref(),
@@ -75,76 +86,148 @@ pub fn path(dir: &Path, flake: &str, key: &str) -> PathBuf {
     dir.join(format!("{flake}-{key}{SUFFIX}"))
 }
 
-/// The states of `flake` in `dir`.
-fn states_of(dir: &Path, flake: &str) -> Vec<PathBuf> {
+/// The mark saying the state at `path` could not be restored.
+fn refused_mark(path: &Path) -> PathBuf {
+    path.with_extension(REFUSED.trim_start_matches('.'))
+}
+
+/// Whether the state at `path` was refused before: its VM boots without saving.
+pub fn refused(path: &Path) -> bool {
+    refused_mark(path).exists()
+}
+
+/// Marks the state at `path` refused and removes it, if it still is `state` (another
+/// launcher may have put a new one in its place meanwhile).
+pub fn refuse(path: &Path, state: Option<&File>) {
+    let _ = std::fs::write(refused_mark(path), "");
+    let same = |state: &File| {
+        let (Ok(open), Ok(named)) = (state.metadata(), std::fs::metadata(path)) else {
+            return false;
+        };
+        (open.dev(), open.ino()) == (named.dev(), named.ino())
+    };
+    if state.is_none_or(same) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Opens the state at `path` for a restore: `None` when there is none, an error (why it
+/// is not used) when it or its directory belongs to someone else or others may write it.
+pub fn open(path: &Path) -> Option<Result<File, String>> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let file = match rustix::fs::open(path, flags, Mode::empty()) {
+        Ok(fd) => File::from(fd),
+        Err(rustix::io::Errno::NOENT) => return None,
+        Err(e) => return Some(Err(format!("cannot open {}: {e}", path.display()))),
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let trusted = |meta: std::fs::Metadata, others: u32| {
+        meta.uid() == rustix::process::geteuid().as_raw() && meta.mode() & others == 0
+    };
+    let file_ok = file
+        .metadata()
+        .is_ok_and(|meta| meta.is_file() && trusted(meta, 0o077));
+    let dir_ok = std::fs::metadata(dir).is_ok_and(|meta| trusted(meta, 0o022));
+    Some(if file_ok && dir_ok {
+        Ok(file)
+    } else {
+        Err(format!(
+            "{} is not a file of this user alone in a directory only this user may write",
+            path.display()
+        ))
+    })
+}
+
+/// The states and marks of `flake` in `dir`.
+fn files_of(dir: &Path, flake: &str) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
+    };
+    let key_of = |name: &str| {
+        let rest = name.strip_prefix(flake)?.strip_prefix('-')?;
+        rest.strip_suffix(SUFFIX)
+            .or_else(|| rest.strip_suffix(REFUSED))
+            .map(str::to_string)
     };
     entries
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|path| {
             path.file_name()
                 .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(SUFFIX))
-                .and_then(|n| n.strip_prefix(flake))
-                .and_then(|rest| rest.strip_prefix('-'))
+                .and_then(key_of)
                 .is_some_and(|key| key.len() == 32 && key.bytes().all(|b| b.is_ascii_hexdigit()))
         })
         .collect()
 }
 
-/// Removes the states of `flake` in `dir`, except `keep`; returns how many went.
+/// Removes the states and marks of `flake` in `dir`, except `keep`; returns how many went.
 pub fn remove(dir: &Path, flake: &str, keep: Option<&Path>) -> usize {
-    states_of(dir, flake)
+    files_of(dir, flake)
         .into_iter()
         .filter(|path| Some(path.as_path()) != keep)
         .filter(|path| std::fs::remove_file(path).is_ok())
         .count()
 }
 
-/// A state being saved: a temporary file beside its final name, renamed into place once
-/// whole (a launcher restoring meanwhile never sees half a state).
+/// A state being saved: an unnamed file (`O_TMPFILE`, mode 0600) in the states directory,
+/// linked under its name once whole, so no launcher ever sees half a state and one killed
+/// while saving leaves nothing behind.
 #[derive(Debug)]
 pub struct Saving {
     /// Where the VMM writes.
-    pub temporary: PathBuf,
+    pub file: File,
     /// The state's name.
     pub path: PathBuf,
 }
 
 impl Saving {
-    /// Prepares saving to `path`: its directory (private to the user) and a temporary name.
-    pub fn new(path: PathBuf) -> std::io::Result<Self> {
+    /// Prepares saving to `path`: its directory (private to the user) and the file.
+    pub fn new(path: PathBuf) -> Result<Self, String> {
+        use rustix::fs::{Mode, OFlags};
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let dir = path.parent().unwrap_or(Path::new("."));
+        let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", dir.display());
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(dir)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        let mut name = path.file_name().unwrap_or_default().to_os_string();
-        name.push(format!(".{}.tmp", std::process::id()));
+            .create(dir)
+            .map_err(|e| fail(&e))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| fail(&e))?;
+        let file = rustix::fs::open(
+            dir,
+            OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::RUSR | Mode::WUSR,
+        )
+        .map_err(|e| fail(&e))?;
         Ok(Saving {
-            temporary: path.with_file_name(name),
+            file: File::from(file),
             path,
         })
     }
 
-    /// Puts the whole state in place (synced first: a torn state after a crash would
-    /// only be refused by the VMM, but costs a boot), and removes the flake's other states.
+    /// Puts the whole state in place (synced first: a torn state after a crash would only
+    /// be refused by the VMM, but cost a boot) and removes the flake's other states and
+    /// marks. A state another launcher has put there first is kept.
     pub fn finish(self, flake: &str) -> std::io::Result<PathBuf> {
-        std::fs::File::open(&self.temporary)?.sync_all()?;
-        std::fs::rename(&self.temporary, &self.path)?;
+        use std::os::fd::AsRawFd;
+        self.file.sync_all()?;
+        let proc_path = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+        match rustix::fs::linkat(
+            rustix::fs::CWD,
+            proc_path.as_str(),
+            rustix::fs::CWD,
+            &self.path,
+            rustix::fs::AtFlags::SYMLINK_FOLLOW,
+        ) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
         if let Some(dir) = self.path.parent() {
             remove(dir, flake, Some(&self.path));
         }
-        Ok(self.path.clone())
-    }
-}
-
-impl Drop for Saving {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.temporary);
+        Ok(self.path)
     }
 }
 
@@ -171,7 +254,7 @@ mod tests {
     }
 
     #[test]
-    fn only_the_flakes_own_states_are_removed() {
+    fn only_the_flakes_own_states_and_marks_are_removed() {
         let dir = tempfile::tempdir().unwrap();
         let key = "0123456789abcdef0123456789abcdef";
         let mine = path(dir.path(), "app", key);
@@ -181,30 +264,77 @@ mod tests {
         for file in [&mine, &older, &other, &unrelated] {
             std::fs::write(file, "").unwrap();
         }
-        assert_eq!(remove(dir.path(), "app", Some(&mine)), 1);
-        assert!(mine.exists() && !older.exists() && other.exists() && unrelated.exists());
+        refuse(&older, None);
+        assert!(refused(&older) && !older.exists());
+        assert_eq!(remove(dir.path(), "app", Some(&mine)), 1, "the mark");
+        assert!(mine.exists() && !refused(&older) && other.exists() && unrelated.exists());
         assert_eq!(remove(dir.path(), "app", None), 1);
         assert!(!mine.exists() && other.exists());
     }
 
     #[test]
+    fn a_refused_state_that_was_replaced_meanwhile_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = path(dir.path(), "app", "00000000000000000000000000000000");
+        std::fs::write(&state, "old").unwrap();
+        let opened = File::open(&state).unwrap();
+        std::fs::remove_file(&state).unwrap();
+        std::fs::write(&state, "new").unwrap();
+        refuse(&state, Some(&opened));
+        assert_eq!(std::fs::read(&state).unwrap(), b"new");
+        refuse(&state, Some(&File::open(&state).unwrap()));
+        assert!(!state.exists());
+    }
+
+    #[test]
     fn a_state_appears_whole_under_its_name_and_a_dropped_one_leaves_nothing() {
+        use std::io::Write as _;
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let states = dir.path().join("states");
         let key = "00000000000000000000000000000000";
-        let saving = Saving::new(path(&states, "app", key)).unwrap();
-        std::fs::write(&saving.temporary, "state").unwrap();
+        let mut saving = Saving::new(path(&states, "app", key)).unwrap();
+        saving.file.write_all(b"state").unwrap();
         assert!(!saving.path.exists());
         let done = saving.finish("app").unwrap();
         assert_eq!(std::fs::read(&done).unwrap(), b"state");
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&states).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o700);
-        let dropped = Saving::new(path(&states, "app", &key.replace('0', "1"))).unwrap();
-        std::fs::write(&dropped.temporary, "half").unwrap();
-        let temporary = dropped.temporary.clone();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&states), 0o700);
+        assert_eq!(mode(&done), 0o600);
+        assert!(open(&done).unwrap().is_ok());
+        let mut dropped = Saving::new(path(&states, "app", &key.replace('0', "1"))).unwrap();
+        dropped.file.write_all(b"half").unwrap();
         drop(dropped);
-        assert!(!temporary.exists());
         assert_eq!(std::fs::read_dir(&states).unwrap().count(), 1);
+        // Saved by another launcher first: that one is kept.
+        let mut late = Saving::new(done.clone()).unwrap();
+        late.file.write_all(b"late").unwrap();
+        late.finish("app").unwrap();
+        assert_eq!(std::fs::read(&done).unwrap(), b"state");
+    }
+
+    #[test]
+    fn states_others_may_write_are_not_used() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let states = dir.path().join("states");
+        std::fs::create_dir(&states).unwrap();
+        std::fs::set_permissions(&states, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let state = path(&states, "app", "00000000000000000000000000000000");
+        assert!(open(&state).is_none(), "no state");
+        std::fs::write(&state, "x").unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(open(&state).unwrap().is_ok());
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(open(&state)
+            .unwrap()
+            .unwrap_err()
+            .contains("this user alone"));
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(&states, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(
+            open(&state).unwrap().is_err(),
+            "a directory others may write"
+        );
     }
 }

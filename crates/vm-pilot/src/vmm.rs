@@ -97,6 +97,46 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_resync_answer_is_told_from_ready_and_errors() {
+        use flake_agent::proto::Frame;
+        let answer = |frames: &[Frame], hang_up: bool| {
+            let (mut host, mut guest) = UnixStream::pair().unwrap();
+            for frame in frames {
+                frame.write_to(&mut guest).unwrap();
+            }
+            if hang_up {
+                drop(guest);
+                return wait_resynced(&mut host, &plan(), Duration::from_secs(5), || true);
+            }
+            let result = wait_resynced(&mut host, &plan(), Duration::from_secs(5), || true);
+            drop(guest);
+            result
+        };
+        let ready = Frame::Ready(flake_agent::proto::VERSION);
+        let taken = answer(
+            &[ready.clone(), ready.clone(), Frame::Resynced(true)],
+            false,
+        );
+        assert!(taken.unwrap(), "earlier Readys are passed over");
+        assert!(!answer(&[Frame::Resynced(false)], false).unwrap());
+        let failed = answer(&[ready, Frame::Error("sci: overlay broken".into())], false);
+        assert!(failed.unwrap_err().to_string().contains("overlay broken"));
+        let closed = answer(&[], true).unwrap_err();
+        assert!(
+            closed.to_string().contains("instead of a resync"),
+            "{closed}"
+        );
+        let (mut host, _guest) = UnixStream::pair().unwrap();
+        let gone = wait_resynced(&mut host, &plan(), Duration::from_secs(30), || false);
+        assert!(gone
+            .unwrap_err()
+            .to_string()
+            .contains("before it was resynced"));
+        let late = wait_resynced(&mut host, &plan(), Duration::from_millis(120), || true);
+        assert!(late.unwrap_err().to_string().contains("within 0 s"));
+    }
+
+    #[test]
     fn waiting_for_ready_ends_when_the_vmm_does_or_time_is_up() {
         let (mut host, _guest) = UnixStream::pair().unwrap();
         let gone = wait_ready(&mut host, &plan(), Duration::from_secs(30), || false);
@@ -237,12 +277,12 @@ pub trait Vmm: std::fmt::Debug {
     }
     /// Starts the VMM of `plan` restoring `state`, or ready to save to it
     /// ([`Vmm::save_state`]).
-    fn start_with_state(&self, flake: &VmFlake, plan: &Plan, _state: &StateFile) -> Result<Child> {
-        self.start(flake, plan)
+    fn start_with_state(&self, _flake: &VmFlake, plan: &Plan, _state: &StateFile) -> Result<Child> {
+        Err(plan.guest_error("this VMM cannot start from saved states"))
     }
-    /// Saves the running VM of `plan` (started with [`StateFile::Save`]) to `to`, then
-    /// lets it run on.
-    fn save_state(&self, plan: &Plan, _to: &Path) -> Result<()> {
+    /// Saves the running VM of `plan` (started with [`StateFile::Save`]) into the file
+    /// `to`, then lets it run on.
+    fn save_state(&self, plan: &Plan, _to: &std::fs::File) -> Result<()> {
         Err(plan.guest_error("this VMM cannot save VM states"))
     }
 }
@@ -290,23 +330,14 @@ pub fn wait_ready(
     stream: &mut UnixStream,
     plan: &Plan,
     timeout: Duration,
-    mut alive: impl FnMut() -> bool,
+    alive: impl FnMut() -> bool,
 ) -> Result<()> {
-    use rustix::event::{poll, PollFd, PollFlags, Timespec};
-    let deadline = Instant::now() + timeout;
-    let step = Timespec {
-        tv_sec: 0,
-        tv_nsec: 50_000_000,
-    };
-    loop {
-        let mut fds = [PollFd::new(&*stream, PollFlags::IN)];
-        if poll(&mut fds, Some(&step)).is_ok_and(|n| n > 0) {
-            break;
-        }
-        if !alive() {
+    match wait_readable(stream, Instant::now() + timeout, alive) {
+        Waited::Readable => {}
+        Waited::Stopped => {
             return Err(plan.guest_error("stopped before its guest init was ready"));
         }
-        if Instant::now() > deadline {
+        Waited::TimedOut => {
             return Err(plan.guest_error(format!(
                 "guest init was not ready within {} s",
                 timeout.as_secs()
@@ -334,6 +365,84 @@ pub fn wait_ready(
         Ok(Some(_)) | Err(_) => {
             Err(plan
                 .guest_error("sent something other than its ready message on the guest channel"))
+        }
+    }
+}
+
+/// How waiting for a guest's bytes ended.
+enum Waited {
+    /// There are bytes to read (or the channel closed).
+    Readable,
+    /// The VMM ended.
+    Stopped,
+    /// The deadline passed.
+    TimedOut,
+}
+
+/// Waits until `stream` has bytes to read, while the VMM (`alive`) runs and `deadline` is
+/// ahead.
+fn wait_readable(
+    stream: &UnixStream,
+    deadline: Instant,
+    mut alive: impl FnMut() -> bool,
+) -> Waited {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let step = Timespec {
+        tv_sec: 0,
+        tv_nsec: 50_000_000,
+    };
+    loop {
+        let mut fds = [PollFd::new(stream, PollFlags::IN)];
+        if poll(&mut fds, Some(&step)).is_ok_and(|n| n > 0) {
+            return Waited::Readable;
+        }
+        if !alive() {
+            return Waited::Stopped;
+        }
+        if Instant::now() > deadline {
+            return Waited::TimedOut;
+        }
+    }
+}
+
+/// Waits for the guest init's answer to `Resync`: whether it took the host's clock and
+/// reseeded its random generator. `Ready`s it said before it read the `Resync` are passed
+/// over; anything else (an `Error` when its overlay failed, a closed channel, no answer
+/// until `timeout`) is an error.
+pub fn wait_resynced(
+    stream: &mut UnixStream,
+    plan: &Plan,
+    timeout: Duration,
+    mut alive: impl FnMut() -> bool,
+) -> Result<bool> {
+    use flake_agent::proto::Frame;
+    let deadline = Instant::now() + timeout;
+    loop {
+        match wait_readable(stream, deadline, &mut alive) {
+            Waited::Readable => {}
+            Waited::Stopped => return Err(plan.guest_error("stopped before it was resynced")),
+            Waited::TimedOut => {
+                return Err(plan.guest_error(format!(
+                    "did not answer its resync within {} s",
+                    timeout.as_secs()
+                )))
+            }
+        }
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(crate::error::io(&plan.dir))?;
+        let frame = Frame::read_from(stream);
+        stream
+            .set_read_timeout(None)
+            .map_err(crate::error::io(&plan.dir))?;
+        match frame {
+            Ok(Some(Frame::Ready(_))) => {}
+            Ok(Some(Frame::Resynced(reseeded))) => return Ok(reseeded),
+            Ok(Some(Frame::Error(message))) => return Err(plan.guest_error(message)),
+            Ok(None) => return Err(plan.guest_error("closed its channel instead of a resync")),
+            Ok(Some(_)) | Err(_) => {
+                return Err(plan.guest_error("answered its resync with something else"))
+            }
         }
     }
 }

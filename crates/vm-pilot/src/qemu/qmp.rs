@@ -2,8 +2,16 @@
 //! Just enough of QEMU's monitor protocol (QMP) to save a running VM: one JSON object per
 //! line each way; a command is answered by an object with `return` or `error`, and
 //! events (objects with `event`) may come in between.
+//!
+//! The state file is the launcher's (made private, unnamed until whole): it goes to QEMU
+//! with `getfd` (the descriptor travels with the command, `SCM_RIGHTS`) and the migration
+//! writes into it (`fd:NAME`). So no shell or helper program writes the state, and once
+//! QEMU says the migration completed, all of it is in the file. The VM is not stopped
+//! first: a VM paused when saved would be restored paused.
 
+use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -12,8 +20,11 @@ use serde_json::{json, Value};
 
 /// How long saving may take (a migration of the guest's memory into a local file).
 const SAVE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How often the migration's progress is asked for.
-const POLL: Duration = Duration::from_millis(2);
+/// How often the migration's progress is asked for (each question costs the emulated
+/// guest a little CPU).
+const POLL: Duration = Duration::from_millis(10);
+/// The name the state file's descriptor gets in QEMU.
+const FD_NAME: &str = "flake-state";
 
 /// A connected monitor.
 struct Monitor {
@@ -24,12 +35,12 @@ struct Monitor {
 impl Monitor {
     /// Connects to `socket` and leaves the monitor's negotiation mode.
     fn connect(socket: &Path) -> Result<Self, String> {
-        let stream = UnixStream::connect(socket)
-            .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
+        let fail = |e: std::io::Error| format!("QEMU monitor {}: {e}", socket.display());
+        let stream = UnixStream::connect(socket).map_err(fail)?;
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
-            .map_err(|e| e.to_string())?;
-        let writer = stream.try_clone().map_err(|e| e.to_string())?;
+            .map_err(fail)?;
+        let writer = stream.try_clone().map_err(fail)?;
         let mut monitor = Monitor {
             reader: BufReader::new(stream),
             writer,
@@ -51,11 +62,42 @@ impl Monitor {
 
     /// Runs `command` and gives its `return` value.
     fn execute(&mut self, command: &str, arguments: Value) -> Result<Value, String> {
-        let mut request = json!({ "execute": command, "arguments": arguments }).to_string();
-        request.push('\n');
         self.writer
-            .write_all(request.as_bytes())
+            .write_all(request(command, arguments).as_bytes())
             .map_err(|e| format!("writing to the monitor: {e}"))?;
+        self.answer(command)
+    }
+
+    /// Runs `command` with `file`'s descriptor attached.
+    fn execute_with(
+        &mut self,
+        command: &str,
+        arguments: Value,
+        file: &File,
+    ) -> Result<Value, String> {
+        use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+        let text = request(command, arguments);
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        let fds = [file.as_fd()];
+        if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+            return Err("no room for a descriptor".into());
+        }
+        let slices = [std::io::IoSlice::new(text.as_bytes())];
+        let sent = sendmsg(&self.writer, &slices, &mut control, SendFlags::NOSIGNAL)
+            .map_err(|e| format!("writing to the monitor: {e}"))?;
+        if sent != text.len() {
+            // The descriptor went with the first part; the rest is plain.
+            let rest = text.as_bytes().get(sent..).unwrap_or_default();
+            self.writer
+                .write_all(rest)
+                .map_err(|e| format!("writing to the monitor: {e}"))?;
+        }
+        self.answer(command)
+    }
+
+    /// The answer to `command`, passing over events.
+    fn answer(&mut self, command: &str) -> Result<Value, String> {
         loop {
             let mut answer = self.message()?;
             if let Some(value) = answer.get_mut("return") {
@@ -69,17 +111,19 @@ impl Monitor {
     }
 }
 
-/// Saves the VM whose monitor is `socket` into the file `to`, then lets it run on.
-pub fn save(socket: &Path, to: &Path) -> Result<(), String> {
-    // QEMU 7 migrates into a file only through a command; the path is quoted for its shell.
-    let target = to
-        .to_str()
-        .filter(|t| !t.contains('\''))
-        .ok_or_else(|| format!("{} cannot be quoted for QEMU", to.display()))?;
+/// A command line for the monitor.
+fn request(command: &str, arguments: Value) -> String {
+    let mut line = json!({ "execute": command, "arguments": arguments }).to_string();
+    line.push('\n');
+    line
+}
+
+/// Saves the VM whose monitor is `socket` into `to`, then lets it run on.
+pub fn save(socket: &Path, to: &File) -> Result<(), String> {
     let mut monitor = Monitor::connect(socket)?;
-    let uri = format!("exec:cat > '{target}'");
+    monitor.execute_with("getfd", json!({ "fdname": FD_NAME }), to)?;
     let migrated = monitor
-        .execute("migrate", json!({ "uri": uri }))
+        .execute("migrate", json!({ "uri": format!("fd:{FD_NAME}") }))
         .and_then(|_| wait_migrated(&mut monitor));
     // A finished migration leaves the VM paused; a failed one leaves it running.
     let resumed = monitor.execute("cont", json!({}));
