@@ -81,7 +81,7 @@ pub const GUEST_MARKER: &str = "flake-pilot-guest-protocol-2";
 pub const GUEST_CONSOLE_MARKER: &str = "flake-pilot-guest-console-with-acks";
 /// A string a guest init that understands [`Frame::Resync`] carries in its binary: only
 /// its images are restored from saved VM states.
-pub const GUEST_RESYNC_MARKER: &str = "flake-pilot-guest-resync-1";
+pub const GUEST_RESYNC_MARKER: &str = "flake-pilot-guest-resync-2";
 /// Protocol version spoken by this build.
 pub const VERSION: u16 = 2;
 /// Largest frame accepted (kind + payload).

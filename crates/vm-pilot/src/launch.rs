@@ -28,7 +28,9 @@ use flakes::{CallArgs, PilotExit};
 
 use crate::error::{Result, VmError};
 use crate::instance::{self, claim_port};
-use crate::vmm::{wait_connect, wait_ready, wait_resynced, GuestSettings, Plan, StateFile, Vmm};
+use crate::vmm::{
+    wait_connect, wait_ready, wait_resynced, GuestSettings, Plan, Resynced, StateFile, Vmm,
+};
 use crate::{overlay, saved, tap};
 
 /// How long a guest may take to open its channel (software emulation is slow).
@@ -245,6 +247,14 @@ impl Launch<'_> {
         Ok(())
     }
 
+    /// Makes a one-shot plan's overlay afresh.
+    fn renew_overlay(&self, plan: &Plan) -> Result<()> {
+        if let Some(path) = &plan.overlay {
+            let _ = std::fs::remove_file(path);
+        }
+        self.provide(plan)
+    }
+
     fn tool<'p>(&self, path: &'p Option<PathBuf>, name: &str) -> Result<&'p PathBuf> {
         path.as_ref().ok_or_else(|| {
             VmError::Process(flakes::process::ProcessError::NotFound {
@@ -367,6 +377,8 @@ impl Launch<'_> {
                     // Not restored, nothing of the call made: boot, and no more states
                     // for this VM.
                     saved::refuse(&path, Some(&state));
+                    // The guest may have had the overlay before it failed: a fresh one.
+                    self.renew_overlay(plan)?;
                     eprintln!(
                         "firecracker-pilot: the saved state {} of flake '{}' was not restored \
                          ({err}); booting, and this VM is not saved again (a change to the \
@@ -423,33 +435,63 @@ impl Launch<'_> {
         let state = state.try_clone().map_err(crate::error::io(&plan.dir))?;
         self.with_vmm(plan, Some(&StateFile::Restore(state)), |alive| {
             let mut stream = wait_connect(self.vmm, plan, 0, RESTORE_TIMEOUT, &mut *alive)?;
-            send_resync(&mut stream, plan)?;
-            if !wait_resynced(&mut stream, plan, RESTORE_TIMEOUT, &mut *alive)? {
-                return Err(plan.guest_error("could not take a random state of its own"));
+            match self.resync(&mut stream, plan, RESTORE_TIMEOUT, alive)? {
+                Ok(true) => Ok(self.call_over(stream, plan, ANSWER_TIMEOUT, None)),
+                Ok(false) => Err(plan.guest_error("could not take a random state of its own")),
+                // The overlay failed: that is the call's outcome, not the state's.
+                Err(status) => Ok(Ok(status)),
             }
-            Ok(self.call_over(stream, plan, ANSWER_TIMEOUT, None))
         })
     }
 
-    /// Saves the VM of `plan` (waiting for its call) with `saving`, giving the state; a VM
-    /// that cannot be saved just goes on (the next launch tries again).
-    fn save(&self, plan: &Plan, saving: saved::Saving) -> Option<PathBuf> {
-        let saved = self.vmm.save_state(plan, &saving.file).and_then(|()| {
-            let path = saving.path.clone();
-            saving.finish(&plan.flake).map_err(|e| {
-                plan.guest_error(format!(
-                    "its state could not be kept as {}: {e}",
-                    path.display()
-                ))
-            })
+    /// Saves the VM of `plan` (waiting for its call) with `saving`, giving the state. A VM
+    /// that cannot be saved goes on, and its key is marked refused (a failure that would
+    /// come again must not cost every launch a migration); the error: the VM does not run
+    /// again.
+    fn save(&self, plan: &Plan, saving: saved::Saving) -> Result<Option<PathBuf>> {
+        let path = saving.path.clone();
+        let saved = self.vmm.save_state(plan, &saving.file)?.and_then(|()| {
+            saving
+                .finish(&plan.flake)
+                .map_err(|e| format!("cannot put it in place: {e}"))
         });
-        if self.debug {
-            match &saved {
-                Ok(path) => eprintln!("firecracker-pilot: PILOT_DEBUG: saved {}", path.display()),
-                Err(err) => eprintln!("firecracker-pilot: PILOT_DEBUG: not saved: {err}"),
+        match saved {
+            Ok(path) => {
+                if self.debug {
+                    eprintln!("firecracker-pilot: PILOT_DEBUG: saved {}", path.display());
+                }
+                Ok(Some(path))
+            }
+            Err(why) => {
+                saved::refuse(&path, None);
+                eprintln!(
+                    "firecracker-pilot: the VM of flake '{}' was not saved as {} ({why}); it \
+                     boots from now on (removing the .refused file beside it tries again)",
+                    plan.flake,
+                    path.display()
+                );
+                Ok(None)
             }
         }
-        saved.ok()
+    }
+
+    /// Sends the guest its `Resync` and takes the answer: `Some` status when its overlay
+    /// failed (the call's end, said the way a call says it); else whether it reseeded.
+    fn resync(
+        &self,
+        stream: &mut std::os::unix::net::UnixStream,
+        plan: &Plan,
+        timeout: Duration,
+        alive: &mut dyn FnMut() -> bool,
+    ) -> Result<std::result::Result<bool, ExitStatus>> {
+        send_resync(stream, plan)?;
+        Ok(match wait_resynced(stream, plan, timeout, alive)? {
+            Resynced::Taken(reseeded) => Ok(reseeded),
+            Resynced::Failed(message, status) => {
+                eprintln!("firecracker-pilot: {message}");
+                Err(status)
+            }
+        })
     }
 
     fn boot_and_call(&self, plan: &Plan, saving: Option<saved::Saving>) -> Result<ExitStatus> {
@@ -459,13 +501,16 @@ impl Launch<'_> {
             if plan.console {
                 wait_ready(&mut stream, plan, BOOT_TIMEOUT, &mut *alive)?;
             }
-            let saved = saving.and_then(|saving| self.save(plan, saving));
+            let saved = match saving {
+                Some(saving) => self.save(plan, saving)?,
+                None => None,
+            };
             if plan.guest.resync {
-                send_resync(&mut stream, plan)?;
-                let reseeded = wait_resynced(&mut stream, plan, ANSWER_TIMEOUT, &mut *alive)?;
-                if let (false, Some(path)) = (reseeded, saved) {
+                match self.resync(&mut stream, plan, ANSWER_TIMEOUT, alive)? {
+                    Ok(true) => {}
                     // Copies of this guest would share its random state.
-                    saved::refuse(&path, None);
+                    Ok(false) => saved.iter().for_each(|path| saved::refuse(path, None)),
+                    Err(status) => return Ok(status),
                 }
             }
             // The guest said `Ready` (over the console) or is booting (over ports).

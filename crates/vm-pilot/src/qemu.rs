@@ -303,9 +303,8 @@ impl Vmm for Qemu {
         started
     }
 
-    fn save_state(&self, plan: &Plan, to: &std::fs::File) -> Result<()> {
-        qmp::save(&Self::monitor(plan), to)
-            .map_err(|what| plan.guest_error(format!("could not be saved: {what}")))
+    fn save_state(&self, plan: &Plan, to: &std::fs::File) -> Result<Result<(), String>> {
+        qmp::save(&Self::monitor(plan), to).map_err(|what| plan.guest_error(what))
     }
 }
 

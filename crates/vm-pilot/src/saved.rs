@@ -97,9 +97,9 @@ pub fn refused(path: &Path) -> bool {
 }
 
 /// Marks the state at `path` refused and removes it, if it still is `state` (another
-/// launcher may have put a new one in its place meanwhile).
+/// launcher may have put a new one in its place meanwhile, which is left alone); `None`
+/// refuses whatever is there, or the key when there is nothing.
 pub fn refuse(path: &Path, state: Option<&File>) {
-    let _ = std::fs::write(refused_mark(path), "");
     let same = |state: &File| {
         let (Ok(open), Ok(named)) = (state.metadata(), std::fs::metadata(path)) else {
             return false;
@@ -107,6 +107,7 @@ pub fn refuse(path: &Path, state: Option<&File>) {
         (open.dev(), open.ino()) == (named.dev(), named.ino())
     };
     if state.is_none_or(same) {
+        let _ = std::fs::write(refused_mark(path), "");
         let _ = std::fs::remove_file(path);
     }
 }
@@ -161,11 +162,10 @@ fn files_of(dir: &Path, flake: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Removes the states and marks of `flake` in `dir`, except `keep`; returns how many went.
-pub fn remove(dir: &Path, flake: &str, keep: Option<&Path>) -> usize {
+/// Removes the states and marks of `flake` in `dir`; returns how many went.
+pub fn remove(dir: &Path, flake: &str) -> usize {
     files_of(dir, flake)
         .into_iter()
-        .filter(|path| Some(path.as_path()) != keep)
         .filter(|path| std::fs::remove_file(path).is_ok())
         .count()
 }
@@ -209,7 +209,8 @@ impl Saving {
 
     /// Puts the whole state in place (synced first: a torn state after a crash would only
     /// be refused by the VMM, but cost a boot) and removes the flake's other states and
-    /// marks. A state another launcher has put there first is kept.
+    /// marks (the mark of this key, set meanwhile by another launcher, stays). A state
+    /// another launcher has put there first is kept.
     pub fn finish(self, flake: &str) -> std::io::Result<PathBuf> {
         use std::os::fd::AsRawFd;
         self.file.sync_all()?;
@@ -225,7 +226,11 @@ impl Saving {
             Err(e) => return Err(e.into()),
         }
         if let Some(dir) = self.path.parent() {
-            remove(dir, flake, Some(&self.path));
+            let mark = refused_mark(&self.path);
+            files_of(dir, flake)
+                .into_iter()
+                .filter(|path| *path != self.path && *path != mark)
+                .for_each(|path| drop(std::fs::remove_file(path)));
         }
         Ok(self.path)
     }
@@ -266,10 +271,9 @@ mod tests {
         }
         refuse(&older, None);
         assert!(refused(&older) && !older.exists());
-        assert_eq!(remove(dir.path(), "app", Some(&mine)), 1, "the mark");
-        assert!(mine.exists() && !refused(&older) && other.exists() && unrelated.exists());
-        assert_eq!(remove(dir.path(), "app", None), 1);
-        assert!(!mine.exists() && other.exists());
+        assert_eq!(remove(dir.path(), "app"), 2, "the state and the mark");
+        assert!(!mine.exists() && !refused(&older));
+        assert!(other.exists() && unrelated.exists());
     }
 
     #[test]
@@ -282,8 +286,9 @@ mod tests {
         std::fs::write(&state, "new").unwrap();
         refuse(&state, Some(&opened));
         assert_eq!(std::fs::read(&state).unwrap(), b"new");
+        assert!(!refused(&state), "the new state is not marked");
         refuse(&state, Some(&File::open(&state).unwrap()));
-        assert!(!state.exists());
+        assert!(!state.exists() && refused(&state));
     }
 
     #[test]
@@ -306,11 +311,17 @@ mod tests {
         dropped.file.write_all(b"half").unwrap();
         drop(dropped);
         assert_eq!(std::fs::read_dir(&states).unwrap().count(), 1);
-        // Saved by another launcher first: that one is kept.
+        // Saved by another launcher first: that one is kept, and so is a mark of its key
+        // (another launcher refused it meanwhile); other keys' files go.
+        let older = path(&states, "app", &key.replace('0', "2"));
+        std::fs::write(&older, "").unwrap();
+        refuse(&done, None);
         let mut late = Saving::new(done.clone()).unwrap();
         late.file.write_all(b"late").unwrap();
+        std::fs::write(&done, "state").unwrap();
         late.finish("app").unwrap();
         assert_eq!(std::fs::read(&done).unwrap(), b"state");
+        assert!(refused(&done) && !older.exists());
     }
 
     #[test]

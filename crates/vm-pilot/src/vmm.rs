@@ -117,10 +117,26 @@ pub(crate) mod tests {
             &[ready.clone(), ready.clone(), Frame::Resynced(true)],
             false,
         );
-        assert!(taken.unwrap(), "earlier Readys are passed over");
-        assert!(!answer(&[Frame::Resynced(false)], false).unwrap());
-        let failed = answer(&[ready, Frame::Error("sci: overlay broken".into())], false);
-        assert!(failed.unwrap_err().to_string().contains("overlay broken"));
+        assert_eq!(
+            taken.unwrap(),
+            Resynced::Taken(true),
+            "earlier Readys are passed over"
+        );
+        let kept = answer(&[Frame::Resynced(false)], false).unwrap();
+        assert_eq!(kept, Resynced::Taken(false));
+        let broken = || Frame::Error("sci: overlay broken".into());
+        let exit = Frame::Exit(flake_agent::proto::ExitStatus::Exited(125));
+        let failed = answer(&[ready, broken(), exit], false).unwrap();
+        let want = Resynced::Failed(
+            "sci: overlay broken".into(),
+            flake_agent::proto::ExitStatus::Exited(125),
+        );
+        assert_eq!(failed, want);
+        assert_eq!(
+            answer(&[broken()], true).unwrap(),
+            want,
+            "the status was lost"
+        );
         let closed = answer(&[], true).unwrap_err();
         assert!(
             closed.to_string().contains("instead of a resync"),
@@ -281,9 +297,14 @@ pub trait Vmm: std::fmt::Debug {
         Err(plan.guest_error("this VMM cannot start from saved states"))
     }
     /// Saves the running VM of `plan` (started with [`StateFile::Save`]) into the file
-    /// `to`, then lets it run on.
-    fn save_state(&self, plan: &Plan, _to: &std::fs::File) -> Result<()> {
-        Err(plan.guest_error("this VMM cannot save VM states"))
+    /// `to`, then lets it run on. The outer error: the VM does not run again; the inner
+    /// one: it runs, but was not saved.
+    fn save_state(
+        &self,
+        _plan: &Plan,
+        _to: &std::fs::File,
+    ) -> Result<std::result::Result<(), String>> {
+        Ok(Err("this VMM cannot save VM states".into()))
     }
 }
 
@@ -405,18 +426,28 @@ fn wait_readable(
     }
 }
 
-/// Waits for the guest init's answer to `Resync`: whether it took the host's clock and
-/// reseeded its random generator. `Ready`s it said before it read the `Resync` are passed
-/// over; anything else (an `Error` when its overlay failed, a closed channel, no answer
-/// until `timeout`) is an error.
+/// The guest init's answer to `Resync`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resynced {
+    /// It took the host's clock and (`true`) reseeded its random generator; the call may
+    /// come.
+    Taken(bool),
+    /// Its overlay disk failed: the message, and the status the call ends with.
+    Failed(String, flake_agent::proto::ExitStatus),
+}
+
+/// Waits for the guest init's answer to `Resync`. `Ready`s it said before it read the
+/// `Resync` are passed over; a closed channel, another frame or no answer until `timeout`
+/// are errors.
 pub fn wait_resynced(
     stream: &mut UnixStream,
     plan: &Plan,
     timeout: Duration,
     mut alive: impl FnMut() -> bool,
-) -> Result<bool> {
-    use flake_agent::proto::Frame;
+) -> Result<Resynced> {
+    use flake_agent::proto::{ExitStatus, Frame};
     let deadline = Instant::now() + timeout;
+    let mut failed: Option<String> = None;
     loop {
         match wait_readable(stream, deadline, &mut alive) {
             Waited::Readable => {}
@@ -435,12 +466,24 @@ pub fn wait_resynced(
         stream
             .set_read_timeout(None)
             .map_err(crate::error::io(&plan.dir))?;
-        match frame {
-            Ok(Some(Frame::Ready(_))) => {}
-            Ok(Some(Frame::Resynced(reseeded))) => return Ok(reseeded),
-            Ok(Some(Frame::Error(message))) => return Err(plan.guest_error(message)),
-            Ok(None) => return Err(plan.guest_error("closed its channel instead of a resync")),
-            Ok(Some(_)) | Err(_) => {
+        match (frame, &mut failed) {
+            (Ok(Some(Frame::Ready(_))), _) => {}
+            (Ok(Some(Frame::Resynced(reseeded))), None) => return Ok(Resynced::Taken(reseeded)),
+            (Ok(Some(Frame::Error(message))), failed @ None) => *failed = Some(message),
+            (Ok(Some(Frame::Exit(status))), Some(message)) => {
+                return Ok(Resynced::Failed(std::mem::take(message), status))
+            }
+            // The exit status of a failure was lost: the one the guest init gives.
+            (Ok(None), Some(message)) => {
+                return Ok(Resynced::Failed(
+                    std::mem::take(message),
+                    ExitStatus::Exited(125),
+                ))
+            }
+            (Ok(None), None) => {
+                return Err(plan.guest_error("closed its channel instead of a resync"))
+            }
+            (Ok(Some(_)) | Err(_), _) => {
                 return Err(plan.guest_error("answered its resync with something else"))
             }
         }

@@ -23,6 +23,8 @@ const SAVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the migration's progress is asked for (each question costs the emulated
 /// guest a little CPU).
 const POLL: Duration = Duration::from_millis(10);
+/// How long QEMU may take to end a migration, or to let the VM run again after one.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The name the state file's descriptor gets in QEMU.
 const FD_NAME: &str = "flake-state";
 
@@ -118,26 +120,46 @@ fn request(command: &str, arguments: Value) -> String {
     line
 }
 
-/// Saves the VM whose monitor is `socket` into `to`, then lets it run on.
-pub fn save(socket: &Path, to: &File) -> Result<(), String> {
-    let mut monitor = Monitor::connect(socket)?;
-    monitor.execute_with("getfd", json!({ "fdname": FD_NAME }), to)?;
+/// Saves the VM whose monitor is `socket` into `to`, then lets it run on. The outer
+/// error: the VM could not be made to run again; the inner one: it runs, unsaved.
+pub fn save(socket: &Path, to: &File) -> Result<Result<(), String>, String> {
+    let mut monitor = Monitor::connect(socket).map_err(|e| format!("not saved: {e}"));
+    let Ok(monitor) = monitor.as_mut() else {
+        // Nothing was asked of QEMU: the VM runs as it did.
+        return Ok(monitor.map(|_| ()));
+    };
     let migrated = monitor
-        .execute("migrate", json!({ "uri": format!("fd:{FD_NAME}") }))
-        .and_then(|_| wait_migrated(&mut monitor));
-    // A finished migration leaves the VM paused; a failed one leaves it running.
-    let resumed = monitor.execute("cont", json!({}));
-    migrated.and(resumed.map(|_| ()))
+        .execute_with("getfd", json!({ "fdname": FD_NAME }), to)
+        .and_then(|_| monitor.execute("migrate", json!({ "uri": format!("fd:{FD_NAME}") })))
+        .and_then(|_| wait_migrated(monitor));
+    if migrated.is_err() {
+        // Whatever went wrong, no migration may still be going when the VM resumes.
+        let _ = monitor.execute("migrate_cancel", json!({}));
+        let _ = settled(monitor);
+    }
+    resume(monitor)?;
+    Ok(migrated)
+}
+
+/// The migration's status.
+fn migration_status(monitor: &mut Monitor) -> Result<(String, Value), String> {
+    let info = monitor.execute("query-migrate", json!({}))?;
+    let status = info
+        .get("status")
+        .and_then(Value::as_str)
+        .unwrap_or("none")
+        .to_string();
+    Ok((status, info))
 }
 
 /// Waits until the migration has completed.
 fn wait_migrated(monitor: &mut Monitor) -> Result<(), String> {
     let deadline = Instant::now() + SAVE_TIMEOUT;
     loop {
-        let info = monitor.execute("query-migrate", json!({}))?;
-        match info.get("status").and_then(Value::as_str) {
-            Some("completed") => return Ok(()),
-            Some("failed" | "cancelled") => {
+        let (status, info) = migration_status(monitor)?;
+        match status.as_str() {
+            "completed" => return Ok(()),
+            "failed" | "cancelled" => {
                 let desc = info.get("error-desc").and_then(Value::as_str);
                 return Err(format!(
                     "migration failed: {}",
@@ -145,10 +167,51 @@ fn wait_migrated(monitor: &mut Monitor) -> Result<(), String> {
                 ));
             }
             _ if Instant::now() > deadline => {
-                let _ = monitor.execute("migrate_cancel", json!({}));
                 return Err(format!("not saved within {} s", SAVE_TIMEOUT.as_secs()));
             }
             _ => std::thread::sleep(POLL),
         }
     }
+}
+
+/// Waits (a while) until no migration is going on.
+fn settled(monitor: &mut Monitor) -> Result<(), String> {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    while Instant::now() < deadline {
+        let (status, _) = migration_status(monitor)?;
+        if matches!(
+            status.as_str(),
+            "completed" | "failed" | "cancelled" | "none"
+        ) {
+            return Ok(());
+        }
+        std::thread::sleep(POLL);
+    }
+    Err("the migration did not end".into())
+}
+
+/// Makes the VM run again: a completed migration leaves it paused once QEMU has finished
+/// with it (`postmigrate`; `cont` is refused while it is still `finish-migrate`), a failed
+/// one running.
+fn resume(monitor: &mut Monitor) -> Result<(), String> {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let state = monitor.execute("query-status", json!({}))?;
+        match state.get("status").and_then(Value::as_str) {
+            Some("running") => return Ok(()),
+            Some("finish-migrate") => {}
+            // Refused while QEMU still finishes the migration: asked again next round.
+            _ => drop(monitor.execute("cont", json!({}))),
+        }
+        continue_unless_late(deadline)?;
+    }
+}
+
+/// Sleeps one poll step, or fails once `deadline` has passed.
+fn continue_unless_late(deadline: Instant) -> Result<(), String> {
+    if Instant::now() > deadline {
+        return Err("the VM did not run again after saving".into());
+    }
+    std::thread::sleep(POLL);
+    Ok(())
 }

@@ -54,5 +54,5 @@ pub fn run(args: &VmRemoveArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
 
 /// Removes the caller's saved VM states of flake `name`.
 fn forget_states(ctx: &Context, name: &str) {
-    vm_pilot::saved::remove(&vm_pilot::states_dir(&ctx.settings), name, None);
+    vm_pilot::saved::remove(&vm_pilot::states_dir(&ctx.settings), name);
 }
