@@ -195,6 +195,16 @@ mod tests {
             Frame::read_from(&mut self.stream).unwrap().unwrap()
         }
 
+        /// The next frame that is not `Ready`.
+        fn recv_past_ready(&mut self) -> Frame {
+            loop {
+                match self.recv() {
+                    Frame::Ready(_) => {}
+                    other => return other,
+                }
+            }
+        }
+
         /// Waits for `Ready`, then sends the call.
         /// (Output is acknowledged, as launchers always do on the console.)
         fn call(&mut self, argv: &[&str], flow: bool) {
@@ -276,23 +286,11 @@ mod tests {
         assert_eq!(host.recv(), Frame::Ready(VERSION));
         host.send(&Frame::Resync(fresh));
         // A `Ready` said on the timer may come before the answer.
-        let answer = loop {
-            match host.recv() {
-                Frame::Ready(_) => {}
-                other => break other,
-            }
-        };
-        assert_eq!(answer, Frame::Resynced(true));
+        assert_eq!(host.recv_past_ready(), Frame::Resynced(true));
         assert_eq!(seen.recv().unwrap(), Some(fresh));
         // Another `Resync` takes nothing more.
         host.send(&Frame::Resync(fresh));
-        let again = loop {
-            match host.recv() {
-                Frame::Ready(_) => {}
-                other => break other,
-            }
-        };
-        assert_eq!(again, Frame::Resynced(false));
+        assert_eq!(host.recv_past_ready(), Frame::Resynced(false));
         host.send(&Frame::Call(Call {
             argv: vec![b"/bin/sh".to_vec(), b"-c".to_vec(), b"exit 4".to_vec()],
             frames: true,

@@ -366,13 +366,7 @@ pub fn wait_ready(
         }
     }
     // The frame is 7 bytes written at once: once any arrived, the rest follows.
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(crate::error::io(&plan.dir))?;
-    let frame = flake_agent::proto::Frame::read_from(stream);
-    stream
-        .set_read_timeout(None)
-        .map_err(crate::error::io(&plan.dir))?;
+    let frame = read_arrived(stream, plan)?;
     match frame {
         Ok(Some(flake_agent::proto::Frame::Ready(flake_agent::proto::VERSION))) => Ok(()),
         Ok(Some(flake_agent::proto::Frame::Ready(other))) => Err(plan.guest_error(format!(
@@ -426,6 +420,22 @@ fn wait_readable(
     }
 }
 
+/// Reads the frame whose first bytes have arrived on `stream` (its rest follows at once,
+/// so a guest that stops halfway is an error after 5 s rather than a hang).
+fn read_arrived(
+    stream: &mut UnixStream,
+    plan: &Plan,
+) -> Result<flake_agent::proto::Result<Option<flake_agent::proto::Frame>>> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(crate::error::io(&plan.dir))?;
+    let frame = flake_agent::proto::Frame::read_from(stream);
+    stream
+        .set_read_timeout(None)
+        .map_err(crate::error::io(&plan.dir))?;
+    Ok(frame)
+}
+
 /// The guest init's answer to `Resync`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resynced {
@@ -459,13 +469,7 @@ pub fn wait_resynced(
                 )))
             }
         }
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .map_err(crate::error::io(&plan.dir))?;
-        let frame = Frame::read_from(stream);
-        stream
-            .set_read_timeout(None)
-            .map_err(crate::error::io(&plan.dir))?;
+        let frame = read_arrived(stream, plan)?;
         match (frame, &mut failed) {
             (Ok(Some(Frame::Ready(_))), _) => {}
             (Ok(Some(Frame::Resynced(reseeded))), None) => return Ok(Resynced::Taken(reseeded)),
