@@ -52,7 +52,7 @@ pub fn running(dir: &Path) -> Option<u32> {
 
 /// Removes the one-shot instances below `vms_dir` whose launcher and VMM are both gone
 /// (a launcher killed with `kill -9` cannot remove its own).
-pub fn collect_orphans(vms_dir: &Path, ip: Option<&Path>) {
+pub fn collect_orphans(vms_dir: &Path, tools: &crate::tools::Tools) {
     let Ok(entries) = std::fs::read_dir(vms_dir) else {
         return;
     };
@@ -65,9 +65,7 @@ pub fn collect_orphans(vms_dir: &Path, ip: Option<&Path>) {
             .parse::<u32>()
             .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
         if launcher_gone && running(&entry.path()).is_none() {
-            if let Some(ip) = ip {
-                crate::tap::release(&entry.path(), ip);
-            }
+            crate::tap::release(&entry.path(), tools);
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
@@ -251,7 +249,7 @@ mod tests {
         for d in [&orphan, &live, &resume] {
             std::fs::create_dir_all(d).unwrap();
         }
-        collect_orphans(dir.path(), None);
+        collect_orphans(dir.path(), &crate::tools::Tools::default());
         assert!(!orphan.exists());
         assert!(live.exists(), "its launcher still runs");
         assert!(resume.exists(), "resume instances are not one-shot orphans");

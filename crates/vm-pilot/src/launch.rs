@@ -132,10 +132,8 @@ pub struct Launch<'a> {
     pub terminal: Terminal,
     /// The caller's `TERM`.
     pub term: Option<Vec<u8>>,
-    /// `mkfs.ext4`, for overlays.
-    pub mkfs: Option<PathBuf>,
-    /// `ip`, for TAP devices.
-    pub ip: Option<PathBuf>,
+    /// `mkfs.ext4` and `ip`, for overlays and TAP devices.
+    pub tools: crate::tools::Tools,
     /// `PILOT_DEBUG` is set: the guest init logs to the console log.
     pub debug: bool,
     /// What the image's guest init speaks ([`GuestInit::of`]).
@@ -233,16 +231,11 @@ impl Launch<'_> {
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent).map_err(crate::error::io(parent))?;
                 }
-                overlay::create(
-                    path,
-                    size,
-                    self.include,
-                    self.tool(&self.mkfs, "mkfs.ext4")?,
-                )?;
+                overlay::create(path, size, self.include, self.tools.mkfs()?)?;
             }
         }
         if let Some(name) = &plan.tap {
-            tap::ensure(name, &plan.dir, self.tool(&self.ip, "ip")?, self.uid)?;
+            tap::ensure(name, &plan.dir, self.tools.ip()?, self.uid)?;
         }
         Ok(())
     }
@@ -255,19 +248,11 @@ impl Launch<'_> {
         self.provide(plan)
     }
 
-    fn tool<'p>(&self, path: &'p Option<PathBuf>, name: &str) -> Result<&'p PathBuf> {
-        path.as_ref().ok_or_else(|| {
-            VmError::Process(flakes::process::ProcessError::NotFound {
-                program: name.to_string(),
-            })
-        })
-    }
-
     fn one_shot(&self) -> Result<ExitStatus> {
         let label = instance::one_shot_label(&self.key.label(), std::process::id());
         let state = StateDir::prepare_vm(&self.ids_dir, self.uid, &label)?;
         if let Some(vms) = state.path().parent() {
-            instance::collect_orphans(vms, self.ip.as_deref());
+            instance::collect_orphans(vms, &self.tools);
         }
         let mut plan = self.plan(&state, &label, false);
         let serial = !self.guest_channel() && !self.flake.runtime.force_vsock;
@@ -281,9 +266,7 @@ impl Launch<'_> {
                 Some(_) => self.boot_serial(&plan),
                 None => self.start_and_call(&plan),
             });
-        if let Some(ip) = &self.ip {
-            tap::release(&plan.dir, ip);
-        }
+        tap::release(&plan.dir, &self.tools);
         // A VM that failed keeps its logs for the error message to point at, and so does
         // every VM with `PILOT_DEBUG`; the next launch collects the directory (its launcher
         // is gone by then).
@@ -659,9 +642,7 @@ impl Launch<'_> {
     /// Starts the VM of a resume instance; the VMM outlives this launcher.
     fn start_resume_vm(&self, plan: &Plan) -> Result<std::process::Child> {
         instance::clear_stale(&plan.dir);
-        if let Some(ip) = &self.ip {
-            tap::release(&plan.dir, ip);
-        }
+        tap::release(&plan.dir, &self.tools);
         self.provide(plan)?;
         let mut vmm = self.start_vmm(plan)?;
         if let Err(err) = instance::write_pid(&plan.dir, vmm.id()) {
@@ -706,9 +687,7 @@ impl Launch<'_> {
             }
             stop(pid, &plan.dir);
         }
-        if let Some(ip) = &self.ip {
-            tap::release(&plan.dir, ip);
-        }
+        tap::release(&plan.dir, &self.tools);
         if let Some(overlay) = &plan.overlay {
             let _ = std::fs::remove_file(overlay);
         }

@@ -36,6 +36,7 @@ pub mod pull;
 pub mod qemu;
 pub mod saved;
 pub mod tap;
+pub mod tools;
 pub mod vmm;
 
 pub use error::VmError;

@@ -78,8 +78,7 @@ fn run() -> Result<PilotExit, String> {
         terminal: Terminal::detect(),
         term: std::env::var_os("TERM")
             .map(|t| std::os::unix::ffi::OsStrExt::as_bytes(t.as_os_str()).to_vec()),
-        mkfs: resolve("mkfs.ext4", Some(&path)).ok(),
-        ip: resolve("ip", Some(&path)).ok(),
+        tools: vm_pilot::tools::Tools::new(path.clone()),
         debug: std::env::var_os("PILOT_DEBUG").is_some(),
         guest: GuestInit::of(&vm),
     };

@@ -72,12 +72,16 @@ pub fn ensure(name: &str, dir: &Path, ip: &Path, uid: u32) -> Result<()> {
     Ok(())
 }
 
-/// Removes the device of the instance in `dir` if the launcher created it.
-pub fn release(dir: &Path, ip: &Path) {
+/// Removes the device of the instance in `dir` if the launcher created it (`ip` is only
+/// looked for then).
+pub fn release(dir: &Path, tools: &crate::tools::Tools) {
     let marker = dir.join(CREATED);
     if let Ok(name) = std::fs::read_to_string(&marker) {
-        let _ = Cmd::new(ip).args(["link", "delete", name.trim()]).stdout();
-        let _ = std::fs::remove_file(marker);
+        // Without `ip` the mark stays, for a launch that has it.
+        if let Ok(ip) = tools.ip() {
+            let _ = Cmd::new(ip).args(["link", "delete", name.trim()]).stdout();
+            let _ = std::fs::remove_file(marker);
+        }
     }
 }
 
