@@ -379,14 +379,31 @@ impl Launch<'_> {
                 return self.boot_and_call(plan, None);
             }
         }
-        let saving = saved::Saving::new(path)
-            .inspect_err(|why| {
-                if self.debug {
-                    eprintln!("firecracker-pilot: PILOT_DEBUG: not saved: {why}");
-                }
-            })
-            .ok();
+        let saving = match saved::Saving::new(path.clone()) {
+            Ok(saving) => Some(saving),
+            Err(why) => {
+                self.not_saved(plan, &path, &why);
+                None
+            }
+        };
         self.boot_and_call(plan, saving)
+    }
+
+    /// Says once that the VM of `plan` could not be saved as `path` (for `why`), and marks
+    /// its key so that later launches boot without trying; where not even the mark can be
+    /// written, only `PILOT_DEBUG` says it.
+    fn not_saved(&self, plan: &Plan, path: &std::path::Path, why: &str) {
+        saved::refuse(path, None);
+        if saved::refused(path) {
+            eprintln!(
+                "firecracker-pilot: the VM of flake '{}' was not saved as {} ({why}); it \
+                 boots from now on (removing the .refused file beside it tries again)",
+                plan.flake,
+                path.display()
+            );
+        } else if self.debug {
+            eprintln!("firecracker-pilot: PILOT_DEBUG: not saved: {why}");
+        }
     }
 
     /// Runs `body` with the started VMM of the one-shot `plan` (its pid recorded) and
@@ -446,13 +463,7 @@ impl Launch<'_> {
                 Ok(Some(path))
             }
             Err(why) => {
-                saved::refuse(&path, None);
-                eprintln!(
-                    "firecracker-pilot: the VM of flake '{}' was not saved as {} ({why}); it \
-                     boots from now on (removing the .refused file beside it tries again)",
-                    plan.flake,
-                    path.display()
-                );
+                self.not_saved(plan, &path, &why);
                 Ok(None)
             }
         }
