@@ -469,8 +469,9 @@ impl Launch<'_> {
         }
     }
 
-    /// Sends the guest its `Resync` and takes the answer: `Some` status when its overlay
-    /// failed (the call's end, said the way a call says it); else whether it reseeded.
+    /// Sends the guest its `Resync` and takes the answer: whether it reseeded, or (`Err`)
+    /// the status the call ends with when its overlay failed (its message said the way a
+    /// call says it).
     fn resync(
         &self,
         stream: &mut std::os::unix::net::UnixStream,

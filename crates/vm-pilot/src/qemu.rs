@@ -183,11 +183,16 @@ fn host_cpu() -> String {
 }
 
 /// `kvm` when hardware KVM is usable by the caller, else `tcg` (see the module doc).
+/// Found out once per process: a launch builds its command line more than once (the
+/// saved-state key is made from it too).
 pub fn default_accel() -> &'static str {
     use rustix::fs::{access, Access};
-    let kvm = access("/dev/kvm", Access::READ_OK | Access::WRITE_OK).is_ok();
-    let cpuinfo = std::fs::File::open("/proc/cpuinfo").ok();
-    choose_accel(kvm, cpuinfo.map(std::io::BufReader::new))
+    static ACCEL: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    ACCEL.get_or_init(|| {
+        let kvm = access("/dev/kvm", Access::READ_OK | Access::WRITE_OK).is_ok();
+        let cpuinfo = std::fs::File::open("/proc/cpuinfo").ok();
+        choose_accel(kvm, cpuinfo.map(std::io::BufReader::new))
+    })
 }
 
 /// The accelerator for a host where `/dev/kvm` is (`kvm`) or is not usable, given its
