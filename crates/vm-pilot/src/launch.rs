@@ -624,7 +624,18 @@ impl Launch<'_> {
             Some(vmm) => matches!(vmm.try_wait(), Ok(None)),
             None => instance::running(&plan.dir).is_some(),
         };
-        let stream = wait_connect(self.vmm, plan, port, BOOT_TIMEOUT, alive)?;
+        let stream = match (
+            wait_connect(self.vmm, plan, port, BOOT_TIMEOUT, alive),
+            warm,
+        ) {
+            (Ok(stream), _) => stream,
+            // The running VM ended (it powered off for idleness) before its channel took
+            // the call: nothing of the call was sent, so it is made again.
+            (Err(err), Some(pid)) if instance::running(&plan.dir).is_none() => {
+                return Err(Attempt::Refused(err, pid))
+            }
+            (Err(err), _) => return Err(Attempt::Failed(err)),
+        };
         // A VM may still be booting (this call or another started it) until it has
         // answered a call once.
         let up = plan.dir.join(GUEST_UP_FILE);
