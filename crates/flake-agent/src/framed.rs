@@ -28,11 +28,13 @@ pub use relay::Link;
 /// waited for directly. Returns when the exit status is sent (or the connection broke).
 ///
 /// Under output flow control (the plain console) at most a window of output is on its
-/// way, so writes never wait long and one thread serves a call without a terminal. Without
-/// it, a write may wait as long as the launcher does not read, and the streams get threads
-/// of their own (as do terminal calls).
+/// way, so writes never wait long, and a link whose writes never wait
+/// ([`Link::nonblocking`]) holds what the launcher has not taken yet: over either, one
+/// thread serves a call without a terminal. Otherwise a write may wait as long as the
+/// launcher does not read, and the streams get threads of their own (as do terminal
+/// calls).
 pub fn run(call: &Call, link: Link, reaper: Option<&Reaper>) -> std::io::Result<()> {
-    if !call.terminal && call.output_acks {
+    if !call.terminal && (call.output_acks || link.never_waits()) {
         relay::run(call, link, reaper);
         return Ok(());
     }

@@ -247,3 +247,129 @@ fn one_thread_relays_a_call_under_output_flow_control() {
     assert_eq!(acked, 3);
     assert_eq!(status, Some(ExitStatus::Exited(5)));
 }
+
+/// A link whose writes never wait, reading frames from `input` and writing to `output`
+/// (the test reads the other end).
+fn nonblocking_link(
+    input: std::os::unix::net::UnixStream,
+    output: std::os::unix::net::UnixStream,
+) -> Link {
+    output.set_nonblocking(true).unwrap();
+    let ready = std::os::fd::OwnedFd::from(output.try_clone().unwrap());
+    let input = std::fs::File::from(std::os::fd::OwnedFd::from(input));
+    Link::nonblocking(input, Box::new(output), ready, Vec::new())
+}
+
+/// Every frame the other end of a link's output gets until the link is dropped.
+fn read_all(mut from: std::os::unix::net::UnixStream, pause: bool) -> Vec<Frame> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(err) => panic!("{err}"),
+        }
+        if pause && bytes.len() % 7 == 0 {
+            // A reader slower than the app: the link fills and must wait for room.
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    let mut reader = bytes.as_slice();
+    std::iter::from_fn(|| Frame::read_from(&mut reader).unwrap()).collect()
+}
+
+/// Over a link whose writes never wait, one thread relays a call without output flow
+/// control to a reader slower than the app: all of its output arrives, in order, then the
+/// status, and nothing after it.
+#[test]
+fn a_link_that_never_waits_relays_all_output_to_a_slow_reader() {
+    let call = Call {
+        argv: ["sh", "-c", "cat; seq 1 100000; echo err >&2; exit 4"]
+            .iter()
+            .map(|a| a.as_bytes().to_vec())
+            .collect(),
+        frames: true,
+        flow: true,
+        ..Call::default()
+    };
+    let (host, guest) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (keep_open, control) = std::os::unix::net::UnixStream::pair().unwrap();
+    let input = [Frame::Stdin(b"in\n".to_vec()), Frame::Stdin(Vec::new())];
+    let bytes: Vec<u8> = input.iter().flat_map(Frame::encode).collect();
+    (&keep_open).write_all(&bytes).unwrap();
+    let reader = std::thread::spawn(move || read_all(host, true));
+    run(
+        &call,
+        nonblocking_link(control, guest),
+        Some(&Reaper::start()),
+    )
+    .unwrap();
+    let frames = reader.join().unwrap();
+    drop(keep_open);
+    let (mut out, mut err, mut acked, mut status) = (Vec::new(), Vec::new(), 0, None);
+    for frame in frames {
+        assert!(status.is_none(), "exit comes last");
+        match frame {
+            Frame::Stdout(b) => out.extend(b),
+            Frame::Stderr(b) => err.extend(b),
+            Frame::StdinAck(n) => acked += n,
+            Frame::Exit(s) => status = Some(s),
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut expected = b"in\n".to_vec();
+    for n in 1..=100_000 {
+        expected.extend_from_slice(format!("{n}\n").as_bytes());
+    }
+    assert!(out == expected, "stdout differs ({} bytes)", out.len());
+    assert_eq!(err, b"err\n");
+    assert_eq!(acked, 3);
+    assert_eq!(status, Some(ExitStatus::Exited(4)));
+}
+
+/// A launcher that reads none of the app's output (its own reader is paused) still gets
+/// its signal to the app over a link whose writes never wait: the app ends before any of
+/// its output is read.
+#[test]
+fn a_signal_reaches_the_app_while_its_output_is_not_read() {
+    let dir = std::env::temp_dir().join(format!("framed-signal-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mark = dir.join("ended");
+    let _ = std::fs::remove_file(&mark);
+    let script = format!("trap 'touch {}; exit 3' TERM; yes", mark.display());
+    let call = Call {
+        argv: vec![b"sh".to_vec(), b"-c".to_vec(), script.into_bytes()],
+        frames: true,
+        flow: true,
+        ..Call::default()
+    };
+    let (host, guest) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (keep_open, control) = std::os::unix::net::UnixStream::pair().unwrap();
+    let relay = std::thread::spawn(move || {
+        run(
+            &call,
+            nonblocking_link(control, guest),
+            Some(&Reaper::start()),
+        )
+        .unwrap();
+    });
+    // Long enough for the socket and the link to fill.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    (&keep_open).write_all(&Frame::Signal(15).encode()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !mark.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let ended = mark.exists();
+    // Read in any case, so that a failure does not leave the relay waiting.
+    let frames = read_all(host, false);
+    relay.join().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        ended,
+        "the app got its signal while nothing of its output was read"
+    );
+    assert_eq!(frames.last(), Some(&Frame::Exit(ExitStatus::Exited(3))));
+}

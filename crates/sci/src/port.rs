@@ -24,7 +24,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -50,6 +50,8 @@ pub struct Port {
 pub struct PortWriter {
     port: Arc<Port>,
     generation: u64,
+    /// A write waits for room (else it fails with `WouldBlock`).
+    waits: bool,
 }
 
 /// The read half of a port (one reader per port).
@@ -130,6 +132,7 @@ impl Port {
         PortWriter {
             port: Arc::clone(self),
             generation,
+            waits: true,
         }
     }
 
@@ -154,6 +157,16 @@ impl Read for PortReader {
     }
 }
 
+impl PortWriter {
+    /// This writer with writes that never wait (one the port cannot take now fails with
+    /// `WouldBlock`), and the port to poll for room, for a call relayed by one thread.
+    pub fn never_waiting(mut self) -> std::io::Result<(Self, OwnedFd)> {
+        let ready = OwnedFd::from(self.port.file.try_clone()?);
+        self.waits = false;
+        Ok((self, ready))
+    }
+}
+
 impl Write for PortWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         loop {
@@ -164,6 +177,9 @@ impl Write for PortWriter {
                 }
                 match rustix::io::write(&self.port.file, buf) {
                     Ok(n) => return Ok(n),
+                    Err(Errno::AGAIN) if !self.waits => {
+                        return Err(std::io::ErrorKind::WouldBlock.into())
+                    }
                     Err(Errno::AGAIN | Errno::INTR) => {}
                     Err(err) => return Err(err.into()),
                 }
@@ -309,6 +325,26 @@ mod tests {
         );
         let mut third = port.writer();
         third.write_all(b"next").unwrap();
+    }
+
+    #[test]
+    fn a_writer_that_never_waits_says_so_and_still_fails_once_replaced() {
+        let (port, host) = port();
+        let (mut writer, ready) = port.writer().never_waiting().unwrap();
+        let chunk = [0u8; 4096];
+        let full = loop {
+            if let Err(err) = writer.write_all(&chunk) {
+                break err;
+            }
+        };
+        assert_eq!(full.kind(), std::io::ErrorKind::WouldBlock, "{full}");
+        let mut fds = [PollFd::new(&ready, PollFlags::OUT)];
+        poll(&mut fds, Some(&Timespec::default())).unwrap();
+        assert!(!fds[0].revents().contains(PollFlags::OUT), "no room yet");
+        drop(host);
+        let _next = port.writer();
+        let replaced = writer.write(b"x").unwrap_err();
+        assert_eq!(replaced.kind(), std::io::ErrorKind::BrokenPipe);
     }
 
     #[test]

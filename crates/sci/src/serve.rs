@@ -173,7 +173,14 @@ impl Server {
                     };
                     current = Some(File::from(tx));
                     let input = File::from(rx);
-                    let link = Link::new(input, Box::new(port.writer()), Vec::new());
+                    let writer = port.writer();
+                    // One thread relays the call when the port's writes need not wait.
+                    let link = match writer.clone().never_waiting() {
+                        Ok((writer, ready)) => {
+                            Link::nonblocking(input, Box::new(writer), ready, Vec::new())
+                        }
+                        Err(_) => Link::new(input, Box::new(writer), Vec::new()),
+                    };
                     let server = self.clone();
                     served = true;
                     std::thread::spawn(move || server.run_call(&call, link));

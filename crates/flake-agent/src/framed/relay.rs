@@ -6,7 +6,10 @@
 //! it; a one-shot VM does so on every launch). So the relay starts no thread: one `poll`
 //! loop moves frames between the link and the app's three pipes. Stdin goes to the app as
 //! it takes it, acknowledged when the launcher asked for stdin flow control; output goes
-//! out as the launcher's output window has room; signals go to the app's process group;
+//! out as the launcher's output window has room, or, on a link whose writes never wait
+//! ([`Link::nonblocking`]), as the link takes it (what it cannot take yet waits in the
+//! link, and the app's output is read no further meanwhile); signals go to the app's
+//! process group;
 //! the exit status follows the last output. If the launcher hangs up, the app's group gets
 //! SIGHUP, then SIGKILL.
 
@@ -28,12 +31,17 @@ use crate::proto::{window_cost, Call, ExitStatus, Frame, ProtoError, CHUNK, OUTP
 /// How long the app's group has after SIGHUP (its launcher is gone) before SIGKILL.
 const HANGUP_GRACE: Duration = Duration::from_secs(2);
 
+/// How many bytes of frames a non-blocking link holds before the app's output waits in
+/// its pipes: enough for a whole chunk to queue behind a partly written one.
+const OUTBOX_LIMIT: usize = CHUNK;
+
 /// Runs `call` (without a terminal) over `link`; `reaper`: the process's reaper, if it has
 /// one (without, the app is waited for here). Returns when the exit status is sent.
 pub fn run(call: &Call, mut link: Link, reaper: Option<&Reaper>) {
     link.limited = call.output_acks;
-    if let Some(relay) = Relay::start(call, link, reaper) {
-        relay.run();
+    match Relay::start(call, link, reaper) {
+        Ok(relay) => relay.run(),
+        Err(mut link) => link.finish(),
     }
 }
 
@@ -42,6 +50,11 @@ pub fn run(call: &Call, mut link: Link, reaper: Option<&Reaper>) {
 pub struct Link {
     input: File,
     output: Box<dyn Write + Send>,
+    /// The output to wait on, when its writes never wait (see [`Link::nonblocking`]).
+    ready: Option<OwnedFd>,
+    /// Frames for the non-blocking output, of which it has taken `sent` bytes.
+    outbox: Vec<u8>,
+    sent: usize,
     /// Bytes read and not yet taken as frames.
     inbox: Vec<u8>,
     /// Under output flow control, the window cost sent and not acknowledged.
@@ -59,6 +72,7 @@ impl std::fmt::Debug for Link {
             .field("input", &self.input)
             .field("inbox", &self.inbox.len())
             .field("outstanding", &self.outstanding)
+            .field("outbox", &self.outbox.len())
             .field("gone", &self.gone)
             .finish_non_exhaustive()
     }
@@ -71,6 +85,9 @@ impl Link {
         Link {
             input,
             output,
+            ready: None,
+            outbox: Vec::new(),
+            sent: 0,
             inbox: read_ahead,
             limited: false,
             outstanding: 0,
@@ -79,14 +96,109 @@ impl Link {
         }
     }
 
+    /// A link whose `output` never waits: a write it cannot take now fails with
+    /// `WouldBlock`, and `ready` (the same output) polls writable once it can. One thread
+    /// then relays a call without output flow control, because a launcher that reads
+    /// nothing for a while holds up only the app's output, never its input or signals.
+    pub fn nonblocking(
+        input: File,
+        output: Box<dyn Write + Send>,
+        ready: OwnedFd,
+        read_ahead: Vec<u8>,
+    ) -> Self {
+        Link {
+            ready: Some(ready),
+            ..Link::new(input, output, read_ahead)
+        }
+    }
+
+    /// Whether one thread can relay a call over this link whatever the launcher reads.
+    pub(super) fn never_waits(&self) -> bool {
+        self.ready.is_some()
+    }
+
     /// Whether the launcher hung up (or broke the stream).
     pub fn gone(&self) -> bool {
         self.gone
     }
 
     /// The two halves and the bytes read and not yet taken, for a reader that blocks.
+    /// The output of a non-blocking link waits for room again (frames it still holds go
+    /// first).
     pub(super) fn into_parts(self) -> (File, Box<dyn Write + Send>, Vec<u8>) {
-        (self.input, self.output, self.inbox)
+        let output = match self.ready {
+            Some(ready) => {
+                let mut output = WaitingOutput {
+                    output: self.output,
+                    ready,
+                };
+                // A launcher that is gone learns nothing more anyway.
+                let _ = output.write_all(self.outbox.get(self.sent..).unwrap_or_default());
+                Box::new(output)
+            }
+            None => self.output,
+        };
+        (self.input, output, self.inbox)
+    }
+
+    /// Writes what the non-blocking output takes now of the frames queued.
+    fn push(&mut self) {
+        while self.sent < self.outbox.len() && !self.gone {
+            match self
+                .output
+                .write(self.outbox.get(self.sent..).unwrap_or_default())
+            {
+                Ok(0) => self.gone = true,
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => self.gone = true,
+            }
+        }
+        if self.gone || self.sent >= self.outbox.len() {
+            self.outbox.clear();
+            self.sent = 0;
+        }
+    }
+
+    /// Acts on what `poll` said of the non-blocking output: room, or a launcher gone.
+    fn writable(&mut self, events: PollFlags) {
+        if events.contains(PollFlags::OUT) {
+            self.push();
+        } else if events.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL) {
+            self.gone = true;
+            self.outbox.clear();
+            self.sent = 0;
+        }
+    }
+
+    /// The output to poll for room while frames wait for it.
+    fn waiting_output(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.ready
+            .as_ref()
+            .filter(|_| !self.outbox.is_empty() && !self.gone)
+            .map(AsFd::as_fd)
+    }
+
+    /// Waits until the frames queued have gone out, or the launcher has hung up (what it
+    /// still sends is dropped: the call is over).
+    fn finish(&mut self) {
+        while let Some(output) = self.waiting_output() {
+            let mut fds = [
+                PollFd::from_borrowed_fd(output, PollFlags::OUT),
+                PollFd::new(&self.input, PollFlags::IN),
+            ];
+            if poll(&mut fds, None).is_err() {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            let (output, input) = (fds[0].revents(), fds[1].revents());
+            if !input.is_empty() {
+                self.fill();
+                self.inbox.clear();
+            }
+            self.writable(output);
+        }
     }
 
     /// Sends one frame; control frames go out whatever the window says (they are small,
@@ -95,6 +207,18 @@ impl Link {
         let bytes = frame.encode();
         if self.limited {
             self.outstanding = self.outstanding.saturating_add(window_cost(bytes.len()));
+        }
+        if self.ready.is_some() {
+            if !self.gone {
+                if self.sent >= CHUNK {
+                    // What went out is dropped now and then, not on every write.
+                    self.outbox.drain(..self.sent);
+                    self.sent = 0;
+                }
+                self.outbox.extend_from_slice(&bytes);
+                self.push();
+            }
+            return;
         }
         if self
             .output
@@ -116,6 +240,9 @@ impl Link {
     /// How many output bytes the next frame may carry now (0: wait for acknowledgements).
     /// A frame alone always fits.
     fn room(&self) -> usize {
+        if self.outbox.len().saturating_sub(self.sent) >= OUTBOX_LIMIT {
+            return 0;
+        }
         if !self.limited || self.outstanding == 0 {
             return CHUNK;
         }
@@ -168,6 +295,40 @@ impl Link {
     }
 }
 
+/// A non-blocking output whose writes wait for room again, for a call served by threads.
+struct WaitingOutput {
+    output: Box<dyn Write + Send>,
+    ready: OwnedFd,
+}
+
+impl Write for WaitingOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        loop {
+            match self.output.write(buf) {
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                other => return other,
+            }
+            let mut fds = [PollFd::new(&self.ready, PollFlags::OUT)];
+            match poll(&mut fds, None) {
+                Ok(_) => {
+                    let events = fds[0].revents();
+                    if !events.contains(PollFlags::OUT)
+                        && events.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL)
+                    {
+                        return Err(ErrorKind::BrokenPipe.into());
+                    }
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.output.flush()
+    }
+}
+
 /// The running app and what is on its way to and from it.
 struct Relay {
     link: Link,
@@ -204,11 +365,14 @@ enum Source {
     Stdout,
     Stderr,
     Ended,
+    /// The link's non-blocking output, while frames wait for it.
+    Output,
 }
 
 impl Relay {
-    /// Starts the app; a failed start is reported to the launcher (`None`).
-    fn start(call: &Call, mut link: Link, reaper: Option<&Reaper>) -> Option<Self> {
+    /// Starts the app; a failed start is reported to the launcher, over the link given
+    /// back.
+    fn start(call: &Call, mut link: Link, reaper: Option<&Reaper>) -> Result<Self, Link> {
         let mut command = piped_app_command(call);
         // Before the app starts: a launcher that got nothing knows nothing of it ran.
         if call.flow {
@@ -237,7 +401,7 @@ impl Relay {
                 let (message, code) = start_failure(call, &err);
                 link.send(&Frame::Error(message));
                 link.send(&Frame::Exit(ExitStatus::Exited(code)));
-                return None;
+                return Err(link);
             }
         };
         let ended = rustix::process::Pid::from_raw(pid).and_then(|pid| {
@@ -253,7 +417,7 @@ impl Relay {
             // The loop must never wait for the app to read its input.
             let _ = rustix::io::ioctl_fionbio(pipe, true);
         }
-        Some(Relay {
+        Ok(Relay {
             link,
             pid,
             ended,
@@ -286,6 +450,7 @@ impl Relay {
             self.link.send(&Frame::StdinAck(count));
         }
         self.link.send(&Frame::Exit(status));
+        self.link.finish();
     }
 
     /// One round: waits for whatever can move, and moves it.
@@ -304,6 +469,7 @@ impl Relay {
                 Source::Stdout => self.output(Source::Stdout),
                 Source::Stderr => self.output(Source::Stderr),
                 Source::Ended => self.reap(true),
+                Source::Output => self.link.writable(events),
             }
         }
         if self.status.is_none() {
@@ -322,7 +488,7 @@ impl Relay {
     /// Polls what can move now; gives each source's events.
     fn wait(&self) -> Vec<(Source, PollFlags)> {
         let room = self.link.room() > 0;
-        let wanted: [(Source, Option<std::os::fd::BorrowedFd<'_>>, PollFlags); 5] = [
+        let wanted: [(Source, Option<std::os::fd::BorrowedFd<'_>>, PollFlags); 6] = [
             (
                 Source::Console,
                 (!self.link.gone).then(|| self.link.input.as_fd()),
@@ -354,6 +520,7 @@ impl Relay {
                     .map(AsFd::as_fd),
                 PollFlags::IN,
             ),
+            (Source::Output, self.link.waiting_output(), PollFlags::OUT),
         ];
         let (sources, mut fds): (Vec<Source>, Vec<PollFd<'_>>) = wanted
             .into_iter()
