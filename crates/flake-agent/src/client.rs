@@ -209,14 +209,31 @@ fn run_call(
                 output_acks: request.output_acks,
                 ..Call::default()
             };
-            send(&writer, &Frame::Call(call))?;
-            let _forwarding = forward_signals(Arc::clone(&writer), false)?;
+            // `/dev/null` gives nothing to lose or wait for: its EOF goes with the call, in
+            // one write, and no thread relays it.
+            let null = stdin_is_null();
+            let mut first = Frame::Call(call).encode();
+            if null {
+                first.extend(Frame::Stdin(Vec::new()).encode());
+            }
+            // Signals are forwarded from before the call goes out; one that comes before
+            // it is out waits for the writer, so the call's frame is always first.
+            let _forwarding = {
+                let mut stream = writer
+                    .lock()
+                    .map_err(|_| std::io::Error::other("writer poisoned"))?;
+                let forwarding = forward_signals(Arc::clone(&writer), false)?;
+                stream.write_all(&first)?;
+                forwarding
+            };
             let window = Window::open();
-            relay_stdin(
-                Arc::clone(&writer),
-                Arc::clone(&window),
-                request.stdin_on_ack,
-            );
+            if !null {
+                relay_stdin(
+                    Arc::clone(&writer),
+                    Arc::clone(&window),
+                    request.stdin_on_ack,
+                );
+            }
             let mut stdout = std::io::stdout().lock();
             let acks = request.output_acks.then_some(&*writer);
             let answer = request.answer_within;
@@ -367,10 +384,15 @@ fn wait_for_exit(
 }
 
 fn send(writer: &Mutex<UnixStream>, frame: &Frame) -> std::io::Result<()> {
+    send_bytes(writer, &frame.encode())
+}
+
+/// Writes encoded frames whole, none interleaved with another thread's.
+fn send_bytes(writer: &Mutex<UnixStream>, bytes: &[u8]) -> std::io::Result<()> {
     let mut stream = writer
         .lock()
         .map_err(|_| std::io::Error::other("writer poisoned"))?;
-    stream.write_all(&frame.encode())
+    stream.write_all(bytes)
 }
 
 /// Signals go to the app of the call while this lives; once the call is over (it is
