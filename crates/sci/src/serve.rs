@@ -14,6 +14,7 @@
 use std::fs::File;
 use std::io::{BufReader, Write};
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -148,7 +149,8 @@ impl Server {
     }
 
     /// Reads the frames of a port until its host hangs up; false when serving must stop.
-    fn port_connection(&self, port: &Arc<Port>) -> bool {
+    /// Its calls run on `runner`.
+    fn port_connection(&self, port: &Arc<Port>, runner: &mut Runner) -> bool {
         let mut reader = BufReader::with_capacity(CHUNK + 8, PortReader(Arc::clone(port)));
         // The control frames of the running call, if one runs.
         let mut current: Option<File> = None;
@@ -181,9 +183,8 @@ impl Server {
                         }
                         Err(_) => Link::new(input, Box::new(writer), Vec::new()),
                     };
-                    let server = self.clone();
                     served = true;
-                    std::thread::spawn(move || server.run_call(&call, link));
+                    runner.run(self, call, link);
                 }
                 Ok(Some(Frame::Shutdown)) => {
                     drop(current.take());
@@ -224,6 +225,50 @@ impl Server {
     }
 }
 
+/// Runs the calls of one port on a thread that stays, started with the first: under
+/// emulation, a thread started and ended for every call costs the guest its stack's
+/// mapping and the TLB flush of its unmapping each time. A call that comes while the last
+/// one still ends (its host hung up and its app has not quit yet) gets a thread of its own.
+#[derive(Default)]
+struct Runner {
+    worker: Option<(Sender<Job>, Arc<AtomicBool>)>,
+}
+
+/// A call for a port's worker, and its link.
+type Job = (flake_agent::proto::Call, Link);
+
+impl Runner {
+    fn run(&mut self, server: &Server, call: flake_agent::proto::Call, link: Link) {
+        let (tx, idle) = self
+            .worker
+            .get_or_insert_with(|| start_worker(server.clone()));
+        let (call, link) = if idle.swap(false, Ordering::SeqCst) {
+            match tx.send((call, link)) {
+                Ok(()) => return,
+                Err(std::sync::mpsc::SendError(job)) => job,
+            }
+        } else {
+            (call, link)
+        };
+        let server = server.clone();
+        std::thread::spawn(move || server.run_call(&call, link));
+    }
+}
+
+/// The thread that runs a port's calls one after another; the flag says it waits for one.
+fn start_worker(server: Server) -> (Sender<Job>, Arc<AtomicBool>) {
+    let (tx, rx) = channel::<Job>();
+    let idle = Arc::new(AtomicBool::new(true));
+    let flag = Arc::clone(&idle);
+    std::thread::spawn(move || {
+        for (call, link) in rx {
+            server.run_call(&call, link);
+            flag.store(true, Ordering::SeqCst);
+        }
+    });
+    (tx, idle)
+}
+
 /// A frame's name, for diagnostics (payloads stay out of the log).
 fn kind(frame: &Frame) -> &'static str {
     match frame {
@@ -243,11 +288,14 @@ fn serve_ports(server: Server) -> Result<(), String> {
         let port = Port::open(&path)?;
         crate::debug::log(|| format!("{}: open", path.display()));
         let server = server.clone();
-        std::thread::spawn(move || loop {
-            port.wait_for_host();
-            crate::debug::log(|| format!("{}: host connected", path.display()));
-            if !server.port_connection(&port) {
-                return;
+        std::thread::spawn(move || {
+            let mut runner = Runner::default();
+            loop {
+                port.wait_for_host();
+                crate::debug::log(|| format!("{}: host connected", path.display()));
+                if !server.port_connection(&port, &mut runner) {
+                    return;
+                }
             }
         });
     }
