@@ -373,3 +373,58 @@ fn a_signal_reaches_the_app_while_its_output_is_not_read() {
     );
     assert_eq!(frames.last(), Some(&Frame::Exit(ExitStatus::Exited(3))));
 }
+
+/// A terminal call over a link whose writes never wait is served by threads whose writes
+/// wait for room again: all of its output reaches a slow reader.
+#[test]
+fn a_terminal_call_over_a_link_that_never_waits_loses_no_output() {
+    let call = Call {
+        argv: ["sh", "-c", "seq 1 100000"]
+            .iter()
+            .map(|a| a.as_bytes().to_vec())
+            .collect(),
+        terminal: true,
+        flow: true,
+        ..Call::default()
+    };
+    let (host, guest) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (keep_open, control) = std::os::unix::net::UnixStream::pair().unwrap();
+    // A reader that starts late: the socket fills, and the writes must wait for room.
+    let reader = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        read_all(host, false)
+    });
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        run(
+            &call,
+            nonblocking_link(control, guest),
+            Some(&Reaper::start()),
+        )
+        .unwrap();
+        let _ = done.send(());
+    });
+    // An output that stopped at a full socket would leave the app blocked for ever.
+    finished
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the call ends");
+    // The call's control reader holds the output until the launcher hangs up.
+    drop(keep_open);
+    let frames = reader.join().unwrap();
+    let out: Vec<u8> = frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Output(b) => Some(b.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.starts_with("1\r\n2\r\n"),
+        "{:?}",
+        &text[..text.len().min(40)]
+    );
+    assert!(text.ends_with("99999\r\n100000\r\n"), "{} bytes", out.len());
+    assert_eq!(frames.last(), Some(&Frame::Exit(ExitStatus::Exited(0))));
+}

@@ -279,20 +279,32 @@ fn terminal_calls_get_a_pty_in_the_guest() {
     let Some((_vms, w, fixtures, sci)) = vm_world() else {
         return;
     };
-    let app = vm_flake(&w, &fixtures, &sci, "vmtty");
-    let probe = "if [ -t 0 ] && [ -t 1 ]; then echo TTY; else echo NOTTY; fi; exit 5";
-    let piped = w.app(&app, &["-c", probe], Some(b""));
-    assert_eq!(piped.stdout(), "NOTTY\n", "{piped}");
-    let out = util::in_pty(&w, &app, &["-c", probe]);
-    assert!(out.contains("TTY\r\n") && !out.contains("NOTTY"), "{out:?}");
+    // One-shot (the plain console) and resume (a port, whose call writes never wait).
+    for (name, register) in [("vmtty", &[][..]), ("vmtty2", &["--resume"][..])] {
+        let app = vm_flake_with(&w, &fixtures, &sci, name, register, "");
+        let probe = "if [ -t 0 ] && [ -t 1 ]; then echo TTY; else echo NOTTY; fi; exit 5";
+        let piped = w.app(&app, &["-c", probe], Some(b""));
+        assert_eq!(piped.stdout(), "NOTTY\n", "{piped}");
+        let out = util::in_pty(&w, &app, &["-c", probe]);
+        assert!(out.contains("TTY\r\n") && !out.contains("NOTTY"), "{out:?}");
+        // Bulk output through the guest's pty arrives whole.
+        let bulk = util::in_pty(&w, &app, &["-c", "seq 1 20000; exit 0"]);
+        assert!(
+            bulk.contains("\r\n19999\r\n20000\r\n"),
+            "{name}: {} bytes",
+            bulk.len()
+        );
 
-    // Ctrl-C typed on the caller's terminal is the guest terminal's interrupt: it reaches
-    // the app, and the caller's terminal is back in its modes afterwards.
-    let script = "trap 'echo got INT; exit 6' INT; echo ready; while true; do sleep 1; done";
-    let typed = util::pty_session(&w, &app, &["-c", script], "ready", b"\x03");
-    assert!(typed.output.contains("got INT"), "{typed:?}");
-    assert_eq!(typed.code, 6, "{typed:?}");
-    assert!(typed.restored, "terminal modes restored: {typed:?}");
+        // Ctrl-C typed on the caller's terminal is the guest terminal's interrupt: it
+        // reaches the app, and the caller's terminal is back in its modes afterwards.
+        let script = "trap 'echo got INT; exit 6' INT; echo ready; while true; do sleep 1; done";
+        let typed = util::pty_session(&w, &app, &["-c", script], "ready", b"\x03");
+        assert!(typed.output.contains("got INT"), "{typed:?}");
+        assert_eq!(typed.code, 6, "{typed:?}");
+        assert!(typed.restored, "terminal modes restored: {typed:?}");
+    }
+    w.app(&w.bin.join("vmtty2"), &["%remove", "-c", "true"], None)
+        .success();
 }
 
 #[test]
