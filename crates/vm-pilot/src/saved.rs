@@ -28,8 +28,9 @@
 //!
 //! **When it fails.** A state that cannot be restored (a VMM that refuses it, a guest that
 //! does not answer, a guest kernel that cannot reseed) is replaced by a `.refused` mark
-//! for its key, and that VM boots from then on without saving; any change to the VM is a
-//! new key, and `flake-ctl firecracker remove` clears the marks with the states.
+//! for its key, and that VM boots without saving for a day (the failure may have passed
+//! by then: a full disk, a guest too slow to answer); any change to the VM is a new key,
+//! and `flake-ctl firecracker remove` clears the marks with the states.
 //! `FLAKE_VM_SAVED_STATES=off` turns all of this off.
 
 use std::fs::File;
@@ -91,9 +92,28 @@ fn refused_mark(path: &Path) -> PathBuf {
     path.with_extension(REFUSED.trim_start_matches('.'))
 }
 
-/// Whether the state at `path` was refused before: its VM boots without saving.
+/// How long a refusal holds. A failure may pass (a disk that was full while saving, a
+/// machine so loaded that the guest did not answer in time), so a key is tried again once
+/// its mark is this old; a failure that stays costs one more try a day.
+const REFUSAL_HOLDS: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+
+/// Whether the state at `path` was refused lately: its VM boots without saving. A mark
+/// that has expired is removed.
 pub fn refused(path: &Path) -> bool {
-    refused_mark(path).exists()
+    let mark = refused_mark(path);
+    let Ok(meta) = std::fs::metadata(&mark) else {
+        return false;
+    };
+    // A mark whose time cannot be told (or lies in the future) holds.
+    let expired = meta
+        .modified()
+        .ok()
+        .and_then(|set| set.elapsed().ok())
+        .is_some_and(|age| age >= REFUSAL_HOLDS);
+    if expired {
+        let _ = std::fs::remove_file(&mark);
+    }
+    !expired
 }
 
 /// Marks the state at `path` refused and removes it, if it still is `state` (another
@@ -274,6 +294,25 @@ mod tests {
         assert_eq!(remove(dir.path(), "app"), 2, "the state and the mark");
         assert!(!mine.exists() && !refused(&older));
         assert!(other.exists() && unrelated.exists());
+    }
+
+    #[test]
+    fn a_refusal_holds_for_a_day_and_then_the_key_is_tried_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = path(dir.path(), "app", "00000000000000000000000000000000");
+        refuse(&state, None);
+        assert!(refused(&state), "fresh");
+        let mark = File::options()
+            .write(true)
+            .open(refused_mark(&state))
+            .unwrap();
+        let now = std::time::SystemTime::now();
+        mark.set_modified(now - REFUSAL_HOLDS + std::time::Duration::from_secs(60))
+            .unwrap();
+        assert!(refused(&state), "not a day old yet");
+        mark.set_modified(now - REFUSAL_HOLDS).unwrap();
+        assert!(!refused(&state), "a day old");
+        assert!(!refused_mark(&state).exists(), "the expired mark is gone");
     }
 
     #[test]
