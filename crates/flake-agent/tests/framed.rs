@@ -428,3 +428,56 @@ fn a_terminal_call_over_a_link_that_never_waits_loses_no_output() {
     assert!(text.ends_with("99999\r\n100000\r\n"), "{} bytes", out.len());
     assert_eq!(frames.last(), Some(&Frame::Exit(ExitStatus::Exited(0))));
 }
+
+/// A non-blocking output that fails (`BrokenPipe`) once it is replaced, as a port's writer
+/// does once a newer call took the port over.
+struct Replaceable {
+    stream: std::os::unix::net::UnixStream,
+    replaced: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Write for Replaceable {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.replaced.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        }
+        self.stream.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A call whose output waits for a launcher that reads nothing learns that its writer was
+/// replaced: it ends (its app is hung up on) instead of waiting for room for ever.
+#[test]
+fn a_call_waiting_for_room_ends_once_its_writer_is_replaced() {
+    let call = Call {
+        argv: vec![b"yes".to_vec()],
+        frames: true,
+        flow: true,
+        ..Call::default()
+    };
+    let (host, guest) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (keep_open, control) = std::os::unix::net::UnixStream::pair().unwrap();
+    guest.set_nonblocking(true).unwrap();
+    let ready = std::os::fd::OwnedFd::from(guest.try_clone().unwrap());
+    let replaced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let output = Replaceable {
+        stream: guest,
+        replaced: Arc::clone(&replaced),
+    };
+    let input = std::fs::File::from(std::os::fd::OwnedFd::from(control));
+    let link = Link::nonblocking(input, Box::new(output), ready, Vec::new());
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        run(&call, link, Some(&Reaper::start())).unwrap();
+        let _ = done.send(());
+    });
+    // The socket and the link fill; then a newer call takes over.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    replaced.store(true, std::sync::atomic::Ordering::SeqCst);
+    let ended = finished.recv_timeout(std::time::Duration::from_secs(10));
+    drop((host, keep_open));
+    assert!(ended.is_ok(), "the call ended");
+}

@@ -13,8 +13,9 @@
 //!   get separate calls;
 //! - every call writes through its own [`PortWriter`] generation: when its caller has
 //!   gone, writes fail, so nothing of an ended call reaches the next caller;
-//! - the port is non-blocking and writes wait with `poll`: a write while no host is
-//!   connected would otherwise block until the *next* caller and hand it stale output;
+//! - the port is non-blocking and writes wait with `poll` (or, for a call relayed by one
+//!   thread, fail with `WouldBlock` and the relay polls): a blocking write while no host
+//!   is connected would wait for the *next* caller and hand it stale output;
 //! - the driver may take a new host's data before the news that it connected: a call read
 //!   while the port still says no host waits for that news ([`Port::await_host`]) before
 //!   it answers;

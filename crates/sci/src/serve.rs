@@ -130,6 +130,8 @@ impl Server {
             // Refused whole, never cut off: nothing of the call has run, and the launcher
             // may start the VM again and repeat it.
             link.send(&Frame::Closing);
+            // The refusal must reach the launcher, which then makes the call again.
+            link.finish();
             return false;
         };
         crate::debug::log(|| "call starts".to_string());

@@ -358,14 +358,15 @@ impl Launch<'_> {
                 Ok(status) => return status,
                 Err(err) => {
                     // Not restored, nothing of the call made: boot, and no more states
-                    // for this VM.
+                    // for this VM for a while.
                     saved::refuse(&path, Some(&state));
                     // The guest may have had the overlay before it failed: a fresh one.
                     self.renew_overlay(plan)?;
                     eprintln!(
                         "firecracker-pilot: the saved state {} of flake '{}' was not restored \
-                         ({err}); booting, and this VM is not saved again (a change to the \
-                         flake or image, or removing the .refused file beside it, tries again)",
+                         ({err}); booting, and this VM is not saved again for a day (a change \
+                         to the flake or image, or removing the .refused file beside it, tries \
+                         again sooner)",
                         path.display(),
                         plan.flake
                     );
@@ -397,7 +398,8 @@ impl Launch<'_> {
         if saved::refused(path) {
             eprintln!(
                 "firecracker-pilot: the VM of flake '{}' was not saved as {} ({why}); it \
-                 boots from now on (removing the .refused file beside it tries again)",
+                 boots without saving for a day (removing the .refused file beside it tries \
+                 again sooner)",
                 plan.flake,
                 path.display()
             );
@@ -630,8 +632,9 @@ impl Launch<'_> {
         ) {
             (Ok(stream), _) => stream,
             // The running VM ended (it powered off for idleness) before its channel took
-            // the call: nothing of the call was sent, so it is made again.
-            (Err(err), Some(pid)) if instance::running(&plan.dir).is_none() => {
+            // the call: nothing of the call was sent, so it is made again (on the VM another
+            // launcher may have started meanwhile).
+            (Err(err), Some(pid)) if instance::running(&plan.dir) != Some(pid) => {
                 return Err(Attempt::Refused(err, pid))
             }
             (Err(err), _) => return Err(Attempt::Failed(err)),

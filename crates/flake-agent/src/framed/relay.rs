@@ -31,9 +31,15 @@ use crate::proto::{window_cost, Call, ExitStatus, Frame, ProtoError, CHUNK, OUTP
 /// How long the app's group has after SIGHUP (its launcher is gone) before SIGKILL.
 const HANGUP_GRACE: Duration = Duration::from_secs(2);
 
-/// How many bytes of frames a non-blocking link holds before the app's output waits in
-/// its pipes: enough for a whole chunk to queue behind a partly written one.
+/// How many bytes of frames not yet written make a non-blocking link stop reading the
+/// app's output (which then waits in its pipes); the frame read last may take it to about
+/// twice this.
 const OUTBOX_LIMIT: usize = CHUNK;
+
+/// How long a wait for room in a non-blocking output lasts before the write is tried
+/// again: a writer that may no longer write (a newer call's took over) then learns so, as
+/// does one whose wake-up got lost.
+const ROOM_RECHECK: Duration = Duration::from_millis(500);
 
 /// Runs `call` (without a terminal) over `link`; `reaper`: the process's reaper, if it has
 /// one (without, the app is waited for here). Returns when the exit status is sent.
@@ -181,16 +187,25 @@ impl Link {
     }
 
     /// Waits until the frames queued have gone out, or the launcher has hung up (what it
-    /// still sends is dropped: the call is over).
-    fn finish(&mut self) {
+    /// still sends is dropped: the call is over). A link whose last frames must reach the
+    /// launcher (a refusal) is finished before it is dropped.
+    pub fn finish(&mut self) {
+        let recheck = rustix::time::Timespec::try_from(ROOM_RECHECK).ok();
         while let Some(output) = self.waiting_output() {
             let mut fds = [
                 PollFd::from_borrowed_fd(output, PollFlags::OUT),
                 PollFd::new(&self.input, PollFlags::IN),
             ];
-            if poll(&mut fds, None).is_err() {
-                std::thread::sleep(Duration::from_millis(1));
-                continue;
+            match poll(&mut fds, recheck.as_ref()) {
+                Ok(0) => {
+                    self.push();
+                    continue;
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
             }
             let (output, input) = (fds[0].revents(), fds[1].revents());
             if !input.is_empty() {
@@ -309,7 +324,8 @@ impl Write for WaitingOutput {
                 other => return other,
             }
             let mut fds = [PollFd::new(&self.ready, PollFlags::OUT)];
-            match poll(&mut fds, None) {
+            let recheck = rustix::time::Timespec::try_from(ROOM_RECHECK).ok();
+            match poll(&mut fds, recheck.as_ref()) {
                 Ok(_) => {
                     let events = fds[0].revents();
                     if !events.contains(PollFlags::OUT)
@@ -459,6 +475,10 @@ impl Relay {
             self.hang_up();
         }
         let ready = self.wait();
+        if ready.iter().all(|(_, events)| events.is_empty()) {
+            // Nothing moved for a while: the output is tried again (see `ROOM_RECHECK`).
+            self.link.push();
+        }
         for (source, events) in ready {
             if events.is_empty() {
                 continue;
@@ -550,10 +570,8 @@ impl Relay {
         let kill = self
             .kill_at
             .map(|at| at.saturating_duration_since(Instant::now()));
-        match (looking, kill) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let recheck = self.link.waiting_output().map(|_| ROOM_RECHECK);
+        [looking, kill, recheck].into_iter().flatten().min()
     }
 
     /// Takes the launcher's frames.
