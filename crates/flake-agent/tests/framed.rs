@@ -43,6 +43,11 @@ fn frames_of(call: &Call, input: &[Frame]) -> Vec<Frame> {
     decode(&sink)
 }
 
+/// A call's argv from words.
+fn argv(words: &[&str]) -> Vec<Vec<u8>> {
+    words.iter().map(|a| a.as_bytes().to_vec()).collect()
+}
+
 /// A link reading from `input` and writing to `sink`.
 fn link_to(input: std::os::unix::net::UnixStream, sink: &Shared) -> Link {
     let input = std::fs::File::from(std::os::fd::OwnedFd::from(input));
@@ -56,10 +61,10 @@ fn decode(sink: &Shared) -> Vec<Frame> {
     std::iter::from_fn(|| Frame::read_from(&mut reader).unwrap()).collect()
 }
 
-/// Runs `argv` with `input` frames and returns (stdout, stderr, status).
-fn call(argv: &[&str], input: Vec<Frame>) -> (Vec<u8>, Vec<u8>, ExitStatus) {
+/// Runs the words of an argv with `input` frames and returns (stdout, stderr, status).
+fn call(words: &[&str], input: Vec<Frame>) -> (Vec<u8>, Vec<u8>, ExitStatus) {
     let call = Call {
-        argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+        argv: argv(words),
         frames: true,
         ..Call::default()
     };
@@ -124,14 +129,11 @@ fn signals_reach_the_app() {
 #[test]
 fn a_signal_overtakes_input_the_app_does_not_read() {
     let call = Call {
-        argv: [
+        argv: argv(&[
             "sh",
             "-c",
             "trap 'exit 3' INT; sleep 20 >/dev/null 2>&1 & wait",
-        ]
-        .iter()
-        .map(|a| a.as_bytes().to_vec())
-        .collect(),
+        ]),
         frames: true,
         flow: true,
         ..Call::default()
@@ -219,10 +221,7 @@ fn no_acknowledgements_unless_asked() {
 #[test]
 fn one_thread_relays_a_call_under_output_flow_control() {
     let call = Call {
-        argv: ["sh", "-c", "cat; echo err >&2; exit 5"]
-            .iter()
-            .map(|a| a.as_bytes().to_vec())
-            .collect(),
+        argv: argv(&["sh", "-c", "cat; echo err >&2; exit 5"]),
         frames: true,
         flow: true,
         output_acks: true,
@@ -286,10 +285,7 @@ fn read_all(mut from: std::os::unix::net::UnixStream, pause: bool) -> Vec<Frame>
 #[test]
 fn a_link_that_never_waits_relays_all_output_to_a_slow_reader() {
     let call = Call {
-        argv: ["sh", "-c", "cat; seq 1 100000; echo err >&2; exit 4"]
-            .iter()
-            .map(|a| a.as_bytes().to_vec())
-            .collect(),
+        argv: argv(&["sh", "-c", "cat; seq 1 100000; echo err >&2; exit 4"]),
         frames: true,
         flow: true,
         ..Call::default()
@@ -379,10 +375,7 @@ fn a_signal_reaches_the_app_while_its_output_is_not_read() {
 #[test]
 fn a_terminal_call_over_a_link_that_never_waits_loses_no_output() {
     let call = Call {
-        argv: ["sh", "-c", "seq 1 100000"]
-            .iter()
-            .map(|a| a.as_bytes().to_vec())
-            .collect(),
+        argv: argv(&["sh", "-c", "seq 1 100000"]),
         terminal: true,
         flow: true,
         ..Call::default()
