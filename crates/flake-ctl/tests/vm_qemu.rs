@@ -17,7 +17,8 @@ mod util;
 use std::process::{Command, Stdio};
 
 use util::vm::{
-    includes, inputs, running_vm, vm_flake, vm_flake_on, vm_flake_with, vm_world, KillVms,
+    inputs, running_vm, vm_flake, vm_flake_on, vm_flake_with, vm_flake_with_includes, vm_world,
+    KillVms,
 };
 use util::World;
 
@@ -121,10 +122,7 @@ fn resume_vm_keeps_state_serves_calls_and_is_removed() {
     let Some((_vms, w, fixtures, sci)) = vm_world() else {
         return;
     };
-    let extra = includes(&w);
-    let mut register: Vec<&str> = vec!["--resume", "--overlay-size", "64MiB"];
-    register.extend(extra.iter().map(String::as_str));
-    let app = vm_flake_with(&w, &fixtures, &sci, "vmres", &register, "");
+    let app = vm_flake_with_includes(&w, &fixtures, &sci, "vmres", &["--resume"], "64MiB");
     let conf = w.path("incl/etc/app/conf").display().to_string();
 
     let first = w.app(
@@ -216,10 +214,7 @@ fn one_shot_overlay_is_fresh_every_call() {
     let Some((_vms, w, fixtures, sci)) = vm_world() else {
         return;
     };
-    let extra = includes(&w);
-    let mut register: Vec<&str> = vec!["--overlay-size", "32MiB"];
-    register.extend(extra.iter().map(String::as_str));
-    let app = vm_flake_with(&w, &fixtures, &sci, "vmfresh", &register, "");
+    let app = vm_flake_with_includes(&w, &fixtures, &sci, "vmfresh", &[], "32MiB");
     let first = w.app(
         &app,
         &[
@@ -569,10 +564,7 @@ fn one_shot_vms_start_from_a_saved_state_with_their_own_clock_entropy_and_overla
     let Some((_vms, w, fixtures, sci)) = vm_world() else {
         return;
     };
-    let extra = includes(&w);
-    let mut register: Vec<&str> = vec!["--overlay-size", "32MiB"];
-    register.extend(extra.iter().map(String::as_str));
-    let app = vm_flake_with(&w, &fixtures, &sci, "vmsaved", &register, "");
+    let app = vm_flake_with_includes(&w, &fixtures, &sci, "vmsaved", &[], "32MiB");
 
     let first = progress_call(&w, &app, &[]);
     first.success();

@@ -186,6 +186,23 @@ pub fn running_vm(w: &World, label: &str) -> Option<String> {
         .and_then(|r| r["id"].as_str().map(str::to_string))
 }
 
+/// A QEMU flake registered with [`includes`] and an overlay of `overlay` (and the
+/// `register` words before them).
+pub fn vm_flake_with_includes(
+    w: &World,
+    fixtures: &Path,
+    sci: &Path,
+    name: &str,
+    register: &[&str],
+    overlay: &str,
+) -> PathBuf {
+    let extra = includes(w);
+    let mut words: Vec<&str> = register.to_vec();
+    words.extend(["--overlay-size", overlay]);
+    words.extend(extra.iter().map(String::as_str));
+    vm_flake_with(w, fixtures, sci, name, &words, "")
+}
+
 /// A host directory and a tar archive to include, and the register arguments naming them.
 pub fn includes(w: &World) -> Vec<String> {
     let dir = w.path("incl/etc/app");
