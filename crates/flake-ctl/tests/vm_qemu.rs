@@ -141,6 +141,11 @@ fn resume_vm_keeps_state_serves_calls_and_is_removed() {
     );
     let pid = running_vm(&w, "vmres").expect("the resume VM keeps running");
 
+    // stdin from /dev/null: its EOF goes with the call, and an app that reads it ends.
+    let null = w.app(&app, &["-c", "wc -c; exit 6"], None);
+    null.expect_code(6);
+    assert_eq!(null.stdout().trim(), "0", "{null}");
+
     let started = std::time::Instant::now();
     let second = w.app(&app, &["-c", "cat /tmp/state; exit 4"], None);
     let warm = started.elapsed();
