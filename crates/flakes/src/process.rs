@@ -140,7 +140,9 @@ impl Cmd {
         &self.env
     }
 
-    fn command(&self) -> Command {
+    /// The `std` command, for callers that must set up the child's streams or process
+    /// group themselves.
+    pub fn command(&self) -> Command {
         tracing::debug!(command = %self, "running");
         let mut command = Command::new(&self.program);
         command

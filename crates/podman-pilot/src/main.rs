@@ -14,7 +14,7 @@ use flakes::config::{Engine as FlakeEngine, LaunchMode, RunAs};
 use flakes::instance::{cache_dir, InstanceKey, StateDir};
 use flakes::register::PILOT_NAMES;
 use flakes::{CallArgs, FlakeName, Mode, PilotExit, Settings};
-use podman_pilot::oneshot::{self, Terminal};
+use podman_pilot::oneshot::{self, Streams, Terminal};
 use podman_pilot::provision::Provisioner;
 use podman_pilot::resume::{self, Instance};
 use podman_pilot::{agent, attach, Engine, PodmanError};
@@ -74,8 +74,19 @@ fn run() -> Result<PilotExit, PodmanError> {
     let lookup = |key: &str| std::env::var(key).ok();
     let terminal = Terminal::detect();
     if container.runtime.mode == LaunchMode::OneShot {
-        let cmd = oneshot::command(&name, &container, &call, &engine, terminal, &lookup)?;
-        return Err(cmd.exec().into());
+        let streams = Streams::choose(&container, &call, terminal, Streams::detect_terminals());
+        let cmd = oneshot::command(
+            &name,
+            &container,
+            &call,
+            &engine,
+            (terminal, streams),
+            &lookup,
+        )?;
+        return match streams {
+            Streams::Relayed(terminals) => Ok(oneshot::relay::run(&cmd, terminals)?),
+            _ => Err(cmd.exec().into()),
+        };
     }
     let key = InstanceKey {
         flake: name,

@@ -68,6 +68,11 @@ impl EngineOption {
         self.is("--init", None)
     }
 
+    /// True when the option chooses podman's log driver.
+    pub fn is_log_driver(&self) -> bool {
+        self.is("--log-driver", None)
+    }
+
     /// The option with terminal flags removed; `None` when nothing is left.
     fn without_tty(self) -> Option<Self> {
         if self.is("--tty", Some("-t")) {
