@@ -940,3 +940,57 @@ fn a_launcher_killed_while_sending_input_does_not_cost_the_next_call() {
     }
     w.app(&app, &["%remove", "-c", "true"], None).success();
 }
+
+/// Runs `app -c 'while echo y; do :; done'` with stdout on a pipe whose reader takes one
+/// line and closes it; returns that line and the launcher's exit code (killed after 60 s).
+fn first_line_then_close(w: &World, app: &std::path::Path) -> (String, i32) {
+    use std::io::BufRead;
+    let mut child = w
+        .command(app)
+        .args(["-c", "while echo y; do :; done"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the launcher went on after its reader closed stdout");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    use std::os::unix::process::ExitStatusExt;
+    let code = status.code().unwrap_or(128 + status.signal().unwrap_or(0));
+    (line, code)
+}
+
+#[test]
+fn regression_issue_15_closed_stdout_ends_a_vm_app_like_a_local_program() {
+    // `app | head -1`: the app gets the SIGPIPE of a local program (141); the launcher
+    // used to drop the output and let the app run on, the one-shot VM with it.
+    let Some((_vms, w, fixtures, sci)) = vm_world() else {
+        return;
+    };
+    let app = vm_flake(&w, &fixtures, &sci, "vmyes");
+    assert_eq!(first_line_then_close(&w, &app), ("y\n".to_string(), 141));
+    assert_eq!(vmms_of(&w), 0, "the one-shot VM ends with its app");
+
+    let resume = vm_flake_with(&w, &fixtures, &sci, "vmyesres", &["--resume"], "");
+    assert_eq!(first_line_then_close(&w, &resume), ("y\n".to_string(), 141));
+    let next = w.app(&resume, &["-c", "echo next"], None);
+    next.success();
+    assert_eq!(
+        next.stdout(),
+        "next\n",
+        "the resume VM serves the next call"
+    );
+    w.app(&resume, &["%remove", "-c", "true"], None).success();
+}
