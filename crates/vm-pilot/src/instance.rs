@@ -65,7 +65,7 @@ pub fn collect_orphans(vms_dir: &Path, tools: &crate::tools::Tools) {
             .parse::<u32>()
             .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
         if launcher_gone && running(&entry.path()).is_none() {
-            crate::tap::release(&entry.path(), tools);
+            crate::tap::release_orphan(&entry.path(), vms_dir, tools);
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
