@@ -52,6 +52,23 @@ impl Drop for Device {
     }
 }
 
+/// Deletes, when dropped (before the world goes), every device the launcher marked as made
+/// in the world's instance directories: a failed test's calls leave none behind.
+struct MadeTaps(PathBuf);
+
+impl Drop for MadeTaps {
+    fn drop(&mut self) {
+        let Ok(instances) = std::fs::read_dir(self.0.join("0/.vm")) else {
+            return;
+        };
+        for instance in instances.filter_map(Result::ok) {
+            if let Ok(name) = std::fs::read_to_string(instance.path().join("tap.created")) {
+                drop(Device(name.trim().to_string()));
+            }
+        }
+    }
+}
+
 fn ip(args: &[&str]) {
     let status = Command::new("ip").args(args).status().unwrap();
     assert!(status.success(), "ip {args:?}");
@@ -167,6 +184,7 @@ fn the_admins_tap_name_is_the_device_the_vmm_opens_one_call_at_a_time() {
     let Some((_vms, w, fixtures, sci)) = tap_world() else {
         return;
     };
+    let _made = MadeTaps(w.path("ids"));
     let name = format!("vt{}", std::process::id() % 10_000_000);
     let device = Device::admin(&format!("tap-{name}"));
     let app = net_flake(&w, &fixtures, &sci, &name);
@@ -201,6 +219,7 @@ fn a_long_flake_name_uses_the_device_register_and_show_name_and_a_made_one_goes(
     let Some((_vms, w, fixtures, sci)) = tap_world() else {
         return;
     };
+    let _made = MadeTaps(w.path("ids"));
     let name = format!("longnetflake{}", std::process::id());
     let app = net_flake(&w, &fixtures, &sci, &name);
     // Registering again prints which device the admin must make.
@@ -313,19 +332,25 @@ fn a_user_without_the_device_is_told_how_to_make_it_in_one_line() {
     assert!(!link_exists(&device.0));
     let image = format!("tapimg{}", std::process::id());
     let dir = shared.path().display();
-    let script = format!(
-        r#"export FLAKE_SCI={dir}/sci
-ctl={dir}/flake-ctl
+    let env = format!("export FLAKE_SCI={dir}/sci; ctl={dir}/flake-ctl; app=\"$HOME/bin/{name}\"");
+    let setup = format!(
+        r#"{env}
 $ctl firecracker --user pull --name {image} --rootfs {dir}/rootfs.ext4 --kernel {dir}/vmlinux >/dev/null || exit 90
-$ctl firecracker --user register --vm {image} --app "$HOME/bin/{name}" --target /bin/sh --vmm qemu >/dev/null || exit 91
-"$HOME/bin/{name}" -c true
+$ctl firecracker --user register --vm {image} --app "$app" --target /bin/sh --vmm qemu >/dev/null || exit 91
+"$app" -c true
 echo "status $?"
-$ctl firecracker --user remove --app "$HOME/bin/{name}" >/dev/null
-rm -rf "$HOME/.config/flakes/firecracker/images/{image}"
 id -u
 "#
     );
-    let Some(out) = as_user(&script) else {
+    let cleanup = format!(
+        r#"{env}
+"$app" -c true
+echo "status $?"
+$ctl firecracker --user remove --app "$app" >/dev/null
+rm -rf "$HOME/.config/flakes/firecracker/images/{image}"
+"#
+    );
+    let Some(out) = as_user(&setup) else {
         return;
     };
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -338,4 +363,16 @@ id -u
         "{stderr}"
     );
     assert!(!link_exists(&device.0), "nothing made for the user");
+    // Made as the seed writes it (no `user`): root's only, which the user is told.
+    let made = Device::admin(&device.0);
+    let out = as_user(&cleanup).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("status 125"), "{stdout}{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains("may not open it")
+            && stderr.contains(&format!("ip tuntap add {} mode tap user {uid}", made.0)),
+        "{stderr}"
+    );
 }

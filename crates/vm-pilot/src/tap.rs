@@ -89,10 +89,14 @@ pub fn exists(name: &str) -> bool {
 /// Makes sure device `name` exists for the instance in `dir`; creates it when missing
 /// (then `true`).
 pub fn ensure(name: &str, dir: &Path, ip: &Path, uid: u32) -> Result<bool> {
+    let root = rustix::process::geteuid().is_root();
     if exists(name) {
+        if !root {
+            check_owner(name, uid)?;
+        }
         return Ok(false);
     }
-    if !rustix::process::geteuid().is_root() {
+    if !root {
         return Err(VmError::Tap {
             name: name.into(),
             reason: format!(
@@ -117,6 +121,38 @@ pub fn ensure(name: &str, dir: &Path, ip: &Path, uid: u32) -> Result<bool> {
     std::fs::write(&marker, name).map_err(crate::error::io(&marker))?;
     Cmd::new(ip).args(["link", "set", name, "up"]).stdout()?;
     Ok(true)
+}
+
+/// Refuses an existing device that user `uid` may not open: the kernel lets a user other
+/// than root open only a device made for them (`user UID`) or for a group (`group GID`).
+/// The seed's `ip tuntap add NAME mode tap` makes one for root only; the VMM would fail
+/// on it with a bare "Operation not permitted".
+fn check_owner(name: &str, uid: u32) -> Result<()> {
+    let read = |what: &str| {
+        let path = Path::new("/sys/class/net").join(name).join(what);
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| text.trim().parse::<i64>().ok())
+    };
+    let (Some(owner), Some(group)) = (read("owner"), read("group")) else {
+        return Ok(());
+    };
+    if owner == i64::from(uid) || group != -1 {
+        return Ok(());
+    }
+    let whose = if owner == -1 {
+        "root's only".to_string()
+    } else {
+        format!("user {owner}'s")
+    };
+    Err(VmError::Tap {
+        name: name.into(),
+        reason: format!(
+            "user {uid} may not open it (it is {whose}); make it again for the user with \
+             `ip link delete {name} && ip tuntap add {name} mode tap user {uid}`, then give it \
+             its address again"
+        ),
+    })
 }
 
 /// Removes the device of the instance in `dir` if the launcher created it (`ip` is only
@@ -238,6 +274,19 @@ pub fn claim(req: ClaimFor<'_>) -> Result<TapClaim> {
             said = true;
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether `name` is that of a device's lock file in a VM directory.
+pub fn is_lock_file(name: &std::ffi::OsStr) -> bool {
+    name.to_str()
+        .is_some_and(|n| n.starts_with(".tap-") && n.ends_with(".lock"))
+}
+
+/// Removes the device lock file at `path` if no call holds it (its holder was killed).
+pub fn collect_lock(path: &Path) {
+    if let Ok(Some(held)) = try_hold(path) {
+        drop(held);
     }
 }
 
