@@ -75,7 +75,7 @@ pub fn short_form_note(flake: &str) -> Option<String> {
     (device != format!("tap-{flake}")).then(|| {
         format!(
             "the network device of {flake} is {device} (tap-{flake} does not fit the kernel's \
-             {MAX_NAME} characters); create it with `ip tuntap add {device} mode tap user UID`, \
+             {MAX_NAME} characters); create it with `ip tuntap add {device} mode tap user UID`; \
              a call of an instance (@ID) without its device names the one it needs"
         )
     })
@@ -116,7 +116,8 @@ pub fn ensure(name: &str, dir: &Path, ip: &Path, uid: u32) -> Result<bool> {
             "user",
             &uid.to_string(),
         ])
-        .status()?;
+        .stdout()?;
+    // Marked only once made: a device someone else made meanwhile is not ours to remove.
     let marker = dir.join(CREATED);
     std::fs::write(&marker, name).map_err(crate::error::io(&marker))?;
     Cmd::new(ip).args(["link", "set", name, "up"]).stdout()?;
