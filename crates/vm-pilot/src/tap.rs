@@ -365,6 +365,54 @@ mod tests {
         assert!(left.is_empty(), "no lock file outlives its calls: {left:?}");
     }
 
+    /// A fake `ip` in a directory of its own that logs its arguments and exits `code`.
+    fn fake_ip(code: i32) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("calls");
+        let ip = dir.path().join("ip");
+        let script = format!("#!/bin/sh\necho \"$*\" >> {}\nexit {code}\n", log.display());
+        std::fs::write(&ip, script).unwrap();
+        std::fs::set_permissions(&ip, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        (dir, log)
+    }
+
+    #[test]
+    fn a_device_that_could_not_be_made_is_not_marked_as_ours() {
+        let (bin, log) = fake_ip(1);
+        let instance = tempfile::tempdir().unwrap();
+        let name = format!("tap-nx{}", std::process::id() % 100_000);
+        assert!(ensure(&name, instance.path(), &bin.path().join("ip"), 4242).is_err());
+        assert!(
+            !instance.path().join(CREATED).exists(),
+            "a device someone else makes meanwhile must not be removed as ours"
+        );
+        if rustix::process::geteuid().is_root() {
+            let calls = std::fs::read_to_string(log).unwrap();
+            assert_eq!(calls, format!("tuntap add dev {name} mode tap user 4242\n"));
+        }
+    }
+
+    #[test]
+    fn an_orphans_device_is_left_to_the_live_call_that_holds_it() {
+        let (bin, log) = fake_ip(0);
+        let tools = crate::tools::Tools::new(bin.path().as_os_str().to_owned());
+        let vms = tempfile::tempdir().unwrap();
+        let orphan = vms.path().join("app#999999999");
+        std::fs::create_dir(&orphan).unwrap();
+        std::fs::write(orphan.join(CREATED), "tap-app").unwrap();
+        let held = claim(req(vms.path(), false, 0)).unwrap();
+        release_orphan(&orphan, vms.path(), &tools);
+        assert!(!log.exists(), "in use: not deleted");
+        assert!(!orphan.join(CREATED).exists());
+        drop(held);
+        std::fs::write(orphan.join(CREATED), "tap-app").unwrap();
+        release_orphan(&orphan, vms.path(), &tools);
+        assert_eq!(
+            std::fs::read_to_string(log).unwrap(),
+            "link delete tap-app\n"
+        );
+    }
+
     #[test]
     fn root_takes_its_own_device_beside_one_a_call_created() {
         let dir = tempfile::tempdir().unwrap();
