@@ -95,7 +95,12 @@ fn tap_world() -> Option<(KillVms, World, PathBuf, PathBuf)> {
 
 /// A one-shot QEMU flake with a network and the seed's static `ip=` boot argument.
 fn net_flake(w: &World, fixtures: &Path, sci: &Path, name: &str) -> PathBuf {
-    let app = vm_flake_on(w, fixtures, sci, name, "qemu", &[WITH_NET], "");
+    net_flake_on(w, fixtures, sci, name, "qemu")
+}
+
+/// [`net_flake`] on VMM `vmm`.
+fn net_flake_on(w: &World, fixtures: &Path, sci: &Path, name: &str, vmm: &str) -> PathBuf {
+    let app = vm_flake_on(w, fixtures, sci, name, vmm, &[WITH_NET], "");
     let config = w.home.join(format!(".config/flakes/{name}.yaml"));
     let yaml = std::fs::read_to_string(&config).unwrap();
     assert!(yaml.contains("ip=dhcp"), "{yaml}");
@@ -103,19 +108,20 @@ fn net_flake(w: &World, fixtures: &Path, sci: &Path, name: &str) -> PathBuf {
     app
 }
 
-/// The command line of the world's running VMM and the devices its open TAP files are
-/// attached to; waits up to a minute for it while `call` runs.
-fn vmm_of(w: &World, call: &mut Child) -> (String, Vec<String>) {
+/// The pid and command line of the world's running VMM (`vmm`: its program name) and the
+/// devices its open TAP files are attached to; waits up to a minute for it while `call`
+/// runs.
+fn vmm_of(w: &World, vmm: &str, call: &mut Child) -> (u32, String, Vec<String>) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let needle = w.dir.path().display().to_string();
     loop {
         for pid in pids() {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains("qemu-system") && cmdline.contains(&needle) {
+            if cmdline.contains(vmm) && cmdline.contains(&needle) {
                 let taps = attached_taps(pid);
                 if !taps.is_empty() {
-                    return (cmdline, taps);
+                    return (pid, cmdline, taps);
                 }
             }
         }
@@ -189,7 +195,7 @@ fn the_admins_tap_name_is_the_device_the_vmm_opens_one_call_at_a_time() {
     let device = Device::admin(&format!("tap-{name}"));
     let app = net_flake(&w, &fixtures, &sci, &name);
     let mut first = spawn(&w, &app, &["-c", "sleep 5; echo first"]);
-    let (cmdline, taps) = vmm_of(&w, &mut first);
+    let (_, cmdline, taps) = vmm_of(&w, "qemu-system", &mut first);
     assert!(
         cmdline.contains(&format!("ifname={},", device.0)),
         "{cmdline}"
@@ -259,7 +265,7 @@ fn a_long_flake_name_uses_the_device_register_and_show_name_and_a_made_one_goes(
     let made = Device(shown.clone());
     assert!(!link_exists(&made.0));
     let mut call = spawn(&w, &app, &["-c", "sleep 3; echo done"]);
-    let (cmdline, taps) = vmm_of(&w, &mut call);
+    let (_, cmdline, taps) = vmm_of(&w, "qemu-system", &mut call);
     assert!(cmdline.contains(&format!("ifname={shown},")), "{cmdline}");
     assert_eq!(taps, std::slice::from_ref(&shown));
     let show = w.ctl(&["firecracker", "show", "--format", "json"]);
@@ -274,6 +280,59 @@ fn a_long_flake_name_uses_the_device_register_and_show_name_and_a_made_one_goes(
     let (code, out, err) = finish(call);
     assert_eq!((code, out.as_str()), (0, "done\n"), "{err}");
     assert!(!link_exists(&shown), "the device the call made is gone");
+    assert!(tap_locks(&w).is_empty(), "{:?}", tap_locks(&w));
+}
+
+#[test]
+fn firecracker_is_given_the_admins_tap_name_too() {
+    let Some((_vms, w, fixtures, sci)) = tap_world() else {
+        return;
+    };
+    let firecracker = fixtures.join("bin/firecracker");
+    let kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !kvm || !firecracker.is_file() {
+        eprintln!("SKIP: needs the Firecracker fixture and a usable /dev/kvm");
+        return;
+    }
+    let _made = MadeTaps(w.path("ids"));
+    let name = format!("vf{}", std::process::id() % 10_000_000);
+    let device = Device::admin(&format!("tap-{name}"));
+    let app = net_flake_on(&w, &fixtures, &sci, &name, "firecracker");
+    let mut path = fixtures.join("bin").into_os_string();
+    path.push(":");
+    path.push(std::env::var_os("PATH").unwrap_or_default());
+    let mut call = w
+        .command(&app)
+        .env("PATH", path)
+        .args(["-c", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (pid, cmdline, taps) = vmm_of(&w, "firecracker", &mut call);
+    assert_eq!(taps, std::slice::from_ref(&device.0), "{cmdline}");
+    let config = cmdline
+        .split_whitespace()
+        .find(|word| word.ends_with("/vm.json"))
+        .unwrap_or_else(|| panic!("{cmdline}"));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
+    assert_eq!(config["network-interfaces"][0]["host_dev_name"], device.0);
+    let boot = config["boot-source"]["boot_args"].as_str().unwrap();
+    assert!(boot.contains(SEED_IP), "{boot}");
+    // No guest boots under Firecracker here: the VMM is stopped, the call fails.
+    Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    let (code, _, err) = finish(call);
+    assert_eq!(code, 125, "{err}");
+    assert!(link_exists(&device.0), "the admin's device is left alone");
     assert!(tap_locks(&w).is_empty(), "{:?}", tap_locks(&w));
 }
 
