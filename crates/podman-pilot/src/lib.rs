@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod attach;
+pub mod entry;
 pub mod oneshot;
 pub mod options;
 pub mod provision;
@@ -66,15 +67,9 @@ pub enum PodmanError {
         /// Its engine.
         engine: &'static str,
     },
-    /// Resume mode without a program to run.
-    #[error(
-        "flake '{name}' runs in resume mode but has no target_app_path; set one (the image \
-        entrypoint cannot be resumed)"
-    )]
-    NeedsTarget {
-        /// The flake name.
-        name: String,
-    },
+    /// The image's entry command cannot be had.
+    #[error(transparent)]
+    Entry(#[from] entry::EntryError),
     /// The instance's agent never opened its socket.
     #[error("instance {container} did not start its agent; see `podman logs {container}`")]
     AgentDidNotStart {

@@ -11,7 +11,9 @@
 //! 1. lock; connect again (another caller may have just started it);
 //! 2. `podman run -d --rm --name N ... --entrypoint /.flake-agent IMAGE serve ...`, after
 //!    removing a leftover container of that name (crash, reboot, `podman rm` behind our back);
-//! 3. wait for the socket, unlock, and make the call like a warm one.
+//! 3. for a flake on the image's own entry command (`--target /`), read that command from
+//!    the image and keep it with the instance ([`crate::entry`]);
+//! 4. wait for the socket, unlock, and make the call like a warm one.
 //!
 //! When the agent cannot be reached although the container runs (or podman runs through
 //! sudo, whose root-owned socket the caller cannot open), the call falls back to
@@ -26,8 +28,9 @@ use std::time::{Duration, Instant};
 use flakes::config::{ContainerFlake, Target};
 use flakes::instance::{InstanceKey, StateDir};
 use flakes::process::{Cmd, ProcessError};
-use flakes::{CallArgs, FlakeName, PilotExit};
+use flakes::{CallArgs, PilotExit};
 
+use crate::entry::ImageEntry;
 use crate::oneshot::{Terminal, FLAKE_LABEL, INSTANCE_LABEL};
 use crate::options::{engine_options, OptionPolicy};
 use crate::{Engine, PodmanError};
@@ -64,7 +67,6 @@ pub fn call(
     terminal: Terminal,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<PilotExit, PodmanError> {
-    let argv = target_argv(&instance.key.flake, flake, call)?;
     let tty = terminal.wants_tty(call);
     let socket = instance.state.socket();
     let stream = match instance
@@ -75,6 +77,7 @@ pub fn call(
         Some(stream) => Some(stream),
         None => cold_start(instance, agent, flake, call, lookup)?,
     };
+    let argv = target_argv(instance, flake, call)?;
     let exit = match stream {
         Some(stream) => {
             let term = std::env::var_os("TERM").map(|t| t.as_bytes().to_vec());
@@ -110,23 +113,38 @@ pub fn remove(instance: &Instance<'_>) -> Result<(), PodmanError> {
     Ok(())
 }
 
+/// The program and arguments of one call: the flake's target, or the image's own entry
+/// command for a flake registered on it (see [`crate::entry`]).
 fn target_argv(
-    name: &FlakeName,
+    instance: &Instance<'_>,
     flake: &ContainerFlake,
     call: &CallArgs,
 ) -> Result<Vec<Vec<u8>>, PodmanError> {
     let program = match &flake.target {
         Target::Program(path) => path.clone(),
-        Target::FlakeName => name.to_string(),
+        Target::FlakeName => instance.key.flake.to_string(),
         Target::ImageEntrypoint => {
-            return Err(PodmanError::NeedsTarget {
-                name: name.to_string(),
-            })
+            let entry = match ImageEntry::load(instance.state.path()) {
+                Some(entry) => entry,
+                // Started by a caller that has not yet written it down: read it now.
+                None => keep_image_entry(instance, flake)?,
+            };
+            return Ok(entry.argv(&call.app_args, &flake.image)?);
         }
     };
     let mut argv = vec![program.into_bytes()];
     argv.extend(call.app_args.iter().map(|a| a.as_bytes().to_vec()));
     Ok(argv)
+}
+
+/// Reads the image's entry command and keeps it in the instance's state directory.
+fn keep_image_entry(
+    instance: &Instance<'_>,
+    flake: &ContainerFlake,
+) -> Result<ImageEntry, PodmanError> {
+    let entry = ImageEntry::inspect(instance.engine, &flake.image)?;
+    entry.save(instance.state.path())?;
+    Ok(entry)
 }
 
 /// Starts the instance under its lock; returns a connection when the agent is reachable.
@@ -153,6 +171,10 @@ fn cold_start(
         // A container of that name left from a crash or reboot: remove it and retry once.
         let _ = instance.engine.remove_container(&instance.container);
         run.stdout().map_err(|_| err)?;
+    }
+    if flake.target == Target::ImageEntrypoint {
+        // After the start, which pulled a missing image: the instance runs this one.
+        keep_image_entry(instance, flake)?;
     }
     if !instance.direct {
         return Ok(None);

@@ -51,13 +51,18 @@ pub fn running(dir: &Path) -> Option<u32> {
 }
 
 /// Removes the one-shot instances below `vms_dir` whose launcher and VMM are both gone
-/// (a launcher killed with `kill -9` cannot remove its own).
+/// (a launcher killed with `kill -9` cannot remove its own), and TAP device lock files no
+/// call holds.
 pub fn collect_orphans(vms_dir: &Path, tools: &crate::tools::Tools) {
     let Ok(entries) = std::fs::read_dir(vms_dir) else {
         return;
     };
     for entry in entries.filter_map(std::result::Result::ok) {
         let name = entry.file_name();
+        if crate::tap::is_lock_file(&name) {
+            crate::tap::collect_lock(&entry.path());
+            continue;
+        }
         let Some((_, pid)) = name.to_str().and_then(|n| n.rsplit_once('#')) else {
             continue;
         };
@@ -65,7 +70,7 @@ pub fn collect_orphans(vms_dir: &Path, tools: &crate::tools::Tools) {
             .parse::<u32>()
             .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
         if launcher_gone && running(&entry.path()).is_none() {
-            crate::tap::release(&entry.path(), tools);
+            crate::tap::release_orphan(&entry.path(), vms_dir, tools);
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
@@ -249,7 +254,10 @@ mod tests {
         for d in [&orphan, &live, &resume] {
             std::fs::create_dir_all(d).unwrap();
         }
+        let left_lock = dir.path().join(".tap-app.lock");
+        std::fs::write(&left_lock, "created\n").unwrap();
         collect_orphans(dir.path(), &crate::tools::Tools::default());
+        assert!(!left_lock.exists(), "a TAP lock file no call holds");
         assert!(!orphan.exists());
         assert!(live.exists(), "its launcher still runs");
         assert!(resume.exists(), "resume instances are not one-shot orphans");

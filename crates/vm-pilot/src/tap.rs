@@ -1,21 +1,35 @@
 // SPDX-License-Identifier: MIT
 //! The TAP device of a VM with a network.
 //!
-//! The device is named `tap-<instance>` (for example `tap-mybash` or `tap-mybash@work`)
-//! when that fits the kernel's 15-character limit on interface names, and
-//! `tap-<8 hex digits>` (a hash of the instance name) when it does not; the original let
-//! long names fail. One-shot instances of root get their own device (the name then
-//! carries the launcher's pid, so it is the short form); other users' one-shot calls use
-//! the flake's `tap-<flake>[@NAME]`, which only an admin can make. A device that exists
-//! already (made by an admin, for instance with
-//! `ip tuntap add NAME mode tap user UID`) is used as it is and left alone. Otherwise the
-//! launcher creates it and records that in the instance directory, so it is removed with
-//! the instance and only then. Creating one needs `CAP_NET_ADMIN` (root); routing and
-//! addresses stay the admin's business, as before.
+//! A call of flake NAME uses the device `tap-NAME`, and a call of `NAME @ID` the device
+//! `tap-NAME@ID`, as the seed's networking recipe tells the admin to make them, for every
+//! caller and every launch mode. Only where that name does not fit the kernel's
+//! 15-character limit on interface names is the short form `tap-<8 hex digits>` (a hash of
+//! the instance name) used; `flake-ctl firecracker register` and `show` print it, since the
+//! admin must make that device instead (the original let long names fail).
+//!
+//! A device that exists (made by an admin, for instance with
+//! `ip tuntap add NAME mode tap user UID`, then given its address and routes) is used as it
+//! is and left alone. A missing one is created by root (marked in the instance directory,
+//! so it is removed when the instance ends, and only then); any other caller is told the
+//! command that makes it. Routing and addresses stay the admin's business.
+//!
+//! A device carries one VM at a time (the kernel refuses a second opener), so a one-shot
+//! call holds the device's lock file (`<vms dir>/.tap-DEV.lock`, flock) for its whole
+//! call. A second concurrent call of the same flake and instance waits for it, up to
+//! [`WAIT`] (saying so with `%progress`) — except a root call while the device is one the
+//! first call created for itself (no admin set it up, so it carries no network the admin
+//! made): that call gets a device of its own for the call, `tap-<hash>`, as before. The
+//! holder writes into the lock file whether it created the device, and removes the file
+//! before it lets go, so no lock file outlives its calls.
 
-use std::path::Path;
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use flakes::process::Cmd;
+use rustix::fs::{flock, FlockOperation};
 
 use crate::error::{Result, VmError};
 
@@ -23,6 +37,12 @@ use crate::error::{Result, VmError};
 pub const MAX_NAME: usize = 15;
 /// File in the instance directory that says the launcher created the device.
 const CREATED: &str = "tap.created";
+/// How long a one-shot call waits for the device another call holds.
+pub const WAIT: Duration = Duration::from_secs(60);
+/// What a device's lock file holds while its holder uses a device it created.
+const HELD_CREATED: &[u8] = b"created\n";
+/// What it holds while its holder uses a device that was there.
+const HELD_FOUND: &[u8] = b"found\n";
 
 /// The TAP device name of instance `label`.
 pub fn name(label: &str) -> String {
@@ -40,12 +60,43 @@ pub fn name(label: &str) -> String {
     }
 }
 
-/// Makes sure device `name` exists for the instance in `dir`; creates it when missing.
-pub fn ensure(name: &str, dir: &Path, ip: &Path, uid: u32) -> Result<()> {
-    if Path::new("/sys/class/net").join(name).exists() {
-        return Ok(());
+/// The device the instance in `dir` (of instance `label`, `NAME[@ID]`) uses: the one the
+/// launcher created for it, else [`name`]`(label)`.
+pub fn used_by(dir: &Path, label: &str) -> String {
+    std::fs::read_to_string(dir.join(CREATED))
+        .map(|created| created.trim().to_string())
+        .unwrap_or_else(|_| name(label))
+}
+
+/// The note `flake-ctl firecracker register` prints for flake `flake` when its device
+/// does not take the seed's form `tap-NAME` (the name is too long): which device to make.
+pub fn short_form_note(flake: &str) -> Option<String> {
+    let device = name(flake);
+    (device != format!("tap-{flake}")).then(|| {
+        format!(
+            "the network device of {flake} is {device} (tap-{flake} does not fit the kernel's \
+             {MAX_NAME} characters); create it with `ip tuntap add {device} mode tap user UID`; \
+             a call of an instance (@ID) without its device names the one it needs"
+        )
+    })
+}
+
+/// Whether a network device `name` exists on the host.
+pub fn exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Makes sure device `name` exists for the instance in `dir`; creates it when missing
+/// (then `true`).
+pub fn ensure(name: &str, dir: &Path, ip: &Path, uid: u32) -> Result<bool> {
+    let root = rustix::process::geteuid().is_root();
+    if exists(name) {
+        if !root {
+            check_owner(name, uid)?;
+        }
+        return Ok(false);
     }
-    if !rustix::process::geteuid().is_root() {
+    if !root {
         return Err(VmError::Tap {
             name: name.into(),
             reason: format!(
@@ -65,11 +116,44 @@ pub fn ensure(name: &str, dir: &Path, ip: &Path, uid: u32) -> Result<()> {
             "user",
             &uid.to_string(),
         ])
-        .status()?;
+        .stdout()?;
+    // Marked only once made: a device someone else made meanwhile is not ours to remove.
     let marker = dir.join(CREATED);
     std::fs::write(&marker, name).map_err(crate::error::io(&marker))?;
     Cmd::new(ip).args(["link", "set", name, "up"]).stdout()?;
-    Ok(())
+    Ok(true)
+}
+
+/// Refuses an existing device that user `uid` may not open: the kernel lets a user other
+/// than root open only a device made for them (`user UID`) or for a group (`group GID`).
+/// The seed's `ip tuntap add NAME mode tap` makes one for root only; the VMM would fail
+/// on it with a bare "Operation not permitted".
+fn check_owner(name: &str, uid: u32) -> Result<()> {
+    let read = |what: &str| {
+        let path = Path::new("/sys/class/net").join(name).join(what);
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| text.trim().parse::<i64>().ok())
+    };
+    let (Some(owner), Some(group)) = (read("owner"), read("group")) else {
+        return Ok(());
+    };
+    if owner == i64::from(uid) || group != -1 {
+        return Ok(());
+    }
+    let whose = if owner == -1 {
+        "root's only".to_string()
+    } else {
+        format!("user {owner}'s")
+    };
+    Err(VmError::Tap {
+        name: name.into(),
+        reason: format!(
+            "user {uid} may not open it (it is {whose}); make it again for the user with \
+             `ip link delete {name} && ip tuntap add {name} mode tap user {uid}`, then give it \
+             its address again"
+        ),
+    })
 }
 
 /// Removes the device of the instance in `dir` if the launcher created it (`ip` is only
@@ -85,9 +169,262 @@ pub fn release(dir: &Path, tools: &crate::tools::Tools) {
     }
 }
 
+/// [`release`] for the instance in `dir` whose launcher is gone: its device is left to a
+/// live call that holds it by now (that call found it and uses it; the call ends before
+/// it goes).
+pub fn release_orphan(dir: &Path, vms_dir: &Path, tools: &crate::tools::Tools) {
+    let marker = dir.join(CREATED);
+    let Ok(name) = std::fs::read_to_string(&marker) else {
+        return;
+    };
+    match try_hold(&lock_path(vms_dir, name.trim())) {
+        Ok(Some(_held)) => release(dir, tools),
+        _ => {
+            let _ = std::fs::remove_file(marker);
+        }
+    }
+}
+
+/// A one-shot call's device and, for `tap-NAME`, the hold on it (released on drop).
+#[derive(Debug)]
+pub struct TapClaim {
+    /// The device the call uses.
+    pub name: String,
+    held: Option<Held>,
+}
+
+/// A held device lock file.
+#[derive(Debug)]
+struct Held {
+    file: File,
+    path: PathBuf,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // Removed while still locked: a waiter that opened it finds it gone (another inode
+        // at the path, or none) and opens afresh, so no two calls ever hold "the" lock.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl TapClaim {
+    /// Notes in the lock file whether the call created the device (a waiting root call
+    /// then takes a device of its own instead of waiting).
+    pub fn created(&self, created: bool) {
+        if let Some(held) = &self.held {
+            let text = if created { HELD_CREATED } else { HELD_FOUND };
+            let _ = held.file.set_len(0);
+            let _ = held.file.write_all_at(text, 0);
+        }
+    }
+}
+
+/// What [`claim`] needs to know about the call.
+#[derive(Debug)]
+pub struct ClaimFor<'a> {
+    /// The caller's directory of VM instances (holds the lock files).
+    pub vms_dir: &'a Path,
+    /// The instance's device, `tap-NAME[@ID]` (or its short form).
+    pub name: String,
+    /// The device of this call alone, for a root call that does not wait.
+    pub per_call: String,
+    /// The caller is root (can create devices).
+    pub root: bool,
+    /// How long to wait for the device.
+    pub wait: Duration,
+    /// Say on stderr that the call waits (`%progress`).
+    pub progress: bool,
+}
+
+/// Claims the device of a one-shot call (see the module doc for who waits).
+pub fn claim(req: ClaimFor<'_>) -> Result<TapClaim> {
+    let path = lock_path(req.vms_dir, &req.name);
+    let deadline = Instant::now() + req.wait;
+    let mut said = false;
+    loop {
+        if let Some(held) = try_hold(&path)? {
+            return Ok(TapClaim {
+                name: req.name,
+                held: Some(held),
+            });
+        }
+        if req.root && holder_created(&path) {
+            return Ok(TapClaim {
+                name: req.per_call,
+                held: None,
+            });
+        }
+        if Instant::now() >= deadline {
+            return Err(VmError::Tap {
+                name: req.name,
+                reason: format!(
+                    "another call of this instance still uses it after {} s; call again when \
+                     it ends, or call another instance (@ID) with its own device",
+                    req.wait.as_secs()
+                ),
+            });
+        }
+        if req.progress && !said {
+            eprintln!(
+                "firecracker-pilot: waiting for tap device {} (another call of this instance \
+                 uses it; at most {} s)",
+                req.name,
+                req.wait.as_secs()
+            );
+            said = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether `name` is that of a device's lock file in a VM directory.
+pub fn is_lock_file(name: &std::ffi::OsStr) -> bool {
+    name.to_str()
+        .is_some_and(|n| n.starts_with(".tap-") && n.ends_with(".lock"))
+}
+
+/// Removes the device lock file at `path` if no call holds it (its holder was killed).
+pub fn collect_lock(path: &Path) {
+    if let Ok(Some(held)) = try_hold(path) {
+        drop(held);
+    }
+}
+
+fn lock_path(vms_dir: &Path, name: &str) -> PathBuf {
+    vms_dir.join(format!(".{name}.lock"))
+}
+
+/// Whether the holder of the lock at `path` uses a device it created.
+fn holder_created(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|text| text == HELD_CREATED)
+}
+
+/// Takes the lock file at `path` without waiting; `None` when another call holds it.
+fn try_hold(path: &Path) -> Result<Option<Held>> {
+    loop {
+        let file = flakes::instance::lock_file(path)?;
+        if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
+            return Ok(None);
+        }
+        // The holder before may have removed the file after this open: then this lock is
+        // on a file no one else can find, and the path's current file is the one to take.
+        let same = std::fs::symlink_metadata(path)
+            .ok()
+            .zip(file.metadata().ok())
+            .is_some_and(|(at_path, held)| {
+                at_path.ino() == held.ino() && at_path.dev() == held.dev()
+            });
+        if same {
+            let _ = file.set_len(0);
+            return Ok(Some(Held {
+                file,
+                path: path.to_path_buf(),
+            }));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn req(dir: &Path, root: bool, wait_ms: u64) -> ClaimFor<'_> {
+        ClaimFor {
+            vms_dir: dir,
+            name: "tap-app".into(),
+            per_call: "tap-percall".into(),
+            root,
+            wait: Duration::from_millis(wait_ms),
+            progress: false,
+        }
+    }
+
+    #[test]
+    fn a_second_call_waits_for_the_device_and_its_lock_file_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = claim(req(dir.path(), true, 0)).unwrap();
+        assert_eq!(first.name, "tap-app");
+        first.created(false);
+        // The device was there (an admin's): every second caller waits, root too.
+        for root in [true, false] {
+            let err = claim(req(dir.path(), root, 200)).unwrap_err().to_string();
+            assert!(
+                err.contains("tap-app") && err.contains("another call"),
+                "{err}"
+            );
+        }
+        let waiter = {
+            let dir = dir.path().to_path_buf();
+            std::thread::spawn(move || claim(req(&dir, false, 5_000)).map(|c| c.name))
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        drop(first);
+        assert_eq!(waiter.join().unwrap().unwrap(), "tap-app");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "no lock file outlives its calls: {left:?}");
+    }
+
+    /// A fake `ip` in a directory of its own that logs its arguments and exits `code`.
+    fn fake_ip(code: i32) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("calls");
+        let ip = dir.path().join("ip");
+        let script = format!("#!/bin/sh\necho \"$*\" >> {}\nexit {code}\n", log.display());
+        std::fs::write(&ip, script).unwrap();
+        std::fs::set_permissions(&ip, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        (dir, log)
+    }
+
+    #[test]
+    fn a_device_that_could_not_be_made_is_not_marked_as_ours() {
+        let (bin, log) = fake_ip(1);
+        let instance = tempfile::tempdir().unwrap();
+        let name = format!("tap-nx{}", std::process::id() % 100_000);
+        assert!(ensure(&name, instance.path(), &bin.path().join("ip"), 4242).is_err());
+        assert!(
+            !instance.path().join(CREATED).exists(),
+            "a device someone else makes meanwhile must not be removed as ours"
+        );
+        if rustix::process::geteuid().is_root() {
+            let calls = std::fs::read_to_string(log).unwrap();
+            assert_eq!(calls, format!("tuntap add dev {name} mode tap user 4242\n"));
+        }
+    }
+
+    #[test]
+    fn an_orphans_device_is_left_to_the_live_call_that_holds_it() {
+        let (bin, log) = fake_ip(0);
+        let tools = crate::tools::Tools::new(bin.path().as_os_str().to_owned());
+        let vms = tempfile::tempdir().unwrap();
+        let orphan = vms.path().join("app#999999999");
+        std::fs::create_dir(&orphan).unwrap();
+        std::fs::write(orphan.join(CREATED), "tap-app").unwrap();
+        let held = claim(req(vms.path(), false, 0)).unwrap();
+        release_orphan(&orphan, vms.path(), &tools);
+        assert!(!log.exists(), "in use: not deleted");
+        assert!(!orphan.join(CREATED).exists());
+        drop(held);
+        std::fs::write(orphan.join(CREATED), "tap-app").unwrap();
+        release_orphan(&orphan, vms.path(), &tools);
+        assert_eq!(
+            std::fs::read_to_string(log).unwrap(),
+            "link delete tap-app\n"
+        );
+    }
+
+    #[test]
+    fn root_takes_its_own_device_beside_one_a_call_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = claim(req(dir.path(), true, 0)).unwrap();
+        first.created(true);
+        let second = claim(req(dir.path(), true, 0)).unwrap();
+        assert_eq!(second.name, "tap-percall");
+        assert!(claim(req(dir.path(), false, 100)).is_err(), "others wait");
+        drop(second);
+        drop(first);
+        assert_eq!(claim(req(dir.path(), true, 0)).unwrap().name, "tap-app");
+    }
 
     #[test]
     fn names_fit_the_kernel_limit() {

@@ -5,7 +5,9 @@
 //! and `<flake>[@NAME]#<pid>` (one-shot; see `vm_pilot::instance`). One is
 //! `running` while its VMM process lives and names that directory on its command line (a
 //! reused pid is not mistaken for the VM), `stale` otherwise (a VM that crashed or was killed
-//! keeps its console log there for inspection).
+//! keeps its console log there for inspection). The TAP column names the network device
+//! an instance uses (`tap-NAME[@ID]`, or its short form where that is longer than the
+//! kernel's 15 characters: the one the admin must make).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -28,10 +30,12 @@ pub struct VmRow {
     status: String,
     image: Option<String>,
     config: Option<String>,
+    tap: Option<String>,
 }
 
 impl Row for VmRow {
-    const HEADERS: &'static [&'static str] = &["NAME", "USER", "ID", "STATUS", "IMAGE", "CONFIG"];
+    const HEADERS: &'static [&'static str] =
+        &["NAME", "USER", "ID", "STATUS", "IMAGE", "CONFIG", "TAP"];
 
     fn cells(&self) -> Vec<Option<String>> {
         vec![
@@ -41,6 +45,7 @@ impl Row for VmRow {
             Some(self.status.clone()),
             self.image.clone(),
             self.config.clone(),
+            self.tap.clone(),
         ]
     }
 }
@@ -70,17 +75,22 @@ fn row(ctx: &Context, uid: u32, label: &str, dir: &Path) -> VmRow {
     let found = FlakeName::new(flake)
         .ok()
         .and_then(|name| flakes::registry::find(&ctx.settings.lookup_order(), &name).ok());
-    let image = found.as_ref().and_then(|f| match &f.engine {
-        Engine::Vm(vm) => Some(vm.image.clone()),
+    let vm = found.as_ref().and_then(|f| match &f.engine {
+        Engine::Vm(vm) => Some(vm),
         Engine::Container(_) => None,
     });
+    let image = vm.map(|vm| vm.image.clone());
+    let tap = vm
+        .filter(|vm| vm.runtime.network)
+        .map(|_| vm_pilot::tap::used_by(dir, key));
     VmRow {
         name: label.to_string(),
         user: flakes::host::user_name(uid),
         id: pid.map(|p| p.to_string()),
         status: if pid.is_some() { "running" } else { "stale" }.to_string(),
         image,
-        config: found.map(|f| f.path.display().to_string()),
+        config: found.as_ref().map(|f| f.path.display().to_string()),
+        tap,
     }
 }
 
