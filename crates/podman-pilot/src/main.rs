@@ -28,13 +28,17 @@ fn main() -> ExitCode {
     match run() {
         Ok(exit) => exit.into(),
         Err(err) => {
-            eprintln!("podman-pilot: {err}");
+            eprintln!("podman-pilot: {}", flakes::report::one_line(&err));
             PilotExit::from(&err).into()
         }
     }
 }
 
 fn run() -> Result<PilotExit, PodmanError> {
+    // The original's debug mode: every engine command line, masked, on stderr.
+    if std::env::var_os("PILOT_DEBUG").is_some() {
+        flakes::process::trace_commands("podman-pilot");
+    }
     let mut argv = std::env::args_os();
     let name = flake_name(&argv.next().unwrap_or_default())?;
     let call = CallArgs::parse(argv)?;
@@ -57,6 +61,7 @@ fn run() -> Result<PilotExit, PodmanError> {
     let via_sudo = container.runtime.runas == RunAs::Root && !settings.caller.is_root();
     let engine = Engine::locate(std::env::var_os("PATH").as_deref(), via_sudo)?
         .with_storage_conf(settings.podman_storage_conf(mode));
+    engine.check_sudo(name.as_str())?;
     let mut container = container;
     if container.needs_provisioning(&flake.include) {
         let provisioner = Provisioner {
