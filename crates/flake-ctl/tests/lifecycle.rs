@@ -34,6 +34,7 @@ fn tree_set(w: &World) -> BTreeSet<String> {
 fn left_behind(before: &BTreeSet<String>, after: &BTreeSet<String>) -> Vec<String> {
     let bases = [
         "flakes",
+        "flakes/.registry.lock",
         "bin",
         "ids",
         "ids/0",

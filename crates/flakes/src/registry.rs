@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: MIT
 //! A registration directory (`flakes_dir`): `NAME.yaml` plus optional `NAME.d/` per flake.
 //!
-//! Changes to a directory are serialised by an exclusive `flock` on the directory itself
-//! ([`Registry::lock`]): the check that a flake name is free and the rename that claims it
-//! happen under one hold, so two registrations of one name cannot both succeed, and no lock
-//! file is left behind. A registration stages its YAML as `.NAME.yaml.PID.tmp` under that
-//! hold; one whose writer was killed is collected by the next holder
-//! ([`Registry::clean_staged`]).
+//! Changes to a directory are serialised by an exclusive `flock` on its lock file
+//! `.registry.lock` ([`Registry::lock`]): the check that a flake name is free and the rename
+//! that claims it happen under one hold, so two registrations of one name cannot both
+//! succeed. The lock file is private to the directory's writer (mode 0600): a lock on the
+//! directory itself could be taken by any user who can read it, who could then stall root's
+//! registrations for as long as they liked. A registration stages its YAML as
+//! `.NAME.yaml.PID.tmp` under that hold; one whose writer was killed is collected by the
+//! next holder ([`Registry::clean_staged`]).
 
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
@@ -47,8 +49,11 @@ pub enum RegistryError {
 /// holder dies.
 #[derive(Debug)]
 pub struct RegistryLock {
-    _dir: File,
+    _file: File,
 }
+
+/// The lock file of a registration directory (hidden, and not a `.yaml`: never a flake).
+pub const LOCK_FILE: &str = ".registry.lock";
 
 /// One registration directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,24 +91,28 @@ impl Registry {
     /// Takes the directory's exclusive lock, waiting for a concurrent holder. The directory
     /// must exist.
     pub fn lock(&self) -> std::io::Result<RegistryLock> {
-        let dir = self.open_dir()?;
-        flock(&dir, FlockOperation::LockExclusive)?;
-        Ok(RegistryLock { _dir: dir })
+        let file = self.open_lock()?;
+        flock(&file, FlockOperation::LockExclusive)?;
+        Ok(RegistryLock { _file: file })
     }
 
-    /// Takes the directory's lock if nobody holds it.
+    /// Takes the directory's lock if nobody holds it and the caller may write it.
     pub fn try_lock(&self) -> Option<RegistryLock> {
-        let dir = self.open_dir().ok()?;
-        flock(&dir, FlockOperation::NonBlockingLockExclusive).ok()?;
-        Some(RegistryLock { _dir: dir })
+        let file = self.open_lock().ok()?;
+        flock(&file, FlockOperation::NonBlockingLockExclusive).ok()?;
+        Some(RegistryLock { _file: file })
     }
 
-    fn open_dir(&self) -> std::io::Result<File> {
-        let flags = rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::NOFOLLOW;
+    /// Opens (creating, mode 0600, never through a symlink) the lock file.
+    fn open_lock(&self) -> std::io::Result<File> {
         std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(i32::try_from(flags.bits()).unwrap_or(0))
-            .open(&self.dir)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(i32::try_from(rustix::fs::OFlags::NOFOLLOW.bits()).unwrap_or(0))
+            .open(self.dir.join(LOCK_FILE))
     }
 
     /// The name a registration of `name` stages its YAML under before renaming it into place.
@@ -220,6 +229,12 @@ mod tests {
         write(dir.path(), "a.yaml", FLAKE);
         let held = reg.lock().unwrap();
         assert!(reg.try_lock().is_none());
+        let lock = std::fs::metadata(dir.path().join(LOCK_FILE)).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&lock.permissions()) & 0o777,
+            0o600,
+            "only the directory's writer may take the lock"
+        );
         reg.clean_staged(&held);
         assert!(!dir.path().join(".a.yaml.4242.tmp").exists());
         assert!(dir.path().join("a.yaml").exists());

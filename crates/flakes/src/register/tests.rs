@@ -148,7 +148,12 @@ fn failed_registration_leaves_nothing_behind() {
         .commit()
         .unwrap_err();
     assert!(matches!(err, RegisterError::Io { .. }), "{err}");
-    let after: Vec<String> = fx.files().into_iter().filter(|f| f != "flakes").collect();
+    // The registry directory and its lock are the registry's, not the flake's.
+    let after: Vec<String> = fx
+        .files()
+        .into_iter()
+        .filter(|f| f != "flakes" && f != "flakes/.registry.lock")
+        .collect();
     assert_eq!(after, before);
 }
 
