@@ -258,14 +258,19 @@ enum EnvOption {
     No,
 }
 
-/// `-e`, `--env` and their attached forms; a short cluster ending in `e` (`-ite`) also takes
+/// `-e`, `--env`, `--env-merge` and their attached forms; a short cluster ending in `e` (`-ite`) also takes
 /// the next argument, as podman's option parser reads it.
 fn env_option(arg: &str) -> EnvOption {
-    if arg == "--env" {
-        return EnvOption::Next;
-    }
-    if arg.starts_with("--env=") {
-        return EnvOption::Inline("--env=".len());
+    for long in ["--env", "--env-merge"] {
+        if arg == long {
+            return EnvOption::Next;
+        }
+        if arg
+            .strip_prefix(long)
+            .is_some_and(|rest| rest.starts_with('='))
+        {
+            return EnvOption::Inline(long.len() + 1);
+        }
     }
     let Some(cluster) = arg.strip_prefix('-').filter(|c| !c.starts_with('-')) else {
         return EnvOption::No;
@@ -379,6 +384,8 @@ mod tests {
                 "-v /a:/b --network=none",
             ),
             (&["--env-file", "/etc/e"], "--env-file /etc/e"),
+            (&["--env-merge", "P=s3cret"], "--env-merge P=***"),
+            (&["--env-merge=P=s3cret"], "--env-merge=P=***"),
             (&["-e"], "-e"),
         ];
         for (args, shown) in cases {
