@@ -283,15 +283,19 @@ fn remove_leaves_nothing_of_a_podman_flake_in_any_mode() {
     }
 }
 
+fn link_exists(name: &str) -> bool {
+    std::path::Path::new("/sys/class/net").join(name).exists()
+}
+
 /// VMM processes whose command line names the world's directory.
 fn vmm_processes(w: &World) -> Vec<String> {
-    podman_free_pgrep(&format!(
+    pgrep(&format!(
         "(qemu-system|firecracker).*{}",
         w.dir.path().display()
     ))
 }
 
-fn podman_free_pgrep(pattern: &str) -> Vec<String> {
+fn pgrep(pattern: &str) -> Vec<String> {
     let out = Command::new("pgrep")
         .args(["-f", pattern])
         .output()
@@ -331,7 +335,7 @@ fn remove_stops_the_vms_of_a_flake_and_leaves_nothing() {
         &fixtures,
         &sci,
         "vmrmres",
-        &["--resume", "--overlay-size", "16MiB"],
+        &["--resume", "--overlay-size", "16MiB", util::vm::WITH_NET],
         "",
     );
     w.app(&one, &["-c", "echo one"], None).success();
@@ -342,6 +346,17 @@ fn remove_stops_the_vms_of_a_flake_and_leaves_nothing() {
         "the resume VM runs"
     );
     assert!(util::vm::running_vm(&w, "vmrmres@second").is_some());
+    // The TAP devices root's launcher made for the two resume VMs.
+    let taps: Vec<String> = ["vmrmres", "vmrmres@second"]
+        .iter()
+        .map(|label| {
+            let marker = w.path(&format!("ids/0/.vm/{label}/tap.created"));
+            std::fs::read_to_string(&marker).unwrap().trim().to_string()
+        })
+        .collect();
+    for tap in &taps {
+        assert!(link_exists(tap), "{tap} made for the VM");
+    }
     for app in [&one, &res] {
         let run = w.ctl(&[
             "firecracker",
@@ -351,6 +366,9 @@ fn remove_stops_the_vms_of_a_flake_and_leaves_nothing() {
             &app.display().to_string(),
         ]);
         run.success();
+    }
+    for tap in &taps {
+        assert!(!link_exists(tap), "{tap} removed with the flake");
     }
     assert_eq!(
         vmm_processes(&w),
