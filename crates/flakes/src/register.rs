@@ -251,16 +251,26 @@ impl Registration<'_> {
     /// Checks, then writes the registration atomically. The check and the write happen
     /// under the registry's lock, so of two registrations of one name only one succeeds.
     pub fn commit(&self) -> Result<FlakeName> {
-        app_name(&self.app)?;
+        // Refusals that need no lock come before anything is created; the check is made
+        // again under the lock, where it counts.
+        self.check()?;
         let mut undo = Undo::default();
         let dir = self.registry.dir();
         undo.create_dirs(dir)?;
         let held = self.registry.lock().map_err(io("lock", dir))?;
         self.registry.clean_staged(&held);
-        let name = self.check()?;
-        self.write(&name, &mut undo)?;
-        undo.disarm();
-        Ok(name)
+        let written = self.check().and_then(|name| {
+            self.write(&name, &mut undo)?;
+            Ok(name)
+        });
+        if written.is_ok() {
+            undo.disarm();
+        }
+        // A failed registration is undone while the lock is still held, so the undo cannot
+        // take away what a concurrent registration of the same name makes next.
+        drop(undo);
+        drop(held);
+        written
     }
 
     fn write(&self, name: &FlakeName, undo: &mut Undo) -> Result<()> {
