@@ -140,6 +140,69 @@ fn files_of_a_registration_killed_midway_are_collected() {
     );
 }
 
+#[test]
+fn registrations_killed_at_any_moment_leave_nothing_that_blocks_the_next() {
+    let w = World::new();
+    let name = util::unique("kill9");
+    let app = w.bin.join(&name);
+    let ctl = util::bin_dir().join("flake-ctl");
+    // Killed after 0 to ~20 ms: before, during and after staging and renaming.
+    for step in 0..24u64 {
+        let mut child = w
+            .command(&ctl)
+            .args([
+                "podman",
+                "register",
+                "--force",
+                "--container",
+                IMAGE,
+                "--app",
+            ])
+            .arg(&app)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_micros(step * 800));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    w.ctl(&["list"]).success();
+    let staged = |tree: &[String]| -> Vec<String> {
+        tree.iter()
+            .filter(|p| p.starts_with("flakes/") && p.ends_with(".tmp"))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        staged(&w.tree()),
+        Vec::<String>::new(),
+        "list collected them"
+    );
+    let app_s = app.display().to_string();
+    w.ctl(&[
+        "podman",
+        "register",
+        "--force",
+        "--container",
+        IMAGE,
+        "--app",
+        &app_s,
+    ])
+    .success();
+    assert!(
+        !w.tree().iter().any(|p| p.ends_with(".tmp")),
+        "{:?}",
+        w.tree()
+    );
+    w.ctl(&["podman", "remove", "--app", &app_s]).success();
+    assert!(
+        !w.tree().iter().any(|p| p.contains(&name)),
+        "{:?}",
+        w.tree()
+    );
+}
+
 /// A VM flake registration as `flake-ctl firecracker register` writes it (without needing
 /// a pulled image).
 fn vm_registration(w: &World, name: &str) -> PathBuf {
