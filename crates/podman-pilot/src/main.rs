@@ -4,7 +4,10 @@
 //! Called as `/usr/bin/aws ec2 help`, it loads flake `aws`, assembles its image first when
 //! it has a base, layers, includes or host dependencies (cached), and runs it in the flake's
 //! launch mode: one-shot (replaces itself with `podman run --rm`), resume (a call into the
-//! running instance's agent) or attach. Its own failures exit 125 (see `flakes::exit`).
+//! running instance's agent) or attach. Its own failures exit 125 (see `flakes::exit`),
+//! including a root flake that sudo will not run for the caller (asked before the launch,
+//! since sudo's own refusal exits 1 like an app could). With `PILOT_DEBUG` set, every
+//! engine command line it runs is printed on stderr, environment values masked.
 
 use std::ffi::OsString;
 use std::path::Path;
