@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("flake-ctl: {err:#}");
+            eprintln!("flake-ctl: {}", flakes::report::one_line(err.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -23,6 +23,7 @@ pub mod names;
 pub mod process;
 pub mod register;
 pub mod registry;
+pub mod report;
 pub mod size;
 
 pub use callargs::{CallArgError, CallArgs, PilotOptions};

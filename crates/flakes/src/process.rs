@@ -4,12 +4,31 @@
 //! Argv is built without a shell, the program is resolved to an absolute path up front (so a
 //! missing engine is reported by name, not as a bare `ENOENT`), environment changes go on the
 //! child only, and failures carry the command line and an excerpt of its stderr.
+//!
+//! A command line is shown to people (in errors, in logs, with `PILOT_DEBUG`) with the values
+//! of its environment options masked (`-e KEY=***`): engine options carry secrets such as
+//! tokens, and an error message ends up in terminals, logs and bug reports. In errors it is
+//! also cut to [`ERROR_COMMAND_LIMIT`] characters; a flake's own options can make it pages
+//! long, and the part that matters is the program and its first arguments.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+
+/// Longest command line an error message shows, in characters.
+pub const ERROR_COMMAND_LIMIT: usize = 200;
+
+/// The launcher name that prefixes traced commands; set once by [`trace_commands`].
+static TRACE_PREFIX: OnceLock<&'static str> = OnceLock::new();
+
+/// Prints every command this process runs from now on, masked, on stderr as
+/// `PREFIX: running COMMAND` (the launchers' `PILOT_DEBUG`).
+pub fn trace_commands(prefix: &'static str) {
+    let _ = TRACE_PREFIX.set(prefix);
+}
 
 /// Errors from running an external program.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +163,9 @@ impl Cmd {
     /// group themselves.
     pub fn command(&self) -> Command {
         tracing::debug!(command = %self, "running");
+        if let Some(prefix) = TRACE_PREFIX.get() {
+            eprintln!("{prefix}: running {self}");
+        }
         let mut command = Command::new(&self.program);
         command
             .args(&self.args)
@@ -194,7 +216,7 @@ impl Cmd {
         if status.success() {
             return Ok(());
         }
-        let command = self.to_string();
+        let command = self.summary();
         match (status.code(), status.signal()) {
             (Some(code), _) => Err(ProcessError::Failed {
                 command,
@@ -210,22 +232,105 @@ impl Cmd {
 
     fn spawn_error(&self, source: std::io::Error) -> ProcessError {
         ProcessError::Spawn {
-            command: self.to_string(),
+            command: self.summary(),
             source,
         }
     }
 }
 
+impl Cmd {
+    /// The masked command line cut to [`ERROR_COMMAND_LIMIT`] characters, for errors.
+    pub fn summary(&self) -> String {
+        let full = self.to_string();
+        match full.char_indices().nth(ERROR_COMMAND_LIMIT) {
+            Some((cut, _)) => format!("{} ...", &full[..cut]),
+            None => full,
+        }
+    }
+}
+
+/// How an option of an engine command line passes an environment variable, if it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EnvOption {
+    /// `-e` or `--env`: the next argument is `KEY=VALUE`.
+    Next,
+    /// `-eKEY=VALUE`, `--env=KEY=VALUE`: the value follows at this byte offset.
+    Inline(usize),
+    /// Not an environment option.
+    No,
+}
+
+/// `-e`, `--env`, `--env-merge` and their attached forms; a short cluster ending in `e` (`-ite`) also takes
+/// the next argument, as podman's option parser reads it.
+fn env_option(arg: &str) -> EnvOption {
+    for long in ["--env", "--env-merge"] {
+        if arg == long {
+            return EnvOption::Next;
+        }
+        if arg
+            .strip_prefix(long)
+            .is_some_and(|rest| rest.starts_with('='))
+        {
+            return EnvOption::Inline(long.len() + 1);
+        }
+    }
+    let Some(cluster) = arg.strip_prefix('-').filter(|c| !c.starts_with('-')) else {
+        return EnvOption::No;
+    };
+    match cluster.find('e') {
+        Some(at) if cluster[..at].chars().all(|c| c.is_ascii_alphabetic()) => {
+            if at + 1 == cluster.len() {
+                EnvOption::Next
+            } else {
+                EnvOption::Inline(1 + at + 1)
+            }
+        }
+        _ => EnvOption::No,
+    }
+}
+
+/// `KEY=VALUE` shown as `KEY=***`; a bare `KEY` (the value comes from the caller's
+/// environment) stays as it is.
+fn mask_assignment(text: &str) -> String {
+    match text.split_once('=') {
+        Some((key, _)) => format!("{key}=***"),
+        None => text.to_string(),
+    }
+}
+
+/// The arguments as shown to people: environment values masked.
+fn masked_args(args: &[OsString]) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut value_next = false;
+    for arg in args {
+        let text = arg.to_string_lossy();
+        if std::mem::take(&mut value_next) {
+            out.push(mask_assignment(&text));
+            continue;
+        }
+        match env_option(&text) {
+            EnvOption::Next => value_next = true,
+            EnvOption::Inline(at) => {
+                out.push(format!("{}{}", &text[..at], mask_assignment(&text[at..])));
+                continue;
+            }
+            EnvOption::No => {}
+        }
+        out.push(text.into_owned());
+    }
+    out
+}
+
 impl fmt::Display for Cmd {
-    /// Shell-like rendering for messages; quotes arguments that need it.
+    /// Shell-like rendering for messages: quotes arguments that need it and masks the values
+    /// of environment options.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.program.display())?;
-        for arg in &self.args {
-            let text = arg.to_string_lossy();
+        for text in masked_args(&self.args) {
             let plain = !text.is_empty()
                 && text
                     .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:@%,+".contains(c));
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:@%,+*".contains(c));
             if plain {
                 write!(f, " {text}")?;
             } else {
@@ -258,6 +363,60 @@ mod tests {
         assert_eq!(
             cmd.to_string(),
             r"/usr/bin/podman run 'a b' 'it'\''s' --x=1"
+        );
+    }
+
+    #[test]
+    fn environment_values_are_masked_in_every_spelling() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["-e", "TOKEN=s3cret"], "-e TOKEN=***"),
+            (&["--env", "TOKEN=s3cret"], "--env TOKEN=***"),
+            (&["--env=TOKEN=s3cret"], "--env=TOKEN=***"),
+            (&["-eTOKEN=s3cret"], "-eTOKEN=***"),
+            (&["-ite", "TOKEN=s3cret"], "-ite TOKEN=***"),
+            (&["-iteTOKEN=a=b"], "-iteTOKEN=***"),
+            (&["-e", "HOME"], "-e HOME"),
+            (
+                &["--env", "A=1", "-e", "B=2", "img"],
+                "--env A=*** -e B=*** img",
+            ),
+            (&["--entrypoint", "/x", "-i"], "--entrypoint /x -i"),
+            (
+                &["-v", "/a:/b", "--network=none"],
+                "-v /a:/b --network=none",
+            ),
+            (&["--env-file", "/etc/e"], "--env-file /etc/e"),
+            (&["--env-merge", "P=s3cret"], "--env-merge P=***"),
+            (&["--env-merge=P=s3cret"], "--env-merge=P=***"),
+            (&["-e"], "-e"),
+        ];
+        for (args, shown) in cases {
+            let cmd = Cmd::new("/p").args(args.iter());
+            assert_eq!(cmd.to_string(), format!("/p {shown}"), "{args:?}");
+            assert!(!cmd.summary().contains("s3cret"), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn errors_show_a_cut_command_line() {
+        let sh = resolve("sh", Some(OsStr::new("/bin:/usr/bin"))).unwrap();
+        let long = "x".repeat(5000);
+        let err = Cmd::new(&sh)
+            .args(["-c", "exit 2", "-e", "KEY=hidden", &long])
+            .stdout()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("KEY=***") && !err.contains("hidden"), "{err}");
+        assert!(err.len() < ERROR_COMMAND_LIMIT + 100, "{err}");
+        assert!(err.contains(" ...") && err.contains("exit code 2"), "{err}");
+        let err = Cmd::new("/nonexistent/x")
+            .args(["--env=K=hidden", &long])
+            .status()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !err.contains("hidden") && err.len() < ERROR_COMMAND_LIMIT + 100,
+            "{err}"
         );
     }
 

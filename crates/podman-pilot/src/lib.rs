@@ -59,6 +59,19 @@ pub enum PodmanError {
     /// Running podman (or sudo) failed.
     #[error(transparent)]
     Process(#[from] ProcessError),
+    /// sudo does not let the caller run podman as root.
+    #[error("flake '{flake}' runs podman as root (runas: root), but sudo does not let this \
+        user run {} as root{}; ask the admin for a sudoers rule such as \
+        `USER ALL=(root) NOPASSWD: {}`, or register the flake with --user", podman.display(),
+        detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default(), podman.display())]
+    SudoRefused {
+        /// The flake name.
+        flake: String,
+        /// The podman binary sudo was asked for.
+        podman: PathBuf,
+        /// What sudo said, if anything.
+        detail: Option<String>,
+    },
     /// The flake is for another engine.
     #[error("flake '{name}' is a {engine} flake; register it again with flake-ctl {engine}")]
     WrongEngine {
@@ -138,6 +151,36 @@ impl Engine {
         }
         engine.init = resolve(INIT_PROGRAM, path_env).ok();
         Ok(engine)
+    }
+
+    /// Asks sudo whether the caller may run podman as root (`sudo -l -- podman`, with the
+    /// same options as the real calls), when podman goes through sudo.
+    ///
+    /// sudo's own refusal exits 1, which a launcher that replaced itself with
+    /// `sudo podman run` could not tell from the app's exit status 1; asked first, it
+    /// becomes the launcher failure it is (125). A password, if the rule wants one, is asked
+    /// here and cached by sudo for the call itself.
+    pub fn check_sudo(&self, flake: &str) -> Result<(), PodmanError> {
+        let Some(sudo) = &self.sudo else {
+            return Ok(());
+        };
+        let mut probe = Cmd::new(sudo).arg("-l");
+        if self.storage_conf.is_some() {
+            probe = probe.arg(format!("--preserve-env={STORAGE_CONF_ENV}"));
+        }
+        let refused = |detail: Option<String>| PodmanError::SudoRefused {
+            flake: flake.to_string(),
+            podman: self.podman.clone(),
+            detail,
+        };
+        match probe.arg("--").arg(&self.podman).stdout() {
+            Ok(_) => Ok(()),
+            Err(ProcessError::Failed { stderr, .. }) => {
+                let said = stderr.lines().map(str::trim).find(|l| !l.is_empty());
+                Err(refused(said.map(str::to_string)))
+            }
+            Err(err) => Err(err.into()),
+        }
     }
 
     /// Uses the static init at `init` for `--init` instead of podman's default.

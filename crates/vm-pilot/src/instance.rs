@@ -76,6 +76,80 @@ pub fn collect_orphans(vms_dir: &Path, tools: &crate::tools::Tools) {
     }
 }
 
+/// Whether instance `label` (`flake`, `flake@NAME`, `flake#PID`, `flake@NAME#PID`) is one
+/// of flake `flake`'s.
+fn of_flake(label: &str, flake: &str) -> bool {
+    label
+        .strip_prefix(flake)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['@', '#']))
+}
+
+/// Stops and removes every instance of flake `flake` below `vms_dir`: each running VMM is
+/// killed (its root is read-only and its overlay goes with it, so nothing is lost that
+/// would be kept), the TAP device the launcher made is deleted, and the directory goes.
+/// Each instance is handled under its lock, so no launcher starts a VM in it meanwhile.
+/// Returns the labels removed.
+pub fn remove_flake(vms_dir: &Path, flake: &str, tools: &crate::tools::Tools) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(vms_dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.filter_map(std::result::Result::ok) {
+        let Some(label) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if !of_flake(&label, flake) || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let dir = entry.path();
+        let lock = open_lock(&dir.join("lock"));
+        if let Ok(lock) = &lock {
+            let _ = flock(lock, FlockOperation::LockExclusive);
+        }
+        kill_vmm(&dir);
+        crate::tap::release(&dir, tools);
+        if std::fs::remove_dir_all(&dir).is_ok() {
+            removed.push(label);
+        }
+    }
+    removed
+}
+
+/// Kills the VMM of the instance in `dir`, if it runs, and waits (up to 10 s) until it is
+/// gone.
+fn kill_vmm(dir: &Path) {
+    let Some(pid) = running(dir) else {
+        return;
+    };
+    if let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while running(dir).is_some() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Removes the resume overlays (`<label>.ext4`) of flake `flake` in `storage_dir`.
+pub fn remove_overlays(storage_dir: &Path, flake: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir(storage_dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(std::result::Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|f| f.strip_suffix(".ext4"))
+                .is_some_and(|label| of_flake(label, flake))
+        })
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
 /// Records the VMM's pid.
 pub fn write_pid(dir: &Path, pid: u32) -> Result<()> {
     let path = dir.join(PID_FILE);
@@ -243,6 +317,30 @@ mod tests {
         assert_eq!(running(dir.path()), None, "a prefix is not a match");
         vmm.kill().unwrap();
         vmm.wait().unwrap();
+    }
+
+    #[test]
+    fn removing_a_flake_takes_all_its_instances_and_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let mine = ["app", "app@work", "app#12", "app@work#13"];
+        let others = ["apple", "app.x", "ap", "other@app"];
+        for label in mine.iter().chain(&others) {
+            std::fs::create_dir_all(dir.path().join(label)).unwrap();
+            std::fs::write(dir.path().join(format!("{label}.ext4")), "").unwrap();
+        }
+        let mut removed = remove_flake(dir.path(), "app", &crate::tools::Tools::default());
+        removed.sort_unstable();
+        let mut want = mine.map(str::to_string).to_vec();
+        want.sort_unstable();
+        assert_eq!(removed, want);
+        assert_eq!(remove_overlays(dir.path(), "app"), mine.len());
+        for label in others {
+            assert!(dir.path().join(label).is_dir(), "{label}");
+            assert!(
+                dir.path().join(format!("{label}.ext4")).is_file(),
+                "{label}"
+            );
+        }
     }
 
     #[test]

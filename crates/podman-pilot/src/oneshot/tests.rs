@@ -156,8 +156,17 @@ fn options_expanded_in_order_before_the_image() {
     );
     let got = render(&f, &call(&[]), PIPE);
     assert!(
-        got.contains("--net host --volume /home/u/ai:/root/ai -e 'K=v w' --entrypoint /bin/x"),
-        "{got}"
+        got.contains("--net host --volume /home/u/ai:/root/ai -e K=*** --entrypoint /bin/x"),
+        "shown with the value masked: {got}"
+    );
+    let engine = Engine::new("/usr/bin/podman".into());
+    let name = FlakeName::new("app").unwrap();
+    let cmd = command(&name, &f, &call(&[]), &engine, PIPE, &env).unwrap();
+    assert!(
+        cmd.get_args()
+            .windows(2)
+            .any(|w| w[0] == "-e" && w[1] == "K=v w"),
+        "passed as it is: {cmd:?}"
     );
 }
 

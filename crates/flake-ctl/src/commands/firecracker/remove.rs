@@ -2,8 +2,10 @@
 //! `flake-ctl firecracker remove --app PATH | --vm NAME [--force]`.
 //!
 //! `--vm` removes every flake whose `vm.name` is the image, then the image directory; the
-//! original only logged failures here, this reports them. A removed flake's saved VM
-//! states (the caller's) go with it.
+//! original only logged failures here, this reports them. A removed flake's VMs (the
+//! caller's) are stopped first, as `podman remove` removes a flake's containers; their
+//! instance directories, resume overlays, saved states and the TAP devices the launcher
+//! made go with them. A podman flake is refused: that is `flake-ctl podman remove`'s.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -20,8 +22,8 @@ use crate::context::Context;
 pub fn run(args: &VmRemoveArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
     let registry = ctx.settings.registry(mode);
     if let Some(app) = &args.app {
-        let name = remove_app(&registry, app, args.force)?;
-        forget_states(ctx, &name.to_string());
+        let name = remove_app(&registry, app, args.force, "firecracker")?;
+        remove_instances(ctx, name.as_str());
         println!("removed flake {name} ({})", app.display());
     }
     if let Some(vm) = &args.vm {
@@ -39,8 +41,8 @@ pub fn run(args: &VmRemoveArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
                     config.display()
                 )
             })?;
-            remove_app(&registry, Path::new(&app), false)?;
-            forget_states(ctx, &name.to_string());
+            remove_app(&registry, Path::new(&app), false, "firecracker")?;
+            remove_instances(ctx, name.as_str());
             println!("removed flake {name} ({app})");
         }
         let image = vm_pilot::image_dir(&vm_pilot::images_dir(&ctx.settings, mode), vm)?;
@@ -52,7 +54,21 @@ pub fn run(args: &VmRemoveArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Removes the caller's saved VM states of flake `name`.
-fn forget_states(ctx: &Context, name: &str) {
+/// Stops the caller's VMs of flake `name` and removes what they leave: instance
+/// directories, TAP devices the launcher made, resume overlays and saved states. Best
+/// effort, since the registration itself is already gone.
+fn remove_instances(ctx: &Context, name: &str) {
+    let uid = ctx.settings.caller.uid.to_string();
+    let vms = vm_pilot::instances_dir(&ctx.settings.firecracker_ids_dir().join(uid));
+    // Tools in sbin are found for users whose PATH lacks it, as the launcher does.
+    let mut path = ctx.path_env.clone().unwrap_or_default();
+    path.push(":/usr/local/sbin:/usr/sbin:/sbin");
+    let tools = vm_pilot::tools::Tools::new(path);
+    vm_pilot::instance::remove_flake(&vms, name, &tools);
+    let storage = ctx
+        .settings
+        .flakes_dir(flakes::Mode::User)
+        .join("firecracker/storage");
+    vm_pilot::instance::remove_overlays(&storage, name);
     vm_pilot::saved::remove(&vm_pilot::states_dir(&ctx.settings), name);
 }

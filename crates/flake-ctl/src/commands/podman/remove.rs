@@ -5,8 +5,9 @@
 //! itself (`podman image rm -f`, once: the original ran it twice on success).
 //!
 //! Removing a flake also removes its resume and attach instances (containers labelled with
-//! the flake's name, and the caller's state directories) and the images assembled for it,
-//! so nothing is left running or cached for a flake that no longer exists.
+//! the flake's name, and the caller's state directories) and the images assembled for it
+//! with their record and lock, so nothing is left running or cached for a flake that no
+//! longer exists. A VM flake is refused: that is `flake-ctl firecracker remove`'s.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -25,7 +26,7 @@ use crate::context::Context;
 pub fn run(args: &RemoveArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
     let registry = ctx.settings.registry(mode);
     if let Some(app) = &args.app {
-        let name = remove_app(&registry, app, args.force)?;
+        let name = remove_app(&registry, app, args.force, "podman")?;
         remove_instances(ctx, mode, &name);
         println!("removed flake {name} ({})", app.display());
     }
@@ -65,7 +66,9 @@ fn remove_instances(ctx: &Context, mode: Mode, name: &FlakeName) {
         .settings
         .podman_ids_dir(mode)
         .join(ctx.settings.caller.uid.to_string());
-    let _ = std::fs::remove_file(dir.join(".cache").join(format!("{name}.record")));
+    for kind in ["record", "lock"] {
+        let _ = std::fs::remove_file(dir.join(".cache").join(format!("{name}.{kind}")));
+    }
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return;
     };
@@ -100,7 +103,7 @@ fn purge_image(ctx: &Context, mode: Mode, registry: &Registry, image: &str) -> R
                 config.display()
             )
         })?;
-        remove_app(registry, Path::new(&app), false)?;
+        remove_app(registry, Path::new(&app), false, "podman")?;
         remove_instances(ctx, mode, &name);
         println!("removed flake {name} ({app})");
     }
