@@ -629,11 +629,22 @@ while time.time() < deadline:
         os.kill(pid, signal.SIGINT)
         break
 done, status = os.waitpid(pid, 0)
-while select.select([r], [], [], 0.5)[0]:
-    chunk = os.read(r, 4096)
-    if not chunk:
+open_fds = [r, master]
+while open_fds:
+    ready, _, _ = select.select(open_fds, [], [], 0.5)
+    if not ready:
         break
-    out += chunk
+    for fd in ready:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            open_fds.remove(fd)
+        elif fd == r:
+            out += chunk
+        else:
+            term += chunk
 code = os.waitstatus_to_exitcode(status)
 print(repr(out), repr(term), code if code >= 0 else 128 - code)
 "#;

@@ -161,7 +161,15 @@ fn options_expanded_in_order_before_the_image() {
     );
     let engine = Engine::new("/usr/bin/podman".into());
     let name = FlakeName::new("app").unwrap();
-    let cmd = command(&name, &f, &call(&[]), &engine, PIPE, &env).unwrap();
+    let cmd = command(
+        &name,
+        &f,
+        &call(&[]),
+        &engine,
+        with_streams(&f, &call(&[]), PIPE),
+        &env,
+    )
+    .unwrap();
     assert!(
         cmd.get_args()
             .windows(2)
