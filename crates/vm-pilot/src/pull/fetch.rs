@@ -2,10 +2,11 @@
 //! Getting one file from an `https://`, `http://` (only when allowed), `file://` address or
 //! a local path, streamed to disk, with a progress bar when stderr is a terminal.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use super::{io, PullError};
+use super::limited::{self, CopyError, FileMode};
+use super::{Policy, PullError};
 
 /// Environment variable that allows plain `http://` downloads.
 pub const INSECURE_ENV: &str = "FLAKE_ALLOW_INSECURE_TRANSPORT";
@@ -58,53 +59,205 @@ impl Source {
     }
 }
 
-/// Copies `source` to `dest`.
-pub fn fetch(source: &Source, dest: &Path) -> Result<(), PullError> {
+/// Copies `source` to `dest` (a new file, mode 0644) within `policy`.
+pub fn fetch(source: &Source, dest: &Path, policy: &Policy) -> Result<(), PullError> {
     match source {
-        Source::File(path) => {
-            std::fs::copy(path, dest)
-                .map(|_| ())
-                .map_err(|e| PullError::Download {
-                    address: path.display().to_string(),
-                    reason: e.to_string(),
-                })
-        }
-        Source::Url(url) => download(url, dest),
+        Source::File(path) => copy_file(path, dest, policy.max_size),
+        Source::Url(url) => download(url, dest, policy),
     }
 }
 
-fn download(url: &str, dest: &Path) -> Result<(), PullError> {
-    let fail = |reason: String| PullError::Download {
-        address: url.into(),
-        reason,
+/// A host file: its mode is not taken over (a 0777 rootfs must not stay world-writable in
+/// the registry), and its size is bounded like a download's (`/dev/zero` is a file too).
+fn copy_file(path: &Path, dest: &Path, max_size: u64) -> Result<(), PullError> {
+    let fail = |e: std::io::Error| PullError::Download {
+        address: path.display().to_string(),
+        reason: e.to_string(),
     };
-    let insecure = std::env::var_os(INSECURE_ENV).is_some();
-    let config = ureq::Agent::config_builder().https_only(!insecure).build();
-    let agent: ureq::Agent = config.into();
-    let response = agent.get(url).call().map_err(|e| fail(e.to_string()))?;
+    let mut file = std::fs::File::open(path).map_err(fail)?;
+    let size = file.metadata().map_err(fail)?.len();
+    if size > max_size {
+        return Err(too_large(
+            format!("{} ({size} bytes)", path.display()),
+            max_size,
+        ));
+    }
+    limited::write_new(&mut file, dest, FileMode::Data, max_size, None)
+        .map(|_| ())
+        .map_err(|e| match e {
+            CopyError::TooLarge => too_large(path.display().to_string(), max_size),
+            CopyError::Read(e) => fail(e),
+            CopyError::Write(e) => PullError::Io {
+                action: "write",
+                path: dest.to_path_buf(),
+                source: e,
+            },
+        })
+}
+
+fn too_large(what: String, limit: u64) -> PullError {
+    PullError::TooLarge { what, limit }
+}
+
+/// The most redirects followed; a loop ends here.
+const MAX_REDIRECTS: usize = 10;
+
+fn download(url: &str, dest: &Path, policy: &Policy) -> Result<(), PullError> {
+    let response = get(&agent(policy), url, policy)?;
     let total = response
         .headers()
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let mut body = response.into_body().into_reader();
-    let mut file = std::fs::File::create(dest).map_err(io("create", dest))?;
-    let bar = progress(total, dest);
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = body.read(&mut buf).map_err(|e| fail(e.to_string()))?;
-        if n == 0 {
-            break;
-        }
-        file.write_all(&buf[..n]).map_err(io("write", dest))?;
-        if let Some(bar) = &bar {
-            bar.inc(u64::try_from(n).unwrap_or(0));
-        }
+    if let Some(total) = total.filter(|t| *t > policy.max_size) {
+        return Err(too_large(format!("{url} ({total} bytes)"), policy.max_size));
     }
+    let mut body = response.into_body().into_reader();
+    let bar = progress(total, dest);
+    limited::write_new(
+        &mut body,
+        dest,
+        FileMode::Data,
+        policy.max_size,
+        bar.as_ref(),
+    )
+    .map_err(|e| match e {
+        CopyError::TooLarge => too_large(url.to_string(), policy.max_size),
+        CopyError::Read(e) if io_timed_out(&e) => stalled(url, policy),
+        CopyError::Read(e) => PullError::Download {
+            address: url.into(),
+            reason: e.to_string(),
+        },
+        CopyError::Write(e) => PullError::Io {
+            action: "write",
+            path: dest.to_path_buf(),
+            source: e,
+        },
+    })?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    file.sync_all().map_err(io("write", dest))
+    Ok(())
+}
+
+/// An agent whose every wait (resolving, connecting, sending, the response headers, each
+/// read of the body) ends after the stall timeout, and which follows no redirect itself.
+fn agent(policy: &Policy) -> ureq::Agent {
+    let stall = Some(policy.stall_timeout);
+    ureq::Agent::config_builder()
+        .https_only(!policy.allow_http)
+        .max_redirects(0)
+        .timeout_resolve(stall)
+        .timeout_connect(stall)
+        .timeout_send_request(stall)
+        .timeout_recv_response(stall)
+        .timeout_per_read(stall)
+        .build()
+        .into()
+}
+
+/// GETs `url`, following at most [`MAX_REDIRECTS`] redirects, each checked by
+/// [`redirect_target`] before it is followed.
+fn get(
+    agent: &ureq::Agent,
+    url: &str,
+    policy: &Policy,
+) -> Result<ureq::http::Response<ureq::Body>, PullError> {
+    let fail = |reason: String| PullError::Download {
+        address: url.into(),
+        reason,
+    };
+    let mut current = url.to_string();
+    for _ in 0..=MAX_REDIRECTS {
+        let response = agent.get(&current).call().map_err(|e| {
+            if ureq_timed_out(&e) {
+                stalled(url, policy)
+            } else {
+                fail(e.to_string())
+            }
+        })?;
+        if !response.status().is_redirection() {
+            return Ok(response);
+        }
+        let location = response
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| fail(format!("{current} redirects without a usable location")))?;
+        current = redirect_target(&current, location, policy.allow_http).map_err(fail)?;
+    }
+    Err(fail(format!(
+        "more than {MAX_REDIRECTS} redirects (a redirect loop?)"
+    )))
+}
+
+/// Where a redirect from `current` to `location` leads, refused when it leaves https for
+/// plain http (that would hand the download to anyone on the path) or goes to plain http
+/// that is not allowed.
+fn redirect_target(current: &str, location: &str, allow_http: bool) -> Result<String, String> {
+    let (scheme, rest) = current
+        .split_once("://")
+        .ok_or_else(|| format!("cannot follow a redirect from {current}"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let next = if scheme_of(location).is_some() {
+        location.to_string()
+    } else if let Some(host_path) = location.strip_prefix("//") {
+        format!("{scheme}://{host_path}")
+    } else if location.starts_with('/') {
+        format!("{scheme}://{authority}{location}")
+    } else {
+        let path = &rest[authority.len()..];
+        let path = path.split(['?', '#']).next().unwrap_or_default();
+        let dir = path.rfind('/').map_or("/", |i| &path[..=i]);
+        format!("{scheme}://{authority}{dir}{location}")
+    };
+    let next_scheme = scheme_of(&next).unwrap_or_default().to_ascii_lowercase();
+    match next_scheme.as_str() {
+        "https" => Ok(next),
+        "http" if scheme.eq_ignore_ascii_case("https") => Err(format!(
+            "redirected from https to plain http ({next}); refused"
+        )),
+        "http" if allow_http => Ok(next),
+        "http" => Err(format!(
+            "redirected to plain http ({next}); set FLAKE_ALLOW_INSECURE_TRANSPORT=1 to allow it"
+        )),
+        _ => Err(format!("redirected to {next}, which is not http(s)")),
+    }
+}
+
+/// The scheme of an absolute address (`scheme://...`), `None` for a relative one.
+fn scheme_of(address: &str) -> Option<&str> {
+    let (scheme, _) = address.split_once("://")?;
+    let mut chars = scheme.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    valid.then_some(scheme)
+}
+
+fn stalled(url: &str, policy: &Policy) -> PullError {
+    PullError::Stalled {
+        address: url.into(),
+        seconds: policy.stall_timeout.as_secs(),
+    }
+}
+
+fn ureq_timed_out(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::Timeout(_) => true,
+        ureq::Error::Io(e) => io_timed_out(e),
+        _ => false,
+    }
+}
+
+/// A body read that timed out: ureq wraps its own error in the `io::Error`.
+fn io_timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+    ) || e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<ureq::Error>())
+        .is_some_and(ureq_timed_out)
 }
 
 /// A progress bar on stderr when it is a terminal; none otherwise (logs stay clean).
@@ -158,5 +311,60 @@ mod tests {
             Source::File("/srv/a".into())
         );
         assert!(Source::parse("ftp://x", "--kernel", true).is_err());
+    }
+
+    #[test]
+    fn redirects_resolve_and_never_downgrade() {
+        let cases: &[(&str, &str, bool, Result<&str, &str>)] = &[
+            ("https://a/b/c.tar", "d.tar", false, Ok("https://a/b/d.tar")),
+            ("https://a/b/c?x=/y", "/d", false, Ok("https://a/d")),
+            ("https://a:8/b", "//c/d", false, Ok("https://c/d")),
+            ("https://a", "e", false, Ok("https://a/e")),
+            ("https://a/b", "HTTPS://c/d", false, Ok("HTTPS://c/d")),
+            ("http://a/b", "https://c/d", false, Ok("https://c/d")),
+            ("http://a/b", "/c", true, Ok("http://a/c")),
+            (
+                "https://a/b",
+                "http://c/d",
+                true,
+                Err("from https to plain http"),
+            ),
+            ("HTTPS://a/b", "//c/d", true, Ok("HTTPS://c/d")),
+            (
+                "https://a/b",
+                "HTTP://c/d",
+                true,
+                Err("from https to plain http"),
+            ),
+            (
+                "http://a/b",
+                "/c",
+                false,
+                Err("FLAKE_ALLOW_INSECURE_TRANSPORT"),
+            ),
+            ("http://a/b", "file:///etc/passwd", true, Err("not http(s)")),
+            (
+                "http://a/b/c",
+                "d?u=http://x",
+                true,
+                Ok("http://a/b/d?u=http://x"),
+            ),
+            (
+                "https://a/b/c",
+                "/d?u=http://x",
+                false,
+                Ok("https://a/d?u=http://x"),
+            ),
+        ];
+        for (current, location, allow, expected) in cases {
+            let got = redirect_target(current, location, *allow);
+            match expected {
+                Ok(url) => assert_eq!(got.as_deref(), Ok(*url), "{current} {location}"),
+                Err(needle) => assert!(
+                    got.as_ref().is_err_and(|e| e.contains(needle)),
+                    "{current} {location}: {got:?}"
+                ),
+            }
+        }
     }
 }
