@@ -849,12 +849,14 @@ fn redirect_loops_huge_records_and_member_floods_are_refused() {
             ("a.sha256", vec![b'a'; 1 << 20]),
         ],
     );
+    long_name_bomb(&served.join("longname.tar.gz"));
     let server = HttpServer::serve(&served);
     let insecure = [("FLAKE_ALLOW_INSECURE_TRANSPORT", "1")];
     for (file, needle) in [
         ("loop", "redirect"),
         ("flood.tar", "members"),
         ("record.tar", "a.sha256"),
+        ("longname.tar.gz", "long name"),
     ] {
         let run = util::Run::from_command(pull_command(
             &w,
@@ -868,4 +870,37 @@ fn redirect_loops_huge_records_and_member_floods_are_refused() {
         assert_eq!(run.stderr().lines().count(), 1, "{file}: {run}");
     }
     assert_eq!(registry_entries(&w), Vec::<String>::new());
+}
+
+/// A gzip tar whose first header is a GNU long name of 64 MiB (the tar reader would hold it
+/// in memory), followed by an empty member.
+fn long_name_bomb(path: &Path) {
+    let script = r#"
+import gzip, sys
+def header(name, size, kind):
+    h = bytearray(512)
+    h[0:len(name)] = name
+    h[100:108] = b"0000644\0"
+    h[108:116] = b"0000000\0"
+    h[116:124] = b"0000000\0"
+    h[124:136] = b"%011o\0" % size
+    h[136:148] = b"00000000000\0"
+    h[156] = ord(kind)
+    h[257:265] = b"ustar  \0"
+    h[148:156] = b" " * 8
+    h[148:156] = b"%06o\0 " % sum(h)
+    return bytes(h)
+with gzip.open(sys.argv[1], "wb", compresslevel=1) as f:
+    f.write(header(b"././@LongLink", 64 << 20, "L"))
+    for _ in range(64):
+        f.write(b"a" * (1 << 20))
+    f.write(header(b"x", 0, "0"))
+    f.write(bytes(1024))
+"#;
+    let status = Command::new("python3")
+        .args(["-c", script])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success());
 }

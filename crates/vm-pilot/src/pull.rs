@@ -18,6 +18,7 @@
 
 mod checksum;
 mod fetch;
+mod framing;
 mod install;
 mod kis;
 mod limited;

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::rc::Rc;
 
 use super::fetch::{fetch, Source};
+use super::framing::{Framing, Violation};
 use super::limited::{self, CopyError, FileMode};
 use super::{checksum, io, Policy, PullError};
 
@@ -21,7 +22,7 @@ use super::{checksum, io, Policy, PullError};
 const MAX_MEMBERS: usize = 64;
 /// Most bytes of a checksum record (`<sha256> <blocks> <blocksize>` is under 100).
 const RECORD_MAX: u64 = 4096;
-/// Tar headers and padding allowed on top of the members' bytes.
+/// Tar headers, padding and skipped data allowed on top of the members' bytes.
 const FRAMING_ALLOWANCE: u64 = 64 << 20;
 /// Memory the xz decoder may use (`xz -9` archives need 65 MiB).
 const XZ_MEMLIMIT: u64 = 1 << 30;
@@ -110,26 +111,8 @@ fn decompressed(archive: &Path) -> Result<Box<dyn Read>, String> {
     })
 }
 
-/// The decompressed stream, cut off (with `tripped` set) past `left` bytes: bounds what the
-/// tar reader skips or reads for itself (directory data, headers, long names).
-struct Capped {
-    inner: Box<dyn Read>,
-    left: u64,
-    tripped: Rc<Cell<bool>>,
-}
-
-impl Read for Capped {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        let len = u64::try_from(n).unwrap_or(u64::MAX);
-        if len > self.left {
-            self.tripped.set(true);
-            return Err(std::io::Error::other("the archive exceeds the size limit"));
-        }
-        self.left -= len;
-        Ok(n)
-    }
-}
+/// The decompressed archive behind its guard.
+type Guarded = Framing<Box<dyn Read>>;
 
 /// One archive being unpacked into `dir`, its members together within `limit` bytes.
 struct Unpack<'a> {
@@ -140,38 +123,45 @@ struct Unpack<'a> {
 
 impl Unpack<'_> {
     fn run(&self, archive: &Path) -> Result<(), PullError> {
-        let tripped = Rc::new(Cell::new(false));
-        let capped = Capped {
-            inner: decompressed(archive).map_err(|e| self.not_kis(e))?,
-            left: self.limit.saturating_add(FRAMING_ALLOWANCE),
-            tripped: Rc::clone(&tripped),
-        };
-        let mut tar = tar::Archive::new(capped);
+        let violation = Rc::new(Cell::new(None));
+        let guarded = Framing::new(
+            decompressed(archive).map_err(|e| self.not_kis(e))?,
+            self.limit.saturating_add(FRAMING_ALLOWANCE),
+            MAX_MEMBERS,
+            Rc::clone(&violation),
+        );
+        let mut tar = tar::Archive::new(guarded);
         let entries = tar.entries().map_err(|e| self.not_kis(e.to_string()))?;
         let mut used = 0u64;
-        for (index, entry) in entries.enumerate() {
-            let unreadable = |e: std::io::Error| {
-                if tripped.get() {
-                    self.too_large(format!("the unpacked archive {}", self.origin))
-                } else {
-                    self.not_kis(format!("unreadable archive: {e}"))
-                }
-            };
-            let mut entry = entry.map_err(unreadable)?;
-            if index >= MAX_MEMBERS {
-                return Err(self.not_kis(format!("it has more than {MAX_MEMBERS} members")));
-            }
-            used += self.member(&mut entry, self.limit - used, &tripped)?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| match violation.get() {
+                Some(v) => self.refused(v, None),
+                None => self.not_kis(format!("unreadable archive: {e}")),
+            })?;
+            used += self.member(&mut entry, self.limit - used, &violation)?;
         }
         Ok(())
+    }
+
+    /// The error for a refusal of the guard, while reading `member` if given.
+    fn refused(&self, violation: Violation, member: Option<&str>) -> PullError {
+        match (violation, member) {
+            (Violation::TooLarge, Some(file)) => {
+                self.too_large(format!("member '{file}' of {}", self.origin))
+            }
+            (Violation::TooLarge, None) => {
+                self.too_large(format!("the unpacked archive {}", self.origin))
+            }
+            (other, _) => self.not_kis(other.message()),
+        }
     }
 
     /// Unpacks one member within `budget` bytes; returns the bytes it took.
     fn member(
         &self,
-        entry: &mut tar::Entry<'_, Capped>,
+        entry: &mut tar::Entry<'_, Guarded>,
         budget: u64,
-        tripped: &Cell<bool>,
+        violation: &Cell<Option<Violation>>,
     ) -> Result<u64, PullError> {
         let path = entry
             .path()
@@ -209,10 +199,10 @@ impl Unpack<'_> {
                 "member '{file}' is larger than {RECORD_MAX} bytes, too large for a checksum record"
             )),
             CopyError::TooLarge => self.too_large(format!("member '{file}' of {}", self.origin)),
-            CopyError::Read(_) if tripped.get() => {
-                self.too_large(format!("member '{file}' of {}", self.origin))
-            }
-            CopyError::Read(e) => self.not_kis(format!("cannot read member '{file}': {e}")),
+            CopyError::Read(e) => match violation.get() {
+                Some(v) => self.refused(v, Some(&file)),
+                None => self.not_kis(format!("cannot read member '{file}': {e}")),
+            },
             CopyError::Write(e) => PullError::Io {
                 action: "write",
                 path: self.dir.join(role.unwrap_or_default()),
@@ -224,7 +214,7 @@ impl Unpack<'_> {
     /// Writes a member as `role` (0644, or 0755 when the archive marks it executable).
     fn write(
         &self,
-        entry: &mut tar::Entry<'_, Capped>,
+        entry: &mut tar::Entry<'_, Guarded>,
         role: &str,
         budget: u64,
     ) -> Result<u64, CopyError> {
