@@ -827,7 +827,7 @@ fn http_needs_insecure_transport_set_to_1_or_true() {
 }
 
 #[test]
-fn redirect_loops_huge_records_and_member_floods_are_refused() {
+fn hostile_archives_and_servers_are_refused_in_one_line() {
     let w = World::new();
     let served = served_archives(&w);
     let (rootfs, record) = rootfs_and_record();
@@ -850,6 +850,7 @@ fn redirect_loops_huge_records_and_member_floods_are_refused() {
         ],
     );
     long_name_bomb(&served.join("longname.tar.gz"));
+    xz_with_a_huge_dictionary(&served.join("good.tar"), &served.join("dict.tar.xz"));
     let server = HttpServer::serve(&served);
     let insecure = [("FLAKE_ALLOW_INSECURE_TRANSPORT", "1")];
     for (file, needle) in [
@@ -857,6 +858,7 @@ fn redirect_loops_huge_records_and_member_floods_are_refused() {
         ("flood.tar", "members"),
         ("record.tar", "a.sha256"),
         ("longname.tar.gz", "long name"),
+        ("dict.tar.xz", "memory"),
     ] {
         let run = util::Run::from_command(pull_command(
             &w,
@@ -900,6 +902,40 @@ with gzip.open(sys.argv[1], "wb", compresslevel=1) as f:
     let status = Command::new("python3")
         .args(["-c", script])
         .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// `tar` compressed with xz, its block header then claiming a 1.5 GiB dictionary (still a
+/// valid stream: the data only refers back 1 MiB), which the decoder would allocate.
+fn xz_with_a_huge_dictionary(tar: &Path, out: &Path) {
+    let script = r#"
+import lzma, struct, sys, zlib
+data = open(sys.argv[1], "rb").read()
+filters = [{"id": lzma.FILTER_LZMA2, "dict_size": 1 << 20}]
+xz = bytearray(lzma.compress(data, format=lzma.FORMAT_XZ, filters=filters))
+size = (xz[12] + 1) * 4
+header = xz[12:12 + size]
+pos = 2
+def skip_varint(pos):
+    while header[pos] & 0x80:
+        pos += 1
+    return pos + 1
+if header[1] & 0x40:
+    pos = skip_varint(pos)
+if header[1] & 0x80:
+    pos = skip_varint(pos)
+assert header[pos] == 0x21 and header[pos + 1] == 1
+header[pos + 2] = 37
+header[-4:] = struct.pack("<I", zlib.crc32(bytes(header[:-4])))
+xz[12:12 + size] = header
+open(sys.argv[2], "wb").write(xz)
+"#;
+    let status = Command::new("python3")
+        .args(["-c", script])
+        .arg(tar)
+        .arg(out)
         .status()
         .unwrap();
     assert!(status.success());

@@ -136,7 +136,7 @@ impl Unpack<'_> {
         for entry in entries {
             let mut entry = entry.map_err(|e| match violation.get() {
                 Some(v) => self.refused(v, None),
-                None => self.not_kis(format!("unreadable archive: {e}")),
+                None => self.unreadable("archive", &e),
             })?;
             used += self.member(&mut entry, self.limit - used, &violation)?;
         }
@@ -201,7 +201,7 @@ impl Unpack<'_> {
             CopyError::TooLarge => self.too_large(format!("member '{file}' of {}", self.origin)),
             CopyError::Read(e) => match violation.get() {
                 Some(v) => self.refused(v, Some(&file)),
-                None => self.not_kis(format!("cannot read member '{file}': {e}")),
+                None => self.unreadable(&format!("member '{file}'"), &e),
             },
             CopyError::Write(e) => PullError::Io {
                 action: "write",
@@ -226,6 +226,21 @@ impl Unpack<'_> {
         };
         let mode = FileMode::from_source(entry.header().mode().unwrap_or(0));
         limited::write_new(entry, &dest, mode, budget, None)
+    }
+
+    /// A read of `what` failed: the xz memory limit by name, anything else as it is.
+    fn unreadable(&self, what: &str, e: &std::io::Error) -> PullError {
+        let memlimit = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<liblzma::stream::Error>())
+            .is_some_and(|e| matches!(e, liblzma::stream::Error::MemLimit));
+        if memlimit {
+            return self.not_kis(format!(
+                "its xz compression needs more than {} MiB of memory to unpack; recompress it with a smaller dictionary",
+                XZ_MEMLIMIT >> 20
+            ));
+        }
+        self.not_kis(format!("cannot read {what}: {e}"))
     }
 
     fn not_kis(&self, reason: String) -> PullError {
