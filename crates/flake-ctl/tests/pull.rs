@@ -940,3 +940,58 @@ open(sys.argv[2], "wb").write(xz)
         .unwrap();
     assert!(status.success());
 }
+
+/// A small tmpfs mounted for a test; unmounted when dropped.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    /// Mounts a tmpfs of `size` on `dir`, or says why not (needs root).
+    fn mount(dir: &Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(dir).unwrap();
+        let mounted = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if mounted {
+            Some(SmallFs(dir.to_path_buf()))
+        } else {
+            util::skip("mounting a tmpfs needs root");
+            None
+        }
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_pull_leaves_the_last_free_space_of_its_file_system_alone() {
+    let w = World::new();
+    let dir = w.path("files");
+    std::fs::create_dir_all(&dir).unwrap();
+    let bomb = gzip_bomb(&dir, 256 << 20);
+    let Some(_fs) = SmallFs::mount(&images(&w), "64m") else {
+        return;
+    };
+    let file = format!("file://{}", bomb.display());
+    // Under the default size limit, so only the free space stops it.
+    let run = util::Run::from_command(pull_command(&w, "bomb", &["--kis-image", &file], &[]));
+    run.expect_code(1);
+    assert!(
+        run.stderr()
+            .contains("its file system is down to the last 3355443 bytes"),
+        "{run}"
+    );
+    assert_eq!(registry_entries(&w), Vec::<String>::new(), "{run}");
+}

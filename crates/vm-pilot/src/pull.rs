@@ -147,6 +147,14 @@ pub enum PullError {
         /// The limit.
         limit: u64,
     },
+    /// The file system of the registry is down to the space kept free for the system.
+    #[error("stopped writing into {}: its file system is down to the last {reserve} bytes, which a pull leaves free; make room there and pull again", dir.display())]
+    NoSpace {
+        /// The directory being written.
+        dir: PathBuf,
+        /// The space left free.
+        reserve: u64,
+    },
     /// The server sent nothing for the stall timeout.
     #[error("cannot download {address}: no data for {seconds} s; check the server, or set FLAKE_PULL_STALL_TIMEOUT to wait longer")]
     Stalled {

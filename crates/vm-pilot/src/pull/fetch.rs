@@ -5,7 +5,7 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use super::limited::{self, CopyError, FileMode};
+use super::limited::{self, FileMode};
 use super::{Policy, PullError};
 
 /// Environment variable that allows plain `http://` downloads.
@@ -84,14 +84,12 @@ fn copy_file(path: &Path, dest: &Path, max_size: u64) -> Result<(), PullError> {
     }
     limited::write_new(&mut file, dest, FileMode::Data, max_size, None)
         .map(|_| ())
-        .map_err(|e| match e {
-            CopyError::TooLarge => too_large(path.display().to_string(), max_size),
-            CopyError::Read(e) => fail(e),
-            CopyError::Write(e) => PullError::Io {
-                action: "write",
-                path: dest.to_path_buf(),
-                source: e,
-            },
+        .map_err(|e| {
+            e.into_pull(
+                dest,
+                || too_large(path.display().to_string(), max_size),
+                fail,
+            )
         })
 }
 
@@ -114,30 +112,29 @@ fn download(url: &str, dest: &Path, policy: &Policy) -> Result<(), PullError> {
     }
     let mut body = response.into_body().into_reader();
     let bar = progress(total, dest);
-    limited::write_new(
+    let written = limited::write_new(
         &mut body,
         dest,
         FileMode::Data,
         policy.max_size,
         bar.as_ref(),
-    )
-    .map_err(|e| match e {
-        CopyError::TooLarge => too_large(url.to_string(), policy.max_size),
-        CopyError::Read(e) if io_timed_out(&e) => stalled(url, policy),
-        CopyError::Read(e) => PullError::Download {
-            address: url.into(),
-            reason: e.to_string(),
-        },
-        CopyError::Write(e) => PullError::Io {
-            action: "write",
-            path: dest.to_path_buf(),
-            source: e,
-        },
-    })?;
+    );
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    Ok(())
+    let read = |e: std::io::Error| {
+        if io_timed_out(&e) {
+            stalled(url, policy)
+        } else {
+            PullError::Download {
+                address: url.into(),
+                reason: e.to_string(),
+            }
+        }
+    };
+    written
+        .map(|_| ())
+        .map_err(|e| e.into_pull(dest, || too_large(url.to_string(), policy.max_size), read))
 }
 
 /// An agent whose every wait (resolving, connecting, sending, the response headers, each

@@ -138,7 +138,7 @@ impl Unpack<'_> {
                 Some(v) => self.refused(v, None),
                 None => self.unreadable("archive", &e),
             })?;
-            used += self.member(&mut entry, self.limit - used, &violation)?;
+            used += self.member(&mut entry, self.limit.saturating_sub(used), &violation)?;
         }
         Ok(())
     }
@@ -194,21 +194,18 @@ impl Unpack<'_> {
             None => limited::copy(entry, &mut std::io::sink(), budget, None),
             Some(role) => self.write(entry, role, budget),
         };
-        written.map_err(|e| match e {
-            CopyError::TooLarge if role == Some("checksum") => self.not_kis(format!(
+        let too_large = || match role {
+            Some("checksum") => self.not_kis(format!(
                 "member '{file}' is larger than {RECORD_MAX} bytes, too large for a checksum record"
             )),
-            CopyError::TooLarge => self.too_large(format!("member '{file}' of {}", self.origin)),
-            CopyError::Read(e) => match violation.get() {
-                Some(v) => self.refused(v, Some(&file)),
-                None => self.unreadable(&format!("member '{file}'"), &e),
-            },
-            CopyError::Write(e) => PullError::Io {
-                action: "write",
-                path: self.dir.join(role.unwrap_or_default()),
-                source: e,
-            },
-        })
+            _ => self.too_large(format!("member '{file}' of {}", self.origin)),
+        };
+        let read = |e: std::io::Error| match violation.get() {
+            Some(v) => self.refused(v, Some(&file)),
+            None => self.unreadable(&format!("member '{file}'"), &e),
+        };
+        let dest = self.dir.join(role.unwrap_or_default());
+        written.map_err(|e| e.into_pull(&dest, too_large, read))
     }
 
     /// Writes a member as `role` (0644, or 0755 when the archive marks it executable).

@@ -3,12 +3,16 @@
 //! or through a link) with mode 0644, or 0755 when its source marked it executable, whatever
 //! the umask or the archive says, and filled from a stream that may not pass a byte budget.
 //! So neither a hostile archive nor a hostile server can leave a world-writable or setuid
-//! file in an image a VM boots, or fill the disk before a checksum is looked at.
+//! file in an image a VM boots, or fill the disk before a checksum is looked at: besides the
+//! budget, a file stops growing when its file system gets down to its last 5 % (at most
+//! 1 GiB), which stays free for the rest of the system even under the default size limit.
 
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+
+use super::PullError;
 
 /// How a written file may be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,15 +42,47 @@ impl FileMode {
     }
 }
 
+/// Bytes written between two looks at the free space.
+const SPACE_CHECK_EVERY: u64 = 1 << 20;
+/// The most free space a pull leaves untouched (less on a file system under 20 GiB).
+const RESERVE_MAX: u64 = 1 << 30;
+
 /// Why a copy stopped.
 #[derive(Debug)]
 pub enum CopyError {
     /// The source went past the budget.
     TooLarge,
+    /// The file system is down to its reserve (bytes).
+    NoSpace(u64),
     /// Reading the source failed.
     Read(std::io::Error),
     /// Creating or writing the destination failed.
     Write(std::io::Error),
+}
+
+impl CopyError {
+    /// The pull's error for a copy to `dest`: `too_large` and `read` say what the source
+    /// was; a full file system or a failed write are the same for every source.
+    pub fn into_pull(
+        self,
+        dest: &Path,
+        too_large: impl FnOnce() -> PullError,
+        read: impl FnOnce(std::io::Error) -> PullError,
+    ) -> PullError {
+        match self {
+            CopyError::TooLarge => too_large(),
+            CopyError::Read(e) => read(e),
+            CopyError::NoSpace(reserve) => PullError::NoSpace {
+                dir: dest.parent().unwrap_or(dest).to_path_buf(),
+                reserve,
+            },
+            CopyError::Write(e) => PullError::Io {
+                action: "write",
+                path: dest.to_path_buf(),
+                source: e,
+            },
+        }
+    }
 }
 
 /// Copies `source` into `sink`, failing as soon as it passes `budget` bytes; returns the
@@ -57,8 +93,20 @@ pub fn copy(
     budget: u64,
     progress: Option<&indicatif::ProgressBar>,
 ) -> Result<u64, CopyError> {
+    copy_within(source, sink, budget, progress, None)
+}
+
+/// [`copy`], also stopping when the file system of `space` gets down to its reserve.
+fn copy_within(
+    source: &mut dyn Read,
+    sink: &mut dyn Write,
+    budget: u64,
+    progress: Option<&indicatif::ProgressBar>,
+    space: Option<&File>,
+) -> Result<u64, CopyError> {
     let mut buf = vec![0u8; 256 * 1024];
     let mut copied = 0u64;
+    let mut unchecked = SPACE_CHECK_EVERY;
     loop {
         let n = match source.read(&mut buf) {
             Ok(0) => return Ok(copied),
@@ -71,6 +119,11 @@ pub fn copy(
         if copied > budget {
             return Err(CopyError::TooLarge);
         }
+        if let Some(file) = space.filter(|_| unchecked >= SPACE_CHECK_EVERY) {
+            unchecked = 0;
+            short_of_space(file)?;
+        }
+        unchecked += len;
         sink.write_all(&buf[..n]).map_err(CopyError::Write)?;
         if let Some(bar) = progress {
             bar.inc(len);
@@ -87,10 +140,25 @@ pub fn write_new(
     budget: u64,
     progress: Option<&indicatif::ProgressBar>,
 ) -> Result<u64, CopyError> {
-    let mut file = create(dest, mode).map_err(CopyError::Write)?;
-    let written = copy(source, &mut file, budget, progress)?;
+    let file = create(dest, mode).map_err(CopyError::Write)?;
+    let written = copy_within(source, &mut &file, budget, progress, Some(&file))?;
     file.sync_all().map_err(CopyError::Write)?;
     Ok(written)
+}
+
+/// Fails when the file system holding `file` is down to its reserve: 5 % of its size, at
+/// most [`RESERVE_MAX`]. A file system that cannot tell is not held back.
+fn short_of_space(file: &File) -> Result<(), CopyError> {
+    let Ok(fs) = rustix::fs::fstatvfs(file) else {
+        return Ok(());
+    };
+    let total = fs.f_blocks.saturating_mul(fs.f_frsize);
+    let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+    let reserve = (total / 20).min(RESERVE_MAX);
+    if free < reserve.saturating_add(SPACE_CHECK_EVERY) {
+        return Err(CopyError::NoSpace(reserve));
+    }
+    Ok(())
 }
 
 /// Creates `dest` (which must not exist) with `mode`, holding `bytes`.

@@ -50,21 +50,28 @@ impl Staging {
             .mode(0o700)
             .create(&root)
             .map_err(io("create", &root))?;
-        let lock = publish_lock(&root)?;
+        let lock = match publish_lock(&root) {
+            Ok(lock) => lock,
+            Err(err) => {
+                let _ = std::fs::remove_dir_all(&root);
+                return Err(err);
+            }
+        };
         watch_signals();
         set_active(Some(root.clone()));
-        let image = root.join("image");
+        // From here on, dropping the value removes the directory.
+        let staging = Staging {
+            image: root.join("image"),
+            root,
+            _lock: lock,
+        };
         std::fs::DirBuilder::new()
             .mode(0o755)
-            .create(&image)
-            .map_err(io("create", &image))?;
-        std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o755))
-            .map_err(io("set the mode of", &image))?;
-        Ok(Staging {
-            root,
-            image,
-            _lock: lock,
-        })
+            .create(&staging.image)
+            .map_err(io("create", &staging.image))?;
+        std::fs::set_permissions(&staging.image, std::fs::Permissions::from_mode(0o755))
+            .map_err(io("set the mode of", &staging.image))?;
+        Ok(staging)
     }
 
     /// The directory the image is assembled in.
