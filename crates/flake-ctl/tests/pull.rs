@@ -330,6 +330,14 @@ fn components_get_mount_points_and_sci_without_root_or_loop_mounts() {
     )
     .success();
     let installed = images(&w).join("core/rootfs");
+    for (file, mode) in [
+        ("rootfs", 0o644),
+        ("kernel", 0o644),
+        ("guest-channel", 0o644),
+    ] {
+        let path = images(&w).join("core").join(file);
+        assert_eq!(mode_and_owner(&path).0, mode, "{file}");
+    }
     let listing = Command::new("debugfs")
         .args(["-R", "ls -p /"])
         .arg(&installed)

@@ -6,6 +6,11 @@
 //! Members are checked before anything is written: only regular files at the top level,
 //! exactly one kernel, one checksum and one rootfs. A member without an extension or a
 //! second candidate rootfs is reported by name (the original panicked on the former).
+//!
+//! Nothing in an archive is trusted to be small: the members together stop at the size
+//! limit while they are written, a checksum record at 4 KiB, the archive at 64 members, its
+//! tar records at 64 KiB ([`super::framing`]) and the xz decoder at 1 GiB of memory; the
+//! modes of the archive are not kept ([`super::limited`]).
 
 use std::cell::Cell;
 use std::fs::File;
