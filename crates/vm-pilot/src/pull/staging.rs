@@ -266,8 +266,19 @@ mod tests {
         // One being created right now: no lock yet, fresh.
         let fresh = images.join(".pull-fresh-2");
         std::fs::create_dir(&fresh).unwrap();
-        // An image and something else of ours are never touched.
+        // One without a lock that is minutes old (killed before it locked, or older code).
+        let legacy = images.join(".pull-legacy-4");
+        std::fs::create_dir(&legacy).unwrap();
+        std::fs::File::open(&legacy)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - Duration::from_secs(120))
+            .unwrap();
+        // An image is never touched, nor a dead pull of someone else (when we can make one).
         std::fs::create_dir(images.join("img")).unwrap();
+        let theirs = images.join(".pull-theirs-3");
+        std::fs::create_dir(&theirs).unwrap();
+        std::fs::write(theirs.join("lock"), "").unwrap();
+        let chowned = std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).is_ok();
         collect_stale(images);
         let live_name = live
             .root
@@ -276,10 +287,14 @@ mod tests {
             .to_string_lossy()
             .into_owned();
         let mut expected = vec![".pull-fresh-2".to_string(), live_name, "img".into()];
+        if chowned {
+            expected.push(".pull-theirs-3".into());
+        }
         expected.sort();
         assert_eq!(staged(images), expected);
         drop(live);
-        assert_eq!(staged(images), [".pull-fresh-2", "img"]);
+        expected.retain(|e| !e.starts_with(".pull-live-"));
+        assert_eq!(staged(images), expected);
     }
 
     #[test]
