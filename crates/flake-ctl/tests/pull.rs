@@ -762,8 +762,9 @@ fn members_and_components_land_with_safe_modes() {
         .trim()
         .parse()
         .unwrap();
-    // A strict umask must not make the image unreadable, a loose one not writable.
-    for umask in ["077", "000"] {
+    // A strict umask must not make the image unreadable, a loose one not writable (the
+    // registry is created by the first pull, under umask 000).
+    for umask in ["000", "077"] {
         let name = format!("modes{umask}");
         let mut sh = w.command("sh");
         sh.args(["-c", &format!("umask {umask} && exec \"$0\" \"$@\"")])
@@ -773,6 +774,10 @@ fn members_and_components_land_with_safe_modes() {
         util::Run::from_command(sh).success();
         let img = images(&w).join(&name);
         assert_eq!(mode_and_owner(&img), (0o755, me), "{umask}");
+        for created in ["", "..", "../.."] {
+            let dir = images(&w).join(created);
+            assert_eq!(mode_and_owner(&dir).0 & 0o022, 0, "{}", dir.display());
+        }
         for (file, mode) in [
             ("rootfs", 0o755),
             ("kernel", 0o755),

@@ -42,7 +42,12 @@ pub struct Staging {
 impl Staging {
     /// Creates and locks `<images_dir>/.pull-<name>-<pid>` with an empty `image/`.
     pub fn new(images_dir: &Path, name: &str) -> Result<Self, PullError> {
-        std::fs::create_dir_all(images_dir).map_err(io("create", images_dir))?;
+        // 0755 at most, whatever the umask: nobody else may add to the registry.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(images_dir)
+            .map_err(io("create", images_dir))?;
         let root = images_dir.join(format!("{PREFIX}{name}-{}", std::process::id()));
         // Only a dead pull with our PID can have left this name behind.
         let _ = std::fs::remove_dir_all(&root);
