@@ -22,6 +22,7 @@ use util::World;
 ///
 /// - `/stall-headers`: reads the request and never answers;
 /// - `/stall-body/FILE`: sends the headers of FILE and its first 64 KiB, then goes silent;
+/// - `/trickle/FILE`: sends the headers of FILE, then a byte of it every 100 ms;
 /// - `/loop`: redirects to itself.
 struct HttpServer {
     child: Child,
@@ -44,6 +45,15 @@ class Hostile(http.server.SimpleHTTPRequestHandler):
             self.wfile.write(data[:65536])
             self.wfile.flush()
             time.sleep(3600)
+        elif self.path.startswith("/trickle/"):
+            data = open(self.path[len("/trickle/"):], "rb").read()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            for byte in data:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.1)
         elif self.path == "/loop":
             self.send_response(302)
             self.send_header("Location", "/loop")
@@ -484,7 +494,11 @@ fn a_stalled_server_is_an_error_within_the_stall_timeout() {
     let w = World::new();
     let served = served_archives(&w);
     let server = HttpServer::serve(&served);
-    for path in ["stall-headers", "stall-body/big.tar.gz"] {
+    for (path, what) in [
+        ("stall-headers", "no data"),
+        ("stall-body/big.tar.gz", "no data"),
+        ("trickle/big.tar.gz", "less than 1 KiB/s"),
+    ] {
         let url = server.url(path);
         let cmd = pull_command(
             &w,
@@ -504,7 +518,7 @@ fn a_stalled_server_is_an_error_within_the_stall_timeout() {
             ended.elapsed
         );
         assert!(
-            ended.stderr.contains("no data for 2 s")
+            ended.stderr.contains(&format!("{what} for 2 s"))
                 && ended.stderr.contains("FLAKE_PULL_STALL_TIMEOUT"),
             "{path}: {}",
             ended.stderr

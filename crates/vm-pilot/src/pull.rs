@@ -155,11 +155,13 @@ pub enum PullError {
         /// The space left free.
         reserve: u64,
     },
-    /// The server sent nothing for the stall timeout.
-    #[error("cannot download {address}: no data for {seconds} s; check the server, or set FLAKE_PULL_STALL_TIMEOUT to wait longer")]
+    /// The server sent nothing, or next to nothing, for the stall timeout.
+    #[error("cannot download {address}: {what} for {seconds} s; check the server, or set FLAKE_PULL_STALL_TIMEOUT to wait longer")]
     Stalled {
         /// The address.
         address: String,
+        /// What the server did: `no data`, or `less than 1 KiB/s`.
+        what: &'static str,
         /// The stall timeout.
         seconds: u64,
     },

@@ -2,8 +2,9 @@
 //! Getting one file from an `https://`, `http://` (only when allowed), `file://` address or
 //! a local path, streamed to disk, with a progress bar when stderr is a terminal.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::limited::{self, FileMode};
 use super::{Policy, PullError};
@@ -110,7 +111,12 @@ fn download(url: &str, dest: &Path, policy: &Policy) -> Result<(), PullError> {
     if let Some(total) = total.filter(|t| *t > policy.max_size) {
         return Err(too_large(format!("{url} ({total} bytes)"), policy.max_size));
     }
-    let mut body = response.into_body().into_reader();
+    let mut body = Paced {
+        inner: response.into_body().into_reader(),
+        window: policy.stall_timeout,
+        started: Instant::now(),
+        bytes: 0,
+    };
     let bar = progress(total, dest);
     let written = limited::write_new(
         &mut body,
@@ -124,7 +130,9 @@ fn download(url: &str, dest: &Path, policy: &Policy) -> Result<(), PullError> {
     }
     let read = |e: std::io::Error| {
         if io_timed_out(&e) {
-            stalled(url, policy)
+            stalled(url, policy, "no data")
+        } else if e.get_ref().is_some_and(|inner| inner.is::<TooSlow>()) {
+            stalled(url, policy, TOO_SLOW)
         } else {
             PullError::Download {
                 address: url.into(),
@@ -168,7 +176,7 @@ fn get(
     for _ in 0..=MAX_REDIRECTS {
         let response = agent.get(&current).call().map_err(|e| {
             if ureq_timed_out(&e) {
-                stalled(url, policy)
+                stalled(url, policy, "no data")
             } else {
                 fail(e.to_string())
             }
@@ -231,10 +239,55 @@ fn scheme_of(address: &str) -> Option<&str> {
     valid.then_some(scheme)
 }
 
-fn stalled(url: &str, policy: &Policy) -> PullError {
+fn stalled(url: &str, policy: &Policy, what: &'static str) -> PullError {
     PullError::Stalled {
         address: url.into(),
+        what,
         seconds: policy.stall_timeout.as_secs(),
+    }
+}
+
+/// The slowest a body may arrive, on average over each stall window (bytes per second): a
+/// server that trickles a byte now and then would otherwise never trip the stall timeout.
+const MIN_RATE: u64 = 1024;
+
+/// The slowest rate said in the error.
+const TOO_SLOW: &str = "less than 1 KiB/s";
+
+/// Marks a read that [`Paced`] failed.
+#[derive(Debug)]
+struct TooSlow;
+
+impl std::fmt::Display for TooSlow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(TOO_SLOW)
+    }
+}
+
+impl std::error::Error for TooSlow {}
+
+/// A body that must bring [`MIN_RATE`] bytes a second, counted over each stall window.
+struct Paced<R> {
+    inner: R,
+    window: Duration,
+    started: Instant,
+    bytes: u64,
+}
+
+impl<R: Read> Read for Paced<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes = self
+            .bytes
+            .saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
+        if self.started.elapsed() >= self.window {
+            if self.bytes < MIN_RATE.saturating_mul(self.window.as_secs()) {
+                return Err(std::io::Error::other(TooSlow));
+            }
+            self.started = Instant::now();
+            self.bytes = 0;
+        }
+        Ok(n)
     }
 }
 
