@@ -19,6 +19,7 @@
 mod checksum;
 mod fetch;
 mod framing;
+mod http;
 mod install;
 mod kis;
 mod limited;
