@@ -225,6 +225,16 @@ pub struct VmPullArgs {
     /// Replace an existing image once the new one is complete and verified.
     #[arg(long)]
     pub force: bool,
+    /// Largest download, and largest unpacked archive, accepted: e.g. 64GiB, 100G or
+    /// 1.5TB. A server that sends nothing for FLAKE_PULL_STALL_TIMEOUT seconds (default
+    /// 30) fails the pull.
+    #[arg(long, value_name = "SIZE", default_value = "64GiB", value_parser = parse_size)]
+    pub max_size: u64,
+}
+
+/// A `--max-size` value in bytes.
+fn parse_size(text: &str) -> Result<u64, flakes::size::SizeError> {
+    flakes::size::ByteSize::parse(text).map(flakes::size::ByteSize::bytes)
 }
 
 /// `flake-ctl firecracker remove`.

@@ -1,75 +1,11 @@
 // SPDX-License-Identifier: MIT
-//! Staging and atomic installation of a pulled image, and the preparation of a component
-//! rootfs (the mount points the guest init needs) without root or loop mounts.
+//! The preparation of a component rootfs (the mount points the guest init needs) without
+//! root or loop mounts, and the marker saying which protocol its guest init speaks.
 
 use std::path::{Path, PathBuf};
 
+use super::limited::{self, FileMode};
 use super::{io, PullError};
-
-/// A private staging directory next to the image directory; removed unless committed.
-#[derive(Debug)]
-pub struct Staging {
-    dir: PathBuf,
-    committed: bool,
-}
-
-impl Staging {
-    /// Creates `<images_dir>/.pull-<name>-<pid>`.
-    pub fn new(images_dir: &Path, name: &str) -> Result<Self, PullError> {
-        std::fs::create_dir_all(images_dir).map_err(io("create", images_dir))?;
-        let dir = images_dir.join(format!(".pull-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).map_err(io("create", &dir))?;
-        Ok(Staging {
-            dir,
-            committed: false,
-        })
-    }
-
-    /// The staging directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Moves the staged image to `target`, replacing an old image only now.
-    pub fn commit(mut self, target: &Path) -> Result<(), PullError> {
-        let old = target.with_file_name(format!(
-            ".old-{}-{}",
-            target
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            std::process::id()
-        ));
-        let had_old = target.exists();
-        if had_old {
-            std::fs::rename(target, &old).map_err(io("move aside", target))?;
-        }
-        if let Err(err) = std::fs::rename(&self.dir, target) {
-            if had_old {
-                let _ = std::fs::rename(&old, target);
-            }
-            return Err(PullError::Io {
-                action: "install",
-                path: target.to_path_buf(),
-                source: err,
-            });
-        }
-        self.committed = true;
-        if had_old {
-            std::fs::remove_dir_all(&old).map_err(io("remove", &old))?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
 
 /// Mount points the guest init uses; created in an ext2/3/4 rootfs when missing.
 const MOUNT_POINTS: [&str; 6] = ["/overlayroot", "/proc", "/sys", "/dev", "/dev/pts", "/mnt"];
@@ -156,7 +92,8 @@ pub fn mark_guest_channel(dir: &Path) -> Result<(), PullError> {
                 features.push('\n');
             }
         }
-        std::fs::write(&marker, features).map_err(io("write", &marker))?;
+        limited::write_bytes(&marker, features.as_bytes(), FileMode::Data)
+            .map_err(io("write", &marker))?;
     }
     Ok(())
 }
