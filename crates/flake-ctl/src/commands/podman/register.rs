@@ -18,6 +18,7 @@ use crate::context::Context;
 
 /// Runs the registration (or `--info`).
 pub fn run(args: &RegisterArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
+    check_images(args)?;
     let Some(app) = &args.app else {
         return info(&args.container, mode, ctx);
     };
@@ -91,6 +92,20 @@ fn flake_document(
         container: Some(container),
         vm: None,
     })
+}
+
+/// Every image flag holds a reference in podman's grammar (never an option such as
+/// `--privileged`); the message names the flag.
+fn check_images(args: &RegisterArgs) -> Result<()> {
+    let images = std::iter::once(("--container", &args.container))
+        .chain(args.base.iter().map(|b| ("--base", b)))
+        .chain(args.layers.iter().map(|l| ("--layer", l)));
+    for (flag, image) in images {
+        if let Err(err) = flakes::image_ref::check(image) {
+            bail!("{flag} {err}");
+        }
+    }
+    Ok(())
 }
 
 /// `--opt "\--net host"`: one leading backslash protects the dash from the option parser.
