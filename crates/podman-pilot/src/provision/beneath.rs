@@ -36,6 +36,12 @@ pub enum StageError {
         /// The destination as given.
         path: PathBuf,
     },
+    /// The destination leads through a symbolic link (staged by an earlier entry).
+    #[error("{} lies below a symbolic link, which staging never follows", path.display())]
+    ThroughLink {
+        /// The staged path met as a link.
+        path: PathBuf,
+    },
     /// The source is neither a regular file, a directory nor a symbolic link.
     #[error("{} is a {kind}; only regular files, directories and symbolic links are copied", path.display())]
     Unsupported {
@@ -188,14 +194,24 @@ fn open_path(dir: BorrowedFd<'_>, name: impl rustix::path::Arg, path: &Path) -> 
 
 fn open_dir(parent: BorrowedFd<'_>, name: &OsStr, path: &Path) -> Result<OwnedFd> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    rustix::fs::openat2(parent, name, flags, Mode::empty(), RESOLVE).map_err(io_err("open", path))
+    rustix::fs::openat2(parent, name, flags, Mode::empty(), RESOLVE)
+        .map_err(beneath_err("open", path))
 }
 
 fn create_file(parent: BorrowedFd<'_>, name: &OsStr, path: &Path) -> Result<File> {
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
     let fd = rustix::fs::openat2(parent, name, flags, Mode::from_raw_mode(0o600), RESOLVE)
-        .map_err(io_err("create", path))?;
+        .map_err(beneath_err("create", path))?;
     Ok(File::from(fd))
+}
+
+/// Like [`io_err`], but a link met on the way (`ELOOP`) is named as such.
+fn beneath_err(action: &'static str, path: &Path) -> impl FnOnce(rustix::io::Errno) -> StageError {
+    let path = path.to_path_buf();
+    move |errno| match errno {
+        rustix::io::Errno::LOOP => StageError::ThroughLink { path },
+        errno => io_err(action, &path)(errno),
+    }
 }
 
 fn set_mode(fd: &OwnedFd, mode: u32, path: &Path) -> Result<()> {

@@ -300,6 +300,13 @@ fn staging_never_writes_through_a_link_or_outside_its_root() {
         let err = staging.copy(&source, Path::new(dest), false);
         assert!(err.is_err(), "{why}: {dest} was written");
     }
+    let err = staging
+        .copy(&source, Path::new("dir/victim"), false)
+        .unwrap_err();
+    assert!(
+        matches!(err, beneath::StageError::ThroughLink { .. }),
+        "{err}"
+    );
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
     assert!(!outside.join("b").exists());
 }
