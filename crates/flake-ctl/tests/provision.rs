@@ -470,3 +470,47 @@ fn delta_flake_gets_current_host_files_at_every_launch() {
     let run = w.app(&app, &["-c", &script], None);
     run.expect_code(125);
 }
+
+/// A listed host symlink is staged as a link; a later entry below it must never be written
+/// through that link (which would land on, and truncate, the host file it points to).
+#[test]
+fn listed_entry_below_a_listed_link_never_writes_through_it() {
+    require_podman!();
+    let w = World::new();
+    let name = unique("linkwalk");
+    let mut images = Images::new(&name);
+    let outside = w.path("outside");
+    write(&outside.join("victim"), "precious\n", 0o644);
+    let link = w.path("dir/link");
+    std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    let trees = w.path("trees");
+    let list = format!("{}\n{}/victim\n", link.display(), link.display());
+    write(&trees.join("delta/removed"), &list, 0o644);
+    let delta = images.import(&trees.join("delta"), "delta");
+    let app = register(
+        &w,
+        &name,
+        &[
+            "--container",
+            &delta,
+            "--base",
+            IMAGE,
+            "--target",
+            "/bin/true",
+            "--check-host-dependencies",
+        ],
+    );
+    let run = w.app(&app, &["%ignore_sync_error"], None);
+    assert_eq!(
+        std::fs::read_to_string(outside.join("victim")).unwrap(),
+        "precious\n",
+        "written through the link: {run}"
+    );
+    run.expect_code(125);
+    assert_eq!(run.stderr().lines().count(), 1, "{run}");
+    assert!(
+        run.stderr().contains("symbolic link") && run.stderr().contains("victim"),
+        "{run}"
+    );
+}
