@@ -19,13 +19,14 @@
 //! `COPY --from` copies files, it cannot express that a file of the base must disappear.
 //!
 //! Host dependencies (a delta flake always, a plain one with `check_host_dependencies`):
-//! `/systemfiles` and `/removed` of every input image are read as lists of host paths
-//! (never executed, unless the flake opts in with `execute_systemfiles`; a script that is
-//! not run is no list and is skipped), checked (see
-//! [`hostfiles`]), and the listed host files are copied (see [`beneath`]) into one more
-//! layer on top of the assembly: `<key>-<digest of the host files' identities>`. A changed
-//! host file changes the digest, so the next launch builds that small layer again on the
-//! kept assembly below it; a file gone stops the launch unless `%ignore_sync_error`.
+//! `/systemfiles` and `/removed` of every input image are read as lists of host paths and
+//! checked (see [`hostfiles`]). They are never executed unless the flake opts in with
+//! `execute_systemfiles`; a script that is not run is no list and is skipped. The listed
+//! host files are copied beneath a staging directory (module `beneath`: no write can leave
+//! it) into one more layer on top of the assembly, tagged `<key>-<digest of the host
+//! files' identities>`. A changed host file changes the digest, so the next launch builds
+//! that small layer again on the kept assembly below it; a file gone stops the launch
+//! unless `%ignore_sync_error`.
 
 mod beneath;
 mod context;

@@ -156,7 +156,7 @@ impl Staging {
         for component in parents {
             host.push(component);
             staged.push(component);
-            let mode = std::fs::metadata(&host).map_or(0o755, |m| m.mode() & 0o7777);
+            let mode = std::fs::metadata(&host).map_or(0o755, |m| dir_mode(m.mode()));
             match rustix::fs::mkdirat(&dir, component.as_os_str(), Mode::from_raw_mode(mode)) {
                 Ok(()) => {
                     let opened = open_dir(dir.as_fd(), component, &staged)?;
@@ -169,6 +169,12 @@ impl Staging {
         }
         Ok(dir)
     }
+}
+
+/// The mode of a staged directory: the host's, with the owner's `rwx` so that later
+/// entries can be staged inside it by a caller without `CAP_DAC_OVERRIDE`.
+fn dir_mode(host: u32) -> u32 {
+    (host & 0o7777) | 0o700
 }
 
 /// Splits a relative destination into its parent components and its last one.
@@ -294,8 +300,8 @@ fn copy_dir(
     let mode = File::from(src.try_clone().map_err(std_err("open", source))?)
         .metadata()
         .map_err(std_err("inspect", source))?
-        .mode()
-        & 0o7777;
+        .mode();
+    let mode = dir_mode(mode);
     match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
         Ok(()) | Err(rustix::io::Errno::EXIST) => {}
         Err(errno) => return Err(io_err("create", source)(errno)),
