@@ -514,3 +514,33 @@ fn listed_entry_below_a_listed_link_never_writes_through_it() {
         "{run}"
     );
 }
+
+/// `register --info` prints the description an image ships, read beneath the image's mount
+/// point: a description that is a link (to a host file, say) is refused, never followed.
+#[test]
+fn info_reads_the_description_inside_the_image_only() {
+    require_podman!();
+    let w = World::new();
+    let name = unique("info");
+    let mut images = Images::new(&name);
+    let secret = w.path("host-secret");
+    write(&secret, "host secret\n", 0o600);
+    let trees = w.path("trees");
+    write(
+        &trees.join(format!("plain/{name}-plain.yaml")),
+        "container:\n  name: shipped\n",
+        0o644,
+    );
+    std::fs::create_dir_all(trees.join("linked")).unwrap();
+    std::os::unix::fs::symlink(&secret, trees.join(format!("linked/{name}-linked.yaml"))).unwrap();
+    let plain = images.import(&trees.join("plain"), "plain");
+    let linked = images.import(&trees.join("linked"), "linked");
+    let run = w.ctl(&["podman", "register", "--info", "--container", &plain]);
+    run.success();
+    assert_eq!(run.stdout(), "container:\n  name: shipped\n", "{run}");
+    let run = w.ctl(&["podman", "register", "--info", "--container", &linked]);
+    run.expect_code(1);
+    assert!(!run.stdout().contains("host secret"), "{run}");
+    assert!(!run.stderr().contains("host secret"), "{run}");
+    assert!(run.stderr().contains("is a symbolic link"), "{run}");
+}

@@ -43,7 +43,6 @@ use flakes::process::ProcessError;
 use flakes::FlakeName;
 
 use crate::{Engine, PodmanError};
-use beneath::StageError;
 use context::BuildContext;
 use record::Record;
 
@@ -58,6 +57,14 @@ const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// Largest list file (`/removed`, `/systemfiles`) read from an image.
 const MAX_LIST: u64 = 16 << 20;
+
+pub use beneath::StageError;
+
+/// Reads the regular file `name` directly inside `root` (an image's mount point), never
+/// through a link that the image put there, at most `limit` bytes of UTF-8.
+pub fn read_in_image(root: &Path, name: &str, limit: u64) -> Result<String, StageError> {
+    beneath::read_beneath(root, name, limit)
+}
 
 /// Image repository of assembled flakes.
 pub const ASSEMBLED_REPO: &str = "localhost/flake-pilot";

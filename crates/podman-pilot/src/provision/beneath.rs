@@ -50,6 +50,14 @@ pub enum StageError {
         /// What it is.
         kind: &'static str,
     },
+    /// A regular file was expected.
+    #[error("{} is a {kind}, not a regular file", path.display())]
+    NotRegular {
+        /// The path.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
+    },
     /// A system call failed.
     #[error("cannot {action} {}: {source}", path.display())]
     Io {
@@ -127,10 +135,7 @@ impl Staging {
             return Err(StageError::NotBeneath { path: name.into() });
         }
         let src = open_path(rustix::fs::CWD, source, source)?;
-        let found = kind(&src, source)?;
-        if found != rustix::fs::FileType::RegularFile {
-            return Err(unsupported(source, found));
-        }
+        require_regular(&src, source)?;
         // `ln FROM TO` through the descriptor (needs CAP_DAC_READ_SEARCH), else a copy.
         let empty = rustix::fs::AtFlags::EMPTY_PATH;
         match rustix::fs::linkat(&src, "", &self.root, leaf.as_os_str(), empty) {
@@ -229,17 +234,34 @@ fn kind(fd: &OwnedFd, path: &Path) -> Result<rustix::fs::FileType> {
     Ok(rustix::fs::FileType::from_raw_mode(stat.st_mode))
 }
 
-fn unsupported(path: &Path, kind: rustix::fs::FileType) -> StageError {
-    let kind = match kind {
+fn kind_name(kind: rustix::fs::FileType) -> &'static str {
+    match kind {
+        rustix::fs::FileType::RegularFile => "regular file",
+        rustix::fs::FileType::Directory => "directory",
+        rustix::fs::FileType::Symlink => "symbolic link",
         rustix::fs::FileType::Fifo => "FIFO",
         rustix::fs::FileType::Socket => "socket",
         rustix::fs::FileType::CharacterDevice => "character device",
         rustix::fs::FileType::BlockDevice => "block device",
-        _ => "special file",
-    };
+        rustix::fs::FileType::Unknown => "special file",
+    }
+}
+
+fn unsupported(path: &Path, kind: rustix::fs::FileType) -> StageError {
     StageError::Unsupported {
         path: path.into(),
-        kind,
+        kind: kind_name(kind),
+    }
+}
+
+/// Fails unless the `O_PATH` handle `src` is a regular file.
+fn require_regular(src: &OwnedFd, path: &Path) -> Result<()> {
+    match kind(src, path)? {
+        rustix::fs::FileType::RegularFile => Ok(()),
+        other => Err(StageError::NotRegular {
+            path: path.into(),
+            kind: kind_name(other),
+        }),
     }
 }
 
@@ -264,21 +286,51 @@ fn copy_entry(
     }
 }
 
-/// Reads the regular file behind `src` (reopened through `/proc/self/fd`, checked to be the
-/// same inode) into a new file `name`.
-fn copy_file(src: &OwnedFd, source: &Path, parent: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+/// Reads the regular file `name` directly inside directory `root` (an image's mount point,
+/// say) without following any link, at most `limit` bytes of UTF-8.
+pub fn read_beneath(root: &Path, name: &str, limit: u64) -> Result<String> {
+    let path = root.join(name);
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let dir = rustix::fs::open(root, flags, Mode::empty()).map_err(io_err("read", root))?;
+    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let src = rustix::fs::openat2(&dir, name, flags, Mode::empty(), RESOLVE)
+        .map_err(beneath_err("read", &path))?;
+    require_regular(&src, &path)?;
+    let (reader, _) = reopen(&src, &path)?;
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(
+        &mut io::Read::take(reader, limit.saturating_add(1)),
+        &mut bytes,
+    )
+    .map_err(std_err("read", &path))?;
+    if u64::try_from(bytes.len()).map_or(true, |n| n > limit) {
+        let big = io::Error::other(format!("larger than {limit} bytes"));
+        return Err(std_err("read", &path)(big));
+    }
+    String::from_utf8(bytes).map_err(|e| std_err("read", &path)(io::Error::other(e)))
+}
+
+/// Opens the regular file behind the `O_PATH` handle `src` for reading (through
+/// `/proc/self/fd`, checked to be the same inode), with the metadata examined.
+fn reopen(src: &OwnedFd, source: &Path) -> Result<(File, std::fs::Metadata)> {
     let handle = File::from(src.try_clone().map_err(std_err("open", source))?);
     let examined = handle.metadata().map_err(std_err("inspect", source))?;
     let proc_path = format!("/proc/self/fd/{}", src.as_raw_fd());
     let flags = OFlags::RDONLY | OFlags::NOCTTY | OFlags::CLOEXEC;
     let reader = rustix::fs::open(proc_path.as_str(), flags, Mode::empty())
         .map_err(io_err("read", source))?;
-    let mut reader = File::from(reader);
+    let reader = File::from(reader);
     let opened = reader.metadata().map_err(std_err("inspect", source))?;
     if (opened.dev(), opened.ino()) != (examined.dev(), examined.ino()) {
         let changed = io::Error::other("the file changed while it was opened");
         return Err(std_err("read", source)(changed));
     }
+    Ok((reader, examined))
+}
+
+/// Reads the regular file behind `src` into a new file `name`.
+fn copy_file(src: &OwnedFd, source: &Path, parent: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+    let (mut reader, examined) = reopen(src, source)?;
     let mut dest = create_file(parent, name, source)?;
     io::copy(&mut reader, &mut dest).map_err(std_err("copy", source))?;
     let mode = std::fs::Permissions::from_mode(examined.mode() & 0o7777);

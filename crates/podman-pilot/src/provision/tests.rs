@@ -334,3 +334,30 @@ fn repository_names_are_lower_case() {
     let f = flake(None, &[]);
     assert_eq!(fx.provisioner(&f, &Include::default()).repo_name(), "app");
 }
+
+#[test]
+fn reading_in_an_image_never_follows_a_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("mount");
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    std::fs::write(root.join("app.yaml"), "shipped").unwrap();
+    std::fs::write(dir.path().join("secret"), "host").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("secret"), root.join("link.yaml")).unwrap();
+    std::os::unix::fs::symlink(dir.path(), root.join("up")).unwrap();
+    assert_eq!(read_in_image(&root, "app.yaml", 64).unwrap(), "shipped");
+    let err = read_in_image(&root, "link.yaml", 64).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StageError::NotRegular {
+                kind: "symbolic link",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    for name in ["up/secret", "../secret", "sub"] {
+        assert!(read_in_image(&root, name, 64).is_err(), "{name}");
+    }
+    assert!(read_in_image(&root, "app.yaml", 3).is_err(), "limit");
+}

@@ -5,16 +5,20 @@
 //! with the launcher's own rules), include files, and what already exists at the app path and
 //! under the flake name. Writing is then atomic (see `flakes::register`).
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
 use flakes::config::raw::{RawContainer, RawFlake, RawInclude, RawRuntime};
 use flakes::register::{app_name, Registration};
 use flakes::{FlakeName, Mode};
+use podman_pilot::provision::read_in_image;
 
 use crate::cli::RegisterArgs;
 use crate::context::Context;
+
+/// Largest flake description `--info` prints.
+const MAX_INFO: u64 = 1 << 20;
 
 /// Runs the registration (or `--info`).
 pub fn run(args: &RegisterArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
@@ -125,8 +129,8 @@ fn info(container: &str, mode: Mode, ctx: &Context) -> Result<ExitCode> {
     let mount = podman.image_mount(container).stdout()?;
     let base = container.rsplit('/').next().unwrap_or(container);
     let base = base.split([':', '@']).next().unwrap_or(base);
-    let description = PathBuf::from(mount.trim()).join(format!("{base}.yaml"));
-    let text = std::fs::read_to_string(&description);
+    // Read beneath the mount point without following links: the image chooses what is there.
+    let text = read_in_image(Path::new(mount.trim()), &format!("{base}.yaml"), MAX_INFO);
     podman.image_umount(container).stdout()?;
     match text {
         Ok(text) => {
