@@ -197,6 +197,10 @@ mod tests {
             &with_digest,
             &tagged_digest,
             "e1108c96a165",
+            // The seed documents' examples.
+            "amazon/aws-cli",
+            "registry.opensuse.org/home/marcus.schaefer/delta_containers/containers_tw/joe",
+            "public.ecr.aws/b9k1j9y6/ai/gemini:latest",
         ];
         for image in valid {
             assert!(check(image).is_ok(), "{image}: {:?}", check(image));
