@@ -671,3 +671,59 @@ print(repr(out), repr(term), code if code >= 0 else 128 - code)
     assert!(text.trim_end().ends_with(" 130"), "{text}");
     assert!(containers_gone(&name));
 }
+
+/// An image name is never taken for a podman option: a name starting with `-` is refused
+/// when registering (naming the flag) and, written into a flake file by hand, at launch
+/// (naming the file), before podman runs.
+#[test]
+fn image_names_that_look_like_options_are_refused() {
+    require_podman!();
+    let w = World::new();
+    let name = unique("optimage");
+    let app = w.bin.join(&name);
+    let app_s = app.display().to_string();
+    for (flag, value) in [
+        ("--container", "--privileged"),
+        ("--base", "--privileged"),
+        ("--layer", "-v=/:/host"),
+    ] {
+        let mut args = vec!["podman", "register", "--app", &app_s, "--target", "/bin/id"];
+        let pair = format!("{flag}={value}");
+        if flag == "--container" {
+            args.push(&pair);
+        } else {
+            args.extend(["--container", IMAGE, &pair]);
+            if flag == "--layer" {
+                args.extend(["--base", IMAGE]);
+            }
+        }
+        let run = w.ctl(&args);
+        run.expect_code(1);
+        assert_eq!(run.stderr().lines().count(), 1, "{run}");
+        assert!(
+            run.stderr().contains(flag) && run.stderr().contains(value),
+            "{run}"
+        );
+        assert!(
+            !app.exists() && !app.is_symlink(),
+            "nothing registered: {run}"
+        );
+    }
+
+    w.register(&name, "/bin/id", &[r"\--network none"]);
+    let _guard = util::Containers(name.clone());
+    let config = w.flakes.join(format!("{name}.yaml"));
+    let text = std::fs::read_to_string(&config).unwrap();
+    let edited = text.replace(&format!("name: {IMAGE}"), "name: --privileged");
+    assert_ne!(text, edited, "{text}");
+    std::fs::write(&config, edited).unwrap();
+    let run = w.app(&app, &[], None);
+    run.expect_code(125);
+    assert_eq!(run.stderr().lines().count(), 1, "{run}");
+    assert!(
+        run.stderr().contains(&config.display().to_string())
+            && run.stderr().contains("--privileged"),
+        "{run}"
+    );
+    assert!(util::containers_of(&name).is_empty());
+}

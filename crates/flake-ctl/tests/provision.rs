@@ -370,3 +370,177 @@ fn systemfiles_script_runs_only_when_the_flake_opts_in() {
     assert_eq!(run.stdout(), "listed by a script\n", "{run}");
     assert!(marker.exists(), "the opted-in script ran on the host");
 }
+
+/// An image's host-dependency list is hostile input: an entry that climbs out with `..`
+/// (here onto a host file) must be refused before anything is copied, so the file that the
+/// entry names, read and written at once, is never truncated.
+#[test]
+fn listed_host_path_with_dot_dot_is_refused_and_the_victim_untouched() {
+    require_podman!();
+    let w = World::new();
+    let name = unique("hostile");
+    let mut images = Images::new(&name);
+    let victim = w.path("victim");
+    write(&victim, "precious\n", 0o644);
+    let entry = format!("{}{}", "/..".repeat(32), victim.display());
+    let trees = w.path("trees");
+    write(&trees.join("delta/removed"), &format!("{entry}\n"), 0o644);
+    let delta = images.import(&trees.join("delta"), "delta");
+    let app = register(
+        &w,
+        &name,
+        &[
+            "--container",
+            &delta,
+            "--base",
+            IMAGE,
+            "--target",
+            "/bin/true",
+            "--check-host-dependencies",
+        ],
+    );
+    let run = w.app(&app, &[], None);
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "precious\n",
+        "the victim was written: {run}"
+    );
+    run.expect_code(125);
+    assert_eq!(run.stderr().lines().count(), 1, "{run}");
+    assert!(
+        run.stderr().contains(&delta) && run.stderr().contains(&entry),
+        "names the image and the entry: {run}"
+    );
+}
+
+/// A delta flake provisions the host files its images list without any flag (as Flake
+/// Pilot 3.1 did), and every launch sees them as they are then: new content after a
+/// change, a clear refusal once one is gone, unless `%ignore_sync_error`.
+#[test]
+fn delta_flake_gets_current_host_files_at_every_launch() {
+    require_podman!();
+    let w = World::new();
+    let name = unique("deltahost");
+    let mut images = Images::new(&name);
+    let host_file = w.path("host-lib.conf");
+    write(&host_file, "version one\n", 0o644);
+    let trees = w.path("trees");
+    write(
+        &trees.join("delta/removed"),
+        &format!("# provided by the host\n{}\n", host_file.display()),
+        0o644,
+    );
+    let delta = images.import(&trees.join("delta"), "delta");
+    let app = register(
+        &w,
+        &name,
+        &[
+            "--container",
+            &delta,
+            "--base",
+            IMAGE,
+            "--target",
+            "/bin/sh",
+        ],
+    );
+    let script = format!("cat {} 2>/dev/null || echo gone", host_file.display());
+    let run = w.app(&app, &["-c", &script], None);
+    run.success();
+    assert_eq!(run.stdout(), "version one\n", "{run}");
+
+    write(&host_file, "version two\n", 0o644);
+    let run = w.app(&app, &["-c", &script], None);
+    run.success();
+    assert_eq!(run.stdout(), "version two\n", "changed on the host: {run}");
+    let run = w.app(&app, &["-c", &script], None);
+    assert_eq!(run.stdout(), "version two\n", "unchanged since: {run}");
+
+    std::fs::remove_file(&host_file).unwrap();
+    let run = w.app(&app, &["-c", &script], None);
+    run.expect_code(125);
+    assert_eq!(run.stderr().lines().count(), 1, "{run}");
+    assert!(
+        run.stderr().contains(&host_file.display().to_string())
+            && run.stderr().contains("%ignore_sync_error"),
+        "{run}"
+    );
+    let run = w.app(&app, &["%ignore_sync_error", "-c", &script], None);
+    run.success();
+    assert_eq!(run.stdout(), "gone\n", "{run}");
+    let run = w.app(&app, &["-c", &script], None);
+    run.expect_code(125);
+}
+
+/// A listed host symlink is staged as a link; a later entry below it must never be written
+/// through that link (which would land on, and truncate, the host file it points to).
+#[test]
+fn listed_entry_below_a_listed_link_never_writes_through_it() {
+    require_podman!();
+    let w = World::new();
+    let name = unique("linkwalk");
+    let mut images = Images::new(&name);
+    let outside = w.path("outside");
+    write(&outside.join("victim"), "precious\n", 0o644);
+    let link = w.path("dir/link");
+    std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    let trees = w.path("trees");
+    let list = format!("{}\n{}/victim\n", link.display(), link.display());
+    write(&trees.join("delta/removed"), &list, 0o644);
+    let delta = images.import(&trees.join("delta"), "delta");
+    let app = register(
+        &w,
+        &name,
+        &[
+            "--container",
+            &delta,
+            "--base",
+            IMAGE,
+            "--target",
+            "/bin/true",
+            "--check-host-dependencies",
+        ],
+    );
+    let run = w.app(&app, &["%ignore_sync_error"], None);
+    assert_eq!(
+        std::fs::read_to_string(outside.join("victim")).unwrap(),
+        "precious\n",
+        "written through the link: {run}"
+    );
+    run.expect_code(125);
+    assert_eq!(run.stderr().lines().count(), 1, "{run}");
+    assert!(
+        run.stderr().contains("symbolic link") && run.stderr().contains("victim"),
+        "{run}"
+    );
+}
+
+/// `register --info` prints the description an image ships, read beneath the image's mount
+/// point: a description that is a link (to a host file, say) is refused, never followed.
+#[test]
+fn info_reads_the_description_inside_the_image_only() {
+    require_podman!();
+    let w = World::new();
+    let name = unique("info");
+    let mut images = Images::new(&name);
+    let secret = w.path("host-secret");
+    write(&secret, "host secret\n", 0o600);
+    let trees = w.path("trees");
+    write(
+        &trees.join(format!("plain/{name}-plain.yaml")),
+        "container:\n  name: shipped\n",
+        0o644,
+    );
+    std::fs::create_dir_all(trees.join("linked")).unwrap();
+    std::os::unix::fs::symlink(&secret, trees.join(format!("linked/{name}-linked.yaml"))).unwrap();
+    let plain = images.import(&trees.join("plain"), "plain");
+    let linked = images.import(&trees.join("linked"), "linked");
+    let run = w.ctl(&["podman", "register", "--info", "--container", &plain]);
+    run.success();
+    assert_eq!(run.stdout(), "container:\n  name: shipped\n", "{run}");
+    let run = w.ctl(&["podman", "register", "--info", "--container", &linked]);
+    run.expect_code(1);
+    assert!(!run.stdout().contains("host secret"), "{run}");
+    assert!(!run.stderr().contains("host secret"), "{run}");
+    assert!(run.stderr().contains("is a symbolic link"), "{run}");
+}

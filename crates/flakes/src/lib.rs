@@ -17,6 +17,7 @@ pub mod elf;
 pub mod exit;
 pub mod global;
 pub mod host;
+pub mod image_ref;
 pub mod instance;
 pub mod logging;
 pub mod names;

@@ -221,9 +221,18 @@ impl Engine {
         cmd
     }
 
-    /// `podman pull URI`.
+    /// `podman pull -- URI`.
     pub fn pull(&self, uri: &str) -> Cmd {
-        self.podman().args(["pull", uri])
+        self.pull_with(&[], uri)
+    }
+
+    /// `podman pull OPTIONS -- URI`: options end before the reference, so a reference can
+    /// never be read as an option.
+    pub fn pull_with(&self, options: &[&str], uri: &str) -> Cmd {
+        self.podman()
+            .arg("pull")
+            .args(options.iter().copied())
+            .args(["--", uri])
     }
 
     /// `podman load -i ARCHIVE`.
@@ -231,19 +240,19 @@ impl Engine {
         self.podman().args(["load", "-i"]).arg(archive)
     }
 
-    /// `podman image exists IMAGE`.
+    /// `podman image exists -- IMAGE`.
     pub fn image_exists(&self, image: &str) -> Cmd {
-        self.podman().args(["image", "exists", image])
+        self.podman().args(["image", "exists", "--", image])
     }
 
-    /// `podman image rm -f IMAGE`.
+    /// `podman image rm -f -- IMAGE`.
     pub fn image_remove(&self, image: &str) -> Cmd {
-        self.podman().args(["image", "rm", "-f", image])
+        self.podman().args(["image", "rm", "-f", "--", image])
     }
 
-    /// `podman image mount IMAGE` (prints the mount point).
+    /// `podman image mount -- IMAGE` (prints the mount point).
     pub fn image_mount(&self, image: &str) -> Cmd {
-        self.podman().args(["image", "mount", image])
+        self.podman().args(["image", "mount", "--", image])
     }
 
     /// True when container `name` exists and runs (`podman container inspect`).
@@ -267,9 +276,9 @@ impl Engine {
             .map(|_| ())
     }
 
-    /// `podman image umount IMAGE`.
+    /// `podman image umount -- IMAGE`.
     pub fn image_umount(&self, image: &str) -> Cmd {
-        self.podman().args(["image", "umount", image])
+        self.podman().args(["image", "umount", "--", image])
     }
 }
 
@@ -280,7 +289,7 @@ mod tests {
     #[test]
     fn direct_podman_command() {
         let cmd = Engine::new("/usr/bin/podman".into()).pull("localhost/x");
-        assert_eq!(cmd.to_string(), "/usr/bin/podman pull localhost/x");
+        assert_eq!(cmd.to_string(), "/usr/bin/podman pull -- localhost/x");
         assert!(cmd.get_env().is_empty());
     }
 
@@ -296,7 +305,7 @@ mod tests {
         let cmd = engine.image_exists("img");
         assert_eq!(
             cmd.to_string(),
-            "/usr/bin/sudo --preserve-env=CONTAINERS_STORAGE_CONF -- /usr/bin/podman image exists img"
+            "/usr/bin/sudo --preserve-env=CONTAINERS_STORAGE_CONF -- /usr/bin/podman image exists -- img"
         );
         assert_eq!(cmd.get_env()[0].0, STORAGE_CONF_ENV);
     }

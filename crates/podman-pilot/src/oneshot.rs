@@ -110,7 +110,7 @@ pub fn command(
 }
 
 /// Everything after `podman run --rm` (or `podman create --rm`) for an instance that runs
-/// the flake's target with the call's arguments.
+/// the flake's target with the call's arguments: options, `--`, the image, the arguments.
 pub fn instance_args(
     name: &FlakeName,
     flake: &ContainerFlake,
@@ -148,7 +148,8 @@ pub fn instance_args(
         Target::Program(path) => args.extend(["--entrypoint".into(), path.into()]),
         Target::FlakeName => args.extend(["--entrypoint".into(), name.as_str().into()]),
     }
-    args.push(flake.image.clone().into());
+    // Options end here: the image can never be read as one.
+    args.extend(["--".into(), flake.image.clone().into()]);
     args.extend(call.app_args.iter().cloned());
     Ok(args)
 }

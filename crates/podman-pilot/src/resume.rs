@@ -234,6 +234,7 @@ fn start_command(
     args.extend([
         "--entrypoint".into(),
         AGENT_MOUNT.into(),
+        "--".into(),
         flake.image.clone().into(),
     ]);
     args.extend([

@@ -78,7 +78,7 @@ fn plain_program_with_arguments() {
         got,
         format!(
             "{BASE} --init --quiet --label=io.flake-pilot.flake=app --entrypoint /bin/sh \
-             localhost/busybox -c 'echo hi'"
+             -- localhost/busybox -c 'echo hi'"
         )
     );
 }
@@ -141,11 +141,14 @@ fn image_entrypoint_and_flake_name_targets() {
         PIPE,
     );
     assert!(
-        got.ends_with("--label=io.flake-pilot.flake=app localhost/busybox ec2 help"),
+        got.ends_with("--label=io.flake-pilot.flake=app -- localhost/busybox ec2 help"),
         "{got}"
     );
     let got = render(&flake(Target::FlakeName, &[]), &call(&[]), PIPE);
-    assert!(got.ends_with("--entrypoint app localhost/busybox"), "{got}");
+    assert!(
+        got.ends_with("--entrypoint app -- localhost/busybox"),
+        "{got}"
+    );
 }
 
 #[test]
