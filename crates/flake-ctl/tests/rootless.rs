@@ -210,3 +210,72 @@ rm -rf "$work" "$HOME/.config/flakes/firecracker/images/{tag}"
         "{out:?}"
     );
 }
+
+/// A rootless instance's agent runs under the caller's uid (container root) or a uid of
+/// the caller's subuid range (`--user N`: start + N - 1) as the host sees it; the launcher
+/// recognises exactly that process, so the second call of each is a warm one.
+#[test]
+fn rootless_agents_are_recognised_by_their_host_uid() {
+    require_resume!();
+    if !user_exists() {
+        return;
+    }
+    let (_keep, bin) = user_bin_dir();
+    let tag = util::unique("uid");
+    let script = format!(
+        r#"set -e
+ctl={ctl}
+$ctl podman register --user --container {image} --app "$HOME/bin/{tag}-r" --target /bin/sh --resume --opt '\--network none' --force >/dev/null
+$ctl podman register --user --container {image} --app "$HOME/bin/{tag}-u" --target /bin/sh --resume --opt '\--network none' --opt '\--user 1234' --force >/dev/null
+for app in {tag}-r {tag}-u; do
+    "$HOME/bin/$app" -c true
+    start=$(date +%s%N)
+    "$HOME/bin/$app" -c 'id -u'
+    echo "ms $(( ($(date +%s%N) - start) / 1000000 ))"
+    cat /tmp/flakes/$(id -u)*/$app/agent
+    "$HOME/bin/$app" %remove -c true
+    $ctl podman --user remove --app "$HOME/bin/$app" >/dev/null
+done
+"#,
+        ctl = bin.join("flake-ctl").display(),
+        image = util::IMAGE,
+    );
+    let out = as_user(&script);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    let uid = |line: &str| {
+        line.split_whitespace()
+            .nth(2)
+            .unwrap()
+            .parse::<u32>()
+            .unwrap()
+    };
+    let ms = |line: &str| line.strip_prefix("ms ").unwrap().parse::<u64>().unwrap();
+    let caller = user_uid();
+    let subuid_start = subuid_start();
+    assert_eq!(lines.len(), 6, "{stdout}");
+    assert_eq!((lines[0], uid(lines[2])), ("0", caller), "{stdout}");
+    assert_eq!(
+        (lines[3], uid(lines[5])),
+        ("1234", subuid_start + 1233),
+        "{stdout}"
+    );
+    assert!(ms(lines[1]) < 1000 && ms(lines[4]) < 1000, "warm: {stdout}");
+}
+
+fn user_uid() -> u32 {
+    let out = Command::new("id").args(["-u", USER]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// The first uid of the user's range in /etc/subuid.
+fn subuid_start() -> u32 {
+    let text = std::fs::read_to_string("/etc/subuid").unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{USER}:")))
+        .and_then(|rest| rest.split(':').next())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
