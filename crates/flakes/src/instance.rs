@@ -299,20 +299,42 @@ pub fn uid_of_name(name: &str) -> Option<u32> {
 /// Finds `uid`'s own `<uid>.<hex>` in `base` (a directory it owns with mode 0700), or
 /// makes one under a fresh random name.
 fn alternative_user_dir(base: &Dir, uid: u32) -> Result<Dir> {
+    if let Some(dir) = find_alternative(base, uid)? {
+        return Ok(dir);
+    }
+    make_alternative(base, uid)?;
+    // Two first calls may each have made one: all of them take the first by name.
+    find_alternative(base, uid)?.ok_or_else(|| InstanceError::Unsafe {
+        path: base.path().into(),
+        reason: "the directory made in it went away".into(),
+    })
+}
+
+fn find_alternative(base: &Dir, uid: u32) -> Result<Option<Dir>> {
     for name in base.entries()? {
         if !is_alternative_name(&name, uid) {
             continue;
         }
-        if let Some(dir) = base.open_child(&name)? {
-            if dir.owner_and_mode()? == (uid, 0o700) {
-                return Ok(dir);
+        // Others may plant anything under such a name: only a directory of `uid`'s counts.
+        if let Ok(Some(dir)) = base.open_child(&name) {
+            if dir
+                .owner_and_mode()
+                .is_ok_and(|found| found == (uid, 0o700))
+            {
+                return Ok(Some(dir));
             }
         }
     }
+    Ok(None)
+}
+
+fn make_alternative(base: &Dir, uid: u32) -> Result<()> {
     for _ in 0..8 {
         let name = format!("{uid}.{:016x}", random_u64(base)?);
         if base.create_child(&name, 0o700)? {
-            return base.private_child(&name, 0o700, uid);
+            // The umask may have cut the mode.
+            base.private_child(&name, 0o700, uid)?;
+            return Ok(());
         }
     }
     Err(InstanceError::Unsafe {
@@ -448,10 +470,12 @@ mod tests {
         let squat = ids.join("0");
         fs::create_dir(&squat).unwrap();
         std::os::unix::fs::chown(&squat, Some(65534), None).unwrap();
-        // A decoy of the alternative pattern, owned by the squatter, is not taken.
+        // Decoys of the alternative pattern, the squatter's, are not taken.
         let decoy = ids.join("0.00000000000000ff");
         fs::create_dir(&decoy).unwrap();
         std::os::unix::fs::chown(&decoy, Some(65534), None).unwrap();
+        std::os::unix::fs::symlink(&decoy, ids.join("0.0000000000000000")).unwrap();
+        fs::write(ids.join("0.0000000000000001"), "").unwrap();
         let first = StateDir::prepare(&ids, 0, &key("app", None)).unwrap();
         let own = first.path().parent().unwrap().to_path_buf();
         let name = own.file_name().unwrap().to_str().unwrap();
