@@ -136,6 +136,8 @@ def listen(path, uid):
 const SWAPPER: &str = r#"
 import ctypes, os, sys
 base, label, log = sys.argv[1], sys.argv[2], sys.argv[3]
+# The log is the test's; in root's sticky base root's directory cannot be moved, so every
+# exchange fails (EPERM) there.
 fake = os.path.join(base, "fake")
 os.makedirs(os.path.join(fake, label, "run"), exist_ok=True)
 listen(os.path.join(fake, label, "run", "agent.sock"), None)
@@ -148,39 +150,54 @@ while True:
     libc.syscall(316, -100, target, -100, link.encode(), 2)
 "#;
 
-/// A base owned by another user lets that user swap root's directory during a call. No
-/// call may ever reach the user's fake agent: every one is refused, with one line.
+/// A base owned by another user lets that user swap root's directory during a call; in a
+/// shared (sticky) base of root's they may try the same. No call may ever reach the user's
+/// fake agent: in their base every call is refused with one line, in root's every call is
+/// served by the instance.
 #[test]
 fn swapping_the_state_dir_for_a_symlink_never_reaches_a_fake_agent() {
     require_resume!();
     let Some(uid) = hostile_uid() else { return };
-    let w = World::new();
     let outer = open_tempdir("flake-evil-");
-    let base = outer.path().join("base");
-    std::fs::create_dir(&base).unwrap();
-    chown(&base, uid);
-    use_ids_dir(&w, &base);
-    let name = unique("swap");
-    let (app, _guard) = w.register_resume(&name);
-    let log = base.join("log");
-    let script = format!("{FAKE_AGENT}{SWAPPER}");
-    let swapper = hostile(&script, &[&base, Path::new(&name), &log]);
-    let mut refused = 0;
-    for _ in 0..200 {
-        let run = w.app(&app, &["-c", "echo served"], None);
-        if run.code() != 0 {
-            assert_eq!(run.code(), 125, "{run}");
-            assert_eq!(run.stderr().lines().count(), 1, "one line: {run}");
-            refused += 1;
+    let theirs = outer.path().join("theirs");
+    let shared = outer.path().join("shared");
+    std::fs::create_dir(&theirs).unwrap();
+    chown(&theirs, uid);
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let logs = open_tempdir("flake-swap-log-");
+    for (base, served) in [(theirs, false), (shared, true)] {
+        let w = World::new();
+        use_ids_dir(&w, &base);
+        let name = unique("swap");
+        let (app, _guard) = w.register_resume(&name);
+        let log = logs.path().join(if served { "shared" } else { "theirs" });
+        std::fs::write(&log, "").unwrap();
+        std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o666)).unwrap();
+        if served {
+            // Root's directory exists before the swapping starts.
+            w.app(&app, &["-c", "true"], None).success();
         }
+        let script = format!("{FAKE_AGENT}{SWAPPER}");
+        let swapper = hostile(&script, &[&base, Path::new(&name), &log]);
+        for _ in 0..200 {
+            let run = w.app(&app, &["-c", "echo served"], None);
+            if served {
+                assert_eq!(run.stdout(), "served\n", "{run}");
+            } else {
+                assert_eq!(run.code(), 125, "{run}");
+                assert_eq!(run.stderr().lines().count(), 1, "one line: {run}");
+                assert!(run.stderr().contains("belongs to uid"), "{run}");
+            }
+        }
+        stop(swapper);
+        let reached = log_lines(&log);
+        assert!(
+            reached.is_empty(),
+            "calls reached the fake agent in {}: {reached:?}",
+            base.display()
+        );
     }
-    stop(swapper);
-    let reached = log_lines(&log);
-    assert!(
-        reached.is_empty(),
-        "calls reached the fake agent: {reached:?}"
-    );
-    assert_eq!(refused, 200, "a base of uid {uid} is never used");
 }
 
 /// Bases that others could change are refused with one line naming the fix: another
