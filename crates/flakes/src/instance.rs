@@ -24,7 +24,10 @@
 //! In a shared base another user may create `<uid>` first. That must not lock the owner
 //! out for good: the owner then uses `<uid>.<16 random hex digits>`, a name nobody can
 //! guess in advance, and finds it again on later calls as the directory of that pattern
-//! that it owns with mode 0700 (others cannot rename or remove it in a sticky base).
+//! that it owns with mode 0700 (others cannot rename or remove it in a sticky base). The
+//! same holds one level up: when the base itself is another user's (or writable without
+//! the sticky bit) and lies in a shared directory such as `/tmp`, the caller's base is
+//! `<base>-<uid>` beside it (or that name's alternative).
 //!
 //! The per-instance `lock` file is taken with `flock`, which the kernel drops when its
 //! holder dies: a `kill -9` at any point leaves no lock behind, unlike the original's
@@ -258,10 +261,32 @@ pub fn lock_file(path: &Path) -> Result<File> {
 /// `<ids_dir>/<uid>/`, created and checked: the caller's private directory (or its
 /// alternative when another user took that name, see the module doc).
 pub fn user_dir(ids_dir: &Path, uid: u32) -> Result<Dir> {
-    let base = Dir::open_base(ids_dir, uid)?;
-    match base.private_child(&uid.to_string(), 0o700, uid) {
-        Err(InstanceError::Unsafe { path, reason }) if shared(&base)? => {
-            alternative_user_dir(&base, uid).map_err(|err| InstanceError::Squatted {
+    let base = match Dir::open_base(ids_dir, uid) {
+        Err(err @ InstanceError::Unsafe { .. }) => base_beside(ids_dir, uid).ok_or(err)?,
+        other => other?,
+    };
+    own_dir(&base, &uid.to_string(), uid)
+}
+
+/// When the base itself is unusable (another user made `/tmp/flakes` first, or left it
+/// writable without the sticky bit) and it lies in a shared directory such as `/tmp`:
+/// the caller's own base beside it, `<base>-<uid>` (or its alternative), so that nobody
+/// can deny another user their state by making the base first.
+fn base_beside(ids_dir: &Path, uid: u32) -> Option<Dir> {
+    let parent = Dir::open_base(ids_dir.parent()?, uid).ok()?;
+    if !shared(&parent).ok()? {
+        return None;
+    }
+    let name = format!("{}-{uid}", ids_dir.file_name()?.to_str()?);
+    own_dir(&parent, &name, uid).ok()
+}
+
+/// `<parent>/<name>`, private to `uid`; if another user took that name in a shared
+/// `parent`, `uid`'s own `<name>.<hex>`.
+fn own_dir(parent: &Dir, name: &str, uid: u32) -> Result<Dir> {
+    match parent.private_child(name, 0o700, uid) {
+        Err(InstanceError::Unsafe { path, reason }) if shared(parent)? => {
+            alternative_dir(parent, name, uid).map_err(|err| InstanceError::Squatted {
                 path,
                 reason,
                 alternative: err.to_string(),
@@ -285,7 +310,13 @@ fn shared(base: &Dir) -> Result<bool> {
 
 /// Whether `name` is an alternative name of `uid`'s directory: `<uid>.<16 hex digits>`.
 pub fn is_alternative_name(name: &str, uid: u32) -> bool {
-    name.strip_prefix(&uid.to_string())
+    is_alternative_of(name, &uid.to_string())
+}
+
+/// Whether `entry` is `<name>.<16 hex digits>`.
+fn is_alternative_of(entry: &str, name: &str) -> bool {
+    entry
+        .strip_prefix(name)
         .and_then(|rest| rest.strip_prefix('.'))
         .is_some_and(|hex| hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
@@ -296,27 +327,27 @@ pub fn uid_of_name(name: &str) -> Option<u32> {
     (name == uid.to_string() || is_alternative_name(name, uid)).then_some(uid)
 }
 
-/// Finds `uid`'s own `<uid>.<hex>` in `base` (a directory it owns with mode 0700), or
+/// Finds `uid`'s own `<name>.<hex>` in `base` (a directory it owns with mode 0700), or
 /// makes one under a fresh random name.
-fn alternative_user_dir(base: &Dir, uid: u32) -> Result<Dir> {
-    if let Some(dir) = find_alternative(base, uid)? {
+fn alternative_dir(base: &Dir, name: &str, uid: u32) -> Result<Dir> {
+    if let Some(dir) = find_alternative(base, name, uid)? {
         return Ok(dir);
     }
-    make_alternative(base, uid)?;
+    make_alternative(base, name, uid)?;
     // Two first calls may each have made one: all of them take the first by name.
-    find_alternative(base, uid)?.ok_or_else(|| InstanceError::Unsafe {
+    find_alternative(base, name, uid)?.ok_or_else(|| InstanceError::Unsafe {
         path: base.path().into(),
         reason: "the directory made in it went away".into(),
     })
 }
 
-fn find_alternative(base: &Dir, uid: u32) -> Result<Option<Dir>> {
-    for name in base.entries()? {
-        if !is_alternative_name(&name, uid) {
+fn find_alternative(base: &Dir, name: &str, uid: u32) -> Result<Option<Dir>> {
+    for entry in base.entries()? {
+        if !is_alternative_of(&entry, name) {
             continue;
         }
         // Others may plant anything under such a name: only a directory of `uid`'s counts.
-        if let Ok(Some(dir)) = base.open_child(&name) {
+        if let Ok(Some(dir)) = base.open_child(&entry) {
             if dir
                 .owner_and_mode()
                 .is_ok_and(|found| found == (uid, 0o700))
@@ -328,12 +359,12 @@ fn find_alternative(base: &Dir, uid: u32) -> Result<Option<Dir>> {
     Ok(None)
 }
 
-fn make_alternative(base: &Dir, uid: u32) -> Result<()> {
+fn make_alternative(base: &Dir, name: &str, uid: u32) -> Result<()> {
     for _ in 0..8 {
-        let name = format!("{uid}.{:016x}", random_u64(base)?);
-        if base.create_child(&name, 0o700)? {
+        let fresh = format!("{name}.{:016x}", random_u64(base)?);
+        if base.create_child(&fresh, 0o700)? {
             // The umask may have cut the mode.
-            base.private_child(&name, 0o700, uid)?;
+            base.private_child(&fresh, 0o700, uid)?;
             return Ok(());
         }
     }
@@ -491,6 +522,39 @@ mod tests {
         assert_eq!(uid_of_name(name), Some(0));
         assert_eq!(uid_of_name("0"), Some(0));
         assert_eq!(uid_of_name("0.x"), None);
+    }
+
+    /// Another user making the base first in a shared directory (`/tmp/flakes`) denies
+    /// nobody: each user then gets a base of their own beside it.
+    #[test]
+    fn a_squatted_base_in_a_shared_directory_gives_an_own_one() {
+        if uid() != 0 {
+            eprintln!("SKIP: needs root to hand a directory to another user");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o1777)).unwrap();
+        let ids = tmp.path().join("flakes");
+        fs::create_dir(&ids).unwrap();
+        fs::set_permissions(&ids, fs::Permissions::from_mode(0o1777)).unwrap();
+        std::os::unix::fs::chown(&ids, Some(65534), None).unwrap();
+        let state = StateDir::prepare(&ids, 0, &key("app", None)).unwrap();
+        assert_eq!(state.path(), tmp.path().join("flakes-0/0/app"));
+        // Taken as well: an alternative of it.
+        fs::remove_dir_all(tmp.path().join("flakes-0")).unwrap();
+        fs::create_dir(tmp.path().join("flakes-0")).unwrap();
+        std::os::unix::fs::chown(tmp.path().join("flakes-0"), Some(65534), None).unwrap();
+        let state = StateDir::prepare(&ids, 0, &key("app", None)).unwrap();
+        let base = state.path().parent().unwrap().parent().unwrap();
+        let name = base.file_name().unwrap().to_str().unwrap();
+        assert!(is_alternative_of(name, "flakes-0"), "{}", base.display());
+        // In a directory that is not shared, the refusal stands.
+        let private = tempfile::tempdir().unwrap();
+        let theirs = private.path().join("flakes");
+        fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+        let err = StateDir::prepare(&theirs, 0, &key("app", None)).unwrap_err();
+        assert!(err.to_string().contains("belongs to uid 65534"), "{err}");
     }
 
     #[test]
