@@ -337,6 +337,38 @@ fn a_squatted_user_dir_does_not_deny_resume() {
     assert_eq!(std::fs::metadata(base.join("0")).unwrap().uid(), uid);
 }
 
+/// Another user making the base itself first in a shared directory (as `/tmp/flakes` in
+/// `/tmp`) does not deny root either: root's state goes to `<base>-0` beside it.
+#[test]
+fn a_squatted_base_in_a_shared_directory_does_not_deny_resume() {
+    require_resume!();
+    let Some(_) = hostile_uid() else { return };
+    let w = World::new();
+    let outer = open_tempdir("flake-sharedtmp-");
+    let tmp = outer.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let base = tmp.join("flakes");
+    let squat = Command::new("runuser")
+        .args(["-u", USER, "--", "mkdir", "-m", "1777"])
+        .arg(&base)
+        .output()
+        .unwrap();
+    assert!(squat.status.success(), "{squat:?}");
+    use_ids_dir(&w, &base);
+    let name = unique("basesquat");
+    let (app, _guard) = w.register_resume(&name);
+    w.app(&app, &["-c", "echo kept > /tmp/state"], None)
+        .success();
+    let run = w.app(&app, &["-c", "cat /tmp/state"], None);
+    assert_eq!(run.stdout(), "kept\n", "{run}");
+    assert!(tmp.join("flakes-0/0").join(&name).is_dir());
+    assert!(
+        std::fs::read_dir(&base).unwrap().next().is_none(),
+        "theirs untouched"
+    );
+}
+
 /// A 25-character flake name with a 63-character `@NAME` (the longest valid) is as fast
 /// as any: the socket is reached through the held directory, not its long path.
 #[test]
