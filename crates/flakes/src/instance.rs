@@ -558,6 +558,41 @@ mod tests {
     }
 
     #[test]
+    fn missing_levels_are_made_and_group_writable_ones_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ids = tmp.path().join("a/b/flakes");
+        StateDir::prepare(&ids, uid(), &key("app", None)).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(mode(&tmp.path().join("a")), 0o755);
+        assert_eq!(mode(&tmp.path().join("a/b")), 0o755);
+        assert_eq!(mode(&ids), 0o700);
+        fs::set_permissions(tmp.path().join("a"), fs::Permissions::from_mode(0o775)).unwrap();
+        let err = StateDir::prepare(&ids, uid(), &key("app", None)).unwrap_err();
+        assert!(err.to_string().contains("without the sticky bit"), "{err}");
+    }
+
+    #[test]
+    fn records_are_replaced_whole_and_missing_ones_are_none() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::prepare(&tmp.path().join("ids"), uid(), &key("app", None)).unwrap();
+        assert_eq!(state.dir().read_file("agent").unwrap(), None);
+        state.dir().write_file("agent", b"one").unwrap();
+        state.dir().write_file("agent", b"two").unwrap();
+        assert_eq!(state.dir().read_file("agent").unwrap().unwrap(), b"two");
+        let mut names = fs::read_dir(state.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect::<Vec<_>>();
+        names.sort();
+        assert_eq!(names, ["agent", "run"]);
+        std::os::unix::fs::symlink("/etc/passwd", state.path().join("other")).unwrap();
+        assert!(
+            state.dir().read_file("other").is_err(),
+            "never through a symlink"
+        );
+    }
+
+    #[test]
     fn remove_takes_the_directory_it_holds() {
         let tmp = tempfile::tempdir().unwrap();
         let ids = tmp.path().join("flakes");

@@ -152,6 +152,7 @@ impl Dir {
                  directory of root or uid {uid}"
             )));
         }
+        // Group-writable counts too: any member of the group could rename what is in it.
         if mode & 0o022 != 0 && mode & STICKY == 0 {
             return Err(self.unsafe_dir(
                 "it is writable by others without the sticky bit; run chmod 1777 on it (or \
@@ -292,10 +293,12 @@ impl Dir {
     }
 
     /// Replaces file `name` with `bytes` (mode 0600), atomically: readers see the old or
-    /// the new contents, never a part.
+    /// the new contents, never a part. Writers of one name must hold a lock (the instance
+    /// lock): they share one temporary file, which is also why a writer killed halfway
+    /// leaves nothing that the next one does not reuse.
     pub fn write_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
         use std::io::Write;
-        let tmp = format!("{name}.{}.tmp", std::process::id());
+        let tmp = format!(".{name}.tmp");
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC;
         let mut file = self.open_file(&tmp, flags, 0o600)?;
         file.write_all(bytes).map_err(|source| InstanceError::Io {
