@@ -304,7 +304,7 @@ pub fn connect_unix(path: &Path) -> std::io::Result<UnixStream> {
         return UnixStream::connect(path);
     }
     use rustix::fs::{Mode, OFlags};
-    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let held = rustix::fs::open(dir, flags, Mode::empty())?;
     let short = PathBuf::from(format!(
         "/proc/self/fd/{}",
