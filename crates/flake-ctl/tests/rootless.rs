@@ -279,3 +279,41 @@ fn subuid_start() -> u32 {
         .parse()
         .unwrap()
 }
+
+/// A user's instance state goes to `$XDG_RUNTIME_DIR/flakes` when that is the user's own
+/// 0700 directory, and to the shared `/tmp/flakes` without one. (Which runtime directories
+/// count as safe is a unit test of `flakes::host`: pointing rootless podman at another one
+/// here would move podman's own runtime state too.)
+#[test]
+fn user_state_goes_to_the_runtime_dir_when_there_is_one() {
+    require_resume!();
+    if !user_exists() {
+        return;
+    }
+    let (_keep, bin) = user_bin_dir();
+    let tag = util::unique("xdg");
+    let script = format!(
+        r#"set -e
+ctl={ctl}
+uid=$(id -u)
+$ctl podman register --user --container {image} --app "$HOME/bin/{tag}" --target /bin/sh --resume --opt '\--network none' --force >/dev/null
+XDG_RUNTIME_DIR=/run/user/$uid "$HOME/bin/{tag}" -c true
+test -f /run/user/$uid/flakes/$uid/{tag}/agent && echo "in runtime dir"
+stat -c %a /run/user/$uid/flakes
+XDG_RUNTIME_DIR=/run/user/$uid "$HOME/bin/{tag}" %remove -c true
+"$HOME/bin/{tag}" -c true
+test -d /tmp/flakes/$uid*/{tag} && echo "in /tmp/flakes"
+"$HOME/bin/{tag}" %remove -c true
+$ctl podman --user remove --app "$HOME/bin/{tag}" >/dev/null
+"#,
+        ctl = bin.join("flake-ctl").display(),
+        image = util::IMAGE,
+    );
+    let out = as_user(&script);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "in runtime dir\n700\nin /tmp/flakes\n",
+        "{out:?}"
+    );
+}
