@@ -36,6 +36,7 @@
 mod dir;
 
 use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -157,6 +158,18 @@ pub const SOCKET_NAME: &str = "agent.sock";
 /// listings; calls use [`StateDir::socket`]).
 pub fn socket_in(dir: &Path) -> PathBuf {
     dir.join("run").join(SOCKET_NAME)
+}
+
+/// Whether something listens on the agent socket of the instance whose state directory is
+/// `dir` (for listings: it connects, sends nothing, and checks nobody's identity). The
+/// socket is reached through its directory, so any instance name works.
+pub fn agent_listens(dir: &Path) -> bool {
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let Ok(run) = rustix::fs::open(dir.join("run"), flags, rustix::fs::Mode::empty()) else {
+        return false;
+    };
+    let socket = format!("/proc/self/fd/{}/{SOCKET_NAME}", run.as_raw_fd());
+    std::os::unix::net::UnixStream::connect(socket).is_ok()
 }
 
 /// A held instance lock; released when dropped (or when the process dies).
@@ -443,8 +456,10 @@ mod tests {
         let state = StateDir::prepare(&ids, uid(), &long).unwrap();
         assert!(socket_in(state.path()).as_os_str().len() > 108);
         assert!(state.socket().as_os_str().len() < 40);
+        assert!(!agent_listens(state.path()));
         let listener = std::os::unix::net::UnixListener::bind(state.socket()).unwrap();
         std::os::unix::net::UnixStream::connect(state.socket()).unwrap();
+        assert!(agent_listens(state.path()));
         drop(listener);
         assert!(socket_in(state.path()).exists(), "bound in the real run/");
     }

@@ -83,8 +83,7 @@ fn instance_row(
         None => (label, None),
     };
     let id = instance_container_name(flake, instance, uid);
-    let agent_up =
-        std::os::unix::net::UnixStream::connect(flakes::instance::socket_in(dir)).is_ok();
+    let agent_up = flakes::instance::agent_listens(dir);
     let status = match (agent_up, id.as_ref().and_then(|n| containers.get(n))) {
         (true, _) => "running".to_string(),
         (false, Some(state)) if state == "running" => "running".to_string(),
