@@ -389,3 +389,36 @@ fn the_longest_names_keep_resume_warm() {
         "a warm call, not podman exec: {run}"
     );
 }
+
+/// Under an init podman adds (`--init`) the agent is the init's first child, and is
+/// recognised as the instance's agent: calls are served, the second one warm.
+#[test]
+fn the_agent_under_an_init_is_recognised() {
+    require_resume!();
+    let w = World::new();
+    let name = unique("underinit");
+    let app = w.bin.join(&name);
+    let app_s = app.display().to_string();
+    w.ctl(&[
+        "podman",
+        "register",
+        "--container",
+        util::IMAGE,
+        "--app",
+        &app_s,
+        "--target",
+        "/bin/sh",
+        "--resume",
+        "--opt",
+        r"\--network none",
+        "--opt",
+        r"\--init",
+    ])
+    .success();
+    let _guard = util::Containers(name.clone());
+    w.app(&app, &["-c", "echo kept > /tmp/state"], None)
+        .success();
+    let run = w.app(&app, &["-c", "cat /tmp/state"], None);
+    assert_eq!(run.stdout(), "kept\n", "{run}");
+    assert!(run.elapsed < Duration::from_secs(1), "warm: {run}");
+}

@@ -11,7 +11,7 @@
 //! are the host's).
 //!
 //! The agent is the process podman reports as the container's PID 1 (`State.Pid`), or,
-//! when the flake adds `--init`, that init's first child (pid 2 inside the container). Its
+//! when the flake adds `--init`, that init's first child. Its
 //! uid as the host sees it is the container user's: rootful, the container uid itself (0
 //! unless `--user` or the image's `USER` say otherwise); rootless, the caller's uid for
 //! container root and `subuid start + n - 1` for container uid `n`. Rather than predict
@@ -88,9 +88,22 @@ impl AgentId {
 }
 
 /// Whether process `pid` is the agent of the container whose PID 1 is `init` on the host:
-/// `init` itself, or the first child of an init podman added (`--init`).
+/// `init` itself, or, under an init podman added (`--init`), that init's first child.
+/// Processes that later end up as the init's children (orphans of the apps) started after
+/// the agent, which started them.
 pub fn is_agent_of(pid: u32, init: u32) -> bool {
-    pid != 0 && (pid == init || (parent(pid) == Some(init) && inner_pid(pid) == Some(2)))
+    pid != 0 && (pid == init || first_child(init) == Some(pid))
+}
+
+/// The child of `pid` that started first (`pid` being single-threaded, as an init is).
+fn first_child(pid: u32) -> Option<u32> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    children
+        .split_whitespace()
+        .filter_map(|child| child.parse().ok())
+        .filter_map(|child: u32| Some((start_time(child)?, child)))
+        .min()
+        .map(|(_, child)| child)
 }
 
 /// `/proc/PID/stat` fields after the command name (field 3 on), which may hold anything.
@@ -103,18 +116,6 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
 /// Field 22 of `/proc/PID/stat`: the start time.
 fn start_time(pid: u32) -> Option<u64> {
     stat_fields(pid)?.get(19)?.parse().ok()
-}
-
-/// Field 4 of `/proc/PID/stat`: the parent.
-fn parent(pid: u32) -> Option<u32> {
-    stat_fields(pid)?.get(1)?.parse().ok()
-}
-
-/// The process's pid in its own (innermost) pid namespace.
-fn inner_pid(pid: u32) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
-    line.split_whitespace().last()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -155,16 +156,36 @@ mod tests {
 
     #[test]
     fn only_init_or_its_first_child_is_the_agent() {
-        let me = std::process::id();
-        assert!(is_agent_of(me, me));
-        assert!(!is_agent_of(0, 0));
-        // A child of ours is not pid 2 of a namespace of its own.
-        let mut child = std::process::Command::new("sleep")
-            .arg("5")
+        let mut init = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & sleep 0.2; sleep 30 & wait"])
             .spawn()
             .unwrap();
-        assert!(!is_agent_of(child.id(), me));
-        child.kill().unwrap();
-        child.wait().unwrap();
+        let pid = init.id();
+        let children = || -> Vec<u32> {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(|c| c.parse().unwrap())
+                .collect()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while children().len() < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let mut kids = children();
+        kids.sort_by_key(|c| start_time(*c));
+        assert_eq!(kids.len(), 2, "{kids:?}");
+        assert!(is_agent_of(pid, pid));
+        assert!(is_agent_of(kids[0], pid), "the first child");
+        assert!(!is_agent_of(kids[1], pid), "a later one");
+        assert!(!is_agent_of(0, 0));
+        for kid in kids {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(i32::try_from(kid).unwrap()).unwrap(),
+                rustix::process::Signal::KILL,
+            );
+        }
+        init.kill().unwrap();
+        init.wait().unwrap();
     }
 }
