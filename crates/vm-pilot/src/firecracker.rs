@@ -257,7 +257,7 @@ impl Vmm for Firecracker {
     /// Firecracker's host-side vsock convention: connect to `uds_path`, send
     /// `CONNECT <port>\n`, and the VMM answers `OK <host port>\n` once the guest accepted.
     fn connect(&self, plan: &Plan, _port: usize) -> std::io::Result<UnixStream> {
-        let mut stream = crate::vmm::connect_unix(&plan.dir.join(VSOCK))?;
+        let mut stream = crate::vmm::connect_vmm(&plan.dir, VSOCK)?;
         stream.set_read_timeout(Some(Duration::from_secs(2)))?;
         stream.write_all(format!("CONNECT {GUEST_PORT}\n").as_bytes())?;
         let mut line = Vec::new();

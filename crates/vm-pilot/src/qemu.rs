@@ -255,7 +255,7 @@ impl Vmm for Qemu {
     }
 
     fn connect(&self, plan: &Plan, port: usize) -> std::io::Result<UnixStream> {
-        crate::vmm::connect_unix(&Self::channel(plan, port))
+        crate::vmm::connect_vmm(&plan.dir, &channel_name(port))
     }
 
     fn saves_states(&self) -> bool {

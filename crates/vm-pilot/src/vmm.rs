@@ -69,6 +69,22 @@ pub(crate) mod tests {
         assert!(connect_unix(&dir.join("missing.sock")).is_err());
     }
 
+    #[test]
+    fn only_the_recorded_vmm_is_connected_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let _listener =
+            std::os::unix::net::UnixListener::bind(dir.path().join("channel-0.sock")).unwrap();
+        assert!(
+            connect_vmm(dir.path(), "channel-0.sock").is_err(),
+            "no pid recorded"
+        );
+        crate::instance::write_pid(dir.path(), std::process::id() + 1).unwrap();
+        let err = connect_vmm(dir.path(), "channel-0.sock").unwrap_err();
+        assert!(err.to_string().contains("not by the VM's VMM"), "{err}");
+        crate::instance::write_pid(dir.path(), std::process::id()).unwrap();
+        connect_vmm(dir.path(), "channel-0.sock").unwrap();
+    }
+
     /// A one-shot plan on the plain console, for tests.
     pub(crate) fn plan() -> Plan {
         Plan {
@@ -311,6 +327,29 @@ pub fn connect_unix(path: &Path) -> std::io::Result<UnixStream> {
         std::os::fd::AsRawFd::as_raw_fd(&held)
     ));
     UnixStream::connect(short.join(name))
+}
+
+/// Connects to socket `name` of the VM whose instance directory is `dir`, and keeps the
+/// connection only if the VMM whose pid the instance records listens on it
+/// (`SO_PEERCRED`), before anything is sent. The directory is the caller's own, so only
+/// root or the caller could plant another listener there; this makes sure a call never
+/// goes to one.
+pub fn connect_vmm(dir: &Path, name: &str) -> std::io::Result<UnixStream> {
+    let stream = connect_unix(&dir.join(name))?;
+    let peer = flake_agent::transport::peer_credentials(&stream)?;
+    let recorded = std::fs::read_to_string(dir.join(crate::instance::PID_FILE))
+        .ok()
+        .and_then(|pid| pid.trim().parse::<u32>().ok());
+    if recorded == Some(peer.pid) {
+        return Ok(stream);
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        format!(
+            "{name} is served by pid {} (uid {}), not by the VM's VMM; nothing was sent to it",
+            peer.pid, peer.uid
+        ),
+    ))
 }
 
 /// A virtual machine monitor.
