@@ -108,8 +108,8 @@ pub enum PodmanError {
     Agent(#[from] flake_agent::proto::ProtoError),
     /// The instance's socket is served by a process other than its agent.
     #[error("refusing the agent socket of {container} ({}): it is served by pid {pid} (uid \
-        {uid}), not by the instance's agent; nothing was sent to it. Stop the instance with \
-        `podman rm -f {container}` and call again", socket.display())]
+        {uid}), not by the instance's agent, and nothing was sent to it; remove the instance \
+        with `podman rm -f {container}` and call again", socket.display())]
     Impostor {
         /// Container name.
         container: String,
