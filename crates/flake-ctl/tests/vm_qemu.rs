@@ -994,3 +994,31 @@ fn regression_issue_15_closed_stdout_ends_a_vm_app_like_a_local_program() {
     );
     w.app(&resume, &["%remove", "-c", "true"], None).success();
 }
+
+/// A 25-character flake name with a 63-character `@NAME` (the longest valid) works in
+/// VMs too, resumed and one-shot (whose instance directory adds the launcher's pid): the
+/// VMM binds its sockets by name in the instance directory, the launcher reaches them
+/// through it.
+#[test]
+fn the_longest_names_work_in_vms() {
+    let Some((_vms, w, fixtures, sci)) = vm_world() else {
+        return;
+    };
+    let instance = format!("@{}", "i".repeat(63));
+    let resume = format!("{:x<25}", util::unique("vmlongr"));
+    let words = ["--resume", "--overlay-size", "64MiB"];
+    let app = vm_flake_with(&w, &fixtures, &sci, &resume, &words, "");
+    w.app(&app, &[&instance, "-c", "echo kept > /tmp/state"], None)
+        .success();
+    let run = w.app(&app, &[&instance, "-c", "cat /tmp/state"], None);
+    assert_eq!(run.stdout(), "kept\n", "{run}");
+    w.app(&app, &[&instance, "%remove", "-c", "true"], None)
+        .success();
+    let one_shot = format!("{:x<25}", util::unique("vmlongo"));
+    let app = vm_flake(&w, &fixtures, &sci, &one_shot);
+    for _ in 0..2 {
+        let run = w.app(&app, &[&instance, "-c", "echo one-shot; exit 3"], None);
+        run.expect_code(3);
+        assert_eq!(run.stdout(), "one-shot\n", "{run}");
+    }
+}

@@ -17,7 +17,9 @@
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+use flakes::instance::Dir;
 
 use crate::{Engine, PodmanError};
 
@@ -75,7 +77,14 @@ impl ImageEntry {
     pub fn inspect(engine: &Engine, image: &str) -> Result<Self, PodmanError> {
         let out = engine
             .podman()
-            .args(["image", "inspect", "--format", "{{json .Config}}", image])
+            .args([
+                "image",
+                "inspect",
+                "--format",
+                "{{json .Config}}",
+                "--",
+                image,
+            ])
             .stdout()?;
         Self::parse(&out).map_err(|source| {
             EntryError::Inspect {
@@ -90,23 +99,20 @@ impl ImageEntry {
         serde_json::from_str(json.trim())
     }
 
-    /// The copy kept in the instance's state directory `dir`, if there is one.
-    pub fn load(dir: &Path) -> Option<Self> {
-        let text = std::fs::read(dir.join(ENTRY_FILE)).ok()?;
+    /// The copy kept in the instance's state directory, if there is one.
+    pub fn load(dir: &Dir) -> Option<Self> {
+        let text = dir.read_file(ENTRY_FILE).ok()??;
         serde_json::from_slice(&text).ok()
     }
 
-    /// Keeps a copy in the state directory `dir` (written whole, then renamed in place).
-    pub fn save(&self, dir: &Path) -> Result<(), EntryError> {
-        let path = dir.join(ENTRY_FILE);
-        let tmp = dir.join(format!(".{ENTRY_FILE}.{}", std::process::id()));
-        let write = |source| EntryError::Write {
-            path: path.clone(),
-            source,
-        };
-        let text = serde_json::to_vec(self).map_err(|e| write(e.into()))?;
-        std::fs::write(&tmp, text).map_err(write)?;
-        std::fs::rename(&tmp, &path).map_err(write)
+    /// Keeps a copy in the instance's state directory, replaced atomically; the caller
+    /// holds the instance lock (see [`Dir::write_file`]).
+    pub fn save(&self, dir: &Dir) -> Result<(), PodmanError> {
+        let text = serde_json::to_vec(self).map_err(|e| EntryError::Write {
+            path: dir.path().join(ENTRY_FILE),
+            source: e.into(),
+        })?;
+        Ok(dir.write_file(ENTRY_FILE, &text)?)
     }
 
     /// The argv `podman run IMAGE args...` runs; `image` names the image in errors.
@@ -186,11 +192,13 @@ mod tests {
 
     #[test]
     fn saved_copy_round_trips() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(ImageEntry::load(dir.path()), None);
+        let tmp = tempfile::tempdir().unwrap();
+        let uid = rustix::process::getuid().as_raw();
+        let dir = Dir::open_base(tmp.path(), uid).unwrap();
+        assert_eq!(ImageEntry::load(&dir), None);
         let e = entry(&["/e", "x y"], &["c\nd"]);
-        e.save(dir.path()).unwrap();
-        assert_eq!(ImageEntry::load(dir.path()), Some(e));
+        e.save(&dir).unwrap();
+        assert_eq!(ImageEntry::load(&dir), Some(e));
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(left.len(), 1, "no temporary file left");
     }

@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod attach;
 pub mod entry;
+pub mod identity;
 pub mod oneshot;
 pub mod options;
 pub mod provision;
@@ -113,6 +114,20 @@ pub enum PodmanError {
     /// The agent connection failed.
     #[error(transparent)]
     Agent(#[from] flake_agent::proto::ProtoError),
+    /// The instance's socket is served by a process other than its agent.
+    #[error("refusing the agent socket of {container} ({}): it is served by pid {pid} (uid \
+        {uid}), not by the instance's agent, and nothing was sent to it; remove the instance \
+        with `podman rm -f {container}` and call again", socket.display())]
+    Impostor {
+        /// Container name.
+        container: String,
+        /// The socket (its real path).
+        socket: PathBuf,
+        /// Who serves it.
+        pid: u32,
+        /// That process's uid.
+        uid: u32,
+    },
 }
 
 impl From<&PodmanError> for PilotExit {
@@ -266,6 +281,17 @@ impl Engine {
         ];
         let out = self.podman().args(inspect).stdout();
         Ok(matches!(out.as_deref().map(str::trim), Ok("true")))
+    }
+
+    /// The host pid of running container `name`'s PID 1 (`State.Pid`); `None` when it
+    /// does not run.
+    pub fn container_pid(&self, name: &str) -> Result<Option<u32>, ProcessError> {
+        let inspect = ["container", "inspect", "--format", "{{.State.Pid}}", name];
+        let out = self.podman().args(inspect).stdout();
+        Ok(out
+            .ok()
+            .and_then(|pid| pid.trim().parse().ok())
+            .filter(|pid| *pid != 0))
     }
 
     /// `podman rm -f -t 0 NAME`, ignoring whether it existed.

@@ -15,6 +15,14 @@
 //!    the image and keep it with the instance ([`crate::entry`]);
 //! 4. wait for the socket, unlock, and make the call like a warm one.
 //!
+//! Every connection is checked to be served by the instance's agent before anything is
+//! sent (see [`crate::identity`]): the warm path compares the listener with the identity
+//! recorded by the cold path, and the cold path asks podman which process the agent is. A
+//! socket served by anything else is refused with one line. The socket is reached through
+//! the state directory the launcher holds open (`/proc/self/fd/N/agent.sock`), so no
+//! rename of a directory can redirect the call, and no instance name is too long for a
+//! socket path; inside the instance its path is the short, fixed [`STATE_MOUNT`].
+//!
 //! When the agent cannot be reached although the container runs (or podman runs through
 //! sudo, whose root-owned socket the caller cannot open), the call falls back to
 //! `podman exec`.
@@ -26,15 +34,17 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use flakes::config::{ContainerFlake, Target};
-use flakes::instance::{InstanceKey, StateDir};
+use flakes::instance::{socket_in, InstanceKey, StateDir};
 use flakes::process::{Cmd, ProcessError};
 use flakes::{CallArgs, PilotExit};
 
 use crate::entry::ImageEntry;
+use crate::identity::{is_agent_of, AgentId};
 use crate::oneshot::{Terminal, FLAKE_LABEL, INSTANCE_LABEL};
 use crate::options::{engine_options, OptionPolicy};
 use crate::{Engine, PodmanError};
 use flake_agent::client::{self, Request, Streams};
+use flake_agent::transport::peer_credentials;
 
 /// Where the state directory appears inside the instance.
 pub const STATE_MOUNT: &str = "/.flake-pilot";
@@ -68,12 +78,7 @@ pub fn call(
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<PilotExit, PodmanError> {
     let tty = terminal.wants_tty(call);
-    let socket = instance.state.socket();
-    let stream = match instance
-        .direct
-        .then(|| client::connect(&socket).ok())
-        .flatten()
-    {
+    let stream = match instance.direct.then(|| warm_connect(instance)).flatten() {
         Some(stream) => Some(stream),
         None => cold_start(instance, agent, flake, call, lookup)?,
     };
@@ -124,10 +129,11 @@ fn target_argv(
         Target::Program(path) => path.clone(),
         Target::FlakeName => instance.key.flake.to_string(),
         Target::ImageEntrypoint => {
-            let entry = match ImageEntry::load(instance.state.path()) {
+            let entry = match ImageEntry::load(instance.state.dir()) {
                 Some(entry) => entry,
-                // Started by a caller that has not yet written it down: read it now.
-                None => keep_image_entry(instance, flake)?,
+                // Started by a launcher that did not write it down (killed, or older):
+                // read it now; only a cold start, under the instance lock, keeps it.
+                None => ImageEntry::inspect(instance.engine, &flake.image)?,
             };
             return Ok(entry.argv(&call.app_args, &flake.image)?);
         }
@@ -143,8 +149,16 @@ fn keep_image_entry(
     flake: &ContainerFlake,
 ) -> Result<ImageEntry, PodmanError> {
     let entry = ImageEntry::inspect(instance.engine, &flake.image)?;
-    entry.save(instance.state.path())?;
+    entry.save(instance.state.dir())?;
     Ok(entry)
+}
+
+/// A connection to the agent recorded by the last cold start, if it still serves.
+fn warm_connect(instance: &Instance<'_>) -> Option<UnixStream> {
+    let stream = client::connect(&instance.state.socket()).ok()?;
+    AgentId::load(&instance.state)?
+        .serves(&stream)
+        .then_some(stream)
 }
 
 /// Starts the instance under its lock; returns a connection when the agent is reachable.
@@ -156,16 +170,22 @@ fn cold_start(
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<UnixStream>, PodmanError> {
     let _lock = instance.state.lock()?;
-    let socket = instance.state.socket();
     if instance.direct {
-        if let Ok(stream) = client::connect(&socket) {
+        if let Some(stream) = warm_connect(instance) {
             return Ok(Some(stream));
+        }
+        // Someone listens, but not the recorded agent: the instance's own after a restart
+        // behind our back, or an impostor. Only podman can tell.
+        if let Ok(stream) = client::connect(&instance.state.socket()) {
+            if let Some(init) = instance.engine.container_pid(&instance.container)? {
+                return verified(instance, stream, init).map(Some);
+            }
         }
     } else if is_running(instance)? {
         return Ok(None);
     }
     crate::agent::check_static(agent)?;
-    let _ = std::fs::remove_file(&socket);
+    instance.state.remove_socket()?;
     let run = start_command(instance, agent, flake, call, lookup)?;
     if let Err(err) = run.stdout() {
         // A container of that name left from a crash or reboot: remove it and retry once.
@@ -179,17 +199,42 @@ fn cold_start(
     if !instance.direct {
         return Ok(None);
     }
-    wait_for_agent(instance, &socket)
+    wait_for_agent(instance)
 }
 
-fn wait_for_agent(
+/// `stream`, once its listener is shown to be the agent of the container whose PID 1 is
+/// `init`; the agent's identity is recorded for the warm path.
+fn verified(
     instance: &Instance<'_>,
-    socket: &Path,
-) -> Result<Option<UnixStream>, PodmanError> {
+    stream: UnixStream,
+    init: u32,
+) -> Result<UnixStream, PodmanError> {
+    let peer = peer_credentials(&stream).map_err(flake_agent::proto::ProtoError::from)?;
+    let agent = is_agent_of(peer.pid, init)
+        .then(|| AgentId::of_peer(peer))
+        .flatten();
+    match agent {
+        Some(agent) => {
+            agent.save(&instance.state)?;
+            Ok(stream)
+        }
+        None => Err(PodmanError::Impostor {
+            container: instance.container.clone(),
+            socket: socket_in(instance.state.path()),
+            pid: peer.pid,
+            uid: peer.uid,
+        }),
+    }
+}
+
+fn wait_for_agent(instance: &Instance<'_>) -> Result<Option<UnixStream>, PodmanError> {
+    let socket = instance.state.socket();
     let deadline = Instant::now() + AGENT_TIMEOUT;
     loop {
-        if let Ok(stream) = client::connect(socket) {
-            return Ok(Some(stream));
+        if let Ok(stream) = client::connect(&socket) {
+            if let Some(init) = instance.engine.container_pid(&instance.container)? {
+                return verified(instance, stream, init).map(Some);
+            }
         }
         if Instant::now() > deadline {
             if is_running(instance)? {

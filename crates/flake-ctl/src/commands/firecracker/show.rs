@@ -98,7 +98,12 @@ fn row(ctx: &Context, uid: u32, label: &str, dir: &Path) -> VmRow {
 fn numbered_dirs(ids: &Path) -> Vec<(u32, std::path::PathBuf)> {
     entries(ids)
         .into_iter()
-        .filter_map(|(name, path)| Some((name.parse().ok()?, path)))
+        .filter_map(|(name, path)| Some((flakes::instance::uid_of_name(&name)?, path)))
+        // A directory of one uid's pattern made by another user is not that uid's.
+        .filter(|(uid, path)| {
+            std::fs::symlink_metadata(path)
+                .is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == *uid)
+        })
         .collect()
 }
 

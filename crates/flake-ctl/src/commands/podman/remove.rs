@@ -62,26 +62,24 @@ fn remove_instances(ctx: &Context, mode: Mode, name: &FlakeName) {
             &["image", "rm", "-f"],
         );
     }
-    let dir = ctx
-        .settings
-        .podman_ids_dir(mode)
-        .join(ctx.settings.caller.uid.to_string());
-    for kind in ["record", "lock"] {
-        let _ = std::fs::remove_file(dir.join(".cache").join(format!("{name}.{kind}")));
-    }
-    let Ok(entries) = std::fs::read_dir(&dir) else {
+    let uid = ctx.settings.caller.uid;
+    let Ok(dir) = flakes::instance::user_dir(&ctx.settings.podman_ids_dir(mode), uid) else {
         return;
     };
+    if let Ok(Some(cache)) = dir.open_child(".cache") {
+        for kind in ["record", "lock"] {
+            let _ = cache.remove_file(&format!("{name}.{kind}"));
+        }
+    }
     let own = |file: &str| {
         file == name.as_str()
             || file
                 .strip_prefix(name.as_str())
                 .is_some_and(|r| r.starts_with('@'))
     };
-    for entry in entries.filter_map(Result::ok) {
-        let file = entry.file_name();
-        if file.to_str().is_some_and(own) && entry.file_type().is_ok_and(|t| t.is_dir()) {
-            let _ = std::fs::remove_dir_all(entry.path());
+    for file in dir.entries().unwrap_or_default() {
+        if own(&file) {
+            let _ = dir.remove_tree(&file);
         }
     }
 }
