@@ -332,11 +332,22 @@ impl EntryImage {
         );
         std::fs::write(dir.path().join("Containerfile"), containerfile).unwrap();
         let tag = format!("localhost/{flake}-entry:1");
-        let out = std::process::Command::new("podman")
-            .args(["build", "-q", "--pull=never", "-t", &tag])
-            .arg(dir.path())
-            .output()
-            .unwrap();
+        // podman 4.3 may lose a build's working container to another podman process
+        // cleaning up at the same moment ("identifier is not a container"): try again.
+        let build = || {
+            std::process::Command::new("podman")
+                .args(["build", "-q", "--pull=never", "-t", &tag])
+                .arg(dir.path())
+                .output()
+                .unwrap()
+        };
+        let mut out = build();
+        for _ in 0..2 {
+            if out.status.success() {
+                break;
+            }
+            out = build();
+        }
         assert!(out.status.success(), "podman build: {out:?}");
         EntryImage(tag)
     }
