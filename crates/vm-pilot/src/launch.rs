@@ -640,7 +640,10 @@ impl Launch<'_> {
             let _lock = state.lock().map_err(VmError::from)?;
             pause_at(Step::Locked);
             match instance::running(&plan.dir) {
-                Some(pid) => (None, Some(pid)),
+                Some(pid) => {
+                    instance::keep_pid(&plan.dir, pid);
+                    (None, Some(pid))
+                }
                 None => (Some(self.start_resume_vm(plan)?), None),
             }
         };
