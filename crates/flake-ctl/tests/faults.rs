@@ -404,7 +404,11 @@ fn a_podman_failing_its_nth_call_of_a_resume_cold_start_fails_cleanly() {
         // A failed call may be made good (a leftover container removed and the run made
         // again); otherwise the launch fails in one line.
         match run.code() {
-            0 => assert_eq!(run.stdout(), "one\n", "{run}"),
+            0 => {
+                assert_eq!(run.stdout(), "one\n", "{run}");
+                let left = containers_of(&name);
+                assert!(left.is_empty(), "removal said done, {left:?} runs: {run}");
+            }
             _ => assert_one_line_failure(&run),
         }
         let next = w.app(&app, &["%remove", "-c", "echo fine"], None);
