@@ -285,14 +285,29 @@ fn a_full_state_disk_fails_in_one_line_and_the_next_launch_works() {
     let w = World::new();
     let name = unique("fk-full");
     let (app, _guard) = w.register_resume(&name);
+    let layered_name = unique("fk-full-layer");
+    let _layered_guard = Containers(layered_name.clone());
+    let (layered_app, image) = layered(&w, &layered_name);
+    let _images = Images(image, layered_name.clone());
+    let included = w.path("incl/etc/included").display().to_string();
     let disk = FullDisk::mount(&ids(&w));
-    let run = w.app(&app, &["-c", "echo one"], None);
-    assert_one_line_failure(&run);
+    // A resume instance's state, and the record of an assembled image.
+    for (app, args) in [
+        (&app, vec!["-c", "echo one"]),
+        (&layered_app, vec!["/etc/delta", included.as_str()]),
+    ] {
+        let run = w.app(app, &args, None);
+        assert_one_line_failure(&run);
+    }
     disk.free();
     let next = w.app(&app, &["%remove", "-c", "echo fine"], None);
     next.success();
     assert_eq!(next.stdout(), "fine\n", "{next}");
+    let next = w.app(&layered_app, &["/etc/delta", included.as_str()], None);
+    next.success();
+    assert_eq!(next.stdout(), "from the delta\nincluded\n", "{next}");
     assert_clean(&w, &name);
+    assert_clean(&w, &layered_name);
 }
 
 /// Overwrites every file below `dir` whose name satisfies `pick` with garbage, or
@@ -592,6 +607,19 @@ fn a_full_overlay_disk_fails_a_vm_in_one_line_and_the_next_launch_works() {
         &["--resume", "--overlay-size", "64M"],
         "",
     );
+    // A one-shot VM whose state cannot be saved still runs, and says nothing of it.
+    let oneshot = vm_flake_with(&w, &fixtures, &sci, "fkvmfullo", &[], "");
+    let disk = FullDisk::mount(&w.home.join(".config/flakes/firecracker/states"));
+    for _ in 0..2 {
+        let run = w.app(&oneshot, &["-c", "echo fine"], None);
+        run.success();
+        assert_eq!(
+            (run.stdout().as_str(), run.stderr().as_str()),
+            ("fine\n", ""),
+            "{run}"
+        );
+    }
+    drop(disk);
     let storage = w.home.join(".config/flakes/firecracker/storage");
     let disk = FullDisk::mount(&storage);
     let run = w.app(&app, &["-c", "echo one"], None);
@@ -633,4 +661,39 @@ fn corrupted_vm_state_files_do_not_block_the_next_launch() {
     }
     w.app(&resume, &["%remove", "-c", "true"], None).success();
     assert_vm_clean(&w);
+}
+
+#[test]
+fn a_full_image_disk_fails_a_vm_image_pull_in_one_line_and_leaves_nothing() {
+    let Some((_vms, w, fixtures, sci)) = vm_world() else {
+        return;
+    };
+    // A pulled image to pull again, from its files.
+    let app = vm_flake_with(&w, &fixtures, &sci, "fkvmimg", &[], "");
+    let images = w.home.join(".config/flakes/firecracker/images");
+    let rootfs = w.path("guest.ext4").display().to_string();
+    let kernel = fixtures.join("kernel/vmlinux").display().to_string();
+    let pull = [
+        "firecracker",
+        "--user",
+        "pull",
+        "--name",
+        "guest2",
+        "--rootfs",
+        &rootfs,
+        "--kernel",
+        &kernel,
+    ];
+    let disk = FullDisk::mount(&images);
+    let run = w.ctl(&pull);
+    assert_ne!(run.code(), 0, "{run}");
+    assert_eq!(run.stderr().lines().count(), 1, "one line: {run}");
+    disk.free();
+    let left: Vec<_> = std::fs::read_dir(&images).unwrap().collect();
+    assert!(left.is_empty(), "a failed pull leaves nothing: {left:?}");
+    // The image does not fit the small file system even when empty: the real one.
+    drop(disk);
+    w.ctl(&pull).success();
+    let run = w.app(&app, &["-c", "echo fine"], None);
+    assert_eq!(run.stdout(), "fine\n", "{run}");
 }
