@@ -697,3 +697,66 @@ fn a_full_image_disk_fails_a_vm_image_pull_in_one_line_and_leaves_nothing() {
     let run = w.app(&app, &["-c", "echo fine"], None);
     assert_eq!(run.stdout(), "fine\n", "{run}");
 }
+
+/// A `podman` first on PATH that stops its caller (the launcher) when called to `build`,
+/// then builds: the launcher is held in the middle of assembling an image.
+fn stopping_podman(w: &World) -> PathBuf {
+    let dir = w.path("stop");
+    std::fs::create_dir_all(&dir).unwrap();
+    let real = Command::new("sh")
+        .args(["-c", "command -v podman"])
+        .output()
+        .unwrap();
+    let real = String::from_utf8_lossy(&real.stdout).trim().to_string();
+    let script = format!(
+        "#!/bin/sh\nif [ \"$1\" = build ]; then kill -STOP $PPID; fi\nexec {real} \"$@\"\n"
+    );
+    let path = dir.join("podman");
+    std::fs::write(&path, script).unwrap();
+    let exe = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(&path, exe).unwrap();
+    dir
+}
+
+#[test]
+fn a_launcher_killed_while_assembling_leaves_no_staging_behind() {
+    if !util::podman_ready() {
+        return;
+    }
+    let w = World::new();
+    let name = unique("fk-asm");
+    let _guard = Containers(name.clone());
+    let (app, image) = layered(&w, &name);
+    let _images = Images(image, name.clone());
+    let included = w.path("incl/etc/included").display().to_string();
+    let args = ["/etc/delta", included.as_str()];
+    let wrap = stopping_podman(&w);
+    let mut child = w
+        .command(&app)
+        .args(args)
+        .env(
+            "PATH",
+            format!("{}:{}", wrap.display(), std::env::var("PATH").unwrap()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_stopped(&mut child, "build", Duration::from_secs(120));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The include changes, so the next launch assembles again.
+    std::fs::write(w.path("incl/etc/included"), "changed\n").unwrap();
+    let next = w.app(&app, &args, None);
+    next.success();
+    assert_eq!(next.stdout(), "from the delta\nchanged\n", "{next}");
+    let staged: Vec<PathBuf> = files_below(&ids(&w))
+        .into_iter()
+        .filter(|p| !p.extension().is_some_and(|e| e == "record" || e == "lock"))
+        .collect();
+    assert!(
+        staged.is_empty(),
+        "staging of the killed launcher left: {staged:?}"
+    );
+}
