@@ -160,6 +160,7 @@ fn assert_one_line_failure(run: &Run) {
     run.expect_code(125);
     let err = run.stderr();
     assert_eq!(err.lines().count(), 1, "one line: {run}");
+    eprintln!("failed as expected: {}", err.trim());
 }
 
 fn resume_ready() -> bool {
@@ -224,6 +225,13 @@ struct FullDisk(PathBuf);
 
 impl FullDisk {
     fn mount(at: &Path) -> Self {
+        let disk = FullDisk::mount_empty(at);
+        disk.fill();
+        disk
+    }
+
+    /// Mounted, not yet filled.
+    fn mount_empty(at: &Path) -> Self {
         std::fs::create_dir_all(at).unwrap();
         let mounted = Command::new("mount")
             .args([
@@ -241,9 +249,7 @@ impl FullDisk {
             "cannot mount a tmpfs at {}",
             at.display()
         );
-        let disk = FullDisk(at.to_path_buf());
-        disk.fill();
-        disk
+        FullDisk(at.to_path_buf())
     }
 
     fn fill(&self) {
@@ -308,6 +314,30 @@ fn a_full_state_disk_fails_in_one_line_and_the_next_launch_works() {
     assert_eq!(next.stdout(), "from the delta\nincluded\n", "{next}");
     assert_clean(&w, &name);
     assert_clean(&w, &layered_name);
+    drop(disk);
+
+    // The state exists and the disk fills later: the instance was removed behind the
+    // launcher's back, and its agent cannot make its socket.
+    let disk = FullDisk::mount_empty(&ids(&w));
+    w.app(&app, &["-c", "true"], None).success();
+    for id in containers_of(&name) {
+        Command::new("podman")
+            .args(["rm", "-f", "-t", "0", &id])
+            .output()
+            .unwrap();
+    }
+    disk.fill();
+    // Nothing new may be needed (the old socket's inode is reused): then it just works.
+    let run = w.app(&app, &["-c", "echo one"], None);
+    match run.code() {
+        0 => assert_eq!(run.stdout(), "one\n", "{run}"),
+        _ => assert_one_line_failure(&run),
+    }
+    disk.free();
+    let next = w.app(&app, &["%remove", "-c", "echo fine"], None);
+    next.success();
+    assert_eq!(next.stdout(), "fine\n", "{next}");
+    assert_clean(&w, &name);
 }
 
 /// Overwrites every file below `dir` whose name satisfies `pick` with garbage, or
