@@ -12,6 +12,7 @@
 #   LOAD_FLAKES  [20]  different resume flakes, first calls at once
 #   LOAD_SEQ     [1000] sequential warm calls
 #   LOAD_VM_ONESHOT [5], LOAD_VM_WARM [20], LOAD_VM_SEQ [300]  the same for QEMU VMs
+#   LOAD_ROUNDS  [3]   rounds of everything; the figures are medians over the rounds
 #   LOAD_ONLY    podman | vm   one half only
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -24,7 +25,7 @@ export FLAKE_SCI=${FLAKE_SCI:-$PWD/target/$TRIPLE/release/sci}
 OUT=${LOAD_OUT:-docs/load.md}
 
 work=$(mktemp -d /tmp/flake-load-XXXXXX)
-export LOAD_WORK=$work LOAD_BIN=$BIN_DIR LOAD_TAG=${LOAD_TAG:-ld$$}
+export LOAD_WORK=$work LOAD_BIN=$BIN_DIR LOAD_TAG=${LOAD_TAG:-ld$$} LOAD_ROUNDS=${LOAD_ROUNDS:-3}
 cleanup() {
     for id in $(podman ps -a -q --filter "label=io.flake-pilot.flake" \
         --format '{{.ID}} {{.Labels}}' | awk -v t="io.flake-pilot.flake:$LOAD_TAG-" \
@@ -72,17 +73,21 @@ fi
 results=$work/results.md
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 python3 scripts/load.py "$results"
-mkdir -p "$(dirname "$OUT")"
+mkdir -p "$(dirname "$OUT")" target/load
+cp "$results.json" "target/load/load-$(date -u +%Y%m%dT%H%M%S).json"
 {
     echo "# Load figures"
     echo
     echo "Written by \`make load\` (scripts/load.sh) on $(date -u +%Y-%m-%d): $(nproc) cores,"
-    echo "load average before the run $load_before, binaries in $BIN_DIR,"
+    echo "load average before the run $load_before, binaries in ${BIN_DIR#"$PWD"/},"
     echo "$(podman --version), $(qemu-system-x86_64 --version 2>/dev/null | head -1 || true)"
     echo "(VMs run under software emulation where the host has no hardware KVM)."
     echo
     echo "Every call's output, stderr and exit status are checked; latency is per launch, from"
     echo "the caller's fork to its exit; throughput is calls over the scenario's wall time."
+    echo "Each figure is the median over $LOAD_ROUNDS rounds (max: the largest of any round);"
+    echo "leftovers are counted in every round. A one-shot VM boots in the first round and"
+    echo "saves its state on the way; later rounds start from that state."
     echo "The second table counts what was left before and after: containers by the flake"
     echo "label, host processes of the run (launchers, podman's conmon, VMMs), sockets, lock"
     echo "files and instance directories in the state directory, and the descriptors of the"

@@ -34,6 +34,7 @@ fn launches_under_load_are_right_and_leave_nothing() {
         .env("LOAD_OUT", &report)
         .env("LOAD_TAG", format!("ldt{}", std::process::id()))
         .envs([
+            ("LOAD_ROUNDS", "1"),
             ("LOAD_ONESHOT", "8"),
             ("LOAD_WARM", "10"),
             ("LOAD_FLAKES", "4"),
