@@ -790,3 +790,27 @@ fn a_launcher_killed_while_assembling_leaves_no_staging_behind() {
         "staging of the killed launcher left: {staged:?}"
     );
 }
+
+#[test]
+fn a_corrupted_assembly_record_does_not_block_the_next_launch() {
+    if !util::podman_ready() {
+        return;
+    }
+    let w = World::new();
+    let name = unique("fk-rec");
+    let _guard = Containers(name.clone());
+    let (app, image) = layered(&w, &name);
+    let _images = Images(image, name.clone());
+    let included = w.path("incl/etc/included").display().to_string();
+    let args = ["/etc/delta", included.as_str()];
+    for truncate in [true, false] {
+        w.app(&app, &args, None).success();
+        let hit = corrupt(&ids(&w), |n| n.ends_with(".record"), truncate);
+        assert_eq!(hit, 1, "one record: {:?}", w.tree());
+        let next = w.app(&app, &args, None);
+        next.success();
+        assert_eq!(next.stdout(), "from the delta\nincluded\n", "{next}");
+        assert_eq!(next.stderr(), "", "{next}");
+    }
+    assert_clean(&w, &name);
+}
