@@ -320,15 +320,19 @@ fn a_full_state_disk_fails_in_one_line_and_the_next_launch_works() {
     // launcher's back, and its agent cannot make its socket.
     let disk = FullDisk::mount_empty(&ids(&w));
     w.app(&app, &["-c", "true"], None).success();
-    for id in containers_of(&name) {
+    let running = containers_of(&name);
+    assert_eq!(running.len(), 1, "the instance runs");
+    for id in running {
         Command::new("podman")
             .args(["rm", "-f", "-t", "0", &id])
             .output()
             .unwrap();
     }
+    assert!(containers_of(&name).is_empty());
     disk.fill();
     // Nothing new may be needed (the old socket's inode is reused): then it just works.
     let run = w.app(&app, &["-c", "echo one"], None);
+    eprintln!("after a late fill: {run}");
     match run.code() {
         0 => assert_eq!(run.stdout(), "one\n", "{run}"),
         _ => assert_one_line_failure(&run),
