@@ -14,7 +14,7 @@ TRIPLE  := $(shell rustc -vV | sed -n 's/^host: //p')
 AGENT   := target/$(TRIPLE)/release/flake-agent
 SCI     := target/$(TRIPLE)/release/sci
 
-.PHONY: help build agent install uninstall setup vm-fixtures lint test ci demo bench clean
+.PHONY: help build agent install uninstall setup vm-fixtures lint test ci demo bench load clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -80,6 +80,9 @@ demo: setup install ## set up, install, register a flake on the local image and 
 
 bench: build setup ## launch cost of flakes against the raw podman commands
 	bash scripts/bench.sh
+
+load: build setup ## concurrent and sequential launches under load; writes docs/load.md
+	bash scripts/load.sh
 
 clean: ## remove build output
 	$(CARGO) clean

@@ -15,6 +15,7 @@ pub mod callargs;
 pub mod config;
 pub mod elf;
 pub mod exit;
+pub mod fault;
 pub mod global;
 pub mod host;
 pub mod image_ref;

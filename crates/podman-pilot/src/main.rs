@@ -91,6 +91,7 @@ fn run() -> Result<PilotExit, PodmanError> {
             (terminal, streams),
             &lookup,
         )?;
+        flakes::fault::pause_at(flakes::fault::Step::Exec);
         return match streams {
             Streams::Relayed(terminals) => Ok(oneshot::relay::run(&cmd, terminals)?),
             _ => Err(cmd.exec().into()),

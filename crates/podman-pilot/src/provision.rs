@@ -200,6 +200,7 @@ impl Provisioner<'_> {
             return Ok(image);
         }
         self.prepare_cache_dir()?;
+        collect_stale_work(&self.cache_dir);
         let _lock = self.lock()?;
         if let Some(image) = self.recorded(&record_path, fingerprint)? {
             return Ok(image);
@@ -561,6 +562,26 @@ fn tempdir_in(parent: &Path) -> Result<PathBuf, ProvisionError> {
         source,
     })?;
     Ok(dir)
+}
+
+/// Removes the staging directories (`work-PID-*`) of launchers that are gone: one killed
+/// while assembling (`kill -9`, a crash) cannot remove its own, and each holds a copy of
+/// every include. A directory whose launcher pid is alive is left alone.
+fn collect_stale_work(cache_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(cache_dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("work-"))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 #[cfg(test)]

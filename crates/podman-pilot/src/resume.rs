@@ -34,6 +34,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use flakes::config::{ContainerFlake, Target};
+use flakes::fault::{pause_at, Step};
 use flakes::instance::{socket_in, InstanceKey, StateDir};
 use flakes::process::{Cmd, ProcessError};
 use flakes::{CallArgs, PilotExit};
@@ -85,6 +86,7 @@ pub fn call(
     let argv = target_argv(instance, flake, call)?;
     let exit = match stream {
         Some(stream) => {
+            pause_at(Step::Connected);
             let term = std::env::var_os("TERM").map(|t| t.as_bytes().to_vec());
             let streams = if tty {
                 Streams::Terminal
@@ -184,6 +186,7 @@ fn cold_start(
     } else if is_running(instance)? {
         return Ok(None);
     }
+    pause_at(Step::Locked);
     crate::agent::check_static(agent)?;
     instance.state.remove_socket()?;
     let run = start_command(instance, agent, flake, call, lookup)?;
@@ -192,6 +195,7 @@ fn cold_start(
         let _ = instance.engine.remove_container(&instance.container);
         run.stdout().map_err(|_| err)?;
     }
+    pause_at(Step::Started);
     if flake.target == Target::ImageEntrypoint {
         // After the start, which pulled a missing image: the instance runs this one.
         keep_image_entry(instance, flake)?;

@@ -20,6 +20,7 @@
 //! reports them as stale); the overlay of a resume VM lives elsewhere and survives.
 
 use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -35,19 +36,61 @@ pub fn one_shot_label(key_label: &str, pid: u32) -> String {
     format!("{key_label}#{pid}")
 }
 
+/// Program names a VMM runs as (the file name of its `argv[0]`, or its start).
+const VMM_PROGRAMS: [&str; 2] = ["qemu-system-", "firecracker"];
+
 /// Whether the VMM of the instance in `dir` still runs; its pid if so.
+///
+/// The recorded pid answers at once. When it does not name the VMM (no file, or one that
+/// was truncated or garbled), the running VMMs are searched for one whose command line
+/// names the directory: a VM taken for stopped while it runs would get a second VM started
+/// beside it, on the same overlay, and would itself be left running.
 pub fn running(dir: &Path) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(dir.join(PID_FILE))
+    // With the slash: `.vm/app/` must not match the VMM of `.vm/app@work/`.
+    let needle = format!("{}/", dir.display());
+    recorded_pid(dir)
+        .filter(|pid| names_dir(*pid, &needle, false))
+        .or_else(|| search_vmm(&needle))
+}
+
+fn recorded_pid(dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(dir.join(PID_FILE))
         .ok()?
         .trim()
         .parse()
-        .ok()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    // With the slash: `.vm/app/` must not match the VMM of `.vm/app@work/`.
-    let needle = format!("{}/", dir.display());
-    String::from_utf8_lossy(&cmdline)
-        .contains(&needle)
-        .then_some(pid)
+        .ok()
+}
+
+/// Whether process `pid`'s command line contains `needle` (and, with `vmm`, its program
+/// is a VMM's).
+fn names_dir(pid: u32, needle: &str, vmm: bool) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let program = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+    let program = Path::new(std::ffi::OsStr::from_bytes(program))
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    (!vmm || VMM_PROGRAMS.iter().any(|p| program.starts_with(p)))
+        && String::from_utf8_lossy(&cmdline).contains(needle)
+}
+
+/// The pid of a VMM whose command line contains `needle`.
+fn search_vmm(needle: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(std::result::Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| names_dir(*pid, needle, true))
+}
+
+/// Records `pid` as the VMM of `dir` unless it already is (after [`running`] found it by
+/// searching); a failure only costs later calls the search.
+pub fn keep_pid(dir: &Path, pid: u32) {
+    if recorded_pid(dir) != Some(pid) {
+        let _ = write_pid(dir, pid);
+    }
 }
 
 /// Removes the one-shot instances below `vms_dir` whose launcher and VMM are both gone
@@ -150,10 +193,17 @@ pub fn remove_overlays(storage_dir: &Path, flake: &str) -> usize {
         .count()
 }
 
-/// Records the VMM's pid.
+/// Records the VMM's pid (written beside and renamed, so the file is never seen half
+/// written).
 pub fn write_pid(dir: &Path, pid: u32) -> Result<()> {
     let path = dir.join(PID_FILE);
-    std::fs::write(&path, pid.to_string()).map_err(io(&path))
+    let staged = dir.join(format!("{PID_FILE}.{}", std::process::id()));
+    let written =
+        std::fs::write(&staged, pid.to_string()).and_then(|()| std::fs::rename(&staged, &path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&staged);
+    }
+    written.map_err(io(&path))
 }
 
 /// Removes what a dead VM left in `dir` (sockets, logs, pid), keeping the lock files.
@@ -341,6 +391,40 @@ mod tests {
                 "{label}"
             );
         }
+    }
+
+    #[test]
+    fn a_vm_whose_pid_file_is_damaged_is_still_found() {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let spawn = |program: &str| {
+            std::process::Command::new("sh")
+                .arg0(program)
+                .args(["-c", "sleep 30; true", "vmm"])
+                .arg(dir.path().join("vm.json"))
+                .spawn()
+                .unwrap()
+        };
+        // Not a VMM's program: never taken for the VM without its pid recorded.
+        let mut other = spawn("sh");
+        let mut vmm = spawn("qemu-system-x86_64");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while running(dir.path()).is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(running(dir.path()), Some(vmm.id()), "no pid file");
+        let pid = vmm.id().to_string();
+        for damaged in [&pid[..pid.len() - 1], "\0garbage", ""] {
+            std::fs::write(dir.path().join(PID_FILE), damaged).unwrap();
+            assert_eq!(running(dir.path()), Some(vmm.id()), "pid file {damaged:?}");
+        }
+        keep_pid(dir.path(), vmm.id());
+        assert_eq!(recorded_pid(dir.path()), Some(vmm.id()), "repaired");
+        vmm.kill().unwrap();
+        vmm.wait().unwrap();
+        assert_eq!(running(dir.path()), None, "a dead VMM is not running");
+        other.kill().unwrap();
+        other.wait().unwrap();
     }
 
     #[test]

@@ -23,6 +23,7 @@ use flake_agent::proto::{ExitStatus, Frame, ProtoError};
 use flakes::callargs::Terminal;
 use flakes::config::vm::VmFlake;
 use flakes::config::{Include, LaunchMode};
+use flakes::fault::{pause_at, Step};
 use flakes::instance::{InstanceKey, StateDir};
 use flakes::{CallArgs, PilotExit};
 
@@ -271,6 +272,7 @@ impl Launch<'_> {
                 return Err(err);
             }
         };
+        pause_at(Step::Locked);
         let mut plan = self.plan(
             &state,
             &label,
@@ -442,6 +444,7 @@ impl Launch<'_> {
     ) -> Result<T> {
         let mut vmm = self.start_vmm_with(plan, state)?;
         let result = instance::write_pid(&plan.dir, vmm.id()).and_then(|()| {
+            pause_at(Step::Started);
             let mut alive = || matches!(vmm.try_wait(), Ok(None));
             body(&mut alive)
         });
@@ -555,6 +558,7 @@ impl Launch<'_> {
         answer: Duration,
         claim: Option<&instance::PortClaim>,
     ) -> Result<ExitStatus> {
+        pause_at(Step::Connected);
         let mut request = self.request(plan.console);
         if request.stdin_on_ack {
             request.answer_within = Some(answer);
@@ -634,8 +638,12 @@ impl Launch<'_> {
     fn resume_call(&self, state: &StateDir, plan: &Plan) -> Result<ExitStatus, Attempt> {
         let (mut started, warm) = {
             let _lock = state.lock().map_err(VmError::from)?;
+            pause_at(Step::Locked);
             match instance::running(&plan.dir) {
-                Some(pid) => (None, Some(pid)),
+                Some(pid) => {
+                    instance::keep_pid(&plan.dir, pid);
+                    (None, Some(pid))
+                }
                 None => (Some(self.start_resume_vm(plan)?), None),
             }
         };
@@ -703,6 +711,7 @@ impl Launch<'_> {
             let _ = vmm.wait();
             return Err(err);
         }
+        pause_at(Step::Started);
         // Until the child has exec'd, its command line is still this launcher's and
         // `running` says no: the lock is held until a concurrent first call can see the VM.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
