@@ -727,3 +727,49 @@ fn image_names_that_look_like_options_are_refused() {
     );
     assert!(util::containers_of(&name).is_empty());
 }
+
+#[test]
+fn a_relaying_launcher_killed_leaves_no_container() {
+    // stdin and stderr a terminal, stdout a pipe (the launcher relays the terminal): a
+    // `kill -9` of the launcher must still end the app and remove its container.
+    require_podman!();
+    let w = World::new();
+    let name = unique("relaykill");
+    let app = w.register(&name, "/bin/sh", &[r"\--network none"]);
+    let _guard = util::Containers(name.clone());
+    let driver = r#"
+import os, sys, time, select, signal
+master, slave = os.openpty()
+r, wr = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.setsid()
+    os.dup2(slave, 0); os.dup2(slave, 2); os.dup2(wr, 1)
+    os.execv(sys.argv[1], sys.argv[1:])
+os.close(wr)
+out, deadline = b"", time.time() + 60
+while b"ready" not in out and time.time() < deadline:
+    if select.select([r], [], [], 0.2)[0]:
+        out += os.read(r, 4096)
+time.sleep(0.3)
+os.kill(pid, signal.SIGKILL)
+os.waitpid(pid, 0)
+print(repr(out))
+"#;
+    let out = w
+        .command("python3")
+        .args(["-c", driver])
+        .arg(&app)
+        .args(["-c", "echo ready; sleep 60"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ready"),
+        "{out:?}"
+    );
+    assert!(
+        containers_gone(&name),
+        "the container outlived its killed launcher"
+    );
+}

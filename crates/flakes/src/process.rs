@@ -321,6 +321,26 @@ fn masked_args(args: &[OsString]) -> Vec<String> {
     out
 }
 
+/// Makes the child that `command` starts receive `signal` when the thread that started it
+/// ends, even by `SIGKILL` (prctl(2) `PR_SET_PDEATHSIG`, set between fork and exec). A
+/// child whose parent is already gone by then is not started: the spawn fails.
+pub fn end_with_parent(command: &mut Command, signal: rustix::process::Signal) {
+    let parent = rustix::process::getpid();
+    // SAFETY: the closure runs in the child between fork and exec and makes only the
+    // prctl(2) and getppid(2) system calls, which are async-signal-safe; it allocates
+    // nothing and takes no lock.
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(signal))?;
+            if rustix::process::getppid() != Some(parent) {
+                return Err(std::io::ErrorKind::BrokenPipe.into());
+            }
+            Ok(())
+        });
+    }
+}
+
 impl fmt::Display for Cmd {
     /// Shell-like rendering for messages: quotes arguments that need it and masks the values
     /// of environment options.

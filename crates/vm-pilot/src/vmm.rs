@@ -582,17 +582,7 @@ pub fn wait_resynced(
 /// mid-call (even by `SIGKILL`), nothing would stop the VM otherwise, and a guest on the
 /// plain virtio console cannot see its caller hang up.
 pub fn end_with_launcher(command: &mut std::process::Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs in the child between fork and exec and only makes the
-    // prctl(2) system call, which is async-signal-safe; it allocates nothing and takes no
-    // lock.
-    #[allow(unsafe_code)]
-    unsafe {
-        command.pre_exec(|| {
-            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-                .map_err(std::io::Error::from)
-        });
-    }
+    flakes::process::end_with_parent(command, rustix::process::Signal::KILL);
 }
 
 /// The log file of a VMM process, created empty (Firecracker requires it to exist).

@@ -13,7 +13,8 @@
 //! stays: the streams that are not terminals go to the app directly, the terminal ones are
 //! relayed through pipes, podman runs in a process group of its own (a Ctrl-C reaches the
 //! launcher alone and is forwarded once), and every signal the launcher receives is passed
-//! to podman, which forwards it into the container.
+//! to podman, which forwards it into the container; podman gets `SIGTERM` when the launcher
+//! dies, so even a launcher killed with `SIGKILL` leaves no container running.
 
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
@@ -42,11 +43,14 @@ const DRAIN: Duration = Duration::from_secs(2);
 /// status, which is the app's.
 pub fn run(cmd: &Cmd, terminals: TerminalStreams) -> Result<PilotExit, ProcessError> {
     let spawn_error = |source| ProcessError::Spawn {
-        command: cmd.to_string(),
+        command: cmd.summary(),
         source,
     };
     let mut command = cmd.command();
     command.process_group(0);
+    // A launcher killed with SIGKILL can forward nothing: podman then gets the SIGTERM it
+    // would have forwarded, passes it to the app and removes the container.
+    flakes::process::end_with_parent(&mut command, Signal::TERM);
     let piped = |terminal: bool| {
         if terminal {
             Stdio::piped()
