@@ -422,3 +422,43 @@ fn the_agent_under_an_init_is_recognised() {
     assert_eq!(run.stdout(), "kept\n", "{run}");
     assert!(run.elapsed < Duration::from_secs(1), "warm: {run}");
 }
+
+/// A user inside the instance can replace `run/agent.sock` with a symlink to any socket of
+/// the host (the directory is mounted into the instance): the launcher must not even
+/// connect to it, whatever serves it.
+#[test]
+fn a_symlink_in_place_of_the_agent_socket_is_never_connected_to() {
+    require_resume!();
+    let w = World::new();
+    let name = unique("sockln");
+    let (app, _guard) = w.register_resume(&name);
+    w.app(&app, &["-c", "true"], None).success();
+    let socket = w.path(&format!("ids/0/{name}/run/agent.sock"));
+    let logs = open_tempdir("flake-sockln-");
+    let log = logs.path().join("log");
+    std::fs::write(&log, "").unwrap();
+    let host_socket = logs.path().join("host.sock");
+    let script = format!(
+        "{FAKE_AGENT}\nlog = sys.argv[2]\nlisten(sys.argv[1], None)\nprint('ready', flush=True)\nthreading.Event().wait()\n"
+    );
+    let mut host = Command::new("python3")
+        .args(["-c", &script])
+        .arg(&host_socket)
+        .arg(&log)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_ready(&mut host);
+    std::fs::remove_file(&socket).unwrap();
+    std::os::unix::fs::symlink(&host_socket, &socket).unwrap();
+    let run = w.app(&app, &["-c", "echo served"], None);
+    stop(host);
+    assert_eq!(
+        log_lines(&log),
+        Vec::<String>::new(),
+        "the host socket was connected to"
+    );
+    // The instance lost its socket: the launcher starts it afresh and serves the call.
+    assert_eq!(run.stdout(), "served\n", "{run}");
+}

@@ -8,13 +8,15 @@
 //!                             (0700), else the shared /tmp/flakes (1777, sticky)
 //!   <uid>/                    mode 0700, owned by the caller (or <uid>.<random>, below)
 //!     <flake>[@<instance>]/   mode 0700: lock, agent (who the instance's agent is)
-//!       run/                  mode 0777: agent.sock; the only part mounted into the instance
+//!       run/                  mode 1777: agent.sock; the only part mounted into the instance
 //! ```
 //!
 //! `run/` is open to every user *inside* the instance because the app (and so the agent)
 //! may run as any user there (`--user`, the image's `USER`); on the host it stays behind
-//! the 0700 directories above it. The launcher therefore checks who serves the socket it
-//! connected to (see podman-pilot's `identity`).
+//! the 0700 directories above it. It is sticky, so one user in the instance cannot remove
+//! the socket of another's agent; the launcher connects to the socket without following a
+//! link put in its place (a user in the instance could point one at any socket of the
+//! host) and then checks who serves it (see podman-pilot's `identity`).
 //!
 //! Every level is resolved once, by descriptor, from a checked base (see [`Dir`]): a
 //! symlink, a foreign owner, or a directory others may write to without the sticky bit is
@@ -184,7 +186,7 @@ impl StateDir {
         let parent = user_dir(ids_dir, uid)?;
         let name = key.label();
         let dir = parent.private_child(&name, 0o700, uid)?;
-        let run = Some(dir.private_child("run", 0o777, uid)?);
+        let run = Some(dir.private_child("run", 0o1777, uid)?);
         Ok(StateDir {
             dir,
             parent,
@@ -229,6 +231,15 @@ impl StateDir {
         match &self.run {
             Some(run) => run.fd_path().join(SOCKET_NAME),
             None => socket_in(&self.dir.fd_path()),
+        }
+    }
+
+    /// Connects to the agent socket in the held `run/` directory, never through a link
+    /// planted in its place (see [`Dir::connect_socket`]).
+    pub fn connect(&self) -> std::io::Result<std::os::unix::net::UnixStream> {
+        match &self.run {
+            Some(run) => run.connect_socket(SOCKET_NAME),
+            None => Err(std::io::ErrorKind::NotFound.into()),
         }
     }
 
@@ -428,7 +439,7 @@ mod tests {
         assert_eq!(mode(&ids), 0o700, "made in a private directory");
         assert_eq!(mode(&ids.join(uid().to_string())), 0o700);
         assert_eq!(mode(state.path()), 0o700);
-        assert_eq!(mode(&state.run_dir()), 0o777);
+        assert_eq!(mode(&state.run_dir()), 0o1777);
         let socket = state.socket();
         assert!(socket.starts_with("/proc/self/fd/"), "{}", socket.display());
         assert_eq!(

@@ -157,7 +157,7 @@ fn keep_image_entry(
 
 /// A connection to the agent recorded by the last cold start, if it still serves.
 fn warm_connect(instance: &Instance<'_>) -> Option<UnixStream> {
-    let stream = client::connect(&instance.state.socket()).ok()?;
+    let stream = instance.state.connect().ok()?;
     AgentId::load(&instance.state)?
         .serves(&stream)
         .then_some(stream)
@@ -178,7 +178,7 @@ fn cold_start(
         }
         // Someone listens, but not the recorded agent: the instance's own after a restart
         // behind our back, or an impostor. Only podman can tell.
-        if let Ok(stream) = client::connect(&instance.state.socket()) {
+        if let Ok(stream) = instance.state.connect() {
             if let Some(init) = instance.engine.container_pid(&instance.container)? {
                 return verified(instance, stream, init).map(Some);
             }
@@ -232,10 +232,9 @@ fn verified(
 }
 
 fn wait_for_agent(instance: &Instance<'_>) -> Result<Option<UnixStream>, PodmanError> {
-    let socket = instance.state.socket();
     let deadline = Instant::now() + AGENT_TIMEOUT;
     loop {
-        if let Ok(stream) = client::connect(&socket) {
+        if let Ok(stream) = instance.state.connect() {
             if let Some(init) = instance.engine.container_pid(&instance.container)? {
                 return verified(instance, stream, init).map(Some);
             }

@@ -94,6 +94,22 @@ impl Dir {
         PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
     }
 
+    /// Connects to the Unix socket `name` in this directory, never through a link put in
+    /// its place: the entry is opened `O_PATH|O_NOFOLLOW`, must be a socket, and is
+    /// connected to through that descriptor (`/proc/self/fd/N`).
+    pub fn connect_socket(&self, name: &str) -> std::io::Result<std::os::unix::net::UnixStream> {
+        let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = openat(&*self.fd, name, flags, Mode::empty())?;
+        let kind = rustix::fs::FileType::from_raw_mode(fstat(&fd)?.st_mode);
+        if kind != rustix::fs::FileType::Socket {
+            return Err(std::io::Error::other(format!(
+                "{} is not a socket",
+                self.path.join(name).display()
+            )));
+        }
+        std::os::unix::net::UnixStream::connect(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+    }
+
     /// The directory's owner and mode (`fstat` of the descriptor).
     pub fn owner_and_mode(&self) -> Result<(u32, u32)> {
         let stat = fstat(&*self.fd).map_err(io("inspect", &self.path))?;
