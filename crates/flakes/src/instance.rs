@@ -425,6 +425,21 @@ mod tests {
         }
     }
 
+    /// True when running as root; otherwise prints a `SKIP` line, and fails where the run
+    /// must not skip (`FLAKE_TEST_REQUIRE_PODMAN=1`, which `make test` sets as root).
+    fn as_root() -> bool {
+        if uid() == 0 {
+            return true;
+        }
+        let required = std::env::var("FLAKE_TEST_REQUIRE_PODMAN").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "this test needs root to hand a directory to another user"
+        );
+        eprintln!("SKIP: needs root to hand a directory to another user");
+        false
+    }
+
     fn uid() -> u32 {
         rustix::process::getuid().as_raw()
     }
@@ -445,6 +460,37 @@ mod tests {
         assert_eq!(
             fs::canonicalize(socket.parent().unwrap()).unwrap(),
             state.run_dir()
+        );
+    }
+
+    #[test]
+    fn a_directory_swapped_after_it_was_resolved_is_not_followed() {
+        // Whoever could rename a level (were the checks ever bypassed) swaps the instance
+        // directory for a link to their own: the lock, the socket and the files of the
+        // call must stay in the directory that was resolved and checked.
+        let tmp = tempfile::tempdir().unwrap();
+        let ids = tmp.path().join("flakes");
+        let state = StateDir::prepare(&ids, uid(), &key("app", None)).unwrap();
+        let user = ids.join(uid().to_string());
+        let decoy = tmp.path().join("decoy");
+        fs::create_dir_all(decoy.join("run")).unwrap();
+        fs::rename(user.join("app"), user.join("moved")).unwrap();
+        std::os::unix::fs::symlink(&decoy, user.join("app")).unwrap();
+        let _lock = state.lock().unwrap();
+        assert!(
+            user.join("moved/lock").is_file(),
+            "the lock of the resolved directory"
+        );
+        assert!(!decoy.join("lock").exists(), "nothing through the link");
+        let listener = std::os::unix::net::UnixListener::bind(decoy.join("run/agent.sock"));
+        assert!(listener.is_ok());
+        assert!(
+            state.connect().is_err(),
+            "the decoy's socket is never reached"
+        );
+        assert_eq!(
+            fs::canonicalize(state.socket().parent().unwrap()).unwrap(),
+            user.join("moved/run")
         );
     }
 
@@ -495,8 +541,7 @@ mod tests {
     /// Another user's base (or any level above it) could be swapped under a call.
     #[test]
     fn a_base_of_another_user_is_refused() {
-        if uid() != 0 {
-            eprintln!("SKIP: needs root to hand a directory to another user");
+        if !as_root() {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
@@ -516,8 +561,7 @@ mod tests {
     /// directory of its own under an unpredictable name, and finds it again.
     #[test]
     fn a_squatted_user_dir_is_replaced_by_an_own_one() {
-        if uid() != 0 {
-            eprintln!("SKIP: needs root to hand a directory to another user");
+        if !as_root() {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
@@ -554,8 +598,7 @@ mod tests {
     /// nobody: each user then gets a base of their own beside it.
     #[test]
     fn a_squatted_base_in_a_shared_directory_gives_an_own_one() {
-        if uid() != 0 {
-            eprintln!("SKIP: needs root to hand a directory to another user");
+        if !as_root() {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
