@@ -773,3 +773,48 @@ print(repr(out))
         "the container outlived its killed launcher"
     );
 }
+
+#[test]
+fn environment_values_never_show_on_podmans_command_line() {
+    // Any local user reads a command line (`ps`): the caller's `%TOKEN` must reach the
+    // app without ever being on podman's.
+    require_podman!();
+    let w = World::new();
+    let name = unique("envsecret");
+    let app = w.register(
+        &name,
+        "/bin/sh",
+        &[
+            r"\--network none",
+            r"\-e TOKEN=%TOKEN",
+            r"\--env PLAIN=visible value",
+        ],
+    );
+    let _guard = util::Containers(name.clone());
+    let secret = format!("s3cret-{}", std::process::id());
+    let mut child = w
+        .command(&app)
+        .args(["-c", "echo \"$TOKEN|$PLAIN\"; sleep 3"])
+        .env("TOKEN", &secret)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    // The launcher became podman (exec): its command line is podman's.
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", child.id())).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(child.wait().unwrap().success());
+    assert_eq!(line, format!("{secret}|visible value\n"));
+    assert!(
+        cmdline.contains("podman") && cmdline.contains("--env-file=/dev/fd/"),
+        "{cmdline}"
+    );
+    assert!(
+        !cmdline.contains(&secret),
+        "the secret is public: {cmdline}"
+    );
+}

@@ -295,7 +295,7 @@ fn firecracker_is_given_the_admins_tap_name_too() {
         .open("/dev/kvm")
         .is_ok();
     if !kvm || !firecracker.is_file() {
-        eprintln!("SKIP: needs the Firecracker fixture and a usable /dev/kvm");
+        util::note_skip("needs the Firecracker fixture and a usable /dev/kvm");
         return;
     }
     let _made = MadeTaps(w.path("ids"));

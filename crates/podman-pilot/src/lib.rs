@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod attach;
 pub mod entry;
+pub mod envfile;
 pub mod identity;
 pub mod oneshot;
 pub mod options;
@@ -42,6 +43,12 @@ pub enum PodmanError {
         `flake-ctl podman register`"
     )]
     CalledDirectly,
+    /// The in-memory file for the options' environment values cannot be made.
+    #[error("cannot keep the flake's environment values off podman's command line: {source}")]
+    EnvFile {
+        /// Why.
+        source: std::io::Error,
+    },
     /// The name it was called as is not a flake name.
     #[error(transparent)]
     Name(#[from] flakes::names::NameError),
@@ -213,6 +220,18 @@ impl Engine {
     pub fn with_storage_conf(mut self, conf: Option<PathBuf>) -> Self {
         self.storage_conf = conf;
         self
+    }
+
+    /// The options a launch passes to podman, with environment values moved off the
+    /// command line where podman can inherit them (see [`envfile`]).
+    pub fn launch_options(
+        &self,
+        options: Vec<options::EngineOption>,
+    ) -> Result<Vec<options::EngineOption>, PodmanError> {
+        if self.sudo.is_some() {
+            return Ok(options);
+        }
+        envfile::hide_values(options).map_err(|source| PodmanError::EnvFile { source })
     }
 
     /// A podman command line without podman arguments yet.

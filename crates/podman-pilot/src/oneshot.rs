@@ -122,7 +122,7 @@ pub fn instance_args(
     let policy = OptionPolicy {
         ignore_missing_volume_path: call.options.ignore_missing_volume_path,
     };
-    let options = engine_options(&flake.runtime.podman, policy, lookup)?;
+    let options = engine.launch_options(engine_options(&flake.runtime.podman, policy, lookup)?)?;
     let mut args: Vec<OsString> = vec!["--interactive".into()];
     if terminal.wants_tty(call) {
         args.push("--tty".into());

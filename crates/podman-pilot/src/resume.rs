@@ -267,7 +267,10 @@ fn start_command(
     let policy = OptionPolicy {
         ignore_missing_volume_path: call.options.ignore_missing_volume_path,
     };
-    let options = engine_options(&flake.runtime.podman, policy, lookup)?;
+    let options =
+        instance
+            .engine
+            .launch_options(engine_options(&flake.runtime.podman, policy, lookup)?)?;
     let mut args: Vec<OsString> = ["run", "--detach", "--rm", "--quiet", "--name"]
         .map(OsString::from)
         .into();
