@@ -20,11 +20,13 @@
 //!
 //! Host dependencies (a delta flake always, a plain one with `check_host_dependencies`):
 //! `/systemfiles` and `/removed` of every input image are read as lists of host paths and
-//! checked (see [`hostfiles`]). They are never executed unless the flake opts in with
+//! checked (see [`hostfiles`]); each is read as a bounded tar stream, never copied out
+//! whole (module `lists`). They are never executed unless the flake opts in with
 //! `execute_systemfiles`; a script that is not run is no list and is skipped. The listed
-//! host files are copied beneath a staging directory (module `beneath`: no write can leave
-//! it) into one more layer on top of the assembly, tagged `<key>-<digest of the host
-//! files' identities>`. A changed host file changes the digest, so the next launch builds
+//! host files that pass the host policy (module `policy`: only what any local user could
+//! read, bounded in size) are copied beneath a staging directory (module `beneath`: no
+//! write can leave it) into one more layer on top of the assembly, tagged
+//! `<key>-<digest of the host files' identities>`. A changed host file changes the digest, so the next launch builds
 //! that small layer again on the kept assembly below it; a file gone stops the launch
 //! unless `%ignore_sync_error`.
 
