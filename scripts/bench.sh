@@ -18,6 +18,8 @@ OUT=target/bench
 mkdir -p "$OUT"
 
 work=$(mktemp -d /tmp/flake-bench-XXXXXX)
+# searchable by every user: host dependencies are only taken from paths anyone may read
+chmod 755 "$work"
 export FLAKES_CONFIG=$work/flakes.yml
 cleanup() {
     "$BIN_DIR/flake-ctl" podman remove --app "$work/bin/bench-true" >/dev/null 2>&1 || true

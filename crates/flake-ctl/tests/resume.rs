@@ -443,3 +443,100 @@ fn attach_runs_the_image_entrypoint_with_the_call_arguments() {
     run.success();
     assert_eq!(run.stdout(), "entry-marker 1\n[from-cmd]\n", "{run}");
 }
+
+/// The entry command kept for an instance is the one of the image the instance runs, not
+/// of whatever the tag names a moment later: here the tag moves to another image (with
+/// another entrypoint) right after `podman run`, while the launcher is held there.
+#[test]
+fn resume_entry_comes_from_the_image_the_instance_runs() {
+    require_resume!();
+    let w = World::new();
+    let name = unique("entry-moved");
+    let image = EntryImage::build(&name);
+    let original = image_id(&image.0);
+    // The build cache may give a concurrent test's entry image this very ID; a tag of our
+    // own keeps that test's `rmi -f` from removing the image (and this instance with it).
+    let keep = format!("localhost/{name}-keep:1");
+    let tagged = std::process::Command::new("podman")
+        .args(["tag", &original, &keep])
+        .status()
+        .unwrap();
+    assert!(tagged.success());
+    let guard = util::Containers(name.clone());
+    let app = register_on_entrypoint(&w, &name, &image.0, "--resume");
+    let child = w
+        .command(&app)
+        .args(["one"])
+        .env("FLAKE_TEST_PAUSE", "started")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_stopped(child.id(), Duration::from_secs(180));
+    // Another image, whose entrypoint does not exist, takes over the tag.
+    let tree = tempfile::tempdir().unwrap();
+    std::fs::write(tree.path().join("marker"), "other\n").unwrap();
+    let tar = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(tree.path())
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap();
+    let mut import = std::process::Command::new("podman")
+        .args([
+            "import",
+            "-q",
+            "--change",
+            r#"ENTRYPOINT ["/moved-entry"]"#,
+            "-",
+            &image.0,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    import.stdin.take().unwrap().write_all(&tar.stdout).unwrap();
+    assert!(import.wait().unwrap().success());
+    assert_ne!(image_id(&image.0), original, "the tag moved");
+    let resumed = std::process::Command::new("kill")
+        .args(["-CONT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(resumed.success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout == "entry-marker 1\n[one]\n",
+        "the instance's own entrypoint ran: {out:?}"
+    );
+    let warm = w.app(&app, &["two"], None);
+    assert_eq!(warm.stdout(), "entry-marker 1\n[two]\n", "{warm}");
+    drop(guard);
+    let _ = std::process::Command::new("podman")
+        .args(["rmi", &keep])
+        .output();
+}
+
+fn image_id(image: &str) -> String {
+    let out = std::process::Command::new("podman")
+        .args(["image", "inspect", "--format", "{{.Id}}", image])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Waits until process `pid` is stopped (`T` in `/proc/PID/stat`).
+fn wait_stopped(pid: u32, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let stat = format!("/proc/{pid}/stat");
+    loop {
+        let text = std::fs::read_to_string(&stat).unwrap_or_default();
+        if text.rsplit_once(") ").map(|(_, rest)| &rest[..1]) == Some("T") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the launcher never stopped");
+        assert!(!text.is_empty(), "the launcher ended before the step");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

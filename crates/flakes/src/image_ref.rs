@@ -49,6 +49,12 @@ fn reason(image: &str) -> Option<String> {
     if image.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Some("it contains white space or control characters".into());
     }
+    if let Some(transport) = transport(image) {
+        return Some(format!(
+            "'{transport}:' names a podman transport that reads local files; only registry \
+             references are accepted"
+        ));
+    }
     let (rest, digest) = match image.split_once('@') {
         Some((rest, digest)) => (rest, Some(digest)),
         None => (image, None),
@@ -69,6 +75,27 @@ fn reason(image: &str) -> Option<String> {
         }
     }
     name_reason(name)
+}
+
+/// Transports of containers/image that podman takes from a `TRANSPORT:` prefix. `docker`
+/// is not among them: without `//` after it, `docker:tag` is the image `docker`.
+const TRANSPORTS: [&str; 9] = [
+    "containers-storage",
+    "dir",
+    "docker-archive",
+    "docker-daemon",
+    "oci",
+    "oci-archive",
+    "ostree",
+    "sif",
+    "tarball",
+];
+
+/// The transport `image` starts with (`oci:PATH`), if any: the part before the first `:`,
+/// when no `/` comes before it, and it is a transport's name.
+fn transport(image: &str) -> Option<&str> {
+    let (prefix, _) = image.split_once(':')?;
+    (!prefix.contains('/') && TRANSPORTS.contains(&prefix)).then_some(prefix)
 }
 
 /// Splits `name[:tag]`; a `:` before the last `/` belongs to a registry port.
@@ -201,6 +228,11 @@ mod tests {
             "amazon/aws-cli",
             "registry.opensuse.org/home/marcus.schaefer/delta_containers/containers_tw/joe",
             "public.ecr.aws/b9k1j9y6/ai/gemini:latest",
+            // Image names that only look like transports.
+            "docker:latest",
+            "localhost/oci:1",
+            "oci/dir:1",
+            "ocifoo:1",
         ];
         for image in valid {
             assert!(check(image).is_ok(), "{image}: {:?}", check(image));
@@ -236,6 +268,16 @@ mod tests {
             (":tag", "empty"),
             (&long, "longer"),
             ("docker://busybox", "component"),
+            ("oci:evil", "transport"),
+            ("dir:evil", "transport"),
+            ("docker-archive:x", "transport"),
+            ("oci-archive:x", "transport"),
+            ("containers-storage:x", "transport"),
+            ("docker-daemon:x", "transport"),
+            ("ostree:x", "transport"),
+            ("sif:x", "transport"),
+            ("tarball:x", "transport"),
+            ("oci:/tmp/layout:tag", "transport"),
         ];
         for (image, why) in cases {
             let err = check(image).expect_err(image).to_string();

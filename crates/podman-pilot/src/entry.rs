@@ -3,8 +3,9 @@
 //!
 //! A resume instance runs the agent as PID 1 (`--entrypoint /.flake-agent`), so podman no
 //! longer applies the image's `Entrypoint` and `Cmd` by itself: each call must name its
-//! program. The image's configuration is read once, when the instance starts
-//! (`podman image inspect`), and kept in the instance's private state directory (not in
+//! program. The configuration of the image the instance runs is read once, when the
+//! instance starts (by the container's image ID, not by a tag that may have moved since),
+//! and kept in the instance's private state directory (not in
 //! the part shared with the instance, which the app could rewrite); warm calls read that
 //! file and build the argv exactly as `podman run IMAGE ARGS...` would:
 //!
@@ -73,8 +74,31 @@ pub enum EntryError {
 }
 
 impl ImageEntry {
-    /// Reads `image`'s configuration (`podman image inspect --format '{{json .Config}}'`).
-    pub fn inspect(engine: &Engine, image: &str) -> Result<Self, PodmanError> {
+    /// Reads the configuration of the image that `container` runs, by the image ID the
+    /// container records: the tag `image` (named in messages) may have moved to another
+    /// image since the container was created.
+    pub fn of_container(
+        engine: &Engine,
+        container: &str,
+        image: &str,
+    ) -> Result<Self, PodmanError> {
+        let id = engine
+            .podman()
+            .args([
+                "container",
+                "inspect",
+                "--format",
+                "{{.Image}}",
+                "--",
+                container,
+            ])
+            .stdout()?;
+        Self::inspect_as(engine, id.trim(), image)
+    }
+
+    /// Reads the configuration (`podman image inspect --format '{{json .Config}}'`) of
+    /// `reference`, an image ID or name, named `image` in messages.
+    fn inspect_as(engine: &Engine, reference: &str, image: &str) -> Result<Self, PodmanError> {
         let out = engine
             .podman()
             .args([
@@ -83,7 +107,7 @@ impl ImageEntry {
                 "--format",
                 "{{json .Config}}",
                 "--",
-                image,
+                reference,
             ])
             .stdout()?;
         Self::parse(&out).map_err(|source| {

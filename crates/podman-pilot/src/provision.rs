@@ -20,17 +20,21 @@
 //!
 //! Host dependencies (a delta flake always, a plain one with `check_host_dependencies`):
 //! `/systemfiles` and `/removed` of every input image are read as lists of host paths and
-//! checked (see [`hostfiles`]). They are never executed unless the flake opts in with
+//! checked (see [`hostfiles`]); each is read as a bounded tar stream, never copied out
+//! whole (module `lists`). They are never executed unless the flake opts in with
 //! `execute_systemfiles`; a script that is not run is no list and is skipped. The listed
-//! host files are copied beneath a staging directory (module `beneath`: no write can leave
-//! it) into one more layer on top of the assembly, tagged `<key>-<digest of the host
-//! files' identities>`. A changed host file changes the digest, so the next launch builds
+//! host files that pass the host policy (module `policy`: only what any local user could
+//! read, bounded in size) are copied beneath a staging directory (module `beneath`: no
+//! write can leave it) into one more layer on top of the assembly, tagged
+//! `<key>-<digest of the host files' identities>`. A changed host file changes the digest, so the next launch builds
 //! that small layer again on the kept assembly below it; a file gone stops the launch
 //! unless `%ignore_sync_error`.
 
 mod beneath;
 mod context;
 pub mod hostfiles;
+mod lists;
+mod policy;
 mod record;
 
 use std::collections::BTreeSet;
@@ -54,9 +58,6 @@ fn fnv(hash: u64, bytes: &[u8]) -> u64 {
 }
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-
-/// Largest list file (`/removed`, `/systemfiles`) read from an image.
-const MAX_LIST: u64 = 16 << 20;
 
 pub use beneath::StageError;
 
@@ -156,6 +157,20 @@ pub enum ProvisionError {
         flake: String,
         /// The missing path.
         path: PathBuf,
+    },
+    /// A host file that an image lists is refused by the host policy (see [`policy`]);
+    /// `%ignore_sync_error` does not override this.
+    #[error("host file {} listed by the images of flake '{flake}' ({images}) is refused: {reason}; \
+        images only get host files that any local user may read", path.display())]
+    RefusedHostFile {
+        /// The flake.
+        flake: String,
+        /// The input images whose lists are read.
+        images: String,
+        /// The listed path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
     },
     /// Staging files failed.
     #[error("cannot {action} {}: {source}", path.display())]
@@ -421,25 +436,23 @@ impl Provisioner<'_> {
     ) -> Result<Vec<PathBuf>, PodmanError> {
         let mut entries = Vec::new();
         for list in hostfiles::LISTS {
-            let target = scratch.join(format!("{id}-{list}"));
-            let copied = self
-                .engine
-                .podman()
-                .args(["cp", "--", &format!("{id}:/{list}")])
-                .arg(&target)
-                .succeeds()?;
-            if !copied {
+            let Some(text) = self.read_list(image, id, list)? else {
                 continue;
-            }
+            };
             let text = if list == "systemfiles" && self.flake.execute_systemfiles {
                 // Opted in by `execute_systemfiles: true`: the image's script runs on the
                 // host, as the caller, and prints the list (`sh /systemfiles`).
-                read_list(self, image, list, &target)?;
+                let target = scratch.join(format!("{id}-{list}"));
+                std::fs::write(&target, &text).map_err(|source| ProvisionError::Io {
+                    action: "write",
+                    path: target.clone(),
+                    source,
+                })?;
                 let path = Some(std::ffi::OsStr::new("/usr/bin:/bin"));
                 let sh = flakes::process::resolve("sh", path)?;
                 flakes::process::Cmd::new(sh).arg(&target).stdout()?
             } else {
-                read_list(self, image, list, &target)?
+                text
             };
             if text.starts_with("#!") {
                 // A generator script that the flake did not opt in to run: not a list.
@@ -449,6 +462,29 @@ impl Provisioner<'_> {
             entries.extend(hostfiles::parse(self, image, list, &text)?);
         }
         Ok(entries)
+    }
+
+    /// The text of `/list` in container `id` of `image` (see [`lists`]), `None` without one.
+    fn read_list(
+        &self,
+        image: &str,
+        id: &str,
+        list: &'static str,
+    ) -> Result<Option<String>, PodmanError> {
+        let cp = self
+            .engine
+            .podman()
+            .args(["cp", "--", &format!("{id}:/{list}"), "-"]);
+        lists::read(&cp).map_err(|e| match e {
+            lists::ListError::Engine(source) => source.into(),
+            lists::ListError::Refused(reason) => ProvisionError::BadHostList {
+                flake: self.name.to_string(),
+                image: image.to_string(),
+                list,
+                reason,
+            }
+            .into(),
+        })
     }
 
     /// Modification time of the image store's index, and its path.
@@ -509,44 +545,6 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// Reads list file `path` copied out of `image`: a regular file (never through a link that
-/// the image may have put there), UTF-8, at most [`MAX_LIST`] bytes.
-fn read_list(
-    p: &Provisioner<'_>,
-    image: &str,
-    list: &'static str,
-    path: &Path,
-) -> Result<String, ProvisionError> {
-    use std::io::Read as _;
-    let refuse = |reason: String| ProvisionError::BadHostList {
-        flake: p.name.to_string(),
-        image: image.to_string(),
-        list,
-        reason,
-    };
-    let flags = rustix::fs::OFlags::RDONLY
-        | rustix::fs::OFlags::NOFOLLOW
-        | rustix::fs::OFlags::NONBLOCK
-        | rustix::fs::OFlags::CLOEXEC;
-    let file = rustix::fs::open(path, flags, rustix::fs::Mode::empty())
-        .map(std::fs::File::from)
-        .map_err(|e| refuse(format!("cannot be read ({e}); it must be a regular file")))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| refuse(format!("cannot be read ({e})")))?;
-    if !meta.is_file() {
-        return Err(refuse("is not a regular file".into()));
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_LIST + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| refuse(format!("cannot be read ({e})")))?;
-    if u64::try_from(bytes.len()).map_or(true, |n| n > MAX_LIST) {
-        return Err(refuse(format!("is larger than {MAX_LIST} bytes")));
-    }
-    String::from_utf8(bytes).map_err(|_| refuse("is not UTF-8 text".into()))
 }
 
 /// A fresh private directory below `parent`.

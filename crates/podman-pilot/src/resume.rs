@@ -135,7 +135,9 @@ fn target_argv(
                 Some(entry) => entry,
                 // Started by a launcher that did not write it down (killed, or older):
                 // read it now; only a cold start, under the instance lock, keeps it.
-                None => ImageEntry::inspect(instance.engine, &flake.image)?,
+                None => {
+                    ImageEntry::of_container(instance.engine, &instance.container, &flake.image)?
+                }
             };
             return Ok(entry.argv(&call.app_args, &flake.image)?);
         }
@@ -150,7 +152,7 @@ fn keep_image_entry(
     instance: &Instance<'_>,
     flake: &ContainerFlake,
 ) -> Result<ImageEntry, PodmanError> {
-    let entry = ImageEntry::inspect(instance.engine, &flake.image)?;
+    let entry = ImageEntry::of_container(instance.engine, &instance.container, &flake.image)?;
     entry.save(instance.state.dir())?;
     Ok(entry)
 }

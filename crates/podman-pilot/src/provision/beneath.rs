@@ -10,7 +10,8 @@
 //! taken from that descriptor, and a regular file is read through that same descriptor
 //! (reopened via `/proc/self/fd`), so the file read is the file that was examined; a symbolic
 //! link is copied as a link, never followed, and devices, FIFOs and sockets are refused
-//! before they are ever opened for reading.
+//! before they are ever opened for reading. Files an image asks for are copied under a
+//! [`HostPolicy`] (which files, how large); see [`super::policy`].
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -21,6 +22,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags, ResolveFlags};
+
+use super::policy::{copied_mode, HostPolicy};
 
 /// How every destination below the root is resolved.
 const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
@@ -57,6 +60,14 @@ pub enum StageError {
         path: PathBuf,
         /// What it is.
         kind: &'static str,
+    },
+    /// The host policy for files an image asks for refuses the entry (see [`super::policy`]).
+    #[error("{} is refused: {reason}", path.display())]
+    Refused {
+        /// The source.
+        path: PathBuf,
+        /// Why.
+        reason: String,
     },
     /// A system call failed.
     #[error("cannot {action} {}: {source}", path.display())]
@@ -120,11 +131,24 @@ impl Staging {
     /// and mode, a symbolic link as a link, a directory as a directory (with its contents
     /// only when `recursive`). Missing parents of `dest` are created with the modes of the
     /// host's directories of the same names (`/` + the parent path), as `rsync -R` does.
-    pub fn copy(&self, source: &Path, dest: &Path, recursive: bool) -> Result<()> {
+    /// With a `policy` (files an image asks for), the entry must pass it first and regular
+    /// files count against its byte budget.
+    pub fn copy(
+        &self,
+        source: &Path,
+        dest: &Path,
+        recursive: bool,
+        policy: Option<&HostPolicy>,
+    ) -> Result<()> {
         let (parents, name) = split(dest)?;
         let src = open_path(rustix::fs::CWD, source, source)?;
+        if let Some(policy) = policy {
+            policy
+                .admit(&src)
+                .map_err(|reason| refused(source, reason))?;
+        }
         let parent = self.parents(&parents)?;
-        copy_entry(&src, source, parent.as_fd(), &name, recursive)
+        copy_entry(&src, source, parent.as_fd(), &name, recursive, policy)
     }
 
     /// Puts regular file `source` at `name` in the root: a hard link when the file system
@@ -140,7 +164,7 @@ impl Staging {
         let empty = rustix::fs::AtFlags::EMPTY_PATH;
         match rustix::fs::linkat(&src, "", &self.root, leaf.as_os_str(), empty) {
             Ok(()) => Ok(()),
-            Err(_) => copy_file(&src, source, self.root.as_fd(), &leaf),
+            Err(_) => copy_file(&src, source, self.root.as_fd(), &leaf, None),
         }
     }
 
@@ -272,16 +296,17 @@ fn copy_entry(
     parent: BorrowedFd<'_>,
     name: &OsStr,
     recursive: bool,
+    policy: Option<&HostPolicy>,
 ) -> Result<()> {
     match kind(src, source)? {
-        rustix::fs::FileType::RegularFile => copy_file(src, source, parent, name),
+        rustix::fs::FileType::RegularFile => copy_file(src, source, parent, name, policy),
         rustix::fs::FileType::Symlink => {
             let target =
                 rustix::fs::readlinkat(src, "", Vec::new()).map_err(io_err("read link", source))?;
             rustix::fs::symlinkat(target.as_c_str(), parent, name)
                 .map_err(io_err("create link", source))
         }
-        rustix::fs::FileType::Directory => copy_dir(src, source, parent, name, recursive),
+        rustix::fs::FileType::Directory => copy_dir(src, source, parent, name, recursive, policy),
         other => Err(unsupported(source, other)),
     }
 }
@@ -328,12 +353,38 @@ fn reopen(src: &OwnedFd, source: &Path) -> Result<(File, std::fs::Metadata)> {
     Ok((reader, examined))
 }
 
-/// Reads the regular file behind `src` into a new file `name`.
-fn copy_file(src: &OwnedFd, source: &Path, parent: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
-    let (mut reader, examined) = reopen(src, source)?;
+fn refused(path: &Path, reason: String) -> StageError {
+    StageError::Refused {
+        path: path.into(),
+        reason,
+    }
+}
+
+/// Reads the regular file behind `src` into a new file `name`, within the policy's size
+/// limits when there is one. Setuid and setgid bits stay only on root's files.
+fn copy_file(
+    src: &OwnedFd,
+    source: &Path,
+    parent: BorrowedFd<'_>,
+    name: &OsStr,
+    policy: Option<&HostPolicy>,
+) -> Result<()> {
+    let (reader, examined) = reopen(src, source)?;
+    if let Some(policy) = policy {
+        policy
+            .check_size(examined.size())
+            .map_err(|reason| refused(source, reason))?;
+    }
+    let limit = policy.map_or(u64::MAX, HostPolicy::limit);
     let mut dest = create_file(parent, name, source)?;
-    io::copy(&mut reader, &mut dest).map_err(std_err("copy", source))?;
-    let mode = std::fs::Permissions::from_mode(examined.mode() & 0o7777);
+    let copied = copy_bounded(reader, &mut dest, limit).map_err(std_err("copy", source))?;
+    if let Some(policy) = policy {
+        policy
+            .check_size(copied)
+            .map_err(|reason| refused(source, format!("{reason} (it grew while copied)")))?;
+        policy.spend(copied);
+    }
+    let mode = std::fs::Permissions::from_mode(copied_mode(examined.mode(), examined.uid()));
     dest.set_permissions(mode)
         .map_err(std_err("chmod", source))?;
     if let Ok(modified) = examined.modified() {
@@ -342,12 +393,19 @@ fn copy_file(src: &OwnedFd, source: &Path, parent: BorrowedFd<'_>, name: &OsStr)
     Ok(())
 }
 
+/// Copies at most `limit + 1` bytes (one more tells that there were more than `limit`),
+/// returning how many were copied.
+fn copy_bounded(reader: impl io::Read, dest: &mut impl io::Write, limit: u64) -> io::Result<u64> {
+    io::copy(&mut reader.take(limit.saturating_add(1)), dest)
+}
+
 fn copy_dir(
     src: &OwnedFd,
     source: &Path,
     parent: BorrowedFd<'_>,
     name: &OsStr,
     recursive: bool,
+    policy: Option<&HostPolicy>,
 ) -> Result<()> {
     let mode = File::from(src.try_clone().map_err(std_err("open", source))?)
         .metadata()
@@ -373,8 +431,28 @@ fn copy_dir(
             let child_name = OsStr::from_bytes(bytes);
             let child_path = source.join(child_name);
             let child = open_path(listing.as_fd(), entry.file_name(), &child_path)?;
-            copy_entry(&child, &child_path, dest.as_fd(), child_name, true)?;
+            if let Some(policy) = policy {
+                policy
+                    .admit(&child)
+                    .map_err(|reason| refused(&child_path, reason))?;
+            }
+            copy_entry(&child, &child_path, dest.as_fd(), child_name, true, policy)?;
         }
     }
     set_mode(&dest, mode, source)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bounded_copy_stops_one_byte_past_the_limit() {
+        // A file that grew after its size was checked: the copy reads one byte more than
+        // allowed, which tells the caller to refuse it, and never more.
+        let endless = io::repeat(b'x');
+        let mut out = Vec::new();
+        assert_eq!(copy_bounded(endless, &mut out, 1000).unwrap(), 1001);
+        assert_eq!(out.len(), 1001);
+    }
 }

@@ -7,6 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::beneath::{StageError, Staging};
+use super::policy::HostPolicy;
 use super::{fnv, tempdir_in, ProvisionError, Provisioner, FNV_OFFSET};
 
 /// Fingerprint of everything but the images' contents: names, options and the include
@@ -125,7 +126,7 @@ impl BuildContext {
             let paths = context.subtree(p, "paths")?;
             for path in &p.include.path {
                 paths
-                    .copy(path, relative(path), true)
+                    .copy(path, relative(path), true, None)
                     .map_err(|e| stage_error(p, path, e))?;
             }
             file.push_str("COPY paths/ /\n");
@@ -143,9 +144,18 @@ impl BuildContext {
     ) -> Result<Self, ProvisionError> {
         let context = BuildContext::new(p)?;
         let host = context.subtree(p, "host")?;
+        let policy = HostPolicy::default();
         for path in listed {
-            match host.copy(path, relative(path), false) {
+            match host.copy(path, relative(path), false, Some(&policy)) {
                 Ok(()) => {}
+                Err(StageError::Refused { reason, .. }) => {
+                    return Err(ProvisionError::RefusedHostFile {
+                        flake: p.name.to_string(),
+                        images: p.inputs().join(", "),
+                        path: path.clone(),
+                        reason,
+                    })
+                }
                 Err(e) if e.is_missing_source() && p.ignore_sync_error => {}
                 Err(e) if e.is_missing_source() => {
                     return Err(ProvisionError::MissingHostFile {

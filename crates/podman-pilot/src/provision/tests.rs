@@ -251,7 +251,7 @@ fn staging_copies_files_links_and_bare_directories() {
     let staging = beneath::Staging::create(&dir.path().join("stage")).unwrap();
     for name in ["etc/file", "etc/link", "etc/sub"] {
         staging
-            .copy(&host.join(name), Path::new(name), false)
+            .copy(&host.join(name), Path::new(name), false, None)
             .unwrap();
     }
     let staged = dir.path().join("stage");
@@ -267,7 +267,7 @@ fn staging_copies_files_links_and_bare_directories() {
     assert!(staged.join("etc/sub").is_dir());
     assert!(!staged.join("etc/sub/inner").exists(), "not recursive");
     let err = staging
-        .copy(&host.join("etc/file"), Path::new("etc/file"), false)
+        .copy(&host.join("etc/file"), Path::new("etc/file"), false, None)
         .unwrap_err();
     assert!(
         err.to_string().contains("File exists"),
@@ -297,11 +297,11 @@ fn staging_never_writes_through_a_link_or_outside_its_root() {
         ("a/./b", "dot"),
     ];
     for (dest, why) in cases {
-        let err = staging.copy(&source, Path::new(dest), false);
+        let err = staging.copy(&source, Path::new(dest), false, None);
         assert!(err.is_err(), "{why}: {dest} was written");
     }
     let err = staging
-        .copy(&source, Path::new("dir/victim"), false)
+        .copy(&source, Path::new("dir/victim"), false, None)
         .unwrap_err();
     assert!(
         matches!(err, beneath::StageError::ThroughLink { .. }),
@@ -316,14 +316,14 @@ fn staging_refuses_special_files_without_opening_them() {
     let dir = tempfile::tempdir().unwrap();
     let staging = beneath::Staging::create(&dir.path().join("stage")).unwrap();
     let err = staging
-        .copy(Path::new("/dev/null"), Path::new("dev/null"), false)
+        .copy(Path::new("/dev/null"), Path::new("dev/null"), false, None)
         .unwrap_err();
     assert!(
         matches!(err, beneath::StageError::Unsupported { .. }),
         "{err}"
     );
     let missing = staging
-        .copy(&dir.path().join("gone"), Path::new("gone"), false)
+        .copy(&dir.path().join("gone"), Path::new("gone"), false, None)
         .unwrap_err();
     assert!(missing.is_missing_source(), "{missing}");
 }
@@ -360,4 +360,103 @@ fn reading_in_an_image_never_follows_a_link() {
         assert!(read_in_image(&root, name, 64).is_err(), "{name}");
     }
     assert!(read_in_image(&root, "app.yaml", 3).is_err(), "limit");
+}
+
+/// A directory any user may search: a temporary directory is private (0700), and nothing
+/// below a private directory passes the host policy.
+fn public_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+fn write_mode(path: &Path, bytes: &[u8], mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn refusal(err: beneath::StageError) -> String {
+    match err {
+        beneath::StageError::Refused { reason, .. } => reason,
+        other => panic!("not refused by the policy: {other}"),
+    }
+}
+
+#[test]
+fn host_policy_copies_only_what_any_user_could_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = public_dir();
+    let host = dir.path().join("host");
+    write_mode(&host.join("lib/libok.so"), b"shared", 0o644);
+    write_mode(&host.join("etc/secret"), b"root only", 0o600);
+    write_mode(&host.join("private/inner"), b"hidden", 0o644);
+    std::fs::set_permissions(host.join("private"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::symlink(host.join("private"), host.join("lib/via-link")).unwrap();
+    let staging = beneath::Staging::create(&dir.path().join("stage")).unwrap();
+    let policy = policy::HostPolicy::default();
+    let copy =
+        |source: &Path, dest: &str| staging.copy(source, Path::new(dest), false, Some(&policy));
+    copy(&host.join("lib/libok.so"), "lib/libok.so").unwrap();
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (host.join("etc/secret"), "not readable by other users"),
+        (host.join("private/inner"), "not searchable"),
+        (host.join("lib/via-link/inner"), "not searchable"),
+        ("/proc/self/pagemap".into(), "procfs"),
+        ("/proc/self/status".into(), "procfs"),
+        ("/proc/kcore".into(), "procfs"),
+        ("/sys/kernel/profiling".into(), "sysfs"),
+        ("/sys/fs/cgroup/cgroup.controllers".into(), "cgroup"),
+    ];
+    for (i, (source, why)) in cases.iter().enumerate() {
+        if !source.exists() {
+            println!("SKIP {}: not on this host", source.display());
+            continue;
+        }
+        let reason = refusal(copy(source, &format!("case{i}")).unwrap_err());
+        assert!(reason.contains(why), "{}: {reason}", source.display());
+        assert!(!dir.path().join(format!("stage/case{i}")).exists());
+    }
+    let missing = copy(&host.join("gone"), "gone").unwrap_err();
+    assert!(missing.is_missing_source(), "still only missing: {missing}");
+}
+
+#[test]
+fn host_policy_caps_sizes_and_masks_setuid_of_users_files() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = public_dir();
+    let host = dir.path().join("host");
+    write_mode(&host.join("a"), &[b'a'; 16], 0o644);
+    write_mode(&host.join("b"), &[b'b'; 17], 0o644);
+    write_mode(&host.join("c"), &[b'c'; 10], 0o644);
+    write_mode(&host.join("user-suid"), b"#!/bin/sh\n", 0o6755);
+    std::os::unix::fs::chown(host.join("user-suid"), Some(1000), Some(1000)).unwrap();
+    std::fs::set_permissions(
+        host.join("user-suid"),
+        std::fs::Permissions::from_mode(0o6755),
+    )
+    .unwrap();
+    write_mode(&host.join("root-suid"), b"#!/bin/sh\n", 0o4755);
+    let stage = dir.path().join("stage");
+    let staging = beneath::Staging::create(&stage).unwrap();
+    let policy = policy::HostPolicy::new(16, 45);
+    let copy = |name: &str| staging.copy(&host.join(name), Path::new(name), false, Some(&policy));
+    copy("a").unwrap();
+    assert!(refusal(copy("b").unwrap_err()).contains("per host file"));
+    copy("user-suid").unwrap();
+    copy("root-suid").unwrap();
+    assert!(
+        refusal(copy("c").unwrap_err()).contains("in total"),
+        "16 + 10 + 10 + 10 > 45"
+    );
+    assert!(!stage.join("b").exists() && !stage.join("c").exists());
+    let mode = |name: &str| std::fs::metadata(stage.join(name)).unwrap().mode() & 0o7777;
+    assert_eq!(
+        mode("user-suid"),
+        0o755,
+        "a user's setuid file loses the bits"
+    );
+    assert_eq!(mode("root-suid"), 0o4755, "root's keeps them");
 }
