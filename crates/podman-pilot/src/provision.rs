@@ -330,10 +330,7 @@ impl Provisioner<'_> {
         let result = if self.progress {
             self.engine.pull(image).status().map(|_| ())
         } else {
-            self.engine
-                .pull_with(&["--quiet"], image)
-                .stdout()
-                .map(|_| ())
+            self.engine.pull_with(&["--quiet"], image).run()
         };
         result.map_err(|source| {
             PodmanError::Provision(ProvisionError::Unavailable {
@@ -378,7 +375,7 @@ impl Provisioner<'_> {
         let result = if self.progress {
             build.status().map(|_| ())
         } else {
-            build.stdout().map(|_| ())
+            build.run()
         };
         result.map_err(|source| {
             ProvisionError::Build {
