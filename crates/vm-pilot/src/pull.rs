@@ -14,9 +14,10 @@
 //! stops sending fails the pull after [`Policy::stall_timeout`], and every file lands with
 //! mode 0644 or 0755 whatever the archive says. A compressed archive may in addition not
 //! unpack to more than [`Policy::max_ratio`] times the compressed bytes read (past a floor
-//! of [`Policy::EXPANSION_FLOOR`]), which stops a bomb long before the size limit. A staging directory is locked by its pull;
-//! one whose pull died (even by `kill -9`) is removed by the next pull, and SIGINT, SIGTERM
-//! or SIGHUP remove it before the process ends.
+//! of [`Policy::EXPANSION_FLOOR`]), which stops a bomb long before the size limit. A
+//! staging directory is locked by its pull; one whose pull died (even by `kill -9`) is
+//! removed by the next pull (and by `firecracker remove`), and SIGINT, SIGTERM or SIGHUP
+//! remove it before the process ends. Addresses are printed without userinfo or query.
 
 mod checksum;
 mod expansion;

@@ -10,9 +10,10 @@
 //! Nothing in an archive is trusted to be small: the members together stop at the size
 //! limit while they are written, a compressed archive at its expansion ratio
 //! ([`super::expansion`]), the rootfs at the size its checksum record declares when the
-//! record comes first (KIWI writes it so), a checksum record at 4 KiB, the archive at 64 members, its
-//! tar records at 64 KiB ([`super::framing`]) and the xz decoder at 1 GiB of memory; the
-//! modes of the archive are not kept ([`super::limited`]).
+//! record comes before it, a checksum record at 4 KiB, the archive at 64 members, its tar
+//! records at 64 KiB ([`super::framing`]) and the xz decoder at 1 GiB of memory; the modes
+//! of the archive are not kept ([`super::limited`]). The record only ever lowers a bound:
+//! it comes from the same hostile archive.
 
 use std::cell::Cell;
 use std::fs::File;
