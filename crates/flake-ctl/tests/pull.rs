@@ -23,7 +23,8 @@ use util::World;
 /// - `/stall-headers`: reads the request and never answers;
 /// - `/stall-body/FILE`: sends the headers of FILE and its first 64 KiB, then goes silent;
 /// - `/trickle/FILE`: sends the headers of FILE, then a byte of it every 100 ms;
-/// - `/loop`: redirects to itself.
+/// - `/loop`: redirects to itself;
+/// - `/to-ftp...`: redirects to an ftp address carrying a password and a signed query.
 struct HttpServer {
     child: Child,
     port: u16,
@@ -54,6 +55,11 @@ class Hostile(http.server.SimpleHTTPRequestHandler):
                 self.wfile.write(bytes([byte]))
                 self.wfile.flush()
                 time.sleep(0.1)
+        elif self.path.startswith("/to-ftp"):
+            self.send_response(302)
+            self.send_header("Location", "ftp://u:pw-in-location@127.0.0.1/x?sig=location-secret")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         elif self.path == "/loop":
             self.send_response(302)
             self.send_header("Location", "/loop")
@@ -388,6 +394,81 @@ fn components_get_mount_points_and_sci_without_root_or_loop_mounts() {
     run.expect_code(2);
 }
 
+/// An ext image whose `/usr/sbin/sci` claims `size` bytes (a sparse file: holes cost the
+/// image nothing, and `debugfs cat` prints them as zeros).
+fn rootfs_with_init_of_size(w: &World, size: u64) -> Vec<u8> {
+    let tree = w.path("huge-init-tree");
+    std::fs::create_dir_all(tree.join("usr/sbin")).unwrap();
+    std::fs::write(tree.join("usr/sbin/sci"), "init").unwrap();
+    let rootfs = w.path("huge-init.ext4");
+    let made = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&tree)
+        .arg(&rootfs)
+        .arg("8M")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let grown = Command::new("debugfs")
+        .args(["-w", "-R", &format!("sif /usr/sbin/sci size {size}")])
+        .arg(&rootfs)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(grown.success());
+    std::fs::read(&rootfs).unwrap()
+}
+
+#[test]
+fn a_huge_guest_init_in_a_pulled_rootfs_is_refused_before_it_is_read() {
+    if Command::new("debugfs").arg("-V").output().is_err() {
+        util::skip("debugfs (e2fsprogs) is not installed");
+        return;
+    }
+    let w = World::new();
+    // 2 TiB of guest init in an 8 MiB image: reading it whole would take all memory.
+    let rootfs = rootfs_with_init_of_size(&w, 2 << 40);
+    let served = w.path("served-init");
+    std::fs::create_dir_all(&served).unwrap();
+    let record = format!("{}\n", sha256(&rootfs));
+    kis(
+        &served,
+        "huge-init.tar.gz",
+        "-z",
+        &[
+            ("a.raw", rootfs),
+            ("a.kernel", b"k".to_vec()),
+            ("a.sha256", record.into_bytes()),
+        ],
+    );
+    let server = HttpServer::serve(&served);
+    let url = server.url("huge-init.tar.gz");
+    let child = pull_command(
+        &w,
+        "init",
+        &["--kis-image", &url],
+        &[("FLAKE_ALLOW_INSECURE_TRANSPORT", "1")],
+    )
+    .spawn()
+    .unwrap();
+    let ended = finish(child, Instant::now(), Duration::from_secs(60));
+    assert_eq!(ended.code, Some(1), "{}", ended.stderr);
+    assert!(
+        ended.stderr.contains("/usr/sbin/sci")
+            && ended.stderr.contains("2199023255552 bytes")
+            && ended.stderr.contains("init"),
+        "{}",
+        ended.stderr
+    );
+    assert_eq!(ended.stderr.trim().lines().count(), 1, "{}", ended.stderr);
+    assert!(
+        ended.elapsed < Duration::from_secs(30),
+        "{:?}",
+        ended.elapsed
+    );
+    assert_eq!(registry_entries(&w), Vec::<String>::new());
+}
+
 /// `flake-ctl firecracker --user pull --name NAME EXTRA...` with `envs`, not yet started.
 fn pull_command(w: &World, name: &str, extra: &[&str], envs: &[(&str, &str)]) -> Command {
     let mut cmd = w.command(util::bin_dir().join("flake-ctl"));
@@ -664,6 +745,187 @@ fn downloads_and_members_stop_at_the_size_limit_and_leave_nothing() {
     .success();
 }
 
+/// A kis archive `file` in `dir` holding `members` in this order, with `tar_flag`.
+fn kis_in_order(dir: &Path, file: &str, tar_flag: &str, members: &[(&str, Sized)]) -> PathBuf {
+    let tree = dir.join(format!("{file}.tree"));
+    std::fs::create_dir_all(&tree).unwrap();
+    for (name, content) in members {
+        match content {
+            Sized::Bytes(bytes) => std::fs::write(tree.join(name), bytes).unwrap(),
+            Sized::Zeros(size) => std::fs::File::create(tree.join(name))
+                .unwrap()
+                .set_len(*size)
+                .unwrap(),
+        }
+    }
+    let archive = dir.join(file);
+    let status = Command::new("tar")
+        .arg(tar_flag)
+        .arg("-cf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&tree)
+        .args(members.iter().map(|(name, _)| name))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::remove_dir_all(&tree).unwrap();
+    archive
+}
+
+/// The content of a member of [`kis_in_order`].
+enum Sized {
+    Bytes(Vec<u8>),
+    /// This many zero bytes (a sparse file until tar reads it).
+    Zeros(u64),
+}
+
+#[test]
+fn a_compressed_bomb_stops_at_its_expansion_ratio_under_the_defaults() {
+    let w = World::new();
+    let served = w.path("www-ratio");
+    std::fs::create_dir_all(&served).unwrap();
+    // 2 GiB of zeros in a 70 KB archive: within the default size limit, 30000 to 1.
+    let bomb = kis_in_order(
+        &served,
+        "bomb.tar.zst",
+        "--zstd",
+        &[
+            ("a.kernel", Sized::Bytes(b"k".to_vec())),
+            (
+                "a.sha256",
+                Sized::Bytes(format!("{}\n", sha256(b"")).into_bytes()),
+            ),
+            ("a.raw", Sized::Zeros(2 << 30)),
+        ],
+    );
+    assert!(std::fs::metadata(&bomb).unwrap().len() < 1 << 20);
+    let server = HttpServer::serve(&served);
+    let url = server.url("bomb.tar.zst");
+    let child = pull_command(
+        &w,
+        "bomb",
+        &["--kis-image", &url],
+        &[("FLAKE_ALLOW_INSECURE_TRANSPORT", "1")],
+    )
+    .spawn()
+    .unwrap();
+    let ended = finish(child, Instant::now(), Duration::from_secs(120));
+    assert_eq!(ended.code, Some(1), "{}", ended.stderr);
+    assert!(
+        ended.stderr.contains("'a.raw'")
+            && ended.stderr.contains("200 times")
+            && ended.stderr.contains("--max-ratio"),
+        "{}",
+        ended.stderr
+    );
+    assert_eq!(ended.stderr.trim().lines().count(), 1, "{}", ended.stderr);
+    assert_eq!(registry_entries(&w), Vec::<String>::new());
+}
+
+#[test]
+fn a_rootfs_larger_than_its_record_declares_is_refused() {
+    let w = World::new();
+    let served = w.path("www-declared");
+    std::fs::create_dir_all(&served).unwrap();
+    let (rootfs, record) = rootfs_and_record();
+    let mut padded = rootfs.clone();
+    padded.resize(rootfs.len() + (2 << 20), 0);
+    // The record first, as KIWI writes it: the rootfs may not pass what it declares (plus
+    // 1 MiB of padding); behind the rootfs the record cannot bound it.
+    for (file, first, refused) in [
+        ("ahead.tar.gz", true, true),
+        ("behind.tar.gz", false, false),
+    ] {
+        let record_member = ("a.sha256", Sized::Bytes(record.clone().into_bytes()));
+        let rootfs_member = ("a.raw", Sized::Bytes(padded.clone()));
+        let kernel = ("a.kernel", Sized::Bytes(b"k".to_vec()));
+        let members = if first {
+            [record_member, kernel, rootfs_member]
+        } else {
+            [rootfs_member, kernel, record_member]
+        };
+        let archive = kis_in_order(&served, file, "-z", &members);
+        let run = pull(
+            &w,
+            file,
+            &["--kis-image", &archive.display().to_string()],
+            false,
+        );
+        if refused {
+            run.expect_code(1);
+            assert!(
+                run.stderr()
+                    .contains("'a.raw' is larger than the 8192 bytes its checksum record declares"),
+                "{run}"
+            );
+        } else {
+            run.success();
+        }
+    }
+    // Within the padding it installs.
+    let (rootfs, record) = rootfs_and_record();
+    let archive = kis_in_order(
+        &served,
+        "fits.tar.gz",
+        "-z",
+        &[
+            ("a.sha256", Sized::Bytes(record.into_bytes())),
+            ("a.raw", Sized::Bytes(rootfs)),
+            ("a.kernel", Sized::Bytes(b"k".to_vec())),
+        ],
+    );
+    pull(
+        &w,
+        "fits",
+        &["--kis-image", &archive.display().to_string()],
+        false,
+    )
+    .success();
+}
+
+#[test]
+fn addresses_are_shown_without_passwords_or_queries() {
+    let w = World::new();
+    let served = served_archives(&w);
+    let server = HttpServer::serve(&served);
+    let port = server.port;
+    let secrets = [
+        "hunter2",
+        "s3cr3t-token",
+        "pw-in-location",
+        "location-secret",
+    ];
+    for (url, insecure, shown) in [
+        // A missing file: the error names the address.
+        (
+            format!("http://alice:hunter2@127.0.0.1:{port}/missing.tar?token=s3cr3t-token"),
+            true,
+            format!("http://127.0.0.1:{port}/missing.tar?…"),
+        ),
+        // A redirect whose Location carries secrets of its own.
+        (
+            format!("http://alice:hunter2@127.0.0.1:{port}/to-ftp?token=s3cr3t-token"),
+            true,
+            "ftp://127.0.0.1/x?…".to_string(),
+        ),
+        // Refused before any request.
+        (
+            format!("http://alice:hunter2@127.0.0.1:{port}/good.tar?token=s3cr3t-token"),
+            false,
+            format!("http://127.0.0.1:{port}/good.tar?…"),
+        ),
+    ] {
+        let run = pull(&w, "secret", &["--kis-image", &url], insecure);
+        run.expect_code(1);
+        let err = run.stderr();
+        for secret in secrets {
+            assert!(!err.contains(secret), "{secret} shown: {run}");
+        }
+        assert!(err.contains(&shown), "{shown} not shown: {run}");
+    }
+}
+
 #[test]
 fn a_killed_pull_leaves_staging_that_the_next_pull_removes() {
     let w = World::new();
@@ -695,6 +957,21 @@ fn a_killed_pull_leaves_staging_that_the_next_pull_removes() {
     assert_eq!(ended.code, None, "{}", ended.stderr);
     util::Run::from_command(pull_command(&w, "next", &["--kis-image", &url], &envs)).expect_code(1);
     assert_eq!(registry_entries(&w), ["next"]);
+    // `firecracker remove` collects too: a dead pull's staging, and an image that an older
+    // release moved aside and did not delete.
+    let dead = images(&w).join(".pull-dead-99");
+    std::fs::create_dir_all(dead.join("image")).unwrap();
+    std::fs::write(dead.join("lock"), "").unwrap();
+    let aside = images(&w).join(".old-next-77");
+    std::fs::create_dir(&aside).unwrap();
+    std::fs::write(aside.join("rootfs"), "old").unwrap();
+    std::fs::File::open(&aside)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(120))
+        .unwrap();
+    w.ctl(&["firecracker", "--user", "remove", "--vm", "next"])
+        .success();
+    assert_eq!(registry_entries(&w), Vec::<String>::new());
 }
 
 #[test]

@@ -10,16 +10,32 @@
 //! tokens, and an error message ends up in terminals, logs and bug reports. In errors it is
 //! also cut to [`ERROR_COMMAND_LIMIT`] characters; a flake's own options can make it pages
 //! long, and the part that matters is the program and its first arguments.
+//!
+//! What a child prints is never collected without a bound: its output can carry data an
+//! image or a download controls (an image's config, a file `debugfs` reads out of a pulled
+//! rootfs, a listing), and a launcher running as root must not run out of memory on it.
+//! Captured stdout stops at a limit ([`STDOUT_LIMIT`] unless the caller picks one), the
+//! child is then killed and the call fails by name; of stderr only the last
+//! [`STDERR_KEEP`] bytes are kept, which is all an error shows anyway.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
+use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 
 /// Longest command line an error message shows, in characters.
 pub const ERROR_COMMAND_LIMIT: usize = 200;
+
+/// Most bytes [`Cmd::stdout`] collects: far above any engine answer flake-pilot reads (an
+/// image's config, a container list), far below what would strain memory.
+pub const STDOUT_LIMIT: u64 = 16 << 20;
+
+/// Bytes of a child's stderr kept for its error message: the tail, where tools say why
+/// they failed.
+pub const STDERR_KEEP: usize = 64 << 10;
 
 /// The launcher name that prefixes traced commands; set once by [`trace_commands`].
 static TRACE_PREFIX: OnceLock<&'static str> = OnceLock::new();
@@ -56,6 +72,22 @@ pub enum ProcessError {
         code: i32,
         /// What it wrote to stderr.
         stderr: String,
+    },
+    /// The program printed more than the caller reads; it was killed.
+    #[error("{command} printed more than {limit} bytes, more than a valid answer; stopped it")]
+    TooMuchOutput {
+        /// The command line.
+        command: String,
+        /// The most bytes read.
+        limit: u64,
+    },
+    /// Reading the program's output failed.
+    #[error("cannot read the output of {command}: {source}")]
+    Read {
+        /// The command line.
+        command: String,
+        /// Underlying error.
+        source: std::io::Error,
     },
     /// The program was killed by a signal.
     #[error("{command} was killed by signal {signal}")]
@@ -180,17 +212,70 @@ impl Cmd {
             .map_err(|source| self.spawn_error(source))
     }
 
-    /// Runs with stdin from `/dev/null`, stdout captured and stderr passed through;
-    /// a non-zero exit is an error.
+    /// Runs with stdin from `/dev/null` and stdout captured, at most [`STDOUT_LIMIT`]
+    /// bytes of it; a non-zero exit is an error, with the tail of stderr.
     pub fn stdout(&self) -> Result<String> {
-        let output = self
-            .command()
+        self.stdout_limited(STDOUT_LIMIT)
+    }
+
+    /// [`Cmd::stdout`] reading at most `max` bytes: a child that prints more is killed and
+    /// the call fails with [`ProcessError::TooMuchOutput`]. For output that an image or a
+    /// download controls, with a limit that fits what the caller expects.
+    pub fn stdout_limited(&self, max: u64) -> Result<String> {
+        let mut child = self.spawn_piped(Stdio::piped())?;
+        let stderr = child.stderr.take().map(collect_tail);
+        let mut out = Vec::new();
+        let read = match child.stdout.take() {
+            Some(stdout) => stdout.take(max.saturating_add(1)).read_to_end(&mut out),
+            None => Ok(0),
+        };
+        let too_much = u64::try_from(out.len()).unwrap_or(u64::MAX) > max;
+        if too_much || read.is_err() {
+            // The rest is not read: stop the child rather than wait for it to finish.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(match read {
+                Err(source) => ProcessError::Read {
+                    command: self.summary(),
+                    source,
+                },
+                Ok(_) => ProcessError::TooMuchOutput {
+                    command: self.summary(),
+                    limit: max,
+                },
+            });
+        }
+        self.finish(child, stderr)?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// Runs with stdin from `/dev/null` and stdout discarded; a non-zero exit is an error,
+    /// with the tail of stderr. For tools that only need to succeed.
+    pub fn run(&self) -> Result<()> {
+        let mut child = self.spawn_piped(Stdio::null())?;
+        let stderr = child.stderr.take().map(collect_tail);
+        self.finish(child, stderr)
+    }
+
+    fn spawn_piped(&self, stdout: Stdio) -> Result<Child> {
+        self.command()
             .stdin(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::piped())
-            .output()
-            .map_err(|source| self.spawn_error(source))?;
-        self.check(output.status, &output.stderr)?;
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+            .spawn()
+            .map_err(|source| self.spawn_error(source))
+    }
+
+    /// Waits for `child` and checks its status against the stderr tail `stderr` collected.
+    fn finish(&self, mut child: Child, stderr: Option<TailReader>) -> Result<()> {
+        let status = child.wait().map_err(|source| ProcessError::Read {
+            command: self.summary(),
+            source,
+        })?;
+        let tail = stderr
+            .and_then(|reader| reader.join().ok())
+            .unwrap_or_default();
+        self.check(status, &tail)
     }
 
     /// Runs with no output shown; returns whether it exited 0. For yes/no probes such as
@@ -236,6 +321,35 @@ impl Cmd {
             source,
         }
     }
+}
+
+/// A thread collecting the tail of a child's stderr.
+type TailReader = std::thread::JoinHandle<Vec<u8>>;
+
+/// Reads `stream` to its end on a thread, keeping its last [`STDERR_KEEP`] bytes.
+fn collect_tail(stream: impl Read + Send + 'static) -> TailReader {
+    std::thread::spawn(move || tail_of(stream, STDERR_KEEP))
+}
+
+/// The last `keep` bytes of `stream` (fewer when it ends early or fails).
+fn tail_of(mut stream: impl Read, keep: usize) -> Vec<u8> {
+    let mut tail = Vec::with_capacity(keep.min(8192));
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                tail.extend_from_slice(&buf[..n]);
+                if tail.len() > keep.saturating_mul(2) {
+                    tail.drain(..tail.len() - keep);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    let cut = tail.len().saturating_sub(keep);
+    tail.split_off(cut)
 }
 
 impl Cmd {
@@ -468,5 +582,75 @@ mod tests {
             Cmd::new("/nonexistent/x").status(),
             Err(ProcessError::Spawn { .. })
         ));
+    }
+
+    #[test]
+    fn captured_output_is_bounded_and_the_child_stopped() {
+        let sh = resolve("sh", Some(OsStr::new("/bin:/usr/bin"))).unwrap();
+        // Endless output: without the bound this would fill memory.
+        let err = Cmd::new(&sh)
+            .args([
+                "-c",
+                "while :; do echo aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa; done",
+            ])
+            .stdout_limited(1 << 20)
+            .unwrap_err();
+        assert!(
+            matches!(err, ProcessError::TooMuchOutput { limit, .. } if limit == 1 << 20),
+            "{err}"
+        );
+        assert!(err.to_string().contains("more than 1048576 bytes"), "{err}");
+        // The default bound of `stdout`.
+        let err = Cmd::new(&sh)
+            .args(["-c", "head -c 20000000 /dev/zero"])
+            .stdout()
+            .unwrap_err();
+        assert!(
+            matches!(err, ProcessError::TooMuchOutput { limit, .. } if limit == STDOUT_LIMIT),
+            "{err}"
+        );
+        let exact = Cmd::new(&sh)
+            .args(["-c", "printf 1234"])
+            .stdout_limited(4)
+            .unwrap();
+        assert_eq!(exact, "1234");
+    }
+
+    #[test]
+    fn only_the_tail_of_stderr_is_kept() {
+        let sh = resolve("sh", Some(OsStr::new("/bin:/usr/bin"))).unwrap();
+        let script = "head -c 8000000 /dev/zero | tr '\\0' x >&2; echo the-reason >&2; exit 3";
+        for result in [
+            Cmd::new(&sh).args(["-c", script]).stdout().map(|_| ()),
+            Cmd::new(&sh).args(["-c", script]).run(),
+        ] {
+            let Err(ProcessError::Failed { stderr, code, .. }) = result else {
+                panic!("{result:?}");
+            };
+            assert_eq!(code, 3);
+            assert!(stderr.len() <= STDERR_KEEP, "{}", stderr.len());
+            assert!(stderr.trim_end().ends_with("the-reason"), "{stderr:.40}");
+        }
+    }
+
+    #[test]
+    fn run_discards_stdout() {
+        let sh = resolve("sh", Some(OsStr::new("/bin:/usr/bin"))).unwrap();
+        Cmd::new(&sh)
+            .args(["-c", "head -c 50000000 /dev/zero"])
+            .run()
+            .unwrap();
+        assert!(matches!(
+            Cmd::new(&sh).args(["-c", "exit 4"]).run(),
+            Err(ProcessError::Failed { code: 4, .. })
+        ));
+    }
+
+    #[test]
+    fn tails() {
+        assert_eq!(tail_of(&b"abcdef"[..], 3), b"def");
+        assert_eq!(tail_of(&b"ab"[..], 3), b"ab");
+        let long = vec![7u8; 100_000];
+        assert_eq!(tail_of(&long[..], 10).len(), 10);
     }
 }

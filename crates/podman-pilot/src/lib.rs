@@ -195,7 +195,7 @@ impl Engine {
             podman: self.podman.clone(),
             detail,
         };
-        match probe.arg("--").arg(&self.podman).stdout() {
+        match probe.arg("--").arg(&self.podman).run() {
             Ok(_) => Ok(()),
             Err(ProcessError::Failed { stderr, .. }) => {
                 let said = stderr.lines().map(str::trim).find(|l| !l.is_empty());
@@ -316,10 +316,7 @@ impl Engine {
     /// `podman rm -f -t 0 NAME`, ignoring whether it existed (podman then exits 0); any
     /// other failure is an error, so a removal is never reported done when it was not.
     pub fn remove_container(&self, name: &str) -> Result<(), ProcessError> {
-        self.podman()
-            .args(["rm", "-f", "-t", "0", name])
-            .stdout()
-            .map(|_| ())
+        self.podman().args(["rm", "-f", "-t", "0", name]).run()
     }
 
     /// `podman image umount -- IMAGE`.

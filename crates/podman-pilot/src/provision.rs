@@ -345,10 +345,7 @@ impl Provisioner<'_> {
         let result = if self.progress {
             self.engine.pull(image).status().map(|_| ())
         } else {
-            self.engine
-                .pull_with(&["--quiet"], image)
-                .stdout()
-                .map(|_| ())
+            self.engine.pull_with(&["--quiet"], image).run()
         };
         result.map_err(|source| {
             PodmanError::Provision(ProvisionError::Unavailable {
@@ -393,7 +390,7 @@ impl Provisioner<'_> {
         let result = if self.progress {
             build.status().map(|_| ())
         } else {
-            build.stdout().map(|_| ())
+            build.run()
         };
         result.map_err(|source| {
             ProvisionError::Build {

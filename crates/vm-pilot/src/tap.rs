@@ -116,11 +116,11 @@ pub fn ensure(name: &str, dir: &Path, ip: &Path, uid: u32) -> Result<bool> {
             "user",
             &uid.to_string(),
         ])
-        .stdout()?;
+        .run()?;
     // Marked only once made: a device someone else made meanwhile is not ours to remove.
     let marker = dir.join(CREATED);
     std::fs::write(&marker, name).map_err(crate::error::io(&marker))?;
-    Cmd::new(ip).args(["link", "set", name, "up"]).stdout()?;
+    Cmd::new(ip).args(["link", "set", name, "up"]).run()?;
     Ok(true)
 }
 
@@ -163,7 +163,7 @@ pub fn release(dir: &Path, tools: &crate::tools::Tools) {
     if let Ok(name) = std::fs::read_to_string(&marker) {
         // Without `ip` the mark stays, for a launch that has it.
         if let Ok(ip) = tools.ip() {
-            let _ = Cmd::new(ip).args(["link", "delete", name.trim()]).stdout();
+            let _ = Cmd::new(ip).args(["link", "delete", name.trim()]).run();
             let _ = std::fs::remove_file(marker);
         }
     }

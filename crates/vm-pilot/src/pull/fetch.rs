@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use super::limited::{self, FileMode};
-use super::{http, Policy, PullError};
+use super::{http, redact, Policy, PullError};
 
 /// Environment variable that allows plain `http://` downloads.
 pub const INSECURE_ENV: &str = "FLAKE_ALLOW_INSECURE_TRANSPORT";
@@ -25,7 +25,7 @@ impl Source {
     pub fn parse(address: &str, what: &'static str, insecure_ok: bool) -> Result<Self, PullError> {
         let refuse = |reason: &str| PullError::Source {
             what,
-            address: address.into(),
+            address: redact::address(address),
             reason: reason.into(),
         };
         if let Some(path) = address.strip_prefix("file://") {
@@ -50,10 +50,10 @@ impl Source {
         Ok(Source::File(PathBuf::from(address)))
     }
 
-    /// The address as given.
+    /// The address as shown to people: without userinfo or query ([`redact::address`]).
     pub fn describe(&self) -> String {
         match self {
-            Source::Url(url) => url.clone(),
+            Source::Url(url) => redact::address(url),
             Source::File(path) => path.display().to_string(),
         }
     }

@@ -33,6 +33,9 @@ pub enum Violation {
     Sparse,
     /// A header whose size field cannot be read.
     Malformed,
+    /// The compressed archive unpacks to more than this many times its size
+    /// ([`super::expansion`]).
+    Expansion(u64),
 }
 
 impl Violation {
@@ -46,6 +49,9 @@ impl Violation {
             Violation::TooManyMembers(max) => format!("it has more than {max} members"),
             Violation::Sparse => "it has a sparse member".into(),
             Violation::Malformed => "it has a malformed tar header".into(),
+            Violation::Expansion(ratio) => {
+                format!("it unpacks to more than {ratio} times its compressed size")
+            }
         }
     }
 }

@@ -6,7 +6,8 @@
 //! bring 1 KiB/s on average over each stall window, a Content-Length over the size limit is
 //! refused before anything is written, and redirects are followed here rather than by
 //! ureq, so that each one is checked before it is followed: at most 10, and never from
-//! https to plain http.
+//! https to plain http. Addresses in messages go through [`super::redact`]: a password or
+//! a signed query in an address or a redirect is never printed.
 
 use std::io::{IsTerminal, Read};
 use std::path::Path;
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::fetch::too_large;
 use super::limited::{self, FileMode};
-use super::{Policy, PullError};
+use super::{redact, Policy, PullError};
 
 /// The most redirects followed; a loop ends here.
 const MAX_REDIRECTS: usize = 10;
@@ -24,7 +25,10 @@ pub fn download(url: &str, dest: &Path, policy: &Policy) -> Result<(), PullError
     let response = get(&agent(policy), url, policy)?;
     let total = content_length(&response);
     if let Some(total) = total.filter(|t| *t > policy.max_size) {
-        return Err(too_large(format!("{url} ({total} bytes)"), policy.max_size));
+        return Err(too_large(
+            format!("{} ({total} bytes)", redact::address(url)),
+            policy.max_size,
+        ));
     }
     let mut body = Paced::new(response.into_body().into_reader(), policy.stall_timeout);
     let bar = progress(total, dest);
@@ -41,7 +45,7 @@ pub fn download(url: &str, dest: &Path, policy: &Policy) -> Result<(), PullError
     written.map(|_| ()).map_err(|e| {
         e.into_pull(
             dest,
-            || too_large(url.to_string(), policy.max_size),
+            || too_large(redact::address(url), policy.max_size),
             |e| read_error(url, policy, &e),
         )
     })
@@ -63,8 +67,8 @@ fn read_error(url: &str, policy: &Policy, e: &std::io::Error) -> PullError {
         stalled(url, policy, TOO_SLOW)
     } else {
         PullError::Download {
-            address: url.into(),
-            reason: e.to_string(),
+            address: redact::address(url),
+            reason: redact::text(&e.to_string()),
         }
     }
 }
@@ -93,8 +97,8 @@ fn get(
     policy: &Policy,
 ) -> Result<ureq::http::Response<ureq::Body>, PullError> {
     let fail = |reason: String| PullError::Download {
-        address: url.into(),
-        reason,
+        address: redact::address(url),
+        reason: redact::text(&reason),
     };
     let mut current = url.to_string();
     for _ in 0..=MAX_REDIRECTS {
@@ -165,7 +169,7 @@ fn scheme_of(address: &str) -> Option<&str> {
 
 fn stalled(url: &str, policy: &Policy, what: &'static str) -> PullError {
     PullError::Stalled {
-        address: url.into(),
+        address: redact::address(url),
         what,
         seconds: policy.stall_timeout.as_secs(),
     }

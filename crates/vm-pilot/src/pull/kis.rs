@@ -8,9 +8,12 @@
 //! second candidate rootfs is reported by name (the original panicked on the former).
 //!
 //! Nothing in an archive is trusted to be small: the members together stop at the size
-//! limit while they are written, a checksum record at 4 KiB, the archive at 64 members, its
-//! tar records at 64 KiB ([`super::framing`]) and the xz decoder at 1 GiB of memory; the
-//! modes of the archive are not kept ([`super::limited`]).
+//! limit while they are written, a compressed archive at its expansion ratio
+//! ([`super::expansion`]), the rootfs at the size its checksum record declares when the
+//! record comes before it, a checksum record at 4 KiB, the archive at 64 members, its tar
+//! records at 64 KiB ([`super::framing`]) and the xz decoder at 1 GiB of memory; the modes
+//! of the archive are not kept ([`super::limited`]). The record only ever lowers a bound:
+//! it comes from the same hostile archive.
 
 use std::cell::Cell;
 use std::fs::File;
@@ -18,6 +21,7 @@ use std::io::{BufReader, Read};
 use std::path::Path;
 use std::rc::Rc;
 
+use super::expansion::{Counted, Expansion, Ratio};
 use super::fetch::{fetch, Source};
 use super::framing::{Framing, Violation};
 use super::limited::{self, CopyError, FileMode};
@@ -31,6 +35,9 @@ const RECORD_MAX: u64 = 4096;
 const FRAMING_ALLOWANCE: u64 = 64 << 20;
 /// Memory the xz decoder may use (`xz -9` archives need 65 MiB).
 const XZ_MEMLIMIT: u64 = 1 << 30;
+/// Bytes a rootfs may have past the `blocks * blocksize` its record covers (KIWI pads the
+/// image file; the padding is not checked, so it is kept small).
+const PADDING_MAX: u64 = 1 << 20;
 
 /// Downloads and unpacks `source` into `dir` as `rootfs`, `kernel`, `checksum` (and
 /// `initrd`) within `policy`, and verifies the checksum.
@@ -41,6 +48,11 @@ pub fn pull(source: &Source, dir: &Path, name: &str, policy: &Policy) -> Result<
         dir,
         origin: source.describe(),
         limit: policy.max_size,
+        ratio: (policy.max_ratio > 0).then_some(Ratio {
+            ratio: policy.max_ratio,
+            floor: Policy::EXPANSION_FLOOR,
+        }),
+        declared: Cell::new(None),
     }
     .run(&archive)?;
     std::fs::remove_file(&archive).map_err(io("remove", &archive))?;
@@ -80,6 +92,15 @@ fn verify(dir: &Path, name: &str) -> Result<(), PullError> {
     Ok(())
 }
 
+/// The bytes the checksum record at `path` covers, when it says (`<sha> <blocks> <size>`).
+fn declared_length(path: &Path) -> Option<u64> {
+    let mut text = String::new();
+    File::open(path)
+        .and_then(|f| f.take(RECORD_MAX).read_to_string(&mut text))
+        .ok()?;
+    checksum::parse(&text)?.length
+}
+
 /// What a member becomes, by its extension.
 fn role(file: &str) -> Result<Option<&'static str>, String> {
     match Path::new(file).extension().and_then(|e| e.to_str()) {
@@ -94,12 +115,17 @@ fn role(file: &str) -> Result<Option<&'static str>, String> {
     }
 }
 
-fn decompressed(archive: &Path) -> Result<Box<dyn Read>, String> {
+/// The archive's content, decompressed when its first bytes name a compression; `count`
+/// then counts the compressed bytes read. Returns whether it is compressed.
+fn decompressed(archive: &Path, count: Rc<Cell<u64>>) -> Result<(Box<dyn Read>, bool), String> {
     let mut head = [0u8; 6];
     let mut file = File::open(archive).map_err(|e| e.to_string())?;
     let n = file.read(&mut head).map_err(|e| e.to_string())?;
-    let file = BufReader::new(File::open(archive).map_err(|e| e.to_string())?);
-    Ok(match &head[..n] {
+    let file = BufReader::new(Counted::new(
+        File::open(archive).map_err(|e| e.to_string())?,
+        count,
+    ));
+    let reader: Box<dyn Read> = match &head[..n] {
         [0xfd, b'7', b'z', b'X', b'Z', 0x00] => {
             let stream = liblzma::stream::Stream::new_stream_decoder(
                 XZ_MEMLIMIT,
@@ -112,25 +138,41 @@ fn decompressed(archive: &Path) -> Result<Box<dyn Read>, String> {
         [0x28, 0xb5, 0x2f, 0xfd, ..] => {
             Box::new(ruzstd::decoding::StreamingDecoder::new(file).map_err(|e| e.to_string())?)
         }
-        _ => Box::new(file),
-    })
+        _ => return Ok((Box::new(file), false)),
+    };
+    Ok((reader, true))
 }
 
 /// The decompressed archive behind its guard.
 type Guarded = Framing<Box<dyn Read>>;
 
-/// One archive being unpacked into `dir`, its members together within `limit` bytes.
+/// One archive being unpacked into `dir`, its members together within `limit` bytes and,
+/// when it is compressed, within `ratio`.
 struct Unpack<'a> {
     dir: &'a Path,
     origin: String,
     limit: u64,
+    ratio: Option<Ratio>,
+    /// The rootfs size the checksum record declares, once the record is unpacked.
+    declared: Cell<Option<u64>>,
 }
 
 impl Unpack<'_> {
     fn run(&self, archive: &Path) -> Result<(), PullError> {
         let violation = Rc::new(Cell::new(None));
+        let compressed = Rc::new(Cell::new(0));
+        let (mut content, is_compressed) =
+            decompressed(archive, Rc::clone(&compressed)).map_err(|e| self.not_kis(e))?;
+        if let Some(ratio) = self.ratio.filter(|_| is_compressed) {
+            content = Box::new(Expansion::new(
+                content,
+                compressed,
+                ratio,
+                Rc::clone(&violation),
+            ));
+        }
         let guarded = Framing::new(
-            decompressed(archive).map_err(|e| self.not_kis(e))?,
+            content,
             self.limit.saturating_add(FRAMING_ALLOWANCE),
             MAX_MEMBERS,
             Rc::clone(&violation),
@@ -157,6 +199,14 @@ impl Unpack<'_> {
             (Violation::TooLarge, None) => {
                 self.too_large(format!("the unpacked archive {}", self.origin))
             }
+            (Violation::Expansion(ratio), Some(file)) => PullError::Expansion {
+                what: format!("member '{file}' of {}", self.origin),
+                ratio,
+            },
+            (Violation::Expansion(ratio), None) => PullError::Expansion {
+                what: format!("the archive {}", self.origin),
+                ratio,
+            },
             (other, _) => self.not_kis(other.message()),
         }
     }
@@ -199,18 +249,30 @@ impl Unpack<'_> {
             None => limited::copy(entry, &mut std::io::sink(), budget, None),
             Some(role) => self.write(entry, role, budget),
         };
-        let too_large = || match role {
-            Some("checksum") => self.not_kis(format!(
+        let declared = self.declared.get().filter(|_| role == Some("rootfs"));
+        let too_large = || {
+            match (role, declared) {
+            (Some("checksum"), _) => self.not_kis(format!(
                 "member '{file}' is larger than {RECORD_MAX} bytes, too large for a checksum record"
             )),
+            (_, Some(length)) if length.saturating_add(PADDING_MAX) < budget => {
+                self.not_kis(format!(
+                    "member '{file}' is larger than the {length} bytes its checksum record declares (with {PADDING_MAX} bytes of padding)"
+                ))
+            }
             _ => self.too_large(format!("member '{file}' of {}", self.origin)),
+        }
         };
         let read = |e: std::io::Error| match violation.get() {
             Some(v) => self.refused(v, Some(&file)),
             None => self.unreadable(&format!("member '{file}'"), &e),
         };
         let dest = self.dir.join(role.unwrap_or_default());
-        written.map_err(|e| e.into_pull(&dest, too_large, read))
+        let written = written.map_err(|e| e.into_pull(&dest, too_large, read))?;
+        if role == Some("checksum") {
+            self.declared.set(declared_length(&dest));
+        }
+        Ok(written)
     }
 
     /// Writes a member as `role` (0644, or 0755 when the archive marks it executable).
@@ -221,10 +283,10 @@ impl Unpack<'_> {
         budget: u64,
     ) -> Result<u64, CopyError> {
         let dest = self.dir.join(role);
-        let budget = if role == "checksum" {
-            budget.min(RECORD_MAX)
-        } else {
-            budget
+        let budget = match (role, self.declared.get()) {
+            ("checksum", _) => budget.min(RECORD_MAX),
+            ("rootfs", Some(length)) => budget.min(length.saturating_add(PADDING_MAX)),
+            _ => budget,
         };
         let mode = FileMode::from_source(entry.header().mode().unwrap_or(0));
         limited::write_new(entry, &dest, mode, budget, None)

@@ -13,7 +13,11 @@
 //! file is created under another name and renamed into place once locked, so a `lock` that
 //! can be taken always belongs to a dead pull. A staging directory without a lock (a pull
 //! killed before it locked, or one from an older release) is removed once it is a minute
-//! old. SIGINT, SIGTERM and SIGHUP remove the active staging directory before the process
+//! old. Releases before the lock moved an old image aside as `<images>/.old-<name>-<pid>`
+//! and deleted it after the new one was in place; one such directory left by a killed pull
+//! (a minute old, the caller's) is removed when `<name>` is installed, and put back as
+//! `<name>` when it is not, since it then holds the only copy of the image. SIGINT, SIGTERM
+//! and SIGHUP remove the active staging directory before the process
 //! exits with 128 + the signal, as a native program killed by it would report.
 
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -27,6 +31,8 @@ use super::{io, PullError};
 
 /// Prefix of staging directories in the image registry.
 const PREFIX: &str = ".pull-";
+/// Prefix of an image moved aside by the commit of older releases.
+const OLD_PREFIX: &str = ".old-";
 /// Age after which a staging directory without a lock is taken for abandoned.
 const UNLOCKED_GRACE: Duration = Duration::from_secs(60);
 
@@ -157,9 +163,52 @@ pub fn collect_stale(images_dir: &Path) {
     };
     let me = rustix::process::geteuid().as_raw();
     for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(PREFIX) {
+        let file_name = entry.file_name();
+        let file_name = file_name.to_string_lossy();
+        if file_name.starts_with(PREFIX) {
             collect_one(&entry.path(), me);
+        } else if let Some(rest) = file_name.strip_prefix(OLD_PREFIX) {
+            collect_old(images_dir, rest, me);
         }
+    }
+}
+
+/// `<images>/.old-<rest>`, `rest` being `<name>-<pid>`: removed when `<name>` is installed,
+/// renamed back to `<name>` when it is not; left alone while it may still be in use (under
+/// a minute old), when it is someone else's or when `rest` is not of that form.
+fn collect_old(images_dir: &Path, rest: &str, me: u32) {
+    let Some((name, pid)) = rest.rsplit_once('-') else {
+        return;
+    };
+    if name.is_empty() || pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return;
+    }
+    let Ok(target) = crate::image_dir(images_dir, name) else {
+        return;
+    };
+    let old = images_dir.join(format!("{OLD_PREFIX}{rest}"));
+    let Ok(meta) = old.symlink_metadata() else {
+        return;
+    };
+    let abandoned = meta
+        .modified()
+        .ok()
+        .and_then(|m| m.elapsed().ok())
+        .is_some_and(|age| age > UNLOCKED_GRACE);
+    if !meta.is_dir() || meta.uid() != me || !abandoned {
+        return;
+    }
+    if target.symlink_metadata().is_ok() {
+        let _ = std::fs::remove_dir_all(&old);
+    } else {
+        // Never over an image that a pull installed in the meantime.
+        let _ = rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &old,
+            rustix::fs::CWD,
+            &target,
+            rustix::fs::RenameFlags::NOREPLACE,
+        );
     }
 }
 
@@ -318,5 +367,40 @@ mod tests {
             0o755
         );
         assert_eq!(staged(images), ["img"]);
+    }
+
+    fn age(path: &Path, seconds: u64) {
+        std::fs::File::open(path)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - Duration::from_secs(seconds))
+            .unwrap();
+    }
+
+    #[test]
+    fn images_moved_aside_by_older_releases_are_removed_or_put_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = dir.path();
+        // Installed again after the move: the copy aside is debris.
+        std::fs::create_dir(images.join("web-app")).unwrap();
+        let debris = images.join(".old-web-app-41");
+        std::fs::create_dir(&debris).unwrap();
+        std::fs::write(debris.join("rootfs"), "old").unwrap();
+        age(&debris, 120);
+        // Killed between the two renames: the copy aside is the only one.
+        let only = images.join(".old-db-42");
+        std::fs::create_dir(&only).unwrap();
+        std::fs::write(only.join("rootfs"), "db").unwrap();
+        age(&only, 120);
+        // Fresh (maybe a running pull of an older release), or not of the form: kept.
+        std::fs::create_dir(images.join("cache")).unwrap();
+        std::fs::create_dir(images.join(".old-cache-43")).unwrap();
+        std::fs::create_dir(images.join(".old-cache-x")).unwrap();
+        age(&images.join(".old-cache-x"), 120);
+        collect_stale(images);
+        assert_eq!(
+            staged(images),
+            [".old-cache-43", ".old-cache-x", "cache", "db", "web-app"]
+        );
+        assert_eq!(std::fs::read(images.join("db/rootfs")).unwrap(), b"db");
     }
 }

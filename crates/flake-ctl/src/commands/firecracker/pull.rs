@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 //! `flake-ctl firecracker pull --name NAME (--kis-image URL | --rootfs URL --kernel URL
-//! [--initrd URL]) [--force] [--max-size SIZE]`: exit 0 when the image is installed and
+//! [--initrd URL]) [--force] [--max-size SIZE] [--max-ratio RATIO]`: exit 0 when the image is installed and
 //! verified, 1 with one line otherwise (the original exited 200 on success and 0 on a
 //! checksum failure), 128 + N when signal N interrupted it (its staging is removed).
 
@@ -31,6 +31,7 @@ pub fn run(args: &VmPullArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
     };
     let policy = Policy {
         max_size: args.max_size,
+        max_ratio: args.max_ratio,
         stall_timeout: stall_timeout(ctx.pull_stall_timeout.as_deref())?,
         allow_http: ctx.insecure_transport,
     };

@@ -2,7 +2,8 @@
 //! `flake-ctl firecracker remove --app PATH | --vm NAME [--force]`.
 //!
 //! `--vm` removes every flake whose `vm.name` is the image, then the image directory; the
-//! original only logged failures here, this reports them. A removed flake's VMs (the
+//! original only logged failures here, this reports them. What dead pulls left in the
+//! image registry is removed on the way ([`vm_pilot::pull::collect_stale`]). A removed flake's VMs (the
 //! caller's) are stopped first, as `podman remove` removes a flake's containers; their
 //! instance directories, resume overlays, saved states and the TAP devices the launcher
 //! made go with them. A podman flake is refused: that is `flake-ctl podman remove`'s.
@@ -45,7 +46,9 @@ pub fn run(args: &VmRemoveArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
             remove_instances(ctx, name.as_str());
             println!("removed flake {name} ({app})");
         }
-        let image = vm_pilot::image_dir(&vm_pilot::images_dir(&ctx.settings, mode), vm)?;
+        let images = vm_pilot::images_dir(&ctx.settings, mode);
+        vm_pilot::pull::collect_stale(&images);
+        let image = vm_pilot::image_dir(&images, vm)?;
         anyhow::ensure!(image.is_dir(), "no VM image {vm} in {}", image.display());
         std::fs::remove_dir_all(&image)
             .with_context(|| format!("cannot remove {}", image.display()))?;

@@ -131,7 +131,7 @@ fn info(container: &str, mode: Mode, ctx: &Context) -> Result<ExitCode> {
     let base = base.split([':', '@']).next().unwrap_or(base);
     // Read beneath the mount point without following links: the image chooses what is there.
     let text = read_in_image(Path::new(mount.trim()), &format!("{base}.yaml"), MAX_INFO);
-    podman.image_umount(container).stdout()?;
+    podman.image_umount(container).run()?;
     match text {
         Ok(text) => {
             print!("{text}");

@@ -106,7 +106,7 @@ fn purge_image(ctx: &Context, mode: Mode, registry: &Registry, image: &str) -> R
         println!("removed flake {name} ({app})");
     }
     if podman.image_exists(image).succeeds()? {
-        podman.image_remove(image).stdout()?;
+        podman.image_remove(image).run()?;
         println!("removed image {image}");
     }
     Ok(())
