@@ -158,7 +158,7 @@ pub enum ProvisionError {
         /// The missing path.
         path: PathBuf,
     },
-    /// A host file that an image lists is refused by the host policy (see [`policy`]);
+    /// A host file that an image lists is refused by the host policy (see the `policy` module);
     /// `%ignore_sync_error` does not override this.
     #[error("host file {} listed by the images of flake '{flake}' ({images}) is refused: {reason}; \
         images only get host files that any local user may read", path.display())]

@@ -61,7 +61,7 @@ pub enum StageError {
         /// What it is.
         kind: &'static str,
     },
-    /// The host policy for files an image asks for refuses the entry (see [`super::policy`]).
+    /// The host policy for files an image asks for refuses the entry (see the `policy` module).
     #[error("{} is refused: {reason}", path.display())]
     Refused {
         /// The source.

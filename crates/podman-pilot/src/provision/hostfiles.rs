@@ -6,7 +6,7 @@
 //! refused, with the image and the entry named, instead of being joined onto a directory
 //! where it could name any file on the host. Which host files an image may have at all
 //! (what any local user could read, no pseudo file systems, bounded sizes) is decided when
-//! they are copied, see [`super::policy`].
+//! they are copied, see the `policy` module.
 //!
 //! The listed files are read once, when the flake is assembled, and recorded. Each launch
 //! then only takes their identities (device, inode, mode, owner, size, modification and

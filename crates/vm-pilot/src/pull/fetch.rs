@@ -50,7 +50,7 @@ impl Source {
         Ok(Source::File(PathBuf::from(address)))
     }
 
-    /// The address as shown to people: without userinfo or query ([`redact::address`]).
+    /// The address as shown to people: without userinfo or query (see the `redact` module).
     pub fn describe(&self) -> String {
         match self {
             Source::Url(url) => redact::address(url),
