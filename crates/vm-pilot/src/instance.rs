@@ -6,7 +6,7 @@
 //! <firecracker_ids_dir>/<uid>/.vm/<flake>[@NAME]/        a resume VM (one per @NAME)
 //! <firecracker_ids_dir>/<uid>/.vm/<flake>[@NAME]#<pid>/  a one-shot VM of launcher <pid>
 //!   lock          flock: held while the VM is started or removed
-//!   vmm.pid       the VMM's pid
+//!   vmm.pid       the VMM's pid and start time ("PID START")
 //!   port-N.lock   flock: held by the call using guest channel port N (marked until it
 //!                 hangs up cleanly)
 //!   channel-N.sock, vsock.sock, vm.json, console.log, vmm.log, overlay.ext4 (one-shot)
@@ -14,8 +14,9 @@
 //!
 //! One-shot instances carry their launcher's pid, so concurrent calls of one flake never
 //! share a VM. `#` cannot appear in a flake or instance name, so the two kinds never
-//! collide. A VM counts as running only if its recorded pid is alive *and* that process's
-//! command line names the instance directory, so a reused pid is never taken for the VM.
+//! collide. A VM counts as running only if its recorded process is alive (the pid names a
+//! process that started at the recorded time) *and* that process's command line names the
+//! instance directory, so a reused pid is never taken for the VM.
 //! A dead VM's files are removed by the next call (or `flake-ctl firecracker show`
 //! reports them as stale); the overlay of a resume VM lives elsewhere and survives.
 
@@ -26,7 +27,9 @@ use std::time::Duration;
 
 use rustix::fs::{flock, FlockOperation};
 
-use crate::error::{io, Result};
+use flakes::instance::Dir;
+
+use crate::error::{io, Result, VmError};
 
 /// File in a VM instance's directory holding the VMM's process id.
 pub const PID_FILE: &str = "vmm.pid";
@@ -39,26 +42,81 @@ pub fn one_shot_label(key_label: &str, pid: u32) -> String {
 /// Program names a VMM runs as (the file name of its `argv[0]`, or its start).
 const VMM_PROGRAMS: [&str; 2] = ["qemu-system-", "firecracker"];
 
-/// Whether the VMM of the instance in `dir` still runs; its pid if so.
+/// Whether the VMM of the instance in `dir` (the caller's own) still runs; its pid if so.
 ///
-/// The recorded pid answers at once. When it does not name the VMM (no file, or one that
-/// was truncated or garbled), the running VMMs are searched for one whose command line
-/// names the directory: a VM taken for stopped while it runs would get a second VM started
-/// beside it, on the same overlay, and would itself be left running.
+/// The recorded pid answers at once, if that process started when recorded. When it does
+/// not name the VMM (no file, or one that was truncated or garbled), the running VMMs are
+/// searched for one whose command line names the directory: a VM taken for stopped while
+/// it runs would get a second VM started beside it, on the same overlay, and would itself
+/// be left running.
 pub fn running(dir: &Path) -> Option<u32> {
+    running_at(dir, dir)
+}
+
+/// [`running`] for the instance directory `dir` held open (another user's, for a
+/// listing): its files are read through the descriptor.
+pub fn running_in(dir: &Dir) -> Option<u32> {
+    running_at(&dir.fd_path(), dir.path())
+}
+
+/// Whether the VMM of the instance whose files are in `files` and whose VMM names it as
+/// `named` still runs.
+fn running_at(files: &Path, named: &Path) -> Option<u32> {
     // With the slash: `.vm/app/` must not match the VMM of `.vm/app@work/`.
-    let needle = format!("{}/", dir.display());
-    recorded_pid(dir)
-        .filter(|pid| names_dir(*pid, &needle, false))
+    let needle = format!("{}/", named.display());
+    recorded(files)
+        .filter(|vmm| vmm.is_alive() && names_dir(vmm.pid, &needle, false))
+        .map(|vmm| vmm.pid)
         .or_else(|| search_vmm(&needle))
 }
 
-fn recorded_pid(dir: &Path) -> Option<u32> {
-    std::fs::read_to_string(dir.join(PID_FILE))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+/// A VMM process as recorded in `vmm.pid`: its pid and its start time, so that another
+/// process that got the pid later is never taken for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmmId {
+    /// Process id.
+    pub pid: u32,
+    /// Start time (field 22 of `/proc/PID/stat`, clock ticks after boot).
+    pub start: u64,
+}
+
+impl VmmId {
+    /// The running process `pid`.
+    pub fn of(pid: u32) -> Option<Self> {
+        Some(VmmId {
+            pid,
+            start: start_time(pid)?,
+        })
+    }
+
+    /// Whether the recorded process still runs (its pid names a process that started at
+    /// the recorded time).
+    pub fn is_alive(&self) -> bool {
+        start_time(self.pid) == Some(self.start)
+    }
+
+    /// `PID START`; a record of an older launcher (a pid alone) is no record.
+    fn parse(text: &str) -> Option<Self> {
+        let mut fields = text.split_whitespace();
+        let id = VmmId {
+            pid: fields.next()?.parse().ok()?,
+            start: fields.next()?.parse().ok()?,
+        };
+        fields.next().is_none().then_some(id)
+    }
+}
+
+/// The VMM recorded in the instance directory `dir`.
+pub fn recorded(dir: &Path) -> Option<VmmId> {
+    VmmId::parse(&crate::state_file::read_text(&dir.join(PID_FILE))?)
+}
+
+/// Field 22 of `/proc/PID/stat`: when process `pid` started.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold anything, spaces and parentheses too.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Whether process `pid`'s command line contains `needle` (and, with `vmm`, its program
@@ -88,7 +146,7 @@ fn search_vmm(needle: &str) -> Option<u32> {
 /// Records `pid` as the VMM of `dir` unless it already is (after [`running`] found it by
 /// searching); a failure only costs later calls the search.
 pub fn keep_pid(dir: &Path, pid: u32) {
-    if recorded_pid(dir) != Some(pid) {
+    if recorded(dir).is_none_or(|vmm| vmm.pid != pid || !vmm.is_alive()) {
         let _ = write_pid(dir, pid);
     }
 }
@@ -127,31 +185,30 @@ fn of_flake(label: &str, flake: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with(['@', '#']))
 }
 
-/// Stops and removes every instance of flake `flake` below `vms_dir`: each running VMM is
-/// killed (its root is read-only and its overlay goes with it, so nothing is lost that
-/// would be kept), the TAP device the launcher made is deleted, and the directory goes.
-/// Each instance is handled under its lock, so no launcher starts a VM in it meanwhile.
-/// Returns the labels removed.
-pub fn remove_flake(vms_dir: &Path, flake: &str, tools: &crate::tools::Tools) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(vms_dir) else {
-        return Vec::new();
-    };
+/// Stops and removes every instance of flake `flake` in `vms` (the caller's `.vm`
+/// directory, held): each running VMM is killed (its root is read-only and its overlay
+/// goes with it, so nothing is lost that would be kept), the TAP device the launcher made
+/// is deleted, and the directory goes. Each instance is handled under its lock, so no
+/// launcher starts a VM in it meanwhile. Everything is reached through the held
+/// directory, never by path: an entry that is not a real directory is left alone. Returns
+/// the labels removed.
+pub fn remove_flake(vms: &Dir, flake: &str, tools: &crate::tools::Tools) -> Vec<String> {
     let mut removed = Vec::new();
-    for entry in entries.filter_map(std::result::Result::ok) {
-        let Some(label) = entry.file_name().to_str().map(str::to_string) else {
-            continue;
-        };
-        if !of_flake(&label, flake) || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+    for label in vms.entries().unwrap_or_default() {
+        if !of_flake(&label, flake) {
             continue;
         }
-        let dir = entry.path();
-        let lock = open_lock(&dir.join("lock"));
+        let Ok(Some(dir)) = vms.open_child(&label) else {
+            continue;
+        };
+        let flags = rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CREATE;
+        let lock = dir.open_file("lock", flags, 0o600);
         if let Ok(lock) = &lock {
             let _ = flock(lock, FlockOperation::LockExclusive);
         }
         kill_vmm(&dir);
-        crate::tap::release(&dir, tools);
-        if std::fs::remove_dir_all(&dir).is_ok() {
+        crate::tap::release_at(&dir.fd_path(), &label, tools);
+        if vms.remove_tree(&label).is_ok() {
             removed.push(label);
         }
     }
@@ -160,8 +217,8 @@ pub fn remove_flake(vms_dir: &Path, flake: &str, tools: &crate::tools::Tools) ->
 
 /// Kills the VMM of the instance in `dir`, if it runs, and waits (up to 10 s) until it is
 /// gone.
-fn kill_vmm(dir: &Path) {
-    let Some(pid) = running(dir) else {
+fn kill_vmm(dir: &Dir) {
+    let Some(pid) = running_in(dir) else {
         return;
     };
     if let Some(pid) = i32::try_from(pid)
@@ -171,7 +228,7 @@ fn kill_vmm(dir: &Path) {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while running(dir).is_some() && std::time::Instant::now() < deadline {
+    while running_in(dir).is_some() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -193,13 +250,17 @@ pub fn remove_overlays(storage_dir: &Path, flake: &str) -> usize {
         .count()
 }
 
-/// Records the VMM's pid (written beside and renamed, so the file is never seen half
-/// written).
+/// Records the VMM's pid and start time (written beside and renamed, so the file is never
+/// seen half written).
 pub fn write_pid(dir: &Path, pid: u32) -> Result<()> {
     let path = dir.join(PID_FILE);
+    let vmm = VmmId::of(pid).ok_or_else(|| VmError::Io {
+        path: path.clone(),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, format!("no process {pid}")),
+    })?;
     let staged = dir.join(format!("{PID_FILE}.{}", std::process::id()));
-    let written =
-        std::fs::write(&staged, pid.to_string()).and_then(|()| std::fs::rename(&staged, &path));
+    let written = std::fs::write(&staged, format!("{} {}\n", vmm.pid, vmm.start))
+        .and_then(|()| std::fs::rename(&staged, &path));
     if written.is_err() {
         let _ = std::fs::remove_file(&staged);
     }
@@ -369,6 +430,67 @@ mod tests {
         vmm.wait().unwrap();
     }
 
+    /// A process that names the directory but got the VMM's pid after the VMM started
+    /// (the record's start time differs) is not the VM.
+    #[test]
+    fn a_pid_with_another_start_time_is_not_the_vm() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut other = std::process::Command::new("sh")
+            .args(["-c", "sleep 30; true"])
+            .arg(dir.path().join("vm.json"))
+            .spawn()
+            .unwrap();
+        let pid = other.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        write_pid(dir.path(), pid).unwrap();
+        while running(dir.path()).is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(running(dir.path()), Some(pid), "the recorded process");
+        let start = VmmId::of(pid).unwrap().start;
+        for record in [
+            format!("{pid} {}", start + 1),
+            format!("{pid} {}", start - 1),
+        ] {
+            std::fs::write(dir.path().join(PID_FILE), &record).unwrap();
+            assert_eq!(running(dir.path()), None, "{record}");
+        }
+        other.kill().unwrap();
+        other.wait().unwrap();
+    }
+
+    /// `flake-ctl firecracker show` reads other users' instance directories: a pid file
+    /// that never ends or never opens must neither hang nor exhaust it.
+    #[test]
+    fn a_hostile_pid_file_reads_as_none_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let held = Dir::open_base(tmp.path(), rustix::process::getuid().as_raw()).unwrap();
+        let dir = held
+            .private_child("app", 0o700, rustix::process::getuid().as_raw())
+            .unwrap();
+        let pid_file = dir.path().join(PID_FILE);
+        let started = std::time::Instant::now();
+        std::os::unix::fs::symlink("/dev/zero", &pid_file).unwrap();
+        assert_eq!(running_in(&dir), None, "/dev/zero");
+        std::fs::remove_file(&pid_file).unwrap();
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &pid_file,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .unwrap();
+        assert_eq!(running_in(&dir), None, "a FIFO");
+        let marker = dir.path().join("tap.created");
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &marker,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .unwrap();
+        assert_eq!(crate::tap::used_by_in(&dir, "app"), "tap-app");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+
     #[test]
     fn removing_a_flake_takes_all_its_instances_and_no_other() {
         let dir = tempfile::tempdir().unwrap();
@@ -378,7 +500,8 @@ mod tests {
             std::fs::create_dir_all(dir.path().join(label)).unwrap();
             std::fs::write(dir.path().join(format!("{label}.ext4")), "").unwrap();
         }
-        let mut removed = remove_flake(dir.path(), "app", &crate::tools::Tools::default());
+        let vms = Dir::open_base(dir.path(), rustix::process::getuid().as_raw()).unwrap();
+        let mut removed = remove_flake(&vms, "app", &crate::tools::Tools::default());
         removed.sort_unstable();
         let mut want = mine.map(str::to_string).to_vec();
         want.sort_unstable();
@@ -419,7 +542,11 @@ mod tests {
             assert_eq!(running(dir.path()), Some(vmm.id()), "pid file {damaged:?}");
         }
         keep_pid(dir.path(), vmm.id());
-        assert_eq!(recorded_pid(dir.path()), Some(vmm.id()), "repaired");
+        assert_eq!(
+            recorded(dir.path()).map(|v| v.pid),
+            Some(vmm.id()),
+            "repaired"
+        );
         vmm.kill().unwrap();
         vmm.wait().unwrap();
         assert_eq!(running(dir.path()), None, "a dead VMM is not running");

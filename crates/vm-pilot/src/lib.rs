@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use flakes::{Mode, Settings};
 
-pub use instance::{running as instance_running, PID_FILE};
+pub use instance::{running as instance_running, running_in as instance_running_in, PID_FILE};
 
 /// Where the VM instances of a user live: `<ids_dir>/<uid>/.vm/` (hidden, so podman
 /// instance listings never mistake it for a container instance).
@@ -35,6 +35,7 @@ pub mod overlay;
 pub mod pull;
 pub mod qemu;
 pub mod saved;
+pub mod state_file;
 pub mod tap;
 pub mod tools;
 pub mod vmm;
