@@ -329,6 +329,8 @@ fn remove_stops_a_vm_in_an_alternative_user_directory() {
         return;
     };
     let base = SharedBase::new();
+    // The VMs name the base, not the world: a failed test must not leave them running.
+    let _vms_in_base = util::vm::KillVms(base.path().to_path_buf());
     base.configure(&w);
     as_attacker(&format!("mkdir -m 0700 {}/0", base.path().display()));
     let flake = util::unique("vmalt");
