@@ -60,14 +60,26 @@ pub fn running_in(dir: &Dir) -> Option<u32> {
 }
 
 /// Whether the VMM of the instance whose files are in `files` and whose VMM names it as
-/// `named` still runs.
+/// `named` still runs. It runs as the directory's owner (who started it), so another
+/// user's process is never taken for it, whatever its command line says.
 fn running_at(files: &Path, named: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(files).ok()?.uid();
     // With the slash: `.vm/app/` must not match the VMM of `.vm/app@work/`.
     let needle = format!("{}/", named.display());
     recorded(files)
         .filter(|vmm| vmm.is_alive() && names_dir(vmm.pid, &needle, false))
         .map(|vmm| vmm.pid)
-        .or_else(|| search_vmm(&needle))
+        .filter(|pid| runs_as(*pid) == Some(owner))
+        .or_else(|| search_vmm(&needle, owner))
+}
+
+/// The real uid of process `pid` (from `/proc/PID/status`, which shows it also for
+/// processes that made themselves non-dumpable, unlike the owner of `/proc/PID`).
+fn runs_as(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let uids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    uids.split_whitespace().next()?.parse().ok()
 }
 
 /// A VMM process as recorded in `vmm.pid`: its pid and its start time, so that another
@@ -134,13 +146,13 @@ fn names_dir(pid: u32, needle: &str, vmm: bool) -> bool {
         && String::from_utf8_lossy(&cmdline).contains(needle)
 }
 
-/// The pid of a VMM whose command line contains `needle`.
-fn search_vmm(needle: &str) -> Option<u32> {
+/// The pid of a VMM of user `owner` whose command line contains `needle`.
+fn search_vmm(needle: &str, owner: u32) -> Option<u32> {
     std::fs::read_dir("/proc")
         .ok()?
         .filter_map(std::result::Result::ok)
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .find(|pid| names_dir(*pid, needle, true))
+        .find(|pid| names_dir(*pid, needle, true) && runs_as(*pid) == Some(owner))
 }
 
 /// Records `pid` as the VMM of `dir` unless it already is (after [`running`] found it by
@@ -457,6 +469,54 @@ mod tests {
         }
         other.kill().unwrap();
         other.wait().unwrap();
+    }
+
+    /// A VMM-looking process of another user that names the directory (and even has its
+    /// pid recorded) is not the VM: the VM runs as the directory's owner.
+    #[test]
+    fn another_users_process_is_not_the_vm() {
+        let is_root = rustix::process::geteuid().is_root();
+        let runuser = std::process::Command::new("id")
+            .args(["-u", "flaketest"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !is_root || !runuser {
+            eprintln!("SKIP: needs root and the user flaketest");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let script = format!(
+            "exec -a qemu-system-x86_64 sh -c 'sleep 30; true' vmm {}",
+            dir.path().join("vm.json").display()
+        );
+        let mut runner = std::process::Command::new("runuser")
+            .args(["-u", "flaketest", "--", "bash", "-c", &script])
+            .spawn()
+            .unwrap();
+        let needle = format!("{}/", dir.path().display());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let decoy = loop {
+            let found = std::fs::read_dir("/proc")
+                .unwrap()
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .find(|pid| names_dir(*pid, &needle, true));
+            if let Some(pid) = found {
+                break pid;
+            }
+            assert!(std::time::Instant::now() < deadline, "the decoy never ran");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert_eq!(running(dir.path()), None, "found by searching");
+        let id = VmmId::of(decoy).unwrap();
+        std::fs::write(
+            dir.path().join(PID_FILE),
+            format!("{} {}", id.pid, id.start),
+        )
+        .unwrap();
+        assert_eq!(running(dir.path()), None, "recorded");
+        let pid = rustix::process::Pid::from_raw(i32::try_from(decoy).unwrap()).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+        runner.wait().unwrap();
     }
 
     /// `flake-ctl firecracker show` reads other users' instance directories: a pid file
