@@ -217,6 +217,11 @@ impl StateDir {
         &self.dir
     }
 
+    /// The held directory this one is in (`<uid>/`, or `.vm/` for a VM instance).
+    pub fn parent(&self) -> &Dir {
+        &self.parent
+    }
+
     /// The directory shared with the instance (holds the agent socket), by path: the
     /// source of the instance's bind mount.
     pub fn run_dir(&self) -> PathBuf {

@@ -163,28 +163,31 @@ pub fn keep_pid(dir: &Path, pid: u32) {
     }
 }
 
-/// Removes the one-shot instances below `vms_dir` whose launcher and VMM are both gone
-/// (a launcher killed with `kill -9` cannot remove its own), and TAP device lock files no
-/// call holds.
-pub fn collect_orphans(vms_dir: &Path, tools: &crate::tools::Tools) {
-    let Ok(entries) = std::fs::read_dir(vms_dir) else {
-        return;
-    };
-    for entry in entries.filter_map(std::result::Result::ok) {
-        let name = entry.file_name();
-        if crate::tap::is_lock_file(&name) {
-            crate::tap::collect_lock(&entry.path());
+/// Removes the one-shot instances in `vms` (the caller's `.vm` directory, held) whose
+/// launcher and VMM are both gone (a launcher killed with `kill -9` cannot remove its
+/// own), and TAP device lock files no call holds.
+pub fn collect_orphans(vms: &Dir, tools: &crate::tools::Tools) {
+    let held = vms.fd_path();
+    for name in vms.entries().unwrap_or_default() {
+        if crate::tap::is_lock_file(std::ffi::OsStr::new(&name)) {
+            crate::tap::collect_lock(&held.join(&name));
             continue;
         }
-        let Some((_, pid)) = name.to_str().and_then(|n| n.rsplit_once('#')) else {
+        let Some((_, pid)) = name.rsplit_once('#') else {
             continue;
         };
         let launcher_gone = pid
             .parse::<u32>()
             .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
-        if launcher_gone && running(&entry.path()).is_none() {
-            crate::tap::release_orphan(&entry.path(), vms_dir, tools);
-            let _ = std::fs::remove_dir_all(entry.path());
+        if !launcher_gone {
+            continue;
+        }
+        let Ok(Some(dir)) = vms.open_child(&name) else {
+            continue;
+        };
+        if running_in(&dir).is_none() {
+            crate::tap::release_orphan(&dir.fd_path(), &name, &held, tools);
+            let _ = vms.remove_tree(&name);
         }
     }
 }
@@ -625,7 +628,8 @@ mod tests {
         }
         let left_lock = dir.path().join(".tap-app.lock");
         std::fs::write(&left_lock, "created\n").unwrap();
-        collect_orphans(dir.path(), &crate::tools::Tools::default());
+        let vms = Dir::open_base(dir.path(), rustix::process::getuid().as_raw()).unwrap();
+        collect_orphans(&vms, &crate::tools::Tools::default());
         assert!(!left_lock.exists(), "a TAP lock file no call holds");
         assert!(!orphan.exists());
         assert!(live.exists(), "its launcher still runs");

@@ -262,9 +262,7 @@ impl Launch<'_> {
     fn one_shot(&self) -> Result<ExitStatus> {
         let label = instance::one_shot_label(&self.key.label(), std::process::id());
         let state = StateDir::prepare_vm(&self.ids_dir, self.uid, &label)?;
-        if let Some(vms) = state.path().parent() {
-            instance::collect_orphans(vms, &self.tools);
-        }
+        instance::collect_orphans(state.parent(), &self.tools);
         let claim = match self.claim_tap(&state, &label) {
             Ok(claim) => claim,
             Err(err) => {

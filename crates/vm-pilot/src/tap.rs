@@ -209,18 +209,17 @@ pub fn release_at(dir: &Path, label: &str, tools: &crate::tools::Tools) {
     }
 }
 
-/// [`release`] for the instance in `dir` whose launcher is gone: its device is left to a
-/// live call that holds it by now (that call found it and uses it; the call ends before
-/// it goes).
-pub fn release_orphan(dir: &Path, vms_dir: &Path, tools: &crate::tools::Tools) {
+/// [`release_at`] for the instance `label` in `dir` whose launcher is gone: its device is
+/// left to a live call that holds it by now (that call found it and uses it; the call
+/// ends before it goes).
+pub fn release_orphan(dir: &Path, label: &str, vms_dir: &Path, tools: &crate::tools::Tools) {
     let marker = dir.join(CREATED);
-    let label = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let Some(name) = created(dir, label) else {
         let _ = std::fs::remove_file(marker);
         return;
     };
     match try_hold(&lock_path(vms_dir, &name)) {
-        Ok(Some(_held)) => release(dir, tools),
+        Ok(Some(_held)) => release_at(dir, label, tools),
         _ => {
             let _ = std::fs::remove_file(marker);
         }
@@ -487,7 +486,8 @@ mod tests {
         let (bin, log) = fake_ip(0);
         let tools = crate::tools::Tools::new(bin.path().as_os_str().to_owned());
         let vms = tempfile::tempdir().unwrap();
-        let orphan = vms.path().join(format!("{key}#999999999"));
+        let label = format!("{key}#999999999");
+        let orphan = vms.path().join(&label);
         std::fs::create_dir(&orphan).unwrap();
         std::fs::write(orphan.join(CREATED), &device.0).unwrap();
         let held = claim(ClaimFor {
@@ -495,12 +495,12 @@ mod tests {
             ..req(vms.path(), false, 0)
         })
         .unwrap();
-        release_orphan(&orphan, vms.path(), &tools);
+        release_orphan(&orphan, &label, vms.path(), &tools);
         assert!(!log.exists(), "in use: not deleted");
         assert!(!orphan.join(CREATED).exists());
         drop(held);
         std::fs::write(orphan.join(CREATED), &device.0).unwrap();
-        release_orphan(&orphan, vms.path(), &tools);
+        release_orphan(&orphan, &label, vms.path(), &tools);
         assert_eq!(
             std::fs::read_to_string(log).unwrap(),
             format!("link delete {}\n", device.0)
