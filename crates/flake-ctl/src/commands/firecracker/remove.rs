@@ -12,7 +12,7 @@
 //! every user, so nothing found there by path is trusted (a `.vm` that is a symlink to
 //! `/usr/lib` must not make root delete `/usr/lib/<flake>`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
@@ -71,7 +71,13 @@ pub fn run(args: &VmRemoveArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
 /// no VM instances.
 fn instances(ctx: &Context) -> Result<Option<Dir>> {
     let uid = ctx.settings.caller.uid;
-    let user = flakes::instance::user_dir(&ctx.settings.firecracker_ids_dir(), uid)?;
+    let ids = ctx.settings.firecracker_ids_dir();
+    // Nothing is made for a removal where no launcher ever made state.
+    let beside = PathBuf::from(format!("{}-{uid}", ids.display()));
+    if !ids.exists() && !beside.exists() {
+        return Ok(None);
+    }
+    let user = flakes::instance::user_dir(&ids, uid)?;
     let Some(vms) = user.open_child(".vm")? else {
         return Ok(None);
     };
