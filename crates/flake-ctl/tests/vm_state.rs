@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
-//! `flake-ctl firecracker remove` and `show` as root, against VM instance directories in a
-//! shared base (`firecracker_ids_dir` in `/tmp`) that another local user (`flaketest`)
-//! prepared: nothing they plant may make root delete, read or hang on anything but the
-//! instances' own state.
+//! `flake-ctl firecracker remove` and `show` (and `podman show`) as root, against instance
+//! directories in a shared base (`firecracker_ids_dir`/`podman_ids_dir` in `/tmp`) that
+//! another local user (`flaketest`) prepared: nothing they plant may make root delete,
+//! read or hang on anything but the instances' own state.
 //!
 //! Needs root and the user `flaketest` (skipped otherwise, saying so); the VM test also
 //! needs the VM fixtures and the static `sci` (see `util::vm`).
@@ -86,15 +86,22 @@ impl SharedBase {
 
     /// Makes `w`'s VM instances live in this base.
     fn configure(&self, w: &World) {
-        let text = format!(
-            "generic:\n  flakes_dir: {}\n  podman_ids_dir: {}\n  firecracker_ids_dir: {}\n",
-            w.flakes.display(),
-            w.path("ids").display(),
-            self.0.display()
-        );
-        std::fs::write(&w.config, text).unwrap();
+        configure(w, &w.path("ids"), &self.0);
     }
 }
+
+/// Makes `w`'s container instances live in `podman` and its VM instances in `vms`.
+fn configure(w: &World, podman: &Path, vms: &Path) {
+    let text = format!(
+        "generic:\n  flakes_dir: {}\n  podman_ids_dir: {}\n  firecracker_ids_dir: {}\n",
+        w.flakes.display(),
+        podman.display(),
+        vms.display()
+    );
+    std::fs::write(&w.config, text).unwrap();
+}
+
+impl SharedBase {}
 
 impl Drop for SharedBase {
     fn drop(&mut self) {
@@ -354,4 +361,75 @@ fn remove_stops_a_vm_in_an_alternative_user_directory() {
     }
     assert!(!vmm_runs_in(&instance), "remove stops the VM");
     assert!(!instance.exists(), "and removes its directory");
+}
+
+/// Another user's agent socket whose queue they filled (a listener that never accepts)
+/// does not hold root's `podman show`: the instance is listed at once.
+#[test]
+fn podman_show_is_not_held_by_a_listener_with_a_full_queue() {
+    let Some(uid) = attacker_uid() else {
+        return;
+    };
+    let base = SharedBase::new();
+    let w = World::new();
+    configure(&w, base.path(), &w.path("ids"));
+    let run = base.path().join(format!("{uid}/held/run"));
+    // The listener stays until the test's base is gone.
+    let script = format!(
+        "import os, socket, time\n\
+         os.makedirs('{run}', 0o700)\n\
+         path = '{run}/agent.sock'\n\
+         listener = socket.socket(socket.AF_UNIX)\n\
+         listener.bind(path)\n\
+         listener.listen(0)\n\
+         queued = []\n\
+         while True:\n\
+         \x20   client = socket.socket(socket.AF_UNIX)\n\
+         \x20   client.setblocking(False)\n\
+         \x20   queued.append(client)\n\
+         \x20   try:\n\
+         \x20       client.connect(path)\n\
+         \x20   except BlockingIOError:\n\
+         \x20       break\n\
+         open('{run}/full', 'w').close()\n\
+         while os.path.exists('{run}'):\n\
+         \x20   time.sleep(0.2)\n",
+        run = run.display()
+    );
+    let mut holder = Command::new("runuser")
+        .args(["-u", ATTACKER, "--", "python3", "-c", &script])
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !run.join("full").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the listener never filled its queue"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let started = Instant::now();
+    let output = w
+        .command("timeout")
+        .arg("30")
+        .arg(util::bin_dir().join("flake-ctl"))
+        .args(["podman", "show", "--format", "csv"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    drop(base);
+    let _ = holder.wait();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{:?} after {took:?}: {stdout}",
+        output.status
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with(&format!("held,{ATTACKER},"))),
+        "{stdout}"
+    );
 }
