@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MIT
 //! The VM engine of flake-pilot: where VM images live ([`pull`], [`find_image`]), the
 //! Firecracker and QEMU microvm backends behind one [`vmm::Vmm`] trait, instance state
-//! ([`instance`], its small files read with [`state_file`]), overlay disks ([`overlay`]), TAP devices ([`tap`]), saved one-shot VM
-//! states ([`saved`]) and the lifecycle of one call ([`launch`]).
+//! ([`instance`], its small files read with [`state_file`]), overlay disks ([`overlay`]),
+//! TAP devices ([`tap`]), saved one-shot VM states ([`saved`]) and the lifecycle of one
+//! call ([`launch`]).
 
 #![deny(missing_docs)]
 
