@@ -325,8 +325,21 @@ fn vmm_runs_in(dir: &Path) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// With root's per-user directory taken by another user, root's VMs live in an
-/// alternative one (`<uid>.<hex>`): `show` lists them and `remove` stops them.
+/// Where root's per-user directory went in `base` after another user took its name:
+/// `<base>/0.<hex>`, or, when they took the base itself, `<base>-0/0`.
+fn roots_alternative(base: &Path) -> PathBuf {
+    let beside = PathBuf::from(format!("{}-0/0", base.display()));
+    std::fs::read_dir(base)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("0."))
+        .unwrap_or(beside)
+}
+
+/// With root's per-user directory (or the whole base) taken by another user, root's VMs
+/// live in a directory of its own (`<uid>.<hex>`, or in `<base>-<uid>`): `show` lists
+/// them and `remove` stops them.
 #[test]
 fn remove_stops_a_vm_in_an_alternative_user_directory() {
     if attacker_uid().is_none() {
@@ -335,32 +348,32 @@ fn remove_stops_a_vm_in_an_alternative_user_directory() {
     let Some((_vms, w, fixtures, sci)) = vm_world() else {
         return;
     };
-    let base = SharedBase::new();
-    // The VMs name the base, not the world: a failed test must not leave them running.
-    let _vms_in_base = util::vm::KillVms(base.path().to_path_buf());
-    base.configure(&w);
-    as_attacker(&format!("mkdir -m 0700 {}/0", base.path().display()));
-    let flake = util::unique("vmalt");
-    let app = vm_flake_with(&w, &fixtures, &sci, &flake, &["--resume"], "");
-    w.app(&app, &["-c", "true"], None).success();
-    let alternative = std::fs::read_dir(base.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("0."))
-        .expect("an alternative directory");
-    let instance = alternative.join(".vm").join(&flake);
-    assert!(vmm_runs_in(&instance), "the resume VM runs");
-    assert!(util::vm::running_vm(&w, &flake).is_some(), "and is listed");
-    let app_s = app.display().to_string();
-    w.ctl(&["firecracker", "--user", "remove", "--app", &app_s])
-        .success();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while vmm_runs_in(&instance) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
+    let squatted = SharedBase::new();
+    as_attacker(&format!("mkdir -m 0700 {}/0", squatted.path().display()));
+    for (i, base) in [squatted, SharedBase::theirs()].into_iter().enumerate() {
+        // The VMs name the base, not the world: a failed test must not leave them running.
+        let _vms_in_base = util::vm::KillVms(base.path().to_path_buf());
+        base.configure(&w);
+        let flake = util::unique(&format!("vmalt{i}"));
+        let app = vm_flake_with(&w, &fixtures, &sci, &flake, &["--resume"], "");
+        w.app(&app, &["-c", "true"], None).success();
+        let instance = roots_alternative(base.path()).join(".vm").join(&flake);
+        assert!(
+            vmm_runs_in(&instance),
+            "the resume VM runs in {}",
+            instance.display()
+        );
+        assert!(util::vm::running_vm(&w, &flake).is_some(), "and is listed");
+        let app_s = app.display().to_string();
+        w.ctl(&["firecracker", "--user", "remove", "--app", &app_s])
+            .success();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while vmm_runs_in(&instance) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(!vmm_runs_in(&instance), "remove stops the VM");
+        assert!(!instance.exists(), "and removes its directory");
     }
-    assert!(!vmm_runs_in(&instance), "remove stops the VM");
-    assert!(!instance.exists(), "and removes its directory");
 }
 
 /// Another user's agent socket whose queue they filled (a listener that never accepts)
