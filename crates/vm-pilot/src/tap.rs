@@ -61,10 +61,16 @@ pub fn name(label: &str) -> String {
     }
 }
 
-/// The device the instance in `dir` (of instance `label`, `NAME[@ID]`) uses: the one the
-/// launcher created for it, else [`name`]`(label)`.
+/// The device the instance in `dir` (of instance `label`, `NAME[@ID]`, or a one-shot
+/// call's `NAME[@ID]#PID`) uses: the one the launcher created for it, else
+/// [`name`]`(NAME[@ID])`.
 pub fn used_by(dir: &Path, label: &str) -> String {
-    created(dir, label).unwrap_or_else(|| name(label))
+    created(dir, label).unwrap_or_else(|| name(key_of(label)))
+}
+
+/// `NAME[@ID]` of instance `label` (a one-shot call's without its `#PID`).
+fn key_of(label: &str) -> &str {
+    label.split_once('#').map_or(label, |(key, _)| key)
 }
 
 /// [`used_by`] for the instance directory `dir` held open (another user's, for a
@@ -82,8 +88,7 @@ pub fn used_by_in(dir: &Dir, label: &str) -> String {
 /// another device of the host such as `eth0`.
 fn created(dir: &Path, label: &str) -> Option<String> {
     let marked = crate::state_file::read_text(&dir.join(CREATED))?;
-    let key = label.split_once('#').map_or(label, |(key, _)| key);
-    (marked == name(label) || marked == name(key)).then_some(marked)
+    (marked == name(label) || marked == name(key_of(label))).then_some(marked)
 }
 
 /// Whether `name` is a TUN/TAP device (the kernel shows `tun_flags` for those alone).

@@ -90,7 +90,7 @@ fn row(ctx: &Context, uid: u32, label: &str, dir: &Dir) -> VmRow {
     let image = vm.map(|vm| vm.image.clone());
     let tap = vm
         .filter(|vm| vm.runtime.network)
-        .map(|_| vm_pilot::tap::used_by_in(dir, key));
+        .map(|_| vm_pilot::tap::used_by_in(dir, label));
     VmRow {
         name: label.to_string(),
         user: flakes::host::user_name(uid),
