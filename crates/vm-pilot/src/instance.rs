@@ -274,8 +274,9 @@ pub fn write_pid(dir: &Path, pid: u32) -> Result<()> {
         source: std::io::Error::new(std::io::ErrorKind::NotFound, format!("no process {pid}")),
     })?;
     let staged = dir.join(format!("{PID_FILE}.{}", std::process::id()));
-    let written = std::fs::write(&staged, format!("{} {}\n", vmm.pid, vmm.start))
-        .and_then(|()| std::fs::rename(&staged, &path));
+    let written =
+        crate::state_file::write(&staged, format!("{} {}\n", vmm.pid, vmm.start).as_bytes())
+            .and_then(|()| std::fs::rename(&staged, &path));
     if written.is_err() {
         let _ = std::fs::remove_file(&staged);
     }

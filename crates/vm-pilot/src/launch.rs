@@ -680,7 +680,7 @@ impl Launch<'_> {
         };
         let status = self.call_over(stream, plan, answer, claim.as_ref());
         if status.is_ok() && answer == BOOT_TIMEOUT {
-            let _ = std::fs::write(&up, "");
+            let _ = crate::state_file::write(&up, b"");
         }
         drop(claim);
         let repeatable = self.guest.console();

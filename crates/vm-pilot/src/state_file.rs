@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
-//! Reading the small files of an instance directory (a VMM's pid, a TAP device's mark, a
-//! lock's note) without trusting what is there.
+//! Reading (and writing) the small files of an instance directory (a VMM's pid, a TAP
+//! device's mark, a lock's note) without trusting what is there.
 //!
 //! `flake-ctl firecracker show` and `remove` read these files in directories that may be
 //! another user's, and root runs them. Whoever owns the directory can put anything under
@@ -46,6 +46,22 @@ fn read_from(dir: impl AsFd, path: &Path) -> Option<Vec<u8>> {
     (bytes.len() <= LIMIT).then_some(bytes)
 }
 
+/// Writes `bytes` into the small file at `path` (created with mode 0600, or truncated),
+/// never through a symlink: the counterpart of [`read`] for the launcher's own files.
+pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let nofollow = i32::try_from(OFlags::NOFOLLOW.bits()).unwrap_or(0);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(nofollow)
+        .open(path)?
+        .write_all(bytes)
+}
+
 /// [`read`] as trimmed UTF-8 text.
 pub fn read_text(path: &Path) -> Option<String> {
     let bytes = read(path)?;
@@ -77,6 +93,10 @@ mod tests {
         let started = std::time::Instant::now();
         assert_eq!(read(&at("fifo")), None, "a FIFO neither blocks nor counts");
         assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        write(&at("new"), b"1 2\n").unwrap();
+        assert_eq!(read_text(&at("new")).as_deref(), Some("1 2"));
+        assert!(write(&at("link"), b"x").is_err(), "never through a symlink");
+        assert_eq!(std::fs::read(at("pid")).unwrap(), b"42 7\n");
         let held = std::fs::File::open(dir.path()).unwrap();
         assert_eq!(read_at(&held, "pid").as_deref(), Some(&b"42 7\n"[..]));
         assert_eq!(read_at(&held, "fifo"), None);

@@ -150,7 +150,7 @@ pub fn ensure(name: &str, dir: &Path, ip: &Path, uid: u32) -> Result<bool> {
         .stdout()?;
     // Marked only once made: a device someone else made meanwhile is not ours to remove.
     let marker = dir.join(CREATED);
-    std::fs::write(&marker, name).map_err(crate::error::io(&marker))?;
+    crate::state_file::write(&marker, name.as_bytes()).map_err(crate::error::io(&marker))?;
     Cmd::new(ip).args(["link", "set", name, "up"]).stdout()?;
     Ok(true)
 }
