@@ -165,13 +165,29 @@ pub fn socket_in(dir: &Path) -> PathBuf {
 /// Whether something listens on the agent socket of the instance whose state directory is
 /// `dir` (for listings: it connects, sends nothing, and checks nobody's identity). The
 /// socket is reached through its directory, so any instance name works.
+///
+/// The connection does not wait: root lists every user's instances, and a listener whose
+/// queue is full (which its owner can arrange) would hold a blocking `connect` forever. A
+/// full queue still means that something listens.
 pub fn agent_listens(dir: &Path) -> bool {
+    use rustix::net::{connect, socket_with, AddressFamily, SocketAddrUnix, SocketFlags};
     let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let Ok(run) = rustix::fs::open(dir.join("run"), flags, rustix::fs::Mode::empty()) else {
         return false;
     };
     let socket = format!("/proc/self/fd/{}/{SOCKET_NAME}", run.as_raw_fd());
-    std::os::unix::net::UnixStream::connect(socket).is_ok()
+    let (Ok(addr), Ok(fd)) = (
+        SocketAddrUnix::new(socket),
+        socket_with(
+            AddressFamily::UNIX,
+            rustix::net::SocketType::STREAM,
+            SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+            None,
+        ),
+    ) else {
+        return false;
+    };
+    matches!(connect(&fd, &addr), Ok(()) | Err(rustix::io::Errno::AGAIN))
 }
 
 /// A held instance lock; released when dropped (or when the process dies).
@@ -217,6 +233,11 @@ impl StateDir {
     /// The held directory.
     pub fn dir(&self) -> &Dir {
         &self.dir
+    }
+
+    /// The held directory this one is in (`<uid>/`, or `.vm/` for a VM instance).
+    pub fn parent(&self) -> &Dir {
+        &self.parent
     }
 
     /// The directory shared with the instance (holds the agent socket), by path: the
@@ -519,6 +540,34 @@ mod tests {
         assert!(agent_listens(state.path()));
         drop(listener);
         assert!(socket_in(state.path()).exists(), "bound in the real run/");
+    }
+
+    /// A listener whose queue is full (its owner's doing) is listed without a wait.
+    #[test]
+    fn a_listener_with_a_full_queue_does_not_hold_the_listing() {
+        use rustix::net::{bind, connect, listen, socket_with, AddressFamily, SocketAddrUnix};
+        use rustix::net::{SocketFlags, SocketType};
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::prepare(&tmp.path().join("ids"), uid(), &key("app", None)).unwrap();
+        let stream = |flags| socket_with(AddressFamily::UNIX, SocketType::STREAM, flags, None);
+        let listener = stream(SocketFlags::CLOEXEC).unwrap();
+        let addr = SocketAddrUnix::new(state.socket()).unwrap();
+        bind(&listener, &addr).unwrap();
+        listen(&listener, 0).unwrap();
+        let mut queued = Vec::new();
+        loop {
+            let client = stream(SocketFlags::NONBLOCK).unwrap();
+            let full = connect(&client, &addr).is_err();
+            queued.push(client);
+            if full {
+                break;
+            }
+        }
+        let dir = state.path().to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(agent_listens(&dir)));
+        let listed = rx.recv_timeout(std::time::Duration::from_secs(5));
+        assert_eq!(listed, Ok(true), "a blocking connect waits forever");
     }
 
     #[test]

@@ -262,9 +262,7 @@ impl Launch<'_> {
     fn one_shot(&self) -> Result<ExitStatus> {
         let label = instance::one_shot_label(&self.key.label(), std::process::id());
         let state = StateDir::prepare_vm(&self.ids_dir, self.uid, &label)?;
-        if let Some(vms) = state.path().parent() {
-            instance::collect_orphans(vms, &self.tools);
-        }
+        instance::collect_orphans(state.parent(), &self.tools);
         let claim = match self.claim_tap(&state, &label) {
             Ok(claim) => claim,
             Err(err) => {
@@ -682,7 +680,7 @@ impl Launch<'_> {
         };
         let status = self.call_over(stream, plan, answer, claim.as_ref());
         if status.is_ok() && answer == BOOT_TIMEOUT {
-            let _ = std::fs::write(&up, "");
+            let _ = crate::state_file::write(&up, b"");
         }
         drop(claim);
         let repeatable = self.guest.console();

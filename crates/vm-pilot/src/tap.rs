@@ -28,6 +28,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use flakes::instance::Dir;
 use flakes::process::Cmd;
 use rustix::fs::{flock, FlockOperation};
 
@@ -60,12 +61,42 @@ pub fn name(label: &str) -> String {
     }
 }
 
-/// The device the instance in `dir` (of instance `label`, `NAME[@ID]`) uses: the one the
-/// launcher created for it, else [`name`]`(label)`.
+/// The device the instance in `dir` (of instance `label`, `NAME[@ID]`, or a one-shot
+/// call's `NAME[@ID]#PID`) uses: the one the launcher created for it, else
+/// [`name`]`(NAME[@ID])`.
 pub fn used_by(dir: &Path, label: &str) -> String {
-    std::fs::read_to_string(dir.join(CREATED))
-        .map(|created| created.trim().to_string())
-        .unwrap_or_else(|_| name(label))
+    created(dir, label).unwrap_or_else(|| name(key_of(label)))
+}
+
+/// `NAME[@ID]` of instance `label` (a one-shot call's without its `#PID`).
+fn key_of(label: &str) -> &str {
+    label.split_once('#').map_or(label, |(key, _)| key)
+}
+
+/// [`used_by`] for the instance directory `dir` held open (another user's, for a
+/// listing).
+pub fn used_by_in(dir: &Dir, label: &str) -> String {
+    used_by(&dir.fd_path(), label)
+}
+
+/// The device the launcher marked as created in the instance directory `dir` (of
+/// instance `label`), if the mark names one this instance may have created.
+///
+/// The mark is a file in a directory its owner may write, and root removes the device it
+/// names: only a name the launcher gives this very instance counts (`tap-LABEL`, or its
+/// short form, for the instance or, for a one-shot `NAME[@ID]#PID`, its own call), never
+/// another device of the host such as `eth0`.
+fn created(dir: &Path, label: &str) -> Option<String> {
+    let marked = crate::state_file::read_text(&dir.join(CREATED))?;
+    (marked == name(label) || marked == name(key_of(label))).then_some(marked)
+}
+
+/// Whether `name` is a TUN/TAP device (the kernel shows `tun_flags` for those alone).
+fn is_tap(name: &str) -> bool {
+    Path::new("/sys/class/net")
+        .join(name)
+        .join("tun_flags")
+        .exists()
 }
 
 /// The note `flake-ctl firecracker register` prints for flake `flake` when its device
@@ -119,7 +150,7 @@ pub fn ensure(name: &str, dir: &Path, ip: &Path, uid: u32) -> Result<bool> {
         .run()?;
     // Marked only once made: a device someone else made meanwhile is not ours to remove.
     let marker = dir.join(CREATED);
-    std::fs::write(&marker, name).map_err(crate::error::io(&marker))?;
+    crate::state_file::write(&marker, name.as_bytes()).map_err(crate::error::io(&marker))?;
     Cmd::new(ip).args(["link", "set", name, "up"]).run()?;
     Ok(true)
 }
@@ -159,26 +190,41 @@ fn check_owner(name: &str, uid: u32) -> Result<()> {
 /// Removes the device of the instance in `dir` if the launcher created it (`ip` is only
 /// looked for then).
 pub fn release(dir: &Path, tools: &crate::tools::Tools) {
+    let label = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    release_at(dir, label, tools);
+}
+
+/// [`release`] for the instance `label` whose files are in `dir` (a path through a held
+/// descriptor, `/proc/self/fd/N`). Only a device the launcher marked as created, of a
+/// name this instance's launcher gives (see `created`), that is a TAP device, is
+/// deleted; a mark naming anything else is dropped.
+pub fn release_at(dir: &Path, label: &str, tools: &crate::tools::Tools) {
     let marker = dir.join(CREATED);
-    if let Ok(name) = std::fs::read_to_string(&marker) {
-        // Without `ip` the mark stays, for a launch that has it.
-        if let Ok(ip) = tools.ip() {
-            let _ = Cmd::new(ip).args(["link", "delete", name.trim()]).run();
-            let _ = std::fs::remove_file(marker);
-        }
+    if marker.symlink_metadata().is_err() {
+        return;
+    }
+    let Some(name) = created(dir, label).filter(|name| is_tap(name)) else {
+        let _ = std::fs::remove_file(marker);
+        return;
+    };
+    // Without `ip` the mark stays, for a launch that has it.
+    if let Ok(ip) = tools.ip() {
+        let _ = Cmd::new(ip).args(["link", "delete", &name]).run();
+        let _ = std::fs::remove_file(marker);
     }
 }
 
-/// [`release`] for the instance in `dir` whose launcher is gone: its device is left to a
-/// live call that holds it by now (that call found it and uses it; the call ends before
-/// it goes).
-pub fn release_orphan(dir: &Path, vms_dir: &Path, tools: &crate::tools::Tools) {
+/// [`release_at`] for the instance `label` in `dir` whose launcher is gone: its device is
+/// left to a live call that holds it by now (that call found it and uses it; the call
+/// ends before it goes).
+pub fn release_orphan(dir: &Path, label: &str, vms_dir: &Path, tools: &crate::tools::Tools) {
     let marker = dir.join(CREATED);
-    let Ok(name) = std::fs::read_to_string(&marker) else {
+    let Some(name) = created(dir, label) else {
+        let _ = std::fs::remove_file(marker);
         return;
     };
-    match try_hold(&lock_path(vms_dir, name.trim())) {
-        Ok(Some(_held)) => release(dir, tools),
+    match try_hold(&lock_path(vms_dir, &name)) {
+        Ok(Some(_held)) => release_at(dir, label, tools),
         _ => {
             let _ = std::fs::remove_file(marker);
         }
@@ -297,7 +343,7 @@ fn lock_path(vms_dir: &Path, name: &str) -> PathBuf {
 
 /// Whether the holder of the lock at `path` uses a device it created.
 fn holder_created(path: &Path) -> bool {
-    std::fs::read(path).is_ok_and(|text| text == HELD_CREATED)
+    crate::state_file::read(path).is_some_and(|text| text == HELD_CREATED)
 }
 
 /// Takes the lock file at `path` without waiting; `None` when another call holds it.
@@ -392,24 +438,118 @@ mod tests {
         }
     }
 
+    /// A network device made for a test (`ip link add NAME type KIND`, or `ip tuntap add`
+    /// for `tap`), deleted when dropped; `None` (with a SKIP line) where the test may not
+    /// make devices.
+    struct TestDevice(String);
+
+    impl TestDevice {
+        /// A TAP device (`tap`), or another kind of device (`other`: a dummy, or a bridge
+        /// where the kernel has no dummy driver).
+        fn new(name: &str, kind: &str) -> Option<Self> {
+            let ways: Vec<Vec<&str>> = match kind {
+                "tap" => vec![vec!["tuntap", "add", "dev", name, "mode", "tap"]],
+                _ => ["dummy", "bridge"]
+                    .map(|other| vec!["link", "add", name, "type", other])
+                    .to_vec(),
+            };
+            let made = rustix::process::geteuid().is_root()
+                && ways.iter().any(|args| {
+                    std::process::Command::new("ip")
+                        .args(args)
+                        .stderr(std::process::Stdio::null())
+                        .status()
+                        .is_ok_and(|s| s.success())
+                });
+            if !made {
+                eprintln!("SKIP: cannot make network device {name} ({kind}): needs root and ip");
+                return None;
+            }
+            Some(TestDevice(name.to_string()))
+        }
+    }
+
+    impl Drop for TestDevice {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "delete", &self.0])
+                .status();
+        }
+    }
+
+    /// A label of this test process whose device name is `tap-<label>` itself.
+    fn own_label(prefix: &str) -> String {
+        format!("{prefix}{}", std::process::id() % 100_000)
+    }
+
     #[test]
     fn an_orphans_device_is_left_to_the_live_call_that_holds_it() {
+        let key = own_label("o");
+        let Some(device) = TestDevice::new(&name(&key), "tap") else {
+            return;
+        };
         let (bin, log) = fake_ip(0);
         let tools = crate::tools::Tools::new(bin.path().as_os_str().to_owned());
         let vms = tempfile::tempdir().unwrap();
-        let orphan = vms.path().join("app#999999999");
+        let label = format!("{key}#999999999");
+        let orphan = vms.path().join(&label);
         std::fs::create_dir(&orphan).unwrap();
-        std::fs::write(orphan.join(CREATED), "tap-app").unwrap();
-        let held = claim(req(vms.path(), false, 0)).unwrap();
-        release_orphan(&orphan, vms.path(), &tools);
+        std::fs::write(orphan.join(CREATED), &device.0).unwrap();
+        let held = claim(ClaimFor {
+            name: device.0.clone(),
+            ..req(vms.path(), false, 0)
+        })
+        .unwrap();
+        release_orphan(&orphan, &label, vms.path(), &tools);
         assert!(!log.exists(), "in use: not deleted");
         assert!(!orphan.join(CREATED).exists());
         drop(held);
-        std::fs::write(orphan.join(CREATED), "tap-app").unwrap();
-        release_orphan(&orphan, vms.path(), &tools);
+        std::fs::write(orphan.join(CREATED), &device.0).unwrap();
+        release_orphan(&orphan, &label, vms.path(), &tools);
         assert_eq!(
             std::fs::read_to_string(log).unwrap(),
-            "link delete tap-app\n"
+            format!("link delete {}\n", device.0)
+        );
+    }
+
+    /// The mark is the instance owner's file: whatever it names, only a TAP device of a
+    /// name the launcher gives that instance is ever deleted.
+    #[test]
+    fn only_the_instances_own_tap_device_is_released() {
+        let label = own_label("r");
+        let Some(dummy) = TestDevice::new(&name(&label), "other") else {
+            return;
+        };
+        let (bin, log) = fake_ip(0);
+        let tools = crate::tools::Tools::new(bin.path().as_os_str().to_owned());
+        let vms = tempfile::tempdir().unwrap();
+        let dir = vms.path().join(&label);
+        std::fs::create_dir(&dir).unwrap();
+        let other = own_label("x");
+        for marked in [
+            "eth0",
+            "lo",
+            "tap-deadbeef",
+            &name(&other),
+            &dummy.0,
+            "tap-r1/../lo",
+        ] {
+            std::fs::write(dir.join(CREATED), marked).unwrap();
+            assert_eq!(used_by(&dir, &label), name(&label), "{marked}");
+            release(&dir, &tools);
+            assert!(!log.exists(), "{marked} was deleted");
+            assert!(!dir.join(CREATED).exists(), "a bad mark goes: {marked}");
+        }
+        assert!(exists(&dummy.0), "not a TAP device: never deleted");
+        drop(dummy);
+        let Some(tap) = TestDevice::new(&name(&label), "tap") else {
+            return;
+        };
+        std::fs::write(dir.join(CREATED), &tap.0).unwrap();
+        release(&dir, &tools);
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            format!("link delete {}\n", tap.0)
         );
     }
 

@@ -78,9 +78,22 @@ pub(crate) mod tests {
             connect_vmm(dir.path(), "channel-0.sock").is_err(),
             "no pid recorded"
         );
-        crate::instance::write_pid(dir.path(), std::process::id() + 1).unwrap();
+        let record = |text: String| {
+            std::fs::write(dir.path().join(crate::instance::PID_FILE), text).unwrap();
+        };
+        let me = crate::instance::VmmId::of(std::process::id()).unwrap();
+        record(format!("{} {}\n", me.pid + 1, me.start));
         let err = connect_vmm(dir.path(), "channel-0.sock").unwrap_err();
         assert!(err.to_string().contains("not by the VM's VMM"), "{err}");
+        // The listener's pid, but it started at another time (a pid reused since), or a
+        // record without the start time.
+        for reused in [format!("{} {}\n", me.pid, me.start + 1), me.pid.to_string()] {
+            record(reused.clone());
+            assert!(
+                connect_vmm(dir.path(), "channel-0.sock").is_err(),
+                "{reused:?}"
+            );
+        }
         crate::instance::write_pid(dir.path(), std::process::id()).unwrap();
         connect_vmm(dir.path(), "channel-0.sock").unwrap();
     }
@@ -330,17 +343,16 @@ pub fn connect_unix(path: &Path) -> std::io::Result<UnixStream> {
 }
 
 /// Connects to socket `name` of the VM whose instance directory is `dir`, and keeps the
-/// connection only if the VMM whose pid the instance records listens on it
+/// connection only if the VMM the instance records (pid and start time) listens on it
 /// (`SO_PEERCRED`), before anything is sent. The directory is the caller's own, so only
 /// root or the caller could plant another listener there; this makes sure a call never
 /// goes to one.
 pub fn connect_vmm(dir: &Path, name: &str) -> std::io::Result<UnixStream> {
     let stream = connect_unix(&dir.join(name))?;
     let peer = flake_agent::transport::peer_credentials(&stream)?;
-    let recorded = std::fs::read_to_string(dir.join(crate::instance::PID_FILE))
-        .ok()
-        .and_then(|pid| pid.trim().parse::<u32>().ok());
-    if recorded == Some(peer.pid) {
+    // The pid and its start time: a process that got the VMM's pid later is not the VMM.
+    let recorded = crate::instance::recorded(dir);
+    if recorded.is_some_and(|vmm| vmm.pid == peer.pid && vmm.is_alive()) {
         return Ok(stream);
     }
     Err(std::io::Error::new(
