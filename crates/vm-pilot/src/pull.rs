@@ -8,10 +8,10 @@
 //! original deleted it before downloading). Plain `http://` is refused unless
 //! `FLAKE_ALLOW_INSECURE_TRANSPORT` is set, as before.
 
-mod checksum;
+pub(crate) mod checksum;
 mod fetch;
 mod install;
-mod kis;
+pub(crate) mod kis;
 
 use std::path::{Path, PathBuf};
 

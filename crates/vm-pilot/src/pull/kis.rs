@@ -36,7 +36,7 @@ pub fn pull(source: &Source, dir: &Path, name: &str) -> Result<(), PullError> {
     verify(dir, name)
 }
 
-fn verify(dir: &Path, name: &str) -> Result<(), PullError> {
+pub(crate) fn verify(dir: &Path, name: &str) -> Result<(), PullError> {
     let text =
         std::fs::read_to_string(dir.join("checksum")).map_err(io("read", &dir.join("checksum")))?;
     let Some(record) = checksum::parse(&text) else {
@@ -86,7 +86,7 @@ fn decompressed(archive: &Path) -> Result<Box<dyn Read>, String> {
     })
 }
 
-fn unpack(archive: &Path, dir: &Path) -> Result<(), String> {
+pub(crate) fn unpack(archive: &Path, dir: &Path) -> Result<(), String> {
     let mut tar = tar::Archive::new(decompressed(archive)?);
     for entry in tar.entries().map_err(|e| e.to_string())? {
         let mut entry = entry.map_err(|e| format!("unreadable archive: {e}"))?;
