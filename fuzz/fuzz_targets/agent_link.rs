@@ -6,6 +6,7 @@
 #![no_main]
 
 use flake_agent::framed::Link;
+use flake_pilot_fuzz as _;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -9,6 +9,7 @@ use std::os::unix::net::UnixStream;
 
 use flake_agent::command::{app_command, piped_app_command, start_failure};
 use flake_agent::transport::recv_call;
+use flake_pilot_fuzz as _;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -31,5 +32,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     drop(agent);
-    sender.join().expect("the sender ends once the agent hangs up");
+    sender
+        .join()
+        .expect("the sender ends once the agent hangs up");
 });

@@ -8,6 +8,7 @@
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
+use flake_pilot_fuzz as _;
 use flakes::callargs::PilotOptions;
 use flakes::{CallArgs, InstanceName};
 use libfuzzer_sys::fuzz_target;

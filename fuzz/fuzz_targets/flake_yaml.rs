@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use flake_pilot_fuzz as _;
 use flakes::config::load::parse_raw;
 use flakes::config::validate_raw;
 use flakes::FlakeName;
@@ -19,7 +20,12 @@ fuzz_target!(|data: &[u8]| {
     let fragments: Vec<(PathBuf, String)> = parts
         .take(8)
         .enumerate()
-        .map(|(i, text)| (format!("/flakes/app.d/{i:02}.yaml").into(), text.into_owned()))
+        .map(|(i, text)| {
+            (
+                format!("/flakes/app.d/{i:02}.yaml").into(),
+                text.into_owned(),
+            )
+        })
         .collect();
     let path = Path::new("/flakes/app.yaml");
     let raw = match parse_raw(path, &main, &fragments) {
@@ -29,7 +35,10 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     };
-    let written = format!("---\n{}", yaml_serde::to_string(&raw).expect("a parsed flake is written"));
+    let written = format!(
+        "---\n{}",
+        yaml_serde::to_string(&raw).expect("a parsed flake is written")
+    );
     let read_back = parse_raw(path, &written, &[]).expect("a written flake reads back");
     assert_eq!(read_back, raw, "written as:\n{written}");
     let name = FlakeName::new("app").expect("a valid name");

@@ -8,12 +8,19 @@
 #![no_main]
 
 use flake_agent::proto::{Frame, ProtoError};
+use flake_pilot_fuzz as _;
 use libfuzzer_sys::fuzz_target;
 
 fn round_trips(frame: &Frame) {
     let bytes = frame.encode();
-    assert_eq!(Frame::decode(&bytes[4..]).expect("an encoded frame decodes"), *frame);
-    assert_eq!(Frame::parse(&bytes).expect("parses"), Some((frame.clone(), bytes.len())));
+    assert_eq!(
+        Frame::decode(&bytes[4..]).expect("an encoded frame decodes"),
+        *frame
+    );
+    assert_eq!(
+        Frame::parse(&bytes).expect("parses"),
+        Some((frame.clone(), bytes.len()))
+    );
 }
 
 /// Frames as a blocking reader takes them; unknown kinds are skipped as the launcher does.

@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use flake_pilot_fuzz as _;
 use flakes::global::GlobalConfig;
 use libfuzzer_sys::fuzz_target;
 
@@ -15,7 +16,8 @@ fuzz_target!(|data: &[u8]| {
     match GlobalConfig::parse(path, &text) {
         Ok(config) => {
             let written = yaml_serde::to_string(&config).expect("a parsed config is written");
-            let read_back = GlobalConfig::parse(path, &written).expect("a written config reads back");
+            let read_back =
+                GlobalConfig::parse(path, &written).expect("a written config reads back");
             assert_eq!(read_back, config, "written as:\n{written}");
         }
         Err(err) => {

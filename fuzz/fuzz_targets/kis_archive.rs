@@ -7,6 +7,7 @@
 
 use std::path::Path;
 
+use flake_pilot_fuzz as _;
 use libfuzzer_sys::fuzz_target;
 use vm_pilot::fuzzing::{kis_unpack, kis_verify};
 

@@ -6,6 +6,7 @@
 
 use std::path::{Component, Path};
 
+use flake_pilot_fuzz as _;
 use flakes::{FlakeName, InstanceName};
 use libfuzzer_sys::fuzz_target;
 

@@ -4,6 +4,7 @@
 
 #![no_main]
 
+use flake_pilot_fuzz as _;
 use flakes::size::ByteSize;
 use libfuzzer_sys::fuzz_target;
 
