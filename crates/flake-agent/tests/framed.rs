@@ -480,14 +480,14 @@ fn stdin_the_app_does_not_read_backs_up_to_the_launcher() {
     // A launcher that ignores the stdin window must not make the relay hold all it sends:
     // past a bound the relay reads no further and the launcher's writes wait, as on a pipe.
     let call = Call {
-        argv: argv(&["sleep", "2"]),
+        argv: argv(&["sleep", "3"]),
         frames: true,
         output_acks: true,
         ..Call::default()
     };
     let (launcher, reader) = std::os::unix::net::UnixStream::pair().unwrap();
     launcher
-        .set_write_timeout(Some(std::time::Duration::from_millis(1500)))
+        .set_write_timeout(Some(std::time::Duration::from_millis(1000)))
         .unwrap();
     let sink = Shared::default();
     let relay_sink = sink.clone();

@@ -39,7 +39,8 @@ const OUTBOX_LIMIT: usize = CHUNK;
 /// Stdin waiting for the app beyond which the link is read no further, so input the app
 /// does not take backs up to the launcher, as it would in a pipe, instead of filling this
 /// process's memory. A launcher under stdin flow control never comes near it: it keeps at
-/// most a window (`STDIN_WINDOW`, four chunks) and one chunk unacknowledged.
+/// most a window (`STDIN_WINDOW`, four chunks) and one chunk unacknowledged. One that does
+/// not is heard again (its signals, its hang-up) once the app reads or ends.
 const PENDING_LIMIT: usize = 8 * CHUNK;
 
 /// How long a wait for room in a non-blocking output lasts before the write is tried
