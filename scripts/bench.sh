@@ -18,6 +18,8 @@ OUT=target/bench
 mkdir -p "$OUT"
 
 work=$(mktemp -d /tmp/flake-bench-XXXXXX)
+# searchable by every user: host dependencies are only taken from paths anyone may read
+chmod 755 "$work"
 export FLAKES_CONFIG=$work/flakes.yml
 cleanup() {
     "$BIN_DIR/flake-ctl" podman remove --app "$work/bin/bench-true" >/dev/null 2>&1 || true
@@ -99,11 +101,15 @@ for r in results:
 print(f"| flake resume, cold first call (5 runs) | {cold:.1f} ms | {cold/1000/raw:.3f} | - | - |")
 PY
 
-# --- layered: second launch of a base + layer + delta flake against a plain one-shot flake,
-#     then the first launch (assembly) for growing layer sizes
-mkdir -p "$work/tree/delta/opt" "$work/tree/layer/opt"
+# --- layered: second launch of a base + layer + delta flake whose delta lists 200 host files
+#     in /removed, against a plain one-shot flake, then the first launch (assembly) for
+#     growing layer sizes
+HOST_FILES=${HOST_FILES:-200}
+mkdir -p "$work/tree/delta/opt" "$work/tree/layer/opt" "$work/hostdeps"
 echo delta > "$work/tree/delta/opt/delta"
 echo layer > "$work/tree/layer/opt/layer"
+for i in $(seq -w 1 "$HOST_FILES"); do echo "host dependency $i" > "$work/hostdeps/lib$i.so"; done
+ls -d "$work"/hostdeps/lib*.so > "$work/tree/delta/removed"
 tar -C "$work/tree/delta" -c . | podman import -q - localhost/flake-bench-delta:1 >/dev/null
 tar -C "$work/tree/layer" -c . | podman import -q - localhost/flake-bench-layer:1 >/dev/null
 layered_cleanup() {
@@ -117,7 +123,7 @@ trap 'layered_cleanup; cleanup' EXIT
 layered=$work/bin/bench-layered
 "$layered" </dev/null
 hyperfine -N --warmup 3 --runs "$RUNS" --export-json "$OUT/podman-layered.json" \
-    -n "layered flake, second launch" "$layered" \
+    -n "layered flake ($HOST_FILES host files), second launch" "$layered" \
     -n "plain one-shot flake" "$app" </dev/null >/dev/null
 read -r layered_all layered_podman < <(count "$layered")
 

@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
     std::fs::write(&archive, data).expect("archive written");
     let image = scratch.path().join("image");
     std::fs::create_dir(&image).expect("image directory");
-    if kis_unpack(&archive, &image).is_ok() {
+    if kis_unpack(&archive, &image, 64 << 20).is_ok() {
         let _ = kis_verify(&image);
     }
     assert_eq!(names(scratch.path()), ["archive", "image"]);

@@ -25,6 +25,9 @@ use crate::proto::{
 };
 use crate::transport::send_call;
 
+/// `SIGPIPE` as the wire carries signals (Linux numbers them alike on every architecture).
+const SIGPIPE_NUMBER: u8 = 13;
+
 /// Signals forwarded to the app.
 const FORWARDED: [i32; 6] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2];
 
@@ -237,10 +240,18 @@ fn run_call(
             let mut stdout = std::io::stdout().lock();
             let acks = request.output_acks.then_some(&*writer);
             let answer = request.answer_within;
+            let mut reader_gone = false;
             wait_for_exit(stream, request.launcher, &window, acks, answer, |bytes| {
                 // A reader that went away (`app | head`) must not stop the app's stderr
-                // or its exit status from arriving.
-                let _ = stdout.write_all(bytes).and_then(|()| stdout.flush());
+                // or its exit status from arriving. The app itself gets the `SIGPIPE` a
+                // local program would get from its next write, once.
+                let written = stdout.write_all(bytes).and_then(|()| stdout.flush());
+                if let Err(err) = written {
+                    if err.kind() == std::io::ErrorKind::BrokenPipe && !reader_gone {
+                        reader_gone = true;
+                        let _ = send(&writer, &Frame::Signal(SIGPIPE_NUMBER));
+                    }
+                }
                 Ok(())
             })
         }

@@ -124,34 +124,7 @@ fn handle(stream: &UnixStream, reaper: &Reaper) {
 
 fn peer_allowed(stream: &UnixStream) -> bool {
     let own = rustix::process::geteuid().as_raw();
-    peer_uid(stream).is_some_and(|uid| uid == 0 || uid == own)
-}
-
-/// The peer's uid from `SO_PEERCRED`.
-///
-/// rustix's typed `socket_peercred` cannot be used: a launcher outside the instance's PID
-/// namespace has pid 0 there, which its non-zero `Pid` type cannot hold.
-#[allow(unsafe_code)]
-fn peer_uid(stream: &UnixStream) -> Option<u32> {
-    use std::os::fd::AsRawFd;
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::ucred>()).ok()?;
-    // SAFETY: `cred` and `len` are live locals whose sizes match what is passed; the kernel
-    // writes at most `len` bytes into `cred`, and the descriptor stays open for the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            std::ptr::addr_of_mut!(cred).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then_some(cred.uid)
+    crate::transport::peer_credentials(stream).is_ok_and(|peer| peer.uid == 0 || peer.uid == own)
 }
 
 #[cfg(test)]

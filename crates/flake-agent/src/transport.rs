@@ -72,6 +72,49 @@ pub fn recv_call(stream: &UnixStream) -> Result<(Call, Vec<OwnedFd>)> {
     }
 }
 
+/// Who is at the other end of a unix socket, as seen from this process's namespaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCred {
+    /// Process id of the peer (0 when it is in a pid namespace this process cannot see).
+    pub pid: u32,
+    /// Effective uid of the peer when it connected (or, for a listener, began to listen).
+    pub uid: u32,
+}
+
+/// The peer's credentials from `SO_PEERCRED`.
+///
+/// rustix's typed `socket_peercred` cannot be used: a launcher outside the instance's PID
+/// namespace has pid 0 there, which its non-zero `Pid` type cannot hold.
+#[allow(unsafe_code)]
+pub fn peer_credentials(stream: &UnixStream) -> std::io::Result<PeerCred> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::ucred>())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: `cred` and `len` are live locals whose sizes match what is passed; the kernel
+    // writes at most `len` bytes into `cred`, and the descriptor stays open for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            std::ptr::addr_of_mut!(cred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(PeerCred {
+        pid: u32::try_from(cred.pid).unwrap_or(0),
+        uid: cred.uid,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Seek, Write};
@@ -105,6 +148,14 @@ mod tests {
         let mut text = String::new();
         file.read_to_string(&mut text).unwrap();
         assert_eq!(text, "through the passed fd");
+    }
+
+    #[test]
+    fn peer_credentials_name_this_process() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let peer = peer_credentials(&a).unwrap();
+        assert_eq!(peer.pid, std::process::id());
+        assert_eq!(peer.uid, rustix::process::geteuid().as_raw());
     }
 
     #[test]

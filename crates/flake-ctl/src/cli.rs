@@ -225,6 +225,20 @@ pub struct VmPullArgs {
     /// Replace an existing image once the new one is complete and verified.
     #[arg(long)]
     pub force: bool,
+    /// Largest download, and largest unpacked archive, accepted: e.g. 16GiB, 100G or
+    /// 1.5TB. A server that sends nothing for FLAKE_PULL_STALL_TIMEOUT seconds (default
+    /// 30) fails the pull.
+    #[arg(long, value_name = "SIZE", default_value = "16GiB", value_parser = parse_size)]
+    pub max_size: u64,
+    /// How many times its compressed size a compressed kis archive may unpack to, past its
+    /// first GiB (0: no limit). VM images compress 5 to 50 times; far more is a bomb.
+    #[arg(long, value_name = "RATIO", default_value_t = vm_pilot::pull::Policy::DEFAULT_MAX_RATIO)]
+    pub max_ratio: u64,
+}
+
+/// A `--max-size` value in bytes.
+fn parse_size(text: &str) -> Result<u64, flakes::size::SizeError> {
+    flakes::size::ByteSize::parse(text).map(flakes::size::ByteSize::bytes)
 }
 
 /// `flake-ctl firecracker remove`.

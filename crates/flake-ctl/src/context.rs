@@ -19,8 +19,10 @@ pub struct Context {
     pub path_env: Option<OsString>,
     /// Working directory, for relative paths on the command line.
     pub cwd: PathBuf,
-    /// `FLAKE_ALLOW_INSECURE_TRANSPORT` is set: plain http downloads are allowed.
+    /// `FLAKE_ALLOW_INSECURE_TRANSPORT` is `1` or `true`: plain http downloads are allowed.
     pub insecure_transport: bool,
+    /// `FLAKE_PULL_STALL_TIMEOUT` as given; checked by the VM image pull.
+    pub pull_stall_timeout: Option<String>,
     /// `FLAKE_SCI`: the guest init to install into pulled rootfs images.
     pub sci_env: Option<PathBuf>,
 }
@@ -37,7 +39,10 @@ impl Context {
             exe_dir,
             path_env: std::env::var_os("PATH"),
             cwd,
-            insecure_transport: std::env::var_os(vm_pilot::pull::INSECURE_ENV).is_some(),
+            insecure_transport: vm_pilot::pull::insecure_allowed(
+                std::env::var_os(vm_pilot::pull::INSECURE_ENV).as_deref(),
+            ),
+            pull_stall_timeout: std::env::var(vm_pilot::pull::STALL_ENV).ok(),
             sci_env: std::env::var_os("FLAKE_SCI")
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),

@@ -3,7 +3,8 @@
 //!
 //! Parses the command line, resolves the [`context::Context`] once, dispatches to the
 //! command's module and reports an error once, here. Exit codes: 0 success, 1 failure, 2 usage
-//! error; `podman pull/load` pass podman's own status through.
+//! error; `podman pull/load` pass podman's own status through; a VM image pull ended by
+//! SIGINT, SIGTERM or SIGHUP removes its staging directory and exits with 128 + the signal.
 
 mod cli;
 mod commands;
@@ -25,7 +26,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("flake-ctl: {err:#}");
+            eprintln!("flake-ctl: {}", flakes::report::one_line(err.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -501,3 +501,320 @@ fn completions_and_man_pages_come_from_the_command_line_definition() {
     assert!(page.contains("include\\-tar"), "{page}");
     assert!(dir.join("flake-ctl.1").is_file() && dir.join("flake-ctl-list.1").is_file());
 }
+
+/// Waits up to 15 s for every container of flake `name` to be gone.
+fn containers_gone(name: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if containers_of(name).is_empty() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+/// Runs `app yes` with stdout on a pipe whose reader takes one line and closes it; stdin
+/// and stderr are a fresh pseudo-terminal when `terminal` (as typed in a shell:
+/// `app yes | head -1`), `/dev/null` otherwise. Returns the first line and the exit code.
+fn first_line_then_close(w: &util::World, app: &std::path::Path, terminal: bool) -> (String, i32) {
+    let driver = r#"
+import os, sys, pty, time
+terminal = sys.argv[1] == "1"
+r, wr = os.pipe()
+if terminal:
+    master, slave = os.openpty()
+pid = os.fork()
+if pid == 0:
+    if terminal:
+        os.setsid()
+        os.dup2(slave, 0); os.dup2(slave, 2)
+    else:
+        null = os.open("/dev/null", os.O_RDWR)
+        os.dup2(null, 0); os.dup2(null, 2)
+    os.dup2(wr, 1)
+    os.execv(sys.argv[2], sys.argv[2:])
+os.close(wr)
+line = b""
+while not line.endswith(b"\n"):
+    chunk = os.read(r, 1)
+    if not chunk:
+        break
+    line += chunk
+os.close(r)
+deadline = time.time() + 60
+while time.time() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        break
+    time.sleep(0.05)
+else:
+    os.kill(pid, 9)
+    done, status = os.waitpid(pid, 0)
+    print("TIMEOUT", file=sys.stderr)
+code = os.waitstatus_to_exitcode(status)
+print(line.decode().strip(), code if code >= 0 else 128 - code)
+"#;
+    let out = w
+        .command("python3")
+        .args(["-c", driver, if terminal { "1" } else { "0" }])
+        .arg(app)
+        .arg("yes")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success() && !text.is_empty(), "{out:?}");
+    let (line, code) = text.trim().rsplit_once(' ').unwrap();
+    (line.to_string(), code.parse().unwrap())
+}
+
+#[test]
+fn regression_issue_15_closed_stdout_ends_the_app_like_a_local_program() {
+    // `app yes | head -1`: the app must die of its own SIGPIPE (141), as `yes | head -1`
+    // does, and its container must go; podman relaying the stream died instead (126) and
+    // left `yes` running.
+    require_podman!();
+    let w = World::new();
+    let name = unique("yes");
+    let app = w.register(&name, "/bin/busybox", &[r"\--network none"]);
+    let _guard = util::Containers(name.clone());
+    for terminal in [false, true, false, true] {
+        let (line, code) = first_line_then_close(&w, &app, terminal);
+        assert_eq!(line, "y", "terminal={terminal}");
+        assert_eq!(code, 141, "terminal={terminal}: the app's SIGPIPE");
+        assert!(
+            containers_gone(&name),
+            "terminal={terminal}: container left running"
+        );
+    }
+}
+
+#[test]
+fn terminal_streams_are_relayed_when_stdout_is_a_pipe() {
+    // stdin and stderr a terminal, stdout a pipe: no terminal for the app, its stdout goes
+    // to the pipe unchanged, stderr reaches the terminal, stdin typed there reaches the
+    // app, and a Ctrl-C (SIGINT to the launcher) reaches the app once.
+    require_podman!();
+    let w = World::new();
+    let name = unique("relay");
+    let app = w.register(&name, "/bin/sh", &[r"\--network none"]);
+    let _guard = util::Containers(name.clone());
+    let driver = r#"
+import os, sys, time, select, signal
+master, slave = os.openpty()
+r, wr = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.setsid()
+    os.dup2(slave, 0); os.dup2(slave, 2); os.dup2(wr, 1)
+    os.execv(sys.argv[1], sys.argv[1:])
+os.close(wr)
+out, term, sent, deadline = b"", b"", False, time.time() + 60
+while time.time() < deadline:
+    ready, _, _ = select.select([r, master], [], [], 0.2)
+    if r in ready:
+        out += os.read(r, 4096)
+    if master in ready:
+        try:
+            term += os.read(master, 4096)
+        except OSError:
+            pass
+    if not sent and b"ready" in out:
+        os.write(master, b"typed\n")
+        sent = True
+    if sent and b"got typed" in out and b"waiting" in out:
+        # podman forwards signals only once it has attached, a few ms after the app
+        # started writing to the caller's descriptors.
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGINT)
+        break
+done, status = os.waitpid(pid, 0)
+open_fds = [r, master]
+while open_fds:
+    ready, _, _ = select.select(open_fds, [], [], 0.5)
+    if not ready:
+        break
+    for fd in ready:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            open_fds.remove(fd)
+        elif fd == r:
+            out += chunk
+        else:
+            term += chunk
+code = os.waitstatus_to_exitcode(status)
+print(repr(out), repr(term), code if code >= 0 else 128 - code)
+"#;
+    let script = "echo to-stderr >&2; echo ready; read x; echo got $x; \
+                  trap 'echo interrupted; exit 130' INT; echo waiting; sleep 30 & wait";
+    let out = w
+        .command("python3")
+        .args(["-c", driver])
+        .arg(&app)
+        .args(["-c", script])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    // Exactly these bytes on the pipe: no terminal's `\r\n`, nothing of stderr.
+    assert!(
+        text.starts_with(r"b'ready\ngot typed\nwaiting\ninterrupted\n' "),
+        "{text}"
+    );
+    assert!(
+        text.contains("to-stderr"),
+        "stderr reached the terminal: {text}"
+    );
+    assert!(text.trim_end().ends_with(" 130"), "{text}");
+    assert!(containers_gone(&name));
+}
+
+/// An image name is never taken for a podman option: a name starting with `-` is refused
+/// when registering (naming the flag) and, written into a flake file by hand, at launch
+/// (naming the file), before podman runs.
+#[test]
+fn image_names_that_look_like_options_are_refused() {
+    require_podman!();
+    let w = World::new();
+    let name = unique("optimage");
+    let app = w.bin.join(&name);
+    let app_s = app.display().to_string();
+    for (flag, value) in [
+        ("--container", "--privileged"),
+        ("--base", "--privileged"),
+        ("--layer", "-v=/:/host"),
+    ] {
+        let mut args = vec!["podman", "register", "--app", &app_s, "--target", "/bin/id"];
+        let pair = format!("{flag}={value}");
+        if flag == "--container" {
+            args.push(&pair);
+        } else {
+            args.extend(["--container", IMAGE, &pair]);
+            if flag == "--layer" {
+                args.extend(["--base", IMAGE]);
+            }
+        }
+        let run = w.ctl(&args);
+        run.expect_code(1);
+        assert_eq!(run.stderr().lines().count(), 1, "{run}");
+        assert!(
+            run.stderr().contains(flag) && run.stderr().contains(value),
+            "{run}"
+        );
+        assert!(
+            !app.exists() && !app.is_symlink(),
+            "nothing registered: {run}"
+        );
+    }
+
+    w.register(&name, "/bin/id", &[r"\--network none"]);
+    let _guard = util::Containers(name.clone());
+    let config = w.flakes.join(format!("{name}.yaml"));
+    let text = std::fs::read_to_string(&config).unwrap();
+    let edited = text.replace(&format!("name: {IMAGE}"), "name: --privileged");
+    assert_ne!(text, edited, "{text}");
+    std::fs::write(&config, edited).unwrap();
+    let run = w.app(&app, &[], None);
+    run.expect_code(125);
+    assert_eq!(run.stderr().lines().count(), 1, "{run}");
+    assert!(
+        run.stderr().contains(&config.display().to_string())
+            && run.stderr().contains("--privileged"),
+        "{run}"
+    );
+    assert!(util::containers_of(&name).is_empty());
+}
+
+#[test]
+fn a_relaying_launcher_killed_leaves_no_container() {
+    // stdin and stderr a terminal, stdout a pipe (the launcher relays the terminal): a
+    // `kill -9` of the launcher must still end the app and remove its container.
+    require_podman!();
+    let w = World::new();
+    let name = unique("relaykill");
+    let app = w.register(&name, "/bin/sh", &[r"\--network none"]);
+    let _guard = util::Containers(name.clone());
+    let driver = r#"
+import os, sys, time, select, signal
+master, slave = os.openpty()
+r, wr = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.setsid()
+    os.dup2(slave, 0); os.dup2(slave, 2); os.dup2(wr, 1)
+    os.execv(sys.argv[1], sys.argv[1:])
+os.close(wr)
+out, deadline = b"", time.time() + 60
+while b"ready" not in out and time.time() < deadline:
+    if select.select([r], [], [], 0.2)[0]:
+        out += os.read(r, 4096)
+time.sleep(0.3)
+os.kill(pid, signal.SIGKILL)
+os.waitpid(pid, 0)
+print(repr(out))
+"#;
+    let out = w
+        .command("python3")
+        .args(["-c", driver])
+        .arg(&app)
+        .args(["-c", "echo ready; sleep 60"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ready"),
+        "{out:?}"
+    );
+    assert!(
+        containers_gone(&name),
+        "the container outlived its killed launcher"
+    );
+}
+
+#[test]
+fn environment_values_never_show_on_podmans_command_line() {
+    // Any local user reads a command line (`ps`): the caller's `%TOKEN` must reach the
+    // app without ever being on podman's.
+    require_podman!();
+    let w = World::new();
+    let name = unique("envsecret");
+    let app = w.register(
+        &name,
+        "/bin/sh",
+        &[
+            r"\--network none",
+            r"\-e TOKEN=%TOKEN",
+            r"\--env PLAIN=visible value",
+        ],
+    );
+    let _guard = util::Containers(name.clone());
+    let secret = format!("s3cret-{}", std::process::id());
+    let mut child = w
+        .command(&app)
+        .args(["-c", "echo \"$TOKEN|$PLAIN\"; sleep 3"])
+        .env("TOKEN", &secret)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    // The launcher became podman (exec): its command line is podman's.
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", child.id())).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(child.wait().unwrap().success());
+    assert_eq!(line, format!("{secret}|visible value\n"));
+    assert!(
+        cmdline.contains("podman") && cmdline.contains("--env-file=/dev/fd/"),
+        "{cmdline}"
+    );
+    assert!(
+        !cmdline.contains(&secret),
+        "the secret is public: {cmdline}"
+    );
+}

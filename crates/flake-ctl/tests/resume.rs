@@ -309,3 +309,234 @@ fn calls_run_with_the_instance_environment_workdir_and_user() {
     run.success();
     assert_eq!(run.stdout(), "/tmp\nfrom-instance\n65534\n", "{run}");
 }
+
+/// An image built from the test image whose entrypoint is a script, removed when dropped.
+struct EntryImage(String);
+
+impl EntryImage {
+    /// The script prints a marker and its arguments, exits with `exit N`, and keeps and
+    /// shows a value with `save V` / `load` (state inside the instance).
+    fn build(flake: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let script =
+            "#!/bin/sh\necho \"entry-marker $#\"\nfor a in \"$@\"; do echo \"[$a]\"; done\n\
+                      case \"$1\" in\n exit) exit \"$2\" ;;\n save) echo \"$2\" > /tmp/saved ;;\n \
+                      load) cat /tmp/saved ;;\nesac\n";
+        let path = dir.path().join("entry.sh");
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let containerfile = format!(
+            "FROM {}\nCOPY entry.sh /entry.sh\nENTRYPOINT [\"/entry.sh\"]\nCMD [\"from-cmd\"]\n",
+            util::IMAGE
+        );
+        std::fs::write(dir.path().join("Containerfile"), containerfile).unwrap();
+        let tag = format!("localhost/{flake}-entry:1");
+        // podman 4.3 may lose a build's working container to another podman process
+        // cleaning up at the same moment ("identifier is not a container"): try again.
+        let build = || {
+            std::process::Command::new("podman")
+                .args(["build", "-q", "--pull=never", "-t", &tag])
+                .arg(dir.path())
+                .output()
+                .unwrap()
+        };
+        let mut out = build();
+        for _ in 0..2 {
+            if out.status.success() {
+                break;
+            }
+            out = build();
+        }
+        assert!(out.status.success(), "podman build: {out:?}");
+        EntryImage(tag)
+    }
+}
+
+impl Drop for EntryImage {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("podman")
+            .args(["rmi", "-f", &self.0])
+            .output();
+    }
+}
+
+/// Registers `name` on `image`'s own entry command (`--target /`) in `mode`.
+fn register_on_entrypoint(w: &World, name: &str, image: &str, mode: &str) -> std::path::PathBuf {
+    let app = w.bin.join(name);
+    let app_s = app.display().to_string();
+    w.ctl(&[
+        "podman",
+        "register",
+        "--container",
+        image,
+        "--app",
+        &app_s,
+        "--target",
+        "/",
+        mode,
+        "--opt",
+        r"\--network none",
+    ])
+    .success();
+    app
+}
+
+#[test]
+fn resume_runs_the_image_entrypoint_with_the_call_arguments() {
+    require_resume!();
+    let w = World::new();
+    let name = unique("entry-resume");
+    let image = EntryImage::build(&name);
+    let _guard = util::Containers(name.clone());
+    let app = register_on_entrypoint(&w, &name, &image.0, "--resume");
+    let run = w.app(&app, &["one", "two words"], None);
+    run.success();
+    assert_eq!(
+        run.stdout(),
+        "entry-marker 2\n[one]\n[two words]\n",
+        "{run}"
+    );
+    // Without arguments the entrypoint gets the image's Cmd, as `podman run IMAGE` does.
+    let run = w.app(&app, &[], None);
+    assert_eq!(run.stdout(), "entry-marker 1\n[from-cmd]\n", "{run}");
+    w.app(&app, &["exit", "7"], None).expect_code(7);
+    w.app(&app, &["save", "kept"], None).success();
+    let warm = w.app(&app, &["load"], None);
+    assert_eq!(warm.stdout(), "entry-marker 1\n[load]\nkept\n", "{warm}");
+    assert!(
+        warm.elapsed < Duration::from_millis(150),
+        "a warm call goes through the agent, not podman: {:?}",
+        warm.elapsed
+    );
+    assert_eq!(containers_of(&name).len(), 1, "one instance for every call");
+}
+
+#[test]
+fn resume_on_an_image_without_entrypoint_runs_its_cmd_or_the_arguments() {
+    require_resume!();
+    let w = World::new();
+    let name = unique("entry-cmd");
+    let _guard = util::Containers(name.clone());
+    // The test image has only `Cmd: /bin/sh`: arguments replace it, none run it.
+    let app = register_on_entrypoint(&w, &name, util::IMAGE, "--resume");
+    let run = w.app(&app, &["echo", "replaced"], None);
+    run.success();
+    assert_eq!(run.stdout(), "replaced\n", "{run}");
+    let run = w.app(&app, &[], Some(b"echo from-stdin; exit 3\n"));
+    run.expect_code(3);
+    assert_eq!(run.stdout(), "from-stdin\n", "{run}");
+}
+
+#[test]
+fn attach_runs_the_image_entrypoint_with_the_call_arguments() {
+    require_podman!();
+    let w = World::new();
+    let name = unique("entry-attach");
+    let image = EntryImage::build(&name);
+    let _guard = util::Containers(name.clone());
+    let app = register_on_entrypoint(&w, &name, &image.0, "--attach");
+    let run = w.app(&app, &["exit", "5"], None);
+    run.expect_code(5);
+    assert_eq!(run.stdout(), "entry-marker 2\n[exit]\n[5]\n", "{run}");
+    let run = w.app(&app, &[], None);
+    run.success();
+    assert_eq!(run.stdout(), "entry-marker 1\n[from-cmd]\n", "{run}");
+}
+
+/// The entry command kept for an instance is the one of the image the instance runs, not
+/// of whatever the tag names a moment later: here the tag moves to another image (with
+/// another entrypoint) right after `podman run`, while the launcher is held there.
+#[test]
+fn resume_entry_comes_from_the_image_the_instance_runs() {
+    require_resume!();
+    let w = World::new();
+    let name = unique("entry-moved");
+    let image = EntryImage::build(&name);
+    let original = image_id(&image.0);
+    // The build cache may give a concurrent test's entry image this very ID; a tag of our
+    // own keeps that test's `rmi -f` from removing the image (and this instance with it).
+    let keep = format!("localhost/{name}-keep:1");
+    let tagged = std::process::Command::new("podman")
+        .args(["tag", &original, &keep])
+        .status()
+        .unwrap();
+    assert!(tagged.success());
+    let guard = util::Containers(name.clone());
+    let app = register_on_entrypoint(&w, &name, &image.0, "--resume");
+    let child = w
+        .command(&app)
+        .args(["one"])
+        .env("FLAKE_TEST_PAUSE", "started")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_stopped(child.id(), Duration::from_secs(180));
+    // Another image, whose entrypoint does not exist, takes over the tag.
+    let tree = tempfile::tempdir().unwrap();
+    std::fs::write(tree.path().join("marker"), "other\n").unwrap();
+    let tar = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(tree.path())
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap();
+    let mut import = std::process::Command::new("podman")
+        .args([
+            "import",
+            "-q",
+            "--change",
+            r#"ENTRYPOINT ["/moved-entry"]"#,
+            "-",
+            &image.0,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    import.stdin.take().unwrap().write_all(&tar.stdout).unwrap();
+    assert!(import.wait().unwrap().success());
+    assert_ne!(image_id(&image.0), original, "the tag moved");
+    let resumed = std::process::Command::new("kill")
+        .args(["-CONT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(resumed.success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout == "entry-marker 1\n[one]\n",
+        "the instance's own entrypoint ran: {out:?}"
+    );
+    let warm = w.app(&app, &["two"], None);
+    assert_eq!(warm.stdout(), "entry-marker 1\n[two]\n", "{warm}");
+    drop(guard);
+    let _ = std::process::Command::new("podman")
+        .args(["rmi", &keep])
+        .output();
+}
+
+fn image_id(image: &str) -> String {
+    let out = std::process::Command::new("podman")
+        .args(["image", "inspect", "--format", "{{.Id}}", image])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Waits until process `pid` is stopped (`T` in `/proc/PID/stat`).
+fn wait_stopped(pid: u32, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let stat = format!("/proc/{pid}/stat");
+    loop {
+        let text = std::fs::read_to_string(&stat).unwrap_or_default();
+        if text.rsplit_once(") ").map(|(_, rest)| &rest[..1]) == Some("T") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the launcher never stopped");
+        assert!(!text.is_empty(), "the launcher ended before the step");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

@@ -210,3 +210,110 @@ rm -rf "$work" "$HOME/.config/flakes/firecracker/images/{tag}"
         "{out:?}"
     );
 }
+
+/// A rootless instance's agent runs under the caller's uid (container root) or a uid of
+/// the caller's subuid range (`--user N`: start + N - 1) as the host sees it; the launcher
+/// recognises exactly that process, so the second call of each is a warm one.
+#[test]
+fn rootless_agents_are_recognised_by_their_host_uid() {
+    require_resume!();
+    if !user_exists() {
+        return;
+    }
+    let (_keep, bin) = user_bin_dir();
+    let tag = util::unique("uid");
+    let script = format!(
+        r#"set -e
+ctl={ctl}
+$ctl podman register --user --container {image} --app "$HOME/bin/{tag}-r" --target /bin/sh --resume --opt '\--network none' --force >/dev/null
+$ctl podman register --user --container {image} --app "$HOME/bin/{tag}-u" --target /bin/sh --resume --opt '\--network none' --opt '\--user 1234' --force >/dev/null
+for app in {tag}-r {tag}-u; do
+    "$HOME/bin/$app" -c true
+    start=$(date +%s%N)
+    "$HOME/bin/$app" -c 'id -u'
+    echo "ms $(( ($(date +%s%N) - start) / 1000000 ))"
+    cat /tmp/flakes/$(id -u)*/$app/agent
+    "$HOME/bin/$app" %remove -c true
+    $ctl podman --user remove --app "$HOME/bin/$app" >/dev/null
+done
+"#,
+        ctl = bin.join("flake-ctl").display(),
+        image = util::IMAGE,
+    );
+    let out = as_user(&script);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    let uid = |line: &str| {
+        line.split_whitespace()
+            .nth(2)
+            .unwrap()
+            .parse::<u32>()
+            .unwrap()
+    };
+    let ms = |line: &str| line.strip_prefix("ms ").unwrap().parse::<u64>().unwrap();
+    let caller = user_uid();
+    let subuid_start = subuid_start();
+    assert_eq!(lines.len(), 6, "{stdout}");
+    assert_eq!((lines[0], uid(lines[2])), ("0", caller), "{stdout}");
+    assert_eq!(
+        (lines[3], uid(lines[5])),
+        ("1234", subuid_start + 1233),
+        "{stdout}"
+    );
+    assert!(ms(lines[1]) < 1000 && ms(lines[4]) < 1000, "warm: {stdout}");
+}
+
+fn user_uid() -> u32 {
+    let out = Command::new("id").args(["-u", USER]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// The first uid of the user's range in /etc/subuid.
+fn subuid_start() -> u32 {
+    let text = std::fs::read_to_string("/etc/subuid").unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{USER}:")))
+        .and_then(|rest| rest.split(':').next())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A user's instance state goes to `$XDG_RUNTIME_DIR/flakes` when that is the user's own
+/// 0700 directory, and to the shared `/tmp/flakes` without one. (Which runtime directories
+/// count as safe is a unit test of `flakes::host`: pointing rootless podman at another one
+/// here would move podman's own runtime state too.)
+#[test]
+fn user_state_goes_to_the_runtime_dir_when_there_is_one() {
+    require_resume!();
+    if !user_exists() {
+        return;
+    }
+    let (_keep, bin) = user_bin_dir();
+    let tag = util::unique("xdg");
+    let script = format!(
+        r#"set -e
+ctl={ctl}
+uid=$(id -u)
+$ctl podman register --user --container {image} --app "$HOME/bin/{tag}" --target /bin/sh --resume --opt '\--network none' --force >/dev/null
+XDG_RUNTIME_DIR=/run/user/$uid "$HOME/bin/{tag}" -c true
+test -f /run/user/$uid/flakes/$uid/{tag}/agent && echo "in runtime dir"
+stat -c %a /run/user/$uid/flakes
+XDG_RUNTIME_DIR=/run/user/$uid "$HOME/bin/{tag}" %remove -c true
+"$HOME/bin/{tag}" -c true
+test -d /tmp/flakes/$uid*/{tag} && echo "in /tmp/flakes"
+"$HOME/bin/{tag}" %remove -c true
+$ctl podman --user remove --app "$HOME/bin/{tag}" >/dev/null
+"#,
+        ctl = bin.join("flake-ctl").display(),
+        image = util::IMAGE,
+    );
+    let out = as_user(&script);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "in runtime dir\n700\nin /tmp/flakes\n",
+        "{out:?}"
+    );
+}

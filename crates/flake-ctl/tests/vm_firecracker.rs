@@ -35,7 +35,7 @@ fn fc_inputs() -> Option<(PathBuf, PathBuf)> {
         .open("/dev/kvm")
         .is_ok();
     if !kvm || !fixtures.join("bin/firecracker").is_file() {
-        eprintln!("SKIP: needs the Firecracker fixture and a usable /dev/kvm");
+        util::note_skip("needs the Firecracker fixture and a usable /dev/kvm");
         return None;
     }
     Some((fixtures, sci))
@@ -60,7 +60,7 @@ fn path_with(fixtures: &Path) -> OsString {
 /// rootfs prints a marker from its init.
 fn guests_boot(fixtures: &Path) -> bool {
     static BOOTS: OnceLock<bool> = OnceLock::new();
-    *BOOTS.get_or_init(|| {
+    let boots = *BOOTS.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("probe.json");
         let json = serde_json::json!({
@@ -98,15 +98,16 @@ fn guests_boot(fixtures: &Path) -> bool {
         }
         let _ = vmm.kill();
         let _ = vmm.wait();
-        let booted = reader.join().unwrap_or(false);
-        if !booted {
-            eprintln!(
-                "SKIP: no Linux guest boots under Firecracker on this machine within 20 s \
-                 (no hardware virtualisation); guest calls are tested under QEMU instead"
-            );
-        }
-        booted
-    })
+        reader.join().unwrap_or(false)
+    });
+    if !boots {
+        // Noted for every test that stops here, not only the one that ran the probe.
+        util::note_skip(
+            "no Linux guest boots under Firecracker on this machine within 20 s \
+             (no hardware virtualisation); guest calls are tested under QEMU instead",
+        );
+    }
+    boots
 }
 
 /// Waits for the one-shot instance directory of `name` to hold a vsock socket.

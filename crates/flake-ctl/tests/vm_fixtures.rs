@@ -31,7 +31,7 @@ fn fixtures() -> Option<PathBuf> {
             !required,
             "VM fixtures missing in {dir:?}: run scripts/vm-fixtures.sh"
         );
-        eprintln!("SKIP: no VM fixtures (set FLAKE_VM_FIXTURES after scripts/vm-fixtures.sh)");
+        util::note_skip("no VM fixtures (set FLAKE_VM_FIXTURES after scripts/vm-fixtures.sh)");
         return None;
     }
     dir

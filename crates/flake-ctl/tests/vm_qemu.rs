@@ -940,3 +940,85 @@ fn a_launcher_killed_while_sending_input_does_not_cost_the_next_call() {
     }
     w.app(&app, &["%remove", "-c", "true"], None).success();
 }
+
+/// Runs `app -c 'while echo y; do :; done'` with stdout on a pipe whose reader takes one
+/// line and closes it; returns that line and the launcher's exit code (killed after 60 s).
+fn first_line_then_close(w: &World, app: &std::path::Path) -> (String, i32) {
+    use std::io::BufRead;
+    let mut child = w
+        .command(app)
+        .args(["-c", "while echo y; do :; done"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the launcher went on after its reader closed stdout");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    use std::os::unix::process::ExitStatusExt;
+    let code = status.code().unwrap_or(128 + status.signal().unwrap_or(0));
+    (line, code)
+}
+
+#[test]
+fn regression_issue_15_closed_stdout_ends_a_vm_app_like_a_local_program() {
+    // `app | head -1`: the app gets the SIGPIPE of a local program (141); the launcher
+    // used to drop the output and let the app run on, the one-shot VM with it.
+    let Some((_vms, w, fixtures, sci)) = vm_world() else {
+        return;
+    };
+    let app = vm_flake(&w, &fixtures, &sci, "vmyes");
+    assert_eq!(first_line_then_close(&w, &app), ("y\n".to_string(), 141));
+    assert_eq!(vmms_of(&w), 0, "the one-shot VM ends with its app");
+
+    let resume = vm_flake_with(&w, &fixtures, &sci, "vmyesres", &["--resume"], "");
+    assert_eq!(first_line_then_close(&w, &resume), ("y\n".to_string(), 141));
+    let next = w.app(&resume, &["-c", "echo next"], None);
+    next.success();
+    assert_eq!(
+        next.stdout(),
+        "next\n",
+        "the resume VM serves the next call"
+    );
+    w.app(&resume, &["%remove", "-c", "true"], None).success();
+}
+
+/// A 25-character flake name with a 63-character `@NAME` (the longest valid) works in
+/// VMs too, resumed and one-shot (whose instance directory adds the launcher's pid): the
+/// VMM binds its sockets by name in the instance directory, the launcher reaches them
+/// through it.
+#[test]
+fn the_longest_names_work_in_vms() {
+    let Some((_vms, w, fixtures, sci)) = vm_world() else {
+        return;
+    };
+    let instance = format!("@{}", "i".repeat(63));
+    let resume = format!("{:x<25}", util::unique("vmlongr"));
+    let words = ["--resume", "--overlay-size", "64MiB"];
+    let app = vm_flake_with(&w, &fixtures, &sci, &resume, &words, "");
+    w.app(&app, &[&instance, "-c", "echo kept > /tmp/state"], None)
+        .success();
+    let run = w.app(&app, &[&instance, "-c", "cat /tmp/state"], None);
+    assert_eq!(run.stdout(), "kept\n", "{run}");
+    w.app(&app, &[&instance, "%remove", "-c", "true"], None)
+        .success();
+    let one_shot = format!("{:x<25}", util::unique("vmlongo"));
+    let app = vm_flake(&w, &fixtures, &sci, &one_shot);
+    for _ in 0..2 {
+        let run = w.app(&app, &[&instance, "-c", "echo one-shot; exit 3"], None);
+        run.expect_code(3);
+        assert_eq!(run.stdout(), "one-shot\n", "{run}");
+    }
+}

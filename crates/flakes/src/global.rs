@@ -15,8 +15,11 @@ pub const CONFIG_ENV: &str = "FLAKES_CONFIG";
 pub const SYSTEM_CONFIG: &str = "/etc/flakes.yml";
 /// Default registration directory of system flakes.
 pub const SYSTEM_FLAKES_DIR: &str = "/usr/share/flakes";
-/// Default directory for instance state (original layout: `<dir>/<uid>/`).
+/// Shared directory for the instance state of users without a safe `$XDG_RUNTIME_DIR`
+/// (the original's default for everyone; layout `<dir>/<uid>/`).
 pub const DEFAULT_IDS_DIR: &str = "/tmp/flakes";
+/// Default directory for root's instance state.
+pub const ROOT_IDS_DIR: &str = "/run/flakes";
 
 /// Errors while reading a global configuration file.
 #[derive(Debug, thiserror::Error)]

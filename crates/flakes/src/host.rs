@@ -6,8 +6,12 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use crate::global::{
-    GlobalConfig, GlobalConfigError, CONFIG_ENV, SYSTEM_CONFIG, SYSTEM_FLAKES_DIR,
+    GlobalConfig, GlobalConfigError, CONFIG_ENV, DEFAULT_IDS_DIR, ROOT_IDS_DIR, SYSTEM_CONFIG,
+    SYSTEM_FLAKES_DIR,
 };
+
+/// Environment variable naming the caller's private runtime directory.
+pub const RUNTIME_DIR_ENV: &str = "XDG_RUNTIME_DIR";
 use crate::registry::Registry;
 
 /// The calling user.
@@ -19,6 +23,9 @@ pub struct Caller {
     pub name: String,
     /// Home directory: `$HOME` when set and absolute, else the passwd entry's.
     pub home: Option<PathBuf>,
+    /// `$XDG_RUNTIME_DIR`, when set and safe: an absolute path to a real directory of the
+    /// caller's with mode 0700 (see [`Caller::with_runtime_dir`]).
+    pub runtime_dir: Option<PathBuf>,
 }
 
 impl Caller {
@@ -32,7 +39,24 @@ impl Caller {
             .filter(|h| h.is_absolute())
             .or_else(|| entry.as_ref().map(|(_, home)| PathBuf::from(home)));
         let name = entry.map_or_else(|| uid.to_string(), |(name, _)| name);
-        Caller { uid, name, home }
+        Caller {
+            uid,
+            name,
+            home,
+            runtime_dir: None,
+        }
+    }
+
+    /// Takes `$XDG_RUNTIME_DIR` (given as `env`) as the caller's runtime directory when it
+    /// is safe: absolute, a real directory (not a symlink), owned by the caller, mode 0700.
+    pub fn with_runtime_dir(mut self, env: Option<OsString>) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        self.runtime_dir = env.map(PathBuf::from).filter(|dir| {
+            dir.is_absolute()
+                && std::fs::symlink_metadata(dir)
+                    .is_ok_and(|m| m.is_dir() && m.uid() == self.uid && m.mode() & 0o7777 == 0o700)
+        });
+        self
     }
 
     /// True for uid 0.
@@ -110,7 +134,8 @@ impl Settings {
 
     /// Reads the environment and both configurations, as `main` of every binary does.
     pub fn from_env() -> Result<Self, GlobalConfigError> {
-        let caller = Caller::current(std::env::var_os("HOME"));
+        let caller = Caller::current(std::env::var_os("HOME"))
+            .with_runtime_dir(std::env::var_os(RUNTIME_DIR_ENV));
         Self::load(caller, std::env::var_os(CONFIG_ENV))
     }
 
@@ -144,24 +169,37 @@ impl Settings {
     }
 
     /// Base directory of container instance state for `mode`: the mode's `podman_ids_dir`,
-    /// else the system's, else `/tmp/flakes`.
+    /// else the system's, else [`Settings::default_ids_dir`].
     pub fn podman_ids_dir(&self, mode: Mode) -> PathBuf {
         let user = match mode {
             Mode::User => self.user.generic.podman_ids_dir.clone(),
             Mode::System => None,
         };
         user.or_else(|| self.system.generic.podman_ids_dir.clone())
-            .unwrap_or_else(|| crate::global::DEFAULT_IDS_DIR.into())
+            .unwrap_or_else(|| self.default_ids_dir())
     }
 
     /// Base directory of VM instance state: the system config's `firecracker_ids_dir` for
-    /// every mode (as the original), else `/tmp/flakes`.
+    /// every mode (as the original), else [`Settings::default_ids_dir`].
     pub fn firecracker_ids_dir(&self) -> PathBuf {
         self.system
             .generic
             .firecracker_ids_dir
             .clone()
-            .unwrap_or_else(|| crate::global::DEFAULT_IDS_DIR.into())
+            .unwrap_or_else(|| self.default_ids_dir())
+    }
+
+    /// Where instance state goes unless configured: root's under `/run/flakes`, a user's
+    /// under `$XDG_RUNTIME_DIR/flakes` (private to them), else the original shared
+    /// `/tmp/flakes`.
+    pub fn default_ids_dir(&self) -> PathBuf {
+        if self.caller.is_root() {
+            return ROOT_IDS_DIR.into();
+        }
+        match &self.caller.runtime_dir {
+            Some(dir) => dir.join("flakes"),
+            None => DEFAULT_IDS_DIR.into(),
+        }
     }
 
     /// The podman storage config of `mode`, when one is configured and present.
@@ -210,6 +248,7 @@ mod tests {
             uid: 1000,
             name: "alice".into(),
             home: Some(dir.path().into()),
+            runtime_dir: None,
         };
         let settings = Settings::load(caller, Some(system.into())).unwrap();
         (dir, settings)
@@ -221,6 +260,53 @@ mod tests {
         assert_eq!(s.flakes_dir(Mode::System), Path::new("/usr/share/flakes"));
         assert_eq!(s.flakes_dir(Mode::User), dir.path().join(".config/flakes"));
         assert_eq!(s.podman_storage_conf(Mode::System), None);
+    }
+
+    #[test]
+    fn state_defaults_root_runtime_dir_then_tmp() {
+        let (_dir, mut s) = settings(None, None);
+        assert_eq!(s.podman_ids_dir(Mode::User), Path::new("/tmp/flakes"));
+        s.caller.runtime_dir = Some("/run/user/1000".into());
+        assert_eq!(
+            s.podman_ids_dir(Mode::System),
+            Path::new("/run/user/1000/flakes")
+        );
+        assert_eq!(s.firecracker_ids_dir(), Path::new("/run/user/1000/flakes"));
+        s.caller.uid = 0;
+        assert_eq!(s.podman_ids_dir(Mode::User), Path::new("/run/flakes"));
+        assert_eq!(s.firecracker_ids_dir(), Path::new("/run/flakes"));
+        let (_d2, s) = settings(
+            Some("generic:\n  podman_ids_dir: /srv/ids\n  firecracker_ids_dir: /srv/vm\n"),
+            Some("generic:\n  podman_ids_dir: /srv/mine\n"),
+        );
+        assert_eq!(s.podman_ids_dir(Mode::User), Path::new("/srv/mine"));
+        assert_eq!(s.podman_ids_dir(Mode::System), Path::new("/srv/ids"));
+        assert_eq!(s.firecracker_ids_dir(), Path::new("/srv/vm"));
+    }
+
+    #[test]
+    fn runtime_dir_only_when_safe() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let me = Caller::current(None);
+        let private = dir.path().join("private");
+        std::fs::create_dir(&private).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&private, &link).unwrap();
+        let take = |p: Option<&Path>| {
+            me.clone()
+                .with_runtime_dir(p.map(|p| p.as_os_str().to_owned()))
+                .runtime_dir
+        };
+        assert_eq!(take(Some(&private)), Some(private.clone()));
+        assert_eq!(take(Some(&open)), None, "mode 0755");
+        assert_eq!(take(Some(&link)), None, "a symlink");
+        assert_eq!(take(Some(Path::new("relative"))), None);
+        assert_eq!(take(None), None);
     }
 
     #[test]

@@ -15,14 +15,17 @@ pub mod callargs;
 pub mod config;
 pub mod elf;
 pub mod exit;
+pub mod fault;
 pub mod global;
 pub mod host;
+pub mod image_ref;
 pub mod instance;
 pub mod logging;
 pub mod names;
 pub mod process;
 pub mod register;
 pub mod registry;
+pub mod report;
 pub mod size;
 
 pub use callargs::{CallArgError, CallArgs, PilotOptions};

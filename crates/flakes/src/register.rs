@@ -80,6 +80,19 @@ pub enum RegisterError {
         /// The registration directory.
         dir: PathBuf,
     },
+    /// `remove` of one engine was asked to remove a flake of the other.
+    #[error("flake '{name}' is a {engine} flake; remove it with flake-ctl {engine} {}remove \
+        --app {}", if *user { "--user " } else { "" }, app.display())]
+    WrongEngine {
+        /// The flake name.
+        name: FlakeName,
+        /// The engine of its registration (`podman` or `firecracker`).
+        engine: &'static str,
+        /// The app path.
+        app: PathBuf,
+        /// A user registration.
+        user: bool,
+    },
     /// A filesystem operation failed.
     #[error("cannot {action} {}: {source}", path.display())]
     Io {
@@ -174,6 +187,17 @@ fn registered_app(config: &Path) -> Option<PathBuf> {
     from_container.or(from_vm).map(PathBuf::from)
 }
 
+/// The engine a registration is for, as `flake-ctl` names it (`podman` or `firecracker`);
+/// `None` when the file cannot be read or names none.
+pub fn registered_engine(config: &Path) -> Option<&'static str> {
+    let raw = load_raw(config).ok()?;
+    match (raw.container, raw.vm) {
+        (Some(_), _) => Some("podman"),
+        (None, Some(_)) => Some("firecracker"),
+        (None, None) => None,
+    }
+}
+
 /// A flake to register.
 #[derive(Debug, Clone)]
 pub struct Registration<'a> {
@@ -224,19 +248,33 @@ impl Registration<'_> {
         Ok(name)
     }
 
-    /// Checks, then writes the registration atomically.
+    /// Checks, then writes the registration atomically. The check and the write happen
+    /// under the registry's lock, so of two registrations of one name only one succeeds.
     pub fn commit(&self) -> Result<FlakeName> {
-        let name = self.check()?;
+        // Refusals that need no lock come before anything is created; the check is made
+        // again under the lock, where it counts.
+        self.check()?;
         let mut undo = Undo::default();
-        self.write(&name, &mut undo)?;
-        undo.disarm();
-        Ok(name)
+        let dir = self.registry.dir();
+        undo.create_dirs(dir)?;
+        let held = self.registry.lock().map_err(io("lock", dir))?;
+        self.registry.clean_staged(&held);
+        let written = self.check().and_then(|name| {
+            self.write(&name, &mut undo)?;
+            Ok(name)
+        });
+        if written.is_ok() {
+            undo.disarm();
+        }
+        // A failed registration is undone while the lock is still held, so the undo cannot
+        // take away what a concurrent registration of the same name makes next.
+        drop(undo);
+        drop(held);
+        written
     }
 
     fn write(&self, name: &FlakeName, undo: &mut Undo) -> Result<()> {
-        let dir = self.registry.dir();
-        undo.create_dirs(dir)?;
-        let staged_yaml = dir.join(format!(".{name}.yaml.{}.tmp", std::process::id()));
+        let staged_yaml = self.registry.staged_path(name);
         write_synced(&staged_yaml, &self.yaml)?;
         undo.push(Step::Remove(staged_yaml.clone()));
         let fragments = self.registry.fragments_dir(name);
@@ -255,6 +293,7 @@ impl Registration<'_> {
     /// replaces an old flake symlink atomically.
     fn place_symlink(&self, app_dir: &Path, name: &FlakeName, undo: &mut Undo) -> Result<()> {
         let staged = app_dir.join(format!(".{name}.flake.{}.tmp", std::process::id()));
+        remove_stale_links(app_dir, name);
         std::os::unix::fs::symlink(&self.pilot, &staged).map_err(io("create symlink", &staged))?;
         undo.push(Step::Remove(staged.clone()));
         let previous = match app_state(&self.app)? {
@@ -267,6 +306,29 @@ impl Registration<'_> {
             previous,
         });
         Ok(())
+    }
+}
+
+/// Removes `.NAME.flake.PID.tmp` symlinks that registrations killed mid-way left in
+/// `app_dir` (their PID is gone). Best effort, like the undo log.
+fn remove_stale_links(app_dir: &Path, name: &FlakeName) {
+    let Ok(entries) = std::fs::read_dir(app_dir) else {
+        return;
+    };
+    let prefix = format!(".{name}.flake.");
+    for entry in entries.filter_map(std::result::Result::ok) {
+        let file = entry.file_name();
+        let Some(pid) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix)?.strip_suffix(".tmp"))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let dead = !Path::new(&format!("/proc/{pid}")).exists();
+        if dead && entry.file_type().is_ok_and(|t| t.is_symlink()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -311,8 +373,12 @@ impl Undo {
             cursor = d.parent();
         }
         for d in missing.into_iter().rev() {
-            std::fs::create_dir(&d).map_err(io("create directory", &d))?;
-            self.push(Step::RemoveDir(d));
+            match std::fs::create_dir(&d) {
+                Ok(()) => self.push(Step::RemoveDir(d)),
+                // Made by a concurrent registration meanwhile: theirs, not ours to undo.
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && d.is_dir() => {}
+                Err(err) => return Err(io("create directory", &d)(err)),
+            }
         }
         Ok(())
     }
@@ -329,7 +395,9 @@ impl Drop for Undo {
         while let Some(step) = self.steps.pop() {
             let _ = match step {
                 Step::Remove(path) => std::fs::remove_file(path),
-                Step::RemoveDir(path) => std::fs::remove_dir_all(path),
+                // Only an empty directory: one this registration created may since hold a
+                // concurrent registration's files.
+                Step::RemoveDir(path) => std::fs::remove_dir(path),
                 Step::RestoreLink {
                     app,
                     previous: None,
@@ -346,14 +414,34 @@ impl Drop for Undo {
     }
 }
 
-/// Removes the registration of `app` from `registry`.
+/// Removes the registration of `app` from `registry`, a flake of `engine` (`podman` or
+/// `firecracker`).
 ///
 /// Without `force` the app must be a symlink to a launcher and `NAME.yaml` must exist and
 /// belong to this app path. With `force`, whatever is left of the registration is removed;
-/// a real program at the app path is refused in both cases.
-pub fn remove_app(registry: &Registry, app: &Path, force: bool) -> Result<FlakeName> {
+/// a real program at the app path is refused in both cases, and so is a flake of the other
+/// engine (its instances are that engine's to stop).
+pub fn remove_app(
+    registry: &Registry,
+    app: &Path,
+    force: bool,
+    engine: &'static str,
+) -> Result<FlakeName> {
     let name = app_name(app)?;
+    let _held = match registry.lock() {
+        Ok(held) => Some(held),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => return Err(io("lock", registry.dir())(source)),
+    };
     let config = registry.config_path(&name);
+    if let Some(other) = registered_engine(&config).filter(|e| *e != engine) {
+        return Err(RegisterError::WrongEngine {
+            name,
+            engine: other,
+            app: app.into(),
+            user: registry.mode() == crate::host::Mode::User,
+        });
+    }
     let state = app_state(app)?;
     if let AppState::Other(what) = state {
         return Err(RegisterError::NotAFlake {

@@ -1,7 +1,20 @@
 // SPDX-License-Identifier: MIT
 //! A registration directory (`flakes_dir`): `NAME.yaml` plus optional `NAME.d/` per flake.
+//!
+//! Changes to a directory are serialised by an exclusive `flock` on its lock file
+//! `.registry.lock` ([`Registry::lock`]): the check that a flake name is free and the rename
+//! that claims it happen under one hold, so two registrations of one name cannot both
+//! succeed. The lock file is private to the directory's writer (mode 0600): a lock on the
+//! directory itself could be taken by any user who can read it, who could then stall root's
+//! registrations for as long as they liked. A registration stages its YAML as
+//! `.NAME.yaml.PID.tmp` under that hold; one whose writer was killed is collected by the
+//! next holder ([`Registry::clean_staged`]).
 
+use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{flock, FlockOperation};
 
 use crate::config::{load_flake, ConfigError, Flake};
 use crate::host::Mode;
@@ -31,6 +44,16 @@ pub enum RegistryError {
     #[error(transparent)]
     Config(#[from] ConfigError),
 }
+
+/// An exclusive hold on a registration directory; released when dropped or when the
+/// holder dies.
+#[derive(Debug)]
+pub struct RegistryLock {
+    _file: File,
+}
+
+/// The lock file of a registration directory (hidden, and not a `.yaml`: never a flake).
+pub const LOCK_FILE: &str = ".registry.lock";
 
 /// One registration directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +86,57 @@ impl Registry {
     /// `NAME.d/` of flake `name`.
     pub fn fragments_dir(&self, name: &FlakeName) -> PathBuf {
         self.dir.join(format!("{name}.d"))
+    }
+
+    /// Takes the directory's exclusive lock, waiting for a concurrent holder. The directory
+    /// must exist.
+    pub fn lock(&self) -> std::io::Result<RegistryLock> {
+        let file = self.open_lock()?;
+        flock(&file, FlockOperation::LockExclusive)?;
+        Ok(RegistryLock { _file: file })
+    }
+
+    /// Takes the directory's lock if nobody holds it and the caller may write it.
+    pub fn try_lock(&self) -> Option<RegistryLock> {
+        let file = self.open_lock().ok()?;
+        flock(&file, FlockOperation::NonBlockingLockExclusive).ok()?;
+        Some(RegistryLock { _file: file })
+    }
+
+    /// Opens (creating, mode 0600, never through a symlink) the lock file.
+    fn open_lock(&self) -> std::io::Result<File> {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(i32::try_from(rustix::fs::OFlags::NOFOLLOW.bits()).unwrap_or(0))
+            .open(self.dir.join(LOCK_FILE))
+    }
+
+    /// The name a registration of `name` stages its YAML under before renaming it into place.
+    pub fn staged_path(&self, name: &FlakeName) -> PathBuf {
+        self.dir
+            .join(format!(".{name}.yaml.{}.tmp", std::process::id()))
+    }
+
+    /// Removes YAML files staged by registrations that never finished (killed writers).
+    /// Every writer stages under the lock, so while `_held` is ours every staged file is
+    /// stale. Best effort: what cannot be removed stays hidden and harmless.
+    pub fn clean_staged(&self, _held: &RegistryLock) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let file = entry.file_name();
+            let staged = file
+                .to_str()
+                .is_some_and(|f| f.starts_with('.') && f.ends_with(".tmp") && f.contains(".yaml."));
+            if staged && entry.file_type().is_ok_and(|t| t.is_file()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// True when `NAME.yaml` exists.
@@ -145,6 +219,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("c.yaml") && err.contains("flake-ctl"), "{err}");
+    }
+
+    #[test]
+    fn the_lock_excludes_a_second_holder_and_cleans_staged_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::new(dir.path().into(), Mode::System);
+        write(dir.path(), ".a.yaml.4242.tmp", FLAKE);
+        write(dir.path(), "a.yaml", FLAKE);
+        let held = reg.lock().unwrap();
+        assert!(reg.try_lock().is_none());
+        let lock = std::fs::metadata(dir.path().join(LOCK_FILE)).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&lock.permissions()) & 0o777,
+            0o600,
+            "only the directory's writer may take the lock"
+        );
+        reg.clean_staged(&held);
+        assert!(!dir.path().join(".a.yaml.4242.tmp").exists());
+        assert!(dir.path().join("a.yaml").exists());
+        drop(held);
+        assert!(reg.try_lock().is_some());
     }
 
     #[test]

@@ -10,6 +10,9 @@
 
 pub mod agent;
 pub mod attach;
+pub mod entry;
+pub mod envfile;
+pub mod identity;
 pub mod oneshot;
 pub mod options;
 pub mod provision;
@@ -40,6 +43,12 @@ pub enum PodmanError {
         `flake-ctl podman register`"
     )]
     CalledDirectly,
+    /// The in-memory file for the options' environment values cannot be made.
+    #[error("cannot keep the flake's environment values off podman's command line: {source}")]
+    EnvFile {
+        /// Why.
+        source: std::io::Error,
+    },
     /// The name it was called as is not a flake name.
     #[error(transparent)]
     Name(#[from] flakes::names::NameError),
@@ -58,6 +67,19 @@ pub enum PodmanError {
     /// Running podman (or sudo) failed.
     #[error(transparent)]
     Process(#[from] ProcessError),
+    /// sudo does not let the caller run podman as root.
+    #[error("flake '{flake}' runs podman as root (runas: root), but sudo does not let this \
+        user run {} as root{}; ask the admin for a sudoers rule such as \
+        `USER ALL=(root) NOPASSWD: {}`, or register the flake with --user", podman.display(),
+        detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default(), podman.display())]
+    SudoRefused {
+        /// The flake name.
+        flake: String,
+        /// The podman binary sudo was asked for.
+        podman: PathBuf,
+        /// What sudo said, if anything.
+        detail: Option<String>,
+    },
     /// The flake is for another engine.
     #[error("flake '{name}' is a {engine} flake; register it again with flake-ctl {engine}")]
     WrongEngine {
@@ -66,15 +88,9 @@ pub enum PodmanError {
         /// Its engine.
         engine: &'static str,
     },
-    /// Resume mode without a program to run.
-    #[error(
-        "flake '{name}' runs in resume mode but has no target_app_path; set one (the image \
-        entrypoint cannot be resumed)"
-    )]
-    NeedsTarget {
-        /// The flake name.
-        name: String,
-    },
+    /// The image's entry command cannot be had.
+    #[error(transparent)]
+    Entry(#[from] entry::EntryError),
     /// The instance's agent never opened its socket.
     #[error("instance {container} did not start its agent; see `podman logs {container}`")]
     AgentDidNotStart {
@@ -105,6 +121,20 @@ pub enum PodmanError {
     /// The agent connection failed.
     #[error(transparent)]
     Agent(#[from] flake_agent::proto::ProtoError),
+    /// The instance's socket is served by a process other than its agent.
+    #[error("refusing the agent socket of {container} ({}): it is served by pid {pid} (uid \
+        {uid}), not by the instance's agent, and nothing was sent to it; remove the instance \
+        with `podman rm -f {container}` and call again", socket.display())]
+    Impostor {
+        /// Container name.
+        container: String,
+        /// The socket (its real path).
+        socket: PathBuf,
+        /// Who serves it.
+        pid: u32,
+        /// That process's uid.
+        uid: u32,
+    },
 }
 
 impl From<&PodmanError> for PilotExit {
@@ -145,6 +175,36 @@ impl Engine {
         Ok(engine)
     }
 
+    /// Asks sudo whether the caller may run podman as root (`sudo -l -- podman`, with the
+    /// same options as the real calls), when podman goes through sudo.
+    ///
+    /// sudo's own refusal exits 1, which a launcher that replaced itself with
+    /// `sudo podman run` could not tell from the app's exit status 1; asked first, it
+    /// becomes the launcher failure it is (125). A password, if the rule wants one, is asked
+    /// here and cached by sudo for the call itself.
+    pub fn check_sudo(&self, flake: &str) -> Result<(), PodmanError> {
+        let Some(sudo) = &self.sudo else {
+            return Ok(());
+        };
+        let mut probe = Cmd::new(sudo).arg("-l");
+        if self.storage_conf.is_some() {
+            probe = probe.arg(format!("--preserve-env={STORAGE_CONF_ENV}"));
+        }
+        let refused = |detail: Option<String>| PodmanError::SudoRefused {
+            flake: flake.to_string(),
+            podman: self.podman.clone(),
+            detail,
+        };
+        match probe.arg("--").arg(&self.podman).run() {
+            Ok(_) => Ok(()),
+            Err(ProcessError::Failed { stderr, .. }) => {
+                let said = stderr.lines().map(str::trim).find(|l| !l.is_empty());
+                Err(refused(said.map(str::to_string)))
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
     /// Uses the static init at `init` for `--init` instead of podman's default.
     pub fn with_init(mut self, init: Option<PathBuf>) -> Self {
         self.init = init;
@@ -160,6 +220,18 @@ impl Engine {
     pub fn with_storage_conf(mut self, conf: Option<PathBuf>) -> Self {
         self.storage_conf = conf;
         self
+    }
+
+    /// The options a launch passes to podman, with environment values moved off the
+    /// command line where podman can inherit them (see [`envfile`]).
+    pub fn launch_options(
+        &self,
+        options: Vec<options::EngineOption>,
+    ) -> Result<Vec<options::EngineOption>, PodmanError> {
+        if self.sudo.is_some() {
+            return Ok(options);
+        }
+        envfile::hide_values(options).map_err(|source| PodmanError::EnvFile { source })
     }
 
     /// A podman command line without podman arguments yet.
@@ -183,9 +255,18 @@ impl Engine {
         cmd
     }
 
-    /// `podman pull URI`.
+    /// `podman pull -- URI`.
     pub fn pull(&self, uri: &str) -> Cmd {
-        self.podman().args(["pull", uri])
+        self.pull_with(&[], uri)
+    }
+
+    /// `podman pull OPTIONS -- URI`: options end before the reference, so a reference can
+    /// never be read as an option.
+    pub fn pull_with(&self, options: &[&str], uri: &str) -> Cmd {
+        self.podman()
+            .arg("pull")
+            .args(options.iter().copied())
+            .args(["--", uri])
     }
 
     /// `podman load -i ARCHIVE`.
@@ -193,19 +274,19 @@ impl Engine {
         self.podman().args(["load", "-i"]).arg(archive)
     }
 
-    /// `podman image exists IMAGE`.
+    /// `podman image exists -- IMAGE`.
     pub fn image_exists(&self, image: &str) -> Cmd {
-        self.podman().args(["image", "exists", image])
+        self.podman().args(["image", "exists", "--", image])
     }
 
-    /// `podman image rm -f IMAGE`.
+    /// `podman image rm -f -- IMAGE`.
     pub fn image_remove(&self, image: &str) -> Cmd {
-        self.podman().args(["image", "rm", "-f", image])
+        self.podman().args(["image", "rm", "-f", "--", image])
     }
 
-    /// `podman image mount IMAGE` (prints the mount point).
+    /// `podman image mount -- IMAGE` (prints the mount point).
     pub fn image_mount(&self, image: &str) -> Cmd {
-        self.podman().args(["image", "mount", image])
+        self.podman().args(["image", "mount", "--", image])
     }
 
     /// True when container `name` exists and runs (`podman container inspect`).
@@ -221,17 +302,26 @@ impl Engine {
         Ok(matches!(out.as_deref().map(str::trim), Ok("true")))
     }
 
-    /// `podman rm -f -t 0 NAME`, ignoring whether it existed.
-    pub fn remove_container(&self, name: &str) -> Result<(), ProcessError> {
-        self.podman()
-            .args(["rm", "-f", "-t", "0", name])
-            .succeeds()
-            .map(|_| ())
+    /// The host pid of running container `name`'s PID 1 (`State.Pid`); `None` when it
+    /// does not run.
+    pub fn container_pid(&self, name: &str) -> Result<Option<u32>, ProcessError> {
+        let inspect = ["container", "inspect", "--format", "{{.State.Pid}}", name];
+        let out = self.podman().args(inspect).stdout();
+        Ok(out
+            .ok()
+            .and_then(|pid| pid.trim().parse().ok())
+            .filter(|pid| *pid != 0))
     }
 
-    /// `podman image umount IMAGE`.
+    /// `podman rm -f -t 0 NAME`, ignoring whether it existed (podman then exits 0); any
+    /// other failure is an error, so a removal is never reported done when it was not.
+    pub fn remove_container(&self, name: &str) -> Result<(), ProcessError> {
+        self.podman().args(["rm", "-f", "-t", "0", name]).run()
+    }
+
+    /// `podman image umount -- IMAGE`.
     pub fn image_umount(&self, image: &str) -> Cmd {
-        self.podman().args(["image", "umount", image])
+        self.podman().args(["image", "umount", "--", image])
     }
 }
 
@@ -242,7 +332,7 @@ mod tests {
     #[test]
     fn direct_podman_command() {
         let cmd = Engine::new("/usr/bin/podman".into()).pull("localhost/x");
-        assert_eq!(cmd.to_string(), "/usr/bin/podman pull localhost/x");
+        assert_eq!(cmd.to_string(), "/usr/bin/podman pull -- localhost/x");
         assert!(cmd.get_env().is_empty());
     }
 
@@ -258,7 +348,7 @@ mod tests {
         let cmd = engine.image_exists("img");
         assert_eq!(
             cmd.to_string(),
-            "/usr/bin/sudo --preserve-env=CONTAINERS_STORAGE_CONF -- /usr/bin/podman image exists img"
+            "/usr/bin/sudo --preserve-env=CONTAINERS_STORAGE_CONF -- /usr/bin/podman image exists -- img"
         );
         assert_eq!(cmd.get_env()[0].0, STORAGE_CONF_ENV);
     }

@@ -4,7 +4,10 @@
 //! Called as `/usr/bin/aws ec2 help`, it loads flake `aws`, assembles its image first when
 //! it has a base, layers, includes or host dependencies (cached), and runs it in the flake's
 //! launch mode: one-shot (replaces itself with `podman run --rm`), resume (a call into the
-//! running instance's agent) or attach. Its own failures exit 125 (see `flakes::exit`).
+//! running instance's agent) or attach. Its own failures exit 125 (see `flakes::exit`),
+//! including a root flake that sudo will not run for the caller (asked before the launch,
+//! since sudo's own refusal exits 1 like an app could). With `PILOT_DEBUG` set, every
+//! engine command line it runs is printed on stderr, environment values masked.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -14,7 +17,7 @@ use flakes::config::{Engine as FlakeEngine, LaunchMode, RunAs};
 use flakes::instance::{cache_dir, InstanceKey, StateDir};
 use flakes::register::PILOT_NAMES;
 use flakes::{CallArgs, FlakeName, Mode, PilotExit, Settings};
-use podman_pilot::oneshot::{self, Terminal};
+use podman_pilot::oneshot::{self, Streams, Terminal};
 use podman_pilot::provision::Provisioner;
 use podman_pilot::resume::{self, Instance};
 use podman_pilot::{agent, attach, Engine, PodmanError};
@@ -28,13 +31,17 @@ fn main() -> ExitCode {
     match run() {
         Ok(exit) => exit.into(),
         Err(err) => {
-            eprintln!("podman-pilot: {err}");
+            eprintln!("podman-pilot: {}", flakes::report::one_line(&err));
             PilotExit::from(&err).into()
         }
     }
 }
 
 fn run() -> Result<PilotExit, PodmanError> {
+    // The original's debug mode: every engine command line, masked, on stderr.
+    if std::env::var_os("PILOT_DEBUG").is_some() {
+        flakes::process::trace_commands("podman-pilot");
+    }
     let mut argv = std::env::args_os();
     let name = flake_name(&argv.next().unwrap_or_default())?;
     let call = CallArgs::parse(argv)?;
@@ -57,6 +64,7 @@ fn run() -> Result<PilotExit, PodmanError> {
     let via_sudo = container.runtime.runas == RunAs::Root && !settings.caller.is_root();
     let engine = Engine::locate(std::env::var_os("PATH").as_deref(), via_sudo)?
         .with_storage_conf(settings.podman_storage_conf(mode));
+    engine.check_sudo(name.as_str())?;
     let mut container = container;
     if container.needs_provisioning(&flake.include) {
         let provisioner = Provisioner {
@@ -74,8 +82,20 @@ fn run() -> Result<PilotExit, PodmanError> {
     let lookup = |key: &str| std::env::var(key).ok();
     let terminal = Terminal::detect();
     if container.runtime.mode == LaunchMode::OneShot {
-        let cmd = oneshot::command(&name, &container, &call, &engine, terminal, &lookup)?;
-        return Err(cmd.exec().into());
+        let streams = Streams::choose(&container, &call, terminal, Streams::detect_terminals());
+        let cmd = oneshot::command(
+            &name,
+            &container,
+            &call,
+            &engine,
+            (terminal, streams),
+            &lookup,
+        )?;
+        flakes::fault::pause_at(flakes::fault::Step::Exec);
+        return match streams {
+            Streams::Relayed(terminals) => Ok(oneshot::relay::run(&cmd, terminals)?),
+            _ => Err(cmd.exec().into()),
+        };
     }
     let key = InstanceKey {
         flake: name,

@@ -11,7 +11,14 @@
 //!   kernel shields from SIGINT/SIGTERM, so Ctrl-C would not stop it; tini's static build is
 //!   preferred as the init when installed (see [`crate::INIT_PROGRAM`]);
 //! - `--quiet` unless `%progress`, so an image pull at first launch does not print into the
-//!   app's stderr.
+//!   app's stderr;
+//! - `--log-driver=passthrough` when the app gets no terminal: the app then reads and
+//!   writes the caller's own descriptors, so a reader that goes away (`app | head -1`) ends
+//!   the app with its own `SIGPIPE` (exit 141), as it would a local program, instead of
+//!   killing podman mid-copy and leaving the container running. podman refuses this when
+//!   one of its streams is a terminal; [`relay`] covers that case.
+
+pub mod relay;
 
 use std::ffi::OsString;
 
@@ -29,21 +36,81 @@ pub const INSTANCE_LABEL: &str = "io.flake-pilot.instance";
 
 pub use flakes::callargs::Terminal;
 
+/// How a one-shot launch connects the caller's standard streams to the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Streams {
+    /// podman gives the app a terminal (`--tty`) and relays it; the launcher execs podman.
+    Terminal,
+    /// The flake sets its own `--log-driver`: podman relays the streams.
+    Engine,
+    /// No stream is a terminal: the app gets the caller's descriptors, the launcher execs
+    /// podman.
+    Direct,
+    /// Some streams are terminals (the flags say which of stdin, stdout, stderr): the app
+    /// gets the others directly, the launcher relays these ([`relay`]).
+    Relayed(relay::TerminalStreams),
+}
+
+impl Streams {
+    /// Chooses for a call; `terminals` says which of stdin, stdout and stderr are terminals.
+    pub fn choose(
+        flake: &ContainerFlake,
+        call: &CallArgs,
+        terminal: Terminal,
+        terminals: relay::TerminalStreams,
+    ) -> Self {
+        let own_driver = flake
+            .runtime
+            .podman
+            .iter()
+            .any(|entry| crate::options::EngineOption::parse(entry).is_log_driver());
+        if terminal.wants_tty(call) {
+            Streams::Terminal
+        } else if own_driver {
+            Streams::Engine
+        } else if terminals.contains(&true) {
+            Streams::Relayed(terminals)
+        } else {
+            Streams::Direct
+        }
+    }
+
+    /// Which of stdin, stdout and stderr of this process are terminals.
+    pub fn detect_terminals() -> relay::TerminalStreams {
+        use std::io::IsTerminal;
+        [
+            std::io::stdin().is_terminal(),
+            std::io::stdout().is_terminal(),
+            std::io::stderr().is_terminal(),
+        ]
+    }
+
+    fn passthrough(self) -> bool {
+        matches!(self, Streams::Direct | Streams::Relayed(_))
+    }
+}
+
 /// Builds the `podman run --rm` command of a one-shot launch.
 pub fn command(
     name: &FlakeName,
     flake: &ContainerFlake,
     call: &CallArgs,
     engine: &Engine,
-    terminal: Terminal,
+    (terminal, streams): (Terminal, Streams),
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Cmd, PodmanError> {
     let args = instance_args(name, flake, call, engine, terminal, lookup)?;
-    Ok(engine.podman().args(["run", "--rm"]).args(args))
+    let run = engine.podman().args(["run", "--rm"]);
+    let run = if streams.passthrough() {
+        run.arg("--log-driver=passthrough")
+    } else {
+        run
+    };
+    Ok(run.args(args))
 }
 
 /// Everything after `podman run --rm` (or `podman create --rm`) for an instance that runs
-/// the flake's target with the call's arguments.
+/// the flake's target with the call's arguments: options, `--`, the image, the arguments.
 pub fn instance_args(
     name: &FlakeName,
     flake: &ContainerFlake,
@@ -55,7 +122,7 @@ pub fn instance_args(
     let policy = OptionPolicy {
         ignore_missing_volume_path: call.options.ignore_missing_volume_path,
     };
-    let options = engine_options(&flake.runtime.podman, policy, lookup)?;
+    let options = engine.launch_options(engine_options(&flake.runtime.podman, policy, lookup)?)?;
     let mut args: Vec<OsString> = vec!["--interactive".into()];
     if terminal.wants_tty(call) {
         args.push("--tty".into());
@@ -81,7 +148,8 @@ pub fn instance_args(
         Target::Program(path) => args.extend(["--entrypoint".into(), path.into()]),
         Target::FlakeName => args.extend(["--entrypoint".into(), name.as_str().into()]),
     }
-    args.push(flake.image.clone().into());
+    // Options end here: the image can never be read as one.
+    args.extend(["--".into(), flake.image.clone().into()]);
     args.extend(call.app_args.iter().cloned());
     Ok(args)
 }

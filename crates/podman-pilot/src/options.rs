@@ -82,6 +82,32 @@ impl EngineOption {
         self.is("--init", None)
     }
 
+    /// The `KEY=VALUE` this option puts into the instance's environment, in any spelling
+    /// (`-e K=V`, `--env K=V`, `--env=K=V`, `-eK=V`); `None` for other options and for `-e
+    /// KEY` without a value (which podman takes from its own environment).
+    pub fn env_assignment(&self) -> Option<&str> {
+        let inline = if let Some(rest) = self.flag.strip_prefix("--env=") {
+            Some(rest)
+        } else {
+            self.flag.strip_prefix("-e").filter(|rest| !rest.is_empty())
+        };
+        let assignment = match inline {
+            Some(inline) if self.value.is_none() => inline,
+            Some(_) => return None,
+            None if self.flag == "-e" || self.flag == "--env" => self.value.as_deref()?,
+            None => return None,
+        };
+        assignment
+            .split_once('=')
+            .filter(|(key, _)| !key.is_empty())
+            .map(|_| assignment)
+    }
+
+    /// True when the option chooses podman's log driver.
+    pub fn is_log_driver(&self) -> bool {
+        self.is("--log-driver", None)
+    }
+
     /// The option with terminal flags removed; `None` when nothing is left.
     fn without_tty(self) -> Option<Self> {
         if self.is("--tty", Some("-t")) {

@@ -10,18 +10,34 @@
 //!
 //! Launch fast path, without any engine process: the cache record of the flake
 //! (`<podman_ids_dir>/<uid>/cache/<flake>.record`) holds the fingerprint of the flake's
-//! provisioning config and include files (paths, sizes, modification times) and the
-//! modification time of the image store's index. While both are unchanged, the recorded
-//! image is used. When either changed, the input images are inspected, the key (fingerprint
-//! plus image IDs) is recomputed, and the image is rebuilt only when no image with that key
-//! exists. Deletions made by an upper layer image are not carried over: `COPY --from`
-//! copies files, it cannot express that a file of the base must disappear.
+//! provisioning config and include files (paths, sizes, modification times), the
+//! modification time of the image store's index, and the host files the images list with
+//! the digest of their identities. While all are unchanged, the recorded image is used.
+//! When the config or the store changed, the input images are inspected, the key
+//! (fingerprint plus image IDs) is recomputed, and the image is rebuilt only when no image
+//! with that key exists. Deletions made by an upper layer image are not carried over:
+//! `COPY --from` copies files, it cannot express that a file of the base must disappear.
 //!
-//! `/systemfiles` and `/removed` of the assembled image are read as lists of host paths to
-//! provision (never executed); the listed host files that exist are copied in.
+//! Host dependencies (a delta flake always, a plain one with `check_host_dependencies`):
+//! `/systemfiles` and `/removed` of every input image are read as lists of host paths and
+//! checked (see [`hostfiles`]); each is read as a bounded tar stream, never copied out
+//! whole (module `lists`). They are never executed unless the flake opts in with
+//! `execute_systemfiles`; a script that is not run is no list and is skipped. The listed
+//! host files that pass the host policy (module `policy`: only what any local user could
+//! read, bounded in size) are copied beneath a staging directory (module `beneath`: no
+//! write can leave it) into one more layer on top of the assembly, tagged
+//! `<key>-<digest of the host files' identities>`. A changed host file changes the digest, so the next launch builds
+//! that small layer again on the kept assembly below it; a file gone stops the launch
+//! unless `%ignore_sync_error`.
 
+mod beneath;
 mod context;
+pub mod hostfiles;
+mod lists;
+mod policy;
 mod record;
+
+use std::collections::BTreeSet;
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +49,23 @@ use flakes::FlakeName;
 use crate::{Engine, PodmanError};
 use context::BuildContext;
 use record::Record;
+
+/// 64-bit FNV-1a: stable across builds and platforms, enough to tell cache entries apart.
+fn fnv(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+pub use beneath::StageError;
+
+/// Reads the regular file `name` directly inside `root` (an image's mount point), never
+/// through a link that the image put there, at most `limit` bytes of UTF-8.
+pub fn read_in_image(root: &Path, name: &str, limit: u64) -> Result<String, StageError> {
+    beneath::read_beneath(root, name, limit)
+}
 
 /// Image repository of assembled flakes.
 pub const ASSEMBLED_REPO: &str = "localhost/flake-pilot";
@@ -55,12 +88,49 @@ pub enum ProvisionError {
         config: PathBuf,
     },
     /// An image name cannot be used.
-    #[error("image name '{image}' of flake '{flake}' contains white space or control characters")]
+    #[error("flake '{flake}': {source}")]
     BadImageName {
         /// The flake.
         flake: String,
-        /// The image name.
+        /// What is wrong with the name.
+        source: flakes::image_ref::ImageRefError,
+    },
+    /// An image lists a host path that is not absolute and normal.
+    #[error("image {image} of flake '{flake}' lists '{}' in /{list}: {reason}; only absolute \
+        paths without '.', '..' or empty components are provisioned", entry.escape_debug())]
+    BadHostEntry {
+        /// The flake.
+        flake: String,
+        /// The image.
         image: String,
+        /// `removed` or `systemfiles`.
+        list: &'static str,
+        /// The refused entry.
+        entry: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// An image's list file cannot be read as a list.
+    #[error("image {image} of flake '{flake}': /{list} {reason}")]
+    BadHostList {
+        /// The flake.
+        flake: String,
+        /// The image.
+        image: String,
+        /// `removed` or `systemfiles`.
+        list: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A host file or include cannot be staged.
+    #[error("flake '{flake}': cannot stage {}: {source}", path.display())]
+    Stage {
+        /// The flake.
+        flake: String,
+        /// The host path.
+        path: PathBuf,
+        /// Why.
+        source: StageError,
     },
     /// An input image is neither present nor pullable.
     #[error("image {image} of flake '{flake}' is not available: {source}")]
@@ -87,6 +157,20 @@ pub enum ProvisionError {
         flake: String,
         /// The missing path.
         path: PathBuf,
+    },
+    /// A host file that an image lists is refused by the host policy (see the `policy` module);
+    /// `%ignore_sync_error` does not override this.
+    #[error("host file {} listed by the images of flake '{flake}' ({images}) is refused: {reason}; \
+        images only get host files that any local user may read", path.display())]
+    RefusedHostFile {
+        /// The flake.
+        flake: String,
+        /// The input images whose lists are read.
+        images: String,
+        /// The listed path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
     },
     /// Staging files failed.
     #[error("cannot {action} {}: {source}", path.display())]
@@ -127,39 +211,89 @@ impl Provisioner<'_> {
         self.check_names()?;
         let fingerprint = context::fingerprint(self)?;
         let record_path = self.cache_dir.join(format!("{}.record", self.name));
-        if let Some(image) = Record::load(&record_path).and_then(|r| r.fresh(fingerprint)) {
+        if let Some(image) = self.recorded(&record_path, fingerprint)? {
             return Ok(image);
         }
         self.prepare_cache_dir()?;
+        collect_stale_work(&self.cache_dir);
         let _lock = self.lock()?;
-        if let Some(image) = Record::load(&record_path).and_then(|r| r.fresh(fingerprint)) {
+        if let Some(image) = self.recorded(&record_path, fingerprint)? {
             return Ok(image);
         }
+        self.assemble(&record_path, fingerprint)
+    }
+
+    /// The recorded image, while config, store and listed host files are as recorded.
+    fn recorded(&self, path: &Path, fingerprint: u64) -> Result<Option<String>, ProvisionError> {
+        let Some(record) = Record::load(path).filter(|r| r.fresh(fingerprint)) else {
+            return Ok(None);
+        };
+        let hosts = hostfiles::digest(self, &record.listed)?;
+        Ok((hosts == record.hosts).then_some(record.image))
+    }
+
+    /// Builds what is missing (the assembly, then its host-file layer) and records it.
+    fn assemble(&self, record_path: &Path, fingerprint: u64) -> Result<String, PodmanError> {
         let ids = self.input_ids()?;
-        let tag = format!(
-            "{ASSEMBLED_REPO}/{}:{:016x}",
-            self.repo_name(),
-            context::key(fingerprint, &ids)
-        );
-        if !self.engine.image_exists(&tag).succeeds()? {
-            self.build(&tag)?;
+        let key = context::key(fingerprint, &ids);
+        let previous = Record::load(record_path);
+        let stage = format!("{ASSEMBLED_REPO}/{}:{key:016x}", self.repo_name());
+        let listed = match previous.as_ref().filter(|r| r.key == key) {
+            Some(record) => record.listed.clone(),
+            None if self.flake.provisions_host_files() => self.listed_host_files()?,
+            None => Vec::new(),
+        };
+        let hosts = hostfiles::digest(self, &listed)?;
+        if !self.engine.image_exists(&stage).succeeds()? {
+            self.run_build(&BuildContext::stage(self)?, &stage)?;
         }
-        let previous = Record::load(&record_path).map(|r| r.image);
-        Record::new(fingerprint, tag.clone(), self.store_index()?).save(&record_path)?;
-        if let Some(old) = previous.filter(|old| *old != tag) {
-            let _ = self.engine.podman().args(["image", "rm", &old]).succeeds();
+        let image = if listed.is_empty() {
+            stage.clone()
+        } else {
+            let tag = format!("{stage}-{hosts:016x}");
+            if !self.engine.image_exists(&tag).succeeds()? {
+                self.run_build(&BuildContext::host_files(self, &stage, &listed)?, &tag)?;
+            }
+            tag
+        };
+        let (index, stamp) = self.store_index()?;
+        let record = Record {
+            fingerprint,
+            key,
+            image: image.clone(),
+            stage,
+            hosts,
+            listed,
+            index,
+            stamp,
+        };
+        record.save(record_path)?;
+        if let Some(previous) = previous {
+            self.remove_outdated(&previous, &record);
         }
-        Ok(tag)
+        Ok(image)
+    }
+
+    /// Removes the images of `previous` that `current` no longer uses (an image still in
+    /// use by a running instance stays).
+    fn remove_outdated(&self, previous: &Record, current: &Record) {
+        let keep = [current.image.as_str(), current.stage.as_str()];
+        let old: BTreeSet<&str> = [previous.image.as_str(), previous.stage.as_str()].into();
+        for image in old.into_iter().filter(|i| !keep.contains(i)) {
+            let _ = self
+                .engine
+                .podman()
+                .args(["image", "rm", "--", image])
+                .succeeds();
+        }
     }
 
     fn check_names(&self) -> Result<(), ProvisionError> {
         for image in self.inputs() {
-            if image.is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(ProvisionError::BadImageName {
-                    flake: self.name.to_string(),
-                    image: image.to_string(),
-                });
-            }
+            flakes::image_ref::check(image).map_err(|source| ProvisionError::BadImageName {
+                flake: self.name.to_string(),
+                source,
+            })?;
         }
         Ok(())
     }
@@ -200,7 +334,7 @@ impl Provisioner<'_> {
             let id = self
                 .engine
                 .podman()
-                .args(["image", "inspect", "--format", "{{.Id}}", image])
+                .args(["image", "inspect", "--format", "{{.Id}}", "--", image])
                 .stdout()?;
             ids.push(id.trim().to_string());
         }
@@ -208,11 +342,10 @@ impl Provisioner<'_> {
     }
 
     fn pull(&self, image: &str) -> Result<(), PodmanError> {
-        let pull = self.engine.pull(image);
         let result = if self.progress {
-            pull.status().map(|_| ())
+            self.engine.pull(image).status().map(|_| ())
         } else {
-            pull.arg("--quiet").stdout().map(|_| ())
+            self.engine.pull_with(&["--quiet"], image).run()
         };
         result.map_err(|source| {
             PodmanError::Provision(ProvisionError::Unavailable {
@@ -235,26 +368,6 @@ impl Provisioner<'_> {
         Ok(())
     }
 
-    fn build(&self, tag: &str) -> Result<(), PodmanError> {
-        let context = BuildContext::stage(self)?;
-        let first = if self.flake.check_host_dependencies {
-            format!("{tag}-stage")
-        } else {
-            tag.to_string()
-        };
-        self.run_build(&context, &first)?;
-        if self.flake.check_host_dependencies {
-            let result = self.add_host_dependencies(&first, tag);
-            let _ = self
-                .engine
-                .podman()
-                .args(["image", "rm", &first])
-                .succeeds();
-            result?;
-        }
-        Ok(())
-    }
-
     fn run_build(&self, context: &BuildContext, tag: &str) -> Result<(), PodmanError> {
         let label = format!("{ASSEMBLED_LABEL}={}", self.name);
         let build = self
@@ -268,14 +381,16 @@ impl Provisioner<'_> {
                 &label,
                 "-t",
                 tag,
-                "-f",
             ])
+            .args((!self.progress).then_some("--quiet"))
+            .arg("-f")
             .arg(context.containerfile())
+            .arg("--")
             .arg(context.dir());
         let result = if self.progress {
             build.status().map(|_| ())
         } else {
-            build.arg("--quiet").stdout().map(|_| ())
+            build.run()
         };
         result.map_err(|source| {
             ProvisionError::Build {
@@ -286,49 +401,87 @@ impl Provisioner<'_> {
         })
     }
 
-    fn add_host_dependencies(&self, stage: &str, tag: &str) -> Result<(), PodmanError> {
-        let listed = self.listed_host_files(stage)?;
-        let context = BuildContext::host_files(self, stage, &listed)?;
-        self.run_build(&context, tag)
+    /// Host paths listed in `/systemfiles` and `/removed` of the input images, checked,
+    /// without duplicates, in order (a directory before what it contains).
+    fn listed_host_files(&self) -> Result<Vec<PathBuf>, PodmanError> {
+        let scratch = Scratch(tempdir_in(&self.cache_dir)?);
+        let mut listed = BTreeSet::new();
+        for image in self.inputs() {
+            let id = self
+                .engine
+                .podman()
+                .args(["create", "--entrypoint", "/", "--", image])
+                .stdout()?;
+            let id = id.trim().to_string();
+            let lists = self.read_lists(image, &id, &scratch.0);
+            let _ = self
+                .engine
+                .podman()
+                .args(["rm", "-f", "--", &id])
+                .succeeds();
+            listed.extend(lists?);
+        }
+        Ok(listed.into_iter().collect())
     }
 
-    /// Paths listed in the image's `/systemfiles` and `/removed`, read through a created
-    /// (never started) container.
-    fn listed_host_files(&self, image: &str) -> Result<Vec<PathBuf>, PodmanError> {
-        let podman = || self.engine.podman();
-        let id = podman()
-            .args(["create", "--entrypoint", "/", image])
-            .stdout()?;
-        let id = id.trim().to_string();
-        let scratch = tempdir_in(&self.cache_dir)?;
-        let mut listed = Vec::new();
-        for file in ["systemfiles", "removed"] {
-            let target = scratch.join(file);
-            if podman()
-                .args(["cp", &format!("{id}:/{file}")])
-                .arg(&target)
-                .succeeds()?
-            {
-                let text = if file == "systemfiles" && self.flake.execute_systemfiles {
-                    // Opted in by `execute_systemfiles: true`: the image's script runs on the
-                    // host, as the caller, and prints the list (`sh /systemfiles`).
-                    let path = Some(std::ffi::OsStr::new("/usr/bin:/bin"));
-                    let sh = flakes::process::resolve("sh", path)?;
-                    flakes::process::Cmd::new(sh).arg(&target).stdout()?
-                } else {
-                    std::fs::read_to_string(&target).unwrap_or_default()
-                };
-                listed.extend(
-                    text.lines()
-                        .map(str::trim)
-                        .filter(|l| l.starts_with('/'))
-                        .map(PathBuf::from),
-                );
+    /// The entries of both lists of `image`, read through its created container `id`.
+    fn read_lists(
+        &self,
+        image: &str,
+        id: &str,
+        scratch: &Path,
+    ) -> Result<Vec<PathBuf>, PodmanError> {
+        let mut entries = Vec::new();
+        for list in hostfiles::LISTS {
+            let Some(text) = self.read_list(image, id, list)? else {
+                continue;
+            };
+            let text = if list == "systemfiles" && self.flake.execute_systemfiles {
+                // Opted in by `execute_systemfiles: true`: the image's script runs on the
+                // host, as the caller, and prints the list (`sh /systemfiles`).
+                let target = scratch.join(format!("{id}-{list}"));
+                std::fs::write(&target, &text).map_err(|source| ProvisionError::Io {
+                    action: "write",
+                    path: target.clone(),
+                    source,
+                })?;
+                let path = Some(std::ffi::OsStr::new("/usr/bin:/bin"));
+                let sh = flakes::process::resolve("sh", path)?;
+                flakes::process::Cmd::new(sh).arg(&target).stdout()?
+            } else {
+                text
+            };
+            if text.starts_with("#!") {
+                // A generator script that the flake did not opt in to run: not a list.
+                tracing::info!(image, list, "not running the image's script");
+                continue;
             }
+            entries.extend(hostfiles::parse(self, image, list, &text)?);
         }
-        let _ = podman().args(["rm", "-f", &id]).succeeds();
-        let _ = std::fs::remove_dir_all(&scratch);
-        Ok(listed)
+        Ok(entries)
+    }
+
+    /// The text of `/list` in container `id` of `image` (see [`lists`]), `None` without one.
+    fn read_list(
+        &self,
+        image: &str,
+        id: &str,
+        list: &'static str,
+    ) -> Result<Option<String>, PodmanError> {
+        let cp = self
+            .engine
+            .podman()
+            .args(["cp", "--", &format!("{id}:/{list}"), "-"]);
+        lists::read(&cp).map_err(|e| match e {
+            lists::ListError::Engine(source) => source.into(),
+            lists::ListError::Refused(reason) => ProvisionError::BadHostList {
+                flake: self.name.to_string(),
+                image: image.to_string(),
+                list,
+                reason,
+            }
+            .into(),
+        })
     }
 
     /// Modification time of the image store's index, and its path.
@@ -382,6 +535,15 @@ impl Provisioner<'_> {
     }
 }
 
+/// A scratch directory, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A fresh private directory below `parent`.
 fn tempdir_in(parent: &Path) -> Result<PathBuf, ProvisionError> {
     let stamp = std::time::SystemTime::now()
@@ -395,6 +557,26 @@ fn tempdir_in(parent: &Path) -> Result<PathBuf, ProvisionError> {
         source,
     })?;
     Ok(dir)
+}
+
+/// Removes the staging directories (`work-PID-*`) of launchers that are gone: one killed
+/// while assembling (`kill -9`, a crash) cannot remove its own, and each holds a copy of
+/// every include. A directory whose launcher pid is alive is left alone.
+fn collect_stale_work(cache_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(cache_dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("work-"))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,17 @@
 //! 1. lock; connect again (another caller may have just started it);
 //! 2. `podman run -d --rm --name N ... --entrypoint /.flake-agent IMAGE serve ...`, after
 //!    removing a leftover container of that name (crash, reboot, `podman rm` behind our back);
-//! 3. wait for the socket, unlock, and make the call like a warm one.
+//! 3. for a flake on the image's own entry command (`--target /`), read that command from
+//!    the image and keep it with the instance ([`crate::entry`]);
+//! 4. wait for the socket, unlock, and make the call like a warm one.
+//!
+//! Every connection is checked to be served by the instance's agent before anything is
+//! sent (see [`crate::identity`]): the warm path compares the listener with the identity
+//! recorded by the cold path, and the cold path asks podman which process the agent is. A
+//! socket served by anything else is refused with one line. The socket is reached through
+//! the state directory the launcher holds open (`/proc/self/fd/N/agent.sock`), so no
+//! rename of a directory can redirect the call, and no instance name is too long for a
+//! socket path; inside the instance its path is the short, fixed [`STATE_MOUNT`].
 //!
 //! When the agent cannot be reached although the container runs (or podman runs through
 //! sudo, whose root-owned socket the caller cannot open), the call falls back to
@@ -24,14 +34,18 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use flakes::config::{ContainerFlake, Target};
-use flakes::instance::{InstanceKey, StateDir};
+use flakes::fault::{pause_at, Step};
+use flakes::instance::{socket_in, InstanceKey, StateDir};
 use flakes::process::{Cmd, ProcessError};
-use flakes::{CallArgs, FlakeName, PilotExit};
+use flakes::{CallArgs, PilotExit};
 
+use crate::entry::ImageEntry;
+use crate::identity::{is_agent_of, AgentId};
 use crate::oneshot::{Terminal, FLAKE_LABEL, INSTANCE_LABEL};
 use crate::options::{engine_options, OptionPolicy};
 use crate::{Engine, PodmanError};
 use flake_agent::client::{self, Request, Streams};
+use flake_agent::transport::peer_credentials;
 
 /// Where the state directory appears inside the instance.
 pub const STATE_MOUNT: &str = "/.flake-pilot";
@@ -64,19 +78,15 @@ pub fn call(
     terminal: Terminal,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<PilotExit, PodmanError> {
-    let argv = target_argv(&instance.key.flake, flake, call)?;
     let tty = terminal.wants_tty(call);
-    let socket = instance.state.socket();
-    let stream = match instance
-        .direct
-        .then(|| client::connect(&socket).ok())
-        .flatten()
-    {
+    let stream = match instance.direct.then(|| warm_connect(instance)).flatten() {
         Some(stream) => Some(stream),
         None => cold_start(instance, agent, flake, call, lookup)?,
     };
+    let argv = target_argv(instance, flake, call)?;
     let exit = match stream {
         Some(stream) => {
+            pause_at(Step::Connected);
             let term = std::env::var_os("TERM").map(|t| t.as_bytes().to_vec());
             let streams = if tty {
                 Streams::Terminal
@@ -110,23 +120,49 @@ pub fn remove(instance: &Instance<'_>) -> Result<(), PodmanError> {
     Ok(())
 }
 
+/// The program and arguments of one call: the flake's target, or the image's own entry
+/// command for a flake registered on it (see [`crate::entry`]).
 fn target_argv(
-    name: &FlakeName,
+    instance: &Instance<'_>,
     flake: &ContainerFlake,
     call: &CallArgs,
 ) -> Result<Vec<Vec<u8>>, PodmanError> {
     let program = match &flake.target {
         Target::Program(path) => path.clone(),
-        Target::FlakeName => name.to_string(),
+        Target::FlakeName => instance.key.flake.to_string(),
         Target::ImageEntrypoint => {
-            return Err(PodmanError::NeedsTarget {
-                name: name.to_string(),
-            })
+            let entry = match ImageEntry::load(instance.state.dir()) {
+                Some(entry) => entry,
+                // Started by a launcher that did not write it down (killed, or older):
+                // read it now; only a cold start, under the instance lock, keeps it.
+                None => {
+                    ImageEntry::of_container(instance.engine, &instance.container, &flake.image)?
+                }
+            };
+            return Ok(entry.argv(&call.app_args, &flake.image)?);
         }
     };
     let mut argv = vec![program.into_bytes()];
     argv.extend(call.app_args.iter().map(|a| a.as_bytes().to_vec()));
     Ok(argv)
+}
+
+/// Reads the image's entry command and keeps it in the instance's state directory.
+fn keep_image_entry(
+    instance: &Instance<'_>,
+    flake: &ContainerFlake,
+) -> Result<ImageEntry, PodmanError> {
+    let entry = ImageEntry::of_container(instance.engine, &instance.container, &flake.image)?;
+    entry.save(instance.state.dir())?;
+    Ok(entry)
+}
+
+/// A connection to the agent recorded by the last cold start, if it still serves.
+fn warm_connect(instance: &Instance<'_>) -> Option<UnixStream> {
+    let stream = instance.state.connect().ok()?;
+    AgentId::load(&instance.state)?
+        .serves(&stream)
+        .then_some(stream)
 }
 
 /// Starts the instance under its lock; returns a connection when the agent is reachable.
@@ -138,36 +174,72 @@ fn cold_start(
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<UnixStream>, PodmanError> {
     let _lock = instance.state.lock()?;
-    let socket = instance.state.socket();
     if instance.direct {
-        if let Ok(stream) = client::connect(&socket) {
+        if let Some(stream) = warm_connect(instance) {
             return Ok(Some(stream));
+        }
+        // Someone listens, but not the recorded agent: the instance's own after a restart
+        // behind our back, or an impostor. Only podman can tell.
+        if let Ok(stream) = instance.state.connect() {
+            if let Some(init) = instance.engine.container_pid(&instance.container)? {
+                return verified(instance, stream, init).map(Some);
+            }
         }
     } else if is_running(instance)? {
         return Ok(None);
     }
+    pause_at(Step::Locked);
     crate::agent::check_static(agent)?;
-    let _ = std::fs::remove_file(&socket);
+    instance.state.remove_socket()?;
     let run = start_command(instance, agent, flake, call, lookup)?;
     if let Err(err) = run.stdout() {
         // A container of that name left from a crash or reboot: remove it and retry once.
         let _ = instance.engine.remove_container(&instance.container);
         run.stdout().map_err(|_| err)?;
     }
+    pause_at(Step::Started);
+    if flake.target == Target::ImageEntrypoint {
+        // After the start, which pulled a missing image: the instance runs this one.
+        keep_image_entry(instance, flake)?;
+    }
     if !instance.direct {
         return Ok(None);
     }
-    wait_for_agent(instance, &socket)
+    wait_for_agent(instance)
 }
 
-fn wait_for_agent(
+/// `stream`, once its listener is shown to be the agent of the container whose PID 1 is
+/// `init`; the agent's identity is recorded for the warm path.
+fn verified(
     instance: &Instance<'_>,
-    socket: &Path,
-) -> Result<Option<UnixStream>, PodmanError> {
+    stream: UnixStream,
+    init: u32,
+) -> Result<UnixStream, PodmanError> {
+    let peer = peer_credentials(&stream).map_err(flake_agent::proto::ProtoError::from)?;
+    let agent = is_agent_of(peer.pid, init)
+        .then(|| AgentId::of_peer(peer))
+        .flatten();
+    match agent {
+        Some(agent) => {
+            agent.save(&instance.state)?;
+            Ok(stream)
+        }
+        None => Err(PodmanError::Impostor {
+            container: instance.container.clone(),
+            socket: socket_in(instance.state.path()),
+            pid: peer.pid,
+            uid: peer.uid,
+        }),
+    }
+}
+
+fn wait_for_agent(instance: &Instance<'_>) -> Result<Option<UnixStream>, PodmanError> {
     let deadline = Instant::now() + AGENT_TIMEOUT;
     loop {
-        if let Ok(stream) = client::connect(socket) {
-            return Ok(Some(stream));
+        if let Ok(stream) = instance.state.connect() {
+            if let Some(init) = instance.engine.container_pid(&instance.container)? {
+                return verified(instance, stream, init).map(Some);
+            }
         }
         if Instant::now() > deadline {
             if is_running(instance)? {
@@ -197,7 +269,10 @@ fn start_command(
     let policy = OptionPolicy {
         ignore_missing_volume_path: call.options.ignore_missing_volume_path,
     };
-    let options = engine_options(&flake.runtime.podman, policy, lookup)?;
+    let options =
+        instance
+            .engine
+            .launch_options(engine_options(&flake.runtime.podman, policy, lookup)?)?;
     let mut args: Vec<OsString> = ["run", "--detach", "--rm", "--quiet", "--name"]
         .map(OsString::from)
         .into();
@@ -212,6 +287,7 @@ fn start_command(
     args.extend([
         "--entrypoint".into(),
         AGENT_MOUNT.into(),
+        "--".into(),
         flake.image.clone().into(),
     ]);
     args.extend([

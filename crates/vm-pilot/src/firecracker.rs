@@ -115,7 +115,8 @@ pub struct Logger {
 pub struct InstancePaths {
     /// Writable overlay image, when the flake has an overlay.
     pub overlay: Option<PathBuf>,
-    /// Host side of the guest channel.
+    /// Host side of the guest channel; a relative path is relative to the VMM's working
+    /// directory (the instance directory, see [`crate::vmm::connect_unix`]).
     pub vsock: PathBuf,
     /// VMM log file.
     pub log: PathBuf,
@@ -189,6 +190,9 @@ impl VmmConfig {
     }
 }
 
+/// The name of the vsock's host socket in the instance directory.
+const VSOCK: &str = "vsock.sock";
+
 /// The vsock port the guest init listens on.
 pub const GUEST_PORT: u32 = 52;
 
@@ -204,7 +208,7 @@ impl Firecracker {
     pub fn paths(plan: &Plan) -> InstancePaths {
         InstancePaths {
             overlay: plan.overlay.clone(),
-            vsock: plan.dir.join("vsock.sock"),
+            vsock: VSOCK.into(),
             log: plan.vmm_log(),
             tap: plan.tap.clone(),
         }
@@ -225,6 +229,7 @@ impl Vmm for Firecracker {
             .write(&config_path)
             .map_err(crate::error::io(&config_path))?;
         let mut command = Command::new(&self.binary);
+        command.current_dir(&plan.dir);
         if !plan.guest.resume {
             crate::vmm::end_with_launcher(&mut command);
         }
@@ -252,7 +257,7 @@ impl Vmm for Firecracker {
     /// Firecracker's host-side vsock convention: connect to `uds_path`, send
     /// `CONNECT <port>\n`, and the VMM answers `OK <host port>\n` once the guest accepted.
     fn connect(&self, plan: &Plan, _port: usize) -> std::io::Result<UnixStream> {
-        let mut stream = UnixStream::connect(Self::paths(plan).vsock)?;
+        let mut stream = crate::vmm::connect_vmm(&plan.dir, VSOCK)?;
         stream.set_read_timeout(Some(Duration::from_secs(2)))?;
         stream.write_all(format!("CONNECT {GUEST_PORT}\n").as_bytes())?;
         let mut line = Vec::new();

@@ -5,10 +5,15 @@
 
 use std::path::Path;
 
-/// Unpacks the kis archive at `archive` into `dir` (as a pull does before verifying);
-/// the error says why the archive is refused.
-pub fn kis_unpack(archive: &Path, dir: &Path) -> Result<(), String> {
-    crate::pull::kis::unpack(archive, dir)
+/// Unpacks the kis archive at `archive` into `dir` as a pull does before verifying, with
+/// the default policy but at most `max_size` bytes (a fuzz run writes many archives); the
+/// error says why the archive is refused.
+pub fn kis_unpack(archive: &Path, dir: &Path, max_size: u64) -> Result<(), String> {
+    let policy = crate::pull::Policy {
+        max_size,
+        ..crate::pull::Policy::default()
+    };
+    crate::pull::kis::unpack(archive, "fuzz".into(), dir, &policy).map_err(|e| e.to_string())
 }
 
 /// Verifies the rootfs in `dir` against the checksum record there, as a pull does after

@@ -23,6 +23,7 @@ use flake_agent::proto::{ExitStatus, Frame, ProtoError};
 use flakes::callargs::Terminal;
 use flakes::config::vm::VmFlake;
 use flakes::config::{Include, LaunchMode};
+use flakes::fault::{pause_at, Step};
 use flakes::instance::{InstanceKey, StateDir};
 use flakes::{CallArgs, PilotExit};
 
@@ -179,7 +180,7 @@ impl Launch<'_> {
         }
     }
 
-    fn plan(&self, state: &StateDir, label: &str, resume: bool) -> Plan {
+    fn plan(&self, state: &StateDir, label: &str, resume: bool, tap: Option<String>) -> Plan {
         let overlay = self.flake.runtime.overlay_size.map(|_| {
             if resume {
                 self.storage_dir.join(format!("{label}.ext4"))
@@ -192,7 +193,7 @@ impl Launch<'_> {
             dir: state.path().to_path_buf(),
             overlay,
             ports: self.vmm.ports(resume),
-            tap: self.flake.runtime.network.then(|| self.tap_name(label)),
+            tap,
             guest: GuestSettings {
                 resume,
                 idle: self.flake.runtime.idle_timeout.map(|d| d.as_secs()),
@@ -208,15 +209,21 @@ impl Launch<'_> {
         }
     }
 
-    /// The TAP device of instance `label`. Root gets one per instance, made and removed by
-    /// the launcher; another user cannot make devices, so a one-shot call uses the device
-    /// an admin made for the flake (`tap-<flake>[@NAME]`).
-    fn tap_name(&self, label: &str) -> String {
-        if rustix::process::geteuid().is_root() {
-            tap::name(label)
-        } else {
-            tap::name(&self.key.label())
+    /// Claims the TAP device of the one-shot call `label` (see [`tap`] for who waits).
+    fn claim_tap(&self, state: &StateDir, label: &str) -> Result<Option<tap::TapClaim>> {
+        if !self.flake.runtime.network {
+            return Ok(None);
         }
+        let vms_dir = state.path().parent().unwrap_or(state.path());
+        let claim = tap::claim(tap::ClaimFor {
+            vms_dir,
+            name: tap::name(&self.key.label()),
+            per_call: tap::name(label),
+            root: rustix::process::geteuid().is_root(),
+            wait: tap::WAIT,
+            progress: self.call.options.progress,
+        })?;
+        Ok(Some(claim))
     }
 
     /// Whether the image's guest init speaks the protocol.
@@ -224,8 +231,9 @@ impl Launch<'_> {
         self.guest != GuestInit::Original
     }
 
-    /// Creates the overlay (when missing) and the TAP device the plan needs.
-    fn provide(&self, plan: &Plan) -> Result<()> {
+    /// Creates the overlay (when missing) and the TAP device the plan needs (noting in the
+    /// one-shot call's `claim` whether it created the device).
+    fn provide(&self, plan: &Plan, claim: Option<&tap::TapClaim>) -> Result<()> {
         if let (Some(path), Some(size)) = (&plan.overlay, self.flake.runtime.overlay_size) {
             if !path.exists() {
                 if let Some(parent) = path.parent() {
@@ -235,7 +243,10 @@ impl Launch<'_> {
             }
         }
         if let Some(name) = &plan.tap {
-            tap::ensure(name, &plan.dir, self.tools.ip()?, self.uid)?;
+            let created = tap::ensure(name, &plan.dir, self.tools.ip()?, self.uid)?;
+            if let Some(claim) = claim {
+                claim.created(created);
+            }
         }
         Ok(())
     }
@@ -245,28 +256,41 @@ impl Launch<'_> {
         if let Some(path) = &plan.overlay {
             let _ = std::fs::remove_file(path);
         }
-        self.provide(plan)
+        self.provide(plan, None)
     }
 
     fn one_shot(&self) -> Result<ExitStatus> {
         let label = instance::one_shot_label(&self.key.label(), std::process::id());
         let state = StateDir::prepare_vm(&self.ids_dir, self.uid, &label)?;
-        if let Some(vms) = state.path().parent() {
-            instance::collect_orphans(vms, &self.tools);
-        }
-        let mut plan = self.plan(&state, &label, false);
+        instance::collect_orphans(state.parent(), &self.tools);
+        let claim = match self.claim_tap(&state, &label) {
+            Ok(claim) => claim,
+            Err(err) => {
+                let _ = state.remove();
+                return Err(err);
+            }
+        };
+        pause_at(Step::Locked);
+        let mut plan = self.plan(
+            &state,
+            &label,
+            false,
+            claim.as_ref().map(|c| c.name.clone()),
+        );
         let serial = !self.guest_channel() && !self.flake.runtime.force_vsock;
         let result = self
             .serial_word(serial)
             .and_then(|word| {
                 plan.serial = word;
-                self.provide(&plan)
+                self.provide(&plan, claim.as_ref())
             })
             .and_then(|()| match plan.serial {
                 Some(_) => self.boot_serial(&plan),
                 None => self.start_and_call(&plan),
             });
+        // The device goes before the claim on it: a waiting call then finds it missing.
         tap::release(&plan.dir, &self.tools);
+        drop(claim);
         // A VM that failed keeps its logs for the error message to point at, and so does
         // every VM with `PILOT_DEBUG`; the next launch collects the directory (its launcher
         // is gone by then).
@@ -418,6 +442,7 @@ impl Launch<'_> {
     ) -> Result<T> {
         let mut vmm = self.start_vmm_with(plan, state)?;
         let result = instance::write_pid(&plan.dir, vmm.id()).and_then(|()| {
+            pause_at(Step::Started);
             let mut alive = || matches!(vmm.try_wait(), Ok(None));
             body(&mut alive)
         });
@@ -531,6 +556,7 @@ impl Launch<'_> {
         answer: Duration,
         claim: Option<&instance::PortClaim>,
     ) -> Result<ExitStatus> {
+        pause_at(Step::Connected);
         let mut request = self.request(plan.console);
         if request.stdin_on_ack {
             request.answer_within = Some(answer);
@@ -560,7 +586,8 @@ impl Launch<'_> {
         }
         let label = self.key.label();
         let state = StateDir::prepare_vm(&self.ids_dir, self.uid, &label)?;
-        let plan = self.plan(&state, &label, true);
+        let tap = self.flake.runtime.network.then(|| tap::name(&label));
+        let plan = self.plan(&state, &label, true, tap);
         let status = self.resume_call_until_served(&state, &plan)?;
         if self.call.options.remove {
             self.remove(state, &plan)?;
@@ -609,8 +636,12 @@ impl Launch<'_> {
     fn resume_call(&self, state: &StateDir, plan: &Plan) -> Result<ExitStatus, Attempt> {
         let (mut started, warm) = {
             let _lock = state.lock().map_err(VmError::from)?;
+            pause_at(Step::Locked);
             match instance::running(&plan.dir) {
-                Some(pid) => (None, Some(pid)),
+                Some(pid) => {
+                    instance::keep_pid(&plan.dir, pid);
+                    (None, Some(pid))
+                }
                 None => (Some(self.start_resume_vm(plan)?), None),
             }
         };
@@ -649,7 +680,7 @@ impl Launch<'_> {
         };
         let status = self.call_over(stream, plan, answer, claim.as_ref());
         if status.is_ok() && answer == BOOT_TIMEOUT {
-            let _ = std::fs::write(&up, "");
+            let _ = crate::state_file::write(&up, b"");
         }
         drop(claim);
         let repeatable = self.guest.console();
@@ -669,7 +700,7 @@ impl Launch<'_> {
     fn start_resume_vm(&self, plan: &Plan) -> Result<std::process::Child> {
         instance::clear_stale(&plan.dir);
         tap::release(&plan.dir, &self.tools);
-        self.provide(plan)?;
+        self.provide(plan, None)?;
         let mut vmm = self.start_vmm(plan)?;
         if let Err(err) = instance::write_pid(&plan.dir, vmm.id()) {
             // Without its pid recorded the VM would be invisible and a second one could
@@ -678,6 +709,7 @@ impl Launch<'_> {
             let _ = vmm.wait();
             return Err(err);
         }
+        pause_at(Step::Started);
         // Until the child has exec'd, its command line is still this launcher's and
         // `running` says no: the lock is held until a concurrent first call can see the VM.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MIT
 //! The VM engine of flake-pilot: where VM images live ([`pull`], [`find_image`]), the
 //! Firecracker and QEMU microvm backends behind one [`vmm::Vmm`] trait, instance state
-//! ([`instance`]), overlay disks ([`overlay`]), TAP devices ([`tap`]), saved one-shot VM
-//! states ([`saved`]) and the lifecycle of one call ([`launch`]).
+//! ([`instance`], its small files read with [`state_file`]), overlay disks ([`overlay`]),
+//! TAP devices ([`tap`]), saved one-shot VM states ([`saved`]) and the lifecycle of one
+//! call ([`launch`]).
 
 #![deny(missing_docs)]
 
@@ -10,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use flakes::{Mode, Settings};
 
-pub use instance::{running as instance_running, PID_FILE};
+pub use instance::{running as instance_running, running_in as instance_running_in, PID_FILE};
 
 /// Where the VM instances of a user live: `<ids_dir>/<uid>/.vm/` (hidden, so podman
 /// instance listings never mistake it for a container instance).
@@ -37,6 +38,7 @@ pub mod overlay;
 pub mod pull;
 pub mod qemu;
 pub mod saved;
+pub mod state_file;
 pub mod tap;
 pub mod tools;
 pub mod vmm;

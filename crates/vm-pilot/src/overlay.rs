@@ -38,7 +38,7 @@ pub fn create(path: &Path, size: ByteSize, include: &Include, mkfs: &Path) -> Re
             .arg(&staging)
             .arg(&partial)
             .arg(format!("{}k", size.bytes() / 1024))
-            .stdout()?;
+            .run()?;
         std::fs::rename(&partial, path).map_err(|e| fail(e.to_string()))
     });
     let _ = std::fs::remove_dir_all(&staging);

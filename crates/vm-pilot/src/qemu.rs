@@ -33,6 +33,15 @@ use crate::vmm::{Plan, StateFile, Vmm};
 
 /// Environment variable choosing QEMU's accelerator (`tcg` by default).
 pub const ACCEL_ENV: &str = "FLAKE_QEMU_ACCEL";
+/// The monitor socket's name in the instance directory.
+const MONITOR: &str = "monitor.sock";
+
+/// The name of guest channel `port`'s socket in the instance directory (QEMU binds it
+/// there by name, its working directory: see [`crate::vmm::connect_unix`]).
+fn channel_name(port: usize) -> String {
+    format!("channel-{port}.sock")
+}
+
 /// Guest channel ports of a resume VM: how many calls it serves at once.
 pub const RESUME_PORTS: usize = 4;
 
@@ -48,12 +57,12 @@ pub struct Qemu {
 impl Qemu {
     /// The socket of guest channel `port`.
     pub fn channel(plan: &Plan, port: usize) -> PathBuf {
-        plan.dir.join(format!("channel-{port}.sock"))
+        plan.dir.join(channel_name(port))
     }
 
     /// The monitor socket of a VM that may be saved.
     pub fn monitor(plan: &Plan) -> PathBuf {
-        plan.dir.join("monitor.sock")
+        plan.dir.join(MONITOR)
     }
 
     /// Starts `command`, the VMM of `plan`.
@@ -61,6 +70,7 @@ impl Qemu {
         if !plan.guest.resume {
             crate::vmm::end_with_launcher(&mut command);
         }
+        command.current_dir(&plan.dir);
         // Its own process group: a Ctrl-C on the caller's terminal is for the app (the
         // launcher forwards it), not for the VMM.
         // Serial mode keeps the caller's process group: the VMM reads the terminal.
@@ -147,7 +157,7 @@ impl Qemu {
                 .arg("-chardev")
                 .arg(format!(
                     "socket,id=ch0,path={},server=on,wait=off",
-                    Self::channel(plan, 0).display()
+                    channel_name(0)
                 ))
                 .args(["-device", "virtconsole,chardev=ch0"]);
             return command;
@@ -158,7 +168,7 @@ impl Qemu {
                 .arg("-chardev")
                 .arg(format!(
                     "socket,id=ch{port},path={},server=on,wait=off",
-                    Self::channel(plan, port).display()
+                    channel_name(port)
                 ))
                 .arg("-device")
                 .arg(format!("virtserialport,chardev=ch{port},name=flake{port}"));
@@ -245,7 +255,7 @@ impl Vmm for Qemu {
     }
 
     fn connect(&self, plan: &Plan, port: usize) -> std::io::Result<UnixStream> {
-        UnixStream::connect(Self::channel(plan, port))
+        crate::vmm::connect_vmm(&plan.dir, &channel_name(port))
     }
 
     fn saves_states(&self) -> bool {
@@ -297,10 +307,9 @@ impl Vmm for Qemu {
                 inherit(&mut command, fd);
             }
             StateFile::Save => {
-                command.arg("-qmp").arg(format!(
-                    "unix:{},server=on,wait=off",
-                    Self::monitor(plan).display()
-                ));
+                command
+                    .arg("-qmp")
+                    .arg(format!("unix:{MONITOR},server=on,wait=off"));
             }
         }
         let started = self.spawn(command, plan);
@@ -365,7 +374,7 @@ mod tests {
         for needle in [
             "sci_channel=console",
             "-device virtio-serial-device,max_ports=1",
-            "socket,id=ch0,path=/i/channel-0.sock,server=on,wait=off",
+            "socket,id=ch0,path=channel-0.sock,server=on,wait=off",
             "-device virtconsole,chardev=ch0",
         ] {
             assert!(joined.contains(needle), "{needle} missing in {joined}");
@@ -409,7 +418,7 @@ mod tests {
             "id=root,file=/r,format=raw,if=none,readonly=on",
             "id=overlay,file=/i/overlay.ext4,format=raw,if=none,cache=unsafe",
             "tap,id=net0,ifname=tap-app,script=no,downscript=no",
-            "socket,id=ch1,path=/i/channel-1.sock,server=on,wait=off",
+            "socket,id=ch1,path=channel-1.sock,server=on,wait=off",
             "virtserialport,chardev=ch1,name=flake1",
         ] {
             assert!(joined.contains(needle), "{needle} missing in {joined}");

@@ -1,21 +1,36 @@
 // SPDX-License-Identifier: MIT
 //! The TAP device of a VM with a network.
 //!
-//! The device is named `tap-<instance>` (for example `tap-mybash` or `tap-mybash@work`)
-//! when that fits the kernel's 15-character limit on interface names, and
-//! `tap-<8 hex digits>` (a hash of the instance name) when it does not; the original let
-//! long names fail. One-shot instances of root get their own device (the name then
-//! carries the launcher's pid, so it is the short form); other users' one-shot calls use
-//! the flake's `tap-<flake>[@NAME]`, which only an admin can make. A device that exists
-//! already (made by an admin, for instance with
-//! `ip tuntap add NAME mode tap user UID`) is used as it is and left alone. Otherwise the
-//! launcher creates it and records that in the instance directory, so it is removed with
-//! the instance and only then. Creating one needs `CAP_NET_ADMIN` (root); routing and
-//! addresses stay the admin's business, as before.
+//! A call of flake NAME uses the device `tap-NAME`, and a call of `NAME @ID` the device
+//! `tap-NAME@ID`, as the seed's networking recipe tells the admin to make them, for every
+//! caller and every launch mode. Only where that name does not fit the kernel's
+//! 15-character limit on interface names is the short form `tap-<8 hex digits>` (a hash of
+//! the instance name) used; `flake-ctl firecracker register` and `show` print it, since the
+//! admin must make that device instead (the original let long names fail).
+//!
+//! A device that exists (made by an admin, for instance with
+//! `ip tuntap add NAME mode tap user UID`, then given its address and routes) is used as it
+//! is and left alone. A missing one is created by root (marked in the instance directory,
+//! so it is removed when the instance ends, and only then); any other caller is told the
+//! command that makes it. Routing and addresses stay the admin's business.
+//!
+//! A device carries one VM at a time (the kernel refuses a second opener), so a one-shot
+//! call holds the device's lock file (`<vms dir>/.tap-DEV.lock`, flock) for its whole
+//! call. A second concurrent call of the same flake and instance waits for it, up to
+//! [`WAIT`] (saying so with `%progress`) — except a root call while the device is one the
+//! first call created for itself (no admin set it up, so it carries no network the admin
+//! made): that call gets a device of its own for the call, `tap-<hash>`, as before. The
+//! holder writes into the lock file whether it created the device, and removes the file
+//! before it lets go, so no lock file outlives its calls.
 
-use std::path::Path;
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
+use flakes::instance::Dir;
 use flakes::process::Cmd;
+use rustix::fs::{flock, FlockOperation};
 
 use crate::error::{Result, VmError};
 
@@ -23,6 +38,12 @@ use crate::error::{Result, VmError};
 pub const MAX_NAME: usize = 15;
 /// File in the instance directory that says the launcher created the device.
 const CREATED: &str = "tap.created";
+/// How long a one-shot call waits for the device another call holds.
+pub const WAIT: Duration = Duration::from_secs(60);
+/// What a device's lock file holds while its holder uses a device it created.
+const HELD_CREATED: &[u8] = b"created\n";
+/// What it holds while its holder uses a device that was there.
+const HELD_FOUND: &[u8] = b"found\n";
 
 /// The TAP device name of instance `label`.
 pub fn name(label: &str) -> String {
@@ -40,12 +61,73 @@ pub fn name(label: &str) -> String {
     }
 }
 
-/// Makes sure device `name` exists for the instance in `dir`; creates it when missing.
-pub fn ensure(name: &str, dir: &Path, ip: &Path, uid: u32) -> Result<()> {
-    if Path::new("/sys/class/net").join(name).exists() {
-        return Ok(());
+/// The device the instance in `dir` (of instance `label`, `NAME[@ID]`, or a one-shot
+/// call's `NAME[@ID]#PID`) uses: the one the launcher created for it, else
+/// [`name`]`(NAME[@ID])`.
+pub fn used_by(dir: &Path, label: &str) -> String {
+    created(dir, label).unwrap_or_else(|| name(key_of(label)))
+}
+
+/// `NAME[@ID]` of instance `label` (a one-shot call's without its `#PID`).
+fn key_of(label: &str) -> &str {
+    label.split_once('#').map_or(label, |(key, _)| key)
+}
+
+/// [`used_by`] for the instance directory `dir` held open (another user's, for a
+/// listing).
+pub fn used_by_in(dir: &Dir, label: &str) -> String {
+    used_by(&dir.fd_path(), label)
+}
+
+/// The device the launcher marked as created in the instance directory `dir` (of
+/// instance `label`), if the mark names one this instance may have created.
+///
+/// The mark is a file in a directory its owner may write, and root removes the device it
+/// names: only a name the launcher gives this very instance counts (`tap-LABEL`, or its
+/// short form, for the instance or, for a one-shot `NAME[@ID]#PID`, its own call), never
+/// another device of the host such as `eth0`.
+fn created(dir: &Path, label: &str) -> Option<String> {
+    let marked = crate::state_file::read_text(&dir.join(CREATED))?;
+    (marked == name(label) || marked == name(key_of(label))).then_some(marked)
+}
+
+/// Whether `name` is a TUN/TAP device (the kernel shows `tun_flags` for those alone).
+fn is_tap(name: &str) -> bool {
+    Path::new("/sys/class/net")
+        .join(name)
+        .join("tun_flags")
+        .exists()
+}
+
+/// The note `flake-ctl firecracker register` prints for flake `flake` when its device
+/// does not take the seed's form `tap-NAME` (the name is too long): which device to make.
+pub fn short_form_note(flake: &str) -> Option<String> {
+    let device = name(flake);
+    (device != format!("tap-{flake}")).then(|| {
+        format!(
+            "the network device of {flake} is {device} (tap-{flake} does not fit the kernel's \
+             {MAX_NAME} characters); create it with `ip tuntap add {device} mode tap user UID`; \
+             a call of an instance (@ID) without its device names the one it needs"
+        )
+    })
+}
+
+/// Whether a network device `name` exists on the host.
+pub fn exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Makes sure device `name` exists for the instance in `dir`; creates it when missing
+/// (then `true`).
+pub fn ensure(name: &str, dir: &Path, ip: &Path, uid: u32) -> Result<bool> {
+    let root = rustix::process::geteuid().is_root();
+    if exists(name) {
+        if !root {
+            check_owner(name, uid)?;
+        }
+        return Ok(false);
     }
-    if !rustix::process::geteuid().is_root() {
+    if !root {
         return Err(VmError::Tap {
             name: name.into(),
             reason: format!(
@@ -65,22 +147,226 @@ pub fn ensure(name: &str, dir: &Path, ip: &Path, uid: u32) -> Result<()> {
             "user",
             &uid.to_string(),
         ])
-        .status()?;
+        .run()?;
+    // Marked only once made: a device someone else made meanwhile is not ours to remove.
     let marker = dir.join(CREATED);
-    std::fs::write(&marker, name).map_err(crate::error::io(&marker))?;
-    Cmd::new(ip).args(["link", "set", name, "up"]).stdout()?;
-    Ok(())
+    crate::state_file::write(&marker, name.as_bytes()).map_err(crate::error::io(&marker))?;
+    Cmd::new(ip).args(["link", "set", name, "up"]).run()?;
+    Ok(true)
+}
+
+/// Refuses an existing device that user `uid` may not open: the kernel lets a user other
+/// than root open only a device made for them (`user UID`) or for a group (`group GID`).
+/// The seed's `ip tuntap add NAME mode tap` makes one for root only; the VMM would fail
+/// on it with a bare "Operation not permitted".
+fn check_owner(name: &str, uid: u32) -> Result<()> {
+    let read = |what: &str| {
+        let path = Path::new("/sys/class/net").join(name).join(what);
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| text.trim().parse::<i64>().ok())
+    };
+    let (Some(owner), Some(group)) = (read("owner"), read("group")) else {
+        return Ok(());
+    };
+    if owner == i64::from(uid) || group != -1 {
+        return Ok(());
+    }
+    let whose = if owner == -1 {
+        "root's only".to_string()
+    } else {
+        format!("user {owner}'s")
+    };
+    Err(VmError::Tap {
+        name: name.into(),
+        reason: format!(
+            "user {uid} may not open it (it is {whose}); make it again for the user with \
+             `ip link delete {name} && ip tuntap add {name} mode tap user {uid}`, then give it \
+             its address again"
+        ),
+    })
 }
 
 /// Removes the device of the instance in `dir` if the launcher created it (`ip` is only
 /// looked for then).
 pub fn release(dir: &Path, tools: &crate::tools::Tools) {
+    let label = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    release_at(dir, label, tools);
+}
+
+/// [`release`] for the instance `label` whose files are in `dir` (a path through a held
+/// descriptor, `/proc/self/fd/N`). Only a device the launcher marked as created, of a
+/// name this instance's launcher gives (see `created`), that is a TAP device, is
+/// deleted; a mark naming anything else is dropped.
+pub fn release_at(dir: &Path, label: &str, tools: &crate::tools::Tools) {
     let marker = dir.join(CREATED);
-    if let Ok(name) = std::fs::read_to_string(&marker) {
-        // Without `ip` the mark stays, for a launch that has it.
-        if let Ok(ip) = tools.ip() {
-            let _ = Cmd::new(ip).args(["link", "delete", name.trim()]).stdout();
+    if marker.symlink_metadata().is_err() {
+        return;
+    }
+    let Some(name) = created(dir, label).filter(|name| is_tap(name)) else {
+        let _ = std::fs::remove_file(marker);
+        return;
+    };
+    // Without `ip` the mark stays, for a launch that has it.
+    if let Ok(ip) = tools.ip() {
+        let _ = Cmd::new(ip).args(["link", "delete", &name]).run();
+        let _ = std::fs::remove_file(marker);
+    }
+}
+
+/// [`release_at`] for the instance `label` in `dir` whose launcher is gone: its device is
+/// left to a live call that holds it by now (that call found it and uses it; the call
+/// ends before it goes).
+pub fn release_orphan(dir: &Path, label: &str, vms_dir: &Path, tools: &crate::tools::Tools) {
+    let marker = dir.join(CREATED);
+    let Some(name) = created(dir, label) else {
+        let _ = std::fs::remove_file(marker);
+        return;
+    };
+    match try_hold(&lock_path(vms_dir, &name)) {
+        Ok(Some(_held)) => release_at(dir, label, tools),
+        _ => {
             let _ = std::fs::remove_file(marker);
+        }
+    }
+}
+
+/// A one-shot call's device and, for `tap-NAME`, the hold on it (released on drop).
+#[derive(Debug)]
+pub struct TapClaim {
+    /// The device the call uses.
+    pub name: String,
+    held: Option<Held>,
+}
+
+/// A held device lock file.
+#[derive(Debug)]
+struct Held {
+    file: File,
+    path: PathBuf,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // Removed while still locked: a waiter that opened it finds it gone (another inode
+        // at the path, or none) and opens afresh, so no two calls ever hold "the" lock.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl TapClaim {
+    /// Notes in the lock file whether the call created the device (a waiting root call
+    /// then takes a device of its own instead of waiting).
+    pub fn created(&self, created: bool) {
+        if let Some(held) = &self.held {
+            let text = if created { HELD_CREATED } else { HELD_FOUND };
+            let _ = held.file.set_len(0);
+            let _ = held.file.write_all_at(text, 0);
+        }
+    }
+}
+
+/// What [`claim`] needs to know about the call.
+#[derive(Debug)]
+pub struct ClaimFor<'a> {
+    /// The caller's directory of VM instances (holds the lock files).
+    pub vms_dir: &'a Path,
+    /// The instance's device, `tap-NAME[@ID]` (or its short form).
+    pub name: String,
+    /// The device of this call alone, for a root call that does not wait.
+    pub per_call: String,
+    /// The caller is root (can create devices).
+    pub root: bool,
+    /// How long to wait for the device.
+    pub wait: Duration,
+    /// Say on stderr that the call waits (`%progress`).
+    pub progress: bool,
+}
+
+/// Claims the device of a one-shot call (see the module doc for who waits).
+pub fn claim(req: ClaimFor<'_>) -> Result<TapClaim> {
+    let path = lock_path(req.vms_dir, &req.name);
+    let deadline = Instant::now() + req.wait;
+    let mut said = false;
+    loop {
+        if let Some(held) = try_hold(&path)? {
+            return Ok(TapClaim {
+                name: req.name,
+                held: Some(held),
+            });
+        }
+        if req.root && holder_created(&path) {
+            return Ok(TapClaim {
+                name: req.per_call,
+                held: None,
+            });
+        }
+        if Instant::now() >= deadline {
+            return Err(VmError::Tap {
+                name: req.name,
+                reason: format!(
+                    "another call of this instance still uses it after {} s; call again when \
+                     it ends, or call another instance (@ID) with its own device",
+                    req.wait.as_secs()
+                ),
+            });
+        }
+        if req.progress && !said {
+            eprintln!(
+                "firecracker-pilot: waiting for tap device {} (another call of this instance \
+                 uses it; at most {} s)",
+                req.name,
+                req.wait.as_secs()
+            );
+            said = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether `name` is that of a device's lock file in a VM directory.
+pub fn is_lock_file(name: &std::ffi::OsStr) -> bool {
+    name.to_str()
+        .is_some_and(|n| n.starts_with(".tap-") && n.ends_with(".lock"))
+}
+
+/// Removes the device lock file at `path` if no call holds it (its holder was killed).
+pub fn collect_lock(path: &Path) {
+    if let Ok(Some(held)) = try_hold(path) {
+        drop(held);
+    }
+}
+
+fn lock_path(vms_dir: &Path, name: &str) -> PathBuf {
+    vms_dir.join(format!(".{name}.lock"))
+}
+
+/// Whether the holder of the lock at `path` uses a device it created.
+fn holder_created(path: &Path) -> bool {
+    crate::state_file::read(path).is_some_and(|text| text == HELD_CREATED)
+}
+
+/// Takes the lock file at `path` without waiting; `None` when another call holds it.
+fn try_hold(path: &Path) -> Result<Option<Held>> {
+    loop {
+        let file = flakes::instance::lock_file(path)?;
+        if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
+            return Ok(None);
+        }
+        // The holder before may have removed the file after this open: then this lock is
+        // on a file no one else can find, and the path's current file is the one to take.
+        let same = std::fs::symlink_metadata(path)
+            .ok()
+            .zip(file.metadata().ok())
+            .is_some_and(|(at_path, held)| {
+                at_path.ino() == held.ino() && at_path.dev() == held.dev()
+            });
+        if same {
+            let _ = file.set_len(0);
+            return Ok(Some(Held {
+                file,
+                path: path.to_path_buf(),
+            }));
         }
     }
 }
@@ -88,6 +374,197 @@ pub fn release(dir: &Path, tools: &crate::tools::Tools) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn req(dir: &Path, root: bool, wait_ms: u64) -> ClaimFor<'_> {
+        ClaimFor {
+            vms_dir: dir,
+            name: "tap-app".into(),
+            per_call: "tap-percall".into(),
+            root,
+            wait: Duration::from_millis(wait_ms),
+            progress: false,
+        }
+    }
+
+    #[test]
+    fn a_second_call_waits_for_the_device_and_its_lock_file_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = claim(req(dir.path(), true, 0)).unwrap();
+        assert_eq!(first.name, "tap-app");
+        first.created(false);
+        // The device was there (an admin's): every second caller waits, root too.
+        for root in [true, false] {
+            let err = claim(req(dir.path(), root, 200)).unwrap_err().to_string();
+            assert!(
+                err.contains("tap-app") && err.contains("another call"),
+                "{err}"
+            );
+        }
+        let waiter = {
+            let dir = dir.path().to_path_buf();
+            std::thread::spawn(move || claim(req(&dir, false, 5_000)).map(|c| c.name))
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        drop(first);
+        assert_eq!(waiter.join().unwrap().unwrap(), "tap-app");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "no lock file outlives its calls: {left:?}");
+    }
+
+    /// A fake `ip` in a directory of its own that logs its arguments and exits `code`.
+    fn fake_ip(code: i32) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("calls");
+        let ip = dir.path().join("ip");
+        let script = format!("#!/bin/sh\necho \"$*\" >> {}\nexit {code}\n", log.display());
+        std::fs::write(&ip, script).unwrap();
+        std::fs::set_permissions(&ip, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        (dir, log)
+    }
+
+    #[test]
+    fn a_device_that_could_not_be_made_is_not_marked_as_ours() {
+        let (bin, log) = fake_ip(1);
+        let instance = tempfile::tempdir().unwrap();
+        let name = format!("tap-nx{}", std::process::id() % 100_000);
+        assert!(ensure(&name, instance.path(), &bin.path().join("ip"), 4242).is_err());
+        assert!(
+            !instance.path().join(CREATED).exists(),
+            "a device someone else makes meanwhile must not be removed as ours"
+        );
+        if rustix::process::geteuid().is_root() {
+            let calls = std::fs::read_to_string(log).unwrap();
+            assert_eq!(calls, format!("tuntap add dev {name} mode tap user 4242\n"));
+        }
+    }
+
+    /// A network device made for a test (`ip link add NAME type KIND`, or `ip tuntap add`
+    /// for `tap`), deleted when dropped; `None` (with a SKIP line) where the test may not
+    /// make devices.
+    struct TestDevice(String);
+
+    impl TestDevice {
+        /// A TAP device (`tap`), or another kind of device (`other`: a dummy, or a bridge
+        /// where the kernel has no dummy driver).
+        fn new(name: &str, kind: &str) -> Option<Self> {
+            let ways: Vec<Vec<&str>> = match kind {
+                "tap" => vec![vec!["tuntap", "add", "dev", name, "mode", "tap"]],
+                _ => ["dummy", "bridge"]
+                    .map(|other| vec!["link", "add", name, "type", other])
+                    .to_vec(),
+            };
+            let made = rustix::process::geteuid().is_root()
+                && ways.iter().any(|args| {
+                    std::process::Command::new("ip")
+                        .args(args)
+                        .stderr(std::process::Stdio::null())
+                        .status()
+                        .is_ok_and(|s| s.success())
+                });
+            if !made {
+                eprintln!("SKIP: cannot make network device {name} ({kind}): needs root and ip");
+                return None;
+            }
+            Some(TestDevice(name.to_string()))
+        }
+    }
+
+    impl Drop for TestDevice {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "delete", &self.0])
+                .status();
+        }
+    }
+
+    /// A label of this test process whose device name is `tap-<label>` itself.
+    fn own_label(prefix: &str) -> String {
+        format!("{prefix}{}", std::process::id() % 100_000)
+    }
+
+    #[test]
+    fn an_orphans_device_is_left_to_the_live_call_that_holds_it() {
+        let key = own_label("o");
+        let Some(device) = TestDevice::new(&name(&key), "tap") else {
+            return;
+        };
+        let (bin, log) = fake_ip(0);
+        let tools = crate::tools::Tools::new(bin.path().as_os_str().to_owned());
+        let vms = tempfile::tempdir().unwrap();
+        let label = format!("{key}#999999999");
+        let orphan = vms.path().join(&label);
+        std::fs::create_dir(&orphan).unwrap();
+        std::fs::write(orphan.join(CREATED), &device.0).unwrap();
+        let held = claim(ClaimFor {
+            name: device.0.clone(),
+            ..req(vms.path(), false, 0)
+        })
+        .unwrap();
+        release_orphan(&orphan, &label, vms.path(), &tools);
+        assert!(!log.exists(), "in use: not deleted");
+        assert!(!orphan.join(CREATED).exists());
+        drop(held);
+        std::fs::write(orphan.join(CREATED), &device.0).unwrap();
+        release_orphan(&orphan, &label, vms.path(), &tools);
+        assert_eq!(
+            std::fs::read_to_string(log).unwrap(),
+            format!("link delete {}\n", device.0)
+        );
+    }
+
+    /// The mark is the instance owner's file: whatever it names, only a TAP device of a
+    /// name the launcher gives that instance is ever deleted.
+    #[test]
+    fn only_the_instances_own_tap_device_is_released() {
+        let label = own_label("r");
+        let Some(dummy) = TestDevice::new(&name(&label), "other") else {
+            return;
+        };
+        let (bin, log) = fake_ip(0);
+        let tools = crate::tools::Tools::new(bin.path().as_os_str().to_owned());
+        let vms = tempfile::tempdir().unwrap();
+        let dir = vms.path().join(&label);
+        std::fs::create_dir(&dir).unwrap();
+        let other = own_label("x");
+        for marked in [
+            "eth0",
+            "lo",
+            "tap-deadbeef",
+            &name(&other),
+            &dummy.0,
+            "tap-r1/../lo",
+        ] {
+            std::fs::write(dir.join(CREATED), marked).unwrap();
+            assert_eq!(used_by(&dir, &label), name(&label), "{marked}");
+            release(&dir, &tools);
+            assert!(!log.exists(), "{marked} was deleted");
+            assert!(!dir.join(CREATED).exists(), "a bad mark goes: {marked}");
+        }
+        assert!(exists(&dummy.0), "not a TAP device: never deleted");
+        drop(dummy);
+        let Some(tap) = TestDevice::new(&name(&label), "tap") else {
+            return;
+        };
+        std::fs::write(dir.join(CREATED), &tap.0).unwrap();
+        release(&dir, &tools);
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            format!("link delete {}\n", tap.0)
+        );
+    }
+
+    #[test]
+    fn root_takes_its_own_device_beside_one_a_call_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = claim(req(dir.path(), true, 0)).unwrap();
+        first.created(true);
+        let second = claim(req(dir.path(), true, 0)).unwrap();
+        assert_eq!(second.name, "tap-percall");
+        assert!(claim(req(dir.path(), false, 100)).is_err(), "others wait");
+        drop(second);
+        drop(first);
+        assert_eq!(claim(req(dir.path(), true, 0)).unwrap().name, "tap-app");
+    }
 
     #[test]
     fn names_fit_the_kernel_limit() {

@@ -49,6 +49,55 @@ pub(crate) mod tests {
         assert!(serial_run(&[b"a\nb".to_vec()]).is_err());
     }
 
+    #[test]
+    fn sockets_are_reached_whatever_the_length_of_their_path() {
+        use std::os::fd::AsRawFd;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("d".repeat(120));
+        std::fs::create_dir(&dir).unwrap();
+        let held = std::fs::File::open(&dir).unwrap();
+        // Bound by name in the directory, as a VMM working there does.
+        let by_name = PathBuf::from(format!("/proc/self/fd/{}", held.as_raw_fd()));
+        let _listener =
+            std::os::unix::net::UnixListener::bind(by_name.join("channel-0.sock")).unwrap();
+        let path = dir.join("channel-0.sock");
+        assert!(
+            UnixStream::connect(&path).is_err(),
+            "too long to connect to"
+        );
+        connect_unix(&path).unwrap();
+        assert!(connect_unix(&dir.join("missing.sock")).is_err());
+    }
+
+    #[test]
+    fn only_the_recorded_vmm_is_connected_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let _listener =
+            std::os::unix::net::UnixListener::bind(dir.path().join("channel-0.sock")).unwrap();
+        assert!(
+            connect_vmm(dir.path(), "channel-0.sock").is_err(),
+            "no pid recorded"
+        );
+        let record = |text: String| {
+            std::fs::write(dir.path().join(crate::instance::PID_FILE), text).unwrap();
+        };
+        let me = crate::instance::VmmId::of(std::process::id()).unwrap();
+        record(format!("{} {}\n", me.pid + 1, me.start));
+        let err = connect_vmm(dir.path(), "channel-0.sock").unwrap_err();
+        assert!(err.to_string().contains("not by the VM's VMM"), "{err}");
+        // The listener's pid, but it started at another time (a pid reused since), or a
+        // record without the start time.
+        for reused in [format!("{} {}\n", me.pid, me.start + 1), me.pid.to_string()] {
+            record(reused.clone());
+            assert!(
+                connect_vmm(dir.path(), "channel-0.sock").is_err(),
+                "{reused:?}"
+            );
+        }
+        crate::instance::write_pid(dir.path(), std::process::id()).unwrap();
+        connect_vmm(dir.path(), "channel-0.sock").unwrap();
+    }
+
     /// A one-shot plan on the plain console, for tests.
     pub(crate) fn plan() -> Plan {
         Plan {
@@ -169,7 +218,8 @@ pub(crate) mod tests {
 pub struct Plan {
     /// The flake name (for messages).
     pub flake: String,
-    /// The instance's private directory.
+    /// The instance's private directory; the VMM's working directory, in which it binds its
+    /// sockets by name (see [`connect_unix`]).
     pub dir: PathBuf,
     /// Writable overlay disk (the guest's second drive).
     pub overlay: Option<PathBuf>,
@@ -266,6 +316,52 @@ pub fn serial_run(argv: &[Vec<u8>]) -> std::result::Result<String, String> {
         });
     }
     Ok(format!("run=\"{}\"", words.join(" ")))
+}
+
+/// The longest path a unix socket address holds (`sun_path`, with its terminating NUL).
+const SOCKET_PATH_MAX: usize = 108;
+
+/// Connects to the unix socket at `path`, whatever its length. A VMM binds its sockets by
+/// name in the instance directory, its working directory (see [`Plan::dir`]), because the
+/// longest valid names make the full path too long for a socket address; such a path is
+/// reached here through its directory, opened on its own (`/proc/self/fd/N/NAME`).
+pub fn connect_unix(path: &Path) -> std::io::Result<UnixStream> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return UnixStream::connect(path);
+    };
+    if path.as_os_str().len() < SOCKET_PATH_MAX {
+        return UnixStream::connect(path);
+    }
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let held = rustix::fs::open(dir, flags, Mode::empty())?;
+    let short = PathBuf::from(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&held)
+    ));
+    UnixStream::connect(short.join(name))
+}
+
+/// Connects to socket `name` of the VM whose instance directory is `dir`, and keeps the
+/// connection only if the VMM the instance records (pid and start time) listens on it
+/// (`SO_PEERCRED`), before anything is sent. The directory is the caller's own, so only
+/// root or the caller could plant another listener there; this makes sure a call never
+/// goes to one.
+pub fn connect_vmm(dir: &Path, name: &str) -> std::io::Result<UnixStream> {
+    let stream = connect_unix(&dir.join(name))?;
+    let peer = flake_agent::transport::peer_credentials(&stream)?;
+    // The pid and its start time: a process that got the VMM's pid later is not the VMM.
+    let recorded = crate::instance::recorded(dir);
+    if recorded.is_some_and(|vmm| vmm.pid == peer.pid && vmm.is_alive()) {
+        return Ok(stream);
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        format!(
+            "{name} is served by pid {} (uid {}), not by the VM's VMM; nothing was sent to it",
+            peer.pid, peer.uid
+        ),
+    ))
 }
 
 /// A virtual machine monitor.
@@ -498,17 +594,7 @@ pub fn wait_resynced(
 /// mid-call (even by `SIGKILL`), nothing would stop the VM otherwise, and a guest on the
 /// plain virtio console cannot see its caller hang up.
 pub fn end_with_launcher(command: &mut std::process::Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs in the child between fork and exec and only makes the
-    // prctl(2) system call, which is async-signal-safe; it allocates nothing and takes no
-    // lock.
-    #[allow(unsafe_code)]
-    unsafe {
-        command.pre_exec(|| {
-            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-                .map_err(std::io::Error::from)
-        });
-    }
+    flakes::process::end_with_parent(command, rustix::process::Signal::KILL);
 }
 
 /// The log file of a VMM process, created empty (Firecracker requires it to exist).

@@ -5,11 +5,11 @@
 //! images, and creates the per-engine directories. Existing files are kept unless `--force`.
 //! System mode needs no init: its defaults work without any file.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
-use flakes::global::{GlobalConfig, DEFAULT_IDS_DIR};
+use flakes::global::GlobalConfig;
 
 use crate::cli::InitArgs;
 use crate::context::Context;
@@ -56,11 +56,17 @@ pub fn run(args: &InitArgs, ctx: &Context) -> Result<ExitCode> {
 
 fn user_config(ctx: &Context, flakes_dir: &Path, storage_conf: &Path) -> Result<String> {
     let system = &ctx.settings.system.generic;
-    let ids = |dir: &Option<PathBuf>| Some(dir.clone().unwrap_or_else(|| DEFAULT_IDS_DIR.into()));
     let mut config = GlobalConfig::default();
     config.generic.flakes_dir = Some(flakes_dir.to_path_buf());
-    config.generic.podman_ids_dir = ids(&system.podman_ids_dir);
-    config.generic.firecracker_ids_dir = ids(&system.firecracker_ids_dir);
+    // Unset unless the system sets them: the defaults keep a user's state private.
+    config
+        .generic
+        .podman_ids_dir
+        .clone_from(&system.podman_ids_dir);
+    config
+        .generic
+        .firecracker_ids_dir
+        .clone_from(&system.firecracker_ids_dir);
     config.generic.podman_storage_conf = Some(storage_conf.to_path_buf());
     yaml_serde::to_string(&config).context("cannot render the user configuration")
 }

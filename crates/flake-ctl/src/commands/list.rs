@@ -52,6 +52,10 @@ impl Row for FlakeRow {
 /// Runs the listing.
 pub fn run(args: &ListArgs, ctx: &Context) -> Result<ExitCode> {
     let registry = ctx.settings.registry(Context::mode(args.user));
+    // Registrations killed mid-way leave staged files; collect them when nobody registers.
+    if let Some(held) = registry.try_lock() {
+        registry.clean_staged(&held);
+    }
     let rows = rows(&registry)?;
     let title = format!(
         "Flake applications registered in {}",

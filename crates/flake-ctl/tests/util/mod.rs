@@ -51,7 +51,28 @@ pub fn podman_ready() -> bool {
 pub fn skip(why: &str) {
     let required = std::env::var("FLAKE_TEST_REQUIRE_PODMAN").is_ok_and(|v| v == "1");
     assert!(!required, "required test resource missing: {why}");
-    eprintln!("SKIP: {why}");
+    note_skip(why);
+}
+
+/// Says that the calling test skips its checks, on stderr and, when `FLAKE_TEST_SKIPS`
+/// names a file, in that file, whose lines `make test` prints after the run: cargo counts a
+/// test that returned early as passed, so the skip must be visible elsewhere.
+pub fn note_skip(why: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unnamed test")
+        .to_string();
+    eprintln!("SKIP: {test}: {why}");
+    if let Some(path) = std::env::var_os("FLAKE_TEST_SKIPS") {
+        use std::io::Write;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path);
+        if let Ok(mut file) = file {
+            let _ = writeln!(file, "{test}: {why}");
+        }
+    }
 }
 
 fn rustix_is_root() -> bool {

@@ -43,7 +43,7 @@ pub fn inputs() -> Option<(PathBuf, PathBuf)> {
                 !required,
                 "VM fixtures or static sci missing (make vm-fixtures agent)"
             );
-            eprintln!("SKIP: needs FLAKE_VM_FIXTURES and FLAKE_SCI");
+            super::note_skip("needs FLAKE_VM_FIXTURES and FLAKE_SCI");
             None
         }
     }

@@ -120,7 +120,7 @@ pub struct ContainerFlake {
     pub base: Option<String>,
     /// Images applied between base and delta.
     pub layers: Vec<String>,
-    /// Provision host files listed by the image.
+    /// Provision host files listed by the image (implied by a base).
     pub check_host_dependencies: bool,
     /// Run the image's `/systemfiles` as a script on the host (explicit opt-in).
     pub execute_systemfiles: bool,
@@ -132,6 +132,13 @@ impl ContainerFlake {
     /// True when the instance needs more than the image itself (issue: provisioning).
     pub fn needs_provisioning(&self, include: &Include) -> bool {
         self.base.is_some() || self.check_host_dependencies || !include.is_empty()
+    }
+
+    /// True when the host files listed by the images (`/removed`, `/systemfiles`) are
+    /// provisioned: always for a delta flake (as Flake Pilot 3.1 did), and for a plain one
+    /// with `check_host_dependencies`.
+    pub fn provisions_host_files(&self) -> bool {
+        self.base.is_some() || self.check_host_dependencies
     }
 }
 

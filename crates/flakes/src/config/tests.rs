@@ -193,6 +193,21 @@ fn errors_name_the_file_and_key_on_one_line() {
             &["check_host_dependencies"],
         ),
         (
+            "container: {name: '--privileged'}",
+            None,
+            &["app.yaml", "container.name", "--privileged", "'-'"],
+        ),
+        (
+            "container: {name: a, base_container: '-v'}",
+            None,
+            &["container.base_container", "'-v'"],
+        ),
+        (
+            "container: {name: a, base_container: b, layers: [ok, 'Bad Name']}",
+            None,
+            &["container.layers entry 2", "Bad Name"],
+        ),
+        (
             "include: {tar: [rel.tar]}\ncontainer: {name: a}",
             None,
             &["include.tar"],

@@ -42,6 +42,7 @@ pub(crate) fn validate(name: FlakeName, path: &Path, raw: RawFlake) -> Result<Fl
 
 fn container_flake(raw: RawContainer) -> Result<ContainerFlake, String> {
     let image = non_empty(raw.name, "container.name", "the image to run")?;
+    image_reference(&image, "container.name")?;
     let target = match raw.target_app_path.as_deref() {
         None | Some("") => Target::FlakeName,
         Some("/") => Target::ImageEntrypoint,
@@ -58,13 +59,24 @@ fn container_flake(raw: RawContainer) -> Result<ContainerFlake, String> {
     if !layers.is_empty() && base.is_none() {
         return Err("container.layers needs container.base_container to layer onto".into());
     }
-    if raw.execute_systemfiles == Some(true) && raw.check_host_dependencies != Some(true) {
+    if raw.execute_systemfiles == Some(true)
+        && raw.check_host_dependencies != Some(true)
+        && base.is_none()
+    {
         return Err(
-            "container.execute_systemfiles needs container.check_host_dependencies: true".into(),
+            "container.execute_systemfiles needs container.base_container or \
+             container.check_host_dependencies: true"
+                .into(),
         );
     }
     if let Some(empty) = layers.iter().position(String::is_empty) {
         return Err(format!("container.layers entry {} is empty", empty + 1));
+    }
+    if let Some(base) = &base {
+        image_reference(base, "container.base_container")?;
+    }
+    for (i, layer) in layers.iter().enumerate() {
+        image_reference(layer, &format!("container.layers entry {}", i + 1))?;
     }
     Ok(ContainerFlake {
         image,
@@ -120,6 +132,11 @@ fn absolute_paths(paths: Vec<String>, key: &str) -> Result<Vec<PathBuf>, String>
             }
         })
         .collect()
+}
+
+/// An image reference in podman's grammar; the message names the key to fix.
+fn image_reference(image: &str, key: &str) -> Result<(), String> {
+    crate::image_ref::check(image).map_err(|err| format!("{key}: {err}"))
 }
 
 fn non_empty(value: Option<String>, key: &str, what: &str) -> Result<String, String> {

@@ -148,7 +148,12 @@ fn failed_registration_leaves_nothing_behind() {
         .commit()
         .unwrap_err();
     assert!(matches!(err, RegisterError::Io { .. }), "{err}");
-    let after: Vec<String> = fx.files().into_iter().filter(|f| f != "flakes").collect();
+    // The registry directory and its lock are the registry's, not the flake's.
+    let after: Vec<String> = fx
+        .files()
+        .into_iter()
+        .filter(|f| f != "flakes" && f != "flakes/.registry.lock")
+        .collect();
     assert_eq!(after, before);
 }
 
@@ -189,13 +194,13 @@ fn remove_checks_ownership_unless_forced() {
     let fx = Fixture::new();
     let app = fx.app("bin/aws");
     fx.registration(&app, false).commit().unwrap();
-    let name = remove_app(&fx.registry, &app, false).unwrap();
+    let name = remove_app(&fx.registry, &app, false, "podman").unwrap();
     assert!(!app.exists() && !app.is_symlink());
     assert!(!fx.registry.config_path(&name).exists());
     assert!(!fx.registry.fragments_dir(&name).exists());
-    let err = remove_app(&fx.registry, &app, false).unwrap_err();
+    let err = remove_app(&fx.registry, &app, false, "podman").unwrap_err();
     assert!(matches!(err, RegisterError::NotRegistered { .. }), "{err}");
-    remove_app(&fx.registry, &app, true).unwrap();
+    remove_app(&fx.registry, &app, true, "podman").unwrap();
 }
 
 #[test]
@@ -204,10 +209,40 @@ fn remove_force_cleans_dangling_symlink_but_not_real_files() {
     let app = fx.app("bin/gone");
     std::fs::create_dir_all(app.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink("/nonexistent", &app).unwrap();
-    remove_app(&fx.registry, &app, true).unwrap();
+    remove_app(&fx.registry, &app, true, "podman").unwrap();
     assert!(!app.is_symlink());
     let real = fx.app("bin/real");
     std::fs::write(&real, "x").unwrap();
-    assert!(remove_app(&fx.registry, &real, true).is_err());
+    assert!(remove_app(&fx.registry, &real, true, "podman").is_err());
     assert!(real.exists());
+}
+
+#[test]
+fn remove_refuses_a_flake_of_the_other_engine_even_forced() {
+    let fx = Fixture::new();
+    let app = fx.app("bin/aws");
+    fx.registration(&app, false).commit().unwrap();
+    for force in [false, true] {
+        let err = remove_app(&fx.registry, &app, force, "firecracker").unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, RegisterError::WrongEngine { .. }), "{text}");
+        assert!(
+            text.contains("podman flake") && text.contains("flake-ctl podman remove --app"),
+            "{text}"
+        );
+    }
+    assert!(app.is_symlink(), "nothing removed");
+    assert!(fx.registry.config_path(&app_name(&app).unwrap()).is_file());
+}
+
+#[test]
+fn a_failed_registration_keeps_a_directory_another_one_filled() {
+    let fx = Fixture::new();
+    let app = fx.app("bin/aws");
+    fx.registration(&app, false).commit().unwrap();
+    let other = fx.app("other/aws");
+    let err = fx.registration(&other, false).commit().unwrap_err();
+    assert!(matches!(err, RegisterError::NameTaken { .. }), "{err}");
+    assert!(fx.registry.config_path(&app_name(&app).unwrap()).is_file());
+    assert!(!other.is_symlink() && !other.parent().unwrap().exists());
 }

@@ -35,12 +35,29 @@ fn env(key: &str) -> Option<String> {
 fn render(flake: &ContainerFlake, call: &CallArgs, terminal: Terminal) -> String {
     let engine = Engine::new("/usr/bin/podman".into());
     let name = FlakeName::new("app").unwrap();
-    command(&name, flake, call, &engine, terminal, &env)
-        .unwrap()
-        .to_string()
+    command(
+        &name,
+        flake,
+        call,
+        &engine,
+        with_streams(flake, call, terminal),
+        &env,
+    )
+    .unwrap()
+    .to_string()
 }
 
-const BASE: &str = "/usr/bin/podman run --rm --interactive";
+/// Streams as `choose` decides them when stderr is like stdout.
+fn with_streams(
+    flake: &ContainerFlake,
+    call: &CallArgs,
+    terminal: Terminal,
+) -> (Terminal, Streams) {
+    let terminals = [terminal.stdin, terminal.stdout, terminal.stdout];
+    (terminal, Streams::choose(flake, call, terminal, terminals))
+}
+
+const BASE: &str = "/usr/bin/podman run --rm --log-driver=passthrough --interactive";
 const PIPE: Terminal = Terminal {
     stdin: false,
     stdout: false,
@@ -61,7 +78,7 @@ fn plain_program_with_arguments() {
         got,
         format!(
             "{BASE} --init --quiet --label=io.flake-pilot.flake=app --entrypoint /bin/sh \
-             localhost/busybox -c 'echo hi'"
+             -- localhost/busybox -c 'echo hi'"
         )
     );
 }
@@ -124,11 +141,14 @@ fn image_entrypoint_and_flake_name_targets() {
         PIPE,
     );
     assert!(
-        got.ends_with("--label=io.flake-pilot.flake=app localhost/busybox ec2 help"),
+        got.ends_with("--label=io.flake-pilot.flake=app -- localhost/busybox ec2 help"),
         "{got}"
     );
     let got = render(&flake(Target::FlakeName, &[]), &call(&[]), PIPE);
-    assert!(got.ends_with("--entrypoint app localhost/busybox"), "{got}");
+    assert!(
+        got.ends_with("--entrypoint app -- localhost/busybox"),
+        "{got}"
+    );
 }
 
 #[test]
@@ -137,11 +157,32 @@ fn options_expanded_in_order_before_the_image() {
         Target::Program("/bin/x".into()),
         &["--net host", "--volume %HOME/ai:/root/ai", "-e K=v w"],
     );
-    let got = render(&f, &call(&[]), PIPE);
-    assert!(
-        got.contains("--net host --volume /home/u/ai:/root/ai -e 'K=v w' --entrypoint /bin/x"),
-        "{got}"
+    let engine = Engine::new("/usr/bin/podman".into());
+    let name = FlakeName::new("app").unwrap();
+    let cmd = command(
+        &name,
+        &f,
+        &call(&[]),
+        &engine,
+        with_streams(&f, &call(&[]), PIPE),
+        &env,
+    )
+    .unwrap();
+    let args: Vec<String> = cmd
+        .get_args()
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let at = args.iter().position(|a| a == "--net").unwrap();
+    assert_eq!(
+        args[at..at + 4],
+        ["--net", "host", "--volume", "/home/u/ai:/root/ai"]
     );
+    // The environment value goes to podman in an inherited file, not on its command line.
+    let file = args[at + 4].strip_prefix("--env-file=").unwrap();
+    assert_eq!(std::fs::read_to_string(file).unwrap(), "K=v w\n");
+    assert_eq!(args[at + 5..at + 7], ["--entrypoint", "/bin/x"]);
+    assert!(!args.concat().contains("v w"), "{args:?}");
 }
 
 #[test]
@@ -185,9 +226,16 @@ fn static_init_is_passed_when_available() {
         Engine::new("/usr/bin/podman".into()).with_init(Some("/usr/bin/tini-static".into()));
     let name = FlakeName::new("app").unwrap();
     let f = flake(Target::ImageEntrypoint, &[]);
-    let got = command(&name, &f, &call(&[]), &engine, PIPE, &env)
-        .unwrap()
-        .to_string();
+    let got = command(
+        &name,
+        &f,
+        &call(&[]),
+        &engine,
+        with_streams(&f, &call(&[]), PIPE),
+        &env,
+    )
+    .unwrap()
+    .to_string();
     assert!(
         got.contains("--init --init-path=/usr/bin/tini-static --quiet"),
         "{got}"
@@ -200,6 +248,60 @@ fn expansion_loop_is_an_error() {
     let name = FlakeName::new("app").unwrap();
     let looping = |k: &str| (k == "A").then(|| "%A".to_string());
     let f = flake(Target::ImageEntrypoint, &["-e %A"]);
-    let err = command(&name, &f, &call(&[]), &engine, PIPE, &looping).unwrap_err();
+    let err = command(
+        &name,
+        &f,
+        &call(&[]),
+        &engine,
+        with_streams(&f, &call(&[]), PIPE),
+        &looping,
+    )
+    .unwrap_err();
     assert!(matches!(err, PodmanError::Options(_)), "{err}");
+}
+
+#[test]
+fn app_gets_the_callers_descriptors_unless_a_terminal_or_the_flake_decides() {
+    let plain = flake(Target::ImageEntrypoint, &[]);
+    let logged = flake(Target::ImageEntrypoint, &["--log-driver=journald"]);
+    let none = call(&[]);
+    let cases = [
+        (&plain, PIPE, [false; 3], Streams::Direct),
+        (&plain, TTY, [true; 3], Streams::Terminal),
+        // `app | head -1` typed at a terminal: stdin and stderr are the terminal.
+        (
+            &plain,
+            PIPE,
+            [true, false, true],
+            Streams::Relayed([true, false, true]),
+        ),
+        (
+            &plain,
+            PIPE,
+            [false, false, true],
+            Streams::Relayed([false, false, true]),
+        ),
+        (&logged, PIPE, [false; 3], Streams::Engine),
+        (&logged, TTY, [true; 3], Streams::Terminal),
+    ];
+    for (f, terminal, terminals, want) in cases {
+        let got = Streams::choose(f, &none, terminal, terminals);
+        assert_eq!(got, want, "{terminals:?} {:?}", f.runtime.podman);
+        let line = command(
+            &FlakeName::new("app").unwrap(),
+            f,
+            &none,
+            &Engine::new("/usr/bin/podman".into()),
+            (terminal, got),
+            &env,
+        )
+        .unwrap()
+        .to_string();
+        let passthrough = matches!(want, Streams::Direct | Streams::Relayed(_));
+        assert_eq!(
+            line.contains("--log-driver=passthrough"),
+            passthrough,
+            "{line}"
+        );
+    }
 }

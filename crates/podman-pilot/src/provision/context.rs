@@ -6,24 +6,18 @@ use std::fmt::Write as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::{tempdir_in, ProvisionError, Provisioner};
-
-/// 64-bit FNV-1a: stable across builds and platforms, enough to tell cache entries apart.
-fn fnv(hash: u64, bytes: &[u8]) -> u64 {
-    bytes.iter().fold(hash, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+use super::beneath::{StageError, Staging};
+use super::policy::HostPolicy;
+use super::{fnv, tempdir_in, ProvisionError, Provisioner, FNV_OFFSET};
 
 /// Fingerprint of everything but the images' contents: names, options and the include
 /// files' paths, sizes, modes and modification times (recursively for directories).
 pub fn fingerprint(p: &Provisioner<'_>) -> Result<u64, ProvisionError> {
     let mut text = format!(
-        "inputs={:?};hostdeps={};",
+        "inputs={:?};hostdeps={};execute={};",
         p.inputs(),
-        p.flake.check_host_dependencies
+        p.flake.provisions_host_files(),
+        p.flake.execute_systemfiles
     );
     for tar in &p.include.tar {
         describe(p, "include.tar", tar, &mut text)?;
@@ -85,6 +79,7 @@ fn describe(
 #[derive(Debug)]
 pub struct BuildContext {
     dir: PathBuf,
+    staging: Staging,
 }
 
 impl Drop for BuildContext {
@@ -104,11 +99,15 @@ impl BuildContext {
         self.dir.join("Containerfile")
     }
 
+    fn new(p: &Provisioner<'_>) -> Result<Self, ProvisionError> {
+        let dir = tempdir_in(&p.cache_dir)?;
+        let staging = Staging::create(&dir).map_err(|e| stage_error(p, &dir, e))?;
+        Ok(BuildContext { dir, staging })
+    }
+
     /// Base, layers and delta, then the includes.
     pub fn stage(p: &Provisioner<'_>) -> Result<Self, ProvisionError> {
-        let context = BuildContext {
-            dir: tempdir_in(&p.cache_dir)?,
-        };
+        let context = BuildContext::new(p)?;
         let inputs = p.inputs();
         let mut file = format!("FROM {}\n", inputs[0]);
         for image in &inputs[1..] {
@@ -116,113 +115,78 @@ impl BuildContext {
         }
         for (i, tar) in p.include.tar.iter().enumerate() {
             let name = format!("include-{i}.tar");
-            context.copy_file(tar, &context.dir.join(&name))?;
+            context
+                .staging
+                .link_or_copy(tar, &name)
+                .map_err(|e| stage_error(p, tar, e))?;
             // ADD unpacks a local archive (plain, gzip, bzip2 or xz) into the target.
             let _ = writeln!(file, "ADD {name} /");
         }
         if !p.include.path.is_empty() {
+            let paths = context.subtree(p, "paths")?;
             for path in &p.include.path {
-                context.copy_tree(path, &context.dir.join("paths").join(relative(path)))?;
+                paths
+                    .copy(path, relative(path), true, None)
+                    .map_err(|e| stage_error(p, path, e))?;
             }
             file.push_str("COPY paths/ /\n");
         }
-        context.write(&file)?;
+        context.write(p, &file)?;
         Ok(context)
     }
 
-    /// `FROM stage` plus the listed host files that exist.
+    /// `FROM stage` plus the listed host files that exist (each copied as itself: a file, a
+    /// link, or a directory without its contents, as `rsync --files-from` did).
     pub fn host_files(
         p: &Provisioner<'_>,
         stage: &str,
         listed: &[PathBuf],
     ) -> Result<Self, ProvisionError> {
-        let context = BuildContext {
-            dir: tempdir_in(&p.cache_dir)?,
-        };
-        let mut file = format!("FROM {stage}\n");
-        let root = context.dir.join("host");
-        std::fs::create_dir_all(&root).map_err(|source| ProvisionError::Io {
-            action: "create",
-            path: root.clone(),
-            source,
-        })?;
+        let context = BuildContext::new(p)?;
+        let host = context.subtree(p, "host")?;
+        let policy = HostPolicy::default();
         for path in listed {
-            if std::fs::symlink_metadata(path).is_err() {
-                if p.ignore_sync_error {
-                    continue;
+            match host.copy(path, relative(path), false, Some(&policy)) {
+                Ok(()) => {}
+                Err(StageError::Refused { reason, .. }) => {
+                    return Err(ProvisionError::RefusedHostFile {
+                        flake: p.name.to_string(),
+                        images: p.inputs().join(", "),
+                        path: path.clone(),
+                        reason,
+                    })
                 }
-                return Err(ProvisionError::MissingHostFile {
-                    flake: p.name.to_string(),
-                    path: path.clone(),
-                });
+                Err(e) if e.is_missing_source() && p.ignore_sync_error => {}
+                Err(e) if e.is_missing_source() => {
+                    return Err(ProvisionError::MissingHostFile {
+                        flake: p.name.to_string(),
+                        path: path.clone(),
+                    })
+                }
+                Err(e) => return Err(stage_error(p, path, e)),
             }
-            context.copy_tree(path, &root.join(relative(path)))?;
         }
-        file.push_str("COPY host/ /\n");
-        context.write(&file)?;
+        context.write(p, &format!("FROM {stage}\nCOPY host/ /\n"))?;
         Ok(context)
     }
 
-    fn write(&self, containerfile: &str) -> Result<(), ProvisionError> {
-        let path = self.containerfile();
-        std::fs::write(&path, containerfile).map_err(|source| ProvisionError::Io {
-            action: "write",
-            path,
-            source,
-        })
+    fn subtree(&self, p: &Provisioner<'_>, name: &str) -> Result<Staging, ProvisionError> {
+        let dir = self.dir.join(name);
+        Staging::create(&dir).map_err(|e| stage_error(p, &dir, e))
     }
 
-    fn copy_file(&self, from: &Path, to: &Path) -> Result<(), ProvisionError> {
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent).map_err(|source| ProvisionError::Io {
-                action: "create",
-                path: parent.into(),
-                source,
-            })?;
-        }
-        // A hard link avoids copying large archives; fall back to a copy across filesystems.
-        if std::fs::hard_link(from, to).is_ok() {
-            return Ok(());
-        }
-        std::fs::copy(from, to)
-            .map(|_| ())
-            .map_err(|source| ProvisionError::Io {
-                action: "copy",
-                path: from.into(),
-                source,
-            })
+    fn write(&self, p: &Provisioner<'_>, containerfile: &str) -> Result<(), ProvisionError> {
+        self.staging
+            .write_new("Containerfile", containerfile)
+            .map_err(|e| stage_error(p, &self.containerfile(), e))
     }
+}
 
-    /// `cp -a`-like copy keeping symlinks and modes (`cp -a FROM TO`).
-    fn copy_tree(&self, from: &Path, to: &Path) -> Result<(), ProvisionError> {
-        let io = |action, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| ProvisionError::Io {
-                action,
-                path,
-                source,
-            }
-        };
-        let meta = std::fs::symlink_metadata(from).map_err(io("inspect", from))?;
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent).map_err(io("create", parent))?;
-        }
-        if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(from).map_err(io("read", from))?;
-            std::os::unix::fs::symlink(target, to).map_err(io("create", to))
-        } else if meta.is_dir() {
-            std::fs::create_dir_all(to).map_err(io("create", to))?;
-            std::fs::set_permissions(to, meta.permissions()).map_err(io("chmod", to))?;
-            for entry in std::fs::read_dir(from).map_err(io("read", from))? {
-                let entry = entry.map_err(io("read", from))?;
-                self.copy_tree(&entry.path(), &to.join(entry.file_name()))?;
-            }
-            Ok(())
-        } else {
-            std::fs::copy(from, to)
-                .map(|_| ())
-                .map_err(io("copy", from))
-        }
+fn stage_error(p: &Provisioner<'_>, path: &Path, source: StageError) -> ProvisionError {
+    ProvisionError::Stage {
+        flake: p.name.to_string(),
+        path: path.to_path_buf(),
+        source,
     }
 }
 

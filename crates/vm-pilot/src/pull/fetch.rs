@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: MIT
 //! Getting one file from an `https://`, `http://` (only when allowed), `file://` address or
-//! a local path, streamed to disk, with a progress bar when stderr is a terminal.
+//! a local path ([`super::http`] does the downloads), always into a new file with a fixed
+//! mode and within the size limit.
 
-use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::{io, PullError};
+use super::limited::{self, FileMode};
+use super::{http, redact, Policy, PullError};
 
 /// Environment variable that allows plain `http://` downloads.
 pub const INSECURE_ENV: &str = "FLAKE_ALLOW_INSECURE_TRANSPORT";
@@ -24,7 +25,7 @@ impl Source {
     pub fn parse(address: &str, what: &'static str, insecure_ok: bool) -> Result<Self, PullError> {
         let refuse = |reason: &str| PullError::Source {
             what,
-            address: address.into(),
+            address: redact::address(address),
             reason: reason.into(),
         };
         if let Some(path) = address.strip_prefix("file://") {
@@ -49,86 +50,52 @@ impl Source {
         Ok(Source::File(PathBuf::from(address)))
     }
 
-    /// The address as given.
+    /// The address as shown to people: without userinfo or query (see the `redact` module).
     pub fn describe(&self) -> String {
         match self {
-            Source::Url(url) => url.clone(),
+            Source::Url(url) => redact::address(url),
             Source::File(path) => path.display().to_string(),
         }
     }
 }
 
-/// Copies `source` to `dest`.
-pub fn fetch(source: &Source, dest: &Path) -> Result<(), PullError> {
+/// Copies `source` to `dest` (a new file, mode 0644) within `policy`.
+pub fn fetch(source: &Source, dest: &Path, policy: &Policy) -> Result<(), PullError> {
     match source {
-        Source::File(path) => {
-            std::fs::copy(path, dest)
-                .map(|_| ())
-                .map_err(|e| PullError::Download {
-                    address: path.display().to_string(),
-                    reason: e.to_string(),
-                })
-        }
-        Source::Url(url) => download(url, dest),
+        Source::File(path) => copy_file(path, dest, policy.max_size),
+        Source::Url(url) => http::download(url, dest, policy),
     }
 }
 
-fn download(url: &str, dest: &Path) -> Result<(), PullError> {
-    let fail = |reason: String| PullError::Download {
-        address: url.into(),
-        reason,
+/// A host file: its mode is not taken over (a 0777 rootfs must not stay world-writable in
+/// the registry), and its size is bounded like a download's (`/dev/zero` is a file too).
+fn copy_file(path: &Path, dest: &Path, max_size: u64) -> Result<(), PullError> {
+    let fail = |e: std::io::Error| PullError::Download {
+        address: path.display().to_string(),
+        reason: e.to_string(),
     };
-    let insecure = std::env::var_os(INSECURE_ENV).is_some();
-    let config = ureq::Agent::config_builder().https_only(!insecure).build();
-    let agent: ureq::Agent = config.into();
-    let response = agent.get(url).call().map_err(|e| fail(e.to_string()))?;
-    let total = response
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let mut body = response.into_body().into_reader();
-    let mut file = std::fs::File::create(dest).map_err(io("create", dest))?;
-    let bar = progress(total, dest);
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = body.read(&mut buf).map_err(|e| fail(e.to_string()))?;
-        if n == 0 {
-            break;
-        }
-        file.write_all(&buf[..n]).map_err(io("write", dest))?;
-        if let Some(bar) = &bar {
-            bar.inc(u64::try_from(n).unwrap_or(0));
-        }
+    let mut file = std::fs::File::open(path).map_err(fail)?;
+    let size = file.metadata().map_err(fail)?.len();
+    if size > max_size {
+        return Err(too_large(
+            format!("{} ({size} bytes)", path.display()),
+            max_size,
+        ));
     }
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    file.sync_all().map_err(io("write", dest))
+    limited::write_new(&mut file, dest, FileMode::Data, max_size, None)
+        .map(|_| ())
+        .map_err(|e| {
+            e.into_pull(
+                dest,
+                || too_large(path.display().to_string(), max_size),
+                fail,
+            )
+        })
 }
 
-/// A progress bar on stderr when it is a terminal; none otherwise (logs stay clean).
-fn progress(total: Option<u64>, dest: &Path) -> Option<indicatif::ProgressBar> {
-    if !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let bar = match total {
-        Some(total) => indicatif::ProgressBar::new(total),
-        None => indicatif::ProgressBar::new_spinner(),
-    };
-    let style = indicatif::ProgressStyle::with_template(
-        "{msg} [{elapsed}] [{wide_bar}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
-    );
-    if let Ok(style) = style {
-        bar.set_style(style);
-    }
-    bar.set_message(format!(
-        "downloading {}",
-        dest.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    ));
-    Some(bar)
+/// The error for `what` over `limit` bytes.
+pub(super) fn too_large(what: String, limit: u64) -> PullError {
+    PullError::TooLarge { what, limit }
 }
 
 #[cfg(test)]

@@ -1,80 +1,26 @@
 // SPDX-License-Identifier: MIT
-//! Staging and atomic installation of a pulled image, and the preparation of a component
-//! rootfs (the mount points the guest init needs) without root or loop mounts.
+//! The preparation of a component rootfs (the mount points the guest init needs) without
+//! root or loop mounts, and the marker saying which protocol its guest init speaks.
+//!
+//! The rootfs is the download's, so whatever `debugfs` prints from it is bounded: the guest
+//! init is looked at (`stat`) before it is read and refused over [`INIT_MAX`] (a sparse
+//! file of terabytes costs the archive nothing), every answer is read through a limit, and
+//! the output of the requests that change the image is discarded.
 
 use std::path::{Path, PathBuf};
 
+use super::limited::{self, FileMode};
 use super::{io, PullError};
-
-/// A private staging directory next to the image directory; removed unless committed.
-#[derive(Debug)]
-pub struct Staging {
-    dir: PathBuf,
-    committed: bool,
-}
-
-impl Staging {
-    /// Creates `<images_dir>/.pull-<name>-<pid>`.
-    pub fn new(images_dir: &Path, name: &str) -> Result<Self, PullError> {
-        std::fs::create_dir_all(images_dir).map_err(io("create", images_dir))?;
-        let dir = images_dir.join(format!(".pull-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).map_err(io("create", &dir))?;
-        Ok(Staging {
-            dir,
-            committed: false,
-        })
-    }
-
-    /// The staging directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Moves the staged image to `target`, replacing an old image only now.
-    pub fn commit(mut self, target: &Path) -> Result<(), PullError> {
-        let old = target.with_file_name(format!(
-            ".old-{}-{}",
-            target
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            std::process::id()
-        ));
-        let had_old = target.exists();
-        if had_old {
-            std::fs::rename(target, &old).map_err(io("move aside", target))?;
-        }
-        if let Err(err) = std::fs::rename(&self.dir, target) {
-            if had_old {
-                let _ = std::fs::rename(&old, target);
-            }
-            return Err(PullError::Io {
-                action: "install",
-                path: target.to_path_buf(),
-                source: err,
-            });
-        }
-        self.committed = true;
-        if had_old {
-            std::fs::remove_dir_all(&old).map_err(io("remove", &old))?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
 
 /// Mount points the guest init uses; created in an ext2/3/4 rootfs when missing.
 const MOUNT_POINTS: [&str; 6] = ["/overlayroot", "/proc", "/sys", "/dev", "/dev/pts", "/mnt"];
 /// Where the guest init lives in a rootfs.
 pub const SCI_PATH: &str = "/usr/sbin/sci";
+/// The largest guest init read for its markers (a static `sci` is under 4 MiB).
+pub const INIT_MAX: u64 = 64 << 20;
+/// The most bytes read of a `debugfs` answer other than a file's content (a `stat`, the
+/// listing of one directory).
+const ANSWER_MAX: u64 = 4 << 20;
 
 /// Prepares an ext2/3/4 component rootfs with `debugfs -w`, which edits the image file
 /// directly (no root, no loop mount): adds the missing mount points and installs `sci` (the
@@ -127,8 +73,9 @@ pub const CONSOLE_FEATURE: &str = "console-acks";
 pub const RESYNC_FEATURE: &str = "resync";
 
 /// Writes [`GUEST_CHANNEL_FILE`] into `dir` when the ext rootfs there carries a guest init
-/// that speaks the protocol (its binary holds `proto::GUEST_MARKER`).
-pub fn mark_guest_channel(dir: &Path) -> Result<(), PullError> {
+/// that speaks the protocol (its binary holds `proto::GUEST_MARKER`). A guest init over
+/// [`INIT_MAX`] bytes fails the pull of image `name`.
+pub fn mark_guest_channel(dir: &Path, name: &str) -> Result<(), PullError> {
     let rootfs = dir.join("rootfs");
     if !is_ext(&rootfs)? {
         return Ok(());
@@ -141,9 +88,13 @@ pub fn mark_guest_channel(dir: &Path) -> Result<(), PullError> {
         bin,
         image: &rootfs,
     };
-    let init = fs
-        .request(&format!("cat {SCI_PATH}"), false)
-        .unwrap_or_default();
+    let fail = |reason: String| PullError::Prepare {
+        name: name.to_string(),
+        reason,
+    };
+    let Some(init) = fs.read_init().map_err(fail)? else {
+        return Ok(());
+    };
     if init.contains(flake_agent::proto::GUEST_MARKER) {
         let marker = dir.join(GUEST_CHANNEL_FILE);
         let mut features = String::new();
@@ -156,9 +107,38 @@ pub fn mark_guest_channel(dir: &Path) -> Result<(), PullError> {
                 features.push('\n');
             }
         }
-        std::fs::write(&marker, features).map_err(io("write", &marker))?;
+        limited::write_bytes(&marker, features.as_bytes(), FileMode::Data)
+            .map_err(io("write", &marker))?;
     }
     Ok(())
+}
+
+/// What `debugfs stat` says of a path: whether it is a regular file, and its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stat {
+    regular: bool,
+    size: u64,
+}
+
+impl Stat {
+    /// Parses `stat` output (`Inode: 12   Type: regular ... Size: 35664`); `None` when the
+    /// path does not exist (debugfs then prints nothing on stdout).
+    fn parse(text: &str) -> Option<Self> {
+        let mut words = text.split_whitespace();
+        let mut regular = None;
+        let mut size = None;
+        while let Some(word) = words.next() {
+            match word {
+                "Type:" if regular.is_none() => regular = Some(words.next() == Some("regular")),
+                "Size:" if size.is_none() => size = words.next().and_then(|w| w.parse().ok()),
+                _ => {}
+            }
+        }
+        Some(Stat {
+            regular: regular?,
+            size: size?,
+        })
+    }
 }
 
 /// `debugfs` on one image file.
@@ -168,26 +148,49 @@ struct Debugfs<'a> {
 }
 
 impl Debugfs<'_> {
-    fn request(&self, request: &str, write: bool) -> Result<String, String> {
+    fn command(&self, request: &str, write: bool) -> flakes::process::Cmd {
         let mut cmd = flakes::process::Cmd::new(&self.bin);
         if write {
             cmd = cmd.arg("-w");
         }
-        cmd.args(["-R", request])
-            .arg(self.image)
-            .stdout()
+        cmd.args(["-R", request]).arg(self.image)
+    }
+
+    /// A read-only request, its answer read up to `max` bytes.
+    fn request(&self, request: &str, max: u64) -> Result<String, String> {
+        self.command(request, false)
+            .stdout_limited(max)
             .map_err(|e| e.to_string())
     }
 
+    /// A request that changes the image; what it prints is discarded.
     fn write_request(&self, request: &str) -> Result<(), String> {
-        self.request(request, true).map(|_| ())
+        self.command(request, true).run().map_err(|e| e.to_string())
+    }
+
+    /// The content of the guest init, `None` when there is none or it is not a regular
+    /// file; refused when `stat` says it is over [`INIT_MAX`] bytes, and cut off there if
+    /// `cat` brings more anyway.
+    fn read_init(&self) -> Result<Option<String>, String> {
+        let stat = self.request(&format!("stat {SCI_PATH}"), ANSWER_MAX)?;
+        match Stat::parse(&stat) {
+            Some(stat) if stat.regular && stat.size > INIT_MAX => Err(format!(
+                "its guest init {SCI_PATH} is {} bytes, more than the {} MiB a guest init may have",
+                stat.size,
+                INIT_MAX >> 20
+            )),
+            Some(stat) if stat.regular => {
+                self.request(&format!("cat {SCI_PATH}"), INIT_MAX).map(Some)
+            }
+            _ => Ok(None),
+        }
     }
 
     /// True when `path` exists in the image (`ls -p` of its parent lists `/name/`).
     fn exists(&self, path: &str) -> Result<bool, String> {
         let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
         let parent = if parent.is_empty() { "/" } else { parent };
-        let listing = self.request(&format!("ls -p {parent}"), false)?;
+        let listing = self.request(&format!("ls -p {parent}"), ANSWER_MAX)?;
         Ok(listing
             .lines()
             .any(|line| line.split('/').nth(5) == Some(name)))
@@ -203,4 +206,27 @@ fn is_ext(path: &Path) -> Result<bool, PullError> {
         return Ok(false);
     }
     Ok(magic == [0x53, 0xef])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_answers() {
+        let regular = "Inode: 12   Type: regular    Mode:  0755   Flags: 0x80000\n\
+                       Generation: 0    Version: 0x00000000:00000000\n\
+                       User:     0   Group:     0   Project:     0   Size: 35664\n";
+        assert_eq!(
+            Stat::parse(regular),
+            Some(Stat {
+                regular: true,
+                size: 35664
+            })
+        );
+        let dir = regular.replace("regular", "directory");
+        assert_eq!(Stat::parse(&dir).map(|s| s.regular), Some(false));
+        assert_eq!(Stat::parse(""), None);
+        assert_eq!(Stat::parse("Type: regular Size: lots"), None);
+    }
 }

@@ -38,7 +38,7 @@ impl Monitor {
     /// Connects to `socket` and leaves the monitor's negotiation mode.
     fn connect(socket: &Path) -> Result<Self, String> {
         let fail = |e: std::io::Error| format!("QEMU monitor {}: {e}", socket.display());
-        let stream = UnixStream::connect(socket).map_err(fail)?;
+        let stream = crate::vmm::connect_unix(socket).map_err(fail)?;
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .map_err(fail)?;

@@ -42,6 +42,11 @@ pub fn run(args: &VmRegisterArgs, mode: Mode, ctx: &Context) -> Result<ExitCode>
         args.app.display(),
         config.display()
     );
+    if !args.no_net {
+        if let Some(note) = vm_pilot::tap::short_form_note(name.as_str()) {
+            println!("{note}");
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -5,13 +5,21 @@
 //! and `<flake>[@NAME]#<pid>` (one-shot; see `vm_pilot::instance`). One is
 //! `running` while its VMM process lives and names that directory on its command line (a
 //! reused pid is not mistaken for the VM), `stale` otherwise (a VM that crashed or was killed
-//! keeps its console log there for inspection).
+//! keeps its console log there for inspection). The TAP column names the network device
+//! an instance uses (`tap-NAME[@ID]`, or its short form where that is longer than the
+//! kernel's 15 characters: the one the admin must make).
+//!
+//! Root lists every user's instances, so every directory is held by descriptor and every
+//! file read bounded and without following links (see `vm_pilot::state_file`): a user's
+//! `vmm.pid` that is a FIFO or a symlink to `/dev/zero` makes that instance `stale`, and
+//! nothing else.
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use flakes::config::Engine;
+use flakes::instance::Dir;
 use flakes::FlakeName;
 use serde::Serialize;
 
@@ -28,10 +36,12 @@ pub struct VmRow {
     status: String,
     image: Option<String>,
     config: Option<String>,
+    tap: Option<String>,
 }
 
 impl Row for VmRow {
-    const HEADERS: &'static [&'static str] = &["NAME", "USER", "ID", "STATUS", "IMAGE", "CONFIG"];
+    const HEADERS: &'static [&'static str] =
+        &["NAME", "USER", "ID", "STATUS", "IMAGE", "CONFIG", "TAP"];
 
     fn cells(&self) -> Vec<Option<String>> {
         vec![
@@ -41,6 +51,7 @@ impl Row for VmRow {
             Some(self.status.clone()),
             self.image.clone(),
             self.config.clone(),
+            self.tap.clone(),
         ]
     }
 }
@@ -49,9 +60,11 @@ impl Row for VmRow {
 pub fn run(args: &ShowArgs, ctx: &Context) -> Result<ExitCode> {
     let ids = ctx.settings.firecracker_ids_dir();
     let mut rows = Vec::new();
-    for (uid, user_dir) in numbered_dirs(&ids) {
-        let dir = vm_pilot::instances_dir(&user_dir);
-        for (label, instance) in entries(&dir) {
+    for (uid, user_dir) in user_dirs(&ids, ctx.settings.caller.uid) {
+        let Ok(Some(vms)) = user_dir.open_child(".vm") else {
+            continue;
+        };
+        for (label, instance) in subdirs(&vms) {
             rows.push(row(ctx, uid, &label, &instance));
         }
     }
@@ -63,45 +76,74 @@ pub fn run(args: &ShowArgs, ctx: &Context) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn row(ctx: &Context, uid: u32, label: &str, dir: &Path) -> VmRow {
-    let pid = vm_pilot::instance_running(dir);
+fn row(ctx: &Context, uid: u32, label: &str, dir: &Dir) -> VmRow {
+    let pid = vm_pilot::instance_running_in(dir);
     let key = label.split_once('#').map_or(label, |(key, _)| key);
     let flake = key.split_once('@').map_or(key, |(flake, _)| flake);
     let found = FlakeName::new(flake)
         .ok()
         .and_then(|name| flakes::registry::find(&ctx.settings.lookup_order(), &name).ok());
-    let image = found.as_ref().and_then(|f| match &f.engine {
-        Engine::Vm(vm) => Some(vm.image.clone()),
+    let vm = found.as_ref().and_then(|f| match &f.engine {
+        Engine::Vm(vm) => Some(vm),
         Engine::Container(_) => None,
     });
+    let image = vm.map(|vm| vm.image.clone());
+    let tap = vm
+        .filter(|vm| vm.runtime.network)
+        .map(|_| vm_pilot::tap::used_by_in(dir, label));
     VmRow {
         name: label.to_string(),
         user: flakes::host::user_name(uid),
         id: pid.map(|p| p.to_string()),
         status: if pid.is_some() { "running" } else { "stale" }.to_string(),
         image,
-        config: found.map(|f| f.path.display().to_string()),
+        config: found.as_ref().map(|f| f.path.display().to_string()),
+        tap,
     }
 }
 
-/// `(uid, dir)` of the numeric per-user directories under `ids`.
-fn numbered_dirs(ids: &Path) -> Vec<(u32, std::path::PathBuf)> {
-    entries(ids)
+/// `(uid, dir)` of the per-user directories: `<ids>/<uid>` and its alternatives, and
+/// those of the bases beside a base another user took (`<ids>-<uid>`, see
+/// `flakes::instance`), each held and owned by its uid.
+fn user_dirs(ids: &Path, caller: u32) -> Vec<(u32, Dir)> {
+    let mut dirs = Dir::open_base(ids, caller)
+        .map(|base| numbered_dirs(&base, None))
+        .unwrap_or_default();
+    let beside = ids.file_name().and_then(|n| n.to_str());
+    if let (Some(parent), Some(base_name)) = (ids.parent(), beside) {
+        if let Ok(parent) = Dir::open_base(parent, caller) {
+            for (uid, base) in owned_subdirs(&parent, |name| {
+                flakes::instance::uid_of_name(name.strip_prefix(base_name)?.strip_prefix('-')?)
+            }) {
+                dirs.extend(numbered_dirs(&base, Some(uid)));
+            }
+        }
+    }
+    dirs
+}
+
+/// The per-user directories in `base` (of user `only`, if given).
+fn numbered_dirs(base: &Dir, only: Option<u32>) -> Vec<(u32, Dir)> {
+    owned_subdirs(base, |name| {
+        flakes::instance::uid_of_name(name).filter(|uid| only.is_none_or(|only| only == *uid))
+    })
+}
+
+/// The real subdirectories of `dir` whose name `uid_of` maps to a uid that owns them: a
+/// directory of one uid's pattern made by another user is not that uid's.
+fn owned_subdirs(dir: &Dir, uid_of: impl Fn(&str) -> Option<u32>) -> Vec<(u32, Dir)> {
+    subdirs(dir)
         .into_iter()
-        .filter_map(|(name, path)| Some((name.parse().ok()?, path)))
+        .filter_map(|(name, sub)| Some((uid_of(&name)?, sub)))
+        .filter(|(uid, sub)| sub.owner_and_mode().is_ok_and(|(owner, _)| owner == *uid))
         .collect()
 }
 
-/// Real subdirectories of `dir`, sorted by name.
-fn entries(dir: &Path) -> Vec<(String, std::path::PathBuf)> {
-    let Ok(read) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut out: Vec<(String, std::path::PathBuf)> = read
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
-        .collect();
-    out.sort();
-    out
+/// The real subdirectories of `dir` (never through a symlink), sorted by name.
+fn subdirs(dir: &Dir) -> Vec<(String, Dir)> {
+    dir.entries()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|name| Some((name.clone(), dir.open_child(&name).ok()??)))
+        .collect()
 }

@@ -5,19 +5,24 @@
 //! with the launcher's own rules), include files, and what already exists at the app path and
 //! under the flake name. Writing is then atomic (see `flakes::register`).
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
 use flakes::config::raw::{RawContainer, RawFlake, RawInclude, RawRuntime};
 use flakes::register::{app_name, Registration};
 use flakes::{FlakeName, Mode};
+use podman_pilot::provision::read_in_image;
 
 use crate::cli::RegisterArgs;
 use crate::context::Context;
 
+/// Largest flake description `--info` prints.
+const MAX_INFO: u64 = 1 << 20;
+
 /// Runs the registration (or `--info`).
 pub fn run(args: &RegisterArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
+    check_images(args)?;
     let Some(app) = &args.app else {
         return info(&args.container, mode, ctx);
     };
@@ -93,6 +98,20 @@ fn flake_document(
     })
 }
 
+/// Every image flag holds a reference in podman's grammar (never an option such as
+/// `--privileged`); the message names the flag.
+fn check_images(args: &RegisterArgs) -> Result<()> {
+    let images = std::iter::once(("--container", &args.container))
+        .chain(args.base.iter().map(|b| ("--base", b)))
+        .chain(args.layers.iter().map(|l| ("--layer", l)));
+    for (flag, image) in images {
+        if let Err(err) = flakes::image_ref::check(image) {
+            bail!("{flag} {err}");
+        }
+    }
+    Ok(())
+}
+
 /// `--opt "\--net host"`: one leading backslash protects the dash from the option parser.
 fn strip_escape(opt: &str) -> &str {
     opt.strip_prefix('\\').unwrap_or(opt)
@@ -110,9 +129,9 @@ fn info(container: &str, mode: Mode, ctx: &Context) -> Result<ExitCode> {
     let mount = podman.image_mount(container).stdout()?;
     let base = container.rsplit('/').next().unwrap_or(container);
     let base = base.split([':', '@']).next().unwrap_or(base);
-    let description = PathBuf::from(mount.trim()).join(format!("{base}.yaml"));
-    let text = std::fs::read_to_string(&description);
-    podman.image_umount(container).stdout()?;
+    // Read beneath the mount point without following links: the image chooses what is there.
+    let text = read_in_image(Path::new(mount.trim()), &format!("{base}.yaml"), MAX_INFO);
+    podman.image_umount(container).run()?;
     match text {
         Ok(text) => {
             print!("{text}");

@@ -5,8 +5,9 @@
 //! itself (`podman image rm -f`, once: the original ran it twice on success).
 //!
 //! Removing a flake also removes its resume and attach instances (containers labelled with
-//! the flake's name, and the caller's state directories) and the images assembled for it,
-//! so nothing is left running or cached for a flake that no longer exists.
+//! the flake's name, and the caller's state directories) and the images assembled for it
+//! with their record and lock, so nothing is left running or cached for a flake that no
+//! longer exists. A VM flake is refused: that is `flake-ctl firecracker remove`'s.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -25,7 +26,7 @@ use crate::context::Context;
 pub fn run(args: &RemoveArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
     let registry = ctx.settings.registry(mode);
     if let Some(app) = &args.app {
-        let name = remove_app(&registry, app, args.force)?;
+        let name = remove_app(&registry, app, args.force, "podman")?;
         remove_instances(ctx, mode, &name);
         println!("removed flake {name} ({})", app.display());
     }
@@ -61,24 +62,24 @@ fn remove_instances(ctx: &Context, mode: Mode, name: &FlakeName) {
             &["image", "rm", "-f"],
         );
     }
-    let dir = ctx
-        .settings
-        .podman_ids_dir(mode)
-        .join(ctx.settings.caller.uid.to_string());
-    let _ = std::fs::remove_file(dir.join(".cache").join(format!("{name}.record")));
-    let Ok(entries) = std::fs::read_dir(&dir) else {
+    let uid = ctx.settings.caller.uid;
+    let Ok(dir) = flakes::instance::user_dir(&ctx.settings.podman_ids_dir(mode), uid) else {
         return;
     };
+    if let Ok(Some(cache)) = dir.open_child(".cache") {
+        for kind in ["record", "lock"] {
+            let _ = cache.remove_file(&format!("{name}.{kind}"));
+        }
+    }
     let own = |file: &str| {
         file == name.as_str()
             || file
                 .strip_prefix(name.as_str())
                 .is_some_and(|r| r.starts_with('@'))
     };
-    for entry in entries.filter_map(Result::ok) {
-        let file = entry.file_name();
-        if file.to_str().is_some_and(own) && entry.file_type().is_ok_and(|t| t.is_dir()) {
-            let _ = std::fs::remove_dir_all(entry.path());
+    for file in dir.entries().unwrap_or_default() {
+        if own(&file) {
+            let _ = dir.remove_tree(&file);
         }
     }
 }
@@ -100,12 +101,12 @@ fn purge_image(ctx: &Context, mode: Mode, registry: &Registry, image: &str) -> R
                 config.display()
             )
         })?;
-        remove_app(registry, Path::new(&app), false)?;
+        remove_app(registry, Path::new(&app), false, "podman")?;
         remove_instances(ctx, mode, &name);
         println!("removed flake {name} ({app})");
     }
     if podman.image_exists(image).succeeds()? {
-        podman.image_remove(image).stdout()?;
+        podman.image_remove(image).run()?;
         println!("removed image {image}");
     }
     Ok(())

@@ -83,8 +83,7 @@ fn instance_row(
         None => (label, None),
     };
     let id = instance_container_name(flake, instance, uid);
-    let agent_up =
-        std::os::unix::net::UnixStream::connect(flakes::instance::socket_in(dir)).is_ok();
+    let agent_up = flakes::instance::agent_listens(dir);
     let status = match (agent_up, id.as_ref().and_then(|n| containers.get(n))) {
         (true, _) => "running".to_string(),
         (false, Some(state)) if state == "running" => "running".to_string(),
@@ -157,7 +156,12 @@ fn container_states(ctx: &Context, mode: Mode) -> HashMap<String, String> {
 fn uid_dirs(ids_dir: &Path) -> Vec<(u32, std::path::PathBuf)> {
     let mut dirs: Vec<(u32, std::path::PathBuf)> = sorted_entries(ids_dir)
         .into_iter()
-        .filter_map(|name| Some((name.parse().ok()?, ids_dir.join(name))))
+        .filter_map(|name| Some((flakes::instance::uid_of_name(&name)?, ids_dir.join(name))))
+        .filter(|(uid, dir)| {
+            // A directory of one uid's pattern made by another user is not that uid's.
+            std::fs::symlink_metadata(dir)
+                .is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == *uid)
+        })
         .collect();
     dirs.sort();
     dirs
