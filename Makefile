@@ -6,6 +6,7 @@ BINDIR  ?= $(PREFIX)/bin
 LIBEXECDIR ?= $(PREFIX)/libexec/flake-pilot
 DATADIR ?= $(PREFIX)/share
 VM_FIXTURES ?= /var/cache/flake-pilot-vm
+FUZZ_SECONDS ?= 30
 DESTDIR ?=
 CARGO   ?= cargo
 BINS    := flake-ctl podman-pilot firecracker-pilot
@@ -14,7 +15,7 @@ TRIPLE  := $(shell rustc -vV | sed -n 's/^host: //p')
 AGENT   := target/$(TRIPLE)/release/flake-agent
 SCI     := target/$(TRIPLE)/release/sci
 
-.PHONY: help build agent install uninstall setup vm-fixtures lint test ci demo bench load clean
+.PHONY: help build agent install uninstall setup vm-fixtures lint test ci demo bench load fuzz fuzz-smoke clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -86,6 +87,12 @@ demo: setup install ## set up, install, register a flake on the local image and 
 
 bench: build setup ## launch cost of flakes against the raw podman commands
 	bash scripts/bench.sh
+
+fuzz: ## run every fuzz target in fuzz/ for FUZZ_SECONDS (default 30) each (nightly, cargo-fuzz)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash scripts/fuzz.sh
+
+fuzz-smoke: ## a short fuzz run for CI: 5 seconds per target
+	FUZZ_SECONDS=5 bash scripts/fuzz.sh
 
 load: build setup ## concurrent and sequential launches under load; writes docs/load.md
 	bash scripts/load.sh

@@ -387,8 +387,14 @@ impl Frame {
         if len == 0 || len > MAX_FRAME {
             return Err(ProtoError::Malformed("frame length out of range"));
         }
-        let mut body = vec![0u8; usize::try_from(len).unwrap_or(0)];
-        r.read_exact(&mut body)?;
+        // The body is stored as it arrives: a length alone, from a peer that then sends
+        // nothing, does not make the reader set a whole frame's memory aside.
+        let expected = usize::try_from(len).unwrap_or(usize::MAX);
+        let mut body = Vec::with_capacity(expected.min(CHUNK + 16));
+        r.by_ref().take(u64::from(len)).read_to_end(&mut body)?;
+        if body.len() < expected {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+        }
         Self::decode(&body).map(|frame| Some((frame, body.len() + 4)))
     }
 }
@@ -498,6 +504,9 @@ impl Reader<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod properties;
 
 #[cfg(test)]
 mod tests {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use flake_agent::daemon::reaper::Reaper;
 use flake_agent::framed::{run, Link};
-use flake_agent::proto::{Call, ExitStatus, Frame};
+use flake_agent::proto::{Call, ExitStatus, Frame, CHUNK};
 
 /// A `Write` whose bytes the test reads back.
 #[derive(Clone, Default)]
@@ -473,4 +473,37 @@ fn a_call_waiting_for_room_ends_once_its_writer_is_replaced() {
     let ended = finished.recv_timeout(std::time::Duration::from_secs(10));
     drop((host, keep_open));
     assert!(ended.is_ok(), "the call ended");
+}
+
+#[test]
+fn stdin_the_app_does_not_read_backs_up_to_the_launcher() {
+    // A launcher that ignores the stdin window must not make the relay hold all it sends:
+    // past a bound the relay reads no further and the launcher's writes wait, as on a pipe.
+    let call = Call {
+        argv: argv(&["sleep", "3"]),
+        frames: true,
+        output_acks: true,
+        ..Call::default()
+    };
+    let (launcher, reader) = std::os::unix::net::UnixStream::pair().unwrap();
+    launcher
+        .set_write_timeout(Some(std::time::Duration::from_millis(1000)))
+        .unwrap();
+    let sink = Shared::default();
+    let relay_sink = sink.clone();
+    let relay = std::thread::spawn(move || {
+        run(&call, link_to(reader, &relay_sink), Some(&Reaper::start()))
+    });
+    let chunk = Frame::Stdin(vec![b'x'; CHUNK]).encode();
+    let mut sent = 0;
+    while sent < 64 && (&launcher).write_all(&chunk).is_ok() {
+        sent += 1;
+    }
+    assert!(
+        sent < 32,
+        "the relay took {sent} chunks of stdin that the app never read"
+    );
+    drop(launcher);
+    relay.join().unwrap().unwrap();
+    assert!(matches!(decode(&sink).last(), Some(Frame::Exit(_))));
 }

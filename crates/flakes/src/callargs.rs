@@ -282,3 +282,66 @@ mod tests {
         assert_eq!(call.app_args, [raw]);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use std::os::unix::ffi::OsStringExt;
+
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Arguments a caller may give, with the prefixes and the escape the parser looks at.
+    fn arg() -> impl Strategy<Value = OsString> {
+        prop_oneof![
+            vec(any::<u8>(), 0..12).prop_map(OsString::from_vec),
+            "[@%-]{0,2}[a-z_=:0-9{}-]{0,12}".prop_map(OsString::from),
+            Just(OsString::from("--")),
+        ]
+    }
+
+    /// The app's arguments as the module documentation describes them.
+    fn documented_app_args(args: &[OsString]) -> Vec<OsString> {
+        if args.first().is_some_and(|a| a.as_bytes() == b"--") {
+            return args[1..].to_vec();
+        }
+        let escape = args
+            .iter()
+            .position(|a| a.as_bytes() == b"--")
+            .unwrap_or(args.len());
+        let (head, tail) = args.split_at(escape);
+        head.iter()
+            .filter(|a| !matches!(a.as_bytes().first(), Some(b'@' | b'%')))
+            .chain(tail)
+            .cloned()
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn a_leading_escape_passes_every_argument_verbatim(args in vec(arg(), 0..8)) {
+            let escaped = std::iter::once(OsString::from("--")).chain(args.iter().cloned());
+            let call = CallArgs::parse(escaped).unwrap();
+            prop_assert_eq!(call.app_args, args);
+            prop_assert_eq!(call.instance, None);
+            prop_assert_eq!(call.options, PilotOptions::default());
+        }
+
+        #[test]
+        fn the_app_gets_the_documented_arguments_in_order(args in vec(arg(), 0..8)) {
+            if let Ok(call) = CallArgs::parse(args.clone()) {
+                prop_assert_eq!(call.app_args, documented_app_args(&args));
+            }
+        }
+
+        #[test]
+        fn an_instance_name_survives_the_call(name in "[A-Za-z0-9@=_-]{1,63}", args in vec(arg(), 0..4)) {
+            let mut argv = vec![OsString::from(format!("@{name}"))];
+            argv.extend(args.iter().filter(|a| !a.as_bytes().starts_with(b"@")).cloned());
+            if let Ok(call) = CallArgs::parse(argv) {
+                prop_assert_eq!(call.instance.map(|i| i.to_string()), Some(name));
+            }
+        }
+    }
+}

@@ -83,10 +83,16 @@ impl GlobalConfig {
                 })
             }
         };
+        Self::parse(path, &text)
+    }
+
+    /// Parses `text`, the contents of `path` (named in errors); blank text gives the
+    /// defaults. [`GlobalConfig::load`] is this after reading the file.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, GlobalConfigError> {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        yaml_serde::from_str(&text).map_err(|source| GlobalConfigError::Parse {
+        yaml_serde::from_str(text).map_err(|source| GlobalConfigError::Parse {
             path: path.into(),
             source,
         })

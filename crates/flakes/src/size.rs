@@ -153,3 +153,50 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const UNITS: [(&str, u64); 9] = [
+        ("", 1),
+        ("KiB", 1 << 10),
+        ("M", 1 << 20),
+        ("g", 1 << 30),
+        ("TiB", 1 << 40),
+        ("kB", 1_000),
+        ("MB", 1_000_000),
+        ("gb", 1_000_000_000),
+        ("TB", 1_000_000_000_000),
+    ];
+
+    proptest! {
+        #[test]
+        fn a_size_reads_back_from_its_display(bytes in any::<u64>()) {
+            let size = ByteSize(bytes);
+            prop_assert_eq!(ByteSize::parse(&size.to_string()), Ok(size));
+            prop_assert_eq!(ByteSize::parse(&bytes.to_string()), Ok(size));
+        }
+
+        #[test]
+        fn a_number_with_a_unit_is_its_multiple(
+            number in any::<u32>(),
+            unit in prop::sample::select(UNITS.to_vec()),
+            space in any::<bool>(),
+        ) {
+            let (unit, factor) = unit;
+            let text = format!("{number}{}{unit}", if space { " " } else { "" });
+            let want = u64::from(number).checked_mul(factor);
+            prop_assert_eq!(ByteSize::parse(&text).ok().map(ByteSize::bytes), want);
+        }
+
+        #[test]
+        fn any_text_is_a_size_or_an_error_with_a_hint(text in any::<String>()) {
+            if let Err(err) = ByteSize::parse(&text) {
+                prop_assert!(err.to_string().contains("20GiB"));
+            }
+        }
+    }
+}

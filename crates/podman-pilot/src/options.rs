@@ -5,7 +5,9 @@
 //! (`"--volume /a:/b"` -> `--volume`, `/a:/b`). `%VAR` placeholders are expanded from the
 //! caller's environment exactly as the original did: `%` followed by upper-case ASCII letters,
 //! unset variables become the literal `$VAR`, expansion repeats because a value may itself
-//! contain a placeholder, and more than [`MAX_ROUNDS`] rounds is an error.
+//! contain a placeholder, and more than [`MAX_ROUNDS`] rounds is an error. So is an option
+//! that grows past [`MAX_EXPANDED`] bytes: a value that holds its own placeholder several
+//! times would otherwise multiply the option with every round, into gigabytes.
 //!
 //! Terminal options (`-t`, `--tty`, the `-ti` that flake-ctl 3.1 wrote by default) are dropped:
 //! the launcher decides about a terminal from the caller's stdin and stdout, because a
@@ -15,6 +17,8 @@ use std::path::Path;
 
 /// Expansion rounds before a `%VAR` loop is reported.
 pub const MAX_ROUNDS: usize = 10;
+/// Longest expanded option: the kernel takes no longer single argument (`MAX_ARG_STRLEN`).
+pub const MAX_EXPANDED: usize = 128 * 1024;
 
 /// Errors in a flake's engine options.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,6 +29,16 @@ pub enum OptionError {
          itself?); fix the environment or the option"
     )]
     TooManyExpansions {
+        /// The option as written in the flake.
+        option: String,
+    },
+    /// `%VAR` values make the option longer than an argument can be.
+    #[error(
+        "runtime.podman option '{option}': its %VAR expansions make it longer than \
+         {MAX_EXPANDED} bytes (a variable that repeats itself?); fix the environment or the \
+         option"
+    )]
+    TooLong {
         /// The option as written in the flake.
         option: String,
     },
@@ -142,14 +156,17 @@ pub fn expand_vars(
     text: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<String, OptionError> {
+    let too_long = || OptionError::TooLong {
+        option: text.to_string(),
+    };
     let mut current = text.to_string();
     for _ in 0..MAX_ROUNDS {
-        match expand_once(&current, lookup) {
+        match expand_once(&current, lookup).ok_or_else(too_long)? {
             Some(next) => current = next,
             None => return Ok(current),
         }
     }
-    match expand_once(&current, lookup) {
+    match expand_once(&current, lookup).ok_or_else(too_long)? {
         None => Ok(current),
         Some(_) => Err(OptionError::TooManyExpansions {
             option: text.to_string(),
@@ -157,12 +174,16 @@ pub fn expand_vars(
     }
 }
 
-/// One round of expansion; `None` when there was no placeholder.
-fn expand_once(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+/// One round of expansion: `Some(None)` when there was no placeholder, `None` when the
+/// result would be longer than [`MAX_EXPANDED`] (it stops growing there).
+fn expand_once(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Option<Option<String>> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     let mut found = false;
     while let Some(pos) = rest.find('%') {
+        if out.len() > MAX_EXPANDED {
+            return None;
+        }
         out.push_str(&rest[..pos]);
         let after = &rest[pos + 1..];
         let len = after.bytes().take_while(u8::is_ascii_uppercase).count();
@@ -182,7 +203,10 @@ fn expand_once(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Option<St
         rest = &after[len..];
     }
     out.push_str(rest);
-    found.then_some(out)
+    if out.len() > MAX_EXPANDED {
+        return None;
+    }
+    Some(found.then_some(out))
 }
 
 /// What the launcher does with the flake's options.
@@ -265,6 +289,18 @@ mod tests {
             expand_vars("%LOOP", &env),
             Err(OptionError::TooManyExpansions { .. })
         ));
+    }
+
+    #[test]
+    fn a_value_that_repeats_itself_is_refused_before_it_grows() {
+        // Each round would multiply the option by 64: 10 rounds are 64^10 placeholders.
+        let many = |key: &str| (key == "MANY").then(|| "%MANY".repeat(64));
+        let err = expand_vars("%MANY", &many).unwrap_err();
+        assert!(matches!(err, OptionError::TooLong { .. }), "{err}");
+        // One value alone may be as long as an argument can be, but not longer.
+        let long = |key: &str| (key == "LONG").then(|| "x".repeat(MAX_EXPANDED));
+        assert_eq!(expand_vars("%LONG", &long).unwrap().len(), MAX_EXPANDED);
+        assert!(expand_vars("a%LONG", &long).is_err());
     }
 
     #[test]

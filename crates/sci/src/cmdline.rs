@@ -263,3 +263,48 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use vm_pilot::vmm::serial_run;
+
+    use super::*;
+
+    /// Arguments of a serial-mode call: anything, with the shell's and the kernel's special
+    /// characters often.
+    fn arg() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            r#"[a-z '\\$;&|*?=_"-]{0,10}"#,
+            "(sci_[a-z]{2,8}|overlay_root|run)=[a-z/\"]{0,6}",
+        ]
+    }
+
+    /// The launcher's flake words around the `run="..."` word, as on a real command line.
+    fn with_boot_args(run: &str) -> String {
+        format!("init=/usr/sbin/sci console=ttyS0 root=/dev/vda {run} ro panic=-1")
+    }
+
+    proptest! {
+        #[test]
+        fn serial_arguments_reach_the_guest_unchanged(argv in vec(arg(), 1..6)) {
+            let raw: Vec<Vec<u8>> = argv.iter().map(|a| a.as_bytes().to_vec()).collect();
+            match serial_run(&raw) {
+                Ok(run) => {
+                    let cmdline = with_boot_args(&run);
+                    prop_assert_eq!(run_command(&cmdline).unwrap(), Some(argv));
+                    // Nothing in the arguments becomes a setting of the guest init.
+                    prop_assert_eq!(
+                        BootSettings::parse(&cmdline).unwrap(),
+                        BootSettings::parse(&with_boot_args("")).unwrap()
+                    );
+                }
+                Err(named) => prop_assert!(argv
+                    .iter()
+                    .any(|a| a.contains('"') || a.chars().any(char::is_control)), "{named}"),
+            }
+        }
+    }
+}

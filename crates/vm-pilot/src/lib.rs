@@ -30,6 +30,8 @@ pub const SYSTEM_REGISTRY: &str = "/var/lib/firecracker";
 
 pub mod error;
 pub mod firecracker;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod instance;
 pub mod launch;
 pub mod overlay;

@@ -19,13 +19,13 @@
 //! removed by the next pull (and by `firecracker remove`), and SIGINT, SIGTERM or SIGHUP
 //! remove it before the process ends. Addresses are printed without userinfo or query.
 
-mod checksum;
+pub(crate) mod checksum;
 mod expansion;
 mod fetch;
 mod framing;
 mod http;
 mod install;
-mod kis;
+pub(crate) mod kis;
 mod limited;
 mod redact;
 mod staging;

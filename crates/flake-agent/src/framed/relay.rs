@@ -36,6 +36,13 @@ const HANGUP_GRACE: Duration = Duration::from_secs(2);
 /// twice this.
 const OUTBOX_LIMIT: usize = CHUNK;
 
+/// Stdin waiting for the app beyond which the link is read no further, so input the app
+/// does not take backs up to the launcher, as it would in a pipe, instead of filling this
+/// process's memory. A launcher under stdin flow control never comes near it: it keeps at
+/// most a window (`STDIN_WINDOW`, four chunks) and one chunk unacknowledged. One that does
+/// not is heard again (its signals, its hang-up) once the app reads or ends.
+const PENDING_LIMIT: usize = 8 * CHUNK;
+
 /// How long a wait for room in a non-blocking output lasts before the write is tried
 /// again: a writer that may no longer write (a newer call's took over) then learns so, as
 /// does one whose wake-up got lost.
@@ -511,7 +518,8 @@ impl Relay {
         let wanted: [(Source, Option<std::os::fd::BorrowedFd<'_>>, PollFlags); 6] = [
             (
                 Source::Console,
-                (!self.link.gone).then(|| self.link.input.as_fd()),
+                (!self.link.gone && self.pending.len() < PENDING_LIMIT)
+                    .then(|| self.link.input.as_fd()),
                 PollFlags::IN,
             ),
             (

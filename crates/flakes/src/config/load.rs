@@ -27,15 +27,29 @@ pub fn load_flake(name: FlakeName, path: &Path) -> Result<Flake> {
 
 /// Loads and merges the raw documents of the flake whose main file is `path`.
 pub fn load_raw(path: &Path) -> Result<RawFlake> {
-    let fragments = fragment_files(&path.with_extension("d"))?;
-    let main_text = read(path)?;
+    let fragments = fragment_files(&path.with_extension("d"))?
+        .into_iter()
+        .map(|fragment| read(&fragment).map(|text| (fragment, text)))
+        .collect::<Result<Vec<_>>>()?;
+    parse_raw(path, &read(path)?, &fragments)
+}
+
+/// Parses the main document `main_text` (read from `path`) and merges the fragments, given
+/// as their paths and texts in application order, on top of it. [`load_raw`] is this after
+/// reading the files; the parse and the merge are apart from it so that they can be
+/// exercised on texts alone (the fuzz targets under `fuzz/` do).
+pub fn parse_raw(
+    path: &Path,
+    main_text: &str,
+    fragments: &[(PathBuf, String)],
+) -> Result<RawFlake> {
     if fragments.is_empty() {
         // Fast path for the launcher: one parse, no merging.
-        return parse_document(path, &main_text);
+        return parse_document(path, main_text);
     }
-    let mut merged = parse_value(path, &main_text)?;
-    for fragment in &fragments {
-        let value = parse_value(fragment, &read(fragment)?)?;
+    let mut merged = parse_value(path, main_text)?;
+    for (fragment, text) in fragments {
+        let value = parse_value(fragment, text)?;
         if !value.is_null() {
             deep_merge(&mut merged, value);
         }

@@ -196,6 +196,8 @@ impl LaunchMode {
 }
 
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;
 
 /// Validates a raw document as if it were loaded from `path`; lets `flake-ctl` check a

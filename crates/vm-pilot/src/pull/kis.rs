@@ -44,17 +44,7 @@ const PADDING_MAX: u64 = 1 << 20;
 pub fn pull(source: &Source, dir: &Path, name: &str, policy: &Policy) -> Result<(), PullError> {
     let archive = dir.join(".kis-archive");
     fetch(source, &archive, policy)?;
-    Unpack {
-        dir,
-        origin: source.describe(),
-        limit: policy.max_size,
-        ratio: (policy.max_ratio > 0).then_some(Ratio {
-            ratio: policy.max_ratio,
-            floor: Policy::EXPANSION_FLOOR,
-        }),
-        declared: Cell::new(None),
-    }
-    .run(&archive)?;
+    unpack(&archive, source.describe(), dir, policy)?;
     std::fs::remove_file(&archive).map_err(io("remove", &archive))?;
     for required in ["rootfs", "kernel", "checksum"] {
         if !dir.join(required).is_file() {
@@ -67,7 +57,28 @@ pub fn pull(source: &Source, dir: &Path, name: &str, policy: &Policy) -> Result<
     verify(dir, name)
 }
 
-fn verify(dir: &Path, name: &str) -> Result<(), PullError> {
+/// Unpacks the downloaded `archive` (from `origin`, as errors name it) into `dir` within
+/// `policy`.
+pub(crate) fn unpack(
+    archive: &Path,
+    origin: String,
+    dir: &Path,
+    policy: &Policy,
+) -> Result<(), PullError> {
+    Unpack {
+        dir,
+        origin,
+        limit: policy.max_size,
+        ratio: (policy.max_ratio > 0).then_some(Ratio {
+            ratio: policy.max_ratio,
+            floor: Policy::EXPANSION_FLOOR,
+        }),
+        declared: Cell::new(None),
+    }
+    .run(archive)
+}
+
+pub(crate) fn verify(dir: &Path, name: &str) -> Result<(), PullError> {
     let path = dir.join("checksum");
     let mut text = String::new();
     File::open(&path)
