@@ -25,6 +25,16 @@ if ! cargo "+$toolchain" --version >/dev/null 2>&1; then
     echo "fuzz: the $toolchain toolchain is missing; install it with rustup toolchain install $toolchain" >&2
     exit 1
 fi
+if ! command -v c++ >/dev/null 2>&1; then
+    # libFuzzer is C++: cargo-fuzz builds it with the system compiler.
+    if [ "$(id -u)" = 0 ]; then
+        echo "fuzz: installing g++ (libFuzzer is built with it)" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends g++ >/dev/null
+    else
+        echo "fuzz: needs a C++ compiler (g++) to build libFuzzer" >&2
+        exit 1
+    fi
+fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz: installing cargo-fuzz" >&2
     cargo install cargo-fuzz --locked
