@@ -365,6 +365,17 @@ fn wait_for_exit(
             {
                 return Err(ProtoError::NoAnswer { seconds })
             }
+            // Dropped before anything but `Ready`: like a close at that point, nothing of
+            // the call ran (an instance acknowledges a call before it starts the app).
+            Err(ProtoError::Io(err))
+                if !answered
+                    && matches!(
+                        err.kind(),
+                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                    ) =>
+            {
+                return Err(ProtoError::Unanswered)
+            }
             Err(err) => return Err(err),
         };
         match frame {

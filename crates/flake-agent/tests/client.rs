@@ -143,3 +143,22 @@ fn a_call_without_an_answer_in_time_is_its_own_error() {
         "{waited:?}"
     );
 }
+
+/// An instance that drops the connection after `Ready` but before answering (a VM port
+/// reset as its guest powers off): nothing of the call ran, so it is `Unanswered`, which
+/// the VM launcher makes again, not an I/O error that ends the call.
+#[test]
+fn a_connection_dropped_before_the_answer_is_unanswered() {
+    let (launcher, guest) = fake_guest(move |_call, mut agent| {
+        Frame::Ready(flake_agent::proto::VERSION)
+            .write_to(&mut agent)
+            .unwrap();
+        // Dropped with the launcher's stdin EOF unread: the launcher's read is reset.
+    });
+    let err = client::run(launcher, &request(false)).unwrap_err();
+    guest.join().unwrap();
+    assert!(
+        matches!(err, flake_agent::proto::ProtoError::Unanswered),
+        "{err:?}"
+    );
+}
