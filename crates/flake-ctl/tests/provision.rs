@@ -397,23 +397,8 @@ fn listed_host_path_with_dot_dot_is_refused_and_the_victim_untouched() {
     let victim = w.path("victim");
     write(&victim, "precious\n", 0o644);
     let entry = format!("{}{}", "/..".repeat(32), victim.display());
-    let trees = w.path("trees");
-    write(&trees.join("delta/removed"), &format!("{entry}\n"), 0o644);
-    let delta = images.import(&trees.join("delta"), "delta");
-    let app = register(
-        &w,
-        &name,
-        &[
-            "--container",
-            &delta,
-            "--base",
-            IMAGE,
-            "--target",
-            "/bin/true",
-            "--check-host-dependencies",
-        ],
-    );
-    let run = w.app(&app, &[], None);
+    let (app, delta) = delta_listing(&w, &mut images, &name, &[&entry], &[]);
+    let run = w.app(&app, &["-c", "true"], None);
     assert_eq!(
         std::fs::read_to_string(&victim).unwrap(),
         "precious\n",
@@ -500,24 +485,10 @@ fn listed_entry_below_a_listed_link_never_writes_through_it() {
     let link = w.path("dir/link");
     std::fs::create_dir_all(link.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink(&outside, &link).unwrap();
-    let trees = w.path("trees");
-    let list = format!("{}\n{}/victim\n", link.display(), link.display());
-    write(&trees.join("delta/removed"), &list, 0o644);
-    let delta = images.import(&trees.join("delta"), "delta");
-    let app = register(
-        &w,
-        &name,
-        &[
-            "--container",
-            &delta,
-            "--base",
-            IMAGE,
-            "--target",
-            "/bin/true",
-            "--check-host-dependencies",
-        ],
-    );
-    let run = w.app(&app, &["%ignore_sync_error"], None);
+    let below = format!("{}/victim", link.display());
+    let entries = [link.to_str().unwrap(), below.as_str()];
+    let (app, _delta) = delta_listing(&w, &mut images, &name, &entries, &[]);
+    let run = w.app(&app, &["%ignore_sync_error", "-c", "true"], None);
     assert_eq!(
         std::fs::read_to_string(outside.join("victim")).unwrap(),
         "precious\n",
