@@ -589,6 +589,21 @@ fn regression_issue_15_closed_stdout_ends_the_app_like_a_local_program() {
     }
 }
 
+/// Python that starts the launcher in `sys.argv[1:]` in a session of its own, stdin and
+/// stderr on a fresh terminal (`master` is its other end) and stdout on a pipe (`r`),
+/// as `app | cat` typed in a shell; the launcher's pid is `pid`.
+const TERMINAL_AND_PIPE: &str = r#"
+import os, sys, time, select, signal
+master, slave = os.openpty()
+r, wr = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.setsid()
+    os.dup2(slave, 0); os.dup2(slave, 2); os.dup2(wr, 1)
+    os.execv(sys.argv[1], sys.argv[1:])
+os.close(wr)
+"#;
+
 #[test]
 fn terminal_streams_are_relayed_when_stdout_is_a_pipe() {
     // stdin and stderr a terminal, stdout a pipe: no terminal for the app, its stdout goes
@@ -599,16 +614,9 @@ fn terminal_streams_are_relayed_when_stdout_is_a_pipe() {
     let name = unique("relay");
     let app = w.register(&name, "/bin/sh", &[r"\--network none"]);
     let _guard = util::Containers(name.clone());
-    let driver = r#"
-import os, sys, time, select, signal
-master, slave = os.openpty()
-r, wr = os.pipe()
-pid = os.fork()
-if pid == 0:
-    os.setsid()
-    os.dup2(slave, 0); os.dup2(slave, 2); os.dup2(wr, 1)
-    os.execv(sys.argv[1], sys.argv[1:])
-os.close(wr)
+    let driver = format!(
+        "{TERMINAL_AND_PIPE}{}",
+        r#"
 out, term, sent, deadline = b"", b"", False, time.time() + 60
 while time.time() < deadline:
     ready, _, _ = select.select([r, master], [], [], 0.2)
@@ -647,12 +655,13 @@ while open_fds:
             term += chunk
 code = os.waitstatus_to_exitcode(status)
 print(repr(out), repr(term), code if code >= 0 else 128 - code)
-"#;
+"#
+    );
     let script = "echo to-stderr >&2; echo ready; read x; echo got $x; \
                   trap 'echo interrupted; exit 130' INT; echo waiting; sleep 30 & wait";
     let out = w
         .command("python3")
-        .args(["-c", driver])
+        .args(["-c", &driver])
         .arg(&app)
         .args(["-c", script])
         .output()
@@ -737,16 +746,9 @@ fn a_relaying_launcher_killed_leaves_no_container() {
     let name = unique("relaykill");
     let app = w.register(&name, "/bin/sh", &[r"\--network none"]);
     let _guard = util::Containers(name.clone());
-    let driver = r#"
-import os, sys, time, select, signal
-master, slave = os.openpty()
-r, wr = os.pipe()
-pid = os.fork()
-if pid == 0:
-    os.setsid()
-    os.dup2(slave, 0); os.dup2(slave, 2); os.dup2(wr, 1)
-    os.execv(sys.argv[1], sys.argv[1:])
-os.close(wr)
+    let driver = format!(
+        "{TERMINAL_AND_PIPE}{}",
+        r#"
 out, deadline = b"", time.time() + 60
 while b"ready" not in out and time.time() < deadline:
     if select.select([r], [], [], 0.2)[0]:
@@ -755,10 +757,11 @@ time.sleep(0.3)
 os.kill(pid, signal.SIGKILL)
 os.waitpid(pid, 0)
 print(repr(out))
-"#;
+"#
+    );
     let out = w
         .command("python3")
-        .args(["-c", driver])
+        .args(["-c", &driver])
         .arg(&app)
         .args(["-c", "echo ready; sleep 60"])
         .output()
