@@ -32,7 +32,7 @@ fn attacker_uid() -> Option<u32> {
     let out = Command::new("id").args(["-u", ATTACKER]).output().ok()?;
     let uid = String::from_utf8_lossy(&out.stdout).trim().parse().ok();
     if !is_root() || uid.is_none() {
-        eprintln!("SKIP: needs root and the user {ATTACKER}");
+        util::skip(&format!("needs root and the user {ATTACKER}"));
         return None;
     }
     uid
@@ -215,7 +215,7 @@ impl Device {
                 .is_ok_and(|s| s.success())
         });
         if !made {
-            eprintln!("SKIP: cannot make network device {name}");
+            util::note_skip(&format!("cannot make network device {name}"));
             return None;
         }
         Some(Device(name.to_string()))
@@ -238,7 +238,7 @@ impl Drop for Device {
 #[test]
 fn remove_deletes_no_device_a_mark_names_but_the_instances_own_tap() {
     if !is_root() {
-        eprintln!("SKIP: needs root to make network devices");
+        util::skip("needs root to make network devices");
         return;
     }
     let flake = format!("vt{}", std::process::id() % 100_000);
