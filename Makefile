@@ -69,6 +69,10 @@ test: ## lint, then unit and integration tests against real podman
 	FLAKE_AGENT=$(CURDIR)/$(AGENT) FLAKE_SCI=$(CURDIR)/$(SCI) FLAKE_TEST_REQUIRE_PODMAN=1 \
 	    FLAKE_VM_FIXTURES=$(VM_FIXTURES) FLAKE_TEST_SKIPS=$(CURDIR)/target/test-skips.txt \
 	    $(CARGO) test --locked --workspace
+	@# The QEMU VM suite again with every call over vsock (Firecracker's channel).
+	FLAKE_QEMU_CHANNEL=vsock FLAKE_AGENT=$(CURDIR)/$(AGENT) FLAKE_SCI=$(CURDIR)/$(SCI) \
+	    FLAKE_VM_FIXTURES=$(VM_FIXTURES) FLAKE_TEST_SKIPS=$(CURDIR)/target/test-skips.txt \
+	    $(CARGO) test --locked -p flake-ctl --test vm_qemu
 	@# cargo counts a test that returned early as passed: list the skips it cannot show.
 	@if [ -s target/test-skips.txt ]; then \
 	    echo "SKIPPED: $$(wc -l < target/test-skips.txt) test(s) could not run here:"; \

@@ -197,3 +197,41 @@ fn show_marks_instances_whose_vmm_is_gone_as_stale() {
         "{show}"
     );
 }
+
+#[test]
+fn a_qemu_flake_on_vsock_without_the_vsock_device_says_what_to_install() {
+    let w = World::new();
+    fake_image(&w, "leap", false);
+    let registered = |app: &str, extra: &[&str], path: &std::path::Path, channel: &str| {
+        let mut cmd = w.command(util::bin_dir().join("flake-ctl"));
+        cmd.args(["firecracker", "--user", "register", "--vm", "leap", "--app"])
+            .arg(w.bin.join(app))
+            .args(["--vmm", "qemu", "--no-net"])
+            .args(extra)
+            .env("PATH", path)
+            .env("FLAKE_QEMU_CHANNEL", channel);
+        let run = util::Run::from_command(cmd);
+        run.success();
+        run.stdout()
+    };
+    // A search path with the device on it, and one without.
+    let with = w.path("with-device");
+    std::fs::create_dir_all(&with).unwrap();
+    let device = with.join("vhost-device-vsock");
+    std::fs::write(&device, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&device, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let without = w.path("without-device");
+    std::fs::create_dir_all(&without).unwrap();
+
+    let missing = registered("res-a", &["--resume"], &without, "vsock");
+    assert!(
+        missing.contains("vhost-device-vsock is not installed")
+            && missing.contains("cargo install --locked vhost-device-vsock --version 0.3.0"),
+        "{missing}"
+    );
+    let installed = registered("res-b", &["--resume"], &with, "vsock");
+    assert!(!installed.contains("vhost-device-vsock"), "{installed}");
+    // The default channel needs no device: a note would only be noise.
+    let default = registered("res-c", &["--resume"], &without, "");
+    assert!(!default.contains("vhost-device-vsock"), "{default}");
+}

@@ -139,6 +139,12 @@ fn resume_vm_keeps_state_serves_calls_and_is_removed() {
         "from an include path\nfrom an include tar\n",
         "include files are in the VM: {first}"
     );
+    // The channel is the one this run is about: vsock wherever the device is, or the
+    // ports fallback when the run forces it.
+    let channel = w.app(&app, &["-c", "cat /proc/cmdline"], None);
+    channel.success();
+    let want = format!("sci_channel={}", util::vm::resume_channel());
+    assert!(channel.stdout().contains(&want), "{want}: {channel}");
     let pid = running_vm(&w, "vmres").expect("the resume VM keeps running");
 
     // stdin from /dev/null: its EOF goes with the call, and an app that reads it ends.
@@ -569,6 +575,9 @@ fn one_shot_vms_start_from_a_saved_state_with_their_own_clock_entropy_and_overla
     let Some((_vms, w, fixtures, sci)) = vm_world() else {
         return;
     };
+    if !util::vm::default_channels_only("saved states") {
+        return;
+    }
     let app = vm_flake_with_includes(&w, &fixtures, &sci, "vmsaved", &[], "32MiB");
 
     let first = progress_call(&w, &app, &[]);
@@ -702,6 +711,9 @@ fn one_shot_calls_use_the_plain_console_when_the_init_knows_it_and_ports_otherwi
     let Some((_vms, w, fixtures, sci)) = vm_world() else {
         return;
     };
+    if !util::vm::default_channels_only("the automatic channel choice") {
+        return;
+    }
     let app = vm_flake(&w, &fixtures, &sci, "vmchan");
     let marker = channel_marker(&w);
     assert_eq!(

@@ -663,6 +663,16 @@ impl Launch<'_> {
                 None => (Some(self.start_resume_vm(plan)?), None),
             }
         };
+        // A running VM keeps the channel it was started with, whatever this caller's
+        // environment would choose for a new one.
+        let running;
+        let plan = match warm {
+            Some(_) => {
+                running = plan.as_running();
+                &running
+            }
+            None => plan,
+        };
         // A channel with ports serves one call per port; vsock takes any number.
         let claim = match plan.channel.ports() {
             0 => None,
@@ -740,6 +750,7 @@ impl Launch<'_> {
     /// Shuts the resume VM down, then removes its state, overlay and TAP device.
     fn remove(&self, state: StateDir, plan: &Plan) -> Result<()> {
         let lock = state.lock()?;
+        let plan = &plan.as_running();
         if let Some(pid) = instance::running(&plan.dir) {
             // Ask the guest to power off on a free port; with every port busy, or no
             // answer, `stop` ends the VMM.

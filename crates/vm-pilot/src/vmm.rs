@@ -118,6 +118,25 @@ pub(crate) mod tests {
         }
     }
 
+    #[test]
+    fn a_running_vm_is_called_on_the_channel_it_was_started_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = |channel| Plan {
+            dir: dir.path().to_path_buf(),
+            channel,
+            ..plan()
+        };
+        // Started with ports: a caller who would choose vsock (or ports) takes ports.
+        assert_eq!(plan(Channel::Vsock).as_running().channel, Channel::Ports(4));
+        assert_eq!(
+            plan(Channel::Ports(4)).as_running().channel,
+            Channel::Ports(4)
+        );
+        // Started with vsock: every caller takes vsock.
+        std::fs::write(dir.path().join(crate::vsock::SOCKET), "").unwrap();
+        assert_eq!(plan(Channel::Ports(4)).as_running().channel, Channel::Vsock);
+    }
+
     /// `wait_ready` on a stream whose guest end wrote `bytes` and then stayed or hung up.
     fn ready_after(bytes: &[u8], hang_up: bool) -> Result<()> {
         let (mut host, mut guest) = UnixStream::pair().unwrap();
@@ -321,6 +340,22 @@ impl Plan {
         args
     }
 
+    /// This plan with the channel its running VM was started with, as its instance
+    /// directory shows it: the vsock socket, or ports (QEMU's resume VMs have
+    /// [`crate::qemu::RESUME_PORTS`]).
+    pub fn as_running(&self) -> Plan {
+        let vsock = self.dir.join(crate::vsock::SOCKET).exists();
+        let channel = match (vsock, self.channel) {
+            (true, _) => Channel::Vsock,
+            (false, Channel::Ports(ports)) => Channel::Ports(ports),
+            (false, _) => Channel::Ports(crate::qemu::RESUME_PORTS),
+        };
+        Plan {
+            channel,
+            ..self.clone()
+        }
+    }
+
     /// The guest error `what` for this instance.
     pub fn guest_error(&self, what: impl Into<String>) -> VmError {
         VmError::Guest {
@@ -499,6 +534,7 @@ pub fn wait_connect(
                 )))
             }
         }
+        return connect_announced(plan, deadline, timeout, alive);
     }
     loop {
         if let Ok(stream) = vmm.connect(plan, port) {
@@ -516,6 +552,39 @@ pub fn wait_connect(
                 "did not open its guest channel"
             };
             return Err(plan.guest_error(format!("{what} within {} s", timeout.as_secs())));
+        }
+        std::thread::sleep(Duration::from_millis(3));
+    }
+}
+
+/// Connects over vsock to a guest that announced itself (it listens). A connection the
+/// guest does not take in time (a guest that is stopped or starved) is given up, not
+/// followed by more (see [`crate::vsock::connect_within`]); one it refuses at once (it is
+/// powering off) is made again while the VMM runs.
+fn connect_announced(
+    plan: &Plan,
+    deadline: Instant,
+    timeout: Duration,
+    mut alive: impl FnMut() -> bool,
+) -> Result<UnixStream> {
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let err = match crate::vsock::connect_within(&plan.dir, remaining) {
+            Ok(stream) => return Ok(stream),
+            Err(err) => err,
+        };
+        if matches!(
+            err.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) || Instant::now() > deadline
+        {
+            return Err(plan.guest_error(format!(
+                "did not answer the call within {} s",
+                timeout.as_secs()
+            )));
+        }
+        if !alive() {
+            return Err(plan.guest_error("stopped before its guest channel opened"));
         }
         std::thread::sleep(Duration::from_millis(3));
     }

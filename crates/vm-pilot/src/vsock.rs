@@ -114,8 +114,15 @@ fn take_over(socket: &Path) -> Option<UnixListener> {
 /// guest does not accept it yet (booting), and when neither the VMM nor its vsock device
 /// serves the socket.
 pub fn connect(dir: &Path) -> std::io::Result<UnixStream> {
+    connect_within(dir, HANDSHAKE_TIMEOUT)
+}
+
+/// [`connect`] to a guest that announced itself: it listens, so the one connection is
+/// given all of `timeout` to be accepted (a guest that is slow or stopped is waited for
+/// once, not flooded with connections it would find dead when it comes to them).
+pub fn connect_within(dir: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
     let mut stream = crate::vmm::connect_vmm(dir, SOCKET)?;
-    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    stream.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
     stream.write_all(format!("CONNECT {GUEST_PORT}\n").as_bytes())?;
     if !accepted(&mut stream)? {
         return Err(std::io::Error::new(

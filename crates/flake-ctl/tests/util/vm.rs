@@ -32,11 +32,47 @@ pub fn vm_world() -> Option<(KillVms, World, PathBuf, PathBuf)> {
     Some((KillVms(w.dir.path().to_path_buf()), w, fixtures, sci))
 }
 
+/// The guest channel the run chooses for QEMU VMs other than the default
+/// (`FLAKE_QEMU_CHANNEL=vsock`: `make test` runs the QEMU suite once with it, once without).
+pub fn forced_channel() -> Option<String> {
+    std::env::var("FLAKE_QEMU_CHANNEL")
+        .ok()
+        .filter(|c| !c.is_empty() && c != "virtio")
+}
+
+/// What the guest of a QEMU resume VM is told its channel is (`sci_channel`) in this run.
+pub fn resume_channel() -> &'static str {
+    match forced_channel().as_deref() {
+        Some("vsock") => "vsock",
+        _ => "virtio",
+    }
+}
+
+/// Whether the calling test checks what only the default channels do (one-shot calls on
+/// the console, saved states): under a forced channel it reports a skip instead.
+pub fn default_channels_only(what: &str) -> bool {
+    match forced_channel() {
+        None => true,
+        Some(channel) => {
+            super::note_skip(&format!("{what}: not with FLAKE_QEMU_CHANNEL={channel}"));
+            false
+        }
+    }
+}
+
 pub fn inputs() -> Option<(PathBuf, PathBuf)> {
     let fixtures = std::env::var_os("FLAKE_VM_FIXTURES").map(PathBuf::from);
     let sci = std::env::var_os("FLAKE_SCI").map(PathBuf::from);
     match (fixtures, sci) {
-        (Some(f), Some(s)) if f.join("kernel/vmlinux").is_file() && s.is_file() => Some((f, s)),
+        (Some(f), Some(s)) if f.join("kernel/vmlinux").is_file() && s.is_file() => {
+            // QEMU's vsock device comes with the fixtures: a vsock run without it fails.
+            assert!(
+                f.join("bin/vhost-device-vsock").is_file() || forced_channel().is_none(),
+                "{} lacks bin/vhost-device-vsock: run make vm-fixtures again",
+                f.display()
+            );
+            Some((f, s))
+        }
         _ => {
             let required = std::env::var("FLAKE_TEST_REQUIRE_VM").is_ok_and(|v| v == "1");
             assert!(

@@ -47,7 +47,31 @@ pub fn run(args: &VmRegisterArgs, mode: Mode, ctx: &Context) -> Result<ExitCode>
             println!("{note}");
         }
     }
+    if let Some(note) = vsock_device_note(args) {
+        println!("{note}");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What to install when the admin chose vsock for QEMU VMs (`FLAKE_QEMU_CHANNEL=vsock`)
+/// and QEMU's vsock device is missing: calls into the flake would fail.
+fn vsock_device_note(args: &VmRegisterArgs) -> Option<String> {
+    let vsock = std::env::var_os(vm_pilot::qemu::CHANNEL_ENV).is_some_and(|c| c == "vsock");
+    if !vsock || !matches!(args.vmm, VmmArg::Qemu) {
+        return None;
+    }
+    let mut path = std::env::var_os("PATH").unwrap_or_default();
+    path.push(":/usr/local/sbin:/usr/sbin:/sbin");
+    if vm_pilot::qemu::device::find(&path).is_some() {
+        return None;
+    }
+    Some(format!(
+        "note: {}=vsock, but {} is not installed, so calls into this flake fail; install \
+         it with {}",
+        vm_pilot::qemu::CHANNEL_ENV,
+        vm_pilot::qemu::device::PROGRAM,
+        vm_pilot::qemu::device::INSTALL_HINT
+    ))
 }
 
 fn flake_document(
