@@ -4,10 +4,10 @@
 //! a device the launcher made goes with its call, concurrent one-shot calls never share a
 //! device, and a user who cannot make the device is told the command that does.
 //!
-//! Real QEMU guests (the fixture kernel has no NIC driver: the host side is checked, from
-//! the VMM's command line and the device its open file is attached to, `/proc/PID/fdinfo`
-//! `iff:`). Needs root for the devices; every device a test makes is deleted again, and no
-//! address or route is set on the host.
+//! Real QEMU guests; the host side is checked here, from the VMM's command line and the
+//! device its open file is attached to (`/proc/PID/fdinfo` `iff:`), while `vm_net.rs`
+//! sends packets through the device. Needs root for the devices; every device a test
+//! makes is deleted again, and no address or route is set on the host.
 
 #![allow(
     clippy::unwrap_used,
@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use util::vm::{inputs, vm_flake_on, KillVms, WITH_NET};
+use util::vm::{inputs, net_flake_on, set_boot_ip, KillVms};
 use util::World;
 
 /// The seed's static network setup, replacing `ip=dhcp`.
@@ -95,17 +95,7 @@ fn tap_world() -> Option<(KillVms, World, PathBuf, PathBuf)> {
 
 /// A one-shot QEMU flake with a network and the seed's static `ip=` boot argument.
 fn net_flake(w: &World, fixtures: &Path, sci: &Path, name: &str) -> PathBuf {
-    net_flake_on(w, fixtures, sci, name, "qemu")
-}
-
-/// [`net_flake`] on VMM `vmm`.
-fn net_flake_on(w: &World, fixtures: &Path, sci: &Path, name: &str, vmm: &str) -> PathBuf {
-    let app = vm_flake_on(w, fixtures, sci, name, vmm, &[WITH_NET], "");
-    let config = w.home.join(format!(".config/flakes/{name}.yaml"));
-    let yaml = std::fs::read_to_string(&config).unwrap();
-    assert!(yaml.contains("ip=dhcp"), "{yaml}");
-    std::fs::write(&config, yaml.replace("ip=dhcp", SEED_IP)).unwrap();
-    app
+    net_flake_on(w, fixtures, sci, name, "qemu", &[], SEED_IP)
 }
 
 /// The pid and command line of the world's running VMM (`vmm`: its program name) and the
@@ -258,9 +248,7 @@ fn a_long_flake_name_uses_the_device_register_and_show_name_and_a_made_one_goes(
             .contains(&format!("ip tuntap add {shown} mode tap user UID")),
         "{again}"
     );
-    let config = w.home.join(format!(".config/flakes/{name}.yaml"));
-    let yaml = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, yaml.replace("ip=dhcp", SEED_IP)).unwrap();
+    set_boot_ip(&w, &name, SEED_IP);
     // Not made by an admin: root's call makes it, uses it, and removes it.
     let made = Device(shown.clone());
     assert!(!link_exists(&made.0));
@@ -301,7 +289,7 @@ fn firecracker_is_given_the_admins_tap_name_too() {
     let _made = MadeTaps(w.path("ids"));
     let name = format!("vf{}", std::process::id() % 10_000_000);
     let device = Device::admin(&format!("tap-{name}"));
-    let app = net_flake_on(&w, &fixtures, &sci, &name, "firecracker");
+    let app = net_flake_on(&w, &fixtures, &sci, &name, "firecracker", &[], SEED_IP);
     let mut path = fixtures.join("bin").into_os_string();
     path.push(":");
     path.push(std::env::var_os("PATH").unwrap_or_default());

@@ -175,6 +175,32 @@ pub fn vm_flake_on(
     app
 }
 
+/// [`vm_flake_on`] with a network (and the `register` words), its `ip=dhcp` boot argument
+/// replaced by `ip`: a static configuration as the seed's networking recipe writes it,
+/// `ip=<client>::<gateway>:<netmask>::eth0:off`.
+pub fn net_flake_on(
+    w: &World,
+    fixtures: &Path,
+    sci: &Path,
+    name: &str,
+    vmm: &str,
+    register: &[&str],
+    ip: &str,
+) -> PathBuf {
+    let words: Vec<&str> = [WITH_NET].iter().chain(register).copied().collect();
+    let app = vm_flake_on(w, fixtures, sci, name, vmm, &words, "");
+    set_boot_ip(w, name, ip);
+    app
+}
+
+/// Replaces the `ip=dhcp` boot argument of the registered flake `name` with `ip`.
+pub fn set_boot_ip(w: &World, name: &str, ip: &str) {
+    let config = w.home.join(format!(".config/flakes/{name}.yaml"));
+    let yaml = std::fs::read_to_string(&config).unwrap();
+    assert!(yaml.contains("ip=dhcp"), "{yaml}");
+    std::fs::write(&config, yaml.replace("ip=dhcp", ip)).unwrap();
+}
+
 /// The VMM pid `flake-ctl firecracker show` reports for instance `label` while it runs.
 pub fn running_vm(w: &World, label: &str) -> Option<String> {
     let show = w.ctl(&["firecracker", "show", "--format", "json"]);

@@ -1,0 +1,253 @@
+// SPDX-License-Identifier: MIT
+//! VM networking end to end: a QEMU guest configured only by the seed's static `ip=` boot
+//! argument (the kernel's own configuration, nothing run in the guest) reaches the host
+//! side of its TAP device `tap-NAME`, with a ping answered by the host and a TCP connection
+//! to a listener there, for an admin's device, for a device the call makes (gone after the
+//! call), and for a resume VM (its device kept while it runs, gone with `%remove`).
+//!
+//! Every launcher runs inside a network namespace the test makes (`ip netns exec`), and
+//! every device, address and listener is in it: the host's own network is never touched,
+//! and deleting the namespace takes whatever a failed test left in it along. Needs root
+//! and a fixture kernel with `CONFIG_VIRTIO_NET` and `CONFIG_IP_PNP` (`make vm-fixtures`).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::tests_outside_test_module
+)]
+
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use util::netns::Netns;
+use util::vm::{net_flake_on, running_vm, vm_world, KillVms};
+use util::World;
+
+/// Port of the test's listener on the host side.
+const PORT: u16 = 7207;
+/// How long the guest's answers may take under software emulation.
+const WAIT: Duration = Duration::from_secs(90);
+
+/// The namespace's subnet `172.31.N.0/24`: the host side is `.1`, the guest `.2`.
+struct Subnet(u8);
+
+impl Subnet {
+    fn host(&self) -> String {
+        format!("172.31.{}.1", self.0)
+    }
+
+    fn host_cidr(&self) -> String {
+        format!("{}/24", self.host())
+    }
+
+    /// The seed's static configuration of the guest's `eth0`.
+    fn boot_arg(&self) -> String {
+        format!(
+            "ip=172.31.{}.2::{}:255.255.255.0::eth0:off",
+            self.0,
+            self.host()
+        )
+    }
+
+    /// What the guest runs: ping the host side until it answers (a device the call makes
+    /// gets its address only once it exists), then send `token` over TCP to the listener.
+    fn reach_script(&self, token: &str) -> String {
+        let host = self.host();
+        format!(
+            "n=0; until busybox ping -c1 -W1 {host} >/dev/null 2>&1; do \
+             n=$((n+1)); [ $n -lt 40 ] || exit 3; sleep 1; done; \
+             echo {token} | busybox nc {host} {PORT} || exit 4; echo reached"
+        )
+    }
+}
+
+/// A VM world whose kernel can carry the network; `None` (after saying why) otherwise.
+fn net_world() -> Option<(KillVms, World, PathBuf, PathBuf)> {
+    if !util::is_root() {
+        util::skip("network namespaces and TAP devices need root");
+        return None;
+    }
+    let world = vm_world()?;
+    net_kernel(&world.2)?;
+    Some(world)
+}
+
+/// Whether the fixture kernel has the guest network driver and the `ip=` configuration;
+/// a kernel without them fails a run that requires VM tests, with the fix.
+fn net_kernel(fixtures: &Path) -> Option<()> {
+    let config = fixtures.join("kernel/config");
+    let text = std::fs::read_to_string(&config).unwrap_or_default();
+    let missing: Vec<&str> = ["CONFIG_VIRTIO_NET", "CONFIG_IP_PNP"]
+        .into_iter()
+        .filter(|option| !text.lines().any(|l| l == format!("{option}=y")))
+        .collect();
+    if missing.is_empty() {
+        return Some(());
+    }
+    let why = format!(
+        "the fixture kernel {} lacks {} (no guest network): rerun make vm-fixtures",
+        config.display(),
+        missing.join(" and ")
+    );
+    let required = std::env::var("FLAKE_TEST_REQUIRE_VM").is_ok_and(|v| v == "1");
+    assert!(!required, "{why}");
+    util::note_skip(&why);
+    None
+}
+
+/// A flake name unique among concurrent runs whose device `tap-NAME` fits 15 characters.
+fn flake_name(tag: &str) -> String {
+    format!("{tag}{}", std::process::id() % 10_000_000)
+}
+
+/// Starts `app ARGS` in `ns`.
+fn spawn(ns: &Netns, w: &World, app: &Path, args: &[&str]) -> Child {
+    ns.command(w, app)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Exit code, stdout and stderr of a call.
+fn finish(child: Child) -> (i32, String, String) {
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs the call `child` makes the device `tap` for: waits for the device, gives it the
+/// host address of `net`, and lets the call finish.
+fn call_making(ns: &Netns, net: &Subnet, tap: &str, mut child: Child) -> (i32, String, String) {
+    let appeared = ns.wait_link(tap, WAIT, || child.try_wait().unwrap().is_none());
+    if !appeared {
+        let (code, out, err) = finish(child);
+        panic!("the call made no device {tap} (exit {code}): {out}{err}");
+    }
+    ns.address(tap, &net.host_cidr());
+    finish(child)
+}
+
+/// Says how long a call took (the numbers the report quotes).
+fn took(what: &str, since: Instant) {
+    eprintln!("{what}: {:.1} s", since.elapsed().as_secs_f64());
+}
+
+#[test]
+fn a_guest_reaches_the_admins_device_through_its_ip_boot_argument() {
+    let Some((_vms, w, fixtures, sci)) = net_world() else {
+        return;
+    };
+    let ns = Netns::new("na");
+    let net = Subnet(71);
+    let name = flake_name("na");
+    let tap = format!("tap-{name}");
+    // The seed's recipe: the admin makes the device and gives it the host's address.
+    ns.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]);
+    ns.address(&tap, &net.host_cidr());
+    let app = net_flake_on(&w, &fixtures, &sci, &name, "qemu", &[], &net.boot_arg());
+    let listener = ns.listen(PORT);
+    let before = ns.rx_packets(&tap);
+    let token = format!("guest-{name}");
+    let start = Instant::now();
+    let call = spawn(&ns, &w, &app, &["-c", &net.reach_script(&token)]);
+    let (code, out, err) = finish(call);
+    took("one-shot call over the admin's device", start);
+    assert_eq!((code, out.as_str()), (0, "reached\n"), "{err}");
+    assert_eq!(
+        listener.received(Duration::from_secs(10)),
+        format!("{token}\n")
+    );
+    let after = ns.rx_packets(&tap);
+    assert!(
+        after > before,
+        "the host side got the guest's packets: {before} -> {after}"
+    );
+    assert!(ns.has_link(&tap), "the admin's device is left alone");
+}
+
+#[test]
+fn a_device_the_call_makes_carries_the_guests_packets_and_goes_with_the_call() {
+    let Some((_vms, w, fixtures, sci)) = net_world() else {
+        return;
+    };
+    let ns = Netns::new("nb");
+    let net = Subnet(72);
+    let name = flake_name("nb");
+    let tap = format!("tap-{name}");
+    assert!(!ns.has_link(&tap));
+    let app = net_flake_on(&w, &fixtures, &sci, &name, "qemu", &[], &net.boot_arg());
+    let listener = ns.listen(PORT);
+    let token = format!("guest-{name}");
+    let start = Instant::now();
+    let call = spawn(&ns, &w, &app, &["-c", &net.reach_script(&token)]);
+    let (code, out, err) = call_making(&ns, &net, &tap, call);
+    took("one-shot call over a device it made", start);
+    assert_eq!((code, out.as_str()), (0, "reached\n"), "{err}");
+    assert_eq!(
+        listener.received(Duration::from_secs(10)),
+        format!("{token}\n")
+    );
+    assert!(!ns.has_link(&tap), "the device the call made is gone");
+}
+
+#[test]
+fn a_resume_vm_keeps_its_device_while_it_runs_and_remove_takes_it() {
+    let Some((_vms, w, fixtures, sci)) = net_world() else {
+        return;
+    };
+    let ns = Netns::new("nr");
+    let net = Subnet(73);
+    let name = flake_name("nr");
+    let tap = format!("tap-{name}");
+    let app = net_flake_on(
+        &w,
+        &fixtures,
+        &sci,
+        &name,
+        "qemu",
+        &["--resume"],
+        &net.boot_arg(),
+    );
+    for (round, what) in ["first resume call (boots)", "warm resume call"]
+        .into_iter()
+        .enumerate()
+    {
+        let listener = ns.listen(PORT);
+        let token = format!("guest-{name}-{round}");
+        let start = Instant::now();
+        let call = spawn(&ns, &w, &app, &["-c", &net.reach_script(&token)]);
+        let (code, out, err) = if round == 0 {
+            call_making(&ns, &net, &tap, call)
+        } else {
+            finish(call)
+        };
+        took(what, start);
+        assert_eq!((code, out.as_str()), (0, "reached\n"), "{what}: {err}");
+        assert_eq!(
+            listener.received(Duration::from_secs(10)),
+            format!("{token}\n")
+        );
+        assert!(
+            running_vm(&w, &name).is_some(),
+            "the VM runs on after {what}"
+        );
+        assert!(ns.has_link(&tap), "the device stays while the VM runs");
+    }
+    let (code, _, err) = finish(spawn(&ns, &w, &app, &["%remove", "-c", "true"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(running_vm(&w, &name).is_none(), "%remove stops the VM");
+    assert!(
+        !ns.has_link(&tap),
+        "%remove takes the device the VM was given"
+    );
+}
