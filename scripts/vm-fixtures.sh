@@ -9,8 +9,7 @@
 #   checked against their sha256;
 # - a minimal kernel from Debian's linux-source-6.1 with virtio-mmio, block, console, ext4,
 #   overlayfs, vsock and virtio-net (set up by the kernel's `ip=`) built in and no modules:
-#   `vmlinux` (Firecracker boots ELF only) and
-#   `bzImage` (QEMU microvm);
+#   `vmlinux` (Firecracker boots ELF only) and `bzImage` (QEMU microvm);
 # - rootfs.ext4: busybox-static whose /sbin/init prints a marker and powers off, built with
 #   `mkfs.ext4 -d` (no root tricks, no loop mount).
 # Needs root for apt only. Prints one line per step it had to do, and a summary.
