@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use util::netns::Netns;
+use util::netns::{Entry, Netns};
 use util::vm::{net_flake_on, running_vm, vm_world, KillVms};
 use util::World;
 
@@ -104,9 +104,14 @@ fn flake_name(tag: &str) -> String {
     format!("{tag}{}", std::process::id() % 10_000_000)
 }
 
-/// Starts `app ARGS` in `ns`.
+/// Starts `app ARGS` in `ns` (entered through `ip netns exec`).
 fn spawn(ns: &Netns, w: &World, app: &Path, args: &[&str]) -> Child {
-    ns.command(w, app)
+    spawn_by(Entry::Exec, ns, w, app, args)
+}
+
+/// Starts `app ARGS` in `ns`, entered the `entry` way.
+fn spawn_by(entry: Entry, ns: &Netns, w: &World, app: &Path, args: &[&str]) -> Child {
+    ns.command(w, entry, app)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -144,12 +149,25 @@ fn took(what: &str, since: Instant) {
 
 #[test]
 fn a_guest_reaches_the_admins_device_through_its_ip_boot_argument() {
+    admins_device(Entry::Exec, "na");
+}
+
+/// Launched in the namespace the way `nsenter --net`, `unshare --net` or a service's
+/// private network do it, the launcher finds the admin's device of its own namespace (not
+/// a device of that name elsewhere, nor a missing one it would then make again).
+#[test]
+fn a_launcher_entered_into_a_namespace_uses_the_admins_device_there() {
+    admins_device(Entry::Enter, "ne");
+}
+
+/// A guest reaches the admin's device of the namespace the launcher was put in by `entry`.
+fn admins_device(entry: Entry, tag: &str) {
     let Some((_vms, w, fixtures, sci)) = net_world() else {
         return;
     };
-    let ns = Netns::new("na");
+    let ns = Netns::new(tag);
     let net = Subnet(71);
-    let name = flake_name("na");
+    let name = flake_name(tag);
     let tap = format!("tap-{name}");
     // The seed's recipe: the admin makes the device and gives it the host's address.
     ns.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]);
@@ -159,7 +177,7 @@ fn a_guest_reaches_the_admins_device_through_its_ip_boot_argument() {
     let before = ns.rx_packets(&tap);
     let token = format!("guest-{name}");
     let start = Instant::now();
-    let call = spawn(&ns, &w, &app, &["-c", &net.reach_script(&token)]);
+    let call = spawn_by(entry, &ns, &w, &app, &["-c", &net.reach_script(&token)]);
     let (code, out, err) = finish(call);
     took("one-shot call over the admin's device", start);
     assert_eq!((code, out.as_str()), (0, "reached\n"), "{err}");
@@ -177,19 +195,32 @@ fn a_guest_reaches_the_admins_device_through_its_ip_boot_argument() {
 
 #[test]
 fn a_device_the_call_makes_carries_the_guests_packets_and_goes_with_the_call() {
+    made_device(Entry::Exec, "nb");
+}
+
+/// The device a launcher entered into a namespace makes there is the one it removes when
+/// the call ends, whatever `/sys/class/net` shows it.
+#[test]
+fn a_launcher_entered_into_a_namespace_removes_the_device_it_made_there() {
+    made_device(Entry::Enter, "nm");
+}
+
+/// A call in the namespace the launcher was put in by `entry` makes the device, the guest
+/// reaches it, and the device goes with the call.
+fn made_device(entry: Entry, tag: &str) {
     let Some((_vms, w, fixtures, sci)) = net_world() else {
         return;
     };
-    let ns = Netns::new("nb");
+    let ns = Netns::new(tag);
     let net = Subnet(72);
-    let name = flake_name("nb");
+    let name = flake_name(tag);
     let tap = format!("tap-{name}");
     assert!(!ns.has_link(&tap));
     let app = net_flake_on(&w, &fixtures, &sci, &name, "qemu", &[], &net.boot_arg());
     let listener = ns.listen(PORT);
     let token = format!("guest-{name}");
     let start = Instant::now();
-    let call = spawn(&ns, &w, &app, &["-c", &net.reach_script(&token)]);
+    let call = spawn_by(entry, &ns, &w, &app, &["-c", &net.reach_script(&token)]);
     let (code, out, err) = call_making(&ns, &net, &tap, call);
     took("one-shot call over a device it made", start);
     assert_eq!((code, out.as_str()), (0, "reached\n"), "{err}");

@@ -12,7 +12,9 @@
 //! `ip tuntap add NAME mode tap user UID`, then given its address and routes) is used as it
 //! is and left alone. A missing one is created by root (marked in the instance directory,
 //! so it is removed when the instance ends, and only then); any other caller is told the
-//! command that makes it. Routing and addresses stay the admin's business.
+//! command that makes it. Routing and addresses stay the admin's business. Devices are
+//! those of the launcher's network namespace, however it was put there (`ip netns exec`,
+//! `nsenter --net`, a service's private network), never those sysfs happens to show.
 //!
 //! A device carries one VM at a time (the kernel refuses a second opener), so a one-shot
 //! call holds the device's lock file (`<vms dir>/.tap-DEV.lock`, flock) for its whole
@@ -91,12 +93,47 @@ fn created(dir: &Path, label: &str) -> Option<String> {
     (marked == name(label) || marked == name(key_of(label))).then_some(marked)
 }
 
-/// Whether `name` is a TUN/TAP device (the kernel shows `tun_flags` for those alone).
-fn is_tap(name: &str) -> bool {
-    Path::new("/sys/class/net")
-        .join(name)
-        .join("tun_flags")
-        .exists()
+/// Whether `name` is a TUN/TAP device of the caller's network namespace (the kernel shows
+/// `tun_flags` for those alone; where sysfs shows another namespace, `ip` is asked).
+fn is_tap(name: &str, tools: &crate::tools::Tools) -> bool {
+    if !exists(name) {
+        return false;
+    }
+    match own_sysfs(name) {
+        Some(dir) => dir.join("tun_flags").exists(),
+        None => tools.ip().is_ok_and(|ip| ip_shows_tap(ip, name)),
+    }
+}
+
+/// Whether `ip -d -j link show dev NAME` says `name` is a TAP device.
+fn ip_shows_tap(ip: &Path, name: &str) -> bool {
+    let Ok(out) = Cmd::new(ip)
+        .args(["-d", "-j", "link", "show", "dev", name])
+        .stdout_limited(64 * 1024)
+    else {
+        return false;
+    };
+    let Ok(links) = serde_json::from_str::<serde_json::Value>(&out) else {
+        return false;
+    };
+    let info = &links[0]["linkinfo"];
+    info["info_kind"] == "tun" && info["info_data"]["type"] == "tap"
+}
+
+/// `/sys/class/net/NAME` when it is the caller's device `name`.
+///
+/// Sysfs shows the devices of the network namespace it was mounted in: for a launcher put
+/// into a namespace by `nsenter --net`, `unshare --net` or a service manager's private
+/// network (only `ip netns exec` mounts a sysfs of the namespace), `/sys/class/net` is
+/// another namespace's, where the same name may be another device or none. Its entry counts
+/// only when it has the index the caller's namespace gives the name.
+fn own_sysfs(name: &str) -> Option<PathBuf> {
+    use rustix::net::{netdevice::name_to_index, socket, AddressFamily, SocketType};
+    let dir = Path::new("/sys/class/net").join(name);
+    let shown = crate::state_file::read_text(&dir.join("ifindex"))?;
+    let probe = socket(AddressFamily::UNIX, SocketType::DGRAM, None).ok()?;
+    let own = name_to_index(&probe, name).ok()?;
+    (shown.parse::<u32>().ok()? == own).then_some(dir)
 }
 
 /// The note `flake-ctl firecracker register` prints for flake `flake` when its device
@@ -112,9 +149,20 @@ pub fn short_form_note(flake: &str) -> Option<String> {
     })
 }
 
-/// Whether a network device `name` exists on the host.
+/// Whether a network device `name` exists in the caller's network namespace.
+///
+/// `/proc/thread-self/net/dev` lists the devices of the reader's own namespace, whatever
+/// namespace sysfs shows (see [`own_sysfs`]).
 pub fn exists(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
+    std::fs::read_to_string("/proc/thread-self/net/dev").is_ok_and(|dev| listed(&dev, name))
+}
+
+/// Whether the device table `dev` (of `/proc/net/dev`) lists `name`. Its device lines
+/// start with the name and a colon, which no device name contains.
+fn listed(dev: &str, name: &str) -> bool {
+    dev.lines()
+        .filter_map(|line| line.split_once(':'))
+        .any(|(device, _)| device.trim() == name)
 }
 
 /// Makes sure device `name` exists for the instance in `dir`; creates it when missing
@@ -160,9 +208,12 @@ pub fn ensure(name: &str, dir: &Path, ip: &Path, uid: u32) -> Result<bool> {
 /// The seed's `ip tuntap add NAME mode tap` makes one for root only; the VMM would fail
 /// on it with a bare "Operation not permitted".
 fn check_owner(name: &str, uid: u32) -> Result<()> {
+    // Where sysfs shows another namespace, the VMM's own error has to do.
+    let Some(dir) = own_sysfs(name) else {
+        return Ok(());
+    };
     let read = |what: &str| {
-        let path = Path::new("/sys/class/net").join(name).join(what);
-        std::fs::read_to_string(path)
+        std::fs::read_to_string(dir.join(what))
             .ok()
             .and_then(|text| text.trim().parse::<i64>().ok())
     };
@@ -203,7 +254,7 @@ pub fn release_at(dir: &Path, label: &str, tools: &crate::tools::Tools) {
     if marker.symlink_metadata().is_err() {
         return;
     }
-    let Some(name) = created(dir, label).filter(|name| is_tap(name)) else {
+    let Some(name) = created(dir, label).filter(|name| is_tap(name, tools)) else {
         let _ = std::fs::remove_file(marker);
         return;
     };
@@ -564,6 +615,19 @@ mod tests {
         drop(second);
         drop(first);
         assert_eq!(claim(req(dir.path(), true, 0)).unwrap().name, "tap-app");
+    }
+
+    #[test]
+    fn the_device_table_is_read_by_name() {
+        let dev = "Inter-|   Receive |  Transmit\n face |bytes    packets|bytes\n    lo: 0 0\n\
+                   tap-app@vm1:   12 3\ntap-app2: 0 0\n";
+        assert!(listed(dev, "lo") && listed(dev, "tap-app@vm1"));
+        assert!(!listed(dev, "tap-app") && !listed(dev, "face") && !listed(dev, "Inter-"));
+        assert!(exists("lo") && !exists("tap-nx-none"));
+        assert!(
+            own_sysfs("lo").is_some(),
+            "this test's sysfs is its namespace's"
+        );
     }
 
     #[test]

@@ -12,6 +12,17 @@ use std::time::{Duration, Instant};
 
 use super::World;
 
+/// How a launcher is put into the namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// `ip netns exec`, which also mounts a sysfs of the namespace for the program.
+    Exec,
+    /// `nsenter --net` (as `unshare --net` or a service manager's private network): the
+    /// program's `/sys/class/net` still shows the devices of the namespace sysfs was
+    /// mounted in, not its own.
+    Enter,
+}
+
 /// A network namespace made by the test, deleted when dropped.
 pub struct Netns(String);
 
@@ -82,10 +93,22 @@ impl Netns {
         String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
     }
 
-    /// `program` run in the namespace with the world's environment.
-    pub fn command(&self, w: &World, program: impl AsRef<OsStr>) -> Command {
-        let mut cmd = w.command("ip");
-        cmd.args(["netns", "exec", &self.0]).arg(program);
+    /// `program` run in the namespace, entered the `entry` way, with the world's
+    /// environment.
+    pub fn command(&self, w: &World, entry: Entry, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = match entry {
+            Entry::Exec => {
+                let mut cmd = w.command("ip");
+                cmd.args(["netns", "exec", &self.0]);
+                cmd
+            }
+            Entry::Enter => {
+                let mut cmd = w.command("nsenter");
+                cmd.arg(format!("--net=/run/netns/{}", self.0));
+                cmd
+            }
+        };
+        cmd.arg(program);
         cmd
     }
 
