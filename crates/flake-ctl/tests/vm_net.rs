@@ -3,7 +3,9 @@
 //! argument (the kernel's own configuration, nothing run in the guest) reaches the host
 //! side of its TAP device `tap-NAME`, with a ping answered by the host and a TCP connection
 //! to a listener there, for an admin's device, for a device the call makes (gone after the
-//! call), and for a resume VM (its device kept while it runs, gone with `%remove`).
+//! call), and for a resume VM (its device kept while it runs, gone with `%remove`). The
+//! devices are those of the launcher's own namespace, however it was put there, and a
+//! device a call made is removed only from the namespace it was made in.
 //!
 //! Every launcher runs inside a network namespace the test makes (`ip netns exec`), and
 //! every device, address and listener is in it: the host's own network is never touched,
@@ -281,4 +283,81 @@ fn a_resume_vm_keeps_its_device_while_it_runs_and_remove_takes_it() {
         !ns.has_link(&tap),
         "%remove takes the device the VM was given"
     );
+}
+
+/// A device a call made is removed only in the namespace it was made in: a later call of
+/// the instance from another namespace, whose own device of that name is the admin's
+/// (`%remove` here; the same goes for collecting a killed call's leftovers), leaves that
+/// one alone.
+#[test]
+fn a_call_from_another_namespace_never_removes_the_device_of_that_name_there() {
+    let Some((_vms, w, fixtures, sci)) = net_world() else {
+        return;
+    };
+    let (made_in, other) = (Netns::new("nx"), Netns::new("ny"));
+    let net = Subnet(74);
+    let name = flake_name("nx");
+    let tap = format!("tap-{name}");
+    let app = net_flake_on(
+        &w,
+        &fixtures,
+        &sci,
+        &name,
+        "qemu",
+        &["--resume"],
+        &net.boot_arg(),
+    );
+    let call = spawn(&made_in, &w, &app, &["-c", "echo up"]);
+    let (code, out, err) = call_making(&made_in, &net, &tap, call);
+    assert_eq!((code, out.as_str()), (0, "up\n"), "{err}");
+    other.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]);
+    other.address(&tap, &net.host_cidr());
+    let (code, _, err) = finish(spawn(&other, &w, &app, &["%remove", "-c", "true"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(running_vm(&w, &name).is_none(), "%remove stops the VM");
+    assert!(
+        other.has_link(&tap),
+        "the admin's device of the other namespace stays"
+    );
+}
+
+/// The same for the leftovers of a call killed with `kill -9` in one namespace, which the
+/// next call collects: from another namespace, that call's device there (the admin's) is
+/// not the killed call's, and the guest reaches it.
+#[test]
+fn a_killed_calls_device_is_collected_only_in_its_namespace() {
+    let Some((_vms, w, fixtures, sci)) = net_world() else {
+        return;
+    };
+    let (made_in, other) = (Netns::new("nk"), Netns::new("nl"));
+    let net = Subnet(75);
+    let name = flake_name("nk");
+    let tap = format!("tap-{name}");
+    let app = net_flake_on(&w, &fixtures, &sci, &name, "qemu", &[], &net.boot_arg());
+    let mut killed = spawn(&made_in, &w, &app, &["-c", "sleep 60"]);
+    let mark = w.path(&format!("ids/0/.vm/{name}#{}/tap.created", killed.id()));
+    let deadline = Instant::now() + WAIT;
+    while !mark.exists() {
+        assert!(killed.try_wait().unwrap().is_none(), "the call ended early");
+        assert!(Instant::now() < deadline, "the call made no device");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    other.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]);
+    other.address(&tap, &net.host_cidr());
+    let listener = other.listen(PORT);
+    let token = format!("guest-{name}");
+    let call = spawn(&other, &w, &app, &["-c", &net.reach_script(&token)]);
+    let (code, out, err) = finish(call);
+    assert_eq!((code, out.as_str()), (0, "reached\n"), "{err}");
+    assert_eq!(
+        listener.received(Duration::from_secs(10)),
+        format!("{token}\n")
+    );
+    assert!(
+        other.has_link(&tap),
+        "the admin's device of the other namespace stays"
+    );
+    assert!(!mark.exists(), "the killed call's leftovers are collected");
 }

@@ -62,8 +62,9 @@ impl Drop for MadeTaps {
             return;
         };
         for instance in instances.filter_map(Result::ok) {
-            if let Ok(name) = std::fs::read_to_string(instance.path().join("tap.created")) {
-                drop(Device(name.trim().to_string()));
+            if let Ok(mark) = std::fs::read_to_string(instance.path().join("tap.created")) {
+                // The device's name, then the namespace it was made in.
+                drop(Device(mark.lines().next().unwrap_or_default().to_string()));
             }
         }
     }

@@ -89,8 +89,30 @@ pub fn used_by_in(dir: &Dir, label: &str) -> String {
 /// short form, for the instance or, for a one-shot `NAME[@ID]#PID`, its own call), never
 /// another device of the host such as `eth0`.
 fn created(dir: &Path, label: &str) -> Option<String> {
-    let marked = crate::state_file::read_text(&dir.join(CREATED))?;
-    (marked == name(label) || marked == name(key_of(label))).then_some(marked)
+    mark(dir, label).map(|(marked, _)| marked)
+}
+
+/// The device [`created`] names and the network namespace it was made in (see
+/// [`namespace`]; marks of earlier releases do not say).
+fn mark(dir: &Path, label: &str) -> Option<(String, Option<String>)> {
+    let text = crate::state_file::read_text(&dir.join(CREATED))?;
+    let mut lines = text.lines();
+    let marked = lines.next()?.to_string();
+    let made_in = lines.next().map(str::to_string);
+    (marked == name(label) || marked == name(key_of(label))).then_some((marked, made_in))
+}
+
+/// The caller's network namespace as the kernel names it (`net:[INODE]`).
+///
+/// A device belongs to one namespace, and another namespace may have a device of the same
+/// name (an admin's): a launcher removes the device a call made only from the namespace it
+/// was made in.
+fn namespace() -> Option<String> {
+    std::fs::read_link("/proc/thread-self/ns/net")
+        .ok()?
+        .into_os_string()
+        .into_string()
+        .ok()
 }
 
 /// Whether `name` is a TUN/TAP device of the caller's network namespace (the kernel shows
@@ -198,7 +220,11 @@ pub fn ensure(name: &str, dir: &Path, ip: &Path, uid: u32) -> Result<bool> {
         .run()?;
     // Marked only once made: a device someone else made meanwhile is not ours to remove.
     let marker = dir.join(CREATED);
-    crate::state_file::write(&marker, name.as_bytes()).map_err(crate::error::io(&marker))?;
+    let mark = match namespace() {
+        Some(made_in) => format!("{name}\n{made_in}\n"),
+        None => name.to_string(),
+    };
+    crate::state_file::write(&marker, mark.as_bytes()).map_err(crate::error::io(&marker))?;
     Cmd::new(ip).args(["link", "set", name, "up"]).run()?;
     Ok(true)
 }
@@ -247,14 +273,20 @@ pub fn release(dir: &Path, tools: &crate::tools::Tools) {
 
 /// [`release`] for the instance `label` whose files are in `dir` (a path through a held
 /// descriptor, `/proc/self/fd/N`). Only a device the launcher marked as created, of a
-/// name this instance's launcher gives (see `created`), that is a TAP device, is
-/// deleted; a mark naming anything else is dropped.
+/// name this instance's launcher gives (see `created`), in the caller's network namespace
+/// if it was made there, that is a TAP device, is deleted; a mark naming anything else is
+/// dropped. A device made in another namespace stays there (the one of its name here is
+/// not it).
 pub fn release_at(dir: &Path, label: &str, tools: &crate::tools::Tools) {
     let marker = dir.join(CREATED);
     if marker.symlink_metadata().is_err() {
         return;
     }
-    let Some(name) = created(dir, label).filter(|name| is_tap(name, tools)) else {
+    let here = namespace();
+    let ours = mark(dir, label).filter(|(name, made_in)| {
+        made_in.as_ref().is_none_or(|ns| here.as_ref() == Some(ns)) && is_tap(name, tools)
+    });
+    let Some((name, _)) = ours else {
         let _ = std::fs::remove_file(marker);
         return;
     };
@@ -615,6 +647,33 @@ mod tests {
         drop(second);
         drop(first);
         assert_eq!(claim(req(dir.path(), true, 0)).unwrap().name, "tap-app");
+    }
+
+    /// A mark says the namespace its device was made in: from any other, the device of
+    /// that name is another one and stays.
+    #[test]
+    fn a_device_is_released_only_in_the_namespace_it_was_made_in() {
+        let label = own_label("n");
+        let Some(tap) = TestDevice::new(&name(&label), "tap") else {
+            return;
+        };
+        let (bin, log) = fake_ip(0);
+        let tools = crate::tools::Tools::new(bin.path().as_os_str().to_owned());
+        let vms = tempfile::tempdir().unwrap();
+        let dir = vms.path().join(&label);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join(CREATED), format!("{}\nnet:[1]\n", tap.0)).unwrap();
+        assert_eq!(used_by(&dir, &label), tap.0);
+        release(&dir, &tools);
+        assert!(!log.exists(), "made in another namespace: not deleted here");
+        assert!(!dir.join(CREATED).exists());
+        let here = namespace().unwrap();
+        std::fs::write(dir.join(CREATED), format!("{}\n{here}\n", tap.0)).unwrap();
+        release(&dir, &tools);
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            format!("link delete {}\n", tap.0)
+        );
     }
 
     #[test]
