@@ -26,7 +26,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use util::netns::{Entry, Netns};
-use util::vm::{net_flake_on, running_vm, vm_world, KillVms};
+use util::vm::{as_user_via, net_flake_on, running_vm, vm_world, KillVms, UserFlake, UserKit};
 use util::World;
 
 /// Port of the test's listener on the host side.
@@ -360,4 +360,70 @@ fn a_killed_calls_device_is_collected_only_in_its_namespace() {
         "the admin's device of the other namespace stays"
     );
     assert!(!mark.exists(), "the killed call's leftovers are collected");
+}
+
+/// An unprivileged user's launcher entered into a namespace judges the devices there by
+/// the kernel's rule: one made for another user is refused in one line that names the
+/// command making it for them (not the VMM's bare "Operation not permitted"), and through
+/// the seed's device, made for no user and so open to all, the guest reaches the host.
+#[test]
+fn a_users_launcher_in_a_namespace_is_refused_another_users_device_and_uses_the_seeds() {
+    let Some((_vms, _w, fixtures, sci)) = net_world() else {
+        return;
+    };
+    let kit = UserKit::new(&fixtures, &sci);
+    let ns = Netns::new("nu");
+    let net = Subnet(76);
+    let name = flake_name("nu");
+    let tap = format!("tap-{name}");
+    let image = format!("netimg{}", std::process::id());
+    let setup = format!(
+        "{}sed -i 's/ip=dhcp/{}/' \"$HOME/.config/flakes/{name}.yaml\" || exit 92\nid -u\n",
+        kit.register(&name, &image),
+        net.boot_arg()
+    );
+    let Some(out) = as_user_via(&[], &setup) else {
+        return;
+    };
+    let _registered = UserFlake(kit.unregister(&name, &image));
+    let uid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(out.status.success(), "{out:?}");
+    let enter = format!("--net=/run/netns/{}", ns.name());
+    let token = format!("guest-{name}");
+    let call = format!(
+        "{}\n\"$app\" -c '{}'\necho \"status $?\"\n",
+        kit.env(&name),
+        net.reach_script(&token)
+    );
+    // Made for another user (root).
+    ns.ip(&["tuntap", "add", "dev", &tap, "mode", "tap", "user", "0"]);
+    ns.address(&tap, &net.host_cidr());
+    let out = as_user_via(&["nsenter", &enter], &call).unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(stdout.contains("status 125"), "{stdout}{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains("may not open it (it is user root's)")
+            && stderr.contains(&format!("ip tuntap add {tap} mode tap user {uid}")),
+        "{stderr}"
+    );
+    // The seed's `ip tuntap add NAME mode tap`: for no user, so for every user.
+    ns.ip(&["link", "delete", &tap]);
+    ns.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]);
+    ns.address(&tap, &net.host_cidr());
+    let listener = ns.listen(PORT);
+    let out = as_user_via(&["nsenter", &enter], &call).unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(stdout, "reached\nstatus 0\n", "{stderr}");
+    assert_eq!(
+        listener.received(Duration::from_secs(10)),
+        format!("{token}\n")
+    );
+    assert!(ns.has_link(&tap), "the admin's device is left alone");
 }

@@ -127,19 +127,22 @@ fn is_tap(name: &str, tools: &crate::tools::Tools) -> bool {
     }
 }
 
-/// Whether `ip -d -j link show dev NAME` says `name` is a TAP device.
+/// Whether `ip` says `name` is a TAP device.
 fn ip_shows_tap(ip: &Path, name: &str) -> bool {
-    let Ok(out) = Cmd::new(ip)
+    tun_data(ip, name).is_some_and(|data| data["type"] == "tap")
+}
+
+/// The TUN/TAP details of device `name` of the caller's namespace, as
+/// `ip -d -j link show dev NAME` gives them (`info_data` of a `tun` device); `None` for
+/// another kind of device, none, or an `ip` that does not say.
+fn tun_data(ip: &Path, name: &str) -> Option<serde_json::Value> {
+    let out = Cmd::new(ip)
         .args(["-d", "-j", "link", "show", "dev", name])
         .stdout_limited(64 * 1024)
-    else {
-        return false;
-    };
-    let Ok(links) = serde_json::from_str::<serde_json::Value>(&out) else {
-        return false;
-    };
-    let info = &links[0]["linkinfo"];
-    info["info_kind"] == "tun" && info["info_data"]["type"] == "tap"
+        .ok()?;
+    let mut links: serde_json::Value = serde_json::from_str(&out).ok()?;
+    let info = links.get_mut(0)?.get_mut("linkinfo")?.take();
+    (info["info_kind"] == "tun" && info["info_data"].is_object()).then(|| info["info_data"].clone())
 }
 
 /// `/sys/class/net/NAME` when it is the caller's device `name`.
@@ -193,7 +196,7 @@ pub fn ensure(name: &str, dir: &Path, ip: &Path, uid: u32) -> Result<bool> {
     let root = rustix::process::geteuid().is_root();
     if exists(name) {
         if !root {
-            check_owner(name, uid)?;
+            check_owner(name, uid, ip)?;
         }
         return Ok(false);
     }
@@ -229,30 +232,14 @@ pub fn ensure(name: &str, dir: &Path, ip: &Path, uid: u32) -> Result<bool> {
     Ok(true)
 }
 
-/// Refuses an existing device that user `uid` may not open: the kernel lets a user other
-/// than root open only a device made for them (`user UID`) or for a group (`group GID`).
-/// The seed's `ip tuntap add NAME mode tap` makes one for root only; the VMM would fail
-/// on it with a bare "Operation not permitted".
-fn check_owner(name: &str, uid: u32) -> Result<()> {
-    // Where sysfs shows another namespace, the VMM's own error has to do.
-    let Some(dir) = own_sysfs(name) else {
+/// Refuses an existing device that user `uid` may not open, by the kernel's rule: a device
+/// made for a user (`user UID`) opens for that user alone, one made for a group
+/// (`group GID`) for its members alone (for both, when it names both), and one made for
+/// neither (the seed's `ip tuntap add NAME mode tap`) for every user. The VMM would fail
+/// on a refused one with a bare "Operation not permitted".
+fn check_owner(name: &str, uid: u32, ip: &Path) -> Result<()> {
+    let Some(whose) = barred_by(name, uid, ip) else {
         return Ok(());
-    };
-    let read = |what: &str| {
-        std::fs::read_to_string(dir.join(what))
-            .ok()
-            .and_then(|text| text.trim().parse::<i64>().ok())
-    };
-    let (Some(owner), Some(group)) = (read("owner"), read("group")) else {
-        return Ok(());
-    };
-    if owner == i64::from(uid) || group != -1 {
-        return Ok(());
-    }
-    let whose = if owner == -1 {
-        "root's only".to_string()
-    } else {
-        format!("user {owner}'s")
     };
     Err(VmError::Tap {
         name: name.into(),
@@ -262,6 +249,47 @@ fn check_owner(name: &str, uid: u32) -> Result<()> {
              its address again"
         ),
     })
+}
+
+/// Whose device `name` is (`user 0's`, `group 27's`) when user `uid` may not open it;
+/// `None` when they may, or when it cannot be told (the VMM then says).
+fn barred_by(name: &str, uid: u32, ip: &Path) -> Option<String> {
+    let Some(dir) = own_sysfs(name) else {
+        return barred_by_ip(name, uid, ip);
+    };
+    let read = |what: &str| {
+        crate::state_file::read_text(&dir.join(what)).and_then(|text| text.parse::<i64>().ok())
+    };
+    let (owner, group) = (read("owner")?, read("group")?);
+    if owner != -1 && owner != i64::from(uid) {
+        return Some(format!("user {owner}'s"));
+    }
+    (group != -1 && !in_group(group)).then(|| format!("group {group}'s"))
+}
+
+/// [`barred_by`] where sysfs shows another namespace: `ip` names a device's user rather
+/// than numbering it, so only a device made for one user and no group, whose name is not
+/// the caller's, is told apart.
+fn barred_by_ip(name: &str, uid: u32, ip: &Path) -> Option<String> {
+    let data = tun_data(ip, name)?;
+    if data.get("group").is_some() {
+        return None;
+    }
+    let owner = match data.get("user")? {
+        serde_json::Value::Number(number) => number.to_string(),
+        serde_json::Value::String(text) => text.clone(),
+        _ => return None,
+    };
+    let own_name = flakes::host::user_name(uid);
+    let numbered = own_name == uid.to_string() && owner.parse::<u32>().is_err();
+    (owner != own_name && owner != uid.to_string() && !numbered).then(|| format!("user {owner}'s"))
+}
+
+/// Whether the caller is in group `gid`.
+fn in_group(gid: i64) -> bool {
+    use rustix::process::{getegid, getgroups};
+    let gid = |g: rustix::process::Gid| i64::from(g.as_raw()) == gid;
+    gid(getegid()) || getgroups().is_ok_and(|groups| groups.into_iter().any(gid))
 }
 
 /// Removes the device of the instance in `dir` if the launcher created it (`ip` is only
