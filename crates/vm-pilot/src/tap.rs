@@ -704,6 +704,36 @@ mod tests {
         );
     }
 
+    /// Who may open a device, as the kernel rules it (the test process, root, is in group
+    /// 0 and not in group 54321).
+    #[test]
+    fn a_device_bars_only_the_users_the_kernel_bars() {
+        let ip = Path::new("/nonexistent/ip");
+        let cases: [(&[&str], Option<&str>); 5] = [
+            (&[], None),
+            (&["user", "4242"], None),
+            (&["user", "0"], Some("user 0's")),
+            (&["group", "0"], None),
+            (&["user", "4242", "group", "54321"], Some("group 54321's")),
+        ];
+        for (i, (more, barred)) in cases.into_iter().enumerate() {
+            let label = own_label(&format!("b{i}"));
+            let device = name(&label);
+            let made = rustix::process::geteuid().is_root()
+                && std::process::Command::new("ip")
+                    .args(["tuntap", "add", "dev", &device, "mode", "tap"])
+                    .args(more)
+                    .status()
+                    .is_ok_and(|s| s.success());
+            if !made {
+                eprintln!("SKIP: cannot make network device {device}: needs root and ip");
+                return;
+            }
+            let _made = TestDevice(device.clone());
+            assert_eq!(barred_by(&device, 4242, ip).as_deref(), barred, "{more:?}");
+        }
+    }
+
     #[test]
     fn the_device_table_is_read_by_name() {
         let dev = "Inter-|   Receive |  Transmit\n face |bytes    packets|bytes\n    lo: 0 0\n\
