@@ -177,9 +177,12 @@ pub fn short_form_note(flake: &str) -> Option<String> {
 /// Whether a network device `name` exists in the caller's network namespace.
 ///
 /// `/proc/thread-self/net/dev` lists the devices of the reader's own namespace, whatever
-/// namespace sysfs shows (see `own_sysfs`).
+/// namespace sysfs shows (see `own_sysfs`); sysfs is the answer only without it.
 pub fn exists(name: &str) -> bool {
-    std::fs::read_to_string("/proc/thread-self/net/dev").is_ok_and(|dev| listed(&dev, name))
+    match std::fs::read_to_string("/proc/thread-self/net/dev") {
+        Ok(dev) => listed(&dev, name),
+        Err(_) => Path::new("/sys/class/net").join(name).exists(),
+    }
 }
 
 /// Whether the device table `dev` (of `/proc/net/dev`) lists `name`. Its device lines
