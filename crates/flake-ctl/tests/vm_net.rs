@@ -427,3 +427,63 @@ fn a_users_launcher_in_a_namespace_is_refused_another_users_device_and_uses_the_
     );
     assert!(ns.has_link(&tap), "the admin's device is left alone");
 }
+
+/// Calls of one flake in two namespaces at once each use their own namespace's device: a
+/// call holding the device it made in one namespace neither makes a call in another wait
+/// nor sends it to a device of its own there (one without the admin's address).
+#[test]
+fn calls_in_two_namespaces_at_once_each_use_their_namespaces_device() {
+    let Some((_vms, w, fixtures, sci)) = net_world() else {
+        return;
+    };
+    let (first_ns, second_ns) = (Netns::new("nc"), Netns::new("nd"));
+    let net = Subnet(77);
+    let name = flake_name("nc");
+    let tap = format!("tap-{name}");
+    let app = net_flake_on(&w, &fixtures, &sci, &name, "qemu", &[], &net.boot_arg());
+    let mut first = spawn(&first_ns, &w, &app, &["-c", "sleep 5; echo first"]);
+    // Held by the first call, which made the device (its lock file says so).
+    let vms = w.path("ids/0/.vm");
+    let deadline = Instant::now() + WAIT;
+    while !holds_made_device(&vms, &tap) {
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the first call ended early"
+        );
+        assert!(Instant::now() < deadline, "the first call made no device");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    second_ns.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]);
+    second_ns.address(&tap, &net.host_cidr());
+    let listener = second_ns.listen(PORT);
+    let token = format!("guest-{name}");
+    let second = spawn(&second_ns, &w, &app, &["-c", &net.reach_script(&token)]);
+    let (code, out, err) = finish(second);
+    assert_eq!((code, out.as_str()), (0, "reached\n"), "{err}");
+    assert_eq!(
+        listener.received(Duration::from_secs(10)),
+        format!("{token}\n")
+    );
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "the second call did not wait"
+    );
+    let (code, out, err) = finish(first);
+    assert_eq!((code, out.as_str()), (0, "first\n"), "{err}");
+    assert!(
+        !first_ns.has_link(&tap),
+        "the device the first call made is gone"
+    );
+    assert!(second_ns.has_link(&tap), "the admin's device is left alone");
+}
+
+/// Whether a device lock file of `tap` in the VM directory `vms` says its holder made it.
+fn holds_made_device(vms: &Path, tap: &str) -> bool {
+    std::fs::read_dir(vms).is_ok_and(|entries| {
+        entries.filter_map(Result::ok).any(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            name.starts_with(&format!(".{tap}"))
+                && std::fs::read(entry.path()).is_ok_and(|text| text == b"created\n")
+        })
+    })
+}

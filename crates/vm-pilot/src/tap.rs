@@ -17,8 +17,9 @@
 //! `nsenter --net`, a service's private network), never those sysfs happens to show.
 //!
 //! A device carries one VM at a time (the kernel refuses a second opener), so a one-shot
-//! call holds the device's lock file (`<vms dir>/.tap-DEV.lock`, flock) for its whole
-//! call. A second concurrent call of the same flake and instance waits for it, up to
+//! call holds the device's lock file (`<vms dir>/.tap-DEV.netNS.lock`, flock, NS the
+//! number of the network namespace the device is in) for its whole call. A second
+//! concurrent call of the same flake and instance in the same namespace waits for it, up to
 //! [`WAIT`] (saying so with `%progress`) — except a root call while the device is one the
 //! first call created for itself (no admin set it up, so it carries no network the admin
 //! made): that call gets a device of its own for the call, `tap-<hash>`, as before. The
@@ -333,11 +334,12 @@ pub fn release_at(dir: &Path, label: &str, tools: &crate::tools::Tools) {
 /// ends before it goes).
 pub fn release_orphan(dir: &Path, label: &str, vms_dir: &Path, tools: &crate::tools::Tools) {
     let marker = dir.join(CREATED);
-    let Some(name) = created(dir, label) else {
+    let Some((name, made_in)) = mark(dir, label) else {
         let _ = std::fs::remove_file(marker);
         return;
     };
-    match try_hold(&lock_path(vms_dir, &name)) {
+    let made_in = made_in.or_else(namespace);
+    match try_hold(&lock_path(vms_dir, &name, made_in.as_deref())) {
         Ok(Some(_held)) => release_at(dir, label, tools),
         _ => {
             let _ = std::fs::remove_file(marker);
@@ -399,7 +401,7 @@ pub struct ClaimFor<'a> {
 
 /// Claims the device of a one-shot call (see the module doc for who waits).
 pub fn claim(req: ClaimFor<'_>) -> Result<TapClaim> {
-    let path = lock_path(req.vms_dir, &req.name);
+    let path = lock_path(req.vms_dir, &req.name, namespace().as_deref());
     let deadline = Instant::now() + req.wait;
     let mut said = false;
     loop {
@@ -451,8 +453,16 @@ pub fn collect_lock(path: &Path) {
     }
 }
 
-fn lock_path(vms_dir: &Path, name: &str) -> PathBuf {
-    vms_dir.join(format!(".{name}.lock"))
+/// The lock file of device `name` of network namespace `made_in` (as [`namespace`] names
+/// it): calls in different namespaces use different devices of the same name.
+fn lock_path(vms_dir: &Path, name: &str, made_in: Option<&str>) -> PathBuf {
+    let number = made_in
+        .and_then(|ns| ns.strip_prefix("net:[")?.strip_suffix(']'))
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    match number {
+        Some(number) => vms_dir.join(format!(".{name}.net{number}.lock")),
+        None => vms_dir.join(format!(".{name}.lock")),
+    }
 }
 
 /// Whether the holder of the lock at `path` uses a device it created.
