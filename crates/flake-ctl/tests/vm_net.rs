@@ -3,14 +3,17 @@
 //! argument (the kernel's own configuration, nothing run in the guest) reaches the host
 //! side of its TAP device `tap-NAME`, with a ping answered by the host and a TCP connection
 //! to a listener there, for an admin's device, for a device the call makes (gone after the
-//! call), and for a resume VM (its device kept while it runs, gone with `%remove`). The
-//! devices are those of the launcher's own namespace, however it was put there, and a
-//! device a call made is removed only from the namespace it was made in.
+//! call), for a resume VM (its device kept while it runs, gone with `%remove`) and for an
+//! unprivileged user. The devices are those of the launcher's own namespace, however it was
+//! put there (`ip netns exec`, or `nsenter --net`, which leaves sysfs showing another
+//! namespace); a device a call made is removed only from the namespace it was made in, and
+//! calls in two namespaces do not share a device lock.
 //!
-//! Every launcher runs inside a network namespace the test makes (`ip netns exec`), and
-//! every device, address and listener is in it: the host's own network is never touched,
-//! and deleting the namespace takes whatever a failed test left in it along. Needs root
-//! and a fixture kernel with `CONFIG_VIRTIO_NET` and `CONFIG_IP_PNP` (`make vm-fixtures`).
+//! Every launcher runs inside a network namespace the test makes, and every device,
+//! address and listener is in it: the host's own network is never touched, and deleting
+//! the namespace takes whatever a failed test left in it along. Needs root (and the user
+//! `flaketest` for the user's test) and a fixture kernel with `CONFIG_VIRTIO_NET` and
+//! `CONFIG_IP_PNP` (`make vm-fixtures`).
 
 #![allow(
     clippy::unwrap_used,
