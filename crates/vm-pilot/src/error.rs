@@ -84,6 +84,19 @@ pub enum VmError {
         /// The flake.
         flake: String,
     },
+    /// QEMU is to use vsock and its device is missing.
+    #[error(
+        "flake '{flake}' is to use vsock under QEMU ({channel}=vsock), but vhost-device-vsock \
+         is not installed: install it with {install}, or unset {channel}"
+    )]
+    NoVsockDevice {
+        /// The flake.
+        flake: String,
+        /// How to install it.
+        install: &'static str,
+        /// The variable that chose vsock.
+        channel: &'static str,
+    },
     /// The TAP device could not be set up.
     #[error("tap device {name}: {reason}")]
     Tap {

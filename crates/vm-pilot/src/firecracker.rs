@@ -9,21 +9,17 @@
 //! host side is the unix socket `uds_path`, per Firecracker's convention), and `logger`
 //! (to a file, so VMM messages never mix with the app's output).
 
-use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use flakes::config::vm::{CacheType, VmFlake};
 use serde::Serialize;
 
 use crate::error::{Result, VmError};
-use crate::vmm::{create_log, Plan, Vmm};
-
-/// The guest's vsock context id (any value >= 3; each VM has its own namespace).
-pub const GUEST_CID: u32 = 3;
+use crate::vmm::{create_log, Channel, InitCan, Plan, Vmm};
+use crate::vsock::GUEST_CID;
 
 /// A complete VMM configuration.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -190,12 +186,6 @@ impl VmmConfig {
     }
 }
 
-/// The name of the vsock's host socket in the instance directory.
-const VSOCK: &str = "vsock.sock";
-
-/// The vsock port the guest init listens on.
-pub const GUEST_PORT: u32 = 52;
-
 /// Firecracker, started with `--no-api --config-file`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Firecracker {
@@ -208,7 +198,7 @@ impl Firecracker {
     pub fn paths(plan: &Plan) -> InstancePaths {
         InstancePaths {
             overlay: plan.overlay.clone(),
-            vsock: VSOCK.into(),
+            vsock: crate::vsock::SOCKET.into(),
             log: plan.vmm_log(),
             tap: plan.tap.clone(),
         }
@@ -216,8 +206,8 @@ impl Firecracker {
 }
 
 impl Vmm for Firecracker {
-    fn ports(&self, _resume: bool) -> usize {
-        0
+    fn channel(&self, _resume: bool, _init: InitCan) -> Channel {
+        Channel::Vsock
     }
 
     fn start(&self, flake: &VmFlake, plan: &Plan) -> Result<Child> {
@@ -225,7 +215,7 @@ impl Vmm for Firecracker {
         create_log(&paths.log)?;
         let console = create_log(&plan.log())?;
         let config_path = plan.dir.join("vm.json");
-        VmmConfig::new(flake, &paths, &plan.instance_args("vsock"))
+        VmmConfig::new(flake, &paths, &plan.instance_args())
             .write(&config_path)
             .map_err(crate::error::io(&config_path))?;
         let mut command = Command::new(&self.binary);
@@ -254,31 +244,8 @@ impl Vmm for Firecracker {
         })
     }
 
-    /// Firecracker's host-side vsock convention: connect to `uds_path`, send
-    /// `CONNECT <port>\n`, and the VMM answers `OK <host port>\n` once the guest accepted.
     fn connect(&self, plan: &Plan, _port: usize) -> std::io::Result<UnixStream> {
-        let mut stream = crate::vmm::connect_vmm(&plan.dir, VSOCK)?;
-        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-        stream.write_all(format!("CONNECT {GUEST_PORT}\n").as_bytes())?;
-        let mut line = Vec::new();
-        let mut byte = [0u8; 1];
-        while line.len() < 32 {
-            if stream.read(&mut byte)? == 0 {
-                break;
-            }
-            if byte[0] == b'\n' {
-                break;
-            }
-            line.push(byte[0]);
-        }
-        if !line.starts_with(b"OK ") {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::ConnectionRefused,
-                "the guest does not accept vsock connections yet",
-            ));
-        }
-        stream.set_read_timeout(None)?;
-        Ok(stream)
+        crate::vsock::connect(&plan.dir)
     }
 }
 

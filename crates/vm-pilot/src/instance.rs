@@ -125,10 +125,22 @@ pub fn recorded(dir: &Path) -> Option<VmmId> {
 
 /// Field 22 of `/proc/PID/stat`: when process `pid` started.
 pub fn start_time(pid: u32) -> Option<u64> {
+    stat_fields(pid).map(|(_, start)| start)
+}
+
+/// Whether process `pid` is a child of the running VMM `vmm` (its parent, and started
+/// after it: a process whose parent was another holder of the VMM's pid is not).
+pub fn is_child(pid: u32, vmm: &VmmId) -> bool {
+    stat_fields(pid).is_some_and(|(parent, start)| parent == vmm.pid && start >= vmm.start)
+}
+
+/// Fields 4 (the parent's pid) and 22 (the start time) of `/proc/PID/stat`.
+fn stat_fields(pid: u32) -> Option<(u32, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold anything, spaces and parentheses too.
     let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
 }
 
 /// Whether process `pid`'s command line contains `needle` (and, with `vmm`, its program

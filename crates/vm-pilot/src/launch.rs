@@ -30,7 +30,8 @@ use flakes::{CallArgs, PilotExit};
 use crate::error::{Result, VmError};
 use crate::instance::{self, claim_port};
 use crate::vmm::{
-    wait_connect, wait_ready, wait_resynced, GuestSettings, Plan, Resynced, StateFile, Vmm,
+    wait_connect, wait_ready, wait_resynced, Channel, GuestSettings, InitCan, Plan, Resynced,
+    StateFile, Vmm,
 };
 use crate::{overlay, saved, tap};
 
@@ -42,9 +43,9 @@ const RESTORE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a guest that is up may take to answer a call (generous: a guest starved of CPU
 /// on a loaded host under software emulation is slow, not hung).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
-/// In a resume instance's directory: its guest has answered a call (the VM is up). Removed
-/// with the rest of the state when the VM starts again.
-const GUEST_UP_FILE: &str = "guest-up";
+/// In a resume instance's directory: its guest has answered a call or announced itself
+/// (the VM is up). Removed with the rest of the state when the VM starts again.
+const GUEST_UP_FILE: &str = crate::vsock::GUEST_UP;
 /// How often a resume call is made at most when VMs powering off refuse it.
 const CALL_ATTEMPTS: u32 = 3;
 /// How soon a VMM that closed a call without a word must end for the call to be made again
@@ -84,11 +85,7 @@ impl GuestInit {
     /// What the guest init of `flake`'s image speaks (`pull` wrote it down); images with
     /// the original init run in serial mode. Read once per launch.
     pub fn of(flake: &VmFlake) -> Self {
-        let marker = flake
-            .runtime
-            .rootfs
-            .with_file_name(crate::pull::GUEST_CHANNEL_FILE);
-        let Ok(features) = std::fs::read_to_string(marker) else {
+        let Ok(features) = std::fs::read_to_string(Self::marker(flake)) else {
             return GuestInit::Original;
         };
         let has = |feature: &str| features.lines().any(|l| l == feature);
@@ -100,6 +97,20 @@ impl GuestInit {
             (true, false) => GuestInit::Console,
             (false, _) => GuestInit::Protocol,
         }
+    }
+
+    /// Whether the guest init of `flake`'s image announces its vsock listener (see
+    /// [`crate::vsock`]); with `init`, read by [`GuestInit::of`] from the same file.
+    pub fn announces(flake: &VmFlake) -> bool {
+        std::fs::read_to_string(Self::marker(flake))
+            .is_ok_and(|f| f.lines().any(|l| l == crate::pull::ANNOUNCE_FEATURE))
+    }
+
+    fn marker(flake: &VmFlake) -> PathBuf {
+        flake
+            .runtime
+            .rootfs
+            .with_file_name(crate::pull::GUEST_CHANNEL_FILE)
     }
 
     /// Serves a one-shot call over the plain console, acknowledging stdin from the start.
@@ -139,6 +150,8 @@ pub struct Launch<'a> {
     pub debug: bool,
     /// What the image's guest init speaks ([`GuestInit::of`]).
     pub guest: GuestInit,
+    /// The image's guest init announces its vsock listener ([`GuestInit::announces`]).
+    pub announces: bool,
 }
 
 impl Launch<'_> {
@@ -188,24 +201,29 @@ impl Launch<'_> {
                 state.path().join("overlay.ext4")
             }
         });
+        let init = InitCan {
+            console: self.guest.console(),
+            announce: self.announces,
+        };
+        let channel = self.vmm.channel(resume, init);
         Plan {
             flake: self.key.flake.to_string(),
             dir: state.path().to_path_buf(),
             overlay,
-            ports: self.vmm.ports(resume),
+            channel,
+            announces: self.announces,
             tap,
             guest: GuestSettings {
                 resume,
                 idle: self.flake.runtime.idle_timeout.map(|d| d.as_secs()),
                 debug: self.debug,
-                resync: !resume
+                resync: channel == Channel::Console
                     && self.guest == GuestInit::Resync
                     && self.states_dir.is_some()
                     && self.vmm.saves_states()
                     && !self.flake.runtime.network,
             },
             serial: None,
-            console: !resume && self.vmm.plain_console() && self.guest.console(),
         }
     }
 
@@ -520,7 +538,7 @@ impl Launch<'_> {
         let state = saving.as_ref().map(|_| StateFile::Save);
         self.with_vmm(plan, state.as_ref(), |alive| {
             let mut stream = wait_connect(self.vmm, plan, 0, BOOT_TIMEOUT, &mut *alive)?;
-            if plan.console {
+            if plan.channel == Channel::Console {
                 wait_ready(&mut stream, plan, BOOT_TIMEOUT, &mut *alive)?;
             }
             let saved = match saving {
@@ -536,7 +554,7 @@ impl Launch<'_> {
                 }
             }
             // The guest said `Ready` (over the console) or is booting (over ports).
-            let answer = if plan.console {
+            let answer = if plan.channel == Channel::Console {
                 ANSWER_TIMEOUT
             } else {
                 BOOT_TIMEOUT
@@ -557,7 +575,7 @@ impl Launch<'_> {
         claim: Option<&instance::PortClaim>,
     ) -> Result<ExitStatus> {
         pause_at(Step::Connected);
-        let mut request = self.request(plan.console);
+        let mut request = self.request(plan.channel == Channel::Console);
         if request.stdin_on_ack {
             request.answer_within = Some(answer);
         }
@@ -646,7 +664,7 @@ impl Launch<'_> {
             }
         };
         // A channel with ports serves one call per port; vsock takes any number.
-        let claim = match plan.ports {
+        let claim = match plan.channel.ports() {
             0 => None,
             ports => Some(claim_port(&plan.dir, ports)?),
         };
@@ -657,10 +675,15 @@ impl Launch<'_> {
             Some(vmm) => matches!(vmm.try_wait(), Ok(None)),
             None => instance::running(&plan.dir).is_some(),
         };
-        let stream = match (
-            wait_connect(self.vmm, plan, port, BOOT_TIMEOUT, alive),
-            warm,
-        ) {
+        // A VM may still be booting (this call or another started it) until it has
+        // answered a call once or announced itself.
+        let up = plan.dir.join(GUEST_UP_FILE);
+        let answer = if up.exists() {
+            ANSWER_TIMEOUT
+        } else {
+            BOOT_TIMEOUT
+        };
+        let stream = match (wait_connect(self.vmm, plan, port, answer, alive), warm) {
             (Ok(stream), _) => stream,
             // The running VM ended (it powered off for idleness) before its channel took
             // the call: nothing of the call was sent, so it is made again (on the VM another
@@ -669,14 +692,6 @@ impl Launch<'_> {
                 return Err(Attempt::Refused(err, pid))
             }
             (Err(err), _) => return Err(Attempt::Failed(err)),
-        };
-        // A VM may still be booting (this call or another started it) until it has
-        // answered a call once.
-        let up = plan.dir.join(GUEST_UP_FILE);
-        let answer = if up.exists() {
-            ANSWER_TIMEOUT
-        } else {
-            BOOT_TIMEOUT
         };
         let status = self.call_over(stream, plan, answer, claim.as_ref());
         if status.is_ok() && answer == BOOT_TIMEOUT {
@@ -728,11 +743,12 @@ impl Launch<'_> {
         if let Some(pid) = instance::running(&plan.dir) {
             // Ask the guest to power off on a free port; with every port busy, or no
             // answer, `stop` ends the VMM.
-            let claim = match plan.ports {
+            let ports = plan.channel.ports();
+            let claim = match ports {
                 0 => None,
                 ports => instance::try_claim_port(&plan.dir, ports)?,
             };
-            let reachable = plan.ports == 0 || claim.is_some();
+            let reachable = ports == 0 || claim.is_some();
             let port = claim.as_ref().map_or(0, |c| c.port);
             if let Some(mut stream) = reachable
                 .then(|| self.vmm.connect(plan, port).ok())

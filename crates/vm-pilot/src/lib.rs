@@ -42,6 +42,7 @@ pub mod state_file;
 pub mod tap;
 pub mod tools;
 pub mod vmm;
+pub mod vsock;
 
 pub use error::VmError;
 

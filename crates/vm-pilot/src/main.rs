@@ -17,7 +17,7 @@ use flakes::process::resolve;
 use flakes::{CallArgs, FlakeName, Mode, PilotExit, Settings};
 use vm_pilot::firecracker::Firecracker;
 use vm_pilot::launch::{GuestInit, Launch};
-use vm_pilot::qemu::{Qemu, ACCEL_ENV};
+use vm_pilot::qemu::{ChannelChoice, Qemu, ACCEL_ENV, CHANNEL_ENV};
 use vm_pilot::vmm::Vmm;
 
 fn main() -> ExitCode {
@@ -81,6 +81,7 @@ fn run() -> Result<PilotExit, String> {
         tools: vm_pilot::tools::Tools::new(path.clone()),
         debug: std::env::var_os("PILOT_DEBUG").is_some(),
         guest: GuestInit::of(&vm),
+        announces: GuestInit::announces(&vm),
     };
     launch.run().map_err(|e| e.to_string())
 }
@@ -91,6 +92,8 @@ fn backend(vm: &VmFlake, path: &OsString) -> Result<Box<dyn Vmm>, String> {
         VmmKind::Qemu => Box::new(Qemu {
             binary: resolve("qemu-system-x86_64", Some(path)).map_err(|e| e.to_string())?,
             accel: std::env::var(ACCEL_ENV).ok(),
+            channel: ChannelChoice::parse(&std::env::var(CHANNEL_ENV).unwrap_or_default())?,
+            device: vm_pilot::qemu::device::find(path),
         }),
         VmmKind::Firecracker => Box::new(Firecracker {
             binary: resolve("firecracker", Some(path)).map_err(|e| e.to_string())?,

@@ -209,7 +209,7 @@ pub enum PullError {
     },
 }
 
-pub use install::{CONSOLE_FEATURE, GUEST_CHANNEL_FILE, RESYNC_FEATURE};
+pub use install::{ANNOUNCE_FEATURE, CONSOLE_FEATURE, GUEST_CHANNEL_FILE, RESYNC_FEATURE};
 
 pub(crate) fn io<'a>(
     action: &'static str,

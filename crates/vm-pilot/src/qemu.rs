@@ -2,13 +2,17 @@
 //! The QEMU microvm backend: `qemu-system-x86_64 -M microvm` with the flake's kernel and
 //! rootfs, for hosts without Firecracker or without hardware KVM.
 //!
-//! The guest channel is a set of virtio console ports named `flake0`, `flake1`, ..., each
-//! backed by a unix socket QEMU listens on (`channel-N.sock` in the instance directory);
-//! one port carries one call at a time, so a resume VM gets several. A one-shot VM whose
-//! guest init knows it uses the plain virtio console instead (the device without ports,
-//! on `channel-0.sock`): it is ready as soon as the kernel has probed it. The kernel console
-//! goes to a log file, so no kernel or VMM message can mix with the app's output. The
-//! root drive is read-only; the overlay drive, when the flake has one, is the second disk
+//! The guest channel ([`Channel`]) is, by default, the plain virtio console for the one
+//! call of a one-shot VM whose guest init knows it (on `channel-0.sock`: ready as soon as
+//! the kernel has probed it, and the one channel a saved state can carry), and vsock for
+//! everything else where `vhost-device-vsock` is installed ([`device`]: the same hybrid
+//! vsock as Firecracker's, so calls take the same code). Without the device, a set of
+//! virtio console ports named `flake0`, `flake1`, ... is the fallback, each backed by a
+//! unix socket QEMU listens on (`channel-N.sock`), one call per port at a time.
+//! `FLAKE_QEMU_CHANNEL=vsock` puts every call, one-shot ones too, on vsock (no saved
+//! states then); `FLAKE_QEMU_CHANNEL=virtio` keeps to the console and the ports. The kernel
+//! console goes to a log file, so no kernel or VMM message can mix with the app's output.
+//! The root drive is read-only; the overlay drive, when the flake has one, is the second disk
 //! (`/dev/vdb`). KVM is used when the caller may open `/dev/kvm` and the CPU has hardware
 //! virtualisation (`vmx` or `svm`): some hosts expose a `/dev/kvm` without it (a software
 //! nested hypervisor) that cannot run Linux guests; everywhere else QEMU emulates the
@@ -19,6 +23,7 @@
 //! directory, through which it migrates into the state file the launcher hands over; a
 //! restored VM reads its state with `-incoming fd:N` from the open file.
 
+pub mod device;
 mod qmp;
 
 use std::os::unix::net::UnixStream;
@@ -29,7 +34,7 @@ use std::process::{Child, Command, Stdio};
 use flakes::config::vm::{CacheType, VmFlake};
 
 use crate::error::{Result, VmError};
-use crate::vmm::{Plan, StateFile, Vmm};
+use crate::vmm::{Channel, InitCan, Plan, StateFile, Vmm};
 
 /// Environment variable choosing QEMU's accelerator (`tcg` by default).
 pub const ACCEL_ENV: &str = "FLAKE_QEMU_ACCEL";
@@ -45,6 +50,36 @@ fn channel_name(port: usize) -> String {
 /// Guest channel ports of a resume VM: how many calls it serves at once.
 pub const RESUME_PORTS: usize = 4;
 
+/// Environment variable choosing QEMU's guest channel (see the module doc).
+pub const CHANNEL_ENV: &str = "FLAKE_QEMU_CHANNEL";
+
+/// Which guest channels QEMU VMs use ([`CHANNEL_ENV`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChannelChoice {
+    /// The console for one-shot calls that can have it, vsock where the device is
+    /// installed, else ports.
+    #[default]
+    Auto,
+    /// vsock for every call.
+    Vsock,
+    /// The console and virtio console ports, never vsock.
+    Virtio,
+}
+
+impl ChannelChoice {
+    /// The choice `value` of [`CHANNEL_ENV`] names, or the error that says what it may be.
+    pub fn parse(value: &str) -> std::result::Result<Self, String> {
+        match value {
+            "" | "auto" => Ok(ChannelChoice::Auto),
+            "vsock" => Ok(ChannelChoice::Vsock),
+            "virtio" => Ok(ChannelChoice::Virtio),
+            other => Err(format!(
+                "{CHANNEL_ENV}={other:?} is not a guest channel: use auto, vsock or virtio"
+            )),
+        }
+    }
+}
+
 /// QEMU's microvm machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Qemu {
@@ -52,6 +87,10 @@ pub struct Qemu {
     pub binary: PathBuf,
     /// `FLAKE_QEMU_ACCEL`, if set.
     pub accel: Option<String>,
+    /// `FLAKE_QEMU_CHANNEL`.
+    pub channel: ChannelChoice,
+    /// `vhost-device-vsock`, where it is installed ([`device::find`]).
+    pub device: Option<PathBuf>,
 }
 
 impl Qemu {
@@ -71,6 +110,9 @@ impl Qemu {
             crate::vmm::end_with_launcher(&mut command);
         }
         command.current_dir(&plan.dir);
+        if plan.channel == Channel::Vsock && plan.serial.is_none() {
+            self.attach_device(&mut command, plan)?;
+        }
         // Its own process group: a Ctrl-C on the caller's terminal is for the app (the
         // launcher forwards it), not for the VMM.
         // Serial mode keeps the caller's process group: the VMM reads the terminal.
@@ -81,21 +123,59 @@ impl Qemu {
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(crate::vmm::create_log(&plan.vmm_log())?));
         }
-        command.spawn().map_err(|source| VmError::Start {
-            program: self.binary.clone(),
-            source,
-        })
+        command
+            .spawn()
+            .map_err(|source| self.start_error(plan, source))
+    }
+
+    /// Has the VMM `command` start the vsock device of `plan` as its child.
+    fn attach_device(&self, command: &mut Command, plan: &Plan) -> Result<()> {
+        let Some(program) = &self.device else {
+            return Err(VmError::NoVsockDevice {
+                flake: plan.flake.clone(),
+                install: device::INSTALL_HINT,
+                channel: CHANNEL_ENV,
+            });
+        };
+        device::attach(command, &plan.dir, program).map_err(crate::error::io(&plan.dir))
+    }
+
+    /// What a failed start of the VMM of `plan` (`source`) tells the caller: the vsock
+    /// device's start-up failures name the device.
+    fn start_error(&self, plan: &Plan, source: std::io::Error) -> VmError {
+        let device = self
+            .device
+            .as_ref()
+            .filter(|_| plan.channel == Channel::Vsock);
+        let why = match source.raw_os_error() {
+            Some(libc::ECHILD) => "ended before it served the VM",
+            Some(libc::ETIMEDOUT) => "did not serve the VM in time",
+            _ => "",
+        };
+        match device {
+            Some(program) if !why.is_empty() => plan.guest_error(format!(
+                "could not start: its vsock device {} {why}",
+                program.display()
+            )),
+            _ => VmError::Start {
+                program: self.binary.clone(),
+                source,
+            },
+        }
     }
 
     /// The QEMU command line of `plan`.
     pub fn command(&self, flake: &VmFlake, plan: &Plan) -> Command {
         let runtime = &flake.runtime;
+        let vsock = plan.channel == Channel::Vsock && plan.serial.is_none();
+        let mut machine = String::from("microvm,x-option-roms=off,pit=on,pic=on,rtc=on,acpi=off");
+        if vsock {
+            // The device maps the guest's memory: a shared memory file.
+            machine.push_str(",memory-backend=mem");
+        }
         let mut command = Command::new(&self.binary);
         command
-            .args([
-                "-M",
-                "microvm,x-option-roms=off,pit=on,pic=on,rtc=on,acpi=off",
-            ])
+            .args(["-M", &machine])
             .args([
                 "-accel",
                 self.accel.as_deref().unwrap_or_else(|| default_accel()),
@@ -125,12 +205,10 @@ impl Qemu {
                 .arg("-serial")
                 .arg(format!("file:{}", plan.log().display()));
         }
-        command.arg("-kernel").arg(&runtime.kernel).args([
-            "-append",
-            &plan
-                .kernel_args(flake, if plan.console { "console" } else { "virtio" })
-                .join(" "),
-        ]);
+        command
+            .arg("-kernel")
+            .arg(&runtime.kernel)
+            .args(["-append", &plan.kernel_args(flake).join(" ")]);
         if let Some(initrd) = &runtime.initrd {
             command.arg("-initrd").arg(initrd);
         }
@@ -151,7 +229,15 @@ impl Qemu {
         if plan.serial.is_some() {
             return command;
         }
-        if plan.console {
+        let ports = match plan.channel {
+            Channel::Vsock => {
+                command.args(device::qemu_args(runtime.mem_size_mib));
+                return command;
+            }
+            Channel::Ports(ports) => ports,
+            Channel::Console => 0,
+        };
+        if ports == 0 {
             command
                 .args(["-device", "virtio-serial-device,max_ports=1"])
                 .arg("-chardev")
@@ -163,7 +249,7 @@ impl Qemu {
             return command;
         }
         command.args(["-device", "virtio-serial-device"]);
-        for port in 0..plan.ports.max(1) {
+        for port in 0..ports {
             command
                 .arg("-chardev")
                 .arg(format!(
@@ -238,15 +324,23 @@ fn drive(command: &mut Command, id: &str, file: &std::path::Path, options: &str)
 }
 
 impl Vmm for Qemu {
-    fn plain_console(&self) -> bool {
-        true
-    }
-
-    fn ports(&self, resume: bool) -> usize {
-        if resume {
-            RESUME_PORTS
+    fn channel(&self, resume: bool, init: InitCan) -> Channel {
+        // A forced vsock without the device fails at start, saying what to install. An
+        // init that does not announce itself cannot have vsock here (see crate::vsock).
+        let vsock = init.announce
+            && match self.channel {
+                ChannelChoice::Auto => self.device.is_some(),
+                ChannelChoice::Vsock => true,
+                ChannelChoice::Virtio => false,
+            };
+        if !resume && init.console && !(vsock && self.channel == ChannelChoice::Vsock) {
+            Channel::Console
+        } else if vsock {
+            Channel::Vsock
+        } else if resume {
+            Channel::Ports(RESUME_PORTS)
         } else {
-            1
+            Channel::Ports(1)
         }
     }
 
@@ -255,7 +349,10 @@ impl Vmm for Qemu {
     }
 
     fn connect(&self, plan: &Plan, port: usize) -> std::io::Result<UnixStream> {
-        crate::vmm::connect_vmm(&plan.dir, &channel_name(port))
+        match plan.channel {
+            Channel::Vsock => crate::vsock::connect(&plan.dir),
+            _ => crate::vmm::connect_vmm(&plan.dir, &channel_name(port)),
+        }
     }
 
     fn saves_states(&self) -> bool {
@@ -265,7 +362,8 @@ impl Vmm for Qemu {
     fn state_key(&self, flake: &VmFlake, plan: &Plan) -> Option<String> {
         // One call on the plain console, no network: a VM with nothing of the host in it
         // but its files.
-        if !plan.console || plan.guest.resume || plan.tap.is_some() || plan.serial.is_some() {
+        let console = plan.channel == Channel::Console;
+        if !console || plan.guest.resume || plan.tap.is_some() || plan.serial.is_some() {
             return None;
         }
         let dir = plan.dir.to_string_lossy();
@@ -342,6 +440,114 @@ mod tests {
     use super::*;
     use crate::vmm::GuestSettings;
 
+    fn qemu(device: Option<&str>) -> Qemu {
+        Qemu {
+            binary: "/usr/bin/qemu-system-x86_64".into(),
+            accel: None,
+            channel: ChannelChoice::Auto,
+            device: device.map(PathBuf::from),
+        }
+    }
+
+    #[test]
+    fn vsock_wherever_the_device_is_except_for_console_one_shots_unless_forced() {
+        let with = qemu(Some("/usr/bin/vhost-device-vsock"));
+        let without = qemu(None);
+        let can = |console, announce| InitCan { console, announce };
+        let ports = Channel::Ports(RESUME_PORTS);
+        // (resume, init) for: with the device, without, forced vsock, forced virtio.
+        let cases = [
+            (
+                false,
+                can(true, true),
+                [
+                    Channel::Console,
+                    Channel::Console,
+                    Channel::Vsock,
+                    Channel::Console,
+                ],
+            ),
+            (
+                false,
+                can(false, true),
+                [
+                    Channel::Vsock,
+                    Channel::Ports(1),
+                    Channel::Vsock,
+                    Channel::Ports(1),
+                ],
+            ),
+            (
+                true,
+                can(true, true),
+                [Channel::Vsock, ports, Channel::Vsock, ports],
+            ),
+            // An init that does not announce itself never gets vsock under QEMU.
+            (true, can(true, false), [ports, ports, ports, ports]),
+            (false, can(true, false), [Channel::Console; 4]),
+        ];
+        for (resume, init, want) in cases {
+            let forced = |choice| Qemu {
+                channel: choice,
+                ..with.clone()
+            };
+            let got = [
+                with.channel(resume, init),
+                without.channel(resume, init),
+                forced(ChannelChoice::Vsock).channel(resume, init),
+                forced(ChannelChoice::Virtio).channel(resume, init),
+            ];
+            assert_eq!(got, want, "resume {resume}, {init:?}");
+        }
+        // Forced vsock without the device: the start says what to install.
+        let forced = Qemu {
+            channel: ChannelChoice::Vsock,
+            ..without
+        };
+        assert_eq!(forced.channel(true, can(true, true)), Channel::Vsock);
+        let mut command = Command::new("true");
+        let err = forced
+            .attach_device(&mut command, &crate::vmm::tests::plan())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cargo install --locked vhost-device-vsock"),
+            "{err}"
+        );
+        assert_eq!(ChannelChoice::parse("").unwrap(), ChannelChoice::Auto);
+        let bad = ChannelChoice::parse("ports").unwrap_err();
+        assert!(
+            bad.contains("FLAKE_QEMU_CHANNEL") && bad.contains("auto, vsock or virtio"),
+            "{bad}"
+        );
+    }
+
+    #[test]
+    fn a_vsock_vm_has_shared_memory_and_the_vhost_user_device_and_no_ports() {
+        let flake = crate::firecracker::tests::flake(true, "/k".into(), "/r".into());
+        let plan = Plan {
+            channel: Channel::Vsock,
+            ..crate::vmm::tests::plan()
+        };
+        let joined: Vec<String> = qemu(Some("/d"))
+            .command(&flake, &plan)
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let joined = joined.join(" ");
+        for needle in [
+            "microvm,x-option-roms=off,pit=on,pic=on,rtc=on,acpi=off,memory-backend=mem",
+            "-m 128",
+            "memory-backend-memfd,id=mem,size=128M,share=on",
+            "-chardev socket,id=vhu,path=vhost.sock",
+            "-device vhost-user-vsock-device,chardev=vhu",
+            "sci_channel=vsock",
+        ] {
+            assert!(joined.contains(needle), "{needle} missing in {joined}");
+        }
+        assert!(!joined.contains("virtio-serial"), "{joined}");
+    }
+
     #[test]
     fn kvm_only_with_the_device_and_hardware_virtualisation() {
         let intel = "processor\t: 0\nflags\t\t: fpu vme vmx sse\n";
@@ -361,10 +567,7 @@ mod tests {
     fn a_one_shot_vm_on_the_plain_console_has_no_ports() {
         let flake = crate::firecracker::tests::flake(false, "/k".into(), "/r".into());
         let plan = crate::vmm::tests::plan();
-        let qemu = Qemu {
-            binary: "qemu-system-x86_64".into(),
-            accel: None,
-        };
+        let qemu = qemu(None);
         let args: Vec<String> = qemu
             .command(&flake, &plan)
             .get_args()
@@ -389,7 +592,8 @@ mod tests {
             flake: "app".into(),
             dir: "/i".into(),
             overlay: Some("/i/overlay.ext4".into()),
-            ports: 2,
+            channel: Channel::Ports(2),
+            announces: false,
             tap: Some("tap-app".into()),
             guest: GuestSettings {
                 resume: true,
@@ -398,13 +602,8 @@ mod tests {
                 resync: false,
             },
             serial: None,
-            console: false,
         };
-        let qemu = Qemu {
-            binary: "/usr/bin/qemu-system-x86_64".into(),
-            accel: None,
-        };
-        let command = qemu.command(&flake, &plan);
+        let command = qemu(None).command(&flake, &plan);
         let args: Vec<String> = command
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())

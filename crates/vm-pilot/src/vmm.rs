@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use flakes::config::vm::VmFlake;
 
 use crate::error::{Result, VmError};
+use crate::vsock::Announcement;
 
 /// Extra kernel command-line words of this instance, for the guest init (see sci's
 /// `cmdline` module for their meaning).
@@ -104,7 +105,8 @@ pub(crate) mod tests {
             flake: "app".into(),
             dir: "/i".into(),
             overlay: None,
-            ports: 1,
+            channel: Channel::Console,
+            announces: false,
             tap: None,
             guest: GuestSettings {
                 resume: false,
@@ -113,7 +115,6 @@ pub(crate) mod tests {
                 resync: false,
             },
             serial: None,
-            console: true,
         }
     }
 
@@ -223,9 +224,10 @@ pub struct Plan {
     pub dir: PathBuf,
     /// Writable overlay disk (the guest's second drive).
     pub overlay: Option<PathBuf>,
-    /// Guest channel ports, each serving one call at a time (QEMU); 0 for a channel that
-    /// takes any number of connections (Firecracker's vsock).
-    pub ports: usize,
+    /// How the host reaches the guest init.
+    pub channel: Channel,
+    /// The guest init announces its vsock listener ([`crate::vsock::wait_up`]).
+    pub announces: bool,
     /// TAP device of the guest's network interface.
     pub tap: Option<String>,
     /// Settings for the guest init.
@@ -233,10 +235,50 @@ pub struct Plan {
     /// Serial mode (an image without the flake-pilot guest init): the `run="..."` word of
     /// the kernel command line; the guest console is the caller's terminal.
     pub serial: Option<String>,
-    /// The one call of a one-shot VM goes over the plain virtio console, which is ready
-    /// sooner than ports (QEMU; the image's guest init must know it). The guest announces
-    /// itself with `Ready` there, see [`wait_ready`].
+}
+
+/// What the guest init of an image can do, as far as the choice of its channel goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InitCan {
+    /// Serve a one-shot call over the plain virtio console.
     pub console: bool,
+    /// Announce its vsock listener ([`crate::vsock::wait_up`]).
+    pub announce: bool,
+}
+
+/// The guest channel of a VM: how calls reach its guest init.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// The plain virtio console, for the one call of a one-shot VM (QEMU; the image's guest
+    /// init must know it): ready as soon as the kernel probed it, and the one channel a
+    /// saved VM state can carry ([`crate::saved`]). The guest announces itself with `Ready`
+    /// there, see [`wait_ready`].
+    Console,
+    /// This many virtio console ports, each serving one call at a time (QEMU without a
+    /// vsock device).
+    Ports(usize),
+    /// vsock, every connection its own call ([`crate::vsock`]): Firecracker, and QEMU with
+    /// `vhost-device-vsock`.
+    Vsock,
+}
+
+impl Channel {
+    /// The `sci_channel` word the guest init reads it from.
+    pub fn word(self) -> &'static str {
+        match self {
+            Channel::Console => "console",
+            Channel::Ports(_) => "virtio",
+            Channel::Vsock => "vsock",
+        }
+    }
+
+    /// The ports calls claim one each; 0 where connections are the calls' own.
+    pub fn ports(self) -> usize {
+        match self {
+            Channel::Ports(ports) => ports,
+            Channel::Console | Channel::Vsock => 0,
+        }
+    }
 }
 
 impl Plan {
@@ -246,14 +288,14 @@ impl Plan {
     }
 
     /// The kernel command line: the flake's words, then the instance's.
-    pub fn kernel_args(&self, flake: &VmFlake, channel: &str) -> Vec<String> {
+    pub fn kernel_args(&self, flake: &VmFlake) -> Vec<String> {
         let mut args = flake.runtime.boot_args.clone();
-        args.extend(self.instance_args(channel));
+        args.extend(self.instance_args());
         args
     }
 
     /// The words this instance adds to the flake's kernel command line.
-    pub fn instance_args(&self, channel: &str) -> Vec<String> {
+    pub fn instance_args(&self) -> Vec<String> {
         let mut args: Vec<String> = vec!["ro".into(), "panic=-1".into(), "reboot=t".into()];
         if self.overlay.is_some() {
             args.push("overlay_root=/dev/vdb".into());
@@ -262,9 +304,9 @@ impl Plan {
             args.push(run.clone());
             return args;
         }
-        args.push(format!("sci_channel={channel}"));
-        if self.ports > 1 {
-            args.push(format!("sci_ports={}", self.ports));
+        args.push(format!("sci_channel={}", self.channel.word()));
+        if self.channel.ports() > 1 {
+            args.push(format!("sci_ports={}", self.channel.ports()));
         }
         if self.guest.debug {
             args.push("sci_debug=1".into());
@@ -332,6 +374,25 @@ pub fn connect_unix(path: &Path) -> std::io::Result<UnixStream> {
     if path.as_os_str().len() < SOCKET_PATH_MAX {
         return UnixStream::connect(path);
     }
+    let held = open_dir_path(dir)?;
+    UnixStream::connect(held.1.join(name))
+}
+
+/// Binds a unix socket at `path`, whatever its length (see [`connect_unix`]).
+pub fn bind_unix(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::net::UnixListener;
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return UnixListener::bind(path);
+    };
+    if path.as_os_str().len() < SOCKET_PATH_MAX {
+        return UnixListener::bind(path);
+    }
+    let held = open_dir_path(dir)?;
+    UnixListener::bind(held.1.join(name))
+}
+
+/// `dir` opened on its own (`O_PATH`), and its name through the descriptor.
+fn open_dir_path(dir: &Path) -> std::io::Result<(std::os::fd::OwnedFd, PathBuf)> {
     use rustix::fs::{Mode, OFlags};
     let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let held = rustix::fs::open(dir, flags, Mode::empty())?;
@@ -339,20 +400,18 @@ pub fn connect_unix(path: &Path) -> std::io::Result<UnixStream> {
         "/proc/self/fd/{}",
         std::os::fd::AsRawFd::as_raw_fd(&held)
     ));
-    UnixStream::connect(short.join(name))
+    Ok((held, short))
 }
 
 /// Connects to socket `name` of the VM whose instance directory is `dir`, and keeps the
-/// connection only if the VMM the instance records (pid and start time) listens on it
-/// (`SO_PEERCRED`), before anything is sent. The directory is the caller's own, so only
-/// root or the caller could plant another listener there; this makes sure a call never
-/// goes to one.
+/// connection only if the VMM the instance records (pid and start time) or a child it
+/// started (QEMU's vsock device) listens on it (`SO_PEERCRED`), before anything is sent.
+/// The directory is the caller's own, so only root or the caller could plant another
+/// listener there; this makes sure a call never goes to one.
 pub fn connect_vmm(dir: &Path, name: &str) -> std::io::Result<UnixStream> {
     let stream = connect_unix(&dir.join(name))?;
     let peer = flake_agent::transport::peer_credentials(&stream)?;
-    // The pid and its start time: a process that got the VMM's pid later is not the VMM.
-    let recorded = crate::instance::recorded(dir);
-    if recorded.is_some_and(|vmm| vmm.pid == peer.pid && vmm.is_alive()) {
+    if served_by_vmm(dir, peer.pid) {
         return Ok(stream);
     }
     Err(std::io::Error::new(
@@ -364,16 +423,19 @@ pub fn connect_vmm(dir: &Path, name: &str) -> std::io::Result<UnixStream> {
     ))
 }
 
+/// Whether process `pid` is the running VMM the instance in `dir` records (pid and start
+/// time: a process that got the VMM's pid later is not the VMM), or a child it started.
+pub fn served_by_vmm(dir: &Path, pid: u32) -> bool {
+    crate::instance::recorded(dir)
+        .filter(crate::instance::VmmId::is_alive)
+        .is_some_and(|vmm| vmm.pid == pid || crate::instance::is_child(pid, &vmm))
+}
+
 /// A virtual machine monitor.
 pub trait Vmm: std::fmt::Debug {
-    /// How many guest channel ports a VM gets (`resume`: it serves several calls at once);
-    /// 0 when every connection is its own channel.
-    fn ports(&self, resume: bool) -> usize;
-    /// Whether a one-shot call can use the plain virtio console (QEMU; Firecracker has no
-    /// virtio console and always uses vsock).
-    fn plain_console(&self) -> bool {
-        false
-    }
+    /// The guest channel of a VM (`resume`: it serves many calls, maybe at once) whose
+    /// guest init can do what `init` says.
+    fn channel(&self, resume: bool, init: InitCan) -> Channel;
     /// Starts the VMM of `plan`; it runs until the guest ends.
     fn start(&self, flake: &VmFlake, plan: &Plan) -> Result<Child>;
     /// One attempt to open guest channel `port`; fails while the guest is not ready.
@@ -422,6 +484,22 @@ pub fn wait_connect(
     mut alive: impl FnMut() -> bool,
 ) -> Result<UnixStream> {
     let deadline = Instant::now() + timeout;
+    if plan.channel == Channel::Vsock && plan.announces {
+        match crate::vsock::wait_up(&plan.dir, timeout, &mut alive) {
+            Announcement::Up => {}
+            Announcement::VmmEnded => {
+                return Err(plan.guest_error(
+                    "stopped before its guest init was ready (it never listened on vsock)",
+                ))
+            }
+            Announcement::TimedOut => {
+                return Err(plan.guest_error(format!(
+                    "did not listen on vsock within {} s",
+                    timeout.as_secs()
+                )))
+            }
+        }
+    }
     loop {
         if let Ok(stream) = vmm.connect(plan, port) {
             return Ok(stream);
@@ -430,10 +508,14 @@ pub fn wait_connect(
             return Err(plan.guest_error("stopped before its guest channel opened"));
         }
         if Instant::now() > deadline {
-            return Err(plan.guest_error(format!(
-                "did not open its guest channel within {} s",
-                timeout.as_secs()
-            )));
+            // A guest that is up takes a vsock connection only when it answers.
+            let up = plan.dir.join(crate::vsock::GUEST_UP).exists();
+            let what = if up {
+                "did not answer the call"
+            } else {
+                "did not open its guest channel"
+            };
+            return Err(plan.guest_error(format!("{what} within {} s", timeout.as_secs())));
         }
         std::thread::sleep(Duration::from_millis(3));
     }

@@ -71,6 +71,9 @@ pub const CONSOLE_FEATURE: &str = "console-acks";
 /// The feature line of an init that takes a `Resync`: its one-shot VMs may be restored
 /// from a saved state.
 pub const RESYNC_FEATURE: &str = "resync";
+/// The feature line of an init that announces its vsock listener (see
+/// `proto::GUEST_ANNOUNCE_MARKER`): the host waits for that before it connects.
+pub const ANNOUNCE_FEATURE: &str = "vsock-announce";
 
 /// Writes [`GUEST_CHANNEL_FILE`] into `dir` when the ext rootfs there carries a guest init
 /// that speaks the protocol (its binary holds `proto::GUEST_MARKER`). A guest init over
@@ -101,6 +104,7 @@ pub fn mark_guest_channel(dir: &Path, name: &str) -> Result<(), PullError> {
         for (marker, feature) in [
             (flake_agent::proto::GUEST_CONSOLE_MARKER, CONSOLE_FEATURE),
             (flake_agent::proto::GUEST_RESYNC_MARKER, RESYNC_FEATURE),
+            (flake_agent::proto::GUEST_ANNOUNCE_MARKER, ANNOUNCE_FEATURE),
         ] {
             if init.contains(marker) {
                 features.push_str(feature);

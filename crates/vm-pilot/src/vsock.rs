@@ -1,0 +1,158 @@
+// SPDX-License-Identifier: MIT
+//! The host side of the vsock guest channel, the same for both VMMs.
+//!
+//! Firecracker and `vhost-device-vsock` (QEMU's vsock device, see
+//! [`crate::qemu::device`]) both expose the guest's vsock as one unix socket in the
+//! instance directory, `vsock.sock`, with Firecracker's "hybrid vsock" convention: the host
+//! connects, writes `CONNECT <port>\n`, and gets `OK <host port>\n` once the guest accepted
+//! the connection on that port; from then on the stream is the guest connection. Every
+//! connection is one call, so a resume VM needs no ports to claim and no settle time after a
+//! launcher that died mid-call: the guest sees that connection reset, and the next call has
+//! a connection of its own.
+//!
+//! The host opens no connection before the guest init listens: a QEMU vsock device fails
+//! for good on connections that come before the guest driver set up its queues. A guest
+//! init that knows this (its image has the `vsock-announce` feature) announces itself by
+//! connecting to the host's port 52 (the unix socket `vsock.sock_52`); launchers wait for
+//! that ([`wait_up`]), and the one that takes it marks the instance up for the others.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The host socket of the guest's vsock, in the instance directory.
+pub const SOCKET: &str = "vsock.sock";
+/// The guest's vsock context id (any value >= 3; each VM has its own namespace).
+pub const GUEST_CID: u32 = 3;
+/// The vsock port the guest init listens on (the original's, so host tooling keeps working).
+pub const GUEST_PORT: u32 = 52;
+/// How long the VMM may take to answer `CONNECT`: it answers once the guest accepted or
+/// refused, which a guest that is still booting may not do at once.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest answer line read (`OK ` and a 32-bit port number).
+const ANSWER_MAX: usize = 32;
+
+/// In the instance directory: the guest announced its vsock listener, the VM is up.
+/// Removed with the rest of the state when the VM starts again.
+pub const GUEST_UP: &str = "guest-up";
+/// How often a launcher looks again while it waits for the guest.
+const POLL: Duration = Duration::from_millis(3);
+
+/// How waiting for a guest's announcement ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announcement {
+    /// The guest listens.
+    Up,
+    /// The VMM ended first.
+    VmmEnded,
+    /// Time was up first.
+    TimedOut,
+}
+
+/// Waits until the guest of the VM in `dir` announced its vsock listener, up to `timeout`
+/// and while its VMM runs (`alive`). Every launcher waiting for the same VM does the same:
+/// one of them listens on the announcement socket (the first, or one that finds its
+/// listener gone with its launcher), takes the announcement and marks the instance up
+/// ([`GUEST_UP`]); the others see the mark.
+pub fn wait_up(dir: &Path, timeout: Duration, mut alive: impl FnMut() -> bool) -> Announcement {
+    let up = dir.join(GUEST_UP);
+    let socket = dir.join(format!("{SOCKET}_{}", flake_agent::proto::ANNOUNCE_PORT));
+    let deadline = Instant::now() + timeout;
+    let mut own: Option<UnixListener> = None;
+    loop {
+        if up.exists() {
+            return Announcement::Up;
+        }
+        match &own {
+            Some(listener) if announced(dir, listener) => {
+                let _ = crate::state_file::write(&up, b"");
+                let _ = std::fs::remove_file(&socket);
+                return Announcement::Up;
+            }
+            Some(_) => {}
+            None => own = take_over(&socket),
+        }
+        if !alive() {
+            return Announcement::VmmEnded;
+        }
+        if Instant::now() > deadline {
+            return Announcement::TimedOut;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Whether the VM's VMM (or its vsock device) connected to `listener`: the guest's
+/// announcement. Connections of anyone else are dropped.
+fn announced(dir: &Path, listener: &UnixListener) -> bool {
+    while let Ok((stream, _)) = listener.accept() {
+        let peer = flake_agent::transport::peer_credentials(&stream);
+        if peer.is_ok_and(|peer| crate::vmm::served_by_vmm(dir, peer.pid)) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Listens on the announcement `socket` unless a live launcher does (a connection to it is
+/// taken); a socket left by a dead one is replaced.
+fn take_over(socket: &Path) -> Option<UnixListener> {
+    use std::io::ErrorKind::{ConnectionRefused, NotFound};
+    match crate::vmm::connect_unix(socket) {
+        Err(err) if matches!(err.kind(), ConnectionRefused | NotFound) => {
+            let _ = std::fs::remove_file(socket);
+            let listener = crate::vmm::bind_unix(socket).ok()?;
+            listener.set_nonblocking(true).ok()?;
+            Some(listener)
+        }
+        _ => None,
+    }
+}
+
+/// One attempt to open a connection to the guest init of the VM in `dir`; fails while the
+/// guest does not accept it yet (booting), and when neither the VMM nor its vsock device
+/// serves the socket.
+pub fn connect(dir: &Path) -> std::io::Result<UnixStream> {
+    let mut stream = crate::vmm::connect_vmm(dir, SOCKET)?;
+    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    stream.write_all(format!("CONNECT {GUEST_PORT}\n").as_bytes())?;
+    if !accepted(&mut stream)? {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "the guest does not accept vsock connections yet",
+        ));
+    }
+    stream.set_read_timeout(None)?;
+    Ok(stream)
+}
+
+/// Reads the VMM's answer line byte by byte (nothing of the guest's stream after it may be
+/// taken): whether it is `OK ...`.
+fn accepted(stream: &mut impl Read) -> std::io::Result<bool> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < ANSWER_MAX {
+        if stream.read(&mut byte)? == 0 || byte[0] == b'\n' {
+            break;
+        }
+        line.push(byte[0]);
+    }
+    Ok(line.starts_with(b"OK "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_ok_line_accepts_and_nothing_after_it_is_read() {
+        let mut answer: &[u8] = b"OK 1073741824\nguest bytes";
+        assert!(accepted(&mut answer).unwrap());
+        assert_eq!(answer, b"guest bytes");
+        for refused in [&b""[..], b"\n", b"ERR\n", b"OKAY\n", &[b'x'; 64]] {
+            let mut answer = refused;
+            assert!(!accepted(&mut answer).unwrap(), "{refused:?}");
+        }
+    }
+}
