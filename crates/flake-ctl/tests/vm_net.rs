@@ -59,13 +59,15 @@ impl Subnet {
     }
 
     /// What the guest runs: ping the host side until it answers (a device the call makes
-    /// gets its address only once it exists), then send `token` over TCP to the listener.
+    /// gets its address only once it exists), then send `token` over TCP to the listener
+    /// (again while it refuses: it may still be starting).
     fn reach_script(&self, token: &str) -> String {
         let host = self.host();
         format!(
             "n=0; until busybox ping -c1 -W1 {host} >/dev/null 2>&1; do \
              n=$((n+1)); [ $n -lt 40 ] || exit 3; sleep 1; done; \
-             echo {token} | busybox nc {host} {PORT} || exit 4; echo reached"
+             n=0; until echo {token} | busybox nc {host} {PORT} 2>/dev/null; do \
+             n=$((n+1)); [ $n -lt 10 ] || exit 4; sleep 1; done; echo reached"
         )
     }
 }
