@@ -149,7 +149,7 @@ fn call_making(ns: &Netns, net: &Subnet, tap: &str, mut child: Child) -> (i32, S
     finish(child)
 }
 
-/// Says how long a call took (the numbers the report quotes).
+/// Says on stderr how long a call took (shown with `--nocapture`).
 fn took(what: &str, since: Instant) {
     eprintln!("{what}: {:.1} s", since.elapsed().as_secs_f64());
 }
