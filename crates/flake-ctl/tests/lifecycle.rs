@@ -414,7 +414,9 @@ fn remove_stops_the_vms_of_a_flake_and_leaves_nothing() {
         .iter()
         .map(|label| {
             let marker = w.path(&format!("ids/0/.vm/{label}/tap.created"));
-            std::fs::read_to_string(&marker).unwrap().trim().to_string()
+            // The device's name, then the namespace it was made in.
+            let mark = std::fs::read_to_string(&marker).unwrap();
+            mark.lines().next().unwrap_or_default().to_string()
         })
         .collect();
     for tap in &taps {

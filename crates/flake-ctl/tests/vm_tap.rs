@@ -4,10 +4,10 @@
 //! a device the launcher made goes with its call, concurrent one-shot calls never share a
 //! device, and a user who cannot make the device is told the command that does.
 //!
-//! Real QEMU guests (the fixture kernel has no NIC driver: the host side is checked, from
-//! the VMM's command line and the device its open file is attached to, `/proc/PID/fdinfo`
-//! `iff:`). Needs root for the devices; every device a test makes is deleted again, and no
-//! address or route is set on the host.
+//! Real QEMU guests; the host side is checked here, from the VMM's command line and the
+//! device its open file is attached to (`/proc/PID/fdinfo` `iff:`), while `vm_net.rs`
+//! sends packets through the device. Needs root for the devices; every device a test
+//! makes is deleted again, and no address or route is set on the host.
 
 #![allow(
     clippy::unwrap_used,
@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use util::vm::{inputs, vm_flake_on, KillVms, WITH_NET};
+use util::vm::{as_user_via, inputs, net_flake_on, set_boot_ip, KillVms, UserFlake, UserKit};
 use util::World;
 
 /// The seed's static network setup, replacing `ip=dhcp`.
@@ -34,9 +34,14 @@ struct Device(String);
 impl Device {
     /// Makes `name` as the seed tells the admin (`ip tuntap add NAME mode tap`), up.
     fn admin(name: &str) -> Self {
+        Self::admin_with(name, &[])
+    }
+
+    /// [`Device::admin`] with more `ip tuntap add` words (`user UID`).
+    fn admin_with(name: &str, more: &[&str]) -> Self {
         let device = Device(name.to_string());
         assert!(!link_exists(name), "{name} exists before the test");
-        ip(&["tuntap", "add", "dev", name, "mode", "tap"]);
+        ip(&[&["tuntap", "add", "dev", name, "mode", "tap"][..], more].concat());
         ip(&["link", "set", name, "up"]);
         device
     }
@@ -62,8 +67,9 @@ impl Drop for MadeTaps {
             return;
         };
         for instance in instances.filter_map(Result::ok) {
-            if let Ok(name) = std::fs::read_to_string(instance.path().join("tap.created")) {
-                drop(Device(name.trim().to_string()));
+            if let Ok(mark) = std::fs::read_to_string(instance.path().join("tap.created")) {
+                // The device's name, then the namespace it was made in.
+                drop(Device(mark.lines().next().unwrap_or_default().to_string()));
             }
         }
     }
@@ -95,17 +101,7 @@ fn tap_world() -> Option<(KillVms, World, PathBuf, PathBuf)> {
 
 /// A one-shot QEMU flake with a network and the seed's static `ip=` boot argument.
 fn net_flake(w: &World, fixtures: &Path, sci: &Path, name: &str) -> PathBuf {
-    net_flake_on(w, fixtures, sci, name, "qemu")
-}
-
-/// [`net_flake`] on VMM `vmm`.
-fn net_flake_on(w: &World, fixtures: &Path, sci: &Path, name: &str, vmm: &str) -> PathBuf {
-    let app = vm_flake_on(w, fixtures, sci, name, vmm, &[WITH_NET], "");
-    let config = w.home.join(format!(".config/flakes/{name}.yaml"));
-    let yaml = std::fs::read_to_string(&config).unwrap();
-    assert!(yaml.contains("ip=dhcp"), "{yaml}");
-    std::fs::write(&config, yaml.replace("ip=dhcp", SEED_IP)).unwrap();
-    app
+    net_flake_on(w, fixtures, sci, name, "qemu", &[], SEED_IP)
 }
 
 /// The pid and command line of the world's running VMM (`vmm`: its program name) and the
@@ -258,9 +254,7 @@ fn a_long_flake_name_uses_the_device_register_and_show_name_and_a_made_one_goes(
             .contains(&format!("ip tuntap add {shown} mode tap user UID")),
         "{again}"
     );
-    let config = w.home.join(format!(".config/flakes/{name}.yaml"));
-    let yaml = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, yaml.replace("ip=dhcp", SEED_IP)).unwrap();
+    set_boot_ip(&w, &name, SEED_IP);
     // Not made by an admin: root's call makes it, uses it, and removes it.
     let made = Device(shown.clone());
     assert!(!link_exists(&made.0));
@@ -301,7 +295,7 @@ fn firecracker_is_given_the_admins_tap_name_too() {
     let _made = MadeTaps(w.path("ids"));
     let name = format!("vf{}", std::process::id() % 10_000_000);
     let device = Device::admin(&format!("tap-{name}"));
-    let app = net_flake_on(&w, &fixtures, &sci, &name, "firecracker");
+    let app = net_flake_on(&w, &fixtures, &sci, &name, "firecracker", &[], SEED_IP);
     let mut path = fixtures.join("bin").into_os_string();
     path.push(":");
     path.push(std::env::var_os("PATH").unwrap_or_default());
@@ -336,82 +330,25 @@ fn firecracker_is_given_the_admins_tap_name_too() {
     assert!(tap_locks(&w).is_empty(), "{:?}", tap_locks(&w));
 }
 
-const USER: &str = "flaketest";
-
-/// Runs `script` as the unprivileged test user; `None` (after saying why) without one.
-fn as_user(script: &str) -> Option<std::process::Output> {
-    let exists = Command::new("id")
-        .arg(USER)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !exists {
-        util::skip(&format!(
-            "no user {USER} (run ROOTLESS_USER={USER} scripts/setup-host.sh)"
-        ));
-        return None;
-    }
-    Some(
-        Command::new("su")
-            .args(["-", USER, "-c", script])
-            .output()
-            .unwrap(),
-    )
-}
-
 #[test]
 fn a_user_without_the_device_is_told_how_to_make_it_in_one_line() {
     let Some((_vms, w, fixtures, sci)) = tap_world() else {
         return;
     };
-    // What the user runs must be readable by them (the build tree may be private).
-    let shared = tempfile::Builder::new()
-        .prefix("flake-tap-user-")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(
-        shared.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    for (from, to) in [
-        (util::bin_dir().join("flake-ctl"), "flake-ctl"),
-        (
-            util::bin_dir().join("firecracker-pilot"),
-            "firecracker-pilot",
-        ),
-        (sci.clone(), "sci"),
-        (fixtures.join("rootfs.ext4"), "rootfs.ext4"),
-        (fixtures.join("kernel/vmlinux"), "vmlinux"),
-    ] {
-        std::fs::copy(from, shared.path().join(to)).unwrap();
-    }
+    let kit = UserKit::new(&fixtures, &sci);
     drop(w);
     let name = format!("vu{}", std::process::id() % 10_000_000);
     let device = Device(format!("tap-{name}"));
     assert!(!link_exists(&device.0));
     let image = format!("tapimg{}", std::process::id());
-    let dir = shared.path().display();
-    let env = format!("export FLAKE_SCI={dir}/sci; ctl={dir}/flake-ctl; app=\"$HOME/bin/{name}\"");
     let setup = format!(
-        r#"{env}
-$ctl firecracker --user pull --name {image} --rootfs {dir}/rootfs.ext4 --kernel {dir}/vmlinux >/dev/null || exit 90
-$ctl firecracker --user register --vm {image} --app "$app" --target /bin/sh --vmm qemu >/dev/null || exit 91
-"$app" -c true
-echo "status $?"
-id -u
-"#
+        "{}\n\"$app\" -c true\necho \"status $?\"\nid -u\n",
+        kit.register(&name, &image)
     );
-    let cleanup = format!(
-        r#"{env}
-"$app" -c true
-echo "status $?"
-$ctl firecracker --user remove --app "$app" >/dev/null
-rm -rf "$HOME/.config/flakes/firecracker/images/{image}"
-"#
-    );
-    let Some(out) = as_user(&setup) else {
+    let Some(out) = as_user_via(&[], &setup) else {
         return;
     };
+    let _registered = UserFlake(kit.unregister(&name, &image));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let uid = stdout.lines().last().unwrap_or_default();
@@ -422,16 +359,25 @@ rm -rf "$HOME/.config/flakes/firecracker/images/{image}"
         "{stderr}"
     );
     assert!(!link_exists(&device.0), "nothing made for the user");
-    // Made as the seed writes it (no `user`): root's only, which the user is told.
-    let made = Device::admin(&device.0);
-    let out = as_user(&cleanup).unwrap();
+    let call = format!("{}\n\"$app\" -c true\necho \"status $?\"\n", kit.env(&name));
+    // Made for another user (root): the user is told the command that makes it theirs.
+    let made = Device::admin_with(&device.0, &["user", "0"]);
+    let out = as_user_via(&[], &call).unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stdout.contains("status 125"), "{stdout}{stderr}");
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     assert!(
-        stderr.contains("may not open it")
+        stderr.contains("may not open it (it is user 0's)")
             && stderr.contains(&format!("ip tuntap add {} mode tap user {uid}", made.0)),
         "{stderr}"
     );
+    drop(made);
+    // Made as the seed writes it (no `user`): the kernel lets every user open it.
+    let made = Device::admin(&device.0);
+    let out = as_user_via(&[], &call).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("status 0"), "{stdout}{stderr}");
+    assert!(link_exists(&made.0), "the admin's device is left alone");
 }

@@ -12,11 +12,14 @@
 //! `ip tuntap add NAME mode tap user UID`, then given its address and routes) is used as it
 //! is and left alone. A missing one is created by root (marked in the instance directory,
 //! so it is removed when the instance ends, and only then); any other caller is told the
-//! command that makes it. Routing and addresses stay the admin's business.
+//! command that makes it. Routing and addresses stay the admin's business. Devices are
+//! those of the launcher's network namespace, however it was put there (`ip netns exec`,
+//! `nsenter --net`, a service's private network), never those sysfs happens to show.
 //!
 //! A device carries one VM at a time (the kernel refuses a second opener), so a one-shot
-//! call holds the device's lock file (`<vms dir>/.tap-DEV.lock`, flock) for its whole
-//! call. A second concurrent call of the same flake and instance waits for it, up to
+//! call holds the device's lock file (`<vms dir>/.tap-DEV.netNS.lock`, flock, NS the
+//! number of the network namespace the device is in) for its whole call. A second
+//! concurrent call of the same flake and instance in the same namespace waits for it, up to
 //! [`WAIT`] (saying so with `%progress`) — except a root call while the device is one the
 //! first call created for itself (no admin set it up, so it carries no network the admin
 //! made): that call gets a device of its own for the call, `tap-<hash>`, as before. The
@@ -87,16 +90,76 @@ pub fn used_by_in(dir: &Dir, label: &str) -> String {
 /// short form, for the instance or, for a one-shot `NAME[@ID]#PID`, its own call), never
 /// another device of the host such as `eth0`.
 fn created(dir: &Path, label: &str) -> Option<String> {
-    let marked = crate::state_file::read_text(&dir.join(CREATED))?;
-    (marked == name(label) || marked == name(key_of(label))).then_some(marked)
+    mark(dir, label).map(|(marked, _)| marked)
 }
 
-/// Whether `name` is a TUN/TAP device (the kernel shows `tun_flags` for those alone).
-fn is_tap(name: &str) -> bool {
-    Path::new("/sys/class/net")
-        .join(name)
-        .join("tun_flags")
-        .exists()
+/// The device [`created`] names and the network namespace it was made in (see
+/// [`namespace`]; marks of earlier releases do not say).
+fn mark(dir: &Path, label: &str) -> Option<(String, Option<String>)> {
+    let text = crate::state_file::read_text(&dir.join(CREATED))?;
+    let mut lines = text.lines();
+    let marked = lines.next()?.to_string();
+    let made_in = lines.next().map(str::to_string);
+    (marked == name(label) || marked == name(key_of(label))).then_some((marked, made_in))
+}
+
+/// The caller's network namespace as the kernel names it (`net:[INODE]`).
+///
+/// A device belongs to one namespace, and another namespace may have a device of the same
+/// name (an admin's): a launcher removes the device a call made only from the namespace it
+/// was made in.
+fn namespace() -> Option<String> {
+    std::fs::read_link("/proc/thread-self/ns/net")
+        .ok()?
+        .into_os_string()
+        .into_string()
+        .ok()
+}
+
+/// Whether `name` is a TUN/TAP device of the caller's network namespace (the kernel shows
+/// `tun_flags` for those alone; where sysfs shows another namespace, `ip` is asked).
+fn is_tap(name: &str, tools: &crate::tools::Tools) -> bool {
+    if !exists(name) {
+        return false;
+    }
+    match own_sysfs(name) {
+        Some(dir) => dir.join("tun_flags").exists(),
+        None => tools.ip().is_ok_and(|ip| ip_shows_tap(ip, name)),
+    }
+}
+
+/// Whether `ip` says `name` is a TAP device.
+fn ip_shows_tap(ip: &Path, name: &str) -> bool {
+    tun_data(ip, name).is_some_and(|data| data["type"] == "tap")
+}
+
+/// The TUN/TAP details of device `name` of the caller's namespace, as
+/// `ip -d -j link show dev NAME` gives them (`info_data` of a `tun` device); `None` for
+/// another kind of device, none, or an `ip` that does not say.
+fn tun_data(ip: &Path, name: &str) -> Option<serde_json::Value> {
+    let out = Cmd::new(ip)
+        .args(["-d", "-j", "link", "show", "dev", name])
+        .stdout_limited(64 * 1024)
+        .ok()?;
+    let mut links: serde_json::Value = serde_json::from_str(&out).ok()?;
+    let info = links.get_mut(0)?.get_mut("linkinfo")?.take();
+    (info["info_kind"] == "tun" && info["info_data"].is_object()).then(|| info["info_data"].clone())
+}
+
+/// `/sys/class/net/NAME` when it is the caller's device `name`.
+///
+/// Sysfs shows the devices of the network namespace it was mounted in: for a launcher put
+/// into a namespace by `nsenter --net`, `unshare --net` or a service manager's private
+/// network (only `ip netns exec` mounts a sysfs of the namespace), `/sys/class/net` is
+/// another namespace's, where the same name may be another device or none. Its entry counts
+/// only when it has the index the caller's namespace gives the name.
+fn own_sysfs(name: &str) -> Option<PathBuf> {
+    use rustix::net::{netdevice::name_to_index, socket, AddressFamily, SocketType};
+    let dir = Path::new("/sys/class/net").join(name);
+    let shown = crate::state_file::read_text(&dir.join("ifindex"))?;
+    let probe = socket(AddressFamily::UNIX, SocketType::DGRAM, None).ok()?;
+    let own = name_to_index(&probe, name).ok()?;
+    (shown.parse::<u32>().ok()? == own).then_some(dir)
 }
 
 /// The note `flake-ctl firecracker register` prints for flake `flake` when its device
@@ -112,9 +175,23 @@ pub fn short_form_note(flake: &str) -> Option<String> {
     })
 }
 
-/// Whether a network device `name` exists on the host.
+/// Whether a network device `name` exists in the caller's network namespace.
+///
+/// `/proc/thread-self/net/dev` lists the devices of the reader's own namespace, whatever
+/// namespace sysfs shows (see `own_sysfs`); sysfs is the answer only without it.
 pub fn exists(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
+    match std::fs::read_to_string("/proc/thread-self/net/dev") {
+        Ok(dev) => listed(&dev, name),
+        Err(_) => Path::new("/sys/class/net").join(name).exists(),
+    }
+}
+
+/// Whether the device table `dev` (of `/proc/net/dev`) lists `name`. Its device lines
+/// start with the name and a colon, which no device name contains.
+fn listed(dev: &str, name: &str) -> bool {
+    dev.lines()
+        .filter_map(|line| line.split_once(':'))
+        .any(|(device, _)| device.trim() == name)
 }
 
 /// Makes sure device `name` exists for the instance in `dir`; creates it when missing
@@ -123,7 +200,7 @@ pub fn ensure(name: &str, dir: &Path, ip: &Path, uid: u32) -> Result<bool> {
     let root = rustix::process::geteuid().is_root();
     if exists(name) {
         if !root {
-            check_owner(name, uid)?;
+            check_owner(name, uid, ip)?;
         }
         return Ok(false);
     }
@@ -150,32 +227,23 @@ pub fn ensure(name: &str, dir: &Path, ip: &Path, uid: u32) -> Result<bool> {
         .run()?;
     // Marked only once made: a device someone else made meanwhile is not ours to remove.
     let marker = dir.join(CREATED);
-    crate::state_file::write(&marker, name.as_bytes()).map_err(crate::error::io(&marker))?;
+    let mark = match namespace() {
+        Some(made_in) => format!("{name}\n{made_in}\n"),
+        None => name.to_string(),
+    };
+    crate::state_file::write(&marker, mark.as_bytes()).map_err(crate::error::io(&marker))?;
     Cmd::new(ip).args(["link", "set", name, "up"]).run()?;
     Ok(true)
 }
 
-/// Refuses an existing device that user `uid` may not open: the kernel lets a user other
-/// than root open only a device made for them (`user UID`) or for a group (`group GID`).
-/// The seed's `ip tuntap add NAME mode tap` makes one for root only; the VMM would fail
-/// on it with a bare "Operation not permitted".
-fn check_owner(name: &str, uid: u32) -> Result<()> {
-    let read = |what: &str| {
-        let path = Path::new("/sys/class/net").join(name).join(what);
-        std::fs::read_to_string(path)
-            .ok()
-            .and_then(|text| text.trim().parse::<i64>().ok())
-    };
-    let (Some(owner), Some(group)) = (read("owner"), read("group")) else {
+/// Refuses an existing device that user `uid` may not open, by the kernel's rule: a device
+/// made for a user (`user UID`) opens for that user alone, one made for a group
+/// (`group GID`) for its members alone (for both, when it names both), and one made for
+/// neither (the seed's `ip tuntap add NAME mode tap`) for every user. The VMM would fail
+/// on a refused one with a bare "Operation not permitted".
+fn check_owner(name: &str, uid: u32, ip: &Path) -> Result<()> {
+    let Some(whose) = barred_by(name, uid, ip) else {
         return Ok(());
-    };
-    if owner == i64::from(uid) || group != -1 {
-        return Ok(());
-    }
-    let whose = if owner == -1 {
-        "root's only".to_string()
-    } else {
-        format!("user {owner}'s")
     };
     Err(VmError::Tap {
         name: name.into(),
@@ -187,6 +255,47 @@ fn check_owner(name: &str, uid: u32) -> Result<()> {
     })
 }
 
+/// Whose device `name` is (`user 0's`, `group 27's`) when user `uid` may not open it;
+/// `None` when they may, or when it cannot be told (the VMM then says).
+fn barred_by(name: &str, uid: u32, ip: &Path) -> Option<String> {
+    let Some(dir) = own_sysfs(name) else {
+        return barred_by_ip(name, uid, ip);
+    };
+    let read = |what: &str| {
+        crate::state_file::read_text(&dir.join(what)).and_then(|text| text.parse::<i64>().ok())
+    };
+    let (owner, group) = (read("owner")?, read("group")?);
+    if owner != -1 && owner != i64::from(uid) {
+        return Some(format!("user {owner}'s"));
+    }
+    (group != -1 && !in_group(group)).then(|| format!("group {group}'s"))
+}
+
+/// [`barred_by`] where sysfs shows another namespace: `ip` names a device's user rather
+/// than numbering it, so only a device made for one user and no group, whose name is not
+/// the caller's, is told apart.
+fn barred_by_ip(name: &str, uid: u32, ip: &Path) -> Option<String> {
+    let data = tun_data(ip, name)?;
+    if data.get("group").is_some() {
+        return None;
+    }
+    let owner = match data.get("user")? {
+        serde_json::Value::Number(number) => number.to_string(),
+        serde_json::Value::String(text) => text.clone(),
+        _ => return None,
+    };
+    let own_name = flakes::host::user_name(uid);
+    let numbered = own_name == uid.to_string() && owner.parse::<u32>().is_err();
+    (owner != own_name && owner != uid.to_string() && !numbered).then(|| format!("user {owner}'s"))
+}
+
+/// Whether the caller is in group `gid`.
+fn in_group(gid: i64) -> bool {
+    use rustix::process::{getegid, getgroups};
+    let gid = |g: rustix::process::Gid| i64::from(g.as_raw()) == gid;
+    gid(getegid()) || getgroups().is_ok_and(|groups| groups.into_iter().any(gid))
+}
+
 /// Removes the device of the instance in `dir` if the launcher created it (`ip` is only
 /// looked for then).
 pub fn release(dir: &Path, tools: &crate::tools::Tools) {
@@ -196,14 +305,20 @@ pub fn release(dir: &Path, tools: &crate::tools::Tools) {
 
 /// [`release`] for the instance `label` whose files are in `dir` (a path through a held
 /// descriptor, `/proc/self/fd/N`). Only a device the launcher marked as created, of a
-/// name this instance's launcher gives (see `created`), that is a TAP device, is
-/// deleted; a mark naming anything else is dropped.
+/// name this instance's launcher gives (see `created`), in the caller's network namespace
+/// if it was made there, that is a TAP device, is deleted; a mark naming anything else is
+/// dropped. A device made in another namespace stays there (the one of its name here is
+/// not it).
 pub fn release_at(dir: &Path, label: &str, tools: &crate::tools::Tools) {
     let marker = dir.join(CREATED);
     if marker.symlink_metadata().is_err() {
         return;
     }
-    let Some(name) = created(dir, label).filter(|name| is_tap(name)) else {
+    let here = namespace();
+    let ours = mark(dir, label).filter(|(name, made_in)| {
+        made_in.as_ref().is_none_or(|ns| here.as_ref() == Some(ns)) && is_tap(name, tools)
+    });
+    let Some((name, _)) = ours else {
         let _ = std::fs::remove_file(marker);
         return;
     };
@@ -219,11 +334,12 @@ pub fn release_at(dir: &Path, label: &str, tools: &crate::tools::Tools) {
 /// ends before it goes).
 pub fn release_orphan(dir: &Path, label: &str, vms_dir: &Path, tools: &crate::tools::Tools) {
     let marker = dir.join(CREATED);
-    let Some(name) = created(dir, label) else {
+    let Some((name, made_in)) = mark(dir, label) else {
         let _ = std::fs::remove_file(marker);
         return;
     };
-    match try_hold(&lock_path(vms_dir, &name)) {
+    let made_in = made_in.or_else(namespace);
+    match try_hold(&lock_path(vms_dir, &name, made_in.as_deref())) {
         Ok(Some(_held)) => release_at(dir, label, tools),
         _ => {
             let _ = std::fs::remove_file(marker);
@@ -285,7 +401,7 @@ pub struct ClaimFor<'a> {
 
 /// Claims the device of a one-shot call (see the module doc for who waits).
 pub fn claim(req: ClaimFor<'_>) -> Result<TapClaim> {
-    let path = lock_path(req.vms_dir, &req.name);
+    let path = lock_path(req.vms_dir, &req.name, namespace().as_deref());
     let deadline = Instant::now() + req.wait;
     let mut said = false;
     loop {
@@ -337,8 +453,16 @@ pub fn collect_lock(path: &Path) {
     }
 }
 
-fn lock_path(vms_dir: &Path, name: &str) -> PathBuf {
-    vms_dir.join(format!(".{name}.lock"))
+/// The lock file of device `name` of network namespace `made_in` (as [`namespace`] names
+/// it): calls in different namespaces use different devices of the same name.
+fn lock_path(vms_dir: &Path, name: &str, made_in: Option<&str>) -> PathBuf {
+    let number = made_in
+        .and_then(|ns| ns.strip_prefix("net:[")?.strip_suffix(']'))
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    match number {
+        Some(number) => vms_dir.join(format!(".{name}.net{number}.lock")),
+        None => vms_dir.join(format!(".{name}.lock")),
+    }
 }
 
 /// Whether the holder of the lock at `path` uses a device it created.
@@ -564,6 +688,76 @@ mod tests {
         drop(second);
         drop(first);
         assert_eq!(claim(req(dir.path(), true, 0)).unwrap().name, "tap-app");
+    }
+
+    /// A mark says the namespace its device was made in: from any other, the device of
+    /// that name is another one and stays.
+    #[test]
+    fn a_device_is_released_only_in_the_namespace_it_was_made_in() {
+        let label = own_label("n");
+        let Some(tap) = TestDevice::new(&name(&label), "tap") else {
+            return;
+        };
+        let (bin, log) = fake_ip(0);
+        let tools = crate::tools::Tools::new(bin.path().as_os_str().to_owned());
+        let vms = tempfile::tempdir().unwrap();
+        let dir = vms.path().join(&label);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join(CREATED), format!("{}\nnet:[1]\n", tap.0)).unwrap();
+        assert_eq!(used_by(&dir, &label), tap.0);
+        release(&dir, &tools);
+        assert!(!log.exists(), "made in another namespace: not deleted here");
+        assert!(!dir.join(CREATED).exists());
+        let here = namespace().unwrap();
+        std::fs::write(dir.join(CREATED), format!("{}\n{here}\n", tap.0)).unwrap();
+        release(&dir, &tools);
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            format!("link delete {}\n", tap.0)
+        );
+    }
+
+    /// Who may open a device, as the kernel rules it (the test process, root, is in group
+    /// 0 and not in group 54321).
+    #[test]
+    fn a_device_bars_only_the_users_the_kernel_bars() {
+        let ip = Path::new("/nonexistent/ip");
+        let cases: [(&[&str], Option<&str>); 5] = [
+            (&[], None),
+            (&["user", "4242"], None),
+            (&["user", "0"], Some("user 0's")),
+            (&["group", "0"], None),
+            (&["user", "4242", "group", "54321"], Some("group 54321's")),
+        ];
+        for (i, (more, barred)) in cases.into_iter().enumerate() {
+            let label = own_label(&format!("b{i}"));
+            let device = name(&label);
+            let made = rustix::process::geteuid().is_root()
+                && std::process::Command::new("ip")
+                    .args(["tuntap", "add", "dev", &device, "mode", "tap"])
+                    .args(more)
+                    .status()
+                    .is_ok_and(|s| s.success());
+            if !made {
+                eprintln!("SKIP: cannot make network device {device}: needs root and ip");
+                return;
+            }
+            let _made = TestDevice(device.clone());
+            assert_eq!(barred_by(&device, 4242, ip).as_deref(), barred, "{more:?}");
+        }
+    }
+
+    #[test]
+    fn the_device_table_is_read_by_name() {
+        let dev = "Inter-|   Receive |  Transmit\n face |bytes    packets|bytes\n    lo: 0 0\n\
+                   tap-app@vm1:   12 3\ntap-app2: 0 0\n";
+        assert!(listed(dev, "lo") && listed(dev, "tap-app@vm1"));
+        assert!(!listed(dev, "tap-app") && !listed(dev, "face") && !listed(dev, "Inter-"));
+        assert!(exists("lo") && !exists("tap-nx-none"));
+        assert!(
+            own_sysfs("lo").is_some(),
+            "this test's sysfs is its namespace's"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod netns;
 pub mod vm;
 
 use std::ffi::OsStr;
@@ -73,6 +74,11 @@ pub fn note_skip(why: &str) {
             let _ = writeln!(file, "{test}: {why}");
         }
     }
+}
+
+/// Whether the tests run as root.
+pub fn is_root() -> bool {
+    rustix_is_root()
 }
 
 fn rustix_is_root() -> bool {

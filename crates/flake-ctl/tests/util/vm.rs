@@ -211,6 +211,32 @@ pub fn vm_flake_on(
     app
 }
 
+/// [`vm_flake_on`] with a network (and the `register` words), its `ip=dhcp` boot argument
+/// replaced by `ip`: a static configuration as the seed's networking recipe writes it,
+/// `ip=<client>::<gateway>:<netmask>::eth0:off`.
+pub fn net_flake_on(
+    w: &World,
+    fixtures: &Path,
+    sci: &Path,
+    name: &str,
+    vmm: &str,
+    register: &[&str],
+    ip: &str,
+) -> PathBuf {
+    let words: Vec<&str> = [WITH_NET].iter().chain(register).copied().collect();
+    let app = vm_flake_on(w, fixtures, sci, name, vmm, &words, "");
+    set_boot_ip(w, name, ip);
+    app
+}
+
+/// Replaces the `ip=dhcp` boot argument of the registered flake `name` with `ip`.
+pub fn set_boot_ip(w: &World, name: &str, ip: &str) {
+    let config = w.home.join(format!(".config/flakes/{name}.yaml"));
+    let yaml = std::fs::read_to_string(&config).unwrap();
+    assert!(yaml.contains("ip=dhcp"), "{yaml}");
+    std::fs::write(&config, yaml.replace("ip=dhcp", ip)).unwrap();
+}
+
 /// The VMM pid `flake-ctl firecracker show` reports for instance `label` while it runs.
 pub fn running_vm(w: &World, label: &str) -> Option<String> {
     let show = w.ctl(&["firecracker", "show", "--format", "json"]);
@@ -263,4 +289,104 @@ pub fn includes(w: &World) -> Vec<String> {
         "--include-tar".into(),
         archive.display().to_string(),
     ]
+}
+
+/// The unprivileged test user (made by `ROOTLESS_USER=flaketest scripts/setup-host.sh`).
+pub const USER: &str = "flaketest";
+
+/// Runs `script` as [`USER`], through the `wrapper` words first (for instance
+/// `nsenter --net=...`; none for a plain call); `None` (after saying why) without the user.
+pub fn as_user_via(wrapper: &[&str], script: &str) -> Option<std::process::Output> {
+    let exists = Command::new("id")
+        .arg(USER)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !exists {
+        super::skip(&format!(
+            "no user {USER} (run ROOTLESS_USER={USER} scripts/setup-host.sh)"
+        ));
+        return None;
+    }
+    let words: Vec<&str> = wrapper
+        .iter()
+        .copied()
+        .chain(["su", "-", USER, "-c", script])
+        .collect();
+    Some(Command::new(words[0]).args(&words[1..]).output().unwrap())
+}
+
+/// What [`USER`] needs for a VM flake of their own, copied where they may read it (the
+/// build tree may be private): `flake-ctl`, `firecracker-pilot`, `sci`, the fixture rootfs
+/// and kernel.
+pub struct UserKit(tempfile::TempDir);
+
+impl UserKit {
+    pub fn new(fixtures: &Path, sci: &Path) -> Self {
+        let shared = tempfile::Builder::new()
+            .prefix("flake-user-kit-")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(
+            shared.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let bin = super::bin_dir();
+        for (from, to) in [
+            (bin.join("flake-ctl"), "flake-ctl"),
+            (bin.join("firecracker-pilot"), "firecracker-pilot"),
+            (sci.to_path_buf(), "sci"),
+            (fixtures.join("rootfs.ext4"), "rootfs.ext4"),
+            (fixtures.join("kernel/vmlinux"), "vmlinux"),
+        ] {
+            std::fs::copy(from, shared.path().join(to)).unwrap();
+        }
+        UserKit(shared)
+    }
+
+    /// The kit's directory.
+    pub fn dir(&self) -> String {
+        self.0.path().display().to_string()
+    }
+
+    /// Shell lines setting `ctl` (the user's flake-ctl), `app` (the user's app `name`) and
+    /// `FLAKE_SCI`.
+    pub fn env(&self, name: &str) -> String {
+        let dir = self.dir();
+        format!("export FLAKE_SCI={dir}/sci; ctl={dir}/flake-ctl; app=\"$HOME/bin/{name}\"")
+    }
+
+    /// Shell lines pulling the kit's VM image as `image` and registering app `name` on it
+    /// (QEMU, `/bin/sh`, with a network): exit 90 or 91 when that fails.
+    pub fn register(&self, name: &str, image: &str) -> String {
+        let dir = self.dir();
+        format!(
+            r#"{}
+$ctl firecracker --user pull --name {image} --rootfs {dir}/rootfs.ext4 --kernel {dir}/vmlinux >/dev/null || exit 90
+$ctl firecracker --user register --vm {image} --app "$app" --target /bin/sh --vmm qemu >/dev/null || exit 91
+"#,
+            self.env(name)
+        )
+    }
+
+    /// Shell lines removing what [`UserKit::register`] made.
+    pub fn unregister(&self, name: &str, image: &str) -> String {
+        format!(
+            r#"{}
+$ctl firecracker --user remove --app "$app" >/dev/null
+rm -rf "$HOME/.config/flakes/firecracker/images/{image}"
+"#,
+            self.env(name)
+        )
+    }
+}
+
+/// Runs [`USER`]'s clean-up lines ([`UserKit::unregister`]) when dropped, also after a
+/// failed assertion.
+pub struct UserFlake(pub String);
+
+impl Drop for UserFlake {
+    fn drop(&mut self) {
+        let _ = as_user_via(&[], &self.0);
+    }
 }
