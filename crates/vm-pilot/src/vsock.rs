@@ -124,7 +124,18 @@ pub fn connect_within(dir: &Path, timeout: Duration) -> std::io::Result<UnixStre
     let mut stream = crate::vmm::connect_vmm(dir, SOCKET)?;
     stream.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
     stream.write_all(format!("CONNECT {GUEST_PORT}\n").as_bytes())?;
-    if !accepted(&mut stream)? {
+    let answer = accepted(&mut stream);
+    if let Err(err) = &answer {
+        if matches!(
+            err.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
+            if let Some(vmm) = crate::instance::recorded(dir).filter(|v| v.is_alive()) {
+                keep_until_answered(&stream, vmm.pid);
+            }
+        }
+    }
+    if !answer? {
         return Err(std::io::Error::new(
             std::io::ErrorKind::ConnectionRefused,
             "the guest does not accept vsock connections yet",
@@ -132,6 +143,54 @@ pub fn connect_within(dir: &Path, timeout: Duration) -> std::io::Result<UnixStre
     }
     stream.set_read_timeout(None)?;
     Ok(stream)
+}
+
+/// Keeps the host end of a connection the guest has not answered open, in a process of its
+/// own, until the answer comes or the VMM `vmm` ends: the vsock device (vhost-device-vsock
+/// 0.3.0) stops serving the VM for good when it cannot write a late `OK` to a host end that
+/// is gone. The process closes every other descriptor, so it holds nothing of the caller
+/// (a pipe it kept open would keep the caller's reader waiting).
+fn keep_until_answered(stream: &UnixStream, vmm: u32) {
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    let Ok(vmm) = libc::pid_t::try_from(vmm) else {
+        return;
+    };
+    // SAFETY: the child of this fork calls only async-signal-safe functions (setsid, close,
+    // close_range via syscall, poll, read, kill, _exit) on values made before the fork and
+    // a buffer on its own stack; it allocates nothing and takes no lock, so a fork of a
+    // process with other threads is sound. The parent only learns the child's pid.
+    #[allow(unsafe_code)]
+    unsafe {
+        if libc::fork() != 0 {
+            return;
+        }
+        libc::setsid();
+        for std_fd in 0..3 {
+            if std_fd != fd {
+                libc::close(std_fd);
+            }
+        }
+        libc::syscall(libc::SYS_close_range, 3, fd - 1, 0);
+        libc::syscall(libc::SYS_close_range, fd + 1, libc::c_uint::MAX, 0);
+        let mut poll = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let mut buf = [0u8; 64];
+        loop {
+            let ready = libc::poll(&mut poll, 1, 1000);
+            if ready > 0 {
+                // The answer (then the end of the connection) or the device hanging up.
+                let _ = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+                libc::_exit(0);
+            }
+            if ready < 0 || libc::kill(vmm, 0) != 0 {
+                libc::_exit(0);
+            }
+        }
+    }
 }
 
 /// Reads the VMM's answer line byte by byte (nothing of the guest's stream after it may be
