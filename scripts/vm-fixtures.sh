@@ -16,7 +16,7 @@
 # Needs root for apt only. Prints one line per step it had to do, and a summary.
 set -euo pipefail
 DEST=${1:-${FLAKE_VM_FIXTURES:-/var/cache/flake-pilot-vm}}
-mkdir -p "$DEST/bin" "$DEST/kernel"
+mkdir -p "$DEST/bin" "$DEST/kernel" "$DEST/vhost-user"
 step() { printf 'vm-fixtures: %s\n' "$*"; }
 
 need=()
@@ -47,11 +47,12 @@ fi
 # vhost-device-vsock: QEMU's vsock device (the same host socket convention as Firecracker's),
 # built from crates.io with the pinned lock file of its release.
 VSOCK_DEVICE_VERSION=0.3.0
-if [ "$("$DEST/bin/vhost-device-vsock" --version 2>/dev/null)" != "vhost-device-vsock $VSOCK_DEVICE_VERSION" ]; then
+# Its own directory: tests put it on PATH without putting firecracker there too.
+if [ "$("$DEST/vhost-user/vhost-device-vsock" --version 2>/dev/null)" != "vhost-device-vsock $VSOCK_DEVICE_VERSION" ]; then
     step "building vhost-device-vsock $VSOCK_DEVICE_VERSION (a few minutes)"
     work=$(mktemp -d)
     cargo install -q --locked --root "$work" vhost-device-vsock --version "$VSOCK_DEVICE_VERSION"
-    install -m 0755 "$work/bin/vhost-device-vsock" "$DEST/bin/vhost-device-vsock"
+    install -m 0755 "$work/bin/vhost-device-vsock" "$DEST/vhost-user/vhost-device-vsock"
     rm -rf "$work"
 fi
 

@@ -213,7 +213,7 @@ fn firecracker_accepts_the_instance_and_the_launcher_cleans_up_when_it_is_killed
     let (code, err) = wait_exit(&mut child, Duration::from_secs(10));
     assert_eq!(code, 125, "{err}");
     assert!(
-        err.contains("stopped before its guest channel opened"),
+        err.contains("stopped before its guest init was ready (it never listened on vsock)"),
         "{err}"
     );
     assert!(

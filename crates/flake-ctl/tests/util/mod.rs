@@ -152,9 +152,9 @@ impl World {
         // The caller's diagnostics settings would change what the launchers print and
         // keep (`PILOT_DEBUG` keeps every VM's directory).
         cmd.env_remove("FLAKE_LOG_LEVEL").env_remove("PILOT_DEBUG");
-        // The VM fixtures' programs (QEMU's vsock device) are found as installed ones are.
+        // QEMU's vsock device of the VM fixtures is found as an installed one is.
         if let Some(fixtures) = std::env::var_os("FLAKE_VM_FIXTURES") {
-            let mut path = PathBuf::from(fixtures).join("bin").into_os_string();
+            let mut path = PathBuf::from(fixtures).join("vhost-user").into_os_string();
             path.push(":");
             path.push(std::env::var_os("PATH").unwrap_or_default());
             cmd.env("PATH", path);

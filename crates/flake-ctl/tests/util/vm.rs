@@ -67,8 +67,8 @@ pub fn inputs() -> Option<(PathBuf, PathBuf)> {
         (Some(f), Some(s)) if f.join("kernel/vmlinux").is_file() && s.is_file() => {
             // QEMU's vsock device comes with the fixtures: a vsock run without it fails.
             assert!(
-                f.join("bin/vhost-device-vsock").is_file() || forced_channel().is_none(),
-                "{} lacks bin/vhost-device-vsock: run make vm-fixtures again",
+                f.join("vhost-user/vhost-device-vsock").is_file() || forced_channel().is_none(),
+                "{} lacks vhost-user/vhost-device-vsock: run make vm-fixtures again",
                 f.display()
             );
             Some((f, s))
