@@ -1,25 +1,17 @@
 // SPDX-License-Identifier: MIT
-//! One call of a VM flake, from the instance to the exit status.
-//!
-//! - **One-shot**: a fresh instance directory (with the launcher's pid in its name), a fresh
-//!   overlay disk with the includes when the flake has `overlay_size`, the VMM, one call,
-//!   then the VM is stopped and everything removed. The VM's root is read-only and its
-//!   overlay thrown away, so stopping it at once loses nothing and keeps the launch as
-//!   short as the boot.
-//! - **Resume**: one VM per flake and `@NAME`, started by the first call under the
-//!   instance lock (so concurrent first calls start one VM), with an overlay disk that
-//!   persists across calls and restarts. Every call claims a free guest channel port and
-//!   runs without any VMM process being started. The guest powers off after the flake's
-//!   idle timeout; `%remove` shuts it down at once and removes its state and overlay.
-//!
-//! A one-shot VM whose VMM and guest init allow it starts from a saved state when there is
-//! one ([`crate::saved`]); the first launch boots it and saves it on the way.
+//! One call of a VM flake, from the instance to the exit status: what every call needs
+//! (the request, the instance's plan, its overlay and TAP device, starting the VMM and
+//! making the call over the guest channel) is here; each way of launching has its module:
+//! `oneshot` (a fresh VM per call, or serial mode for images with the original init),
+//! `restore` (one-shot VMs from saved states, and saving them), `resume` (one VM per
+//! flake and `@NAME`, serving many calls) and `remove` (`%remove`). Each step's outcome is
+//! a named enum, so a caller matches on what happened instead of nested results.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use flake_agent::client::{self, Request, Streams};
-use flake_agent::proto::{ExitStatus, Frame, ProtoError};
+use flake_agent::proto::ExitStatus;
 use flakes::callargs::Terminal;
 use flakes::config::vm::VmFlake;
 use flakes::config::{Include, LaunchMode};
@@ -28,12 +20,14 @@ use flakes::instance::{InstanceKey, StateDir};
 use flakes::{CallArgs, PilotExit};
 
 use crate::error::{Result, VmError};
-use crate::instance::{self, claim_port};
-use crate::vmm::{
-    wait_connect, wait_ready, wait_resynced, Channel, GuestSettings, InitCan, Plan, Resynced,
-    StateFile, Vmm,
-};
-use crate::{overlay, saved, tap};
+use crate::instance;
+use crate::vmm::{Channel, GuestSettings, InitCan, Plan, StateFile, Vmm};
+use crate::{overlay, tap};
+
+mod oneshot;
+mod remove;
+mod restore;
+mod resume;
 
 /// How long a guest may take to open its channel (software emulation is slow).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -51,22 +45,6 @@ const CALL_ATTEMPTS: u32 = 3;
 /// How soon a VMM that closed a call without a word must end for the call to be made again
 /// (a guest powering off ends within its 300 ms grace).
 const UNANSWERED_END: Duration = Duration::from_secs(3);
-
-/// How one attempt at a resume call failed.
-#[derive(Debug)]
-enum Attempt {
-    /// Refused whole by the VM (its VMM's pid) powering off, or met that VMM ending: it
-    /// may be made again.
-    Refused(VmError, u32),
-    /// Anything else.
-    Failed(VmError),
-}
-
-impl From<VmError> for Attempt {
-    fn from(err: VmError) -> Self {
-        Attempt::Failed(err)
-    }
-}
 
 /// The guest init of an image, as far as the launcher needs to know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,79 +255,6 @@ impl Launch<'_> {
         self.provide(plan, None)
     }
 
-    fn one_shot(&self) -> Result<ExitStatus> {
-        let label = instance::one_shot_label(&self.key.label(), std::process::id());
-        let state = StateDir::prepare_vm(&self.ids_dir, self.uid, &label)?;
-        instance::collect_orphans(state.parent(), &self.tools);
-        let claim = match self.claim_tap(&state, &label) {
-            Ok(claim) => claim,
-            Err(err) => {
-                let _ = state.remove();
-                return Err(err);
-            }
-        };
-        pause_at(Step::Locked);
-        let mut plan = self.plan(
-            &state,
-            &label,
-            false,
-            claim.as_ref().map(|c| c.name.clone()),
-        );
-        let serial = !self.guest_channel() && !self.flake.runtime.force_vsock;
-        let result = self
-            .serial_word(serial)
-            .and_then(|word| {
-                plan.serial = word;
-                self.provide(&plan, claim.as_ref())
-            })
-            .and_then(|()| match plan.serial {
-                Some(_) => self.boot_serial(&plan),
-                None => self.start_and_call(&plan),
-            });
-        // The device goes before the claim on it: a waiting call then finds it missing.
-        tap::release(&plan.dir, &self.tools);
-        drop(claim);
-        // A VM that failed keeps its logs for the error message to point at, and so does
-        // every VM with `PILOT_DEBUG`; the next launch collects the directory (its launcher
-        // is gone by then).
-        let failed = matches!(result, Err(VmError::Guest { .. } | VmError::Call { .. }));
-        if self.debug {
-            eprintln!(
-                "firecracker-pilot: PILOT_DEBUG: the logs stay in {} until the next call",
-                state.path().display()
-            );
-        } else if !failed {
-            let _ = state.remove();
-        }
-        result
-    }
-
-    /// The `run="..."` word when the call runs in serial mode.
-    fn serial_word(&self, serial: bool) -> Result<Option<String>> {
-        if !serial {
-            return Ok(None);
-        }
-        crate::vmm::serial_run(&self.request(false).argv)
-            .map(Some)
-            .map_err(|what| VmError::Serial {
-                flake: self.key.flake.to_string(),
-                what,
-            })
-    }
-
-    /// Serial mode: the VM's console is the caller's terminal; the status is the VMM's.
-    fn boot_serial(&self, plan: &Plan) -> Result<ExitStatus> {
-        let mut vmm = self.start_vmm(plan)?;
-        if let Err(err) = instance::write_pid(&plan.dir, vmm.id()) {
-            let _ = vmm.kill();
-            let _ = vmm.wait();
-            return Err(err);
-        }
-        let status = vmm.wait().map_err(crate::error::io(&plan.dir))?;
-        let code = PilotExit::from_status(status).code();
-        Ok(ExitStatus::Exited(code))
-    }
-
     /// Starts the VMM (with `state`), saying so on stderr when the call asked for
     /// `%progress`.
     fn start_vmm_with(
@@ -379,77 +284,6 @@ impl Launch<'_> {
         self.start_vmm_with(plan, None)
     }
 
-    /// A one-shot VM from its saved state when there is one; else booted, and saved on the
-    /// way when it may be.
-    fn start_and_call(&self, plan: &Plan) -> Result<ExitStatus> {
-        let key = plan
-            .guest
-            .resync
-            .then(|| self.vmm.state_key(self.flake, plan))
-            .flatten();
-        let (Some(key), Some(dir)) = (key, &self.states_dir) else {
-            return self.boot_and_call(plan, None);
-        };
-        let path = saved::path(dir, &plan.flake, &key);
-        if saved::refused(&path) {
-            return self.boot_and_call(plan, None);
-        }
-        match saved::open(&path) {
-            None => {}
-            Some(Ok(state)) => match self.restore_and_call(plan, &state) {
-                Ok(status) => return status,
-                Err(err) => {
-                    // Not restored, nothing of the call made: boot, and no more states
-                    // for this VM for a while.
-                    saved::refuse(&path, Some(&state));
-                    // The guest may have had the overlay before it failed: a fresh one.
-                    self.renew_overlay(plan)?;
-                    eprintln!(
-                        "firecracker-pilot: the saved state {} of flake '{}' was not restored \
-                         ({err}); booting, and this VM is not saved again for a day (a change \
-                         to the flake or image, or removing the .refused file beside it, tries \
-                         again sooner)",
-                        path.display(),
-                        plan.flake
-                    );
-                    return self.boot_and_call(plan, None);
-                }
-            },
-            Some(Err(why)) => {
-                if self.debug {
-                    eprintln!("firecracker-pilot: PILOT_DEBUG: not restored: {why}");
-                }
-                return self.boot_and_call(plan, None);
-            }
-        }
-        let saving = match saved::Saving::new(path.clone()) {
-            Ok(saving) => Some(saving),
-            Err(why) => {
-                self.not_saved(plan, &path, &why);
-                None
-            }
-        };
-        self.boot_and_call(plan, saving)
-    }
-
-    /// Says once that the VM of `plan` could not be saved as `path` (for `why`), and marks
-    /// its key so that later launches boot without trying; where not even the mark can be
-    /// written, only `PILOT_DEBUG` says it.
-    fn not_saved(&self, plan: &Plan, path: &std::path::Path, why: &str) {
-        saved::refuse(path, None);
-        if saved::refused(path) {
-            eprintln!(
-                "firecracker-pilot: the VM of flake '{}' was not saved as {} ({why}); it \
-                 boots without saving for a day (removing the .refused file beside it tries \
-                 again sooner)",
-                plan.flake,
-                path.display()
-            );
-        } else if self.debug {
-            eprintln!("firecracker-pilot: PILOT_DEBUG: not saved: {why}");
-        }
-    }
-
     /// Runs `body` with the started VMM of the one-shot `plan` (its pid recorded) and
     /// whether it still runs; the VMM is stopped after.
     fn with_vmm<T>(
@@ -467,100 +301,6 @@ impl Launch<'_> {
         let _ = vmm.kill();
         let _ = vmm.wait();
         result
-    }
-
-    /// Restores the VM of `plan` from `state` and makes the call. The outer error: the VM
-    /// was not restored (the VMM refused the state, the guest never answered its `Resync`
-    /// or could not reseed), and nothing of the call has been made.
-    fn restore_and_call(
-        &self,
-        plan: &Plan,
-        state: &std::fs::File,
-    ) -> std::result::Result<Result<ExitStatus>, VmError> {
-        let state = state.try_clone().map_err(crate::error::io(&plan.dir))?;
-        self.with_vmm(plan, Some(&StateFile::Restore(state)), |alive| {
-            let mut stream = wait_connect(self.vmm, plan, 0, RESTORE_TIMEOUT, &mut *alive)?;
-            match self.resync(&mut stream, plan, RESTORE_TIMEOUT, alive)? {
-                Ok(true) => Ok(self.call_over(stream, plan, ANSWER_TIMEOUT, None)),
-                Ok(false) => Err(plan.guest_error("could not take a random state of its own")),
-                // The overlay failed: that is the call's outcome, not the state's.
-                Err(status) => Ok(Ok(status)),
-            }
-        })
-    }
-
-    /// Saves the VM of `plan` (waiting for its call) with `saving`, giving the state. A VM
-    /// that cannot be saved goes on, and its key is marked refused (a failure that would
-    /// come again must not cost every launch a migration); the error: the VM does not run
-    /// again.
-    fn save(&self, plan: &Plan, saving: saved::Saving) -> Result<Option<PathBuf>> {
-        let path = saving.path.clone();
-        let saved = self.vmm.save_state(plan, &saving.file)?.and_then(|()| {
-            saving
-                .finish(&plan.flake)
-                .map_err(|e| format!("cannot put it in place: {e}"))
-        });
-        match saved {
-            Ok(path) => {
-                if self.debug {
-                    eprintln!("firecracker-pilot: PILOT_DEBUG: saved {}", path.display());
-                }
-                Ok(Some(path))
-            }
-            Err(why) => {
-                self.not_saved(plan, &path, &why);
-                Ok(None)
-            }
-        }
-    }
-
-    /// Sends the guest its `Resync` and takes the answer: whether it reseeded, or (`Err`)
-    /// the status the call ends with when its overlay failed (its message said the way a
-    /// call says it).
-    fn resync(
-        &self,
-        stream: &mut std::os::unix::net::UnixStream,
-        plan: &Plan,
-        timeout: Duration,
-        alive: &mut dyn FnMut() -> bool,
-    ) -> Result<std::result::Result<bool, ExitStatus>> {
-        send_resync(stream, plan)?;
-        Ok(match wait_resynced(stream, plan, timeout, alive)? {
-            Resynced::Taken(reseeded) => Ok(reseeded),
-            Resynced::Failed(message, status) => {
-                eprintln!("firecracker-pilot: {message}");
-                Err(status)
-            }
-        })
-    }
-
-    fn boot_and_call(&self, plan: &Plan, saving: Option<saved::Saving>) -> Result<ExitStatus> {
-        let state = saving.as_ref().map(|_| StateFile::Save);
-        self.with_vmm(plan, state.as_ref(), |alive| {
-            let mut stream = wait_connect(self.vmm, plan, 0, BOOT_TIMEOUT, &mut *alive)?;
-            if plan.channel == Channel::Console {
-                wait_ready(&mut stream, plan, BOOT_TIMEOUT, &mut *alive)?;
-            }
-            let saved = match saving {
-                Some(saving) => self.save(plan, saving)?,
-                None => None,
-            };
-            if plan.guest.resync {
-                match self.resync(&mut stream, plan, ANSWER_TIMEOUT, alive)? {
-                    Ok(true) => {}
-                    // Copies of this guest would share its random state.
-                    Ok(false) => saved.iter().for_each(|path| saved::refuse(path, None)),
-                    Err(status) => return Ok(status),
-                }
-            }
-            // The guest said `Ready` (over the console) or is booting (over ports).
-            let answer = if plan.channel == Channel::Console {
-                ANSWER_TIMEOUT
-            } else {
-                BOOT_TIMEOUT
-            };
-            self.call_over(stream, plan, answer, None)
-        })
     }
 
     /// Makes the call over `stream`; an init that acknowledges calls at once must answer
@@ -594,237 +334,5 @@ impl Launch<'_> {
             source,
             dir: plan.dir.clone(),
         })
-    }
-
-    fn resume(&self) -> Result<ExitStatus> {
-        if !self.guest_channel() {
-            return Err(VmError::NoGuestChannel {
-                flake: self.key.flake.to_string(),
-            });
-        }
-        let label = self.key.label();
-        let state = StateDir::prepare_vm(&self.ids_dir, self.uid, &label)?;
-        let tap = self.flake.runtime.network.then(|| tap::name(&label));
-        let plan = self.plan(&state, &label, true, tap);
-        let status = self.resume_call_until_served(&state, &plan)?;
-        if self.call.options.remove {
-            self.remove(state, &plan)?;
-        }
-        Ok(status)
-    }
-
-    /// A call that comes as a running VM powers off for idleness is refused whole (nothing
-    /// of it ran, none of the caller's input was taken) or meets a VMM that is ending: it
-    /// is made again once that VM is gone, which starts a new one. Only with an init that
-    /// acknowledges stdin from a call's start (else input may have been taken already).
-    fn resume_call_until_served(&self, state: &StateDir, plan: &Plan) -> Result<ExitStatus> {
-        let mut attempts = 1;
-        loop {
-            match self.resume_call(state, plan) {
-                Err(Attempt::Refused(err, pid)) if attempts < CALL_ATTEMPTS => {
-                    // A VM that said it powers off is waited for (and stopped, if it
-                    // hangs); one that just went quiet only counts as ending if it does.
-                    let closing = matches!(
-                        err,
-                        VmError::Call {
-                            source: ProtoError::Refused { .. },
-                            ..
-                        }
-                    );
-                    if closing {
-                        stop(pid, &plan.dir);
-                    } else if !ends_within(pid, &plan.dir, UNANSWERED_END) {
-                        return Err(err);
-                    }
-                    if self.debug {
-                        eprintln!(
-                            "firecracker-pilot: PILOT_DEBUG: the VM powering off refused the \
-                             call; making it again"
-                        );
-                    }
-                    attempts += 1;
-                }
-                Err(Attempt::Refused(err, _) | Attempt::Failed(err)) => return Err(err),
-                Ok(status) => return Ok(status),
-            }
-        }
-    }
-
-    /// One call into the resume VM of `plan`, starting the VM when it is not running.
-    fn resume_call(&self, state: &StateDir, plan: &Plan) -> Result<ExitStatus, Attempt> {
-        let (mut started, warm) = {
-            let _lock = state.lock().map_err(VmError::from)?;
-            pause_at(Step::Locked);
-            match instance::running(&plan.dir) {
-                Some(pid) => {
-                    instance::keep_pid(&plan.dir, pid);
-                    (None, Some(pid))
-                }
-                None => (Some(self.start_resume_vm(plan)?), None),
-            }
-        };
-        // A running VM keeps the channel it was started with, whatever this caller's
-        // environment would choose for a new one.
-        let running;
-        let plan = match warm {
-            Some(_) => {
-                running = plan.as_running();
-                &running
-            }
-            None => plan,
-        };
-        // A channel with ports serves one call per port; vsock takes any number.
-        let claim = match plan.channel.ports() {
-            0 => None,
-            ports => Some(claim_port(&plan.dir, ports)?),
-        };
-        let port = claim.as_ref().map_or(0, |c| c.port);
-        // The launcher that started the VMM asks its child: right after the fork, the
-        // child's command line is still the launcher's, so `running` would say no.
-        let alive = || match started.as_mut() {
-            Some(vmm) => matches!(vmm.try_wait(), Ok(None)),
-            None => instance::running(&plan.dir).is_some(),
-        };
-        // A VM may still be booting (this call or another started it) until it has
-        // answered a call once or announced itself.
-        let up = plan.dir.join(GUEST_UP_FILE);
-        let answer = if up.exists() {
-            ANSWER_TIMEOUT
-        } else {
-            BOOT_TIMEOUT
-        };
-        let stream = match (wait_connect(self.vmm, plan, port, answer, alive), warm) {
-            (Ok(stream), _) => stream,
-            // The running VM ended (it powered off for idleness) before its channel took
-            // the call: nothing of the call was sent, so it is made again (on the VM another
-            // launcher may have started meanwhile).
-            (Err(err), Some(pid)) if instance::running(&plan.dir) != Some(pid) => {
-                return Err(Attempt::Refused(err, pid))
-            }
-            (Err(err), _) => return Err(Attempt::Failed(err)),
-        };
-        let status = self.call_over(stream, plan, answer, claim.as_ref());
-        if status.is_ok() && answer == BOOT_TIMEOUT {
-            let _ = crate::state_file::write(&up, b"");
-        }
-        drop(claim);
-        let repeatable = self.guest.console();
-        status.map_err(|err| match (err, warm) {
-            (
-                err @ VmError::Call {
-                    source: ProtoError::Refused { stdin_read: false } | ProtoError::Unanswered,
-                    ..
-                },
-                Some(pid),
-            ) if repeatable => Attempt::Refused(err, pid),
-            (err, _) => Attempt::Failed(err),
-        })
-    }
-
-    /// Starts the VM of a resume instance; the VMM outlives this launcher.
-    fn start_resume_vm(&self, plan: &Plan) -> Result<std::process::Child> {
-        instance::clear_stale(&plan.dir);
-        tap::release(&plan.dir, &self.tools);
-        self.provide(plan, None)?;
-        let mut vmm = self.start_vmm(plan)?;
-        if let Err(err) = instance::write_pid(&plan.dir, vmm.id()) {
-            // Without its pid recorded the VM would be invisible and a second one could
-            // start on the same overlay.
-            let _ = vmm.kill();
-            let _ = vmm.wait();
-            return Err(err);
-        }
-        pause_at(Step::Started);
-        // Until the child has exec'd, its command line is still this launcher's and
-        // `running` says no: the lock is held until a concurrent first call can see the VM.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while instance::running(&plan.dir).is_none()
-            && matches!(vmm.try_wait(), Ok(None))
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        Ok(vmm)
-    }
-
-    /// Shuts the resume VM down, then removes its state, overlay and TAP device.
-    fn remove(&self, state: StateDir, plan: &Plan) -> Result<()> {
-        let lock = state.lock()?;
-        let plan = &plan.as_running();
-        if let Some(pid) = instance::running(&plan.dir) {
-            // Ask the guest to power off on a free port; with every port busy, or no
-            // answer, `stop` ends the VMM.
-            let ports = plan.channel.ports();
-            let claim = match ports {
-                0 => None,
-                ports => instance::try_claim_port(&plan.dir, ports)?,
-            };
-            let reachable = ports == 0 || claim.is_some();
-            let port = claim.as_ref().map_or(0, |c| c.port);
-            if let Some(mut stream) = reachable
-                .then(|| self.vmm.connect(plan, port).ok())
-                .flatten()
-            {
-                // A guest that does not answer is stopped by `stop` below.
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-                let _ = Frame::Shutdown.write_to(&mut stream);
-                let _ = Frame::read_from(&mut stream);
-            }
-            stop(pid, &plan.dir);
-        }
-        tap::release(&plan.dir, &self.tools);
-        if let Some(overlay) = &plan.overlay {
-            let _ = std::fs::remove_file(overlay);
-        }
-        // Removed while locked: a launcher waiting for the lock then finds no instance
-        // and makes a new directory.
-        let removed = state.remove();
-        drop(lock);
-        Ok(removed?)
-    }
-}
-
-/// Sends the guest of `plan` the host's clock and fresh entropy.
-fn send_resync(stream: &mut std::os::unix::net::UnixStream, plan: &Plan) -> Result<()> {
-    use std::io::Read as _;
-    let realtime = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let mut entropy = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut random| random.read_exact(&mut entropy))
-        .map_err(crate::error::io(std::path::Path::new("/dev/urandom")))?;
-    let resync = flake_agent::proto::Resync { realtime, entropy };
-    Frame::Resync(resync)
-        .write_to(stream)
-        .map_err(|e| plan.guest_error(format!("cannot resync it: {e}")))
-}
-
-/// Whether the VMM `pid` of `dir` ends within `timeout` (it is left alone either way).
-fn ends_within(pid: u32, dir: &std::path::Path, timeout: Duration) -> bool {
-    let deadline = std::time::Instant::now() + timeout;
-    while instance::running(dir) == Some(pid) {
-        if std::time::Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
-}
-
-/// Waits up to 10 s for the VMM `pid` of `dir` to end (after a shutdown, or powering off),
-/// then kills it; a VMM another launcher has started since is left alone.
-fn stop(pid: u32, dir: &std::path::Path) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while instance::running(dir) == Some(pid) && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if instance::running(dir) == Some(pid) {
-        if let Some(pid) = i32::try_from(pid)
-            .ok()
-            .and_then(rustix::process::Pid::from_raw)
-        {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-        }
     }
 }

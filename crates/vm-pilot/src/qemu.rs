@@ -34,7 +34,7 @@ use std::process::{Child, Command, Stdio};
 use flakes::config::vm::{CacheType, VmFlake};
 
 use crate::error::{Result, VmError};
-use crate::vmm::{Channel, InitCan, Plan, StateFile, Vmm};
+use crate::vmm::{Channel, InitCan, Plan, Saved, StateFile, Vmm};
 
 /// Environment variable choosing QEMU's accelerator (`tcg` by default).
 pub const ACCEL_ENV: &str = "FLAKE_QEMU_ACCEL";
@@ -407,8 +407,12 @@ impl Vmm for Qemu {
         started
     }
 
-    fn save_state(&self, plan: &Plan, to: &std::fs::File) -> Result<Result<(), String>> {
-        qmp::save(&Self::monitor(plan), to).map_err(|what| plan.guest_error(what))
+    fn save_state(&self, plan: &Plan, to: &std::fs::File) -> Result<Saved> {
+        match qmp::save(&Self::monitor(plan), to) {
+            Ok(Ok(())) => Ok(Saved::Saved),
+            Ok(Err(why)) => Ok(Saved::Not(why)),
+            Err(what) => Err(plan.guest_error(what)),
+        }
     }
 }
 

@@ -490,15 +490,19 @@ pub trait Vmm: std::fmt::Debug {
         Err(plan.guest_error("this VMM cannot start from saved states"))
     }
     /// Saves the running VM of `plan` (started with [`StateFile::Save`]) into the file
-    /// `to`, then lets it run on. The outer error: the VM does not run again; the inner
-    /// one: it runs, but was not saved.
-    fn save_state(
-        &self,
-        _plan: &Plan,
-        _to: &std::fs::File,
-    ) -> Result<std::result::Result<(), String>> {
-        Ok(Err("this VMM cannot save VM states".into()))
+    /// `to`, then lets it run on. The error: the VM does not run again.
+    fn save_state(&self, _plan: &Plan, _to: &std::fs::File) -> Result<Saved> {
+        Ok(Saved::Not("this VMM cannot save VM states".into()))
     }
+}
+
+/// Whether a running VM was saved ([`Vmm::save_state`]); it runs on either way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Saved {
+    /// Its state is in the file.
+    Saved,
+    /// It was not saved, for this reason.
+    Not(String),
 }
 
 /// What a VMM started with a saved state does with it.
