@@ -14,4 +14,5 @@ pub mod command;
 pub mod daemon;
 pub mod framed;
 pub mod proto;
+pub mod timing;
 pub mod transport;

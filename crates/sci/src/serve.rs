@@ -27,15 +27,12 @@ use flake_agent::proto::{ExitStatus, Frame, ProtoError, CHUNK};
 use crate::cmdline::{BootSettings, Channel, VSOCK_PORT};
 use crate::port::{self, Port, PortReader};
 
-/// How long a call read on a port waits for the news that its host connected (see
-/// [`Port::await_host`]). The news comes within moments; this stays well below the wait
-/// of a launcher that takes a port its last caller left in a call (3 s), so a call whose
-/// launcher is gone is not answered to the next one.
-const HOST_NEWS_WAIT: Duration = Duration::from_secs(1);
-/// How long a VM that decided to power off for idleness still answers calls (refusing them).
-const CLOSING_GRACE: Duration = Duration::from_millis(300);
-/// How long a one-shot VM waits for its call.
-pub const FIRST_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+// The waits the launcher relies on (how long a call read on a port waits for the news that
+// its host connected, see [`Port::await_host`]; how long a VM powering off goes on refusing
+// calls; how long a one-shot VM waits for its call) are checked against the launcher's in
+// `flake_agent::timing`.
+pub use flake_agent::timing::FIRST_CALL_TIMEOUT;
+use flake_agent::timing::{CLOSING_GRACE, HOST_NEWS_WAIT};
 
 /// Why serving ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -23,7 +23,6 @@
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use rustix::fs::{flock, FlockOperation};
 
@@ -254,10 +253,8 @@ fn kill_vmm(dir: &Dir) {
     {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while running_in(dir).is_some() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let deadline = crate::timing::Deadline::after(crate::timing::STOP_WAIT);
+    deadline.wait_for(crate::timing::END_POLL, || running_in(dir).is_none());
 }
 
 /// Removes the resume overlays (`<label>.ext4`) of flake `flake` in `storage_dir`.
@@ -345,7 +342,7 @@ pub struct PortClaim {
 
 /// How long a call waits before it uses a port its last caller left in a call (see
 /// [`PortClaim`]).
-pub const PORT_SETTLE: Duration = Duration::from_secs(3);
+pub use crate::timing::PORT_SETTLE;
 
 /// What a port's lock file holds while a call uses the port.
 const IN_CALL: &[u8] = b"in call\n";

@@ -29,22 +29,11 @@ mod remove;
 mod restore;
 mod resume;
 
-/// How long a guest may take to open its channel (software emulation is slow).
-const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long a VM restored from a saved state may take to answer its `Resync`; one that
-/// does not is booted instead.
-const RESTORE_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long a guest that is up may take to answer a call (generous: a guest starved of CPU
-/// on a loaded host under software emulation is slow, not hung).
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 /// In a resume instance's directory: its guest has answered a call or announced itself
 /// (the VM is up). Removed with the rest of the state when the VM starts again.
 const GUEST_UP_FILE: &str = crate::vsock::GUEST_UP;
 /// How often a resume call is made at most when VMs powering off refuse it.
 const CALL_ATTEMPTS: u32 = 3;
-/// How soon a VMM that closed a call without a word must end for the call to be made again
-/// (a guest powering off ends within its 300 ms grace).
-const UNANSWERED_END: Duration = Duration::from_secs(3);
 
 /// The guest init of an image, as far as the launcher needs to know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

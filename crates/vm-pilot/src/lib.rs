@@ -40,6 +40,7 @@ pub mod qemu;
 pub mod saved;
 pub mod state_file;
 pub mod tap;
+pub mod timing;
 pub mod tools;
 pub mod vmm;
 pub mod vsock;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use flakes::config::vm::VmFlake;
 
 use crate::error::{Result, VmError};
+use crate::timing::Deadline;
 use crate::vsock::Announcement;
 
 /// Extra kernel command-line words of this instance, for the guest init (see sci's
@@ -522,7 +523,7 @@ pub fn wait_connect(
     timeout: Duration,
     mut alive: impl FnMut() -> bool,
 ) -> Result<UnixStream> {
-    let deadline = Instant::now() + timeout;
+    let deadline = Deadline::after(timeout);
     if plan.channel == Channel::Vsock && plan.announces {
         match crate::vsock::wait_up(&plan.dir, timeout, &mut alive) {
             Announcement::Up => {}
@@ -547,7 +548,7 @@ pub fn wait_connect(
         if !alive() {
             return Err(plan.guest_error("stopped before its guest channel opened"));
         }
-        if Instant::now() > deadline {
+        if deadline.passed() {
             // A guest that is up takes a vsock connection only when it answers.
             let up = plan.dir.join(crate::vsock::GUEST_UP).exists();
             let what = if up {
@@ -557,7 +558,7 @@ pub fn wait_connect(
             };
             return Err(plan.guest_error(format!("{what} within {} s", timeout.as_secs())));
         }
-        std::thread::sleep(Duration::from_millis(3));
+        std::thread::sleep(crate::timing::POLL);
     }
 }
 
@@ -567,12 +568,12 @@ pub fn wait_connect(
 /// powering off) is made again while the VMM runs.
 fn connect_announced(
     plan: &Plan,
-    deadline: Instant,
+    deadline: Deadline,
     timeout: Duration,
     mut alive: impl FnMut() -> bool,
 ) -> Result<UnixStream> {
     loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        let remaining = deadline.remaining();
         let err = match crate::vsock::connect_within(&plan.dir, remaining) {
             Ok(stream) => return Ok(stream),
             Err(err) => err,
@@ -580,7 +581,7 @@ fn connect_announced(
         if matches!(
             err.kind(),
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ) || Instant::now() > deadline
+        ) || deadline.passed()
         {
             return Err(plan.guest_error(format!(
                 "did not answer the call within {} s",
@@ -590,7 +591,7 @@ fn connect_announced(
         if !alive() {
             return Err(plan.guest_error("stopped before its guest channel opened"));
         }
-        std::thread::sleep(Duration::from_millis(3));
+        std::thread::sleep(crate::timing::POLL);
     }
 }
 

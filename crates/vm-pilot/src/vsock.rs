@@ -19,7 +19,7 @@
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The host socket of the guest's vsock, in the instance directory.
 pub const SOCKET: &str = "vsock.sock";
@@ -36,8 +36,6 @@ const ANSWER_MAX: usize = 32;
 /// In the instance directory: the guest announced its vsock listener, the VM is up.
 /// Removed with the rest of the state when the VM starts again.
 pub const GUEST_UP: &str = "guest-up";
-/// How often a launcher looks again while it waits for the guest.
-const POLL: Duration = Duration::from_millis(3);
 
 /// How waiting for a guest's announcement ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +56,7 @@ pub enum Announcement {
 pub fn wait_up(dir: &Path, timeout: Duration, mut alive: impl FnMut() -> bool) -> Announcement {
     let up = dir.join(GUEST_UP);
     let socket = dir.join(format!("{SOCKET}_{}", flake_agent::proto::ANNOUNCE_PORT));
-    let deadline = Instant::now() + timeout;
+    let deadline = crate::timing::Deadline::after(timeout);
     let mut own: Option<UnixListener> = None;
     loop {
         if up.exists() {
@@ -76,10 +74,10 @@ pub fn wait_up(dir: &Path, timeout: Duration, mut alive: impl FnMut() -> bool) -
         if !alive() {
             return Announcement::VmmEnded;
         }
-        if Instant::now() > deadline {
+        if deadline.passed() {
             return Announcement::TimedOut;
         }
-        std::thread::sleep(POLL);
+        std::thread::sleep(crate::timing::POLL);
     }
 }
 

@@ -11,11 +11,12 @@ use flakes::instance::StateDir;
 use flakes::PilotExit;
 
 use super::restore::Resync;
-use super::{Launch, ANSWER_TIMEOUT, BOOT_TIMEOUT};
+use super::Launch;
 use crate::error::{Result, VmError};
 use crate::instance;
 use crate::saved;
 use crate::tap;
+use crate::timing::{ANSWER_TIMEOUT, BOOT_TIMEOUT};
 use crate::vmm::{wait_connect, wait_ready, Channel, Plan, StateFile};
 
 impl Launch<'_> {

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use flake_agent::proto::{ExitStatus, Frame};
 
-use super::{Launch, ANSWER_TIMEOUT, RESTORE_TIMEOUT};
+use super::Launch;
 use crate::error::{Result, VmError};
 use crate::saved;
+use crate::timing::{ANSWER_TIMEOUT, RESTORE_TIMEOUT};
 use crate::vmm::{wait_connect, wait_resynced, Plan, Resynced, Saved, StateFile};
 
 /// How restoring a VM for a call ended.

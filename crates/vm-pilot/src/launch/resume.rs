@@ -11,10 +11,11 @@ use flake_agent::proto::{ExitStatus, ProtoError};
 use flakes::fault::{pause_at, Step};
 use flakes::instance::StateDir;
 
-use super::{Launch, ANSWER_TIMEOUT, BOOT_TIMEOUT, CALL_ATTEMPTS, GUEST_UP_FILE, UNANSWERED_END};
+use super::{Launch, CALL_ATTEMPTS, GUEST_UP_FILE};
 use crate::error::{Result, VmError};
 use crate::instance::{self, claim_port};
 use crate::tap;
+use crate::timing::{Deadline, ANSWER_TIMEOUT, BOOT_TIMEOUT, END_POLL, STOP_WAIT, UNANSWERED_END};
 use crate::vmm::{wait_connect, Plan};
 
 /// How one attempt at a resume call failed.
@@ -180,39 +181,24 @@ impl Launch<'_> {
             return Err(err);
         }
         pause_at(Step::Started);
-        // Until the child has exec'd, its command line is still this launcher's and
-        // `running` says no: the lock is held until a concurrent first call can see the VM.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while instance::running(&plan.dir).is_none()
-            && matches!(vmm.try_wait(), Ok(None))
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        // `spawn` returns once the child has exec'd (or failed to), so the VMM's command
+        // line already names the instance: a concurrent first call waiting for the lock
+        // sees the VM running as soon as the lock is let go.
         Ok(vmm)
     }
 }
 
 /// Whether the VMM `pid` of `dir` ends within `timeout` (it is left alone either way).
 fn ends_within(pid: u32, dir: &std::path::Path, timeout: Duration) -> bool {
-    let deadline = std::time::Instant::now() + timeout;
-    while instance::running(dir) == Some(pid) {
-        if std::time::Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
+    Deadline::after(timeout).wait_for(END_POLL, || instance::running(dir) != Some(pid))
 }
 
-/// Waits up to 10 s for the VMM `pid` of `dir` to end (after a shutdown, or powering off),
-/// then kills it; a VMM another launcher has started since is left alone.
+/// Waits up to [`STOP_WAIT`] for the VMM `pid` of `dir` to end (after a shutdown, or
+/// powering off), then kills it; a VMM another launcher has started since is left alone.
 pub(super) fn stop(pid: u32, dir: &std::path::Path) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while instance::running(dir) == Some(pid) && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if instance::running(dir) == Some(pid) {
+    let ended =
+        Deadline::after(STOP_WAIT).wait_for(END_POLL, || instance::running(dir) != Some(pid));
+    if !ended && instance::running(dir) == Some(pid) {
         if let Some(pid) = i32::try_from(pid)
             .ok()
             .and_then(rustix::process::Pid::from_raw)
