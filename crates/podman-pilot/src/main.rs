@@ -9,25 +9,20 @@
 //! since sudo's own refusal exits 1 like an app could). With `PILOT_DEBUG` set, every
 //! engine command line it runs is printed on stderr, environment values masked.
 
-use std::ffi::OsString;
 use std::path::Path;
 use std::process::ExitCode;
 
-use flakes::config::{Engine as FlakeEngine, LaunchMode, RunAs};
+use flakes::config::{ContainerFlake, LaunchMode, RunAs};
 use flakes::instance::{cache_dir, InstanceKey, StateDir};
-use flakes::register::PILOT_NAMES;
-use flakes::{CallArgs, FlakeName, Mode, PilotExit, Settings};
+use flakes::launcher::{self, Launcher, Resolved};
+use flakes::{PilotExit, Settings};
 use podman_pilot::oneshot::{self, Streams, Terminal};
 use podman_pilot::provision::Provisioner;
 use podman_pilot::resume::{self, Instance};
 use podman_pilot::{agent, attach, Engine, PodmanError};
 
 fn main() -> ExitCode {
-    flakes::logging::init(
-        std::env::var(flakes::logging::LOG_LEVEL_ENV)
-            .ok()
-            .as_deref(),
-    );
+    launcher::init_logging(Launcher::Podman);
     match run() {
         Ok(exit) => exit.into(),
         Err(err) => {
@@ -38,41 +33,27 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<PilotExit, PodmanError> {
-    // The original's debug mode: every engine command line, masked, on stderr.
-    if std::env::var_os("PILOT_DEBUG").is_some() {
-        flakes::process::trace_commands("podman-pilot");
-    }
-    let mut argv = std::env::args_os();
-    let name = flake_name(&argv.next().unwrap_or_default())?;
-    let call = CallArgs::parse(argv)?;
-    let settings = Settings::from_env()?;
-    let registries = settings.lookup_order();
-    let flake = flakes::registry::find(&registries, &name)?;
-    let mode = registries
-        .iter()
-        .find(|r| r.contains(&name))
-        .map_or(Mode::System, |r| r.mode());
-    let container = match flake.engine {
-        FlakeEngine::Container(container) => container,
-        other => {
-            return Err(PodmanError::WrongEngine {
-                name: name.to_string(),
-                engine: other.label(),
-            })
-        }
-    };
+    let Resolved {
+        name,
+        call,
+        settings,
+        mode,
+        config,
+        include,
+        engine: container,
+    } = launcher::resolve::<ContainerFlake, _>(std::env::args_os(), Settings::from_env)?;
     let via_sudo = container.runtime.runas == RunAs::Root && !settings.caller.is_root();
     let engine = Engine::locate(std::env::var_os("PATH").as_deref(), via_sudo)?
         .with_storage_conf(settings.podman_storage_conf(mode));
     engine.check_sudo(name.as_str())?;
     let mut container = container;
-    if container.needs_provisioning(&flake.include) {
+    if container.needs_provisioning(&include) {
         let provisioner = Provisioner {
             engine: &engine,
             name: &name,
-            config: &flake.path,
+            config: &config,
             flake: &container,
-            include: &flake.include,
+            include: &include,
             cache_dir: cache_dir(&settings.podman_ids_dir(mode), settings.caller.uid)?,
             progress: call.options.progress,
             ignore_sync_error: call.options.ignore_sync_error,
@@ -115,16 +96,4 @@ fn run() -> Result<PilotExit, PodmanError> {
     let exe_dir = exe.parent().unwrap_or(Path::new("/"));
     let agent = agent::locate(std::env::var_os(agent::AGENT_ENV), exe_dir)?;
     resume::call(&instance, &agent, &container, &call, terminal, &lookup)
-}
-
-/// The flake name is the file name the launcher was called as.
-fn flake_name(argv0: &OsString) -> Result<FlakeName, PodmanError> {
-    let base = Path::new(argv0)
-        .file_name()
-        .unwrap_or_default()
-        .to_string_lossy();
-    if PILOT_NAMES.contains(&base.as_ref()) {
-        return Err(PodmanError::CalledDirectly);
-    }
-    Ok(FlakeName::new(&base)?)
 }
