@@ -7,6 +7,7 @@
 //! status is the app's, its own failures exit 125 (see `flakes::exit`).
 
 use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
 use std::process::ExitCode;
 
 use flakes::callargs::Terminal;
@@ -63,38 +64,35 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<PilotExit, PilotError> {
-    let Resolved {
-        name,
-        call,
-        settings,
-        include,
-        engine: vm,
-        ..
-    } = launcher::resolve::<VmFlake, _>(std::env::args_os(), Settings::from_env)?;
+    let flake = launcher::resolve::<VmFlake, _>(std::env::args_os(), Settings::from_env)?;
     let path = tools_path(std::env::var_os("PATH"));
-    let vmm = backend(&vm, &path)?;
-    let launch = Launch {
+    let vmm = backend(&flake.engine, &path)?;
+    Ok(launch(&flake, vmm.as_ref(), path).run()?)
+}
+
+/// The launch of one call of `flake` on `vmm`, with the caller's world it needs.
+fn launch<'a>(flake: &'a Resolved<VmFlake>, vmm: &'a dyn Vmm, path: OsString) -> Launch<'a> {
+    let settings = &flake.settings;
+    Launch {
         key: InstanceKey {
-            flake: name,
-            instance: call.instance.clone(),
+            flake: flake.name.clone(),
+            instance: flake.call.instance.clone(),
         },
-        flake: &vm,
-        include: &include,
-        call: &call,
-        vmm: vmm.as_ref(),
+        flake: &flake.engine,
+        include: &flake.include,
+        call: &flake.call,
+        vmm,
         ids_dir: settings.firecracker_ids_dir(),
         storage_dir: settings.flakes_dir(Mode::User).join("firecracker/storage"),
-        states_dir: vm_pilot::saved::enabled().then(|| vm_pilot::states_dir(&settings)),
+        states_dir: vm_pilot::saved::enabled().then(|| vm_pilot::states_dir(settings)),
         uid: settings.caller.uid,
         terminal: Terminal::detect(),
-        term: std::env::var_os("TERM")
-            .map(|t| std::os::unix::ffi::OsStrExt::as_bytes(t.as_os_str()).to_vec()),
-        tools: vm_pilot::tools::Tools::new(path.clone()),
+        term: std::env::var_os("TERM").map(OsString::into_vec),
+        tools: vm_pilot::tools::Tools::new(path),
         debug: launcher::debug(),
-        guest: GuestInit::of(&vm),
-        announces: GuestInit::announces(&vm),
-    };
-    Ok(launch.run()?)
+        guest: GuestInit::of(&flake.engine),
+        announces: GuestInit::announces(&flake.engine),
+    }
 }
 
 /// The caller's `PATH` with the sbin directories after it, so that the VMMs, `mkfs` and `ip`
