@@ -4,7 +4,10 @@
 //! It resolves the flake it was called as and the caller's world once
 //! ([`flakes::launcher::resolve`], shared with `podman-pilot`), picks the VMM the flake
 //! names (Firecracker, or QEMU microvm), and hands the call to [`vm_pilot::launch`]; the exit
-//! status is the app's, its own failures exit 125 (see `flakes::exit`).
+//! status is the app's, its own failures exit 125 (see `flakes::exit`). Its diagnostics are
+//! `podman-pilot`'s ([`flakes::launcher::init_logging`]): `tracing` on stderr at
+//! `FLAKE_LOG_LEVEL`, and with `PILOT_DEBUG` set every command line it runs, while the
+//! guest init logs to the instance's console log.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
