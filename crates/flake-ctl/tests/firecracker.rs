@@ -235,3 +235,79 @@ fn a_qemu_flake_on_vsock_without_the_vsock_device_says_what_to_install() {
     let default = registered("res-c", &["--resume"], &without, "");
     assert!(!default.contains("vhost-device-vsock"), "{default}");
 }
+
+#[test]
+fn both_launchers_refuse_their_own_names_and_the_other_engines_flakes_alike() {
+    let w = World::new();
+    fake_image(&w, "leap", false);
+    register(&w, "leap", &w.bin.join("vmapp").display().to_string(), &[]).success();
+    // A container flake as `flake-ctl podman register` writes it (no podman needed here).
+    std::fs::create_dir_all(&w.flakes).unwrap();
+    let container = "container:\n  name: localhost/busybox\n  host_app_path: /usr/bin/box\n";
+    std::fs::write(w.flakes.join("box.yaml"), container).unwrap();
+    let pilots = util::bin_dir();
+    let links = w.path("links");
+    std::fs::create_dir_all(&links).unwrap();
+    std::os::unix::fs::symlink(pilots.join("podman-pilot"), links.join("vmapp")).unwrap();
+    std::os::unix::fs::symlink(pilots.join("firecracker-pilot"), links.join("box")).unwrap();
+    let cases = [
+        (
+            pilots.join("podman-pilot"),
+            "podman-pilot: podman-pilot is a launcher: call it through an app registered with \
+             `flake-ctl podman register`",
+        ),
+        (
+            pilots.join("firecracker-pilot"),
+            "firecracker-pilot: firecracker-pilot is a launcher: call it through an app \
+             registered with `flake-ctl firecracker register`",
+        ),
+        (
+            links.join("vmapp"),
+            "podman-pilot: flake 'vmapp' is a firecracker flake; register it again with \
+             flake-ctl firecracker",
+        ),
+        (
+            links.join("box"),
+            "firecracker-pilot: flake 'box' is a podman flake; register it again with \
+             flake-ctl podman",
+        ),
+    ];
+    for (program, line) in cases {
+        let run = w.app(&program, &["-c", "true"], None);
+        run.expect_code(125);
+        assert_eq!(run.stderr().trim_end(), line, "{run}");
+    }
+}
+
+#[test]
+fn firecracker_pilot_logs_like_podman_pilot() {
+    let w = World::new();
+    fake_image(&w, "leap", false);
+    let app = w.bin.join("mybash");
+    register(&w, "leap", &app.display().to_string(), &[]).success();
+    let fragments = w.home.join(".config/flakes/mybash.d");
+    std::fs::create_dir_all(&fragments).unwrap();
+    std::fs::write(fragments.join("notes.txt"), "not a fragment").unwrap();
+    // The flake loads (and warns), then the launch stops before any VM: no firecracker.
+    let run = w.app(&app, &["-c", "true"], None);
+    run.expect_code(125);
+    let err = run.stderr();
+    assert!(
+        err.lines().any(|l| l.contains("WARN")
+            && l.contains("skipping non-YAML entry")
+            && l.contains("notes.txt")),
+        "the fragment warning is missing: {run}"
+    );
+    assert!(
+        err.lines()
+            .last()
+            .is_some_and(|l| l.starts_with("firecracker-pilot: firecracker not found on PATH")),
+        "{run}"
+    );
+    // FLAKE_LOG_LEVEL quiets it, as for podman-pilot.
+    let mut quiet = w.command(&app);
+    quiet.args(["-c", "true"]).env("FLAKE_LOG_LEVEL", "error");
+    let quiet = util::Run::from_command(quiet);
+    quiet.expect_code(125);
+    assert_eq!(quiet.stderr().lines().count(), 1, "{quiet}");
+}

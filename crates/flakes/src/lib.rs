@@ -6,8 +6,9 @@
 //! container or microVM. This crate owns everything both sides must agree on: the
 //! configuration schema and how files are merged ([`config`]), the global configuration
 //! ([`global`]), the registration directories ([`registry`], [`register`]), the call
-//! conventions of the launchers ([`callargs`]), their exit codes ([`exit`]) and the wrapper
-//! through which external programs run ([`process`]).
+//! conventions of the launchers ([`callargs`]) and the front half they share ([`launcher`]),
+//! their exit codes ([`exit`]) and the wrapper through which external programs run
+//! ([`process`]).
 
 #![deny(missing_docs)]
 
@@ -20,6 +21,7 @@ pub mod global;
 pub mod host;
 pub mod image_ref;
 pub mod instance;
+pub mod launcher;
 pub mod logging;
 pub mod names;
 pub mod process;

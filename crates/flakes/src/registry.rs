@@ -177,15 +177,21 @@ impl Registry {
 
 /// Finds flake `name` in `registries`, first match wins.
 pub fn find(registries: &[Registry], name: &FlakeName) -> Result<Flake, RegistryError> {
-    for registry in registries {
-        if registry.contains(name) {
-            return registry.load(name);
-        }
-    }
-    Err(RegistryError::NotFound {
-        name: name.to_string(),
-        searched: registries.iter().map(|r| r.config_path(name)).collect(),
-    })
+    holder(registries, name)?.load(name)
+}
+
+/// The first of `registries` that holds flake `name` (the one [`find`] loads it from).
+pub fn holder<'r>(
+    registries: &'r [Registry],
+    name: &FlakeName,
+) -> Result<&'r Registry, RegistryError> {
+    registries
+        .iter()
+        .find(|registry| registry.contains(name))
+        .ok_or_else(|| RegistryError::NotFound {
+            name: name.to_string(),
+            searched: registries.iter().map(|r| r.config_path(name)).collect(),
+        })
 }
 
 #[cfg(test)]

@@ -21,8 +21,9 @@ pub mod resume;
 use std::ffi::OsStr;
 use std::path::PathBuf;
 
+use flakes::launcher::LaunchError;
 use flakes::process::{resolve, Cmd, ProcessError};
-use flakes::{CallArgError, PilotExit};
+use flakes::PilotExit;
 
 pub use options::OptionError;
 
@@ -37,30 +38,15 @@ pub const INIT_PROGRAM: &str = "tini-static";
 /// Errors of the podman engine and launcher.
 #[derive(Debug, thiserror::Error)]
 pub enum PodmanError {
-    /// The launcher was called under its own name instead of a flake's.
-    #[error(
-        "podman-pilot is a launcher: call it through an app registered with \
-        `flake-ctl podman register`"
-    )]
-    CalledDirectly,
+    /// The call names no container flake.
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
     /// The in-memory file for the options' environment values cannot be made.
     #[error("cannot keep the flake's environment values off podman's command line: {source}")]
     EnvFile {
         /// Why.
         source: std::io::Error,
     },
-    /// The name it was called as is not a flake name.
-    #[error(transparent)]
-    Name(#[from] flakes::names::NameError),
-    /// The global configuration is broken.
-    #[error(transparent)]
-    Global(#[from] flakes::global::GlobalConfigError),
-    /// The flake cannot be found or loaded.
-    #[error(transparent)]
-    Registry(#[from] flakes::registry::RegistryError),
-    /// The call arguments are invalid.
-    #[error(transparent)]
-    CallArgs(#[from] CallArgError),
     /// The flake's engine options are invalid.
     #[error(transparent)]
     Options(#[from] OptionError),
@@ -79,14 +65,6 @@ pub enum PodmanError {
         podman: PathBuf,
         /// What sudo said, if anything.
         detail: Option<String>,
-    },
-    /// The flake is for another engine.
-    #[error("flake '{name}' is a {engine} flake; register it again with flake-ctl {engine}")]
-    WrongEngine {
-        /// The flake name.
-        name: String,
-        /// Its engine.
-        engine: &'static str,
     },
     /// The image's entry command cannot be had.
     #[error(transparent)]
@@ -138,10 +116,13 @@ pub enum PodmanError {
 }
 
 impl From<&PodmanError> for PilotExit {
-    fn from(_: &PodmanError) -> Self {
-        // Every failure of the launcher itself is 125; 126/127 and the app's own status come
-        // straight from the engine, which the launcher execs.
-        PilotExit::LauncherFailure
+    fn from(err: &PodmanError) -> Self {
+        match err {
+            PodmanError::Launch(err) => err.into(),
+            // Every other failure of the launcher itself is 125 too; 126/127 and the app's
+            // own status come straight from the engine, which the launcher execs.
+            _ => PilotExit::LauncherFailure,
+        }
     }
 }
 

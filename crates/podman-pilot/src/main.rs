@@ -9,25 +9,20 @@
 //! since sudo's own refusal exits 1 like an app could). With `PILOT_DEBUG` set, every
 //! engine command line it runs is printed on stderr, environment values masked.
 
-use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use flakes::config::{Engine as FlakeEngine, LaunchMode, RunAs};
+use flakes::config::{ContainerFlake, LaunchMode, RunAs};
 use flakes::instance::{cache_dir, InstanceKey, StateDir};
-use flakes::register::PILOT_NAMES;
-use flakes::{CallArgs, FlakeName, Mode, PilotExit, Settings};
+use flakes::launcher::{self, Launcher, Resolved};
+use flakes::{PilotExit, Settings};
 use podman_pilot::oneshot::{self, Streams, Terminal};
 use podman_pilot::provision::Provisioner;
 use podman_pilot::resume::{self, Instance};
 use podman_pilot::{agent, attach, Engine, PodmanError};
 
 fn main() -> ExitCode {
-    flakes::logging::init(
-        std::env::var(flakes::logging::LOG_LEVEL_ENV)
-            .ok()
-            .as_deref(),
-    );
+    launcher::init_logging(Launcher::Podman);
     match run() {
         Ok(exit) => exit.into(),
         Err(err) => {
@@ -37,94 +32,119 @@ fn main() -> ExitCode {
     }
 }
 
+/// A container flake resolved from the call.
+type Flake = Resolved<ContainerFlake>;
+
 fn run() -> Result<PilotExit, PodmanError> {
-    // The original's debug mode: every engine command line, masked, on stderr.
-    if std::env::var_os("PILOT_DEBUG").is_some() {
-        flakes::process::trace_commands("podman-pilot");
+    let mut flake =
+        launcher::resolve::<ContainerFlake, _>(std::env::args_os(), Settings::from_env)?;
+    let engine = engine(&flake)?;
+    if flake.engine.needs_provisioning(&flake.include) {
+        flake.engine.image = provision(&flake, &engine)?;
     }
-    let mut argv = std::env::args_os();
-    let name = flake_name(&argv.next().unwrap_or_default())?;
-    let call = CallArgs::parse(argv)?;
-    let settings = Settings::from_env()?;
-    let registries = settings.lookup_order();
-    let flake = flakes::registry::find(&registries, &name)?;
-    let mode = registries
-        .iter()
-        .find(|r| r.contains(&name))
-        .map_or(Mode::System, |r| r.mode());
-    let container = match flake.engine {
-        FlakeEngine::Container(container) => container,
-        other => {
-            return Err(PodmanError::WrongEngine {
-                name: name.to_string(),
-                engine: other.label(),
-            })
-        }
-    };
-    let via_sudo = container.runtime.runas == RunAs::Root && !settings.caller.is_root();
-    let engine = Engine::locate(std::env::var_os("PATH").as_deref(), via_sudo)?
-        .with_storage_conf(settings.podman_storage_conf(mode));
-    engine.check_sudo(name.as_str())?;
-    let mut container = container;
-    if container.needs_provisioning(&flake.include) {
-        let provisioner = Provisioner {
-            engine: &engine,
-            name: &name,
-            config: &flake.path,
-            flake: &container,
-            include: &flake.include,
-            cache_dir: cache_dir(&settings.podman_ids_dir(mode), settings.caller.uid)?,
-            progress: call.options.progress,
-            ignore_sync_error: call.options.ignore_sync_error,
-        };
-        container.image = provisioner.image()?;
-    }
-    let lookup = |key: &str| std::env::var(key).ok();
     let terminal = Terminal::detect();
-    if container.runtime.mode == LaunchMode::OneShot {
-        let streams = Streams::choose(&container, &call, terminal, Streams::detect_terminals());
-        let cmd = oneshot::command(
-            &name,
-            &container,
-            &call,
-            &engine,
-            (terminal, streams),
-            &lookup,
-        )?;
-        flakes::fault::pause_at(flakes::fault::Step::Exec);
-        return match streams {
-            Streams::Relayed(terminals) => Ok(oneshot::relay::run(&cmd, terminals)?),
-            _ => Err(cmd.exec().into()),
-        };
+    match flake.engine.runtime.mode {
+        LaunchMode::OneShot => one_shot(&flake, &engine, terminal),
+        LaunchMode::Attach => {
+            let instance = instance(&flake, &engine)?;
+            attach::call(&instance, &flake.engine, &flake.call, terminal, &lookup)
+        }
+        LaunchMode::Resume => {
+            let instance = instance(&flake, &engine)?;
+            let agent = agent()?;
+            resume::call(
+                &instance,
+                &agent,
+                &flake.engine,
+                &flake.call,
+                terminal,
+                &lookup,
+            )
+        }
     }
-    let key = InstanceKey {
-        flake: name,
-        instance: call.instance.clone(),
-    };
-    let instance = Instance {
-        engine: &engine,
-        state: StateDir::prepare(&settings.podman_ids_dir(mode), settings.caller.uid, &key)?,
-        container: key.container_name(settings.caller.uid),
-        key,
-        direct: !via_sudo,
-    };
-    if container.runtime.mode == LaunchMode::Attach {
-        return attach::call(&instance, &container, &call, terminal, &lookup);
-    }
-    let exe = std::env::current_exe().unwrap_or_default();
-    let exe_dir = exe.parent().unwrap_or(Path::new("/"));
-    let agent = agent::locate(std::env::var_os(agent::AGENT_ENV), exe_dir)?;
-    resume::call(&instance, &agent, &container, &call, terminal, &lookup)
 }
 
-/// The flake name is the file name the launcher was called as.
-fn flake_name(argv0: &OsString) -> Result<FlakeName, PodmanError> {
-    let base = Path::new(argv0)
-        .file_name()
-        .unwrap_or_default()
-        .to_string_lossy();
-    if PILOT_NAMES.contains(&base.as_ref()) {
-        return Err(PodmanError::CalledDirectly);
+/// The caller's environment, for `%VAR` in the flake's engine options.
+fn lookup(key: &str) -> Option<String> {
+    std::env::var(key).ok()
+}
+
+/// True when podman runs as root through sudo: a `runas: root` flake called by a user.
+fn via_sudo(flake: &Flake) -> bool {
+    flake.engine.runtime.runas == RunAs::Root && !flake.settings.caller.is_root()
+}
+
+/// podman (through sudo when it must), with the storage of the flake's registrations; sudo
+/// is asked first whether it will run podman for the caller.
+fn engine(flake: &Flake) -> Result<Engine, PodmanError> {
+    let engine = Engine::locate(std::env::var_os("PATH").as_deref(), via_sudo(flake))?
+        .with_storage_conf(flake.settings.podman_storage_conf(flake.mode));
+    engine.check_sudo(flake.name.as_str())?;
+    Ok(engine)
+}
+
+/// The assembled image of a flake with a base, layers, includes or host dependencies
+/// (cached across calls).
+fn provision(flake: &Flake, engine: &Engine) -> Result<String, PodmanError> {
+    let settings = &flake.settings;
+    let provisioner = Provisioner {
+        engine,
+        name: &flake.name,
+        config: &flake.config,
+        flake: &flake.engine,
+        include: &flake.include,
+        cache_dir: cache_dir(&settings.podman_ids_dir(flake.mode), settings.caller.uid)?,
+        progress: flake.call.options.progress,
+        ignore_sync_error: flake.call.options.ignore_sync_error,
+    };
+    provisioner.image()
+}
+
+/// A one-shot call: the launcher becomes `podman run --rm`, or relays the terminal when
+/// only some of its streams are terminals.
+fn one_shot(flake: &Flake, engine: &Engine, terminal: Terminal) -> Result<PilotExit, PodmanError> {
+    let container = &flake.engine;
+    let streams = Streams::choose(
+        container,
+        &flake.call,
+        terminal,
+        Streams::detect_terminals(),
+    );
+    let cmd = oneshot::command(
+        &flake.name,
+        container,
+        &flake.call,
+        engine,
+        (terminal, streams),
+        &lookup,
+    )?;
+    flakes::fault::pause_at(flakes::fault::Step::Exec);
+    match streams {
+        Streams::Relayed(terminals) => Ok(oneshot::relay::run(&cmd, terminals)?),
+        _ => Err(cmd.exec().into()),
     }
-    Ok(FlakeName::new(&base)?)
+}
+
+/// The long-lived instance a resume or attach call goes to, its state directory ready.
+fn instance<'e>(flake: &Flake, engine: &'e Engine) -> Result<Instance<'e>, PodmanError> {
+    let uid = flake.settings.caller.uid;
+    let key = InstanceKey {
+        flake: flake.name.clone(),
+        instance: flake.call.instance.clone(),
+    };
+    Ok(Instance {
+        engine,
+        state: StateDir::prepare(&flake.settings.podman_ids_dir(flake.mode), uid, &key)?,
+        container: key.container_name(uid),
+        key,
+        direct: !via_sudo(flake),
+    })
+}
+
+/// The static agent a resume instance runs as its PID 1, found beside this binary unless
+/// `FLAKE_AGENT` names it.
+fn agent() -> Result<PathBuf, PodmanError> {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let exe_dir = exe.parent().unwrap_or(Path::new("/"));
+    agent::locate(std::env::var_os(agent::AGENT_ENV), exe_dir)
 }

@@ -1,102 +1,123 @@
 // SPDX-License-Identifier: MIT
 //! `firecracker-pilot`: the launcher VM flakes' app paths point to.
 //!
-//! It resolves the flake it was called as and the caller's world once, picks the VMM the
-//! flake names (Firecracker, or QEMU microvm), and hands the call to
-//! [`vm_pilot::launch`]; the exit status is the app's (see `flakes::exit`).
+//! It resolves the flake it was called as and the caller's world once
+//! ([`flakes::launcher::resolve`], shared with `podman-pilot`), picks the VMM the flake
+//! names (Firecracker, or QEMU microvm), and hands the call to [`vm_pilot::launch`]; the exit
+//! status is the app's, its own failures exit 125 (see `flakes::exit`). Its diagnostics are
+//! `podman-pilot`'s ([`flakes::launcher::init_logging`]): `tracing` on stderr at
+//! `FLAKE_LOG_LEVEL`, and with `PILOT_DEBUG` set every command line it runs, while the
+//! guest init logs to the instance's console log.
 
 use std::ffi::OsString;
-use std::path::Path;
+use std::os::unix::ffi::OsStringExt;
 use std::process::ExitCode;
 
 use flakes::callargs::Terminal;
 use flakes::config::vm::{VmFlake, Vmm as VmmKind};
-use flakes::config::Engine;
 use flakes::instance::InstanceKey;
-use flakes::process::resolve;
-use flakes::{CallArgs, FlakeName, Mode, PilotExit, Settings};
+use flakes::launcher::{self, LaunchError, Launcher, Resolved};
+use flakes::process::{resolve, ProcessError};
+use flakes::{Mode, PilotExit, Settings};
 use vm_pilot::firecracker::Firecracker;
 use vm_pilot::launch::{GuestInit, Launch};
 use vm_pilot::qemu::{ChannelChoice, Qemu, ACCEL_ENV, CHANNEL_ENV};
 use vm_pilot::vmm::Vmm;
+use vm_pilot::VmError;
 
-fn main() -> ExitCode {
-    match run() {
-        Ok(exit) => exit.into(),
-        Err(message) => {
-            eprintln!("firecracker-pilot: {message}");
-            PilotExit::LauncherFailure.into()
+/// Why `firecracker-pilot` could not run a call.
+#[derive(Debug, thiserror::Error)]
+enum PilotError {
+    /// The call names no VM flake.
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    /// The VMM the flake names cannot be found.
+    #[error(transparent)]
+    Vmm(#[from] ProcessError),
+    /// `FLAKE_QEMU_CHANNEL` names no guest channel.
+    #[error("{0}")]
+    Channel(String),
+    /// The launch itself failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+}
+
+impl From<&PilotError> for PilotExit {
+    fn from(err: &PilotError) -> Self {
+        match err {
+            PilotError::Launch(err) => err.into(),
+            // The app's own status comes back as the launch's result; every failure of the
+            // launcher or its VMM is 125.
+            PilotError::Vmm(_) | PilotError::Channel(_) | PilotError::Vm(_) => {
+                PilotExit::LauncherFailure
+            }
         }
     }
 }
 
-fn run() -> Result<PilotExit, String> {
-    let mut args = std::env::args_os();
-    let argv0 = args.next().unwrap_or_default();
-    let base = Path::new(&argv0)
-        .file_name()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .into_owned();
-    if base == "firecracker-pilot" {
-        return Err(
-            "firecracker-pilot is a launcher: call it through an app registered with \
-             `flake-ctl firecracker register`"
-                .into(),
-        );
-    }
-    let name = FlakeName::new(&base).map_err(|e| e.to_string())?;
-    let call = CallArgs::parse(args).map_err(|e| e.to_string())?;
-    let settings = Settings::from_env().map_err(|e| e.to_string())?;
-    let flake =
-        flakes::registry::find(&settings.lookup_order(), &name).map_err(|e| e.to_string())?;
-    let vm = match flake.engine {
-        Engine::Vm(vm) => vm,
-        Engine::Container(_) => {
-            return Err(format!(
-                "flake '{name}' is a podman flake; register it again with flake-ctl podman"
-            ))
+fn main() -> ExitCode {
+    launcher::init_logging(Launcher::Firecracker);
+    match run() {
+        Ok(exit) => exit.into(),
+        Err(err) => {
+            eprintln!("firecracker-pilot: {}", flakes::report::one_line(&err));
+            PilotExit::from(&err).into()
         }
-    };
-    // Tools in sbin are found for users whose PATH lacks it.
-    let mut path = std::env::var_os("PATH").unwrap_or_default();
-    path.push(":/usr/local/sbin:/usr/sbin:/sbin");
-    let vmm = backend(&vm, &path)?;
-    let launch = Launch {
+    }
+}
+
+fn run() -> Result<PilotExit, PilotError> {
+    let flake = launcher::resolve::<VmFlake, _>(std::env::args_os(), Settings::from_env)?;
+    let path = tools_path(std::env::var_os("PATH"));
+    let vmm = backend(&flake.engine, &path)?;
+    Ok(launch(&flake, vmm.as_ref(), path).run()?)
+}
+
+/// The launch of one call of `flake` on `vmm`, with the caller's world it needs.
+fn launch<'a>(flake: &'a Resolved<VmFlake>, vmm: &'a dyn Vmm, path: OsString) -> Launch<'a> {
+    let settings = &flake.settings;
+    Launch {
         key: InstanceKey {
-            flake: name,
-            instance: call.instance.clone(),
+            flake: flake.name.clone(),
+            instance: flake.call.instance.clone(),
         },
-        flake: &vm,
+        flake: &flake.engine,
         include: &flake.include,
-        call: &call,
-        vmm: vmm.as_ref(),
+        call: &flake.call,
+        vmm,
         ids_dir: settings.firecracker_ids_dir(),
         storage_dir: settings.flakes_dir(Mode::User).join("firecracker/storage"),
-        states_dir: vm_pilot::saved::enabled().then(|| vm_pilot::states_dir(&settings)),
+        states_dir: vm_pilot::saved::enabled().then(|| vm_pilot::states_dir(settings)),
         uid: settings.caller.uid,
         terminal: Terminal::detect(),
-        term: std::env::var_os("TERM")
-            .map(|t| std::os::unix::ffi::OsStrExt::as_bytes(t.as_os_str()).to_vec()),
-        tools: vm_pilot::tools::Tools::new(path.clone()),
-        debug: std::env::var_os("PILOT_DEBUG").is_some(),
-        guest: GuestInit::of(&vm),
-        announces: GuestInit::announces(&vm),
-    };
-    launch.run().map_err(|e| e.to_string())
+        term: std::env::var_os("TERM").map(OsString::into_vec),
+        tools: vm_pilot::tools::Tools::new(path),
+        debug: launcher::debug(),
+        guest: GuestInit::of(&flake.engine),
+        announces: GuestInit::announces(&flake.engine),
+    }
+}
+
+/// The caller's `PATH` with the sbin directories after it, so that the VMMs, `mkfs` and `ip`
+/// are found for users whose `PATH` lacks them.
+fn tools_path(path: Option<OsString>) -> OsString {
+    let mut path = path.unwrap_or_default();
+    path.push(":/usr/local/sbin:/usr/sbin:/sbin");
+    path
 }
 
 /// The VMM the flake asks for, found on `path`.
-fn backend(vm: &VmFlake, path: &OsString) -> Result<Box<dyn Vmm>, String> {
+fn backend(vm: &VmFlake, path: &OsString) -> Result<Box<dyn Vmm>, PilotError> {
     Ok(match vm.runtime.vmm {
         VmmKind::Qemu => Box::new(Qemu {
-            binary: resolve("qemu-system-x86_64", Some(path)).map_err(|e| e.to_string())?,
+            binary: resolve("qemu-system-x86_64", Some(path))?,
             accel: std::env::var(ACCEL_ENV).ok(),
-            channel: ChannelChoice::parse(&std::env::var(CHANNEL_ENV).unwrap_or_default())?,
+            channel: ChannelChoice::parse(&std::env::var(CHANNEL_ENV).unwrap_or_default())
+                .map_err(|why| PilotError::Channel(why.to_string()))?,
             device: vm_pilot::qemu::device::find(path),
         }),
         VmmKind::Firecracker => Box::new(Firecracker {
-            binary: resolve("firecracker", Some(path)).map_err(|e| e.to_string())?,
+            binary: resolve("firecracker", Some(path))?,
         }),
     })
 }
