@@ -325,3 +325,6 @@ impl Launch<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;
