@@ -46,13 +46,13 @@ fn run(pid1: bool) -> Result<(), String> {
     }
     let cmdline = std::fs::read_to_string("/proc/cmdline")
         .map_err(|e| format!("cannot read /proc/cmdline: {e}"))?;
-    let settings = BootSettings::parse(&cmdline)?;
+    let settings = BootSettings::parse(&cmdline).map_err(|e| e.to_string())?;
     if settings.debug {
         debug::enable();
     }
     debug::log(|| format!("started at {started}: {settings:?}"));
     let prepare = || prepare(pid1, &settings);
-    if let Some(argv) = cmdline::run_command(&cmdline)? {
+    if let Some(argv) = cmdline::run_command(&cmdline).map_err(|e| e.to_string())? {
         prepare()?;
         return serial(&argv);
     }
