@@ -63,7 +63,7 @@ fn run(pid1: bool) -> Result<(), String> {
     std::hint::black_box(flake_agent::proto::GUEST_ANNOUNCE_MARKER);
     if settings.channel == Channel::Console {
         // One call; the console cannot carry more (its host cannot reconnect).
-        let console = console::open(Duration::from_secs(10))?;
+        let console = console::open(Duration::from_secs(10)).map_err(|e| e.to_string())?;
         debug::log(|| "console open".to_string());
         if settings.resync {
             // The overlay waits for the host: this VM may be saved until then.
@@ -96,7 +96,7 @@ fn attach(
             .is_ok()
     });
     if let Some(device) = overlay {
-        resync::forget_cached(&device)?;
+        resync::forget_cached(&device).map_err(|e| e.to_string())?;
         prepare_with(true, Some(&device))?;
     }
     Ok(reseeded)
@@ -109,7 +109,7 @@ fn prepare_with(pid1: bool, overlay: Option<&str>) -> Result<(), String> {
         (true, None) => boot::mount_rest(),
         // All of them on the new root.
         (true, Some(device)) => {
-            boot::overlay_root(device)?;
+            boot::overlay_root(device).map_err(|e| e.to_string())?;
             boot::mount_basics();
         }
     }

@@ -283,11 +283,12 @@ fn kind(frame: &Frame) -> &'static str {
 }
 
 fn serve_ports(server: Server) -> Result<(), String> {
-    port::handle_sigio()?;
-    let ports = port::find_ports(server.ports, Duration::from_secs(10))?;
+    port::handle_sigio().map_err(|e| e.to_string())?;
+    let ports =
+        port::find_ports(server.ports, Duration::from_secs(10)).map_err(|e| e.to_string())?;
     crate::debug::log(|| format!("ports {ports:?}"));
     for path in ports {
-        let port = Port::open(&path)?;
+        let port = Port::open(&path).map_err(|e| e.to_string())?;
         crate::debug::log(|| format!("{}: open", path.display()));
         let server = server.clone();
         std::thread::spawn(move || {
