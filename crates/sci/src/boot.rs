@@ -56,8 +56,8 @@ pub fn mount_rest() {
 pub enum BootError {
     /// The disk would not mount.
     #[error(
-        "overlay {device}: cannot mount it on {OVERLAY_MOUNT}: {source}; the disk must be ext4 \
-         and the guest kernel able to mount ext4"
+        "overlay {device}: cannot mount it on {OVERLAY_MOUNT}: {source}; it must be a \
+         writable ext4 disk and the guest kernel must support ext4"
     )]
     MountDisk {
         /// The overlay disk.
@@ -200,7 +200,7 @@ mod tests {
                     source: Errno::NODEV,
                 },
                 "overlay /dev/vdb: cannot mount it on /overlayroot: No such device (os error 19); \
-                 the disk must be ext4 and the guest kernel able to mount ext4",
+                 it must be a writable ext4 disk and the guest kernel must support ext4",
             ),
             (
                 BootError::CreateDir {

@@ -63,10 +63,10 @@ pub enum ResyncError {
         /// Underlying error.
         source: std::io::Error,
     },
-    /// A block device refused to drop its cache or would not open.
-    #[error("cannot {what} {device}: {source}")]
-    Device {
-        /// The block device.
+    /// The overlay disk refused to drop its cache or would not open.
+    #[error("overlay {device}: cannot {what}: {source}")]
+    Overlay {
+        /// The overlay disk.
         device: String,
         /// What was asked of it.
         what: &'static str,
@@ -138,17 +138,17 @@ fn kernel_version(release: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
-/// Drops what the kernel has cached of block device `device`.
+/// Drops what the kernel has cached of block device `device` (the overlay disk).
 pub fn forget_cached(device: &str) -> Result<(), ResyncError> {
     let fail = |what| {
-        move |source| ResyncError::Device {
+        move |source| ResyncError::Overlay {
             device: device.to_string(),
             what,
             source,
         }
     };
-    let file = File::open(device).map_err(fail("open"))?;
-    no_arg_ioctl(&file, BLKFLSBUF).map_err(fail("drop the cache of"))
+    let file = File::open(device).map_err(fail("open it"))?;
+    no_arg_ioctl(&file, BLKFLSBUF).map_err(fail("drop its cache"))
 }
 
 #[allow(unsafe_code)]
@@ -223,7 +223,7 @@ mod tests {
         assert!(
             missing
                 .to_string()
-                .starts_with("cannot open /dev/sci-test-no-disk: "),
+                .starts_with("overlay /dev/sci-test-no-disk: cannot open it: "),
             "{missing}"
         );
         // Not a block device: the kernel refuses the ioctl.
@@ -232,7 +232,7 @@ mod tests {
         assert!(
             refused
                 .to_string()
-                .starts_with(&format!("cannot drop the cache of {file}: ")),
+                .starts_with(&format!("overlay {file}: cannot drop its cache: ")),
             "{refused}"
         );
         std::fs::remove_file(&file).unwrap();
