@@ -9,10 +9,17 @@
 //! Changes then land on the disk, which is what lets a resume VM keep them across calls
 //! and restarts.
 
+use std::ffi::CStr;
+
+use rustix::io::Errno;
 use rustix::mount::{mount, unmount, MountFlags, UnmountFlags};
 
 /// Where the overlay disk is mounted (a mount point every image has; `pull` adds it).
 const OVERLAY_MOUNT: &str = "/overlayroot";
+/// The overlay's mount options: the read-only root below, the disk's layers above (under
+/// [`OVERLAY_MOUNT`]).
+const OVERLAY_OPTIONS: &CStr =
+    c"lowerdir=/,upperdir=/overlayroot/rootfs_upper,workdir=/overlayroot/rootfs_work";
 
 /// Mounts the kernel file systems; ones already mounted (or missing mount points) are
 /// skipped, the program may not need them.
@@ -43,34 +50,122 @@ pub fn mount_rest() {
     );
 }
 
+/// Why the overlay disk could not become the root. Each names the disk; the guest keeps
+/// its read-only root and the call is answered with the message.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// The disk would not mount.
+    #[error(
+        "overlay {device}: cannot mount it on {OVERLAY_MOUNT}: {source}; it must be a \
+         writable ext4 disk and the guest kernel must support ext4"
+    )]
+    MountDisk {
+        /// The overlay disk.
+        device: String,
+        /// Underlying error.
+        source: Errno,
+    },
+    /// A directory of the overlay could not be made on the disk.
+    #[error("overlay {device}: cannot create {path}: {source}")]
+    CreateDir {
+        /// The overlay disk.
+        device: String,
+        /// The directory.
+        path: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The overlay file system would not mount.
+    #[error(
+        "overlay {device}: cannot mount the overlay on {OVERLAY_MOUNT}/rootfs: {source}; the \
+         guest kernel needs overlayfs"
+    )]
+    MountOverlay {
+        /// The overlay disk.
+        device: String,
+        /// Underlying error.
+        source: Errno,
+    },
+    /// The new root could not be entered.
+    #[error("overlay {device}: cannot change into {path}: {source}")]
+    Enter {
+        /// The overlay disk.
+        device: String,
+        /// The directory.
+        path: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// `pivot_root` or `chroot` refused.
+    #[error("overlay {device}: {call} failed: {source}")]
+    Switch {
+        /// The overlay disk.
+        device: String,
+        /// `pivot_root` or `chroot`.
+        call: &'static str,
+        /// Underlying error.
+        source: Errno,
+    },
+}
+
 /// Makes `device` the writable upper layer of the root and switches into the overlay.
-pub fn overlay_root(device: &str) -> Result<(), String> {
-    let fail = |what: &str, err: rustix::io::Errno| format!("overlay {device}: {what}: {err}");
-    mount(device, OVERLAY_MOUNT, "ext4", MountFlags::NOATIME, None)
-        .map_err(|e| fail("cannot mount it on /overlayroot", e))?;
+pub fn overlay_root(device: &str) -> Result<(), BootError> {
+    let owned = || device.to_string();
+    mount(device, OVERLAY_MOUNT, "ext4", MountFlags::NOATIME, None).map_err(|source| {
+        BootError::MountDisk {
+            device: owned(),
+            source,
+        }
+    })?;
     for dir in ["rootfs", "rootfs_upper", "rootfs_work"] {
-        std::fs::create_dir_all(format!("{OVERLAY_MOUNT}/{dir}"))
-            .map_err(|e| format!("overlay {device}: cannot create {dir}: {e}"))?;
+        create_dir(device, &format!("{OVERLAY_MOUNT}/{dir}"))?;
     }
     let merged = format!("{OVERLAY_MOUNT}/rootfs");
-    let options = std::ffi::CString::new(format!(
-        "lowerdir=/,upperdir={OVERLAY_MOUNT}/rootfs_upper,workdir={OVERLAY_MOUNT}/rootfs_work"
-    ))
-    .map_err(|e| format!("overlay {device}: {e}"))?;
     mount(
         "overlay",
         merged.as_str(),
         "overlay",
         MountFlags::empty(),
-        Some(options.as_c_str()),
+        Some(OVERLAY_OPTIONS),
     )
-    .map_err(|e| fail("cannot mount the overlay", e))?;
-    // pivot_root . mnt; then the old root (with the first /proc and /dev) is detached.
-    std::env::set_current_dir(&merged).map_err(|e| format!("overlay {device}: {e}"))?;
-    std::fs::create_dir_all("mnt").map_err(|e| format!("overlay {device}: /mnt: {e}"))?;
-    rustix::process::pivot_root(".", "mnt").map_err(|e| fail("pivot_root failed", e))?;
-    rustix::process::chroot(".").map_err(|e| fail("chroot failed", e))?;
-    std::env::set_current_dir("/").map_err(|e| format!("overlay {device}: {e}"))?;
+    .map_err(|source| BootError::MountOverlay {
+        device: owned(),
+        source,
+    })?;
+    switch_root(device, &merged)
+}
+
+/// Makes `path` (and its parents) on the overlay disk `device`.
+fn create_dir(device: &str, path: &str) -> Result<(), BootError> {
+    std::fs::create_dir_all(path).map_err(|source| BootError::CreateDir {
+        device: device.to_string(),
+        path: path.to_string(),
+        source,
+    })
+}
+
+/// Makes the overlay mounted on `merged` the root: `pivot_root . mnt`, then the old root
+/// (with the first /proc and /dev) is detached.
+fn switch_root(device: &str, merged: &str) -> Result<(), BootError> {
+    let enter = |path: &str| {
+        std::env::set_current_dir(path).map_err(|source| BootError::Enter {
+            device: device.to_string(),
+            path: path.to_string(),
+            source,
+        })
+    };
+    let switch = |call| {
+        move |source| BootError::Switch {
+            device: device.to_string(),
+            call,
+            source,
+        }
+    };
+    enter(merged)?;
+    create_dir(device, &format!("{merged}/mnt"))?;
+    rustix::process::pivot_root(".", "mnt").map_err(switch("pivot_root"))?;
+    rustix::process::chroot(".").map_err(switch("chroot"))?;
+    enter("/")?;
     let _ = unmount("/mnt", UnmountFlags::DETACH);
     Ok(())
 }
@@ -81,4 +176,70 @@ pub fn overlay_root(device: &str) -> Result<(), String> {
 pub fn power_off() {
     rustix::fs::sync();
     let _ = rustix::system::reboot(rustix::system::RebootCommand::Restart);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_overlay_options_name_the_layers_on_the_disk() {
+        let options = OVERLAY_OPTIONS.to_str().unwrap();
+        let upper = format!("upperdir={OVERLAY_MOUNT}/rootfs_upper");
+        let work = format!("workdir={OVERLAY_MOUNT}/rootfs_work");
+        assert_eq!(options, format!("lowerdir=/,{upper},{work}"));
+    }
+
+    #[test]
+    fn overlay_errors_name_the_disk_the_step_and_the_fix() {
+        let device = || "/dev/vdb".to_string();
+        let cases = [
+            (
+                BootError::MountDisk {
+                    device: device(),
+                    source: Errno::NODEV,
+                },
+                "overlay /dev/vdb: cannot mount it on /overlayroot: No such device (os error 19); \
+                 it must be a writable ext4 disk and the guest kernel must support ext4",
+            ),
+            (
+                BootError::CreateDir {
+                    device: device(),
+                    path: "/overlayroot/rootfs_work".into(),
+                    source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+                },
+                "overlay /dev/vdb: cannot create /overlayroot/rootfs_work: No space left on \
+                 device (os error 28)",
+            ),
+            (
+                BootError::MountOverlay {
+                    device: device(),
+                    source: Errno::NODEV,
+                },
+                "overlay /dev/vdb: cannot mount the overlay on /overlayroot/rootfs: No such \
+                 device (os error 19); the guest kernel needs overlayfs",
+            ),
+            (
+                BootError::Switch {
+                    device: device(),
+                    call: "pivot_root",
+                    source: Errno::INVAL,
+                },
+                "overlay /dev/vdb: pivot_root failed: Invalid argument (os error 22)",
+            ),
+        ];
+        for (err, message) in cases {
+            assert_eq!(err.to_string(), message);
+        }
+    }
+
+    #[test]
+    fn a_disk_that_is_not_there_is_named() {
+        let err = overlay_root("/dev/sci-test-missing").unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.starts_with("overlay /dev/sci-test-missing: cannot mount it on /overlayroot: "),
+            "{message}"
+        );
+    }
 }

@@ -27,6 +27,50 @@
 
 use std::time::Duration;
 
+/// Result alias of the command-line parser.
+pub type Result<T, E = CmdlineError> = std::result::Result<T, E>;
+
+/// Why the kernel command line cannot be used. The launcher writes these words, so each
+/// message names the word and what it should be.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CmdlineError {
+    /// `sci_channel` names no channel.
+    #[error("sci_channel={value} is unknown; use virtio, console or vsock")]
+    Channel {
+        /// The value given.
+        value: String,
+    },
+    /// `sci_ports` is not a count.
+    #[error("sci_ports={value} is not a count; give the number of ports named flake*")]
+    Ports {
+        /// The value given.
+        value: String,
+    },
+    /// `sci_idle` is not a number of seconds.
+    #[error("sci_idle={value} is not a number of seconds; use 0 for no idle timeout")]
+    Idle {
+        /// The value given.
+        value: String,
+    },
+    /// `overlay_root` is not a device node.
+    #[error(
+        "overlay_root={value} is not a device under /dev; name the overlay disk, such as /dev/vdb"
+    )]
+    Overlay {
+        /// The value given.
+        value: String,
+    },
+    /// `run="` is never closed.
+    #[error("run=\" has no closing quote; end the serial command with \"")]
+    RunUnclosed,
+    /// `run=""` holds no word.
+    #[error("run=\"\" names no program; put the program and its arguments inside the quotes")]
+    RunEmpty,
+    /// A single quote in `run="..."` is never closed.
+    #[error("run=: unterminated single quote; close it with ' before the ending \"")]
+    RunQuote,
+}
+
 /// Which guest channel carries calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Channel {
@@ -63,7 +107,7 @@ pub struct BootSettings {
 
 impl BootSettings {
     /// Parses a kernel command line.
-    pub fn parse(cmdline: &str) -> Result<Self, String> {
+    pub fn parse(cmdline: &str) -> Result<Self> {
         let mut settings = BootSettings {
             channel: Channel::Vsock,
             ports: 1,
@@ -74,42 +118,51 @@ impl BootSettings {
             resync: false,
         };
         for word in without_run(cmdline).split_ascii_whitespace() {
-            let Some((key, value)) = word.split_once('=') else {
-                continue;
-            };
-            match key {
-                "sci_channel" => {
-                    settings.channel = match value {
-                        "virtio" => Channel::Virtio,
-                        "vsock" => Channel::Vsock,
-                        "console" => Channel::Console,
-                        other => return Err(format!("sci_channel={other} is unknown")),
-                    }
-                }
-                "sci_resume" => settings.resume = !matches!(value, "0" | "" | "false"),
-                "sci_ports" => {
-                    settings.ports = value
-                        .parse()
-                        .map_err(|_| format!("sci_ports={value} is not a count"))?;
-                }
-                "sci_debug" => settings.debug = value == "1",
-                "sci_resync" => settings.resync = value == "1",
-                "sci_idle" => {
-                    let secs: u64 = value
-                        .parse()
-                        .map_err(|_| format!("sci_idle={value} is not a number of seconds"))?;
-                    settings.idle = (secs > 0).then(|| Duration::from_secs(secs));
-                }
-                "overlay_root" if value.starts_with("/dev/") => {
-                    settings.overlay = Some(value.to_string());
-                }
-                "overlay_root" => {
-                    return Err(format!("overlay_root={value} is not a device under /dev"))
-                }
-                _ => {}
+            if let Some((key, value)) = word.split_once('=') {
+                settings.set(key, value)?;
             }
         }
         Ok(settings)
+    }
+
+    /// Takes one `key=value` word; keys that are not `sci`'s are left alone.
+    fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        let owned = || value.to_string();
+        match key {
+            "sci_channel" => self.channel = Channel::parse(value)?,
+            "sci_resume" => self.resume = !matches!(value, "0" | "" | "false"),
+            "sci_ports" => {
+                self.ports = value
+                    .parse()
+                    .map_err(|_| CmdlineError::Ports { value: owned() })?;
+            }
+            "sci_debug" => self.debug = value == "1",
+            "sci_resync" => self.resync = value == "1",
+            "sci_idle" => {
+                let secs: u64 = value
+                    .parse()
+                    .map_err(|_| CmdlineError::Idle { value: owned() })?;
+                self.idle = (secs > 0).then(|| Duration::from_secs(secs));
+            }
+            "overlay_root" if value.starts_with("/dev/") => self.overlay = Some(owned()),
+            "overlay_root" => return Err(CmdlineError::Overlay { value: owned() }),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl Channel {
+    /// The channel `sci_channel` names.
+    fn parse(value: &str) -> Result<Self> {
+        match value {
+            "virtio" => Ok(Channel::Virtio),
+            "vsock" => Ok(Channel::Vsock),
+            "console" => Ok(Channel::Console),
+            other => Err(CmdlineError::Channel {
+                value: other.to_string(),
+            }),
+        }
     }
 }
 
@@ -134,7 +187,7 @@ fn run_span(cmdline: &str) -> Option<(usize, usize)> {
 }
 
 /// The command of serial mode: the words of `run="..."`, if the command line has one.
-pub fn run_command(cmdline: &str) -> Result<Option<Vec<String>>, String> {
+pub fn run_command(cmdline: &str) -> Result<Option<Vec<String>>> {
     let start = match cmdline.find("run=\"") {
         Some(0) => 5,
         Some(_) => match cmdline.find(" run=\"") {
@@ -147,16 +200,16 @@ pub fn run_command(cmdline: &str) -> Result<Option<Vec<String>>, String> {
     let value = rest
         .find('"')
         .map(|end| &rest[..end])
-        .ok_or("run=\" has no closing quote")?;
+        .ok_or(CmdlineError::RunUnclosed)?;
     let words = split_words(value)?;
     if words.is_empty() {
-        return Err("run=\"\" names no program".into());
+        return Err(CmdlineError::RunEmpty);
     }
     Ok(Some(words))
 }
 
 /// Splits shell words: blanks separate, `'...'` is literal, `\x` is `x`.
-fn split_words(text: &str) -> Result<Vec<String>, String> {
+fn split_words(text: &str) -> Result<Vec<String>> {
     let (mut words, mut word, mut in_word) = (Vec::new(), String::new(), false);
     let mut chars = text.chars();
     while let Some(c) = chars.next() {
@@ -173,7 +226,7 @@ fn split_words(text: &str) -> Result<Vec<String>, String> {
                     match chars.next() {
                         Some('\'') => break,
                         Some(q) => word.push(q),
-                        None => return Err("run=: unterminated single quote".into()),
+                        None => return Err(CmdlineError::RunQuote),
                     }
                 }
             }
@@ -257,9 +310,84 @@ mod tests {
     }
 
     #[test]
-    fn bad_values_are_errors() {
-        for bad in ["sci_channel=serial", "sci_idle=soon", "overlay_root=vdb"] {
-            assert!(BootSettings::parse(bad).is_err(), "{bad}");
+    fn bad_values_are_errors_that_name_the_word_and_the_fix() {
+        let cases = [
+            (
+                "sci_channel=serial",
+                "sci_channel=serial is unknown; use virtio, console or vsock",
+            ),
+            (
+                "sci_ports=two",
+                "sci_ports=two is not a count; give the number of ports named flake*",
+            ),
+            (
+                "sci_ports=-1",
+                "sci_ports=-1 is not a count; give the number of ports named flake*",
+            ),
+            (
+                "sci_idle=soon",
+                "sci_idle=soon is not a number of seconds; use 0 for no idle timeout",
+            ),
+            (
+                "overlay_root=vdb",
+                "overlay_root=vdb is not a device under /dev; name the overlay disk, such as /dev/vdb",
+            ),
+        ];
+        for (bad, message) in cases {
+            let err = BootSettings::parse(&format!("console=ttyS0 {bad} quiet")).unwrap_err();
+            assert_eq!(err.to_string(), message, "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_serial_commands_are_errors_that_say_how_to_write_them() {
+        let cases = [
+            (
+                r#"run="/bin/true"#,
+                CmdlineError::RunUnclosed,
+                r#"run=" has no closing quote; end the serial command with ""#,
+            ),
+            (
+                r#"quiet run="" ro"#,
+                CmdlineError::RunEmpty,
+                r#"run="" names no program; put the program and its arguments inside the quotes"#,
+            ),
+            (
+                r#"run="  ""#,
+                CmdlineError::RunEmpty,
+                r#"run="" names no program; put the program and its arguments inside the quotes"#,
+            ),
+            (
+                r#"run="echo 'open""#,
+                CmdlineError::RunQuote,
+                r#"run=: unterminated single quote; close it with ' before the ending ""#,
+            ),
+        ];
+        for (cmdline, want, message) in cases {
+            let err = run_command(cmdline).unwrap_err();
+            assert_eq!(err, want, "{cmdline}");
+            assert_eq!(err.to_string(), message, "{cmdline}");
+        }
+    }
+
+    #[test]
+    fn messages_are_one_lower_case_line_without_a_trailing_period() {
+        let all = [
+            CmdlineError::Channel { value: "x".into() },
+            CmdlineError::Ports { value: "x".into() },
+            CmdlineError::Idle { value: "x".into() },
+            CmdlineError::Overlay { value: "x".into() },
+            CmdlineError::RunUnclosed,
+            CmdlineError::RunEmpty,
+            CmdlineError::RunQuote,
+        ];
+        for err in all {
+            let message = err.to_string();
+            assert!(
+                !message.contains('\n') && !message.ends_with('.'),
+                "{message}"
+            );
+            assert!(!message.starts_with(char::is_uppercase), "{message}");
         }
     }
 }

@@ -18,18 +18,56 @@ mod resync;
 mod serve;
 
 use std::process::ExitCode;
-
 use std::time::Duration;
 
-use cmdline::{BootSettings, Channel};
+use boot::BootError;
+use cmdline::{BootSettings, Channel, CmdlineError};
+use console::ConsoleError;
+use oneshot::{OneshotError, SetupError};
+use serve::ServeError;
 
 /// The search path programs get; the kernel starts init without one.
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
 
+/// Why `sci` ended before its VM's work was done; printed once, as `sci: ...`, on the
+/// console (the instance's `console.log` on the host).
+#[derive(Debug, thiserror::Error)]
+enum SciError {
+    /// The settings could not be read.
+    #[error("cannot read /proc/cmdline: {source}; the guest kernel needs procfs")]
+    ReadCmdline {
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The settings are wrong.
+    #[error(transparent)]
+    Cmdline(#[from] CmdlineError),
+    /// The overlay root could not be set up.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// The console could not be opened.
+    #[error(transparent)]
+    Console(#[from] ConsoleError),
+    /// The one call over the console failed.
+    #[error(transparent)]
+    Oneshot(#[from] OneshotError),
+    /// Serving calls over ports or vsock failed.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    /// The command of serial mode could not be started.
+    #[error("cannot run {program}: {source}; check the program named in run=\"...\"")]
+    Serial {
+        /// The program.
+        program: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+}
+
 fn main() -> ExitCode {
     let pid1 = rustix::process::getpid().is_init();
-    if let Err(message) = run(pid1) {
-        eprintln!("sci: {message}");
+    if let Err(err) = run(pid1) {
+        eprintln!("{}", report(&err));
     }
     if pid1 {
         boot::power_off();
@@ -37,7 +75,12 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn run(pid1: bool) -> Result<(), String> {
+/// The one line an error becomes on the console.
+fn report(err: &SciError) -> String {
+    format!("sci: {err}")
+}
+
+fn run(pid1: bool) -> Result<(), SciError> {
     let started = debug::uptime();
     if pid1 {
         // What the settings and the console need; the rest may come while the launcher
@@ -45,15 +88,14 @@ fn run(pid1: bool) -> Result<(), String> {
         boot::mount_early();
     }
     let cmdline = std::fs::read_to_string("/proc/cmdline")
-        .map_err(|e| format!("cannot read /proc/cmdline: {e}"))?;
+        .map_err(|source| SciError::ReadCmdline { source })?;
     let settings = BootSettings::parse(&cmdline)?;
     if settings.debug {
         debug::enable();
     }
     debug::log(|| format!("started at {started}: {settings:?}"));
-    let prepare = || prepare(pid1, &settings);
     if let Some(argv) = cmdline::run_command(&cmdline)? {
-        prepare()?;
+        prepare(pid1, &settings)?;
         return serial(&argv);
     }
     // Keeps the marker in the binary: `pull` looks for it (see `proto::GUEST_MARKER`).
@@ -62,25 +104,32 @@ fn run(pid1: bool) -> Result<(), String> {
     std::hint::black_box(flake_agent::proto::GUEST_RESYNC_MARKER);
     std::hint::black_box(flake_agent::proto::GUEST_ANNOUNCE_MARKER);
     if settings.channel == Channel::Console {
-        // One call; the console cannot carry more (its host cannot reconnect).
-        let console = console::open(Duration::from_secs(10))?;
-        debug::log(|| "console open".to_string());
-        if settings.resync {
-            // The overlay waits for the host: this VM may be saved until then.
-            let overlay = settings.overlay.clone().filter(|_| pid1);
-            let on_resync: oneshot::OnResync = Box::new(move |resync| attach(resync, overlay));
-            let prepare = || prepare_with(pid1, None);
-            return oneshot::serve(console, serve::FIRST_CALL_TIMEOUT, prepare, Some(on_resync));
-        }
-        return oneshot::serve(console, serve::FIRST_CALL_TIMEOUT, prepare, None);
+        return serve_console(pid1, &settings);
     }
-    prepare()?;
-    serve::serve(&settings).map(|_| ())
+    prepare(pid1, &settings)?;
+    serve::serve(&settings)?;
+    Ok(())
+}
+
+/// Serves the one call the console can carry (its host cannot reconnect).
+fn serve_console(pid1: bool, settings: &BootSettings) -> Result<(), SciError> {
+    let console = console::open(Duration::from_secs(10))?;
+    debug::log(|| "console open".to_string());
+    let timeout = serve::FIRST_CALL_TIMEOUT;
+    if settings.resync {
+        // The overlay waits for the host: this VM may be saved until then.
+        let overlay = settings.overlay.clone().filter(|_| pid1);
+        let on_resync: oneshot::OnResync = Box::new(move |resync| attach(resync, overlay));
+        let prepare = || Ok(prepare_with(pid1, None)?);
+        return Ok(oneshot::serve(console, timeout, prepare, Some(on_resync))?);
+    }
+    let prepare = || Ok(prepare(pid1, settings)?);
+    Ok(oneshot::serve(console, timeout, prepare, None)?)
 }
 
 /// The rest of the guest's preparation: the other kernel file systems, the overlay root,
 /// a search path.
-fn prepare(pid1: bool, settings: &BootSettings) -> Result<(), String> {
+fn prepare(pid1: bool, settings: &BootSettings) -> Result<(), BootError> {
     prepare_with(pid1, settings.overlay.as_deref())
 }
 
@@ -89,10 +138,13 @@ fn prepare(pid1: bool, settings: &BootSettings) -> Result<(), String> {
 fn attach(
     resync: Option<&flake_agent::proto::Resync>,
     overlay: Option<String>,
-) -> Result<bool, String> {
+) -> Result<bool, SetupError> {
     let reseeded = resync.is_some_and(|resync| {
+        // Not an error of `sci`: the answer `Resynced(false)` tells the launcher that this
+        // VM cannot be a restored copy, and it decides (boot afresh, refuse the saved
+        // state); the console keeps why.
         resync::apply(resync)
-            .inspect_err(|message| eprintln!("sci: {message}"))
+            .inspect_err(|err| eprintln!("sci: {err}"))
             .is_ok()
     });
     if let Some(device) = overlay {
@@ -103,7 +155,7 @@ fn attach(
 }
 
 /// [`prepare`] with `overlay` as the overlay disk (none: the root stays read-only).
-fn prepare_with(pid1: bool, overlay: Option<&str>) -> Result<(), String> {
+fn prepare_with(pid1: bool, overlay: Option<&str>) -> Result<(), BootError> {
     match (pid1, overlay) {
         (false, _) => {}
         (true, None) => boot::mount_rest(),
@@ -121,12 +173,61 @@ fn prepare_with(pid1: bool, overlay: Option<&str>) -> Result<(), String> {
 }
 
 /// Serial mode: the command runs on the console, which is the caller's terminal.
-fn serial(argv: &[String]) -> Result<(), String> {
-    let (program, args) = argv.split_first().ok_or("run= names no program")?;
+fn serial(argv: &[String]) -> Result<(), SciError> {
+    let (program, args) = argv.split_first().ok_or(CmdlineError::RunEmpty)?;
     let status = std::process::Command::new(program)
         .args(args)
         .status()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
+        .map_err(|source| SciError::Serial {
+            program: program.clone(),
+            source,
+        })?;
     debug::log(|| format!("serial command ended: {status}"));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_is_one_line_with_one_prefix() {
+        let cases = [
+            (
+                SciError::from(CmdlineError::Idle {
+                    value: "soon".into(),
+                }),
+                "sci: sci_idle=soon is not a number of seconds; use 0 for no idle timeout",
+            ),
+            (
+                SciError::from(OneshotError::from(SetupError::from(BootError::Switch {
+                    device: "/dev/vdb".into(),
+                    call: "chroot",
+                    source: rustix::io::Errno::PERM,
+                }))),
+                "sci: overlay /dev/vdb: chroot failed: Operation not permitted (os error 1)",
+            ),
+            (
+                SciError::from(ServeError::ConsoleOnly),
+                "sci: sci_channel=console serves a one-shot call only",
+            ),
+        ];
+        for (err, line) in cases {
+            assert_eq!(report(&err), line);
+        }
+    }
+
+    #[test]
+    fn a_serial_command_that_cannot_start_is_named() {
+        let argv = ["/nonexistent/sci-test-program".to_string()];
+        let err = serial(&argv).unwrap_err();
+        assert!(
+            report(&err).starts_with("sci: cannot run /nonexistent/sci-test-program: "),
+            "{err}"
+        );
+        assert!(matches!(
+            serial(&[]),
+            Err(SciError::Cmdline(CmdlineError::RunEmpty))
+        ));
+    }
 }

@@ -17,10 +17,45 @@ use std::time::{Duration, Instant};
 use flake_agent::framed::{self, Link};
 use flake_agent::proto::{Call, ExitStatus, Frame, ProtoError, Resync, VERSION};
 
+use crate::boot::BootError;
+use crate::console::DEVICE;
+use crate::resync::ResyncError;
+
 /// What a VM that may be saved does once its host has resynced it (`Some`), or at its call
 /// when no `Resync` came (`None`): whether it took the clock and reseeded, or why its disk
 /// could not be attached.
-pub type OnResync = Box<dyn FnOnce(Option<&Resync>) -> Result<bool, String> + Send>;
+pub type OnResync = Box<dyn FnOnce(Option<&Resync>) -> Result<bool, SetupError> + Send>;
+
+/// Why the guest could not get ready for its call; the call is answered with it.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The overlay disk could not become the root.
+    #[error(transparent)]
+    Overlay(#[from] BootError),
+    /// The overlay disk's cache could not be dropped.
+    #[error(transparent)]
+    Cache(#[from] ResyncError),
+}
+
+/// Why the one call over the console could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum OneshotError {
+    /// The console's descriptor could not be duplicated.
+    #[error("cannot share {DEVICE} between reading and writing: {source}")]
+    Share {
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The guest could not get ready (the call was answered with why).
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    /// The host's frames could not be read.
+    #[error("cannot read the call from {DEVICE}: {source}")]
+    Channel {
+        /// Underlying error.
+        source: ProtoError,
+    },
+}
 
 /// How often `Ready` is said until the call comes: the console drops what is written
 /// while no host is connected.
@@ -35,20 +70,19 @@ const LINGER: Duration = Duration::from_secs(2);
 pub fn serve(
     console: File,
     first_call: Duration,
-    prepare: impl FnOnce() -> Result<(), String>,
+    prepare: impl FnOnce() -> Result<(), SetupError>,
     mut on_resync: Option<OnResync>,
-) -> Result<(), String> {
-    let fail = |e: std::io::Error| format!("cannot share {}: {e}", crate::console::DEVICE);
-    let output = console.try_clone().map_err(fail)?;
-    let last = console.try_clone().map_err(fail)?;
+) -> Result<(), OneshotError> {
+    let share = |source| OneshotError::Share { source };
+    let output = console.try_clone().map_err(share)?;
+    let last = console.try_clone().map_err(share)?;
     let mut link = Link::new(console, Box::new(output), Vec::new());
     link.send(&Frame::Ready(VERSION));
-    if let Err(message) = prepare() {
+    if let Err(err) = prepare() {
         // The launcher waits for its call's answer: this is it.
-        link.send(&Frame::Error(format!("sci: {message}")));
-        link.send(&Frame::Exit(ExitStatus::Exited(125)));
+        refuse(&mut link, &err);
         linger(last);
-        return Err(message);
+        return Err(err.into());
     }
     let call = wait_call(&mut link, first_call, &mut on_resync);
     if let Ok(Some(call)) = &call {
@@ -66,14 +100,17 @@ fn resync(
     link: &mut Link,
     on_resync: &mut Option<OnResync>,
     resync: Option<&Resync>,
-) -> Result<bool, String> {
+) -> Result<bool, SetupError> {
     let Some(attach) = on_resync.take() else {
         return Ok(false);
     };
-    attach(resync).inspect_err(|message| {
-        link.send(&Frame::Error(format!("sci: {message}")));
-        link.send(&Frame::Exit(ExitStatus::Exited(125)));
-    })
+    attach(resync).inspect_err(|err| refuse(link, err))
+}
+
+/// Answers the call with `err`: the guest is not ready for it, and never will be.
+fn refuse(link: &mut Link, err: &SetupError) {
+    link.send(&Frame::Error(format!("sci: {err}")));
+    link.send(&Frame::Exit(ExitStatus::Exited(125)));
 }
 
 /// Waits for the launcher's `Call`, saying `Ready` again every [`READY_EVERY`] until its
@@ -83,7 +120,7 @@ fn wait_call(
     link: &mut Link,
     timeout: Duration,
     on_resync: &mut Option<OnResync>,
-) -> Result<Option<Call>, String> {
+) -> Result<Option<Call>, OneshotError> {
     let mut deadline = Instant::now() + timeout;
     let mut heard = false;
     while !link.gone() && Instant::now() < deadline {
@@ -115,7 +152,7 @@ fn wait_call(
                     link.send(&Frame::Exit(ExitStatus::Exited(125)));
                     return Ok(None);
                 }
-                Err(err) => return Err(format!("{}: {err}", crate::console::DEVICE)),
+                Err(source) => return Err(OneshotError::Channel { source }),
             }
         }
     }
@@ -146,7 +183,7 @@ mod tests {
 
     struct Host {
         stream: UnixStream,
-        sci: Option<JoinHandle<Result<(), String>>>,
+        sci: Option<JoinHandle<Result<(), OneshotError>>>,
     }
 
     /// What a call gave the host.
@@ -165,13 +202,13 @@ mod tests {
         }
 
         /// A guest readied by `prepare`.
-        fn start_with(prepare: fn() -> Result<(), String>) -> Host {
+        fn start_with(prepare: fn() -> Result<(), SetupError>) -> Host {
             Host::start_resyncing(prepare, None)
         }
 
         /// A guest readied by `prepare` that waits for a `Resync` when `on_resync` is set.
         fn start_resyncing(
-            prepare: fn() -> Result<(), String>,
+            prepare: fn() -> Result<(), SetupError>,
             on_resync: Option<OnResync>,
         ) -> Host {
             let (host, guest) = UnixStream::pair().unwrap();
@@ -263,9 +300,17 @@ mod tests {
         );
     }
 
+    /// What an overlay disk that cannot be mounted gives.
+    fn broken_overlay() -> SetupError {
+        SetupError::Overlay(BootError::MountDisk {
+            device: "/dev/vdb".into(),
+            source: rustix::io::Errno::IO,
+        })
+    }
+
     /// An `OnResync` that sends what it was given over a channel.
     fn recording(
-        result: Result<(), String>,
+        result: Result<(), SetupError>,
     ) -> (OnResync, std::sync::mpsc::Receiver<Option<Resync>>) {
         let (tx, rx) = std::sync::mpsc::channel();
         let on_resync: OnResync = Box::new(move |resync: Option<&Resync>| {
@@ -314,7 +359,7 @@ mod tests {
 
     #[test]
     fn a_failed_resync_is_the_calls_answer() {
-        let (on_resync, _seen) = recording(Err("overlay /dev/vdb: broken".into()));
+        let (on_resync, _seen) = recording(Err(broken_overlay()));
         let mut host = Host::start_resyncing(|| Ok(()), Some(on_resync));
         assert_eq!(host.recv(), Frame::Ready(VERSION));
         host.send(&Frame::Resync(Resync {
@@ -322,11 +367,18 @@ mod tests {
             entropy: [0; 32],
         }));
         let got = host.collect(false);
-        assert_eq!(got.errors, ["sci: overlay /dev/vdb: broken"]);
+        let message = broken_overlay().to_string();
+        assert!(
+            message.starts_with("overlay /dev/vdb: cannot mount it on /overlayroot: "),
+            "{message}"
+        );
+        assert_eq!(got.errors, [format!("sci: {message}")]);
         assert_eq!(got.status, Some(ExitStatus::Exited(125)));
         drop(host.stream);
         let served = host.sci.take().unwrap().join().unwrap();
-        assert_eq!(served.unwrap_err(), "overlay /dev/vdb: broken");
+        let err = served.unwrap_err();
+        assert!(matches!(err, OneshotError::Setup(_)), "{err:?}");
+        assert_eq!(err.to_string(), message, "the same words at the top");
     }
 
     #[test]
@@ -469,7 +521,7 @@ mod tests {
 
     #[test]
     fn a_guest_that_cannot_get_ready_answers_the_call_with_why() {
-        let mut host = Host::start_with(|| Err("overlay /dev/vdb: cannot mount it".into()));
+        let mut host = Host::start_with(|| Err(broken_overlay()));
         host.call(&["/bin/true"], true);
         let got = host.collect(true);
         assert_eq!(got.status, Some(ExitStatus::Exited(125)));
@@ -480,7 +532,7 @@ mod tests {
         );
         drop(host.stream);
         let err = host.sci.take().unwrap().join().unwrap().unwrap_err();
-        assert!(err.contains("cannot mount"), "{err}");
+        assert!(err.to_string().contains("cannot mount"), "{err}");
     }
 
     #[test]

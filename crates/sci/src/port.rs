@@ -37,6 +37,35 @@ use rustix::io::Errno;
 /// Ports whose name starts with this carry calls.
 pub const PORT_PREFIX: &str = "flake";
 
+/// Why the ports cannot carry calls.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// A port's device would not open or take its flags.
+    #[error("cannot open {}: {source}", path.display())]
+    Open {
+        /// The port's device.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The `SIGIO` handler could not be set up.
+    #[error("cannot handle SIGIO, which tells that a host connected to a port: {source}")]
+    Sigio {
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// No port appeared in time.
+    #[error(
+        "no virtio console port named '{PORT_PREFIX}*' appeared within {} s; the guest kernel \
+         needs the virtio console (CONFIG_VIRTIO_CONSOLE) built in",
+        waited.as_secs()
+    )]
+    NoPorts {
+        /// How long `sci` waited.
+        waited: Duration,
+    },
+}
+
 /// One virtio console port.
 #[derive(Debug)]
 pub struct Port {
@@ -61,14 +90,17 @@ pub struct PortReader(pub Arc<Port>);
 
 impl Port {
     /// Opens the port at `path`, non-blocking, with connection changes signalled.
-    pub fn open(path: &Path) -> Result<Arc<Self>, String> {
-        let fail = |e: &dyn std::fmt::Display| format!("cannot open {}: {e}", path.display());
+    pub fn open(path: &Path) -> Result<Arc<Self>, PortError> {
+        let fail = |source| PortError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(path)
-            .map_err(|e| fail(&e))?;
-        Self::from_file(file).map_err(|e| fail(&e))
+            .map_err(fail)?;
+        Self::from_file(file).map_err(fail)
     }
 
     /// A port on an open device (or, in tests, any stream).
@@ -249,9 +281,9 @@ fn wait_for_sigio(seen: u64, timeout: Duration) {
 
 /// Catches `SIGIO` (whose default action would end `sci`) and wakes the waiters. Must run
 /// before any port is opened.
-pub fn handle_sigio() -> Result<(), String> {
+pub fn handle_sigio() -> Result<(), PortError> {
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGIO])
-        .map_err(|e| format!("cannot handle SIGIO: {e}"))?;
+        .map_err(|source| PortError::Sigio { source })?;
     std::thread::spawn(move || {
         for _ in signals.forever() {
             let (count, changed) = sigio();
@@ -264,7 +296,7 @@ pub fn handle_sigio() -> Result<(), String> {
 
 /// The devices of the ports named `flake*`, waiting up to `timeout` for `expected` of
 /// them (they appear one by one); after the timeout, whatever has appeared.
-pub fn find_ports(expected: usize, timeout: Duration) -> Result<Vec<PathBuf>, String> {
+pub fn find_ports(expected: usize, timeout: Duration) -> Result<Vec<PathBuf>, PortError> {
     let deadline = Instant::now() + timeout;
     loop {
         let mut found = Vec::new();
@@ -283,9 +315,7 @@ pub fn find_ports(expected: usize, timeout: Duration) -> Result<Vec<PathBuf>, St
             return Ok(found);
         }
         if late {
-            return Err(format!(
-                "no virtio console port named '{PORT_PREFIX}*' appeared"
-            ));
+            return Err(PortError::NoPorts { waited: timeout });
         }
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -346,6 +376,25 @@ mod tests {
         let _next = port.writer();
         let replaced = writer.write(b"x").unwrap_err();
         assert_eq!(replaced.kind(), std::io::ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn port_errors_name_the_device_and_the_fix() {
+        let missing = Port::open(Path::new("/dev/sci-test-no-port")).unwrap_err();
+        assert!(
+            missing
+                .to_string()
+                .starts_with("cannot open /dev/sci-test-no-port: "),
+            "{missing}"
+        );
+        let none = PortError::NoPorts {
+            waited: Duration::from_secs(10),
+        };
+        assert_eq!(
+            none.to_string(),
+            "no virtio console port named 'flake*' appeared within 10 s; the guest kernel \
+             needs the virtio console (CONFIG_VIRTIO_CONSOLE) built in"
+        );
     }
 
     #[test]

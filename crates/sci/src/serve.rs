@@ -25,7 +25,32 @@ use flake_agent::framed::{self, Link};
 use flake_agent::proto::{ExitStatus, Frame, ProtoError, CHUNK};
 
 use crate::cmdline::{BootSettings, Channel, VSOCK_PORT};
-use crate::port::{self, Port, PortReader};
+use crate::port::{self, Port, PortError, PortReader};
+
+/// Why calls cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The ports could not be set up.
+    #[error(transparent)]
+    Port(#[from] PortError),
+    /// The vsock listener could not be set up.
+    #[error(
+        "cannot listen on vsock port {port}: {source}; the guest kernel needs vsock \
+         (CONFIG_VIRTIO_VSOCKETS) built in"
+    )]
+    Listen {
+        /// The port.
+        port: u32,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The console was asked to serve more than the one-shot call it carries.
+    #[error("sci_channel=console serves a one-shot call only")]
+    ConsoleOnly,
+    /// Every thread that could end serving is gone.
+    #[error("every guest channel closed before the VM was told to end")]
+    Closed,
+}
 
 // The waits the launcher relies on (how long a call read on a port waits for the news that
 // its host connected, see [`Port::await_host`]; how long a VM powering off goes on refusing
@@ -46,7 +71,7 @@ pub enum End {
 }
 
 /// Serves calls as `settings` say; returns when the VM should end.
-pub fn serve(settings: &BootSettings) -> Result<End, String> {
+pub fn serve(settings: &BootSettings) -> Result<End, ServeError> {
     let (end_tx, end_rx) = channel();
     let activity = Arc::new(Activity::new());
     let server = Server {
@@ -66,11 +91,9 @@ pub fn serve(settings: &BootSettings) -> Result<End, String> {
     match settings.channel {
         Channel::Virtio => serve_ports(server)?,
         Channel::Vsock => serve_vsock(server)?,
-        Channel::Console => return Err("the console serves a one-shot call only".into()),
+        Channel::Console => return Err(ServeError::ConsoleOnly),
     }
-    let end = end_rx
-        .recv()
-        .map_err(|_| "every guest channel closed".to_string())?;
+    let end = end_rx.recv().map_err(|_| ServeError::Closed)?;
     if end == End::Idle {
         // A call that came as the VM decided to power off is refused: the refusal must
         // reach its launcher before the VM is gone.
@@ -279,7 +302,7 @@ fn kind(frame: &Frame) -> &'static str {
     }
 }
 
-fn serve_ports(server: Server) -> Result<(), String> {
+fn serve_ports(server: Server) -> Result<(), PortError> {
     port::handle_sigio()?;
     let ports = port::find_ports(server.ports, Duration::from_secs(10))?;
     crate::debug::log(|| format!("ports {ports:?}"));
@@ -301,9 +324,12 @@ fn serve_ports(server: Server) -> Result<(), String> {
     Ok(())
 }
 
-fn serve_vsock(server: Server) -> Result<(), String> {
+fn serve_vsock(server: Server) -> Result<(), ServeError> {
     let listener = vsock::VsockListener::bind_with_cid_port(vsock::VMADDR_CID_ANY, VSOCK_PORT)
-        .map_err(|e| format!("cannot listen on vsock port {VSOCK_PORT}: {e}"))?;
+        .map_err(|source| ServeError::Listen {
+            port: VSOCK_PORT,
+            source,
+        })?;
     std::thread::spawn(announce);
     std::thread::spawn(move || {
         for stream in listener.incoming() {
