@@ -8,8 +8,8 @@ compare the guest channels in OUT/vm-channels.json. Usage:
 OUT holds vm-oneshot.json and vm-resume.json (interleave.py) and vm-first.json (hyperfine).
 The KEY=VALUE words are what bench.sh counted: execs of a one-shot launch (`restored`,
 `console`, `vsock`, `ports`, `first`), a warm call's cost (`resume_vsock`,
-`resume_virtio`: EXECS/CONNECTS/FLOCKS/SYSCALLS) and a running resume VM's processes
-(`vm_vsock`, `vm_virtio`: PROCESSES/RSS_KIB).
+`resume_ports`: EXECS/CONNECTS/FLOCKS/SYSCALLS) and a running resume VM's processes
+(`vm_vsock`, `vm_ports`: PROCESSES/RSS_KIB).
 
 The interleaved commands ran one after the other in every round, so besides the ratio of
 medians the median of each round's own ratio is given: it sees less of the machine's drift.
@@ -29,8 +29,9 @@ def kind(command: str) -> str:
 
 
 def channel(command: str) -> str:
-    """The channel of a warm-call row."""
-    return "vsock" if "over vsock" in command else "ports"
+    """The channel of a warm-call row, and whether its calls ran at once."""
+    name = "vsock" if "over vsock" in command else "ports"
+    return f"{name}, at once" if "at once" in command else name
 
 
 def compare(rows: dict, one: str, other: str) -> dict | None:
@@ -61,7 +62,7 @@ def resume_table(resume: list, costs: dict) -> None:
           "| processes per VM | VM memory (RSS) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in resume:
-        key = "vsock" if channel(r["command"]) == "vsock" else "virtio"
+        key = channel(r["command"])
         call = costs.get(f"resume_{key}", "-/-/-/-").split("/")
         vm = costs.get(f"vm_{key}", "-/-").split("/")
         rss = f"{int(vm[1]) / 1024:.0f} MiB" if vm[1].isdigit() else "-"
@@ -91,6 +92,8 @@ def main() -> int:
     resume_table(resume, costs)
     ratios = {
         "warm resume call, vsock/ports": compare(by_channel, "vsock", "ports"),
+        "warm resume calls at once, vsock/ports":
+            compare(by_channel, "vsock, at once", "ports, at once"),
         "booted one-shot, vsock/ports": compare(by_kind, "vsock", "ports"),
         "booted one-shot, console/ports": compare(by_kind, "console", "ports"),
         "booted one-shot, vsock/console": compare(by_kind, "vsock", "console"),

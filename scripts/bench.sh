@@ -270,21 +270,27 @@ if [ -s "$FIXTURES/kernel/vmlinux" ] && [ -x "$SCI_BIN" ] && command -v qemu-sys
     rm -f "$states/bench-vm-$run_id-"*.vmstate
     costs+=("first=$(count "$oneshot" | cut -d' ' -f1)")
 
-    # Warm calls: each channel has a resume VM of its own, both running before the timing.
-    # A row's command is CHANNEL_ASSIGNMENT APP.
+    # Warm calls: each channel has a resume VM of its own, both running before the timing;
+    # one call at a time, then VM_CALLS_AT_ONCE calls at once (more than the VM's ports).
+    # A channel's command is CHANNEL_ASSIGNMENT APP.
+    at_once=${VM_CALLS_AT_ONCE:-8}
+    channels=()
+    has_vsock && channels+=("vsock" "FLAKE_QEMU_CHANNEL=vsock $res_vsock")
+    channels+=("ports" "FLAKE_QEMU_CHANNEL=virtio $res_ports")
     rows=()
-    has_vsock && rows+=("VM flake resume, warm call over vsock" "FLAKE_QEMU_CHANNEL=vsock $res_vsock")
-    rows+=("VM flake resume, warm call over ports" "FLAKE_QEMU_CHANNEL=virtio $res_ports")
-    for ((i = 1; i < ${#rows[@]}; i += 2)); do
-        read -r assignment app <<< "${rows[i]}"
+    together=()
+    for ((i = 0; i < ${#channels[@]}; i += 2)); do
+        read -r assignment app <<< "${channels[i + 1]}"
         env "$assignment" "$app" </dev/null
+        rows+=("VM flake resume, warm call over ${channels[i]}" "${channels[i + 1]}")
+        together+=("VM flake resume, $at_once warm calls at once over ${channels[i]}"
+                   "$assignment sh -c 'seq $at_once | xargs -P $at_once -I{} \"\$0\"' $app")
     done
-    python3 scripts/interleave.py "$RUNS" 5 "$OUT/vm-resume.json" "${rows[@]}"
-    for ((i = 1; i < ${#rows[@]}; i += 2)); do
-        read -r assignment app <<< "${rows[i]}"
-        channel=${assignment#*=}
-        costs+=("resume_$channel=$(export "$assignment"; call_cost "$app")"
-                "vm_$channel=$(vm_processes "${app##*/}")")
+    python3 scripts/interleave.py "$RUNS" 5 "$OUT/vm-resume.json" "${rows[@]}" "${together[@]}"
+    for ((i = 0; i < ${#channels[@]}; i += 2)); do
+        read -r assignment app <<< "${channels[i + 1]}"
+        costs+=("resume_${channels[i]}=$(export "$assignment"; call_cost "$app")"
+                "vm_${channels[i]}=$(vm_processes "${app##*/}")")
         env "$assignment" "$app" %remove </dev/null
     done
     python3 scripts/bench-vm-summary.py "$OUT" "${costs[@]}" | tee "$OUT/vm.md"
