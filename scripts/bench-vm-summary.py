@@ -5,7 +5,8 @@ compare the guest channels in OUT/vm-channels.json. Usage:
 
     bench-vm-summary.py OUT [KEY=VALUE ...]
 
-OUT holds vm-oneshot.json and vm-resume.json (interleave.py) and vm-first.json (hyperfine).
+OUT holds vm-oneshot.json, vm-resume.json and vm-resume-at-once.json (interleave.py) and
+vm-first.json (hyperfine).
 The KEY=VALUE words are what bench.sh counted: execs of a one-shot launch (`restored`,
 `console`, `vsock`, `ports`, `first`), a warm call's cost (`resume_vsock`,
 `resume_ports`: EXECS/CONNECTS/FLOCKS/SYSCALLS) and a running resume VM's processes
@@ -85,6 +86,7 @@ def main() -> int:
     oneshot = json.load(open(f"{out}/vm-oneshot.json"))["results"]
     oneshot += json.load(open(f"{out}/vm-first.json"))["results"]
     resume = json.load(open(f"{out}/vm-resume.json"))["results"]
+    resume += json.load(open(f"{out}/vm-resume-at-once.json"))["results"]
     by_kind = {kind(r["command"]): r for r in oneshot}
     by_channel = {channel(r["command"]): r for r in resume}
     raw = by_kind["raw"]
