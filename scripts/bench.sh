@@ -26,6 +26,16 @@ vm_images=()
 run_id=$(printf '%s' "${work##*-}" | tr 'A-Z' 'a-z')
 states=${HOME:-/root}/.config/flakes/firecracker/states
 cleanup() {
+    local status=${exit_status:-$?}
+    # A failed run keeps its VMs' console and VMM logs (the error names the instance).
+    if [ "$status" != 0 ] && compgen -G "$work/vm/*/.vm/*/*.log" >/dev/null; then
+        rm -rf "$OUT/vm-logs"
+        for log in "$work"/vm/*/.vm/*/*.log; do
+            mkdir -p "$OUT/vm-logs/$(basename "$(dirname "$log")")"
+            cp "$log" "$OUT/vm-logs/$(basename "$(dirname "$log")")/"
+        done
+        echo "the VMs' logs are in $OUT/vm-logs" >&2
+    fi
     "$BIN_DIR/flake-ctl" podman remove --app "$work/bin/bench-true" >/dev/null 2>&1 || true
     podman rm -f -t 0 flake-bench-warm-u0 >/dev/null 2>&1 || true
     # VM instances live in the run's directory: this ends its VMMs only (their vsock
@@ -149,7 +159,7 @@ layered_cleanup() {
     podman rmi -f localhost/flake-bench-delta:1 localhost/flake-bench-layer:1 >/dev/null 2>&1 || true
     podman rmi -f localhost/flake-bench-big:1 >/dev/null 2>&1 || true
 }
-trap 'layered_cleanup; cleanup' EXIT
+trap 'exit_status=$?; layered_cleanup; cleanup' EXIT
 "$BIN_DIR/flake-ctl" podman register --container localhost/flake-bench-delta:1 --base "$IMAGE" \
     --layer localhost/flake-bench-layer:1 --app "$work/bin/bench-layered" --target /bin/true \
     --opt '\--network none' >/dev/null
