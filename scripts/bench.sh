@@ -214,7 +214,7 @@ FIXTURES=${FLAKE_VM_FIXTURES:-/var/cache/flake-pilot-vm}
 SCI_BIN=${FLAKE_SCI:-$PWD/target/$TRIPLE/release/sci}
 if [ -s "$FIXTURES/kernel/vmlinux" ] && [ -x "$SCI_BIN" ] && command -v qemu-system-x86_64 >/dev/null; then
     # QEMU's vsock device comes with the fixtures.
-    [ -d "$FIXTURES/bin" ] && export PATH=$FIXTURES/bin:$PATH
+    [ -d "$FIXTURES/vhost-user" ] && export PATH=$FIXTURES/vhost-user:$PATH
     if ! command -v vhost-device-vsock >/dev/null; then
         echo "SKIP: VM calls over vsock: vhost-device-vsock is not installed (make vm-fixtures)"
     fi
