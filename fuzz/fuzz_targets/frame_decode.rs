@@ -7,7 +7,7 @@
 
 #![no_main]
 
-use flake_agent::proto::{Frame, ProtoError};
+use flake_protocol::proto::{Frame, ProtoError};
 use flake_pilot_fuzz as _;
 use libfuzzer_sys::fuzz_target;
 

@@ -12,7 +12,7 @@ use std::io::Write;
 use std::os::unix::net::UnixStream;
 
 use flake_agent::client::{self, Request, Streams};
-use flake_agent::proto::{Call, ExitStatus, Frame};
+use flake_protocol::proto::{Call, ExitStatus, Frame};
 
 fn request(output_acks: bool) -> Request {
     Request {
@@ -69,7 +69,7 @@ fn frames_are_acknowledged_with_their_cost() {
     let (launcher, guest) = fake_guest(move |_call, mut agent| {
         let stderr = Frame::Stderr(vec![b'e'; 5000]);
         let len = stderr.encode().len();
-        Frame::Ready(flake_agent::proto::VERSION)
+        Frame::Ready(flake_protocol::proto::VERSION)
             .write_to(&mut agent)
             .unwrap();
         stderr.write_to(&mut agent).unwrap();
@@ -89,7 +89,7 @@ fn frames_are_acknowledged_with_their_cost() {
     let status = client::run(launcher, &request(true)).unwrap();
     assert_eq!(status, ExitStatus::Exited(0));
     let (acked, len) = guest.join().unwrap();
-    let cost = u32::try_from(flake_agent::proto::window_cost(len)).unwrap();
+    let cost = u32::try_from(flake_protocol::proto::window_cost(len)).unwrap();
     assert_eq!(acked, vec![cost], "one ack, for the Stderr frame only");
     assert_eq!(cost, 5005 + 2048, "4 + 1 + 5000 bytes in two 4 KiB pieces");
 }
@@ -105,7 +105,7 @@ fn a_refused_call_is_its_own_error() {
     let refused = client::run(launcher, &request(false)).unwrap_err();
     let _agent = guest.join().unwrap();
     assert!(
-        matches!(refused, flake_agent::proto::ProtoError::Refused { .. }),
+        matches!(refused, flake_protocol::proto::ProtoError::Refused { .. }),
         "{refused:?}"
     );
     assert!(refused.to_string().contains("call the app again"));
@@ -117,7 +117,7 @@ fn a_refused_call_is_its_own_error() {
 fn a_call_without_an_answer_in_time_is_its_own_error() {
     let (launcher, guest) = fake_guest(move |_call, mut agent| {
         for _ in 0..20 {
-            if Frame::Ready(flake_agent::proto::VERSION)
+            if Frame::Ready(flake_protocol::proto::VERSION)
                 .write_to(&mut agent)
                 .is_err()
             {
@@ -134,7 +134,7 @@ fn a_call_without_an_answer_in_time_is_its_own_error() {
     let waited = started.elapsed();
     let _agent = guest.join().unwrap();
     assert!(
-        matches!(err, flake_agent::proto::ProtoError::NoAnswer { .. }),
+        matches!(err, flake_protocol::proto::ProtoError::NoAnswer { .. }),
         "{err:?}"
     );
     assert!(
@@ -150,7 +150,7 @@ fn a_call_without_an_answer_in_time_is_its_own_error() {
 #[test]
 fn a_connection_dropped_before_the_answer_is_unanswered() {
     let (launcher, guest) = fake_guest(move |_call, mut agent| {
-        Frame::Ready(flake_agent::proto::VERSION)
+        Frame::Ready(flake_protocol::proto::VERSION)
             .write_to(&mut agent)
             .unwrap();
         // Dropped with the launcher's stdin EOF unread: the launcher's read is reset.
@@ -158,7 +158,7 @@ fn a_connection_dropped_before_the_answer_is_unanswered() {
     let err = client::run(launcher, &request(false)).unwrap_err();
     guest.join().unwrap();
     assert!(
-        matches!(err, flake_agent::proto::ProtoError::Unanswered),
+        matches!(err, flake_protocol::proto::ProtoError::Unanswered),
         "{err:?}"
     );
 }

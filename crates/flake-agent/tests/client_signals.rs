@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flake_agent::client::{self, Request, Streams};
-use flake_agent::proto::{ExitStatus, Frame};
+use flake_protocol::proto::{ExitStatus, Frame};
 
 const CHILD: &str = "FLAKE_AGENT_TEST_CLIENT_SOCKET";
 
@@ -131,7 +131,7 @@ fn run_client_again(path: &str) {
     assert!(
         matches!(
             refused,
-            flake_agent::proto::ProtoError::Refused { stdin_read: false }
+            flake_protocol::proto::ProtoError::Refused { stdin_read: false }
         ),
         "{refused:?}"
     );

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use flake_agent::daemon::reaper::Reaper;
 use flake_agent::framed::{run, Link};
-use flake_agent::proto::{Call, ExitStatus, Frame, CHUNK};
+use flake_protocol::proto::{Call, ExitStatus, Frame, CHUNK};
 
 /// A `Write` whose bytes the test reads back.
 #[derive(Clone, Default)]
@@ -143,7 +143,7 @@ fn a_signal_overtakes_input_the_app_does_not_read() {
         let mut host = host;
         // Four chunks fill the window; the app's pipe takes only one of them.
         for _ in 0..4 {
-            Frame::Stdin(vec![b'y'; flake_agent::proto::CHUNK])
+            Frame::Stdin(vec![b'y'; flake_protocol::proto::CHUNK])
                 .write_to(&mut host)
                 .unwrap();
         }

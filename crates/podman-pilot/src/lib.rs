@@ -98,7 +98,7 @@ pub enum PodmanError {
     Instance(#[from] flakes::instance::InstanceError),
     /// The agent connection failed.
     #[error(transparent)]
-    Agent(#[from] flake_agent::proto::ProtoError),
+    Agent(#[from] flake_protocol::proto::ProtoError),
     /// The instance's socket is served by a process other than its agent.
     #[error("refusing the agent socket of {container} ({}): it is served by pid {pid} (uid \
         {uid}), not by the instance's agent, and nothing was sent to it; remove the instance \

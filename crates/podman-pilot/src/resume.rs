@@ -215,7 +215,7 @@ fn verified(
     stream: UnixStream,
     init: u32,
 ) -> Result<UnixStream, PodmanError> {
-    let peer = peer_credentials(&stream).map_err(flake_agent::proto::ProtoError::from)?;
+    let peer = peer_credentials(&stream).map_err(flake_protocol::proto::ProtoError::from)?;
     let agent = is_agent_of(peer.pid, init)
         .then(|| AgentId::of_peer(peer))
         .flatten();

@@ -3,7 +3,7 @@
 //!
 //! Only settings of the VM itself travel this way, never the call: the program, its
 //! arguments and environment arrive over the guest channel as a list (see
-//! `flake_agent::proto`), so no argument can be re-split or smuggle a kernel parameter.
+//! `flake_protocol::proto`), so no argument can be re-split or smuggle a kernel parameter.
 //! The keys, all optional, are plain `key=value` words that the launcher generates from
 //! validated values:
 //!

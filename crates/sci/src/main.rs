@@ -99,10 +99,10 @@ fn run(pid1: bool) -> Result<(), SciError> {
         return serial(&argv);
     }
     // Keeps the marker in the binary: `pull` looks for it (see `proto::GUEST_MARKER`).
-    std::hint::black_box(flake_agent::proto::GUEST_MARKER);
-    std::hint::black_box(flake_agent::proto::GUEST_CONSOLE_MARKER);
-    std::hint::black_box(flake_agent::proto::GUEST_RESYNC_MARKER);
-    std::hint::black_box(flake_agent::proto::GUEST_ANNOUNCE_MARKER);
+    std::hint::black_box(flake_protocol::proto::GUEST_MARKER);
+    std::hint::black_box(flake_protocol::proto::GUEST_CONSOLE_MARKER);
+    std::hint::black_box(flake_protocol::proto::GUEST_RESYNC_MARKER);
+    std::hint::black_box(flake_protocol::proto::GUEST_ANNOUNCE_MARKER);
     if settings.channel == Channel::Console {
         return serve_console(pid1, &settings);
     }
@@ -136,7 +136,7 @@ fn prepare(pid1: bool, settings: &BootSettings) -> Result<(), BootError> {
 /// A VM that may have been restored takes its host's clock and entropy (giving whether it
 /// could), then its own overlay disk.
 fn attach(
-    resync: Option<&flake_agent::proto::Resync>,
+    resync: Option<&flake_protocol::proto::Resync>,
     overlay: Option<String>,
 ) -> Result<bool, SetupError> {
     let reseeded = resync.is_some_and(|resync| {

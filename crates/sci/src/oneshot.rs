@@ -15,7 +15,7 @@ use std::fs::File;
 use std::time::{Duration, Instant};
 
 use flake_agent::framed::{self, Link};
-use flake_agent::proto::{Call, ExitStatus, Frame, ProtoError, Resync, VERSION};
+use flake_protocol::proto::{Call, ExitStatus, Frame, ProtoError, Resync, VERSION};
 
 use crate::boot::BootError;
 use crate::console::DEVICE;
@@ -175,7 +175,7 @@ fn linger(console: File) {
 mod tests {
     //! The loop against real processes, with a socket pair standing in for the console.
     use super::*;
-    use flake_agent::proto::{window_cost, CHUNK, OUTPUT_WINDOW};
+    use flake_protocol::proto::{window_cost, CHUNK, OUTPUT_WINDOW};
     use std::io::Write as _;
     use std::os::fd::OwnedFd;
     use std::os::unix::net::UnixStream;

@@ -13,7 +13,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 
-use flake_agent::proto::Resync;
+use flake_protocol::proto::Resync;
 
 /// `RNDADDENTROPY`: `_IOW('R', 0x03, int[2])`.
 const RNDADDENTROPY: libc::Ioctl = 0x4008_5203;

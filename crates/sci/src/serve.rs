@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use flake_agent::daemon::reaper::Reaper;
 use flake_agent::daemon::Writer;
 use flake_agent::framed::{self, Link};
-use flake_agent::proto::{ExitStatus, Frame, ProtoError, CHUNK};
+use flake_protocol::proto::{ExitStatus, Frame, ProtoError, CHUNK};
 
 use crate::cmdline::{BootSettings, Channel, VSOCK_PORT};
 use crate::port::{self, Port, PortError, PortReader};
@@ -55,9 +55,9 @@ pub enum ServeError {
 // The waits the launcher relies on (how long a call read on a port waits for the news that
 // its host connected, see [`Port::await_host`]; how long a VM powering off goes on refusing
 // calls; how long a one-shot VM waits for its call) are checked against the launcher's in
-// `flake_agent::timing`.
-pub use flake_agent::timing::FIRST_CALL_TIMEOUT;
-use flake_agent::timing::{CLOSING_GRACE, HOST_NEWS_WAIT};
+// `flake_protocol::timing`.
+pub use flake_protocol::timing::FIRST_CALL_TIMEOUT;
+use flake_protocol::timing::{CLOSING_GRACE, HOST_NEWS_WAIT};
 
 /// Why serving ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,7 +145,7 @@ impl Server {
     }
 
     /// Runs one call and reports whether serving goes on (a one-shot VM serves one).
-    fn run_call(&self, call: &flake_agent::proto::Call, mut link: Link) -> bool {
+    fn run_call(&self, call: &flake_protocol::proto::Call, mut link: Link) -> bool {
         let Some(busy) = self.activity.begin() else {
             // Refused whole, never cut off: nothing of the call has run, and the launcher
             // may start the VM again and repeat it.
@@ -257,10 +257,10 @@ struct Runner {
 }
 
 /// A call for a port's worker, and its link.
-type Job = (flake_agent::proto::Call, Link);
+type Job = (flake_protocol::proto::Call, Link);
 
 impl Runner {
-    fn run(&mut self, server: &Server, call: flake_agent::proto::Call, link: Link) {
+    fn run(&mut self, server: &Server, call: flake_protocol::proto::Call, link: Link) {
         let (tx, idle) = self
             .worker
             .get_or_insert_with(|| start_worker(server.clone()));
@@ -357,7 +357,7 @@ fn serve_vsock(server: Server) -> Result<(), ServeError> {
 fn announce() {
     let mut pause = ANNOUNCE_FIRST_PAUSE;
     loop {
-        let port = flake_agent::proto::ANNOUNCE_PORT;
+        let port = flake_protocol::proto::ANNOUNCE_PORT;
         match vsock::VsockStream::connect_with_cid_port(vsock::VMADDR_CID_HOST, port) {
             Ok(_) => {
                 crate::debug::log(|| "announced the vsock listener".to_string());
@@ -487,7 +487,7 @@ mod connection_tests {
     //! here: these tests share their process with `oneshot`'s, which wait for their own
     //! children, so no reaper may run.
     use super::*;
-    use flake_agent::proto::Call;
+    use flake_protocol::proto::Call;
     use std::os::unix::net::UnixStream;
 
     fn server() -> (Server, std::sync::mpsc::Receiver<End>) {

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use flake_agent::proto::ProtoError;
+use flake_protocol::proto::ProtoError;
 
 /// Result alias of the VM engine.
 pub type Result<T, E = VmError> = std::result::Result<T, E>;

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use flake_agent::client::{self, Request, Streams};
-use flake_agent::proto::ExitStatus;
+use flake_protocol::proto::ExitStatus;
 use flakes::callargs::Terminal;
 use flakes::config::vm::VmFlake;
 use flakes::config::{Include, LaunchMode};

@@ -1,13 +1,13 @@
 // SPDX-License-Identifier: MIT
 //! Every wait of the host side of a VM call, and the one way to wait for something.
 //!
-//! The waits the guest relies on (and the guest's own) are in `flake_agent::timing`, where
+//! The waits the guest relies on (and the guest's own) are in `flake_protocol::timing`, where
 //! the inequalities between them are checked at compile time; the host-only ones are here,
 //! with theirs.
 
 use std::time::{Duration, Instant};
 
-pub use flake_agent::timing::{BOOT_TIMEOUT, PORT_SETTLE, UNANSWERED_END};
+pub use flake_protocol::timing::{BOOT_TIMEOUT, PORT_SETTLE, UNANSWERED_END};
 
 /// How long a VM restored from a saved state may take to answer its `Resync`; one that
 /// does not is booted instead.

@@ -153,7 +153,7 @@ pub(crate) mod tests {
 
     #[test]
     fn the_call_waits_for_ready_and_a_guest_that_says_anything_else_is_an_error() {
-        use flake_agent::proto::{Frame, VERSION};
+        use flake_protocol::proto::{Frame, VERSION};
         assert!(ready_after(&Frame::Ready(VERSION).encode(), false).is_ok());
         let old = ready_after(&Frame::Ready(VERSION - 1).encode(), false).unwrap_err();
         assert!(old.to_string().contains("pull the image again"), "{old}");
@@ -168,7 +168,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_resync_answer_is_told_from_ready_and_errors() {
-        use flake_agent::proto::Frame;
+        use flake_protocol::proto::Frame;
         let answer = |frames: &[Frame], hang_up: bool| {
             let (mut host, mut guest) = UnixStream::pair().unwrap();
             for frame in frames {
@@ -182,7 +182,7 @@ pub(crate) mod tests {
             drop(guest);
             result
         };
-        let ready = Frame::Ready(flake_agent::proto::VERSION);
+        let ready = Frame::Ready(flake_protocol::proto::VERSION);
         let taken = answer(
             &[ready.clone(), ready.clone(), Frame::Resynced(true)],
             false,
@@ -195,11 +195,11 @@ pub(crate) mod tests {
         let kept = answer(&[Frame::Resynced(false)], false).unwrap();
         assert_eq!(kept, Resynced::Taken(false));
         let broken = || Frame::Error("sci: overlay broken".into());
-        let exit = Frame::Exit(flake_agent::proto::ExitStatus::Exited(125));
+        let exit = Frame::Exit(flake_protocol::proto::ExitStatus::Exited(125));
         let failed = answer(&[ready, broken(), exit], false).unwrap();
         let want = Resynced::Failed(
             "sci: overlay broken".into(),
-            flake_agent::proto::ExitStatus::Exited(125),
+            flake_protocol::proto::ExitStatus::Exited(125),
         );
         assert_eq!(failed, want);
         assert_eq!(
@@ -620,10 +620,10 @@ pub fn wait_ready(
     // The frame is 7 bytes written at once: once any arrived, the rest follows.
     let frame = read_arrived(stream, plan)?;
     match frame {
-        Ok(Some(flake_agent::proto::Frame::Ready(flake_agent::proto::VERSION))) => Ok(()),
-        Ok(Some(flake_agent::proto::Frame::Ready(other))) => Err(plan.guest_error(format!(
+        Ok(Some(flake_protocol::proto::Frame::Ready(flake_protocol::proto::VERSION))) => Ok(()),
+        Ok(Some(flake_protocol::proto::Frame::Ready(other))) => Err(plan.guest_error(format!(
             "guest init speaks protocol {other}, this launcher {}: pull the image again with this flake-pilot, or update flake-pilot",
-            flake_agent::proto::VERSION
+            flake_protocol::proto::VERSION
         ))),
         Ok(None) => {
             Err(plan
@@ -677,11 +677,11 @@ fn wait_readable(
 fn read_arrived(
     stream: &mut UnixStream,
     plan: &Plan,
-) -> Result<flake_agent::proto::Result<Option<flake_agent::proto::Frame>>> {
+) -> Result<flake_protocol::proto::Result<Option<flake_protocol::proto::Frame>>> {
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(crate::error::io(&plan.dir))?;
-    let frame = flake_agent::proto::Frame::read_from(stream);
+    let frame = flake_protocol::proto::Frame::read_from(stream);
     stream
         .set_read_timeout(None)
         .map_err(crate::error::io(&plan.dir))?;
@@ -695,7 +695,7 @@ pub enum Resynced {
     /// come.
     Taken(bool),
     /// Its overlay disk failed: the message, and the status the call ends with.
-    Failed(String, flake_agent::proto::ExitStatus),
+    Failed(String, flake_protocol::proto::ExitStatus),
 }
 
 /// Waits for the guest init's answer to `Resync`. `Ready`s it said before it read the
@@ -707,7 +707,7 @@ pub fn wait_resynced(
     timeout: Duration,
     mut alive: impl FnMut() -> bool,
 ) -> Result<Resynced> {
-    use flake_agent::proto::{ExitStatus, Frame};
+    use flake_protocol::proto::{ExitStatus, Frame};
     let deadline = Instant::now() + timeout;
     let mut failed: Option<String> = None;
     loop {

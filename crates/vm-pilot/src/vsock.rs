@@ -55,7 +55,7 @@ pub enum Announcement {
 /// ([`GUEST_UP`]); the others see the mark.
 pub fn wait_up(dir: &Path, timeout: Duration, mut alive: impl FnMut() -> bool) -> Announcement {
     let up = dir.join(GUEST_UP);
-    let socket = dir.join(format!("{SOCKET}_{}", flake_agent::proto::ANNOUNCE_PORT));
+    let socket = dir.join(format!("{SOCKET}_{}", flake_protocol::proto::ANNOUNCE_PORT));
     let deadline = crate::timing::Deadline::after(timeout);
     let mut own: Option<UnixListener> = None;
     loop {

@@ -5,7 +5,7 @@
 //! overlay thrown away, so stopping it at once loses nothing and keeps the launch as short
 //! as the boot. Images with the original guest init run in serial mode.
 
-use flake_agent::proto::ExitStatus;
+use flake_protocol::proto::ExitStatus;
 use flakes::fault::{pause_at, Step};
 use flakes::instance::StateDir;
 use flakes::PilotExit;

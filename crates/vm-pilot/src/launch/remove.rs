@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use flake_agent::proto::Frame;
+use flake_protocol::proto::Frame;
 use flakes::instance::StateDir;
 
 use super::resume::stop;

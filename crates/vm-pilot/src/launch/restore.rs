@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use flake_agent::proto::{ExitStatus, Frame};
+use flake_protocol::proto::{ExitStatus, Frame};
 
 use super::Launch;
 use crate::error::{Result, VmError};
@@ -189,7 +189,7 @@ fn send_resync(stream: &mut std::os::unix::net::UnixStream, plan: &Plan) -> Resu
     std::fs::File::open("/dev/urandom")
         .and_then(|mut random| random.read_exact(&mut entropy))
         .map_err(crate::error::io(std::path::Path::new("/dev/urandom")))?;
-    let resync = flake_agent::proto::Resync { realtime, entropy };
+    let resync = flake_protocol::proto::Resync { realtime, entropy };
     Frame::Resync(resync)
         .write_to(stream)
         .map_err(|e| plan.guest_error(format!("cannot resync it: {e}")))

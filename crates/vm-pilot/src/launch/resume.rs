@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use flake_agent::proto::{ExitStatus, ProtoError};
+use flake_protocol::proto::{ExitStatus, ProtoError};
 use flakes::fault::{pause_at, Step};
 use flakes::instance::StateDir;
 

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::Mutex;
 
-use flake_agent::proto::{ExitStatus, Frame};
+use flake_protocol::proto::{ExitStatus, Frame};
 use flakes::callargs::{CallArgs, Terminal};
 use flakes::config::vm::VmFlake;
 use flakes::config::{Include, LaunchMode};

@@ -98,13 +98,16 @@ pub fn mark_guest_channel(dir: &Path, name: &str) -> Result<(), PullError> {
     let Some(init) = fs.read_init().map_err(fail)? else {
         return Ok(());
     };
-    if init.contains(flake_agent::proto::GUEST_MARKER) {
+    if init.contains(flake_protocol::proto::GUEST_MARKER) {
         let marker = dir.join(GUEST_CHANNEL_FILE);
         let mut features = String::new();
         for (marker, feature) in [
-            (flake_agent::proto::GUEST_CONSOLE_MARKER, CONSOLE_FEATURE),
-            (flake_agent::proto::GUEST_RESYNC_MARKER, RESYNC_FEATURE),
-            (flake_agent::proto::GUEST_ANNOUNCE_MARKER, ANNOUNCE_FEATURE),
+            (flake_protocol::proto::GUEST_CONSOLE_MARKER, CONSOLE_FEATURE),
+            (flake_protocol::proto::GUEST_RESYNC_MARKER, RESYNC_FEATURE),
+            (
+                flake_protocol::proto::GUEST_ANNOUNCE_MARKER,
+                ANNOUNCE_FEATURE,
+            ),
         ] {
             if init.contains(marker) {
                 features.push_str(feature);
