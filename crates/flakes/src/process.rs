@@ -46,6 +46,15 @@ pub fn trace_commands(prefix: &'static str) {
     let _ = TRACE_PREFIX.set(prefix);
 }
 
+/// With `PILOT_DEBUG` (once [`trace_commands`] was called): prints the launcher's
+/// debugging note `message` on stderr as `PREFIX: PILOT_DEBUG: MESSAGE`, beside the
+/// commands it runs; otherwise nothing. The one place such notes are written.
+pub fn debug_note(message: fmt::Arguments<'_>) {
+    if let Some(prefix) = TRACE_PREFIX.get() {
+        eprintln!("{prefix}: PILOT_DEBUG: {message}");
+    }
+}
+
 /// Errors from running an external program.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {

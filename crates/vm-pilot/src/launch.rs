@@ -256,6 +256,7 @@ impl Launch<'_> {
                 Some(StateFile::Restore(_)) => "restoring",
                 _ => "starting",
             };
+            // Asked for by the call (`%progress`): output of the call, not a notice.
             eprintln!(
                 "firecracker-pilot: {how} the VM of flake '{}' ({})",
                 plan.flake,

@@ -57,10 +57,10 @@ impl Launch<'_> {
         // is gone by then).
         let failed = matches!(result, Err(VmError::Guest { .. } | VmError::Call { .. }));
         if self.debug {
-            eprintln!(
-                "firecracker-pilot: PILOT_DEBUG: the logs stay in {} until the next call",
+            flakes::process::debug_note(format_args!(
+                "the logs stay in {} until the next call",
                 state.path().display()
-            );
+            ));
         } else if !failed {
             let _ = state.remove();
         }

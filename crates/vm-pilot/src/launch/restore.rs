@@ -62,11 +62,10 @@ impl Launch<'_> {
                     saved::refuse(&path, Some(&state));
                     // The guest may have had the overlay before it failed: a fresh one.
                     self.renew_overlay(plan)?;
-                    eprintln!(
-                        "firecracker-pilot: the saved state {} of flake '{}' was not restored \
-                         ({err}); booting, and this VM is not saved again for a day (a change \
-                         to the flake or image, or removing the .refused file beside it, tries \
-                         again sooner)",
+                    tracing::warn!(
+                        "the saved state {} of flake '{}' was not restored ({err}); booting, \
+                         and this VM is not saved again for a day (a change to the flake or \
+                         image, or removing the .refused file beside it, tries again sooner)",
                         path.display(),
                         plan.flake
                     );
@@ -74,9 +73,7 @@ impl Launch<'_> {
                 }
             },
             Some(Err(why)) => {
-                if self.debug {
-                    eprintln!("firecracker-pilot: PILOT_DEBUG: not restored: {why}");
-                }
+                flakes::process::debug_note(format_args!("not restored: {why}"));
                 return self.boot_and_call(plan, None);
             }
         }
@@ -96,15 +93,14 @@ impl Launch<'_> {
     fn not_saved(&self, plan: &Plan, path: &std::path::Path, why: &str) {
         saved::refuse(path, None);
         if saved::refused(path) {
-            eprintln!(
-                "firecracker-pilot: the VM of flake '{}' was not saved as {} ({why}); it \
-                 boots without saving for a day (removing the .refused file beside it tries \
-                 again sooner)",
+            tracing::warn!(
+                "the VM of flake '{}' was not saved as {} ({why}); it boots without saving for \
+                 a day (removing the .refused file beside it tries again sooner)",
                 plan.flake,
                 path.display()
             );
-        } else if self.debug {
-            eprintln!("firecracker-pilot: PILOT_DEBUG: not saved: {why}");
+        } else {
+            flakes::process::debug_note(format_args!("not saved: {why}"));
         }
     }
 
@@ -146,9 +142,7 @@ impl Launch<'_> {
         };
         match saved {
             Ok(path) => {
-                if self.debug {
-                    eprintln!("firecracker-pilot: PILOT_DEBUG: saved {}", path.display());
-                }
+                flakes::process::debug_note(format_args!("saved {}", path.display()));
                 Ok(Some(path))
             }
             Err(why) => {
@@ -172,6 +166,8 @@ impl Launch<'_> {
             Resynced::Taken(true) => Resync::Reseeded,
             Resynced::Taken(false) => Resync::NotReseeded,
             Resynced::Failed(message, status) => {
+                // The guest's own message about the call, said as a call's `Error` frame is
+                // (`flake_agent::client`): it is the call's output, not a notice.
                 eprintln!("firecracker-pilot: {message}");
                 Resync::CallFailed(status)
             }

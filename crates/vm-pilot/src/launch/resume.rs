@@ -79,12 +79,9 @@ impl Launch<'_> {
                     } else if !ends_within(vmm, &plan.dir, UNANSWERED_END) {
                         return Err(err);
                     }
-                    if self.debug {
-                        eprintln!(
-                            "firecracker-pilot: PILOT_DEBUG: the VM powering off refused the \
-                             call; making it again"
-                        );
-                    }
+                    flakes::process::debug_note(format_args!(
+                        "the VM powering off refused the call; making it again"
+                    ));
                     attempts += 1;
                 }
                 Err(Attempt::Refused { err, .. } | Attempt::Failed(err)) => return Err(err),
