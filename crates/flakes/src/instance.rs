@@ -708,6 +708,25 @@ mod tests {
             state.dir().read_file("other").is_err(),
             "never through a symlink"
         );
+        // A FIFO is refused at once (its open would wait for a writer), a huge file too.
+        let fifo = state.path().join("fifo");
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .unwrap();
+        let err = state.dir().read_file("fifo").unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let big = vec![b'x'; 64 * 1024 + 1];
+        fs::write(state.path().join("big"), &big).unwrap();
+        let err = state.dir().read_file("big").unwrap_err();
+        assert!(err.to_string().contains("larger than a record"), "{err}");
+        fs::write(state.path().join("big"), &big[1..]).unwrap();
+        assert_eq!(
+            state.dir().read_file("big").unwrap().unwrap().len(),
+            64 * 1024
+        );
     }
 
     #[test]

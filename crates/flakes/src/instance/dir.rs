@@ -27,6 +27,9 @@ use rustix::io::Errno;
 
 use super::{InstanceError, Result};
 
+/// The largest record [`Dir::read_file`] reads.
+pub const RECORD_MAX: u64 = 64 * 1024;
+
 /// An open directory and the path it was reached by (for messages and for programs that
 /// need a path; see the module doc for why that path stays valid).
 #[derive(Debug, Clone)]
@@ -286,10 +289,14 @@ impl Dir {
             .map_err(io("open", self.path.join(name)))
     }
 
-    /// The contents of file `name`; `None` when it is missing.
+    /// The contents of file `name`; `None` when it is missing. Only a regular file of at most
+    /// [`RECORD_MAX`] bytes is read (a record of this directory is a line or two): anything
+    /// else planted under its name (a FIFO, which would block the open, a device, a huge
+    /// file) is an error, found without waiting.
     pub fn read_file(&self, name: &str) -> Result<Option<Vec<u8>>> {
         use std::io::Read;
-        let mut file = match self.open_file(name, OFlags::RDONLY, 0) {
+        let flags = OFlags::RDONLY | OFlags::NONBLOCK;
+        let file = match self.open_file(name, flags, 0) {
             Ok(file) => file,
             Err(InstanceError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
@@ -298,13 +305,30 @@ impl Dir {
             }
             Err(err) => return Err(err),
         };
+        let refuse = |what: &str| InstanceError::Io {
+            action: "read",
+            path: self.path.join(name),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string()),
+        };
+        let meta = file.metadata().map_err(|source| InstanceError::Io {
+            action: "read",
+            path: self.path.join(name),
+            source,
+        })?;
+        if !meta.is_file() {
+            return Err(refuse("not a regular file"));
+        }
         let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
+        file.take(RECORD_MAX + 1)
+            .read_to_end(&mut bytes)
             .map_err(|source| InstanceError::Io {
                 action: "read",
                 path: self.path.join(name),
                 source,
             })?;
+        if bytes.len() as u64 > RECORD_MAX {
+            return Err(refuse("larger than a record can be"));
+        }
         Ok(Some(bytes))
     }
 
