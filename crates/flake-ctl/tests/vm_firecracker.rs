@@ -5,7 +5,8 @@
 //! accepts (the VM starts, its vsock socket appears, `show` lists it as running) and it
 //! cleans up when the VMM dies or fails. Calls into a Firecracker guest run only where a
 //! boot probe shows guests can boot: the software nested hypervisor of the build machines
-//! cannot run a Linux guest (see the README), and those tests say so when they skip.
+//! cannot run a Linux guest (see docs/architecture.md, Testing), and those tests say so when
+//! they skip.
 
 #![allow(
     clippy::unwrap_used,
