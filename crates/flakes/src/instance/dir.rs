@@ -290,7 +290,7 @@ impl Dir {
     }
 
     /// The contents of file `name`; `None` when it is missing. Only a regular file of at most
-    /// [`RECORD_MAX`] bytes is read (a record of this directory is a line or two): anything
+    /// `RECORD_MAX` bytes is read (a record of this directory is a line or two): anything
     /// else planted under its name (a FIFO, which would block the open, a device, a huge
     /// file) is an error, found without waiting.
     pub fn read_file(&self, name: &str) -> Result<Option<Vec<u8>>> {
