@@ -6,6 +6,7 @@ pub mod generate;
 pub mod init;
 pub mod list;
 pub mod podman;
+pub mod validate;
 
 use std::process::ExitCode;
 
@@ -21,7 +22,9 @@ pub fn dispatch(command: Command, ctx: &Context) -> Result<ExitCode> {
         Command::List(args) => list::run(&args, ctx),
         Command::Podman(args) => podman::run(args, ctx),
         Command::Firecracker(args) => firecracker::run(args, ctx),
-        Command::Generate(args) => generate::run(&args),
+        Command::Validate(args) => validate::run(&args, ctx),
+        Command::Completion(args) => generate::completion(args.shell),
+        Command::Generate(args) => generate::run(&args, ctx),
     }
 }
 
