@@ -214,6 +214,9 @@ fn a_problem_in_a_fragment_names_the_fragment() {
     assert_eq!(problem["file"], fragment.display().to_string());
     assert_eq!(problem["line"], 4, "{problem}");
     assert_eq!(problem["flake"], "frag");
+    // Named by its path, a fragment is checked as part of its flake.
+    let (code, by_path) = validate_json(&world, &[fragment.to_str().unwrap()]);
+    assert_eq!((code, &by_path), (1, &problems));
 }
 
 #[test]

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 //! One module per `flake-ctl` action, each with a single `run` entry point.
 
+pub mod completion;
 pub mod firecracker;
 pub mod generate;
 pub mod init;
@@ -23,7 +24,7 @@ pub fn dispatch(command: Command, ctx: &Context) -> Result<ExitCode> {
         Command::Podman(args) => podman::run(args, ctx),
         Command::Firecracker(args) => firecracker::run(args, ctx),
         Command::Validate(args) => validate::run(&args, ctx),
-        Command::Completion(args) => generate::completion(args.shell),
+        Command::Completion(args) => completion::run(args.shell),
         Command::Generate(args) => generate::run(&args, ctx),
     }
 }

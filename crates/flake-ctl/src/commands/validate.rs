@@ -103,7 +103,7 @@ fn target(arg: &str, registry: &Registry, ctx: &Context) -> Target {
             Err(err) => Target::Unknown(arg.into(), err.to_string()),
         };
     }
-    let path = ctx.absolute(Path::new(arg));
+    let path = owner(&ctx.absolute(Path::new(arg)));
     let stem = path
         .file_stem()
         .and_then(|s| s.to_str())
@@ -112,6 +112,16 @@ fn target(arg: &str, registry: &Registry, ctx: &Context) -> Target {
         Ok(name) => Target::Flake(path, name),
         Err(err) => Target::Unknown(arg.into(), format!("the file name is no flake name: {err}")),
     }
+}
+
+/// A fragment `NAME.d/X.yaml` stands for its flake `NAME.yaml`: it is only meaningful merged.
+fn owner(path: &Path) -> PathBuf {
+    let main = path
+        .parent()
+        .filter(|dir| dir.extension().is_some_and(|e| e == "d"))
+        .map(|dir| dir.with_extension("yaml"))
+        .filter(|main| main.is_file());
+    main.unwrap_or_else(|| path.to_path_buf())
 }
 
 /// Checks targets against the engines of one mode.
