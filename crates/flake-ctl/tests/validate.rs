@@ -188,10 +188,24 @@ fn a_bad_value_names_the_key_and_the_file() {
     assert_eq!(code, 1);
     let problem = only(&problems);
     assert_eq!(problem["file"], file.display().to_string());
+    assert_eq!(problem["line"], 31, "{problem}");
     assert!(
         problem["problem"].as_str().unwrap().contains("cache_type"),
         "{problem}"
     );
+    // Set by a fragment, the value is reported where the fragment sets it.
+    let fixed = original_vm(&images);
+    put(&world, "value.yaml", &fixed);
+    let fragment = put(
+        &world,
+        "value.d/50-vmm.yaml",
+        "vm:\n  runtime:\n    vmm: kvm\n",
+    );
+    let (code, problems) = validate_json(&world, &[]);
+    assert_eq!(code, 1);
+    let problem = only(&problems);
+    assert_eq!(problem["file"], fragment.display().to_string());
+    assert_eq!(problem["line"], 3, "{problem}");
 }
 
 #[test]
@@ -452,4 +466,46 @@ fn the_schema_has_every_key_of_the_model_and_no_other() {
             }
         }
     }
+}
+
+/// Runs the bash completion of `words` (the last one is being completed) and returns the
+/// candidates, as bash would offer them.
+fn complete_in_bash(world: &World, words: &[&str]) -> Vec<String> {
+    let script = world.path("complete.bash");
+    std::fs::write(&script, world.ctl(&["completion", "bash"]).stdout()).unwrap();
+    let ctl = util::bin_dir().join("flake-ctl");
+    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let program = format!(
+        "source '{}' 2>/dev/null; COMP_WORDS=('{}' {}); COMP_CWORD={}; \
+         _flake_ctl_names '{}' '{}' '{}' 2>/dev/null; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        script.display(),
+        ctl.display(),
+        quoted.join(" "),
+        words.len(),
+        ctl.display(),
+        words.last().unwrap(),
+        words
+            .get(words.len().wrapping_sub(2))
+            .unwrap_or(&"flake-ctl"),
+    );
+    let mut cmd = world.command("bash");
+    cmd.args(["-c", &program]);
+    let out = cmd.output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn bash_completes_subcommands_formats_and_registered_apps() {
+    let (world, images) = vm_world();
+    put(&world, "mybash.yaml", &original_vm(&images));
+    let got = complete_in_bash(&world, &["firecracker", "remove", "--app", ""]);
+    assert_eq!(got, ["/usr/bin/mybash"]);
+    let got = complete_in_bash(&world, &["list", "--format", ""]);
+    assert_eq!(got, ["table", "json", "csv"]);
+    let got = complete_in_bash(&world, &["val"]);
+    assert_eq!(got, ["validate"]);
 }

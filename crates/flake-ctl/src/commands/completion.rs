@@ -34,31 +34,41 @@ pub fn script(shell: Shell) -> Result<String> {
     clap_complete::generate(shell, &mut command, "flake-ctl", &mut out);
     let mut text = String::from_utf8(out).context("the completion script is not UTF-8")?;
     match shell {
-        Shell::Bash => text.push_str(BASH_NAMES),
+        Shell::Bash => {
+            // clap_complete 4.6 spells the hyphen of the program name as `__subcmd__` in the
+            // case labels of the subcommands but as `__` where it sets them, so without this
+            // nothing below the first level (options, `--format` values) would complete.
+            text = text.replace("flake__subcmd__ctl", "flake__ctl");
+            text.push_str(BASH_NAMES);
+        }
         Shell::Fish => text.push_str(FISH_NAMES),
         _ => {}
     }
     Ok(text)
 }
 
-/// Wraps clap's bash function: after `remove --app` the registered app paths, after `--vm`
-/// the pulled VM images, anything else as clap completes it.
+/// Wraps clap's bash function (`_flake__ctl`): after `remove --app` the registered app
+/// paths, after `--vm` the pulled VM images, anything else as clap completes it.
 const BASH_NAMES: &str = r#"
 _flake_ctl_names() {
-    local kind user=
+    local kind= user=
     case "${COMP_WORDS[COMP_CWORD-1]}" in
         --app) [[ " ${COMP_WORDS[*]} " == *" remove "* ]] && kind=apps ;;
         --vm) kind=vms ;;
     esac
     if [[ -z "$kind" ]]; then
-        _flake-ctl "$@"
+        _flake__ctl "$@"
         return
     fi
     [[ " ${COMP_WORDS[*]} " == *" --user "* ]] && user=--user
     local IFS=$'\n'
     COMPREPLY=($(compgen -W "$("${COMP_WORDS[0]}" generate names "$kind" $user 2>/dev/null)" -- "${COMP_WORDS[COMP_CWORD]}"))
 }
-complete -F _flake_ctl_names -o bashdefault -o default flake-ctl
+if [[ "${BASH_VERSINFO[0]}" -eq 4 && "${BASH_VERSINFO[1]}" -ge 4 || "${BASH_VERSINFO[0]}" -gt 4 ]]; then
+    complete -F _flake_ctl_names -o nosort -o bashdefault -o default flake-ctl
+else
+    complete -F _flake_ctl_names -o bashdefault -o default flake-ctl
+fi
 "#;
 
 /// The same for fish.

@@ -63,8 +63,23 @@ impl Checked {
     /// The line of the last file (in the order the files apply, so the one that wins) that
     /// mentions `text`, to point a problem about a value at the place that sets it.
     pub fn locate(&self, text: &str) -> (PathBuf, Option<usize>) {
+        self.find_line(|line| line.contains(text))
+    }
+
+    /// The place that sets the key a validation message names (`vm.runtime.vmm 'x' is
+    /// unknown` names `vmm`), in the file that wins; the main file when none is named.
+    fn locate_key(&self, reason: &str) -> (PathBuf, Option<usize>) {
+        let first = reason.split([' ', ':']).next().unwrap_or_default();
+        let key = match first.rsplit_once('.') {
+            Some((_, key)) if !key.is_empty() => format!("{key}:"),
+            _ => return self.find_line(|_| false),
+        };
+        self.find_line(|line| line.trim_start().trim_start_matches("- ").starts_with(&key))
+    }
+
+    fn find_line(&self, matches: impl Fn(&str) -> bool) -> (PathBuf, Option<usize>) {
         for (path, content) in self.files.iter().rev() {
-            if let Some(index) = content.lines().position(|line| line.contains(text)) {
+            if let Some(index) = content.lines().position(&matches) {
                 return (path.clone(), Some(index + 1));
             }
         }
@@ -104,6 +119,14 @@ pub fn check_flake(name: FlakeName, path: &Path) -> Checked {
     };
     match parse_raw(main, main_text, fragments).and_then(|raw| validate(name, main, raw)) {
         Ok(flake) => checked.flake = Some(flake),
+        Err(ConfigError::Invalid { reason, .. }) => {
+            let (file, line) = checked.locate_key(&reason);
+            checked.problems.push(Problem {
+                file,
+                line,
+                problem: reason,
+            });
+        }
         Err(err) => checked.problems.push(err.into()),
     }
     checked
