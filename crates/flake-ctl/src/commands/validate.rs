@@ -60,7 +60,12 @@ pub fn run(args: &ValidateArgs, ctx: &Context) -> Result<ExitCode> {
             .map(|arg| target(arg, &registry, ctx))
             .collect::<Vec<_>>()
     };
-    let checker = Checker { ctx, mode };
+    let checker = Checker {
+        podman: ctx
+            .podman(mode)
+            .map_err(|err| flakes::report::one_line(err.as_ref())),
+        mode,
+    };
     let mut rows = Vec::new();
     for target in &targets {
         rows.extend(checker.target(target));
@@ -125,12 +130,13 @@ fn owner(path: &Path) -> PathBuf {
 }
 
 /// Checks targets against the engines of one mode.
-struct Checker<'a> {
-    ctx: &'a Context,
+struct Checker {
+    /// The engine that holds the images, or why it cannot be used.
+    podman: Result<podman_pilot::Engine, String>,
     mode: Mode,
 }
 
-impl Checker<'_> {
+impl Checker {
     fn target(&self, target: &Target) -> Vec<ProblemRow> {
         match target {
             Target::Unknown(arg, why) => vec![ProblemRow {
@@ -216,7 +222,7 @@ impl Checker<'_> {
 
     /// A problem when `image` is not in the engine's storage (or cannot be asked for).
     fn container_image(&self, image: &str) -> Option<String> {
-        let podman = match self.ctx.podman(self.mode) {
+        let podman = match &self.podman {
             Ok(podman) => podman,
             Err(err) => return Some(format!("cannot check image {image}: {err}")),
         };
