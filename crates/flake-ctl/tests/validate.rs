@@ -509,3 +509,52 @@ fn bash_completes_subcommands_formats_and_registered_apps() {
     let got = complete_in_bash(&world, &["val"]);
     assert_eq!(got, ["validate"]);
 }
+
+/// Validates `yaml` against `schema` with Python's jsonschema (Draft 2020-12), when that and
+/// PyYAML are installed; `None` when they are not.
+fn python_schema_errors(world: &World, schema: &Path, yaml: &str) -> Option<String> {
+    let file = world.path("sample.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let program = "import json, sys, yaml, jsonschema\n\
+         schema = json.load(open(sys.argv[1]))\n\
+         doc = yaml.safe_load(open(sys.argv[2]))\n\
+         v = jsonschema.Draft202012Validator(schema)\n\
+         print(len(list(v.iter_errors(doc))))";
+    let out = std::process::Command::new("python3")
+        .args(["-c", program])
+        .arg(schema)
+        .arg(&file)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+#[test]
+fn a_json_schema_validator_accepts_3_1_flakes_and_rejects_typos() {
+    let (world, images) = vm_world();
+    let schema = world.path("flake.schema.json");
+    std::fs::write(&schema, world.ctl(&["generate", "schema"]).stdout()).unwrap();
+    let vm = original_vm(&images);
+    let Some(errors) = python_schema_errors(&world, &schema, &vm) else {
+        util::note_skip("needs python3 with the jsonschema and yaml modules");
+        return;
+    };
+    assert_eq!(errors, "0");
+    let container = original_container(util::IMAGE);
+    assert_eq!(
+        python_schema_errors(&world, &schema, &container).unwrap(),
+        "0"
+    );
+    for bad in [
+        vm.replace("force_vsock", "force_vsok"),
+        vm.replace("mem_size_mib: 4096", "mem_size_mib: lots"),
+        container.replace("attach: false", "attach: 1"),
+    ] {
+        assert_ne!(
+            python_schema_errors(&world, &schema, &bad).unwrap(),
+            "0",
+            "{bad}"
+        );
+    }
+}
