@@ -35,12 +35,14 @@ install: build ## install the binaries side by side into $(DESTDIR)$(BINDIR)
 	install -m 0755 $(SCI) $(DESTDIR)$(LIBEXECDIR)/sci
 	install -d $(DESTDIR)$(DATADIR)/bash-completion/completions \
 	    $(DESTDIR)$(DATADIR)/zsh/site-functions $(DESTDIR)$(DATADIR)/fish/vendor_completions.d
-	target/release/flake-ctl generate completions bash \
+	target/release/flake-ctl completion bash \
 	    > $(DESTDIR)$(DATADIR)/bash-completion/completions/flake-ctl
-	target/release/flake-ctl generate completions zsh > $(DESTDIR)$(DATADIR)/zsh/site-functions/_flake-ctl
-	target/release/flake-ctl generate completions fish \
+	target/release/flake-ctl completion zsh > $(DESTDIR)$(DATADIR)/zsh/site-functions/_flake-ctl
+	target/release/flake-ctl completion fish \
 	    > $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/flake-ctl.fish
 	target/release/flake-ctl generate man $(DESTDIR)$(DATADIR)/man/man1
+	install -d $(DESTDIR)$(DATADIR)/flake-pilot
+	target/release/flake-ctl generate schema > $(DESTDIR)$(DATADIR)/flake-pilot/flake.schema.json
 
 uninstall: ## remove the installed binaries
 	for b in $(BINS); do rm -f $(DESTDIR)$(BINDIR)/$$b; done
@@ -48,7 +50,8 @@ uninstall: ## remove the installed binaries
 	rm -f $(DESTDIR)$(DATADIR)/bash-completion/completions/flake-ctl \
 	    $(DESTDIR)$(DATADIR)/zsh/site-functions/_flake-ctl \
 	    $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/flake-ctl.fish \
-	    $(DESTDIR)$(DATADIR)/man/man1/flake-ctl*.1
+	    $(DESTDIR)$(DATADIR)/man/man1/flake-ctl*.1 \
+	    $(DESTDIR)$(DATADIR)/flake-pilot/flake.schema.json
 
 setup: ## install and configure podman and the test image on this host (root)
 	bash scripts/setup-host.sh

@@ -26,9 +26,46 @@ pub enum Command {
     Podman(PodmanArgs),
     /// Manage VM flakes (Firecracker or QEMU microvm).
     Firecracker(FirecrackerArgs),
-    /// Write shell completions or man pages generated from this command line.
+    /// Check flake files and their NAME.d fragments as the launcher would, without launching.
+    Validate(ValidateArgs),
+    /// Print the completion script of a shell (bash, zsh or fish) on stdout.
+    Completion(CompletionArgs),
+    /// Write shell completions, man pages or the flake file schema.
     #[command(hide = true)]
     Generate(GenerateArgs),
+}
+
+/// `flake-ctl validate`.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Check the user's flakes (~/.config/flakes) and images instead of the system's.
+    #[arg(long)]
+    pub user: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+    /// Registered flake names or flake files (NAME.yaml, with NAME.d/ beside it); none: every
+    /// registered flake.
+    #[arg(value_name = "NAME|FILE")]
+    pub flakes: Vec<String>,
+}
+
+/// `flake-ctl completion`.
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell.
+    pub shell: CompletionShell,
+}
+
+/// Shells with completion scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    /// GNU bash.
+    Bash,
+    /// Z shell.
+    Zsh,
+    /// fish.
+    Fish,
 }
 
 /// `flake-ctl generate`.
@@ -52,6 +89,26 @@ pub enum Generate {
         /// Target directory.
         dir: PathBuf,
     },
+    /// JSON Schema of the flake file format, on stdout.
+    Schema,
+    /// Names for shell completion: registered app paths or VM image names, one a line.
+    #[command(hide = true)]
+    Names {
+        /// `apps` or `vms`.
+        kind: NameKind,
+        /// The user's instead of the system's.
+        #[arg(long)]
+        user: bool,
+    },
+}
+
+/// What `generate names` lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NameKind {
+    /// Host app paths of registered flakes.
+    Apps,
+    /// Pulled VM image names.
+    Vms,
 }
 
 /// `flake-ctl init`.

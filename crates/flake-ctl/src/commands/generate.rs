@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
-//! `flake-ctl generate completions SHELL | man DIR` (hidden): completions and man pages
-//! derived from the clap definition, so they can never disagree with the real options (the
-//! original's hand-written completion offered options that did not exist). `make install`
-//! runs it.
+//! `flake-ctl generate completions SHELL | man DIR | schema | names KIND` (hidden):
+//! completions, man pages and the flake file schema, all derived from the definitions in
+//! code, so they can never disagree with the real options and keys (the original's
+//! hand-written completion offered options that did not exist). `make install` runs it.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -10,16 +10,24 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result};
 use clap::CommandFactory;
 
+use super::completion::{names, script};
 use crate::cli::{Cli, Generate, GenerateArgs};
+use crate::context::Context;
 
 /// Writes the requested artefacts.
-pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
+pub fn run(args: &GenerateArgs, ctx: &Context) -> Result<ExitCode> {
     match &args.what {
-        Generate::Completions { shell } => {
-            let mut command = Cli::command();
-            clap_complete::generate(*shell, &mut command, "flake-ctl", &mut std::io::stdout());
-        }
+        Generate::Completions { shell } => print!("{}", script(*shell)?),
         Generate::Man { dir } => man_pages(dir)?,
+        Generate::Schema => {
+            let schema = flakes::config::raw::json_schema();
+            println!("{}", serde_json::to_string_pretty(&schema)?);
+        }
+        Generate::Names { kind, user } => {
+            for name in names(*kind, Context::mode(*user), ctx) {
+                println!("{name}");
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

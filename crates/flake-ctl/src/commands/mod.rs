@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: MIT
 //! One module per `flake-ctl` action, each with a single `run` entry point.
 
+pub mod completion;
 pub mod firecracker;
 pub mod generate;
 pub mod init;
 pub mod list;
 pub mod podman;
+pub mod validate;
 
 use std::process::ExitCode;
 
@@ -21,7 +23,9 @@ pub fn dispatch(command: Command, ctx: &Context) -> Result<ExitCode> {
         Command::List(args) => list::run(&args, ctx),
         Command::Podman(args) => podman::run(args, ctx),
         Command::Firecracker(args) => firecracker::run(args, ctx),
-        Command::Generate(args) => generate::run(&args),
+        Command::Validate(args) => validate::run(&args, ctx),
+        Command::Completion(args) => completion::run(args.shell),
+        Command::Generate(args) => generate::run(&args, ctx),
     }
 }
 

@@ -93,7 +93,7 @@ pub fn fragment_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn read(path: &Path) -> Result<String> {
+pub(crate) fn read(path: &Path) -> Result<String> {
     fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
@@ -110,7 +110,8 @@ fn parse_value(path: &Path, text: &str) -> Result<Value> {
     })
 }
 
-fn parse_document(path: &Path, text: &str) -> Result<RawFlake> {
+/// Parses one file on its own, rejecting unknown keys and wrong types with their line.
+pub(crate) fn parse_document(path: &Path, text: &str) -> Result<RawFlake> {
     if text.trim().is_empty() {
         return Ok(RawFlake::default());
     }

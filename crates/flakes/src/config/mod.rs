@@ -7,6 +7,7 @@
 //! 2. the documents are deep-merged ([`merge::deep_merge`]);
 //! 3. the merged [`raw::RawFlake`] is validated into a [`Flake`].
 
+pub mod check;
 pub mod load;
 pub mod merge;
 pub mod raw;

@@ -10,7 +10,8 @@ use proptest::collection::vec;
 use proptest::option::of;
 use proptest::prelude::*;
 
-use super::load::parse_raw;
+use super::check::check_flake;
+use super::load::{load_flake, parse_raw};
 use super::raw::*;
 
 fn text() -> impl Strategy<Value = String> {
@@ -184,6 +185,20 @@ proptest! {
         let text = written(&raw);
         let read = parse_raw(main_file(), &text, &[]);
         prop_assert_eq!(read.as_ref().ok(), Some(&raw), "written as:\n{}\n{:?}", text, read);
+    }
+
+    #[test]
+    fn the_check_accepts_exactly_what_the_launcher_loads(raw in flake(), fragment in flake()) {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("app.yaml");
+        std::fs::write(&main, written(&raw)).unwrap();
+        std::fs::create_dir(dir.path().join("app.d")).unwrap();
+        std::fs::write(dir.path().join("app.d/10.yaml"), written(&fragment)).unwrap();
+        let name = crate::names::FlakeName::new("app").unwrap();
+        let checked = check_flake(name.clone(), &main);
+        let loaded = load_flake(name, &main);
+        prop_assert_eq!(checked.problems.is_empty(), loaded.is_ok(), "{:?}", checked.problems);
+        prop_assert_eq!(checked.flake, loaded.ok());
     }
 
     #[test]

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 /// One flake document: `NAME.yaml` or a fragment of `NAME.d/`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawFlake {
     /// Host files provisioned into the instance.
@@ -26,6 +27,7 @@ pub struct RawFlake {
 
 /// The `include` section.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawInclude {
     /// Tar archives extracted into the instance.
@@ -38,6 +40,7 @@ pub struct RawInclude {
 
 /// The `container` section.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawContainer {
     /// Image of the app (the delta image when `base_container` is set).
@@ -70,6 +73,7 @@ pub struct RawContainer {
 
 /// The `container.runtime` section.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawRuntime {
     /// `root` runs the engine as root (via sudo for other callers); anything else runs it as
@@ -89,6 +93,7 @@ pub struct RawRuntime {
 
 /// The `vm` section.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawVm {
     /// Name of the VM image in the image registry.
@@ -113,6 +118,7 @@ pub struct RawVm {
 
 /// The `vm.runtime` section.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawVmRuntime {
     /// User the VMM runs as (recorded; the VMM runs as the caller).
@@ -140,6 +146,7 @@ pub struct RawVmRuntime {
 
 /// A size written as a number of bytes or as text such as `20GiB`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(untagged)]
 pub enum RawSize {
     /// Bytes.
@@ -150,6 +157,7 @@ pub enum RawSize {
 
 /// The `vm.runtime.firecracker` section.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawFirecracker {
     /// Kernel command line, one argument per entry.
@@ -176,4 +184,16 @@ pub struct RawFirecracker {
     /// `Writeback` or `Unsafe` for the overlay drive.
     #[serde(default)]
     pub cache_type: Option<String>,
+}
+
+/// The JSON Schema of a flake document (`NAME.yaml` or a fragment), derived from the types
+/// above so that it cannot disagree with what the loader accepts.
+#[cfg(feature = "schema")]
+pub fn json_schema() -> serde_json::Value {
+    let mut schema = schemars::schema_for!(RawFlake);
+    schema.insert(
+        "title".into(),
+        "flake-pilot flake file (NAME.yaml or a NAME.d/ fragment)".into(),
+    );
+    schema.to_value()
 }

@@ -391,3 +391,20 @@ fn vm_errors_name_the_key() {
         assert!(err.contains(needle) && !err.contains('\n'), "{to}: {err}");
     }
 }
+
+#[test]
+fn the_check_reports_a_problem_in_every_file_with_its_line() {
+    let files = Files::new("container:\n  name: img\n  runtim: {}\n");
+    files.put("app.d/10.yaml", "container:\n  layers: one\n");
+    files.put("app.d/20.yaml", "container:\n  name: ok\n");
+    let checked = check::check_flake(FlakeName::new("app").unwrap(), &files.main());
+    let got: Vec<(PathBuf, Option<usize>)> = checked
+        .problems
+        .iter()
+        .map(|p| (p.file.clone(), p.line))
+        .collect();
+    let fragment = files.0.path().join("app.d/10.yaml");
+    assert_eq!(got, [(files.main(), Some(3)), (fragment, Some(2))]);
+    assert!(checked.flake.is_none());
+    assert_eq!(checked.files.len(), 3);
+}
