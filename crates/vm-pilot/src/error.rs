@@ -73,7 +73,8 @@ pub enum VmError {
         /// The flake.
         flake: String,
         /// The argument.
-        what: String,
+        #[source]
+        what: crate::vmm::SerialError,
     },
     /// A resume flake on an image whose guest init does not speak the protocol.
     #[error(
