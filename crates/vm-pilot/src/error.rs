@@ -49,13 +49,8 @@ pub enum VmError {
         dir: PathBuf,
     },
     /// The overlay disk could not be prepared.
-    #[error("cannot prepare the overlay {}: {reason}", path.display())]
-    Overlay {
-        /// The overlay image.
-        path: PathBuf,
-        /// What went wrong.
-        reason: String,
-    },
+    #[error(transparent)]
+    Overlay(#[from] crate::overlay::OverlayError),
     /// A file of the instance could not be written.
     #[error("cannot write {}: {source}", path.display())]
     Io {
