@@ -51,6 +51,14 @@ pub enum VmError {
     /// The overlay disk could not be prepared.
     #[error(transparent)]
     Overlay(#[from] crate::overlay::OverlayError),
+    /// A VM being saved did not run again.
+    #[error("the VM of flake '{flake}' did not run again after saving it: {source}")]
+    Stuck {
+        /// The flake.
+        flake: String,
+        /// What the monitor said.
+        source: crate::qemu::QmpError,
+    },
     /// A file of the instance could not be written.
     #[error("cannot write {}: {source}", path.display())]
     Io {

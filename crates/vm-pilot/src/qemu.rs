@@ -26,6 +26,8 @@
 pub mod device;
 mod qmp;
 
+pub use qmp::{QmpError, SaveError};
+
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -417,9 +419,12 @@ impl Vmm for Qemu {
 
     fn save_state(&self, plan: &Plan, to: &std::fs::File) -> Result<Saved> {
         match qmp::save(&Self::monitor(plan), to) {
-            Ok(Ok(())) => Ok(Saved::Saved),
-            Ok(Err(why)) => Ok(Saved::Not(why)),
-            Err(what) => Err(plan.guest_error(what)),
+            Ok(()) => Ok(Saved::Saved),
+            Err(SaveError::NotSaved(why)) => Ok(Saved::Not(why.into())),
+            Err(SaveError::Stuck(source)) => Err(VmError::Stuck {
+                flake: plan.flake.clone(),
+                source,
+            }),
         }
     }
 }

@@ -524,17 +524,17 @@ pub trait Vmm: std::fmt::Debug {
     /// Saves the running VM of `plan` (started with [`StateFile::Save`]) into the file
     /// `to`, then lets it run on. The error: the VM does not run again.
     fn save_state(&self, _plan: &Plan, _to: &std::fs::File) -> Result<Saved> {
-        Ok(Saved::Not("this VMM cannot save VM states".into()))
+        Ok(Saved::Not(crate::saved::SavedError::Unsupported))
     }
 }
 
 /// Whether a running VM was saved ([`Vmm::save_state`]); it runs on either way.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Saved {
     /// Its state is in the file.
     Saved,
     /// It was not saved, for this reason.
-    Not(String),
+    Not(crate::saved::SavedError),
 }
 
 /// What a VMM started with a saved state does with it.
