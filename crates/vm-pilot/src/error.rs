@@ -49,12 +49,15 @@ pub enum VmError {
         dir: PathBuf,
     },
     /// The overlay disk could not be prepared.
-    #[error("cannot prepare the overlay {}: {reason}", path.display())]
-    Overlay {
-        /// The overlay image.
-        path: PathBuf,
-        /// What went wrong.
-        reason: String,
+    #[error(transparent)]
+    Overlay(#[from] crate::overlay::OverlayError),
+    /// A VM being saved did not run again.
+    #[error("the VM of flake '{flake}' did not run again after saving it: {source}")]
+    Stuck {
+        /// The flake.
+        flake: String,
+        /// What the monitor said.
+        source: crate::qemu::QmpError,
     },
     /// A file of the instance could not be written.
     #[error("cannot write {}: {source}", path.display())]
@@ -73,7 +76,8 @@ pub enum VmError {
         /// The flake.
         flake: String,
         /// The argument.
-        what: String,
+        #[source]
+        what: crate::vmm::SerialError,
     },
     /// A resume flake on an image whose guest init does not speak the protocol.
     #[error(

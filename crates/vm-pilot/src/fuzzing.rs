@@ -5,21 +5,23 @@
 
 use std::path::Path;
 
+use crate::pull::PullError;
+
 /// Unpacks the kis archive at `archive` into `dir` as a pull does before verifying, with
 /// the default policy but at most `max_size` bytes (a fuzz run writes many archives); the
 /// error says why the archive is refused.
-pub fn kis_unpack(archive: &Path, dir: &Path, max_size: u64) -> Result<(), String> {
+pub fn kis_unpack(archive: &Path, dir: &Path, max_size: u64) -> Result<(), PullError> {
     let policy = crate::pull::Policy {
         max_size,
         ..crate::pull::Policy::default()
     };
-    crate::pull::kis::unpack(archive, "fuzz".into(), dir, &policy).map_err(|e| e.to_string())
+    crate::pull::kis::unpack(archive, "fuzz".into(), dir, &policy)
 }
 
 /// Verifies the rootfs in `dir` against the checksum record there, as a pull does after
 /// unpacking; the error is the one a pull reports.
-pub fn kis_verify(dir: &Path) -> Result<(), String> {
-    crate::pull::kis::verify(dir, "fuzz").map_err(|e| e.to_string())
+pub fn kis_verify(dir: &Path) -> Result<(), PullError> {
+    crate::pull::kis::verify(dir, "fuzz")
 }
 
 /// Parses a checksum record: the expected SHA-256 and the number of bytes it covers.

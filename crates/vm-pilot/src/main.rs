@@ -35,8 +35,8 @@ enum PilotError {
     #[error(transparent)]
     Vmm(#[from] ProcessError),
     /// `FLAKE_QEMU_CHANNEL` names no guest channel.
-    #[error("{0}")]
-    Channel(String),
+    #[error(transparent)]
+    Channel(#[from] vm_pilot::qemu::ChannelError),
     /// The launch itself failed.
     #[error(transparent)]
     Vm(#[from] VmError),
@@ -112,8 +112,7 @@ fn backend(vm: &VmFlake, path: &OsString) -> Result<Box<dyn Vmm>, PilotError> {
         VmmKind::Qemu => Box::new(Qemu {
             binary: resolve("qemu-system-x86_64", Some(path))?,
             accel: std::env::var(ACCEL_ENV).ok(),
-            channel: ChannelChoice::parse(&std::env::var(CHANNEL_ENV).unwrap_or_default())
-                .map_err(|why| PilotError::Channel(why.to_string()))?,
+            channel: ChannelChoice::parse(&std::env::var(CHANNEL_ENV).unwrap_or_default())?,
             device: vm_pilot::qemu::device::find(path),
         }),
         VmmKind::Firecracker => Box::new(Firecracker {

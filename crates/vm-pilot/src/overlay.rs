@@ -18,29 +18,78 @@ use flakes::size::ByteSize;
 
 use crate::error::{Result, VmError};
 
+/// Why the overlay disk of an instance could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum OverlayError {
+    /// A staging directory could not be made.
+    #[error("cannot prepare the overlay {}: cannot make {}: {source}; check the space and permissions there", overlay.display(), dir.display())]
+    Staging {
+        /// The overlay image.
+        overlay: PathBuf,
+        /// The directory.
+        dir: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// An include could not be copied or unpacked.
+    #[error("cannot prepare the overlay {}: include {}: {}; check the include of the flake", overlay.display(), include.display(), causes(source))]
+    Include {
+        /// The overlay image.
+        overlay: PathBuf,
+        /// The include (a path or a tar archive).
+        include: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The finished image could not be put under its name.
+    #[error("cannot prepare the overlay {}: {source}; check the space and permissions there", overlay.display())]
+    Place {
+        /// The overlay image.
+        overlay: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// `err` and what it wraps (tar names the entry, its cause says what went wrong).
+fn causes(err: &std::io::Error) -> String {
+    let mut text = err.to_string();
+    let mut next = std::error::Error::source(err);
+    while let Some(cause) = next {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    text
+}
+
 /// Creates the overlay image `path` of `size` with `include` in its upper layer.
 pub fn create(path: &Path, size: ByteSize, include: &Include, mkfs: &Path) -> Result<()> {
-    let fail = |reason: String| VmError::Overlay {
-        path: path.to_path_buf(),
-        reason,
-    };
     let staging = sibling(path, "staging");
     let partial = sibling(path, "partial");
     let _ = std::fs::remove_dir_all(&staging);
     let _ = std::fs::remove_file(&partial);
-    let result = stage(&staging, include).map_err(fail).and_then(|()| {
-        let mut options = String::from("lazy_itable_init=1,lazy_journal_init=1");
-        if rustix::process::geteuid().is_root() {
-            options.push_str(",root_owner=0:0");
-        }
-        Cmd::new(mkfs)
-            .args(["-q", "-F", "-t", "ext4", "-m", "0", "-E", &options, "-d"])
-            .arg(&staging)
-            .arg(&partial)
-            .arg(format!("{}k", size.bytes() / 1024))
-            .run()?;
-        std::fs::rename(&partial, path).map_err(|e| fail(e.to_string()))
-    });
+    let result = stage(path, &staging, include)
+        .map_err(VmError::from)
+        .and_then(|()| {
+            let mut options = String::from("lazy_itable_init=1,lazy_journal_init=1");
+            if rustix::process::geteuid().is_root() {
+                options.push_str(",root_owner=0:0");
+            }
+            Cmd::new(mkfs)
+                .args(["-q", "-F", "-t", "ext4", "-m", "0", "-E", &options, "-d"])
+                .arg(&staging)
+                .arg(&partial)
+                .arg(format!("{}k", size.bytes() / 1024))
+                .run()?;
+            std::fs::rename(&partial, path).map_err(|source| {
+                OverlayError::Place {
+                    overlay: path.to_path_buf(),
+                    source,
+                }
+                .into()
+            })
+        });
     let _ = std::fs::remove_dir_all(&staging);
     if result.is_err() {
         let _ = std::fs::remove_file(&partial);
@@ -54,31 +103,35 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Lays out `rootfs_upper/` (the includes) and `rootfs_work/` under `staging`.
-fn stage(staging: &Path, include: &Include) -> std::result::Result<(), String> {
+/// Lays out `rootfs_upper/` (the includes) and `rootfs_work/` under `staging` for the
+/// overlay image `overlay`.
+fn stage(overlay: &Path, staging: &Path, include: &Include) -> Result<(), OverlayError> {
     let upper = staging.join("rootfs_upper");
     for dir in [&upper, &staging.join("rootfs_work")] {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|source| OverlayError::Staging {
+            overlay: overlay.to_path_buf(),
+            dir: dir.clone(),
+            source,
+        })?;
     }
+    let fail = |include: &Path| {
+        let include = include.to_path_buf();
+        move |source| OverlayError::Include {
+            overlay: overlay.to_path_buf(),
+            include,
+            source,
+        }
+    };
     for archive in &include.tar {
-        let file = std::fs::File::open(archive)
-            .map_err(|e| format!("include {}: {e}", archive.display()))?;
+        let file = std::fs::File::open(archive).map_err(fail(archive))?;
         let mut tar = tar::Archive::new(file);
         tar.set_preserve_permissions(true);
         tar.set_preserve_ownerships(rustix::process::geteuid().is_root());
-        tar.unpack(&upper).map_err(|e| {
-            let cause = std::error::Error::source(&e).map(ToString::to_string);
-            format!(
-                "include {}: {e}: {}",
-                archive.display(),
-                cause.unwrap_or_default()
-            )
-        })?;
+        tar.unpack(&upper).map_err(fail(archive))?;
     }
     for source in &include.path {
         let relative = source.strip_prefix("/").unwrap_or(source);
-        copy_tree(source, &upper.join(relative))
-            .map_err(|e| format!("include {}: {e}", source.display()))?;
+        copy_tree(source, &upper.join(relative)).map_err(fail(source))?;
     }
     Ok(())
 }
@@ -132,7 +185,7 @@ mod tests {
             path: vec![dir.path().join("host/etc/app")],
         };
         let staging = dir.path().join("staging");
-        stage(&staging, &include).unwrap();
+        stage(&dir.path().join("overlay"), &staging, &include).unwrap();
         let upper = staging.join("rootfs_upper");
         assert_eq!(
             std::fs::read_to_string(upper.join("usr/bin/tool")).unwrap(),
@@ -165,7 +218,13 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("missing.tar"), "{err}");
+        let expected = format!(
+            "cannot prepare the overlay {}: include {}: ",
+            disk.display(),
+            dir.path().join("missing.tar").display()
+        );
+        assert!(err.starts_with(&expected), "{err}");
+        assert!(err.ends_with("; check the include of the flake"), "{err}");
         assert_eq!(
             std::fs::read_dir(dir.path()).unwrap().count(),
             0,

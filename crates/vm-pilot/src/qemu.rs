@@ -26,6 +26,8 @@
 pub mod device;
 mod qmp;
 
+pub use qmp::{QmpError, SaveError};
+
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -65,15 +67,23 @@ pub enum ChannelChoice {
     Vsock,
 }
 
+/// A value of [`CHANNEL_ENV`] that names no guest channel.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{CHANNEL_ENV}={value:?} is not a guest channel: use virtio (the default) or vsock")]
+pub struct ChannelError {
+    /// The value given.
+    pub value: String,
+}
+
 impl ChannelChoice {
     /// The choice `value` of [`CHANNEL_ENV`] names, or the error that says what it may be.
-    pub fn parse(value: &str) -> std::result::Result<Self, String> {
+    pub fn parse(value: &str) -> std::result::Result<Self, ChannelError> {
         match value {
             "" | "virtio" => Ok(ChannelChoice::Virtio),
             "vsock" => Ok(ChannelChoice::Vsock),
-            other => Err(format!(
-                "{CHANNEL_ENV}={other:?} is not a guest channel: use virtio (the default) or vsock"
-            )),
+            other => Err(ChannelError {
+                value: other.to_string(),
+            }),
         }
     }
 }
@@ -409,9 +419,12 @@ impl Vmm for Qemu {
 
     fn save_state(&self, plan: &Plan, to: &std::fs::File) -> Result<Saved> {
         match qmp::save(&Self::monitor(plan), to) {
-            Ok(Ok(())) => Ok(Saved::Saved),
-            Ok(Err(why)) => Ok(Saved::Not(why)),
-            Err(what) => Err(plan.guest_error(what)),
+            Ok(()) => Ok(Saved::Saved),
+            Err(SaveError::NotSaved(why)) => Ok(Saved::Not(why.into())),
+            Err(SaveError::Stuck(source)) => Err(VmError::Stuck {
+                flake: plan.flake.clone(),
+                source,
+            }),
         }
     }
 }
@@ -486,7 +499,7 @@ mod tests {
             "{err}"
         );
         assert_eq!(ChannelChoice::parse("").unwrap(), ChannelChoice::Virtio);
-        let bad = ChannelChoice::parse("ports").unwrap_err();
+        let bad = ChannelChoice::parse("ports").unwrap_err().to_string();
         assert!(
             bad.contains("FLAKE_QEMU_CHANNEL") && bad.contains("virtio (the default) or vsock"),
             "{bad}"

@@ -39,6 +39,62 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+/// Why a saved state is not used, or a VM not saved.
+#[derive(Debug, thiserror::Error)]
+pub enum SavedError {
+    /// The state exists but cannot be opened.
+    #[error("cannot open the saved state {}: {source}; remove it to have it saved anew", path.display())]
+    Open {
+        /// The state file.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The state or its directory belongs to someone else, or others may write it.
+    #[error(
+        "the saved state {} is not a file of this user alone in a directory only this user \
+         may write; remove it, or make the directory mode 0700, to have it saved anew",
+        path.display()
+    )]
+    Untrusted {
+        /// The state file.
+        path: PathBuf,
+    },
+    /// The states directory or the unnamed state file in it cannot be made.
+    #[error("cannot save into {}: {source}; check that this user may write there", dir.display())]
+    Directory {
+        /// The states directory.
+        dir: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The whole state could not be synced or linked under its name.
+    #[error("cannot put the saved state {} in place: {source}; check the space left there", path.display())]
+    Place {
+        /// The state file.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The VMM cannot save VMs.
+    #[error("this VMM cannot save VM states")]
+    Unsupported,
+    /// QEMU did not save the VM.
+    #[error(transparent)]
+    Qemu(#[from] crate::qemu::QmpError),
+}
+
+/// The saved state a restore would use ([`open`]).
+#[derive(Debug)]
+pub enum SavedState {
+    /// There is none: the VM boots, and may be saved.
+    None,
+    /// This one, fit to be restored.
+    Open(File),
+    /// One that must not be used, for this reason: the VM boots.
+    Unusable(SavedError),
+}
+
 /// Environment variable that turns saved states off (`off` or `0`).
 pub const ENV: &str = "FLAKE_VM_SAVED_STATES";
 /// Suffix of a saved state file.
@@ -132,15 +188,20 @@ pub fn refuse(path: &Path, state: Option<&File>) {
     }
 }
 
-/// Opens the state at `path` for a restore: `None` when there is none, an error (why it
-/// is not used) when it or its directory belongs to someone else or others may write it.
-pub fn open(path: &Path) -> Option<Result<File, String>> {
+/// Opens the state at `path` for a restore: [`SavedState::Unusable`] when it or its
+/// directory belongs to someone else or others may write it.
+pub fn open(path: &Path) -> SavedState {
     use rustix::fs::{Mode, OFlags};
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let file = match rustix::fs::open(path, flags, Mode::empty()) {
         Ok(fd) => File::from(fd),
-        Err(rustix::io::Errno::NOENT) => return None,
-        Err(e) => return Some(Err(format!("cannot open {}: {e}", path.display()))),
+        Err(rustix::io::Errno::NOENT) => return SavedState::None,
+        Err(e) => {
+            return SavedState::Unusable(SavedError::Open {
+                path: path.to_path_buf(),
+                source: e.into(),
+            })
+        }
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     let trusted = |meta: std::fs::Metadata, others: u32| {
@@ -150,14 +211,13 @@ pub fn open(path: &Path) -> Option<Result<File, String>> {
         .metadata()
         .is_ok_and(|meta| meta.is_file() && trusted(meta, 0o077));
     let dir_ok = std::fs::metadata(dir).is_ok_and(|meta| trusted(meta, 0o022));
-    Some(if file_ok && dir_ok {
-        Ok(file)
+    if file_ok && dir_ok {
+        SavedState::Open(file)
     } else {
-        Err(format!(
-            "{} is not a file of this user alone in a directory only this user may write",
-            path.display()
-        ))
-    })
+        SavedState::Unusable(SavedError::Untrusted {
+            path: path.to_path_buf(),
+        })
+    }
 }
 
 /// The states and marks of `flake` in `dir`.
@@ -203,24 +263,26 @@ pub struct Saving {
 
 impl Saving {
     /// Prepares saving to `path`: its directory (private to the user) and the file.
-    pub fn new(path: PathBuf) -> Result<Self, String> {
+    pub fn new(path: PathBuf) -> Result<Self, SavedError> {
         use rustix::fs::{Mode, OFlags};
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let dir = path.parent().unwrap_or(Path::new("."));
-        let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", dir.display());
+        let fail = |source| SavedError::Directory {
+            dir: dir.to_path_buf(),
+            source,
+        };
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|e| fail(&e))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| fail(&e))?;
+            .map_err(fail)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(fail)?;
         let file = rustix::fs::open(
             dir,
             OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
             Mode::RUSR | Mode::WUSR,
         )
-        .map_err(|e| fail(&e))?;
+        .map_err(|e| fail(e.into()))?;
         Ok(Saving {
             file: File::from(file),
             path,
@@ -231,9 +293,13 @@ impl Saving {
     /// be refused by the VMM, but cost a boot) and removes the flake's other states and
     /// marks (the mark of this key, set meanwhile by another launcher, stays). A state
     /// another launcher has put there first is kept.
-    pub fn finish(self, flake: &str) -> std::io::Result<PathBuf> {
+    pub fn finish(self, flake: &str) -> Result<PathBuf, SavedError> {
         use std::os::fd::AsRawFd;
-        self.file.sync_all()?;
+        let fail = |source| SavedError::Place {
+            path: self.path.clone(),
+            source,
+        };
+        self.file.sync_all().map_err(fail)?;
         let proc_path = format!("/proc/self/fd/{}", self.file.as_raw_fd());
         match rustix::fs::linkat(
             rustix::fs::CWD,
@@ -243,7 +309,7 @@ impl Saving {
             rustix::fs::AtFlags::SYMLINK_FOLLOW,
         ) {
             Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(fail(e.into())),
         }
         if let Some(dir) = self.path.parent() {
             let mark = refused_mark(&self.path);
@@ -345,7 +411,7 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&states), 0o700);
         assert_eq!(mode(&done), 0o600);
-        assert!(open(&done).unwrap().is_ok());
+        assert!(matches!(open(&done), SavedState::Open(_)));
         let mut dropped = Saving::new(path(&states, "app", &key.replace('0', "1"))).unwrap();
         dropped.file.write_all(b"half").unwrap();
         drop(dropped);
@@ -371,20 +437,62 @@ mod tests {
         std::fs::create_dir(&states).unwrap();
         std::fs::set_permissions(&states, std::fs::Permissions::from_mode(0o700)).unwrap();
         let state = path(&states, "app", "00000000000000000000000000000000");
-        assert!(open(&state).is_none(), "no state");
+        assert!(matches!(open(&state), SavedState::None), "no state");
         std::fs::write(&state, "x").unwrap();
         std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(open(&state).unwrap().is_ok());
+        assert!(matches!(open(&state), SavedState::Open(_)));
         std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o666)).unwrap();
-        assert!(open(&state)
-            .unwrap()
-            .unwrap_err()
-            .contains("this user alone"));
+        let why = unusable(&state);
+        assert!(why.contains("this user alone"), "{why}");
+        assert!(why.contains(&state.display().to_string()), "{why}");
         std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::set_permissions(&states, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let why = unusable(&state);
         assert!(
-            open(&state).unwrap().is_err(),
-            "a directory others may write"
+            why.contains("mode 0700"),
+            "a directory others may write: {why}"
+        );
+    }
+
+    /// Why the state at `path` is not used; panics when it is.
+    fn unusable(path: &Path) -> String {
+        match open(path) {
+            SavedState::Unusable(why) => why.to_string(),
+            other => panic!("{} is used: {other:?}", path.display()),
+        }
+    }
+
+    #[test]
+    fn a_damaged_state_says_which_file_and_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = path(dir.path(), "app", "00000000000000000000000000000000");
+        // A symlink is never followed: the state cannot be opened.
+        std::os::unix::fs::symlink("elsewhere", &state).unwrap();
+        let why = unusable(&state);
+        assert!(why.starts_with("cannot open the saved state "), "{why}");
+        assert!(why.contains(&state.display().to_string()), "{why}");
+        assert!(why.ends_with("remove it to have it saved anew"), "{why}");
+        // A directory where the state should be is not a file of this user alone.
+        std::fs::remove_file(&state).unwrap();
+        std::fs::create_dir(&state).unwrap();
+        assert!(unusable(&state).contains("not a file of this user alone"));
+    }
+
+    #[test]
+    fn a_state_that_cannot_be_made_names_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocked = dir.path().join("states");
+        std::fs::write(&blocked, "a file, not a directory").unwrap();
+        let why = Saving::new(path(&blocked, "app", "00000000000000000000000000000000"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            why.starts_with(&format!("cannot save into {}: ", blocked.display())),
+            "{why}"
+        );
+        assert!(
+            why.ends_with("check that this user may write there"),
+            "{why}"
         );
     }
 }

@@ -46,9 +46,19 @@ pub(crate) mod tests {
             serial_run(&argv).unwrap(),
             r#"run="/bin/sh -c 'echo a b' 'it'\''s' ''""#
         );
-        let quote = vec![b"say \"hi\"".to_vec()];
-        assert!(serial_run(&quote).unwrap_err().contains("say"));
-        assert!(serial_run(&[b"a\nb".to_vec()]).is_err());
+    }
+
+    #[test]
+    fn an_argument_serial_mode_cannot_carry_is_named() {
+        let quote = serial_run(&[b"say \"hi\"".to_vec()]).unwrap_err();
+        assert_eq!(
+            quote.to_string(),
+            r#"the argument "say \"hi\"" (a double quote or control character)"#
+        );
+        let newline = serial_run(&[b"a\nb".to_vec()]).unwrap_err();
+        assert!(matches!(newline, SerialError::Uncarried { ref arg } if arg == "a\nb"));
+        let binary = serial_run(&[b"ok".to_vec(), b"x\xffy".to_vec()]).unwrap_err();
+        assert_eq!(binary.to_string(), "argument 2 (\"x\u{fffd}y\", not UTF-8)");
     }
 
     #[test]
@@ -372,16 +382,37 @@ impl Plan {
     }
 }
 
+/// An argument the kernel command line of serial mode cannot carry ([`serial_run`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SerialError {
+    /// The argument is not UTF-8.
+    #[error("argument {number} ({lossy:?}, not UTF-8)")]
+    NotUtf8 {
+        /// Its place among the arguments, from 1.
+        number: usize,
+        /// It, with what is not UTF-8 replaced.
+        lossy: String,
+    },
+    /// The argument holds a double quote or a control character.
+    #[error("the argument {arg:?} (a double quote or control character)")]
+    Uncarried {
+        /// The argument.
+        arg: String,
+    },
+}
+
 /// The `run="..."` word of serial mode for `argv`: each argument a shell word, quoted
 /// when it needs to be. A double quote or a control character cannot be carried on a
 /// kernel command line, so such an argument is refused (naming it) rather than mangled.
-pub fn serial_run(argv: &[Vec<u8>]) -> std::result::Result<String, String> {
+pub fn serial_run(argv: &[Vec<u8>]) -> std::result::Result<String, SerialError> {
     let mut words = Vec::new();
-    for arg in argv {
-        let text = String::from_utf8(arg.clone())
-            .map_err(|_| "an argument that is not UTF-8".to_string())?;
+    for (index, arg) in argv.iter().enumerate() {
+        let text = String::from_utf8(arg.clone()).map_err(|e| SerialError::NotUtf8 {
+            number: index + 1,
+            lossy: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        })?;
         if text.chars().any(|c| c == '"' || c.is_control()) {
-            return Err(format!("the argument {text:?}"));
+            return Err(SerialError::Uncarried { arg: text });
         }
         let plain = !text.is_empty()
             && text
@@ -493,17 +524,17 @@ pub trait Vmm: std::fmt::Debug {
     /// Saves the running VM of `plan` (started with [`StateFile::Save`]) into the file
     /// `to`, then lets it run on. The error: the VM does not run again.
     fn save_state(&self, _plan: &Plan, _to: &std::fs::File) -> Result<Saved> {
-        Ok(Saved::Not("this VMM cannot save VM states".into()))
+        Ok(Saved::Not(crate::saved::SavedError::Unsupported))
     }
 }
 
 /// Whether a running VM was saved ([`Vmm::save_state`]); it runs on either way.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Saved {
     /// Its state is in the file.
     Saved,
     /// It was not saved, for this reason.
-    Not(String),
+    Not(crate::saved::SavedError),
 }
 
 /// What a VMM started with a saved state does with it.

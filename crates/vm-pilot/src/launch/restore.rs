@@ -53,8 +53,8 @@ impl Launch<'_> {
             return self.boot_and_call(plan, None);
         }
         match saved::open(&path) {
-            None => {}
-            Some(Ok(state)) => match self.restore_and_call(plan, &state) {
+            saved::SavedState::None => {}
+            saved::SavedState::Open(state) => match self.restore_and_call(plan, &state) {
                 Restore::Called(status) => return status,
                 Restore::Refused(err) => {
                     // Not restored, nothing of the call made: boot, and no more states
@@ -72,7 +72,7 @@ impl Launch<'_> {
                     return self.boot_and_call(plan, None);
                 }
             },
-            Some(Err(why)) => {
+            saved::SavedState::Unusable(why) => {
                 flakes::process::debug_note(format_args!("not restored: {why}"));
                 return self.boot_and_call(plan, None);
             }
@@ -90,7 +90,7 @@ impl Launch<'_> {
     /// Says once that the VM of `plan` could not be saved as `path` (for `why`), and marks
     /// its key so that later launches boot without trying; where not even the mark can be
     /// written, only `PILOT_DEBUG` says it.
-    fn not_saved(&self, plan: &Plan, path: &std::path::Path, why: &str) {
+    fn not_saved(&self, plan: &Plan, path: &std::path::Path, why: &saved::SavedError) {
         saved::refuse(path, None);
         if saved::refused(path) {
             tracing::warn!(
@@ -135,9 +135,7 @@ impl Launch<'_> {
     pub(super) fn save(&self, plan: &Plan, saving: saved::Saving) -> Result<Option<PathBuf>> {
         let path = saving.path.clone();
         let saved = match self.vmm.save_state(plan, &saving.file)? {
-            Saved::Saved => saving
-                .finish(&plan.flake)
-                .map_err(|e| format!("cannot put it in place: {e}")),
+            Saved::Saved => saving.finish(&plan.flake),
             Saved::Not(why) => Err(why),
         };
         match saved {

@@ -117,20 +117,56 @@ fn get(
             .get("location")
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| fail(format!("{current} redirects without a usable location")))?;
-        current = redirect_target(&current, location, policy.allow_http).map_err(fail)?;
+        current = redirect_target(&current, location, policy.allow_http)
+            .map_err(|e| fail(e.to_string()))?;
     }
     Err(fail(format!(
         "more than {MAX_REDIRECTS} redirects (a redirect loop?)"
     )))
 }
 
+/// Why a redirect is not followed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum RedirectError {
+    /// The current address has no scheme to resolve the location against.
+    #[error("cannot follow a redirect from {current}")]
+    NoBase {
+        /// The address redirecting.
+        current: String,
+    },
+    /// From https to plain http.
+    #[error("redirected from https to plain http ({next}); refused")]
+    Downgrade {
+        /// Where it leads.
+        next: String,
+    },
+    /// To plain http, which is not allowed.
+    #[error("redirected to plain http ({next}); set FLAKE_ALLOW_INSECURE_TRANSPORT=1 to allow it")]
+    Insecure {
+        /// Where it leads.
+        next: String,
+    },
+    /// To something that is not http(s).
+    #[error("redirected to {next}, which is not http(s)")]
+    Scheme {
+        /// Where it leads.
+        next: String,
+    },
+}
+
 /// Where a redirect from `current` to `location` leads, refused when it leaves https for
 /// plain http (that would hand the download to anyone on the path) or goes to plain http
 /// that is not allowed.
-fn redirect_target(current: &str, location: &str, allow_http: bool) -> Result<String, String> {
+fn redirect_target(
+    current: &str,
+    location: &str,
+    allow_http: bool,
+) -> Result<String, RedirectError> {
     let (scheme, rest) = current
         .split_once("://")
-        .ok_or_else(|| format!("cannot follow a redirect from {current}"))?;
+        .ok_or_else(|| RedirectError::NoBase {
+            current: current.to_string(),
+        })?;
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     let next = if scheme_of(location).is_some() {
         location.to_string()
@@ -147,14 +183,10 @@ fn redirect_target(current: &str, location: &str, allow_http: bool) -> Result<St
     let next_scheme = scheme_of(&next).unwrap_or_default().to_ascii_lowercase();
     match next_scheme.as_str() {
         "https" => Ok(next),
-        "http" if scheme.eq_ignore_ascii_case("https") => Err(format!(
-            "redirected from https to plain http ({next}); refused"
-        )),
+        "http" if scheme.eq_ignore_ascii_case("https") => Err(RedirectError::Downgrade { next }),
         "http" if allow_http => Ok(next),
-        "http" => Err(format!(
-            "redirected to plain http ({next}); set FLAKE_ALLOW_INSECURE_TRANSPORT=1 to allow it"
-        )),
-        _ => Err(format!("redirected to {next}, which is not http(s)")),
+        "http" => Err(RedirectError::Insecure { next }),
+        _ => Err(RedirectError::Scheme { next }),
     }
 }
 
@@ -325,7 +357,7 @@ mod tests {
             match expected {
                 Ok(url) => assert_eq!(got.as_deref(), Ok(*url), "{current} {location}"),
                 Err(needle) => assert!(
-                    got.as_ref().is_err_and(|e| e.contains(needle)),
+                    got.as_ref().is_err_and(|e| e.to_string().contains(needle)),
                     "{current} {location}: {got:?}"
                 ),
             }

@@ -29,37 +29,38 @@ pub fn prepare_rootfs(rootfs: &Path, name: &str, sci: Option<&Path>) -> Result<(
     if !is_ext(rootfs)? {
         return Ok(());
     }
-    let fail = |reason: String| PullError::Prepare {
+    let fail = |reason: &dyn std::fmt::Display| PullError::Prepare {
         name: name.to_string(),
-        reason,
+        reason: reason.to_string(),
     };
     let path = Some(std::ffi::OsStr::new("/usr/sbin:/sbin:/usr/bin:/bin"));
     let bin = flakes::process::resolve("debugfs", path)
-        .map_err(|e| fail(format!("{e} (package e2fsprogs)")))?;
+        .map_err(|e| fail(&format!("{e} (package e2fsprogs)")))?;
     let fs = Debugfs { bin, image: rootfs };
     for dir in MOUNT_POINTS.iter().chain(&["/usr", "/usr/sbin"]) {
-        if !fs.exists(dir).map_err(&fail)? {
-            fs.write_request(&format!("mkdir {dir}")).map_err(&fail)?;
+        if !fs.exists(dir).map_err(|e| fail(&e))? {
+            fs.write_request(&format!("mkdir {dir}"))
+                .map_err(|e| fail(&e))?;
         }
     }
-    if fs.exists(SCI_PATH).map_err(&fail)? {
+    if fs.exists(SCI_PATH).map_err(|e| fail(&e))? {
         return Ok(());
     }
     let sci = sci.ok_or_else(|| {
-        fail("sci was not found; install flake-pilot with make install or set FLAKE_SCI".into())
+        fail(&"sci was not found; install flake-pilot with make install or set FLAKE_SCI")
     })?;
     let bytes =
-        std::fs::read(sci).map_err(|e| fail(format!("cannot read {}: {e}", sci.display())))?;
+        std::fs::read(sci).map_err(|e| fail(&format!("cannot read {}: {e}", sci.display())))?;
     if !flakes::elf::is_static(&bytes) {
-        return Err(fail(format!(
+        return Err(fail(&format!(
             "{} is not a static binary; build it with make agent",
             sci.display()
         )));
     }
     fs.write_request(&format!("write {} {SCI_PATH}", sci.display()))
-        .map_err(&fail)?;
+        .map_err(|e| fail(&e))?;
     fs.write_request(&format!("sif {SCI_PATH} mode 0100755"))
-        .map_err(&fail)
+        .map_err(|e| fail(&e))
 }
 
 /// File in an image directory saying its guest init speaks the flake-pilot protocol;
@@ -91,9 +92,9 @@ pub fn mark_guest_channel(dir: &Path, name: &str) -> Result<(), PullError> {
         bin,
         image: &rootfs,
     };
-    let fail = |reason: String| PullError::Prepare {
+    let fail = |reason: DebugfsError| PullError::Prepare {
         name: name.to_string(),
-        reason,
+        reason: reason.to_string(),
     };
     let Some(init) = fs.read_init().map_err(fail)? else {
         return Ok(());
@@ -148,6 +149,23 @@ impl Stat {
     }
 }
 
+/// Why `debugfs` could not look into or change a rootfs.
+#[derive(Debug, thiserror::Error)]
+enum DebugfsError {
+    /// `debugfs` failed or said too much.
+    #[error(transparent)]
+    Process(#[from] flakes::process::ProcessError),
+    /// The guest init is larger than any guest init may be.
+    #[error(
+        "its guest init {SCI_PATH} is {size} bytes, more than the {} MiB a guest init may have",
+        INIT_MAX >> 20
+    )]
+    InitTooLarge {
+        /// What `stat` says of its size.
+        size: u64,
+    },
+}
+
 /// `debugfs` on one image file.
 struct Debugfs<'a> {
     bin: PathBuf,
@@ -164,28 +182,24 @@ impl Debugfs<'_> {
     }
 
     /// A read-only request, its answer read up to `max` bytes.
-    fn request(&self, request: &str, max: u64) -> Result<String, String> {
-        self.command(request, false)
-            .stdout_limited(max)
-            .map_err(|e| e.to_string())
+    fn request(&self, request: &str, max: u64) -> Result<String, DebugfsError> {
+        Ok(self.command(request, false).stdout_limited(max)?)
     }
 
     /// A request that changes the image; what it prints is discarded.
-    fn write_request(&self, request: &str) -> Result<(), String> {
-        self.command(request, true).run().map_err(|e| e.to_string())
+    fn write_request(&self, request: &str) -> Result<(), DebugfsError> {
+        Ok(self.command(request, true).run()?)
     }
 
     /// The content of the guest init, `None` when there is none or it is not a regular
     /// file; refused when `stat` says it is over [`INIT_MAX`] bytes, and cut off there if
     /// `cat` brings more anyway.
-    fn read_init(&self) -> Result<Option<String>, String> {
+    fn read_init(&self) -> Result<Option<String>, DebugfsError> {
         let stat = self.request(&format!("stat {SCI_PATH}"), ANSWER_MAX)?;
         match Stat::parse(&stat) {
-            Some(stat) if stat.regular && stat.size > INIT_MAX => Err(format!(
-                "its guest init {SCI_PATH} is {} bytes, more than the {} MiB a guest init may have",
-                stat.size,
-                INIT_MAX >> 20
-            )),
+            Some(stat) if stat.regular && stat.size > INIT_MAX => {
+                Err(DebugfsError::InitTooLarge { size: stat.size })
+            }
             Some(stat) if stat.regular => {
                 self.request(&format!("cat {SCI_PATH}"), INIT_MAX).map(Some)
             }
@@ -194,7 +208,7 @@ impl Debugfs<'_> {
     }
 
     /// True when `path` exists in the image (`ls -p` of its parent lists `/name/`).
-    fn exists(&self, path: &str) -> Result<bool, String> {
+    fn exists(&self, path: &str) -> Result<bool, DebugfsError> {
         let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
         let parent = if parent.is_empty() { "/" } else { parent };
         let listing = self.request(&format!("ls -p {parent}"), ANSWER_MAX)?;

@@ -112,42 +112,48 @@ fn declared_length(path: &Path) -> Option<u64> {
     checksum::parse(&text)?.length
 }
 
+/// A member whose name does not say what it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("member '{file}' has no extension, so its role is unknown")]
+struct NoRole {
+    /// The member's name.
+    file: String,
+}
+
 /// What a member becomes, by its extension.
-fn role(file: &str) -> Result<Option<&'static str>, String> {
+fn role(file: &str) -> Result<Option<&'static str>, NoRole> {
     match Path::new(file).extension().and_then(|e| e.to_str()) {
         Some("sha256") => Ok(Some("checksum")),
         Some("kernel") => Ok(Some("kernel")),
         Some("initrd") => Ok(Some("initrd")),
         Some("append") => Ok(None),
         Some(_) => Ok(Some("rootfs")),
-        None => Err(format!(
-            "member '{file}' has no extension, so its role is unknown"
-        )),
+        None => Err(NoRole {
+            file: file.to_string(),
+        }),
     }
 }
 
 /// The archive's content, decompressed when its first bytes name a compression; `count`
-/// then counts the compressed bytes read. Returns whether it is compressed.
-fn decompressed(archive: &Path, count: Rc<Cell<u64>>) -> Result<(Box<dyn Read>, bool), String> {
+/// then counts the compressed bytes read. Returns whether it is compressed; a decoder
+/// that cannot start is an I/O error with the decoder's message.
+fn decompressed(archive: &Path, count: Rc<Cell<u64>>) -> std::io::Result<(Box<dyn Read>, bool)> {
     let mut head = [0u8; 6];
-    let mut file = File::open(archive).map_err(|e| e.to_string())?;
-    let n = file.read(&mut head).map_err(|e| e.to_string())?;
-    let file = BufReader::new(Counted::new(
-        File::open(archive).map_err(|e| e.to_string())?,
-        count,
-    ));
+    let mut file = File::open(archive)?;
+    let n = file.read(&mut head)?;
+    let file = BufReader::new(Counted::new(File::open(archive)?, count));
     let reader: Box<dyn Read> = match &head[..n] {
         [0xfd, b'7', b'z', b'X', b'Z', 0x00] => {
             let stream = liblzma::stream::Stream::new_stream_decoder(
                 XZ_MEMLIMIT,
                 liblzma::stream::CONCATENATED,
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(std::io::Error::other)?;
             Box::new(liblzma::read::XzDecoder::new_stream(file, stream))
         }
         [0x1f, 0x8b, ..] => Box::new(flate2::read::GzDecoder::new(file)),
         [0x28, 0xb5, 0x2f, 0xfd, ..] => {
-            Box::new(ruzstd::decoding::StreamingDecoder::new(file).map_err(|e| e.to_string())?)
+            Box::new(ruzstd::decoding::StreamingDecoder::new(file).map_err(std::io::Error::other)?)
         }
         _ => return Ok((Box::new(file), false)),
     };
@@ -172,8 +178,8 @@ impl Unpack<'_> {
     fn run(&self, archive: &Path) -> Result<(), PullError> {
         let violation = Rc::new(Cell::new(None));
         let compressed = Rc::new(Cell::new(0));
-        let (mut content, is_compressed) =
-            decompressed(archive, Rc::clone(&compressed)).map_err(|e| self.not_kis(e))?;
+        let (mut content, is_compressed) = decompressed(archive, Rc::clone(&compressed))
+            .map_err(|e| self.not_kis(e.to_string()))?;
         if let Some(ratio) = self.ratio.filter(|_| is_compressed) {
             content = Box::new(Expansion::new(
                 content,
@@ -252,7 +258,7 @@ impl Unpack<'_> {
         if !entry.header().entry_type().is_file() {
             return Err(self.not_kis(format!("member '{file}' is not a regular file")));
         }
-        let role = role(&file).map_err(|e| self.not_kis(e))?;
+        let role = role(&file).map_err(|e| self.not_kis(e.to_string()))?;
         if let Some(role) = role.filter(|r| self.dir.join(r).symlink_metadata().is_ok()) {
             return Err(self.not_kis(format!("member '{file}' is a second {role}")));
         }
@@ -344,6 +350,9 @@ mod tests {
         assert_eq!(role("leap.initrd"), Ok(Some("initrd")));
         assert_eq!(role("leap.sha256"), Ok(Some("checksum")));
         assert_eq!(role("leap.append"), Ok(None));
-        assert!(role("README").is_err());
+        assert_eq!(
+            role("README").unwrap_err().to_string(),
+            "member 'README' has no extension, so its role is unknown"
+        );
     }
 }
