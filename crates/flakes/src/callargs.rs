@@ -52,6 +52,18 @@ pub enum CallArgError {
     },
 }
 
+/// Every `%option` name the pilots accept (`port` takes a value: `%port:N`). The parser
+/// takes only these, so an option is documented (the launchers' man pages are checked
+/// against this list) before it can have an effect.
+pub const OPTIONS: &[&str] = &[
+    "interactive",
+    "progress",
+    "remove",
+    "ignore_missing_volume_path",
+    "ignore_sync_error",
+    "port",
+];
+
 /// Options given to the pilot as `%option` arguments.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PilotOptions {
@@ -136,6 +148,11 @@ impl PilotOptions {
             Some((key, value)) => (key, Some(value)),
             None => (text.as_ref(), None),
         };
+        if !OPTIONS.contains(&key) {
+            return Err(CallArgError::UnknownOption {
+                key: key.to_string(),
+            });
+        }
         match key {
             "interactive" => self.interactive = true,
             "progress" => self.progress = true,
@@ -197,6 +214,22 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<CallArgs, CallArgError> {
         CallArgs::parse(args.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn every_listed_option_is_taken_and_named_in_the_unknown_option_error() {
+        let unknown = parse(&["%nonsense"]).unwrap_err().to_string();
+        for option in OPTIONS {
+            let arg = format!("%{option}:1");
+            let arg = if *option == "port" {
+                arg
+            } else {
+                format!("%{option}")
+            };
+            let call = parse(&[&arg]).unwrap();
+            assert_ne!(call.options, PilotOptions::default(), "{arg} has no effect");
+            assert!(unknown.contains(&format!("%{option}")), "{unknown}");
+        }
     }
 
     fn app_args(call: &CallArgs) -> Vec<&str> {

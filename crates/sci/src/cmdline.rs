@@ -83,6 +83,19 @@ pub enum Channel {
     Console,
 }
 
+/// Every `key=value` word `sci` reads; any other word is the kernel's or the image's. The
+/// parser takes only these, so a key is documented (`man/sci.8` is checked against this
+/// list) before it can have an effect.
+pub const KEYS: &[&str] = &[
+    "sci_channel",
+    "sci_ports",
+    "sci_resume",
+    "sci_idle",
+    "overlay_root",
+    "sci_debug",
+    "sci_resync",
+];
+
 /// The vsock port `sci` listens on (the original's, so host tooling keeps working).
 pub const VSOCK_PORT: u32 = 52;
 
@@ -127,6 +140,9 @@ impl BootSettings {
 
     /// Takes one `key=value` word; keys that are not `sci`'s are left alone.
     fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        if !KEYS.contains(&key) {
+            return Ok(());
+        }
         let owned = || value.to_string();
         match key {
             "sci_channel" => self.channel = Channel::parse(value)?,
@@ -299,6 +315,20 @@ mod tests {
         assert_eq!(all.overlay.as_deref(), Some("/dev/vdb"));
         assert_eq!(BootSettings::parse("sci_idle=0").unwrap().idle, None);
         assert!(!BootSettings::parse("sci_resume=0").unwrap().resume);
+    }
+
+    #[test]
+    fn every_listed_key_is_read_and_no_other() {
+        let default = BootSettings::parse("").unwrap();
+        let takes = |key: &str| {
+            ["1", "3"].iter().any(|value| {
+                BootSettings::parse(&format!("{key}={value}")).map_or(true, |s| s != default)
+            })
+        };
+        for key in KEYS {
+            assert!(takes(key), "{key} is listed but has no effect");
+        }
+        assert!(!takes("sci_unknown") && !takes("run") && !takes("init"));
     }
 
     #[test]
