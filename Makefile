@@ -41,6 +41,8 @@ install: build ## install the binaries side by side into $(DESTDIR)$(BINDIR)
 	target/release/flake-ctl completion fish \
 	    > $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/flake-ctl.fish
 	target/release/flake-ctl generate man $(DESTDIR)$(DATADIR)/man/man1
+	for s in 1 5 8; do install -d $(DESTDIR)$(DATADIR)/man/man$$s; \
+	    install -m 0644 man/*.$$s $(DESTDIR)$(DATADIR)/man/man$$s/; done
 	install -d $(DESTDIR)$(DATADIR)/flake-pilot
 	target/release/flake-ctl generate schema > $(DESTDIR)$(DATADIR)/flake-pilot/flake.schema.json
 
@@ -51,6 +53,8 @@ uninstall: ## remove the installed binaries
 	    $(DESTDIR)$(DATADIR)/zsh/site-functions/_flake-ctl \
 	    $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/flake-ctl.fish \
 	    $(DESTDIR)$(DATADIR)/man/man1/flake-ctl*.1 \
+	    $(addprefix $(DESTDIR)$(DATADIR)/man/,man1/podman-pilot.1 man1/firecracker-pilot.1 \
+	        man5/flakes.5 man8/sci.8) \
 	    $(DESTDIR)$(DATADIR)/flake-pilot/flake.schema.json
 
 setup: ## install and configure podman and the test image on this host (root)
