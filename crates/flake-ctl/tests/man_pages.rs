@@ -14,6 +14,8 @@
     clippy::tests_outside_test_module
 )]
 
+mod util;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -361,7 +363,7 @@ fn every_page_renders_without_warnings() {
     } else if have("groff") {
         "groff"
     } else {
-        println!("SKIP every_page_renders_without_warnings: neither man nor groff is installed");
+        util::note_skip("neither man nor groff is installed to render the pages");
         return;
     };
     for path in pages {
