@@ -30,7 +30,7 @@ install_packages() {
     local wanted="podman runc conmon fuse-overlayfs slirp4netns uidmap netavark aardvark-dns
         containernetworking-plugins catatonit tini iptables golang-github-containers-common
         skopeo docker-registry busybox-static curl hyperfine strace python3 tmux libcap2-bin
-        bsdutils sudo e2fsprogs xz-utils zstd"
+        bsdutils sudo e2fsprogs xz-utils zstd man-db groff-base"
     local missing=() p
     for p in $wanted; do
         dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null | grep -qx installed || missing+=("$p")
