@@ -239,3 +239,160 @@ fn kvm_boot_probe_finishes_within_its_bound() {
     // A QEMU flake falls back to emulation, so a failed KVM probe is only a note for it.
     assert_ne!(boot[0]["status"], "problem", "{findings:#?}");
 }
+
+/// The unprivileged test user (`ROOTLESS_USER=flaketest scripts/setup-host.sh`).
+const USER: &str = "flaketest";
+
+/// Runs `script` as [`USER`] with a login environment; `None` (and a visible skip) when
+/// there is no such user.
+fn as_user(script: &str) -> Option<std::process::Output> {
+    let exists = std::process::Command::new("id")
+        .arg(USER)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !exists {
+        util::skip(&format!(
+            "no user {USER} (run ROOTLESS_USER={USER} scripts/setup-host.sh)"
+        ));
+        return None;
+    }
+    let out = std::process::Command::new("su")
+        .args(["-", USER, "-c", script])
+        .output()
+        .unwrap();
+    Some(out)
+}
+
+/// A directory every user can read, with flake-ctl in `bin/` (the build tree may be
+/// private) and a system flake world whose one flake runs podman as root.
+fn shared_world(flake: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("flake-doctor-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (bin, flakes) = (dir.path().join("bin"), dir.path().join("flakes"));
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&flakes).unwrap();
+    std::fs::copy(util::bin_dir().join("flake-ctl"), bin.join("flake-ctl")).unwrap();
+    let yaml = format!("container:\n  name: {IMAGE}\n  runtime:\n    runas: root\n");
+    std::fs::write(flakes.join(format!("{flake}.yaml")), yaml).unwrap();
+    let config = dir.path().join("flakes.yml");
+    std::fs::write(
+        &config,
+        format!("generic:\n  flakes_dir: {}\n", flakes.display()),
+    )
+    .unwrap();
+    (dir, bin, config)
+}
+
+/// What root's sudo says of `USER` running `podman` as root without a password.
+fn sudo_allows(podman: &Path) -> bool {
+    std::process::Command::new("sudo")
+        .args(["-n", "-l", "-U", USER, "--"])
+        .arg(podman)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The sudo finding of `doctor` run by [`USER`] on the system flakes of `config`, with
+/// `path_dir` first on `PATH`.
+fn sudo_finding_as_user(ctl: &Path, config: &Path, path_dir: Option<&Path>) -> Option<Value> {
+    let path = path_dir.map_or(String::new(), |d| format!("PATH={}:$PATH ", d.display()));
+    let script = format!(
+        "{path}FLAKES_CONFIG={} {} doctor --format json",
+        config.display(),
+        ctl.display()
+    );
+    let out = as_user(&script)?;
+    let findings: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    let sudo = findings
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "sudo")
+        .cloned();
+    Some(sudo.unwrap_or_else(|| panic!("no sudo check: {findings:#}")))
+}
+
+#[test]
+fn sudo_rule_for_runas_root_flakes_is_probed_for_other_users() {
+    let Ok(podman) = std::process::Command::new("sh")
+        .args(["-c", "command -v podman"])
+        .output()
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+    else {
+        util::skip("no podman");
+        return;
+    };
+    let (dir, bin, config) = shared_world(&unique("doctor-sudo"));
+    let ctl = bin.join("flake-ctl");
+    // The podman on PATH, as the launcher would call it through sudo.
+    let Some(found) = sudo_finding_as_user(&ctl, &config, None) else {
+        return;
+    };
+    let want = if sudo_allows(&podman) {
+        "ok"
+    } else {
+        "problem"
+    };
+    assert_eq!(found["status"], want, "{found:#}");
+    // A podman binary that no sudoers rule names: the probe, asked without a prompt,
+    // must say so and name the rule.
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::copy(&podman, other.join("podman")).unwrap();
+    assert!(
+        !sudo_allows(&other.join("podman")),
+        "a rule covers the copy"
+    );
+    let found = sudo_finding_as_user(&ctl, &config, Some(&other)).unwrap();
+    assert_eq!(found["status"], "problem", "{found:#}");
+    let fix = found["fix"].as_str().unwrap();
+    assert!(
+        fix.contains(&format!("NOPASSWD: {}", other.join("podman").display())),
+        "{fix}"
+    );
+}
+
+#[test]
+fn user_mode_checks_subordinate_ids_and_the_runtime_directory() {
+    let dir = tempfile::Builder::new()
+        .prefix("flake-doctor-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ctl = dir.path().join("flake-ctl");
+    std::fs::copy(util::bin_dir().join("flake-ctl"), &ctl).unwrap();
+    let run = |env: &str| -> Option<Vec<Value>> {
+        let script = format!("{env} {} doctor --user --format json", ctl.display());
+        let out = as_user(&script)?;
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("no JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+        Some(v.as_array().unwrap().clone())
+    };
+    let Some(findings) = run("XDG_RUNTIME_DIR=/run/user/$(id -u)") else {
+        return;
+    };
+    for check in [
+        "rootless /etc/subuid",
+        "rootless /etc/subgid",
+        "runtime directory",
+    ] {
+        let found = of(&findings, check);
+        assert_eq!(found.len(), 1, "no {check}: {findings:#?}");
+        if check == "runtime directory" && found[0]["status"] != "ok" {
+            util::note_skip(&format!(
+                "{USER} has no private /run/user/UID: {}",
+                found[0]
+            ));
+            continue;
+        }
+        assert_eq!(found[0]["status"], "ok", "{findings:#?}");
+    }
+    let findings = run("unset XDG_RUNTIME_DIR;").unwrap();
+    let found = of(&findings, "runtime directory");
+    assert_ne!(found[0]["status"], "ok", "{findings:#?}");
+    assert!(found[0]["fix"].as_str().unwrap().contains("/run/user/"));
+}

@@ -37,13 +37,12 @@ impl Outcome {
     }
 
     /// The first non-empty line of stderr, for messages.
-    pub fn said(&self) -> String {
+    pub fn said(&self) -> Option<String> {
         self.stderr
             .lines()
             .map(str::trim)
             .find(|l| !l.is_empty())
-            .unwrap_or("no message")
-            .to_string()
+            .map(str::to_string)
     }
 }
 
@@ -118,6 +117,9 @@ mod tests {
         let out = run(cmd, Duration::from_secs(10)).unwrap();
         assert!(!out.succeeded());
         assert!(matches!(out.ended, Ended::Exited(s) if s.code() == Some(3)));
-        assert_eq!((out.stdout.as_str(), out.said()), ("out\n", "err".into()));
+        assert_eq!(
+            (out.stdout.as_str(), out.said()),
+            ("out\n", Some("err".into()))
+        );
     }
 }

@@ -55,7 +55,10 @@ fn podman(ctx: &Context, mode: Mode, needs: &Needs) -> Finding {
                     "podman info did not answer within {} s",
                     PODMAN_BOUND.as_secs()
                 ),
-                bounded::Ended::Exited(_) => format!("podman info failed: {}", out.said()),
+                bounded::Ended::Exited(_) => format!(
+                    "podman info failed: {}",
+                    out.said().unwrap_or_else(|| "no message".into())
+                ),
             };
             return Finding::new(CHECK, status, detail, PODMAN_FIX);
         }
@@ -232,9 +235,9 @@ fn sudo_probe(
             Status::Problem,
             format!(
                 "sudo does not let you run {} as root without a password, which {flakes} \
-                 (runas: root) need ({})",
+                 (runas: root) need{}",
                 podman.display(),
-                out.said()
+                out.said().map(|s| format!(" ({s})")).unwrap_or_default()
             ),
             format!("ask the admin for a sudoers rule {rule}"),
         ),

@@ -163,6 +163,7 @@ fn probe(ctx: &Context, mode: Mode, needs: &Needs) -> Finding {
                 "{} did not boot under KVM: {}",
                 kernel.display(),
                 out.said()
+                    .unwrap_or_else(|| "it printed no kernel messages".into())
             ),
             "check that the kernel is a bootable x86_64 image and QEMU can use /dev/kvm",
         ),
