@@ -396,3 +396,22 @@ fn user_mode_checks_subordinate_ids_and_the_runtime_directory() {
     assert_ne!(found[0]["status"], "ok", "{findings:#?}");
     assert!(found[0]["fix"].as_str().unwrap().contains("/run/user/"));
 }
+
+#[test]
+fn stale_instances_are_notes_that_do_not_fail_the_host() {
+    if !util::is_root() {
+        util::skip("the instance directory is made for uid 0");
+        return;
+    }
+    let world = World::new();
+    let instance = world.path("ids/0/.vm/doctorvm@4242");
+    std::fs::create_dir_all(&instance).unwrap();
+    // pid 1 lives, but is not this instance's VMM: the instance is stale, as show says.
+    std::fs::write(instance.join("vmm.pid"), "1").unwrap();
+    let (code, findings, _) = doctor(&world, &[]);
+    let found = of(&findings, "instance doctorvm@4242");
+    assert_eq!(found.len(), 1, "{findings:#?}");
+    assert_eq!(found[0]["status"], "note");
+    assert!(found[0]["detail"].as_str().unwrap().contains("stale"));
+    assert_eq!(code, 0, "{findings:#?}");
+}
