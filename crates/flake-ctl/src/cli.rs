@@ -28,6 +28,8 @@ pub enum Command {
     Firecracker(FirecrackerArgs),
     /// Check flake files and their NAME.d fragments as the launcher would, without launching.
     Validate(ValidateArgs),
+    /// Check the host for what the registered flakes need, and say how to fix each problem.
+    Doctor(DoctorArgs),
     /// Print the completion script of a shell (bash, zsh or fish) on stdout.
     Completion(CompletionArgs),
     /// Write shell completions, man pages or the flake file schema.
@@ -48,6 +50,22 @@ pub struct ValidateArgs {
     /// registered flake.
     #[arg(value_name = "NAME|FILE")]
     pub flakes: Vec<String>,
+}
+
+/// `flake-ctl doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Check the user's flakes, rootless podman and runtime directory instead of the
+    /// system's.
+    #[arg(long)]
+    pub user: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+    /// Boot a tiny guest under KVM even when no VM flake is registered (a registered VM
+    /// flake's kernel, else a pulled VM image's, is used; at most a few seconds).
+    #[arg(long)]
+    pub boot_probe: bool,
 }
 
 /// `flake-ctl completion`.

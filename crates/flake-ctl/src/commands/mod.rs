@@ -2,6 +2,7 @@
 //! One module per `flake-ctl` action, each with a single `run` entry point.
 
 pub mod completion;
+pub mod doctor;
 pub mod firecracker;
 pub mod generate;
 pub mod init;
@@ -24,6 +25,7 @@ pub fn dispatch(command: Command, ctx: &Context) -> Result<ExitCode> {
         Command::Podman(args) => podman::run(args, ctx),
         Command::Firecracker(args) => firecracker::run(args, ctx),
         Command::Validate(args) => validate::run(&args, ctx),
+        Command::Doctor(args) => doctor::run(&args, ctx),
         Command::Completion(args) => completion::run(args.shell),
         Command::Generate(args) => generate::run(&args, ctx),
     }

@@ -28,7 +28,7 @@ pub struct ProblemRow {
     file: String,
     line: Option<usize>,
     flake: String,
-    problem: String,
+    pub(crate) problem: String,
 }
 
 impl Row for ProblemRow {
@@ -83,7 +83,7 @@ pub fn run(args: &ValidateArgs, ctx: &Context) -> Result<ExitCode> {
 }
 
 /// What one command-line argument names.
-enum Target {
+pub(crate) enum Target {
     /// A flake's main file, with the flake's name.
     Flake(PathBuf, FlakeName),
     /// An argument that names nothing checkable.
@@ -129,15 +129,16 @@ fn owner(path: &Path) -> PathBuf {
     main.unwrap_or_else(|| path.to_path_buf())
 }
 
-/// Checks targets against the engines of one mode.
-struct Checker {
+/// Checks targets against the engines of one mode (`doctor` checks the registered flakes
+/// with it too).
+pub(crate) struct Checker {
     /// The engine that holds the images, or why it cannot be used.
-    podman: Result<podman_pilot::Engine, String>,
-    mode: Mode,
+    pub(crate) podman: Result<podman_pilot::Engine, String>,
+    pub(crate) mode: Mode,
 }
 
 impl Checker {
-    fn target(&self, target: &Target) -> Vec<ProblemRow> {
+    pub(crate) fn target(&self, target: &Target) -> Vec<ProblemRow> {
         match target {
             Target::Unknown(arg, why) => vec![ProblemRow {
                 file: arg.clone(),

@@ -30,10 +30,10 @@ use crate::output::{render, Row};
 /// One VM instance.
 #[derive(Debug, Serialize)]
 pub struct VmRow {
-    name: String,
-    user: String,
+    pub(crate) name: String,
+    pub(crate) user: String,
     id: Option<String>,
-    status: String,
+    pub(crate) status: String,
     image: Option<String>,
     config: Option<String>,
     tap: Option<String>,
@@ -59,6 +59,18 @@ impl Row for VmRow {
 /// Runs the listing.
 pub fn run(args: &ShowArgs, ctx: &Context) -> Result<ExitCode> {
     let ids = ctx.settings.firecracker_ids_dir();
+    let rows = rows(ctx);
+    let title = format!("Flake firecracker instances in {}", ids.display());
+    print!(
+        "{}",
+        render(&rows, args.format, &title, "No instance(s) found")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every VM instance below the state base (`doctor` reports the stale ones).
+pub(crate) fn rows(ctx: &Context) -> Vec<VmRow> {
+    let ids = ctx.settings.firecracker_ids_dir();
     let mut rows = Vec::new();
     for (uid, user_dir) in user_dirs(&ids, ctx.settings.caller.uid) {
         let Ok(Some(vms)) = user_dir.open_child(".vm") else {
@@ -68,12 +80,7 @@ pub fn run(args: &ShowArgs, ctx: &Context) -> Result<ExitCode> {
             rows.push(row(ctx, uid, &label, &instance));
         }
     }
-    let title = format!("Flake firecracker instances in {}", ids.display());
-    print!(
-        "{}",
-        render(&rows, args.format, &title, "No instance(s) found")
-    );
-    Ok(ExitCode::SUCCESS)
+    rows
 }
 
 fn row(ctx: &Context, uid: u32, label: &str, dir: &Dir) -> VmRow {

@@ -24,10 +24,10 @@ use crate::output::{render, Row};
 /// One instance.
 #[derive(Debug, Serialize)]
 pub struct InstanceRow {
-    name: String,
-    user: String,
+    pub(crate) name: String,
+    pub(crate) user: String,
     id: String,
-    status: String,
+    pub(crate) status: String,
     image: Option<String>,
     config: Option<String>,
 }
@@ -50,6 +50,18 @@ impl Row for InstanceRow {
 /// Runs the listing.
 pub fn run(args: &ShowArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
     let ids_dir = ctx.settings.podman_ids_dir(mode);
+    let rows = rows(ctx, mode);
+    let title = format!("Flake podman instances in {}", ids_dir.display());
+    print!(
+        "{}",
+        render(&rows, args.format, &title, "No instance(s) found")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every instance below the mode's state base (`doctor` reports the stale ones).
+pub(crate) fn rows(ctx: &Context, mode: Mode) -> Vec<InstanceRow> {
+    let ids_dir = ctx.settings.podman_ids_dir(mode);
     let containers = container_states(ctx, mode);
     let mut rows = Vec::new();
     for (uid, dir) in uid_dirs(&ids_dir) {
@@ -63,12 +75,7 @@ pub fn run(args: &ShowArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
             ));
         }
     }
-    let title = format!("Flake podman instances in {}", ids_dir.display());
-    print!(
-        "{}",
-        render(&rows, args.format, &title, "No instance(s) found")
-    );
-    Ok(ExitCode::SUCCESS)
+    rows
 }
 
 fn instance_row(
