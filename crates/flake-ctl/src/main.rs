@@ -10,6 +10,7 @@ mod cli;
 mod commands;
 mod context;
 mod output;
+mod template;
 
 use std::process::ExitCode;
 

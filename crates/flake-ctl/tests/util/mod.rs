@@ -146,7 +146,9 @@ impl World {
     /// A command with this world's environment.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
         let mut cmd = Command::new(program);
+        // Registration templates come from the world, never from the host's /etc/flakes.
         cmd.env("FLAKES_CONFIG", &self.config)
+            .env("FLAKES_TEMPLATE_DIR", self.dir.path().join("templates"))
             .env("HOME", &self.home)
             .current_dir(self.dir.path());
         // The caller's diagnostics settings would change what the launchers print and

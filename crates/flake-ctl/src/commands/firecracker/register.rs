@@ -20,15 +20,26 @@ use flakes::Mode;
 use crate::cli::{VmRegisterArgs, VmmArg};
 use crate::commands::podman::register::to_yaml;
 use crate::context::Context;
+use crate::template::{self, Template};
 
 /// Runs the registration.
 pub fn run(args: &VmRegisterArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
     let name = app_name(&args.app)?;
     let image = vm_pilot::find_image(&vm_pilot::images_dir(&ctx.settings, mode), &args.vm)?;
-    let raw = flake_document(args, &image, ctx)?;
     let registry = ctx.settings.registry(mode);
     let config = registry.config_path(&name);
+    let template = template::load(template::Kind::Vm)?;
+    let raw = flake_document(args, &image, ctx, None)?;
     flakes::config::validate_raw(name.clone(), &config, raw.clone())?;
+    let raw = match &template {
+        Some(template) => {
+            let raw = flake_document(args, &image, ctx, Some(template))?;
+            flakes::config::validate_raw(name.clone(), &config, raw.clone())
+                .map_err(|e| template.invalid(e))?;
+            raw
+        }
+        None => raw,
+    };
     let registration = Registration {
         registry: &registry,
         app: args.app.clone(),
@@ -74,10 +85,13 @@ fn vsock_device_note(args: &VmRegisterArgs) -> Option<String> {
     ))
 }
 
+/// The YAML document of the registration; the admin's template supplies the machine
+/// settings the flags leave open.
 fn flake_document(
     args: &VmRegisterArgs,
     image: &vm_pilot::VmImage,
     ctx: &Context,
+    template: Option<&Template>,
 ) -> Result<RawFlake> {
     let target = args
         .target
@@ -90,15 +104,23 @@ fn flake_document(
         ByteSize::parse(size).map_err(|e| anyhow::anyhow!("--overlay-size: {e}"))?;
     }
     let path = |p: &Path| Some(p.display().to_string());
+    let base = template
+        .and_then(Template::firecracker)
+        .cloned()
+        .unwrap_or_default();
+    let overlay_size = match &args.overlay_size {
+        Some(size) => Some(RawSize::Text(size.clone())),
+        None => base.overlay_size,
+    };
     let firecracker = RawFirecracker {
-        boot_args: Some(boot_args(args)),
-        overlay_size: args.overlay_size.clone().map(RawSize::Text),
+        boot_args: Some(boot_args(args, base.boot_args)),
+        overlay_size,
         rootfs_image_path: path(&image.rootfs),
         kernel_image_path: path(&image.kernel),
         initrd_path: image.initrd.as_deref().and_then(path),
-        mem_size_mib: Some(4096),
-        vcpu_count: Some(2),
-        cache_type: Some("Writeback".into()),
+        mem_size_mib: Some(base.mem_size_mib.unwrap_or(4096)),
+        vcpu_count: Some(base.vcpu_count.unwrap_or(2)),
+        cache_type: Some(base.cache_type.unwrap_or_else(|| "Writeback".into())),
     };
     let runtime = RawVmRuntime {
         runas: Some(args.run_as.clone().unwrap_or_else(|| "root".into())),
@@ -129,12 +151,13 @@ fn flake_document(
     })
 }
 
-/// The default kernel command line, adjusted for the options (as flake-ctl 3.1 did).
-fn boot_args(args: &VmRegisterArgs) -> Vec<String> {
-    let mut boot: Vec<String> = DEFAULT_BOOT_ARGS
-        .iter()
+/// The kernel command line (the template's, else the default one), adjusted for the options
+/// as flake-ctl 3.1 did.
+fn boot_args(args: &VmRegisterArgs, base: Option<Vec<String>>) -> Vec<String> {
+    let base = base.unwrap_or_else(|| DEFAULT_BOOT_ARGS.iter().map(|a| a.to_string()).collect());
+    let mut boot: Vec<String> = base
+        .into_iter()
         .filter(|a| !(args.no_net && (a.starts_with("ip=") || a.starts_with("rd.neednet="))))
-        .map(|a| a.to_string())
         .collect();
     if args.resume {
         boot.push("sci_resume=1".into());

@@ -16,6 +16,7 @@ use podman_pilot::provision::read_in_image;
 
 use crate::cli::RegisterArgs;
 use crate::context::Context;
+use crate::template::{self, Template};
 
 /// Largest flake description `--info` prints.
 const MAX_INFO: u64 = 1 << 20;
@@ -28,9 +29,20 @@ pub fn run(args: &RegisterArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
     };
     let name = app_name(app)?;
     let registry = ctx.settings.registry(mode);
-    let raw = flake_document(args, app, &ctx.settings.caller.name, ctx)?;
     let config = registry.config_path(&name);
+    let template = template::load(template::Kind::Container)?;
+    let caller = &ctx.settings.caller.name;
+    let raw = flake_document(args, app, caller, ctx, None)?;
     flakes::config::validate_raw(name.clone(), &config, raw.clone())?;
+    let raw = match &template {
+        Some(template) => {
+            let raw = flake_document(args, app, caller, ctx, Some(template))?;
+            flakes::config::validate_raw(name.clone(), &config, raw.clone())
+                .map_err(|e| template.invalid(e))?;
+            raw
+        }
+        None => raw,
+    };
     let registration = Registration {
         registry: &registry,
         app: app.clone(),
@@ -51,12 +63,14 @@ fn report(name: &FlakeName, app: &std::path::Path, config: &std::path::Path) {
     );
 }
 
-/// The YAML document of the registration, in the layout flake-ctl 3.1 wrote.
+/// The YAML document of the registration, in the layout flake-ctl 3.1 wrote; the admin's
+/// template supplies the podman options when no `--opt` is given.
 fn flake_document(
     args: &RegisterArgs,
     app: &std::path::Path,
     caller: &str,
     ctx: &Context,
+    template: Option<&Template>,
 ) -> Result<RawFlake> {
     if !args.layers.is_empty() && args.base.is_none() {
         bail!("--layer needs --base: layers are applied on top of a base container");
@@ -85,7 +99,11 @@ fn flake_document(
             runas: Some(caller.to_string()),
             resume: Some(args.resume),
             attach: Some(args.attach),
-            podman: (!opts.is_empty()).then_some(opts),
+            podman: if opts.is_empty() {
+                template.and_then(Template::podman)
+            } else {
+                Some(opts)
+            },
         }),
     };
     Ok(RawFlake {
