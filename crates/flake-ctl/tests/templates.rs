@@ -251,3 +251,64 @@ fn no_template_keeps_todays_output_byte_for_byte() {
             .replace(&images(&w), &images(&empty))
     );
 }
+
+/// The commented examples under `packaging/templates/`.
+fn example(file: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../packaging/templates")
+        .join(file);
+    std::fs::read_to_string(path).unwrap()
+}
+
+/// The example with its settings uncommented: lines starting with `#` directly followed by
+/// YAML (not `# ` prose) lose the `#`.
+fn uncommented(text: &str) -> String {
+    text.lines()
+        .map(|l| match l.strip_prefix('#') {
+            Some(rest) if !rest.is_empty() && !rest.starts_with(' ') => rest,
+            Some(rest) if rest.starts_with("  ") => rest,
+            _ => l,
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// As shipped, the examples set nothing; uncommented, every setting they show is accepted
+/// and lands in the flake.
+#[test]
+fn the_shipped_examples_are_valid_templates() {
+    let w = World::new();
+    fake_image(&w, "leap");
+    template(&w, "container-flake.yaml", &example("container-flake.yaml"));
+    template(
+        &w,
+        "firecracker-flake.yaml",
+        &example("firecracker-flake.yaml"),
+    );
+    register_container(&w, "shipped", &[]).success();
+    register_vm(&w, "shippedvm", &[]).success();
+    assert!(container_yaml(&w, "shipped").contains("    podman: null\n"));
+    assert!(vm_yaml(&w, "shippedvm").contains("      mem_size_mib: 4096\n"));
+
+    let w = World::new();
+    fake_image(&w, "leap");
+    let container = uncommented(&example("container-flake.yaml"));
+    let vm = uncommented(&example("firecracker-flake.yaml"));
+    template(&w, "container-flake.yaml", &container);
+    template(&w, "firecracker-flake.yaml", &vm);
+    register_container(&w, "set", &[]).success();
+    register_vm(&w, "setvm", &[]).success();
+    let yaml = container_yaml(&w, "set");
+    assert!(
+        yaml.contains("    - --pids-limit 512\n"),
+        "{container}\n{yaml}"
+    );
+    let yaml = vm_yaml(&w, "setvm");
+    for want in [
+        "mem_size_mib: 1024\n",
+        "vcpu_count: 1\n",
+        "overlay_size: 4GiB\n",
+    ] {
+        assert!(yaml.contains(want), "missing {want:?}:\n{vm}\n{yaml}");
+    }
+}
