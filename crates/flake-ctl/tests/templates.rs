@@ -312,3 +312,32 @@ fn the_shipped_examples_are_valid_templates() {
         assert!(yaml.contains(want), "missing {want:?}:\n{vm}\n{yaml}");
     }
 }
+
+/// A real guest gets the memory and CPUs the template set (QEMU, the VM fixtures).
+#[test]
+fn a_guest_boots_with_the_templates_memory_and_cpus() {
+    let Some((_vms, w, fixtures, sci)) = util::vm::vm_world() else {
+        return;
+    };
+    let text = "vm:\n  runtime:\n    firecracker:\n      mem_size_mib: 192\n      vcpu_count: 2\n";
+    template(&w, "firecracker-flake.yaml", text);
+    let app = util::vm::vm_flake(&w, &fixtures, &sci, "tplvm");
+    // The helper's fragment shrinks every test VM; this one runs as registered.
+    std::fs::remove_file(w.home.join(".config/flakes/tplvm.d/small.yaml")).unwrap();
+    let yaml = vm_yaml(&w, "tplvm");
+    assert!(yaml.contains("      mem_size_mib: 192\n"), "{yaml}");
+    let script = "head -1 /proc/meminfo; cat /sys/devices/system/cpu/online";
+    let run = w.app(&app, &["-c", script], None);
+    run.success();
+    let out = run.stdout();
+    let kib: u64 = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal in {run}"));
+    assert!(
+        (100 * 1024..=192 * 1024).contains(&kib),
+        "MemTotal {kib} kB for 192 MiB: {run}"
+    );
+    assert!(out.ends_with("0-1\n"), "two CPUs online: {run}");
+}
