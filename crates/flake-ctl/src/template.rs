@@ -79,15 +79,80 @@ pub fn path(kind: Kind) -> PathBuf {
     dir.join(kind.file_name())
 }
 
-/// Reads and checks the template for `kind`; `None` when there is none.
-pub fn load(kind: Kind) -> Result<Option<Template>> {
+/// Largest template read.
+const MAX_TEMPLATE: u64 = 1 << 20;
+
+/// Reads and checks the template for `kind`; `None` when there is none. `caller` is the uid
+/// registering: the file must be owned by root or by `caller` and writable by no one else,
+/// since its podman options (`--privileged`, volumes) go into flakes that may run as root.
+pub fn load(kind: Kind, caller: u32) -> Result<Option<Template>> {
     let path = path(kind);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
+    let file = match std::fs::File::open(&path) {
+        Ok(file) => file,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(err) => bail!("cannot read template {}: {err}", path.display()),
     };
+    let text = read_trusted(file, &path, caller)?;
     parse(kind, path, text).map(Some)
+}
+
+/// The directory of a template: whoever may replace the file there could have written it.
+/// Writable by others only with the sticky bit (then they cannot replace a file of root's).
+fn trusted_dir(path: &std::path::Path, caller: u32) -> Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(dir) = path.parent() else {
+        return Ok(());
+    };
+    let shown = dir.display();
+    let meta = std::fs::metadata(dir)
+        .map_err(|e| anyhow::anyhow!("cannot read template dir {shown}: {e}"))?;
+    if meta.uid() != 0 && meta.uid() != caller {
+        bail!(
+            "template dir {shown} is owned by uid {}, not root; run chown root: on it",
+            meta.uid()
+        );
+    }
+    if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
+        bail!(
+            "template dir {shown} is writable by others (mode {:o}); run chmod go-w on it",
+            meta.mode() & 0o7777
+        );
+    }
+    Ok(())
+}
+
+/// The text of an open template after checking, on the open file, who may have written it.
+fn read_trusted(file: std::fs::File, path: &std::path::Path, caller: u32) -> Result<String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let shown = path.display();
+    let meta = file
+        .metadata()
+        .map_err(|e| anyhow::anyhow!("cannot read template {shown}: {e}"))?;
+    if !meta.is_file() {
+        bail!("template {shown} is not a regular file; remove it or put a flake document there");
+    }
+    if meta.uid() != 0 && meta.uid() != caller {
+        bail!(
+            "template {shown} is owned by uid {}, not root; run chown root: on it",
+            meta.uid()
+        );
+    }
+    if meta.mode() & 0o022 != 0 {
+        bail!(
+            "template {shown} is writable by others (mode {:o}); run chmod go-w on it",
+            meta.mode() & 0o7777
+        );
+    }
+    trusted_dir(path, caller)?;
+    let mut text = String::new();
+    file.take(MAX_TEMPLATE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| anyhow::anyhow!("cannot read template {shown}: {e}"))?;
+    if text.len() as u64 > MAX_TEMPLATE {
+        bail!("template {shown} is larger than 1 MiB; a template holds a few settings");
+    }
+    Ok(text)
 }
 
 /// Parses `text` with the launcher's own rules (unknown keys and wrong types fail with their

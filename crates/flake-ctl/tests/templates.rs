@@ -341,3 +341,49 @@ fn a_guest_boots_with_the_templates_memory_and_cpus() {
     );
     assert!(out.ends_with("0-1\n"), "two CPUs online: {run}");
 }
+
+/// A template someone else could have written is refused, before anything is written: its
+/// options would go into flakes that run as root.
+#[test]
+fn a_template_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !util::is_root() {
+        util::note_skip("needs root to hand a template to another user");
+        return;
+    }
+    let w = World::new();
+    let path = template(&w, "container-flake.yaml", CONTAINER_TEMPLATE);
+    let before = w.tree();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let run = register_container(&w, "app", &[]);
+    run.expect_code(1);
+    assert!(
+        run.stderr()
+            .contains("is writable by others (mode 666); run chmod go-w"),
+        "{run}"
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+    let run = register_container(&w, "app", &[]);
+    run.expect_code(1);
+    assert!(
+        run.stderr().contains("is owned by uid 65534, not root"),
+        "{run}"
+    );
+    assert_eq!(w.tree(), before, "a refused template wrote something");
+    std::os::unix::fs::chown(&path, Some(0), None).unwrap();
+    let dir = w.path("templates");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let run = register_container(&w, "app", &[]);
+    run.expect_code(1);
+    let want = format!(
+        "template dir {} is writable by others (mode 777)",
+        dir.display()
+    );
+    assert!(run.stderr().contains(&want), "{run}");
+    assert_eq!(w.tree(), before, "a refused template wrote something");
+    // Sticky, as /tmp: others cannot replace root's file there.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    register_container(&w, "app", &[]).success();
+    assert!(container_yaml(&w, "app").contains("TEMPLATE_MARK"));
+}

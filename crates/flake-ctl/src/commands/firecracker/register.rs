@@ -28,7 +28,7 @@ pub fn run(args: &VmRegisterArgs, mode: Mode, ctx: &Context) -> Result<ExitCode>
     let image = vm_pilot::find_image(&vm_pilot::images_dir(&ctx.settings, mode), &args.vm)?;
     let registry = ctx.settings.registry(mode);
     let config = registry.config_path(&name);
-    let template = template::load(template::Kind::Vm)?;
+    let template = template::load(template::Kind::Vm, ctx.settings.caller.uid)?;
     let raw = flake_document(args, &image, ctx, None)?;
     flakes::config::validate_raw(name.clone(), &config, raw.clone())?;
     let raw = match &template {

@@ -30,7 +30,7 @@ pub fn run(args: &RegisterArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
     let name = app_name(app)?;
     let registry = ctx.settings.registry(mode);
     let config = registry.config_path(&name);
-    let template = template::load(template::Kind::Container)?;
+    let template = template::load(template::Kind::Container, ctx.settings.caller.uid)?;
     let caller = &ctx.settings.caller.name;
     let raw = flake_document(args, app, caller, ctx, None)?;
     flakes::config::validate_raw(name.clone(), &config, raw.clone())?;
