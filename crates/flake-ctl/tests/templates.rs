@@ -387,3 +387,28 @@ fn a_template_others_can_write_is_refused() {
     register_container(&w, "app", &[]).success();
     assert!(container_yaml(&w, "app").contains("TEMPLATE_MARK"));
 }
+
+/// Every key a template may set (the lists in `src/template.rs`) is in flakes(5) and in the
+/// example that ships for it.
+#[test]
+fn every_template_key_is_documented() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let source = std::fs::read_to_string(root.join("src/template.rs")).unwrap();
+    let page = std::fs::read_to_string(root.join("../../man/flakes.5")).unwrap();
+    let page = page.split(".SH REGISTRATION TEMPLATES").nth(1).unwrap();
+    let lists = source.split("#[cfg(test)]").next().unwrap();
+    let keys: Vec<&str> = lists
+        .split('"')
+        .filter(|s| s.starts_with("container.") || s.starts_with("vm."))
+        .collect();
+    assert!(keys.len() >= 6, "{keys:?}");
+    for key in keys {
+        assert!(page.contains(key), "flakes(5) lacks template key {key}");
+        let (file, leaf) = match key.split_once('.') {
+            Some(("container", _)) => ("container-flake.yaml", key.rsplit('.').next()),
+            _ => ("firecracker-flake.yaml", key.rsplit('.').next()),
+        };
+        let leaf = format!("{}:", leaf.unwrap());
+        assert!(example(file).contains(&leaf), "{file} lacks {leaf}");
+    }
+}
