@@ -108,7 +108,7 @@ fn trusted_dir(path: &std::path::Path, caller: u32) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot read template dir {shown}: {e}"))?;
     if meta.uid() != 0 && meta.uid() != caller {
         bail!(
-            "template dir {shown} is owned by uid {}, not root; run chown root: on it",
+            "template dir {shown} is owned by uid {}, not root or the caller; chown it to root",
             meta.uid()
         );
     }
@@ -134,7 +134,7 @@ fn read_trusted(file: std::fs::File, path: &std::path::Path, caller: u32) -> Res
     }
     if meta.uid() != 0 && meta.uid() != caller {
         bail!(
-            "template {shown} is owned by uid {}, not root; run chown root: on it",
+            "template {shown} is owned by uid {}, not root or the caller; chown it to root",
             meta.uid()
         );
     }
