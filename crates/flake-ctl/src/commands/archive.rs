@@ -90,8 +90,13 @@ pub struct Member {
     pub sha256: String,
 }
 
-/// VM image files an archive may carry.
-pub const VM_FILES: [&str; 3] = ["rootfs", "kernel", "initrd"];
+/// VM image files an archive may carry: the image and the marker of its guest init.
+pub const VM_FILES: [&str; 4] = [
+    "rootfs",
+    "kernel",
+    "initrd",
+    vm_pilot::pull::GUEST_CHANNEL_FILE,
+];
 
 /// Lower-case hex sha256 and size of a file.
 pub fn digest_file(path: &Path) -> Result<Member> {

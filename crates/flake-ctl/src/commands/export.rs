@@ -18,6 +18,7 @@ use flakes::{FlakeName, Mode, Registry};
 use super::archive::{self, FlakeEntry, ImageEntry, Manifest, VmImageEntry};
 use crate::cli::ExportArgs;
 use crate::context::Context;
+use vm_pilot::pull::GUEST_CHANNEL_FILE;
 
 /// Members and their source files, collected before the archive is written.
 #[derive(Default)]
@@ -187,6 +188,20 @@ fn vm_files(name: &str, raw: &RawFlake, collect: &mut Collect) -> Result<VmImage
         let member = format!("vm/{image}/{what}");
         collect.sources.insert(member.clone(), path);
         files.insert(what.to_string(), member);
+    }
+    // The marker saying which protocol the guest init speaks sits beside a pulled rootfs.
+    let rootfs = fc
+        .and_then(|f| f.rootfs_image_path.as_deref())
+        .map(Path::new);
+    let marker = GUEST_CHANNEL_FILE;
+    if let Some(path) = rootfs
+        .and_then(Path::parent)
+        .map(|d| d.join(marker))
+        .filter(|p| p.is_file())
+    {
+        let member = format!("vm/{image}/{marker}");
+        collect.sources.insert(member.clone(), path);
+        files.insert(marker.to_string(), member);
     }
     Ok(VmImageEntry { name: image, files })
 }
