@@ -233,7 +233,7 @@ fn hostile_member_names_kinds_and_extras_are_refused() {
         manifest("/tmp/x.yaml"),
         manifest("x.yaml"),
     );
-    let cases: [(&str, Vec<(&str, u8, &[u8], &str)>, &str); 5] = [
+    let cases: [(&str, Vec<RawMember>, &str); 5] = [
         (
             "traversal in the manifest",
             vec![
@@ -298,9 +298,12 @@ fn sha256(bytes: &[u8]) -> String {
     String::from_utf8(out.stdout).unwrap()[..64].to_string()
 }
 
-/// A ustar archive of `(name, type flag, content, link target)` members, written by hand so
+/// One member of a hand-made archive: name, type flag, content, link target.
+type RawMember<'a> = (&'a str, u8, &'a [u8], &'a str);
+
+/// A ustar archive of [`RawMember`]s, written by hand so
 /// that it can hold what no well-behaved tar writer makes.
-fn tar(members: &[(&str, u8, &[u8], &str)]) -> Vec<u8> {
+fn tar(members: &[RawMember]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, kind, content, link) in members {
         let mut header = [0u8; 512];
