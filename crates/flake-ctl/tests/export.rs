@@ -214,6 +214,75 @@ fn a_vm_flake_moves_with_its_image_files() {
     import_fails(&to, &archive, true, "VM image 'guest' already exists");
 }
 
+#[test]
+fn a_saved_image_carrying_other_tags_is_refused() {
+    require_podman!();
+    let (tag, extra) = (Tag::new("export-one"), Tag::new("export-extra"));
+    let (from, to) = (World::new(), World::new());
+    let name = unique("extra");
+    let app = echo_flake(&from, &name, &tag.0);
+    let archive = export(&from, &[&name], false);
+    from.ctl(&["podman", "remove", "--app", &app.display().to_string()])
+        .success();
+    // The image member is swapped for one that also tags another image; the manifest's
+    // checksums are made to match, as a crafted archive's would.
+    let unpacked = from.path("unpacked");
+    std::fs::create_dir(&unpacked).unwrap();
+    let untar = Command::new("tar")
+        .arg("-xf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&unpacked)
+        .status()
+        .unwrap();
+    assert!(untar.success());
+    let image = unpacked.join("images/0.tar");
+    std::fs::remove_file(&image).unwrap();
+    podman(&[
+        "save",
+        "-m",
+        "-o",
+        &image.display().to_string(),
+        &tag.0,
+        &extra.0,
+    ]);
+    std::fs::write(&archive, resealed(&unpacked)).unwrap();
+    tag.remove();
+    extra.remove();
+
+    import_fails(&to, &archive, false, "carries other images or tags");
+    assert!(
+        !tag.exists() && !extra.exists(),
+        "a refused archive loaded an image"
+    );
+}
+
+/// The archive of the members unpacked in `dir`, its manifest's sizes and checksums updated.
+fn resealed(dir: &Path) -> Vec<u8> {
+    let text = std::fs::read(dir.join("manifest.json")).unwrap();
+    let mut manifest: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    let names: Vec<String> = manifest["members"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    let contents: Vec<Vec<u8>> = names
+        .iter()
+        .map(|n| std::fs::read(dir.join(n)).unwrap())
+        .collect();
+    for (name, content) in names.iter().zip(&contents) {
+        manifest["members"][name] =
+            serde_json::json!({"size": content.len(), "sha256": sha256(content)});
+    }
+    let manifest = serde_json::to_vec(&manifest).unwrap();
+    let mut members: Vec<RawMember> = vec![("manifest.json", b'0', &manifest, "")];
+    for (name, content) in names.iter().zip(&contents) {
+        members.push((name, b'0', content, ""));
+    }
+    tar(&members)
+}
+
 /// Hand-made archives: only what the manifest names, as regular files with plain names.
 #[test]
 fn hostile_member_names_kinds_and_extras_are_refused() {

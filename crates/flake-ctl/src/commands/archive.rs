@@ -393,9 +393,83 @@ fn stage_member(
     Ok(name)
 }
 
+/// Largest `manifest.json` read from a saved container image.
+const MAX_IMAGE_MANIFEST: u64 = 1 << 20;
+
+/// One image of a `podman save` (docker-archive) manifest.
+#[derive(Debug, Deserialize)]
+struct SavedImage {
+    #[serde(rename = "RepoTags", default)]
+    repo_tags: Option<Vec<String>>,
+}
+
+/// Checks that the saved container image at `path` holds exactly one image tagged only as
+/// `image`, so that `podman load` cannot replace other tags on this host.
+pub fn check_saved_image(path: &Path, image: &str) -> Result<()> {
+    let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut tar = tar::Archive::new(file);
+    let mut found = None;
+    for entry in tar.entries()? {
+        let entry = entry.with_context(|| format!("the saved image of {image} is corrupt"))?;
+        if entry.path_bytes().as_ref() == b"manifest.json" {
+            let mut text = Vec::new();
+            entry.take(MAX_IMAGE_MANIFEST).read_to_end(&mut text)?;
+            found = Some(text);
+            break;
+        }
+    }
+    let text = found.with_context(|| {
+        format!("the saved image of {image} has no manifest.json; export it again")
+    })?;
+    let saved: Vec<SavedImage> = serde_json::from_slice(&text)
+        .with_context(|| format!("the saved image of {image} has a corrupt manifest.json"))?;
+    let tags: Vec<&String> = saved
+        .iter()
+        .flat_map(|s| s.repo_tags.iter().flatten())
+        .collect();
+    let only_this =
+        saved.len() == 1 && tags.len() == 1 && tags.iter().all(|t| same_image(t, image));
+    ensure!(
+        only_this,
+        "the saved image of {image} carries other images or tags ({}); refusing the archive",
+        tags.iter()
+            .map(|t| t.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
+
+/// Whether `tag` (as podman writes it, fully qualified) names the reference `image`.
+fn same_image(tag: &str, image: &str) -> bool {
+    let tagged = if image
+        .rsplit('/')
+        .next()
+        .is_some_and(|last| last.contains(':'))
+    {
+        image.to_string()
+    } else {
+        format!("{image}:latest")
+    };
+    tag == tagged || tag.ends_with(&format!("/{tagged}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn saved_image_tags_match_their_reference() {
+        assert!(same_image(
+            "localhost/busybox:latest",
+            "localhost/busybox:latest"
+        ));
+        assert!(same_image("localhost/busybox:latest", "localhost/busybox"));
+        assert!(same_image("docker.io/library/busybox:latest", "busybox"));
+        assert!(!same_image("localhost/busybox:latest", "localhost/other"));
+        assert!(!same_image("localhost/xbusybox:latest", "busybox"));
+        assert!(!same_image("localhost/busybox:1", "localhost/busybox"));
+    }
 
     #[test]
     fn member_names_must_be_plain_and_relative() {

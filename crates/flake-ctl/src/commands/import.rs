@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, ensure, Context as _, Result};
+use flakes::config::raw::RawFlake;
 use flakes::register::{app_name, remove_app, Registration};
 use flakes::{FlakeName, Mode, Registry};
 use podman_pilot::Engine;
@@ -71,6 +72,7 @@ fn plan<'a>(
     images_dir: &Path,
     force: bool,
 ) -> Result<Vec<Planned<'a>>> {
+    check_images(staged)?;
     let mut names = BTreeSet::new();
     let mut plans = Vec::new();
     for entry in &staged.manifest.flakes {
@@ -155,6 +157,7 @@ fn plan_one<'a>(
         })
         .collect();
     let raw = flakes::config::load::parse_raw(&config, &yaml, &texts)?;
+    check_consistent(entry, &raw)?;
     flakes::config::validate_raw(name.clone(), &config, raw)?;
     Ok(Planned {
         entry,
@@ -163,6 +166,55 @@ fn plan_one<'a>(
         fragments,
         vm_dir,
     })
+}
+
+/// The flake's merged YAML agrees with its manifest entry: the same app path and engine,
+/// and every container image it names (and no other) travels in the archive.
+fn check_consistent(entry: &FlakeEntry, raw: &RawFlake) -> Result<()> {
+    let (engine, app) = match (&raw.container, &raw.vm) {
+        (Some(c), _) => ("podman", c.host_app_path.as_deref()),
+        (None, Some(v)) => ("firecracker", v.host_app_path.as_deref()),
+        (None, None) => ("none", None),
+    };
+    ensure!(
+        engine == entry.engine && app.map(Path::new) == Some(entry.app.as_path()),
+        "archive flake '{}': its YAML does not match the manifest (engine {engine}, app {}); \
+         refusing the archive",
+        entry.name,
+        app.unwrap_or("none")
+    );
+    Ok(())
+}
+
+/// Container images the manifest lists must be images some flake of it names.
+fn check_images(staged: &Staged) -> Result<()> {
+    let mut named = BTreeSet::new();
+    for entry in &staged.manifest.flakes {
+        let fragments = entry
+            .fragments
+            .iter()
+            .map(|(file, member)| Ok((PathBuf::from(file), staged.text(member)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let yaml = Path::new(&entry.yaml);
+        let raw = flakes::config::load::parse_raw(yaml, &staged.text(&entry.yaml)?, &fragments)?;
+        if let Some(c) = raw.container {
+            named.extend(
+                c.name
+                    .into_iter()
+                    .chain(c.base_container)
+                    .chain(c.layers.into_iter().flatten()),
+            );
+        }
+    }
+    for image in &staged.manifest.container_images {
+        ensure!(
+            named.contains(&image.image),
+            "archive image {} is used by none of its flakes; refusing the archive",
+            image.image
+        );
+        archive::check_saved_image(staged.file(&image.member)?, &image.image)?;
+    }
+    Ok(())
 }
 
 /// Points a flake file's VM image paths at this host's image directory `dir`.
