@@ -101,7 +101,24 @@ fn import_fails(w: &World, archive: &Path, user: bool, expect: &str) {
     assert_eq!(run.code(), 1, "{}", run.stderr());
     assert!(run.stderr().contains(expect), "{}", run.stderr());
     assert_eq!(run.stderr().lines().count(), 1, "{}", run.stderr());
-    assert_eq!(w.tree(), before, "a failed import changed the world");
+    assert_eq!(
+        tree(w),
+        tree_of(before),
+        "a failed import changed the world"
+    );
+}
+
+/// A world's files, without the registry's lock file: taking the lock creates it, and it
+/// holds no state.
+fn tree(w: &World) -> Vec<String> {
+    tree_of(w.tree())
+}
+
+fn tree_of(paths: Vec<String>) -> Vec<String> {
+    paths
+        .into_iter()
+        .filter(|p| !p.ends_with("/.registry.lock"))
+        .collect()
 }
 
 #[test]
@@ -172,6 +189,35 @@ fn a_conflict_is_refused_without_force_and_replaced_with_it() {
     let out = w.app(&app, &["replaced"], None);
     out.success();
     assert_eq!(out.stdout(), "replaced\n");
+}
+
+#[test]
+fn a_failure_half_way_undoes_every_step_taken() {
+    require_podman!();
+    let tag = Tag::new("export-undo");
+    let (from, to) = (World::new(), World::new());
+    let (first, second) = (unique("undo-a"), unique("undo-b"));
+    let apps = [
+        echo_flake(&from, &first, &tag.0),
+        echo_flake(&from, &second, &tag.0),
+    ];
+    let archive = export(&from, &[&first, &second], false);
+    for app in &apps {
+        from.ctl(&["podman", "remove", "--app", &app.display().to_string()])
+            .success();
+    }
+    tag.remove();
+    // The second flake's NAME.d cannot be created: its image is loaded and the first flake
+    // registered by then, and both must be undone.
+    std::fs::create_dir_all(&to.flakes).unwrap();
+    std::fs::write(to.flakes.join(format!("{second}.d")), "not a directory").unwrap();
+
+    import_fails(&to, &archive, false, &format!("{second}.d"));
+    assert!(!tag.exists(), "the loaded image was left behind");
+    assert!(
+        !apps[0].exists(),
+        "the first flake's app symlink was left behind"
+    );
 }
 
 #[test]
