@@ -347,6 +347,9 @@ fn register(
             .with_context(|| format!("cannot move {}", fragments_dir.display()))?;
         undo.steps.push(Step::Restore(old, fragments_dir.clone()));
     }
+    if force {
+        keep_replaced(plan, registry, undo)?;
+    }
     let registration = Registration {
         registry,
         app: plan.entry.app.clone(),
@@ -367,6 +370,32 @@ fn register(
     Ok(())
 }
 
+/// Keeps a copy of the registration `--force` replaces, so that a failed import puts it
+/// back.
+fn keep_replaced(plan: &Planned<'_>, registry: &Registry, undo: &mut Undo) -> Result<()> {
+    let config = registry.config_path(&plan.name);
+    let backup = if config.is_file() {
+        let backup = registry.dir().join(format!(
+            ".{}.yaml.replaced.{}",
+            plan.name,
+            std::process::id()
+        ));
+        std::fs::copy(&config, &backup)
+            .with_context(|| format!("cannot copy {}", config.display()))?;
+        Some(backup)
+    } else {
+        None
+    };
+    let link = std::fs::read_link(&plan.entry.app).ok();
+    undo.steps.push(Step::RestoreFlake {
+        config,
+        backup,
+        app: plan.entry.app.clone(),
+        link,
+    });
+    Ok(())
+}
+
 /// One undoable step of an import.
 enum Step {
     /// Remove a container image this import loaded.
@@ -375,6 +404,13 @@ enum Step {
     RemoveTree(PathBuf),
     /// Move a replaced directory back (`from` -> `to`); on success, delete `from`.
     Restore(PathBuf, PathBuf),
+    /// Put back the YAML and app symlink of a registration `--force` replaced.
+    RestoreFlake {
+        config: PathBuf,
+        backup: Option<PathBuf>,
+        app: PathBuf,
+        link: Option<PathBuf>,
+    },
     /// Remove a registration this import made (podman flake when true).
     Unregister(Registry, PathBuf, bool),
 }
@@ -389,8 +425,17 @@ impl Undo {
     /// The import succeeded: drop what was replaced and keep everything else.
     fn finish(&mut self) {
         for step in self.steps.drain(..) {
-            if let Step::Restore(old, _) = step {
-                let _ = std::fs::remove_dir_all(old);
+            match step {
+                Step::Restore(old, _) => {
+                    let _ = std::fs::remove_dir_all(old);
+                }
+                Step::RestoreFlake {
+                    backup: Some(backup),
+                    ..
+                } => {
+                    let _ = std::fs::remove_file(backup);
+                }
+                _ => {}
             }
         }
     }
@@ -410,6 +455,20 @@ impl Drop for Undo {
                 Step::Restore(old, to) => {
                     let _ = std::fs::remove_dir_all(&to);
                     let _ = std::fs::rename(old, to);
+                }
+                Step::RestoreFlake {
+                    config,
+                    backup,
+                    app,
+                    link,
+                } => {
+                    if let Some(backup) = backup {
+                        let _ = std::fs::rename(backup, config);
+                    }
+                    if let Some(link) = link {
+                        let _ = std::fs::remove_file(&app);
+                        let _ = std::os::unix::fs::symlink(link, app);
+                    }
                 }
                 Step::Unregister(registry, app, podman) => {
                     let engine = if podman { "podman" } else { "firecracker" };
