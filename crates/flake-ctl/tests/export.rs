@@ -221,6 +221,41 @@ fn a_failure_half_way_undoes_every_step_taken() {
 }
 
 #[test]
+fn a_failed_forced_import_puts_back_what_it_replaced() {
+    require_podman!();
+    let w = World::new();
+    let (first, second) = (unique("keep-a"), unique("keep-b"));
+    let app = echo_flake(&w, &first, IMAGE);
+    let other = echo_flake(&w, &second, IMAGE);
+    let archive = export(&w, &[&first, &second], false);
+    w.ctl(&["podman", "remove", "--app", &other.display().to_string()])
+        .success();
+    let fragment = w.flakes.join(format!("{first}.d/echo.yaml"));
+    std::fs::write(&fragment, "container: {}\n").unwrap();
+    // The second flake's YAML cannot be renamed into place: the first flake is replaced by
+    // then and must come back as it was.
+    std::fs::create_dir_all(w.flakes.join(format!("{second}.yaml/keep"))).unwrap();
+    let yaml = std::fs::read_to_string(w.flakes.join(format!("{first}.yaml"))).unwrap();
+    let before = tree(&w);
+
+    let run = w.ctl(&["import", "--force", &archive.display().to_string()]);
+    assert_eq!(run.code(), 1, "{}", run.stderr());
+    assert_eq!(tree(&w), before, "{}", run.stderr());
+    assert_eq!(
+        std::fs::read_to_string(&fragment).unwrap(),
+        "container: {}\n"
+    );
+    let after = std::fs::read_to_string(w.flakes.join(format!("{first}.yaml"))).unwrap();
+    assert_eq!(after, yaml);
+    assert_eq!(
+        w.app(&app, &["x"], None).code(),
+        1,
+        "the replaced flake changed"
+    );
+    assert!(!other.exists());
+}
+
+#[test]
 fn a_vm_flake_moves_with_its_image_files() {
     let Some((_vms, from, fixtures, sci)) = vm_world() else {
         return;
