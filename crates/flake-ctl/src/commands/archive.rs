@@ -25,6 +25,8 @@ pub const VERSION: u32 = 1;
 const MAX_MANIFEST: u64 = 4 << 20;
 /// Largest single member (a container image or a rootfs).
 pub const MAX_MEMBER: u64 = 64 << 30;
+/// Largest flake file or fragment read.
+const MAX_TEXT: u64 = 1 << 20;
 /// Most members one archive may hold.
 const MAX_MEMBERS: usize = 4096;
 
@@ -184,6 +186,11 @@ impl Staged {
     /// The staged text of member `name`.
     pub fn text(&self, name: &str) -> Result<String> {
         let path = self.file(name)?;
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(u64::MAX);
+        ensure!(
+            size <= MAX_TEXT,
+            "archive member '{name}' is larger than {MAX_TEXT} bytes; not a flake file"
+        );
         std::fs::read_to_string(path)
             .with_context(|| format!("archive member '{name}' is not text"))
     }

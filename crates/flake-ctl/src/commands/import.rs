@@ -9,6 +9,8 @@
 //! the host as it was (images that were already present are never removed).
 
 use std::collections::BTreeSet;
+use std::fs::Permissions;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -314,9 +316,15 @@ fn install_vm(
     std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     undo.steps.push(Step::RemoveTree(tmp.clone()));
     for (what, member) in &vm.files {
-        std::fs::copy(staged.file(member)?, tmp.join(what))
-            .with_context(|| format!("cannot write {}", tmp.join(what).display()))?;
+        let path = tmp.join(what);
+        std::fs::copy(staged.file(member)?, &path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        // Installed image files are 0644 whatever the archive or the umask said, as pulled ones.
+        std::fs::set_permissions(&path, Permissions::from_mode(0o644))
+            .with_context(|| format!("cannot set the mode of {}", path.display()))?;
     }
+    std::fs::set_permissions(&tmp, Permissions::from_mode(0o755))
+        .with_context(|| format!("cannot set the mode of {}", tmp.display()))?;
     if dir.exists() {
         let old = images_dir.join(format!(".{}.replaced.{}", vm.name, std::process::id()));
         std::fs::rename(dir, &old).with_context(|| format!("cannot move {}", dir.display()))?;
