@@ -42,16 +42,13 @@ pub fn run(args: &ImportArgs, ctx: &Context) -> Result<ExitCode> {
     let staged = archive::stage(&file, &std::env::temp_dir())?;
     let plans = plan(&staged, &registry, &images_dir, args.force)?;
     let mut undo = Undo::default();
-    let result = commit(
-        &plans,
-        &staged,
-        &registry,
-        &images_dir,
-        args.force,
-        ctx,
+    let target = Target {
+        registry: &registry,
+        images_dir: &images_dir,
+        force: args.force,
         mode,
-        &mut undo,
-    );
+    };
+    let result = commit(&plans, &staged, &target, ctx, &mut undo);
     if result.is_ok() {
         undo.finish();
     }
@@ -247,17 +244,27 @@ fn rewrite_vm_paths(text: &str, dir: &Path) -> Result<String> {
     Ok(yaml_serde::to_string(&doc)?)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Where an import goes.
+struct Target<'a> {
+    registry: &'a Registry,
+    images_dir: &'a Path,
+    force: bool,
+    mode: Mode,
+}
+
 fn commit(
     plans: &[Planned<'_>],
     staged: &Staged,
-    registry: &Registry,
-    images_dir: &Path,
-    force: bool,
+    target: &Target<'_>,
     ctx: &Context,
-    mode: Mode,
     undo: &mut Undo,
 ) -> Result<()> {
+    let Target {
+        registry,
+        images_dir,
+        force,
+        mode,
+    } = *target;
     if !staged.manifest.container_images.is_empty() {
         let podman = ctx.podman(mode)?;
         load_images(&podman, staged, force, undo)?;
