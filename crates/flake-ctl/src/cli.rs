@@ -30,6 +30,10 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Check the host for what the registered flakes need, and say how to fix each problem.
     Doctor(DoctorArgs),
+    /// Write registered flakes, their fragments and images into one archive file.
+    Export(ExportArgs),
+    /// Register the flakes of an export archive on this host, with their images.
+    Import(ImportArgs),
     /// Print the completion script of a shell (bash, zsh or fish) on stdout.
     Completion(CompletionArgs),
     /// Write shell completions, man pages or the flake file schema.
@@ -50,6 +54,34 @@ pub struct ValidateArgs {
     /// registered flake.
     #[arg(value_name = "NAME|FILE")]
     pub flakes: Vec<String>,
+}
+
+/// `flake-ctl export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Export the user's flakes (~/.config/flakes) instead of the system's.
+    #[arg(long)]
+    pub user: bool,
+    /// The archive to write (a tar file).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Names of registered flakes.
+    #[arg(required = true, value_name = "NAME")]
+    pub names: Vec<String>,
+}
+
+/// `flake-ctl import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Import as the user's flakes (~/.config/flakes) instead of the system's.
+    #[arg(long)]
+    pub user: bool,
+    /// Replace flakes, app symlinks and VM images that exist (never a real program).
+    #[arg(long)]
+    pub force: bool,
+    /// The archive written by flake-ctl export.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
 }
 
 /// `flake-ctl doctor`.

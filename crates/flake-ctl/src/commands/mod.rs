@@ -1,10 +1,13 @@
 // SPDX-License-Identifier: MIT
 //! One module per `flake-ctl` action, each with a single `run` entry point.
 
+pub mod archive;
 pub mod completion;
 pub mod doctor;
+pub mod export;
 pub mod firecracker;
 pub mod generate;
+pub mod import;
 pub mod init;
 pub mod list;
 pub mod podman;
@@ -26,6 +29,8 @@ pub fn dispatch(command: Command, ctx: &Context) -> Result<ExitCode> {
         Command::Firecracker(args) => firecracker::run(args, ctx),
         Command::Validate(args) => validate::run(&args, ctx),
         Command::Doctor(args) => doctor::run(&args, ctx),
+        Command::Export(args) => export::run(&args, ctx),
+        Command::Import(args) => import::run(&args, ctx),
         Command::Completion(args) => completion::run(args.shell),
         Command::Generate(args) => generate::run(&args, ctx),
     }
