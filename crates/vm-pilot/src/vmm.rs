@@ -207,10 +207,10 @@ pub(crate) mod tests {
         let broken = || Frame::Error("sci: overlay broken".into());
         let exit = Frame::Exit(flake_protocol::proto::ExitStatus::Exited(125));
         let failed = answer(&[ready, broken(), exit], false).unwrap();
-        let want = Resynced::Failed(
-            "sci: overlay broken".into(),
-            flake_protocol::proto::ExitStatus::Exited(125),
-        );
+        let want = Resynced::Failed {
+            message: "sci: overlay broken".into(),
+            status: flake_protocol::proto::ExitStatus::Exited(125),
+        };
         assert_eq!(failed, want);
         assert_eq!(
             answer(&[broken()], true).unwrap(),
@@ -725,8 +725,13 @@ pub enum Resynced {
     /// It took the host's clock and (`true`) reseeded its random generator; the call may
     /// come.
     Taken(bool),
-    /// Its overlay disk failed: the message, and the status the call ends with.
-    Failed(String, flake_protocol::proto::ExitStatus),
+    /// Its overlay disk failed.
+    Failed {
+        /// What the guest said.
+        message: String,
+        /// The status the call ends with.
+        status: flake_protocol::proto::ExitStatus,
+    },
 }
 
 /// Waits for the guest init's answer to `Resync`. `Ready`s it said before it read the
@@ -758,14 +763,17 @@ pub fn wait_resynced(
             (Ok(Some(Frame::Resynced(reseeded))), None) => return Ok(Resynced::Taken(reseeded)),
             (Ok(Some(Frame::Error(message))), failed @ None) => *failed = Some(message),
             (Ok(Some(Frame::Exit(status))), Some(message)) => {
-                return Ok(Resynced::Failed(std::mem::take(message), status))
+                return Ok(Resynced::Failed {
+                    message: std::mem::take(message),
+                    status,
+                })
             }
             // The exit status of a failure was lost: the one the guest init gives.
             (Ok(None), Some(message)) => {
-                return Ok(Resynced::Failed(
-                    std::mem::take(message),
-                    ExitStatus::Exited(125),
-                ))
+                return Ok(Resynced::Failed {
+                    message: std::mem::take(message),
+                    status: ExitStatus::Exited(125),
+                })
             }
             (Ok(None), None) => {
                 return Err(plan.guest_error("closed its channel instead of a resync"))

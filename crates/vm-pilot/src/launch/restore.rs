@@ -163,7 +163,7 @@ impl Launch<'_> {
         Ok(match wait_resynced(stream, plan, timeout, alive)? {
             Resynced::Taken(true) => Resync::Reseeded,
             Resynced::Taken(false) => Resync::NotReseeded,
-            Resynced::Failed(message, status) => {
+            Resynced::Failed { message, status } => {
                 // The guest's own message about the call, said as a call's `Error` frame is
                 // (`flake_agent::client`): it is the call's output, not a notice.
                 eprintln!("firecracker-pilot: {message}");
