@@ -24,7 +24,9 @@ pub(crate) fn validate(name: FlakeName, path: &Path, raw: RawFlake) -> Result<Fl
             ))
         }
         (Some(container), None) => Engine::Container(container_flake(container).map_err(invalid)?),
-        (None, Some(vm)) => Engine::Vm(super::vm::vm_flake(vm).map_err(invalid)?),
+        (None, Some(vm)) => {
+            Engine::Vm(super::vm::vm_flake(vm).map_err(|e| invalid(e.to_string()))?)
+        }
         (None, None) => {
             return Err(invalid(
                 "has neither a container nor a vm section; register it with flake-ctl".into(),

@@ -88,20 +88,59 @@ pub struct VmRuntime {
     pub cache_type: CacheType,
 }
 
-/// Validates a `vm:` section; the error text names the key.
-pub(crate) fn vm_flake(raw: RawVm) -> Result<VmFlake, String> {
+/// Why a `vm:` section is not a flake; each names the key and what to write there.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VmConfigError {
+    /// `vm.name` is missing.
+    #[error("vm.name is missing; set it to the VM image name")]
+    NoImage,
+    /// `vm.target_app_path` is not an absolute program path.
+    #[error("vm.target_app_path '{0}' must be an absolute program path")]
+    Target(String),
+    /// `vm.runtime.vmm` names no VMM.
+    #[error("vm.runtime.vmm '{0}' is unknown; use firecracker or qemu")]
+    Vmm(String),
+    /// A boot argument is not one word.
+    #[error("vm.runtime.firecracker.boot_args entry '{0}' must be one word without quotes")]
+    BootArg(String),
+    /// `overlay_size` is no size.
+    #[error("vm.runtime.firecracker.overlay_size: {0}")]
+    OverlaySize(String),
+    /// `overlay_size` is below the smallest overlay.
+    #[error("vm.runtime.firecracker.overlay_size must be at least 1MiB")]
+    OverlayTooSmall,
+    /// An image path of the VM is missing.
+    #[error("vm.runtime.firecracker.{0} is missing; pull the image again")]
+    NoPath(&'static str),
+    /// An image path of the VM is not absolute.
+    #[error("vm.runtime.firecracker.{key} '{path}' must be an absolute path")]
+    RelativePath {
+        /// The key.
+        key: &'static str,
+        /// Its value.
+        path: String,
+    },
+    /// `mem_size_mib` is too small.
+    #[error("vm.runtime.firecracker.mem_size_mib {0} is too small; use 64 or more")]
+    Memory(u32),
+    /// `vcpu_count` is out of range.
+    #[error("vm.runtime.firecracker.vcpu_count {0} must be between 1 and 32")]
+    Cpus(u8),
+    /// `cache_type` names no cache mode.
+    #[error("vm.runtime.firecracker.cache_type '{0}' is unknown; use Writeback or Unsafe")]
+    CacheType(String),
+}
+
+/// Validates a `vm:` section.
+pub(crate) fn vm_flake(raw: RawVm) -> Result<VmFlake, VmConfigError> {
     let image = raw
         .name
         .filter(|n| !n.trim().is_empty())
-        .ok_or("vm.name is missing; set it to the VM image name")?;
+        .ok_or(VmConfigError::NoImage)?;
     let target = match raw.target_app_path.as_deref() {
         None | Some("") => Target::FlakeName,
         Some(p) if p.starts_with('/') && p != "/" => Target::Program(p.to_string()),
-        Some(p) => {
-            return Err(format!(
-                "vm.target_app_path '{p}' must be an absolute program path"
-            ))
-        }
+        Some(p) => return Err(VmConfigError::Target(p.to_string())),
     };
     Ok(VmFlake {
         image,
@@ -114,15 +153,11 @@ pub(crate) fn vm_flake(raw: RawVm) -> Result<VmFlake, String> {
     })
 }
 
-fn runtime(raw: RawVmRuntime) -> Result<VmRuntime, String> {
+fn runtime(raw: RawVmRuntime) -> Result<VmRuntime, VmConfigError> {
     let vmm = match raw.vmm.as_deref() {
         None | Some("firecracker") => Vmm::Firecracker,
         Some("qemu") => Vmm::Qemu,
-        Some(other) => {
-            return Err(format!(
-                "vm.runtime.vmm '{other}' is unknown; use firecracker or qemu"
-            ))
-        }
+        Some(other) => return Err(VmConfigError::Vmm(other.to_string())),
     };
     let fc = raw.firecracker.unwrap_or_default();
     let mode = if raw.resume.unwrap_or(false) {
@@ -141,9 +176,9 @@ fn runtime(raw: RawVmRuntime) -> Result<VmRuntime, String> {
         boot_args: boot_args(fc.boot_args.clone())?,
         overlay_size: overlay_size(fc.overlay_size.clone())?,
         rootfs: image_path(fc.rootfs_image_path.clone(), "rootfs_image_path")?
-            .ok_or("vm.runtime.firecracker.rootfs_image_path is missing; pull the image again")?,
+            .ok_or(VmConfigError::NoPath("rootfs_image_path"))?,
         kernel: image_path(fc.kernel_image_path.clone(), "kernel_image_path")?
-            .ok_or("vm.runtime.firecracker.kernel_image_path is missing; pull the image again")?,
+            .ok_or(VmConfigError::NoPath("kernel_image_path"))?,
         initrd: image_path(fc.initrd_path.clone(), "initrd_path")?,
         mem_size_mib: machine(&fc)?.0,
         vcpu_count: machine(&fc)?.1,
@@ -151,7 +186,7 @@ fn runtime(raw: RawVmRuntime) -> Result<VmRuntime, String> {
     })
 }
 
-fn boot_args(args: Option<Vec<String>>) -> Result<Vec<String>, String> {
+fn boot_args(args: Option<Vec<String>>) -> Result<Vec<String>, VmConfigError> {
     let args = args.unwrap_or_else(|| DEFAULT_BOOT_ARGS.map(str::to_string).to_vec());
     for arg in &args {
         if arg.is_empty()
@@ -159,59 +194,49 @@ fn boot_args(args: Option<Vec<String>>) -> Result<Vec<String>, String> {
                 .chars()
                 .any(|c| c.is_whitespace() || c.is_control() || c == '"')
         {
-            return Err(format!(
-                "vm.runtime.firecracker.boot_args entry '{arg}' must be one word without quotes"
-            ));
+            return Err(VmConfigError::BootArg(arg.clone()));
         }
     }
     Ok(args)
 }
 
-fn overlay_size(raw: Option<RawSize>) -> Result<Option<ByteSize>, String> {
+fn overlay_size(raw: Option<RawSize>) -> Result<Option<ByteSize>, VmConfigError> {
     let size = match raw {
         None => return Ok(None),
         Some(RawSize::Bytes(bytes)) => ByteSize::parse(&bytes.to_string()),
         Some(RawSize::Text(text)) => ByteSize::parse(&text),
     }
-    .map_err(|e| format!("vm.runtime.firecracker.overlay_size: {e}"))?;
+    .map_err(|e| VmConfigError::OverlaySize(e.to_string()))?;
     if size.bytes() < MIN_OVERLAY {
-        return Err("vm.runtime.firecracker.overlay_size must be at least 1MiB".into());
+        return Err(VmConfigError::OverlayTooSmall);
     }
     Ok(Some(size))
 }
 
-fn image_path(path: Option<String>, key: &str) -> Result<Option<PathBuf>, String> {
+fn image_path(path: Option<String>, key: &'static str) -> Result<Option<PathBuf>, VmConfigError> {
     match path.filter(|p| !p.is_empty()) {
         None => Ok(None),
         Some(p) if p.starts_with('/') => Ok(Some(PathBuf::from(p))),
-        Some(p) => Err(format!(
-            "vm.runtime.firecracker.{key} '{p}' must be an absolute path"
-        )),
+        Some(path) => Err(VmConfigError::RelativePath { key, path }),
     }
 }
 
-fn machine(fc: &RawFirecracker) -> Result<(u32, u8), String> {
+fn machine(fc: &RawFirecracker) -> Result<(u32, u8), VmConfigError> {
     let mem = fc.mem_size_mib.unwrap_or(4096);
     let cpus = fc.vcpu_count.unwrap_or(2);
     if mem < 64 {
-        return Err(format!(
-            "vm.runtime.firecracker.mem_size_mib {mem} is too small; use 64 or more"
-        ));
+        return Err(VmConfigError::Memory(mem));
     }
     if cpus == 0 || cpus > 32 {
-        return Err(format!(
-            "vm.runtime.firecracker.vcpu_count {cpus} must be between 1 and 32"
-        ));
+        return Err(VmConfigError::Cpus(cpus));
     }
     Ok((mem, cpus))
 }
 
-fn cache_type(raw: Option<&str>) -> Result<CacheType, String> {
+fn cache_type(raw: Option<&str>) -> Result<CacheType, VmConfigError> {
     match raw {
         None | Some("Writeback") => Ok(CacheType::Writeback),
         Some("Unsafe") => Ok(CacheType::Unsafe),
-        Some(other) => Err(format!(
-            "vm.runtime.firecracker.cache_type '{other}' is unknown; use Writeback or Unsafe"
-        )),
+        Some(other) => Err(VmConfigError::CacheType(other.to_string())),
     }
 }
