@@ -117,6 +117,12 @@ else
     ok "resume flake ran twice with the agent from /usr/libexec/flake-pilot"
 fi
 
+# --- reinstall keeps the admin's conffile edits ---------------------------------------
+echo "# edited by the admin" >> "$root/etc/flakes.yml"
+dpkgr -i "$deb" </dev/null >/dev/null
+grep -qx "# edited by the admin" "$root/etc/flakes.yml" || fail "reinstall replaced /etc/flakes.yml"
+ok "reinstall kept the edited /etc/flakes.yml"
+
 # --- purge ----------------------------------------------------------------------------
 echo "storage settings of the admin" > "$root/etc/flakes/storage.conf"
 dpkgr --purge flake-pilot >/dev/null
