@@ -15,7 +15,7 @@ TRIPLE  := $(shell rustc -vV | sed -n 's/^host: //p')
 AGENT   := target/$(TRIPLE)/release/flake-agent
 SCI     := target/$(TRIPLE)/release/sci
 
-.PHONY: help build agent install uninstall setup vm-fixtures lint test ci demo bench load fuzz fuzz-smoke clean
+.PHONY: help build agent install uninstall deb deb-test setup vm-fixtures lint test ci demo bench load fuzz fuzz-smoke clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -56,6 +56,12 @@ uninstall: ## remove the installed binaries
 	    $(addprefix $(DESTDIR)$(DATADIR)/man/,man1/podman-pilot.1 man1/firecracker-pilot.1 \
 	        man5/flakes.5 man8/sci.8) \
 	    $(DESTDIR)$(DATADIR)/flake-pilot/flake.schema.json
+
+deb: ## Debian package target/deb/flake-pilot_VERSION_ARCH.deb (dpkg-deb, no extra tools)
+	bash scripts/deb.sh
+
+deb-test: ## build the package, install, run a flake and purge it in a scratch root (root)
+	FLAKE_TEST_REQUIRE_PODMAN=1 bash scripts/deb-test.sh
 
 setup: ## install and configure podman and the test image on this host (root)
 	bash scripts/setup-host.sh
