@@ -92,10 +92,11 @@ test: ## lint, then unit and integration tests against real podman
 	    sort target/test-skips.txt | sed 's/^/  /'; \
 	else echo "SKIPPED: none"; fi
 
-ci: ## what CI runs: host and VM fixture set-up (with a rootless test user), all tests, a short fuzz run
+ci: ## what CI runs: host and VM fixture set-up (with a rootless test user), all tests, the Debian package test, a short fuzz run
 	ROOTLESS_USER=flaketest bash scripts/setup-host.sh
 	bash scripts/vm-fixtures.sh $(VM_FIXTURES)
 	FLAKE_TEST_REQUIRE_VM=1 $(MAKE) test
+	$(MAKE) deb-test
 	$(MAKE) fuzz-smoke
 
 demo: setup install ## set up, install, register a flake on the local image and run it
