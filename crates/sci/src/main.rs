@@ -16,9 +16,9 @@ mod oneshot;
 mod port;
 mod resync;
 mod serve;
+mod timing;
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use boot::BootError;
 use cmdline::{BootSettings, Channel, CmdlineError};
@@ -113,7 +113,7 @@ fn run(pid1: bool) -> Result<(), SciError> {
 
 /// Serves the one call the console can carry (its host cannot reconnect).
 fn serve_console(pid1: bool, settings: &BootSettings) -> Result<(), SciError> {
-    let console = console::open(Duration::from_secs(10))?;
+    let console = console::open(timing::CONSOLE_WAIT)?;
     debug::log(|| "console open".to_string());
     let timeout = serve::FIRST_CALL_TIMEOUT;
     if settings.resync {

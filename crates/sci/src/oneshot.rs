@@ -57,12 +57,7 @@ pub enum OneshotError {
     },
 }
 
-/// How often `Ready` is said until the call comes: the console drops what is written
-/// while no host is connected.
-const READY_EVERY: Duration = Duration::from_millis(100);
-/// How long the VM stays up after the exit status, for it to reach the host (which stops
-/// the VMM itself as soon as it has it).
-const LINGER: Duration = Duration::from_secs(2);
+use crate::timing::{LINGER, READY_EVERY};
 
 /// Serves the one call that comes over `console` within `first_call`; `prepare` readies
 /// the guest for the app meanwhile (after the first `Ready`, so the launcher's answer is on

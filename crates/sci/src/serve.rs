@@ -56,8 +56,8 @@ pub enum ServeError {
 // its host connected, see [`Port::await_host`]; how long a VM powering off goes on refusing
 // calls; how long a one-shot VM waits for its call) are checked against the launcher's in
 // `flake_protocol::timing`.
-pub use flake_protocol::timing::FIRST_CALL_TIMEOUT;
-use flake_protocol::timing::{CLOSING_GRACE, HOST_NEWS_WAIT};
+pub use crate::timing::FIRST_CALL_TIMEOUT;
+use crate::timing::{ANNOUNCE_FIRST_PAUSE, ANNOUNCE_MAX_PAUSE, CLOSING_GRACE, HOST_NEWS_WAIT};
 
 /// Why serving ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -369,10 +369,6 @@ fn announce() {
         pause = (pause * 2).min(ANNOUNCE_MAX_PAUSE);
     }
 }
-
-/// The first wait before an announcement is made again, and the longest.
-const ANNOUNCE_FIRST_PAUSE: Duration = Duration::from_millis(20);
-const ANNOUNCE_MAX_PAUSE: Duration = Duration::from_secs(1);
 
 /// Calls running now, when the last one ended, and whether the VM is powering off.
 #[derive(Debug)]

@@ -29,7 +29,7 @@
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flakes::instance::Dir;
 use flakes::process::Cmd;
@@ -42,7 +42,7 @@ pub const MAX_NAME: usize = 15;
 /// File in the instance directory that says the launcher created the device.
 const CREATED: &str = "tap.created";
 /// How long a one-shot call waits for the device another call holds.
-pub const WAIT: Duration = Duration::from_secs(60);
+pub use crate::timing::TAP_WAIT as WAIT;
 /// What a device's lock file holds while its holder uses a device it created.
 const HELD_CREATED: &[u8] = b"created\n";
 /// What it holds while its holder uses a device that was there.
@@ -402,7 +402,7 @@ pub struct ClaimFor<'a> {
 /// Claims the device of a one-shot call (see the module doc for who waits).
 pub fn claim(req: ClaimFor<'_>) -> Result<TapClaim> {
     let path = lock_path(req.vms_dir, &req.name, namespace().as_deref());
-    let deadline = Instant::now() + req.wait;
+    let deadline = crate::timing::Deadline::after(req.wait);
     let mut said = false;
     loop {
         if let Some(held) = try_hold(&path)? {
@@ -417,7 +417,7 @@ pub fn claim(req: ClaimFor<'_>) -> Result<TapClaim> {
                 held: None,
             });
         }
-        if Instant::now() >= deadline {
+        if deadline.passed() {
             return Err(VmError::Tap {
                 name: req.name,
                 reason: format!(

@@ -23,6 +23,18 @@ pub const START_SEEN: Duration = Duration::from_secs(5);
 pub const POLL: Duration = Duration::from_millis(3);
 /// How often a wait for a VMM to end looks again.
 pub const END_POLL: Duration = Duration::from_millis(20);
+/// How long the VMM may take to answer a vsock `CONNECT`: it answers once the guest
+/// accepted or refused, which a guest that is still booting may not do at once.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long saving a VM may take (a migration of the guest's memory into a local file).
+pub const SAVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a migration's progress is asked for (each question costs the emulated guest
+/// a little CPU).
+pub const SAVE_POLL: Duration = Duration::from_millis(10);
+/// How long QEMU may take to end a migration, or to let the VM run again after one.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a one-shot call waits for the TAP device another call holds.
+pub const TAP_WAIT: Duration = Duration::from_secs(60);
 
 const _: () = assert!(RESTORE_TIMEOUT.as_millis() < BOOT_TIMEOUT.as_millis());
 const _: () = assert!(ANSWER_TIMEOUT.as_millis() <= BOOT_TIMEOUT.as_millis());

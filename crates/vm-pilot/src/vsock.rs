@@ -27,9 +27,7 @@ pub const SOCKET: &str = "vsock.sock";
 pub const GUEST_CID: u32 = 3;
 /// The vsock port the guest init listens on (the original's, so host tooling keeps working).
 pub const GUEST_PORT: u32 = 52;
-/// How long the VMM may take to answer `CONNECT`: it answers once the guest accepted or
-/// refused, which a guest that is still booting may not do at once.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+use crate::timing::HANDSHAKE_TIMEOUT;
 /// The longest answer line read (`OK ` and a 32-bit port number).
 const ANSWER_MAX: usize = 32;
 

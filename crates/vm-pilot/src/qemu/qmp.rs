@@ -14,17 +14,11 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
-/// How long saving may take (a migration of the guest's memory into a local file).
-const SAVE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How often the migration's progress is asked for (each question costs the emulated
-/// guest a little CPU).
-const POLL: Duration = Duration::from_millis(10);
-/// How long QEMU may take to end a migration, or to let the VM run again after one.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::timing::{Deadline, SAVE_POLL as POLL, SAVE_TIMEOUT, SETTLE_TIMEOUT};
 /// The name the state file's descriptor gets in QEMU.
 const FD_NAME: &str = "flake-state";
 /// What failed when a write to the monitor failed.
@@ -274,7 +268,7 @@ fn migration_status(monitor: &mut Monitor) -> Result<(String, Value), QmpError> 
 
 /// Waits until the migration has completed.
 fn wait_migrated(monitor: &mut Monitor) -> Result<(), QmpError> {
-    let deadline = Instant::now() + SAVE_TIMEOUT;
+    let deadline = Deadline::after(SAVE_TIMEOUT);
     loop {
         let (status, info) = migration_status(monitor)?;
         match status.as_str() {
@@ -286,7 +280,7 @@ fn wait_migrated(monitor: &mut Monitor) -> Result<(), QmpError> {
                     desc: desc.unwrap_or("no reason given").to_string(),
                 });
             }
-            _ if Instant::now() > deadline => {
+            _ if deadline.passed() => {
                 return Err(monitor.late("did not save the VM", SAVE_TIMEOUT));
             }
             _ => std::thread::sleep(POLL),
@@ -296,8 +290,8 @@ fn wait_migrated(monitor: &mut Monitor) -> Result<(), QmpError> {
 
 /// Waits (a while) until no migration is going on.
 fn settled(monitor: &mut Monitor) -> Result<(), QmpError> {
-    let deadline = Instant::now() + SETTLE_TIMEOUT;
-    while Instant::now() < deadline {
+    let deadline = Deadline::after(SETTLE_TIMEOUT);
+    while !deadline.passed() {
         let (status, _) = migration_status(monitor)?;
         if matches!(
             status.as_str(),
@@ -314,7 +308,7 @@ fn settled(monitor: &mut Monitor) -> Result<(), QmpError> {
 /// with it (`postmigrate`; `cont` is refused while it is still `finish-migrate`), a failed
 /// one running.
 fn resume(monitor: &mut Monitor) -> Result<(), QmpError> {
-    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    let deadline = Deadline::after(SETTLE_TIMEOUT);
     loop {
         let state = monitor.execute("query-status", json!({}))?;
         match state.get("status").and_then(Value::as_str) {
@@ -323,7 +317,7 @@ fn resume(monitor: &mut Monitor) -> Result<(), QmpError> {
             // Refused while QEMU still finishes the migration: asked again next round.
             _ => drop(monitor.execute("cont", json!({}))),
         }
-        if Instant::now() > deadline {
+        if deadline.passed() {
             return Err(monitor.late("did not let the VM run again", SETTLE_TIMEOUT));
         }
         std::thread::sleep(POLL);
