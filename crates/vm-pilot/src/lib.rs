@@ -34,6 +34,7 @@ pub mod firecracker;
 pub mod fuzzing;
 pub mod instance;
 pub mod launch;
+pub mod oci;
 pub mod overlay;
 pub mod pull;
 pub mod qemu;
