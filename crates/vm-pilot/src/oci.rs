@@ -210,7 +210,7 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, "{not json").unwrap();
         assert!(read(dir.path()).unwrap_err().to_string().contains("pull"));
-        std::fs::write(&path, vec![b' '; RECORD_MAX as usize + 1]).unwrap();
+        std::fs::write(&path, vec![b' '; usize::try_from(RECORD_MAX).unwrap() + 1]).unwrap();
         assert!(read(dir.path()).unwrap_err().to_string().contains("larger"));
     }
 }
