@@ -311,7 +311,7 @@ pub struct VmRegisterArgs {
 
 /// `flake-ctl firecracker pull`.
 #[derive(Debug, Args)]
-#[command(group = clap::ArgGroup::new("what").required(true).args(["kis_image", "rootfs"]))]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["kis_image", "rootfs", "oci"]))]
 pub struct VmPullArgs {
     /// Name of the image in the registry.
     #[arg(long)]
@@ -323,9 +323,23 @@ pub struct VmPullArgs {
     /// Root filesystem image.
     #[arg(long, requires = "kernel")]
     pub rootfs: Option<String>,
-    /// Kernel image.
-    #[arg(long, requires = "rootfs")]
+    /// OCI (container) image whose tree becomes the rootfs, pulled through podman when it
+    /// names a registry or is not in local storage; needs --kernel or --kernel-oci. Pulling
+    /// again rebuilds the VM image only when the image's digest changed.
+    #[arg(long, value_name = "IMAGE", conflicts_with_all = ["kis_image", "rootfs", "initrd"])]
+    pub oci: Option<String>,
+    /// Kernel image (with --rootfs or --oci).
+    #[arg(long)]
     pub kernel: Option<String>,
+    /// With --oci: an OCI image carrying the kernel at /boot/vmlinux, /boot/vmlinuz,
+    /// /vmlinux or /vmlinuz (the first found).
+    #[arg(
+        long,
+        value_name = "IMAGE",
+        requires = "oci",
+        conflicts_with = "kernel"
+    )]
+    pub kernel_oci: Option<String>,
     /// Initrd image.
     #[arg(long, requires = "rootfs")]
     pub initrd: Option<String>,

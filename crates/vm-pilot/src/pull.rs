@@ -27,6 +27,7 @@ mod http;
 mod install;
 pub(crate) mod kis;
 mod limited;
+pub mod oci;
 mod redact;
 mod staging;
 
@@ -152,6 +153,9 @@ pub enum PullError {
         /// Its directory.
         dir: PathBuf,
     },
+    /// Making a VM image from an OCI image failed.
+    #[error(transparent)]
+    Oci(Box<oci::OciError>),
     /// Preparing the rootfs failed.
     #[error("cannot prepare the rootfs of {name}: {reason}")]
     Prepare {
@@ -209,6 +213,13 @@ pub enum PullError {
     },
 }
 
+impl From<oci::OciError> for PullError {
+    fn from(err: oci::OciError) -> Self {
+        // Boxed: the variant would make every pull result as large as its largest error.
+        PullError::Oci(Box::new(err))
+    }
+}
+
 pub use install::{ANNOUNCE_FEATURE, CONSOLE_FEATURE, GUEST_CHANNEL_FILE, RESYNC_FEATURE};
 
 pub(crate) fn io<'a>(
@@ -236,6 +247,26 @@ pub enum Pull {
         /// Initrd.
         initrd: Option<Source>,
     },
+    /// The tree of an OCI (container) image, with a kernel from a file, a URL or another
+    /// OCI image (see [`oci`]).
+    Oci {
+        /// The image reference.
+        image: String,
+        /// Where the kernel comes from.
+        kernel: oci::OciKernel,
+        /// How podman is run.
+        podman: oci::Podman,
+    },
+}
+
+/// What a pull left installed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pulled {
+    /// The image's directory.
+    pub dir: PathBuf,
+    /// The image was already what the pull would make (a re-pull of an unchanged OCI
+    /// image): nothing was changed.
+    pub up_to_date: bool,
 }
 
 /// Removes what dead pulls left in `images_dir` (staging directories, images moved aside
@@ -255,12 +286,49 @@ pub fn pull(
     sci: Option<&Path>,
     policy: &Policy,
 ) -> Result<PathBuf, PullError> {
+    pull_reporting(images_dir, name, what, force, sci, policy).map(|p| p.dir)
+}
+
+/// [`pull`], saying whether the image was already up to date.
+pub fn pull_reporting(
+    images_dir: &Path,
+    name: &str,
+    what: &Pull,
+    force: bool,
+    sci: Option<&Path>,
+    policy: &Policy,
+) -> Result<Pulled, PullError> {
     staging::collect_stale(images_dir);
     let target = crate::image_dir(images_dir, name).map_err(|e| PullError::Source {
         what: "--name",
         address: name.to_string(),
         reason: e.to_string(),
     })?;
+    if let Pull::Oci {
+        image,
+        kernel,
+        podman,
+    } = what
+    {
+        let req = oci::Request {
+            image,
+            kernel,
+            podman,
+        };
+        let to = oci::Install {
+            images_dir,
+            target: &target,
+            name,
+            force,
+            sci,
+            policy,
+        };
+        let up_to_date = oci::pull(req, to)? == oci::Outcome::UpToDate;
+        return Ok(Pulled {
+            dir: target,
+            up_to_date,
+        });
+    }
     if target.exists() && !force {
         return Err(PullError::Exists {
             name: name.to_string(),
@@ -282,10 +350,15 @@ pub fn pull(
             }
             install::prepare_rootfs(&staging.dir().join("rootfs"), name, sci)?;
         }
+        // Handled above, before the existence check.
+        Pull::Oci { .. } => {}
     }
     install::mark_guest_channel(staging.dir(), name)?;
     staging.commit(&target)?;
-    Ok(target)
+    Ok(Pulled {
+        dir: target,
+        up_to_date: false,
+    })
 }
 
 #[cfg(test)]
