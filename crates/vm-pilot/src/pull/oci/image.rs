@@ -5,7 +5,8 @@
 //! A reference naming a registry (`registry.example.com/app:1`) is always pulled, as
 //! `podman pull` does it: a tag that moved is seen, and an unchanged one costs a manifest
 //! request. Anything else (`localhost/app`, a short name) is used as it is in local storage
-//! and pulled only when it is missing. Everything after the lookup names the image by its
+//! and pulled only when it is missing; a `localhost/` image has no registry digest and is
+//! known by its id alone. Everything after the lookup names the image by its
 //! id, so the tree, the kernel and the record all come from the same content even if the
 //! tag moves meanwhile.
 
@@ -38,7 +39,20 @@ pub fn resolve(podman: &Podman, reference: &str) -> Result<Resolved, PullError> 
     if names_registry(reference) || !exists(podman, reference)? {
         pull(podman, reference)?;
     }
-    inspect(podman, reference)
+    let mut resolved = inspect(podman, reference)?;
+    if is_local(reference) {
+        // What podman calls the digest of an image built here is no registry's: the
+        // image id alone says what it is.
+        resolved.origin.digest = None;
+    }
+    Ok(resolved)
+}
+
+/// Whether `reference` names podman's local-only `localhost` domain.
+fn is_local(reference: &str) -> bool {
+    reference
+        .split_once('/')
+        .is_some_and(|(first, _)| first == "localhost" || first.starts_with("localhost:"))
 }
 
 /// Whether the first component of `reference` is a registry host (it has a `.` or a `:`)
@@ -199,6 +213,11 @@ mod tests {
             ("library/busybox:1", false),
         ] {
             assert_eq!(names_registry(reference), registry, "{reference}");
+            assert_eq!(
+                is_local(reference),
+                reference.starts_with("localhost"),
+                "{reference}"
+            );
         }
     }
 

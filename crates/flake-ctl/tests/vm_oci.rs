@@ -1,0 +1,531 @@
+// SPDX-License-Identifier: MIT
+//! VM images made from OCI images (`flake-ctl firecracker pull --oci`), against real
+//! podman, the local registry on 127.0.0.1:5000 and real QEMU guests: what an image's tree
+//! holds (owners, modes, symlinks, hard links, device nodes, file capabilities) is what the
+//! guest sees; a kernel shipped as an image boots; re-pulls follow the digest; failed
+//! conversions leave the previous image as it was.
+//!
+//! Needs root, podman, the registry, the VM fixtures and `sci` (see `util::vm`).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::tests_outside_test_module
+)]
+
+mod util;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use util::vm::{running_vm, vm_world};
+use util::World;
+
+/// The local registry of `scripts/setup-host.sh`.
+const REGISTRY: &str = "127.0.0.1:5000";
+
+/// Runs podman with `args`; fails the test when it fails.
+fn podman(args: &[&str]) -> String {
+    let out = Command::new("podman").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "podman {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Removes, when dropped, the local names the test gave, then the images it built that
+/// no name refers to any more (a build can give an image that exists already, such as
+/// the base image itself: that one keeps its names and is left alone). Registry tags stay.
+struct Images(std::cell::RefCell<Vec<String>>);
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        let names = self.0.borrow();
+        let (ids, tags): (Vec<&String>, Vec<&String>) = names
+            .iter()
+            .partition(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()));
+        for tag in tags {
+            // Only this name; `untag` without a name would drop all of the image's.
+            let _ = Command::new("podman").args(["untag", tag, tag]).output();
+        }
+        for id in ids {
+            let tags = Command::new("podman")
+                .args([
+                    "image",
+                    "inspect",
+                    "--format",
+                    "{{len .RepoTags}}",
+                    "--",
+                    id,
+                ])
+                .output();
+            if tags.is_ok_and(|o| o.status.success() && o.stdout == b"0\n") {
+                let _ = Command::new("podman").args(["rmi", "--", id]).output();
+            }
+        }
+    }
+}
+
+/// True when the registry answers; otherwise a visible skip (a failure under `make test`).
+fn registry_ready() -> bool {
+    let up = std::net::TcpStream::connect(REGISTRY).is_ok();
+    if !up {
+        util::skip(&format!(
+            "the local registry {REGISTRY} does not answer (scripts/setup-host.sh)"
+        ));
+    }
+    up
+}
+
+/// Builds `containerfile` in `dir` as `tag` (MKNOD allowed: a RUN step makes a device);
+/// the image is removed with `images`.
+fn build(images: &Images, dir: &Path, containerfile: &str, tag: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("Containerfile"), containerfile).unwrap();
+    let dir_s = dir.display().to_string();
+    let id = podman(&[
+        "build",
+        "-q",
+        "--no-cache",
+        "--cap-add",
+        "MKNOD",
+        "-t",
+        tag,
+        &dir_s,
+    ]);
+    images.0.borrow_mut().push(id.trim().to_string());
+}
+
+/// Pushes local `tag` to `remote` and removes both names locally, so a pull must fetch
+/// it. `rmi` without `--force` of a name only drops that name while others remain.
+fn push(tag: &str, remote: &str) {
+    podman(&["push", "-q", "--tls-verify=false", tag, remote]);
+    for name in [tag, remote] {
+        let _ = Command::new("podman").args(["rmi", "--", name]).output();
+    }
+}
+
+/// The test image's build context: a file with a capability, copied in (podman build
+/// keeps the `security.capability` attribute of a COPY source), and a RUN step making
+/// a file owned by 1234 (mode 0640), a symlink, a hard link and a device node.
+fn app_context(w: &World, extra: &str) -> (PathBuf, String) {
+    let dir = w.path("app-context");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cap = dir.join("capfile");
+    std::fs::write(&cap, "cap\n").unwrap();
+    let setcap = Command::new("setcap")
+        .args(["cap_net_raw+ep"])
+        .arg(&cap)
+        .status()
+        .unwrap();
+    assert!(setcap.success(), "setcap (libcap2-bin) sets the capability");
+    let containerfile = format!(
+        "FROM {}\n\
+         COPY capfile /opt/capfile\n\
+         RUN echo owned > /opt/owned && chown 1234:1234 /opt/owned && chmod 0640 /opt/owned \
+         && ln -s owned /opt/link && ln /opt/owned /opt/hard && mknod -m 0600 /opt/null c 1 3\n\
+         RUN echo '{extra}' > /opt/version\n",
+        util::IMAGE
+    );
+    (dir, containerfile)
+}
+
+/// `debugfs -R REQUEST ROOTFS`'s answer.
+fn debugfs(rootfs: &Path, request: &str) -> String {
+    let out = Command::new("debugfs")
+        .args(["-R", request])
+        .arg(rootfs)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Checks the tree of the test image inside the ext4 at `rootfs`.
+fn check_tree(rootfs: &Path) {
+    let owned = debugfs(rootfs, "stat /opt/owned");
+    assert!(owned.contains("Type: regular    Mode:  0640"), "{owned}");
+    assert!(owned.contains("User:  1234   Group:  1234"), "{owned}");
+    assert!(owned.contains("Links: 2"), "{owned}");
+    let inode = |text: &str| text.split_whitespace().nth(1).map(str::to_string);
+    let hard = debugfs(rootfs, "stat /opt/hard");
+    assert_eq!(
+        inode(&hard),
+        inode(&owned),
+        "a hard link is one inode: {hard}"
+    );
+    let link = debugfs(rootfs, "stat /opt/link");
+    assert!(link.contains("Type: symlink"), "{link}");
+    assert!(link.contains("Fast link dest: \"owned\""), "{link}");
+    let dev = debugfs(rootfs, "stat /opt/null");
+    assert!(
+        dev.contains("Type: character special    Mode:  0600"),
+        "{dev}"
+    );
+    assert!(dev.contains("Device major/minor number: 01:03"), "{dev}");
+    let caps = debugfs(rootfs, "ea_list /opt/capfile");
+    assert!(caps.contains("security.capability"), "{caps}");
+    let sci = debugfs(rootfs, "stat /usr/sbin/sci");
+    assert!(
+        sci.contains("Type: regular    Mode:  0755"),
+        "the guest init: {sci}"
+    );
+}
+
+/// The image directory of `name` in a world's user registry.
+fn image_dir(w: &World, name: &str) -> PathBuf {
+    w.home.join(".config/flakes/firecracker/images").join(name)
+}
+
+/// Inode and mtime of `path`: the same after a no-op, new after a rebuild.
+fn identity(path: &Path) -> (u64, i64, i64) {
+    let meta = std::fs::metadata(path).unwrap();
+    (meta.ino(), meta.mtime(), meta.mtime_nsec())
+}
+
+fn record(w: &World, name: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(image_dir(w, name).join("oci-image.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Registers `app` on VM image `vm` under QEMU with `/bin/sh` (and `extra` words), in the
+/// small memory the tests use.
+fn register(w: &World, vm: &str, app: &str, extra: &[&str]) -> PathBuf {
+    let path = w.bin.join(app);
+    let path_s = path.display().to_string();
+    let args = [
+        "firecracker",
+        "--user",
+        "register",
+        "--vm",
+        vm,
+        "--app",
+        &path_s,
+        "--target",
+        "/bin/sh",
+        "--vmm",
+        "qemu",
+        "--no-net",
+    ];
+    w.ctl(&[&args[..], extra].concat()).success();
+    let fragment = w.home.join(format!(".config/flakes/{app}.d/small.yaml"));
+    std::fs::write(
+        fragment,
+        "vm:\n  runtime:\n    firecracker:\n      mem_size_mib: 256\n      vcpu_count: 1\n",
+    )
+    .unwrap();
+    path
+}
+
+/// What the guest shows of the test image's files.
+const GUEST_CHECK: &str = "ls -ln /opt | while read -r mode links uid gid rest; do \
+     echo \"$mode $links $uid $gid ${rest##* }\"; done; readlink /opt/link; cat /opt/version";
+
+fn check_guest_view(out: &str, version: &str) {
+    for line in [
+        "-rw-r----- 2 1234 1234 hard",
+        "-rw-r----- 2 1234 1234 owned",
+        "crw------- 1 0 0 null",
+        "-rw-r--r-- 1 0 0 capfile",
+    ] {
+        assert!(out.contains(line), "{line} in the guest: {out}");
+    }
+    assert!(out.contains("lrwxrwxrwx 1 0 0 owned\n"), "{out}");
+    assert!(out.ends_with(&format!("\nowned\n{version}\n")), "{out}");
+}
+
+#[test]
+fn oci_image_becomes_a_vm_image_that_boots_a_kernel_image_and_follows_the_registry() {
+    require_podman!();
+    if !registry_ready() {
+        return;
+    }
+    let Some((_vms, w, fixtures, _sci)) = vm_world() else {
+        return;
+    };
+    let Some(_tmpfs) = registry_on_tmpfs(&w, "512m") else {
+        return;
+    };
+    let id = std::process::id();
+    let remote = format!("{REGISTRY}/ocipull-{id}/app:1");
+    let kernel_remote = format!("{REGISTRY}/ocipull-{id}/kernel:1");
+    let (local, kernel_local) = (
+        format!("localhost/ocipull-{id}-app:1"),
+        format!("localhost/ocipull-{id}-kernel:1"),
+    );
+    let images = Images(std::cell::RefCell::new(vec![
+        remote.clone(),
+        kernel_remote.clone(),
+        local.clone(),
+        kernel_local.clone(),
+    ]));
+    let (context, containerfile) = app_context(&w, "one");
+    build(&images, &context, &containerfile, &local);
+    push(&local, &remote);
+    let kdir = w.path("kernel-context");
+    std::fs::create_dir_all(&kdir).unwrap();
+    std::fs::copy(fixtures.join("kernel/vmlinux"), kdir.join("kernel")).unwrap();
+    build(
+        &images,
+        &kdir,
+        "FROM scratch\nCOPY kernel /boot/vmlinux\n",
+        &kernel_local,
+    );
+    push(&kernel_local, &kernel_remote);
+
+    let pull = [
+        "firecracker",
+        "--user",
+        "pull",
+        "--name",
+        "ociapp",
+        "--oci",
+        &remote,
+        "--kernel-oci",
+        &kernel_remote,
+    ];
+    let started = Instant::now();
+    w.ctl(&pull).success();
+    eprintln!("first pull from the registry: {:?}", started.elapsed());
+    let dir = image_dir(&w, "ociapp");
+    check_tree(&dir.join("rootfs"));
+    let kernel = std::fs::read(dir.join("kernel")).unwrap();
+    assert!(kernel == std::fs::read(fixtures.join("kernel/vmlinux")).unwrap());
+    let first = record(&w, "ociapp");
+    assert_eq!(first["rootfs"]["reference"], remote.as_str());
+    assert!(first["rootfs"]["digest"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256:"));
+    assert_eq!(first["kernel"]["reference"], kernel_remote.as_str());
+    assert_eq!(first["config"]["cmd"][0], "/bin/sh");
+
+    // The kernel from the image boots the image's tree; one-shot and resume calls see
+    // the files as the image has them.
+    let app = register(&w, "ociapp", "ocish", &[]);
+    let run = w.app(&app, &["-c", GUEST_CHECK], None);
+    run.success();
+    check_guest_view(&run.stdout(), "one");
+    let resume = register(&w, "ociapp", "ocires", &["--resume"]);
+    for _ in 0..2 {
+        let run = w.app(&resume, &["-c", GUEST_CHECK], None);
+        run.success();
+        check_guest_view(&run.stdout(), "one");
+    }
+    assert!(running_vm(&w, "ocires").is_some(), "the resume VM runs");
+    w.app(&resume, &["%remove", "-c", "true"], None).success();
+
+    // Same digest: nothing is rebuilt.
+    let before = identity(&dir.join("rootfs"));
+    let started = Instant::now();
+    let again = w.ctl(&pull);
+    let no_op = started.elapsed();
+    again.success();
+    assert!(again.stdout().contains("up to date"), "{again}");
+    assert_eq!(
+        identity(&dir.join("rootfs")),
+        before,
+        "the rootfs is untouched"
+    );
+    eprintln!("re-pull with an unchanged digest: {no_op:?}");
+    assert!(no_op.as_secs() < 10, "a no-op re-pull is fast: {no_op:?}");
+
+    // A new digest behind the same tag: rebuilt, no --force needed, the new tree in place.
+    let (context, containerfile) = app_context(&w, "two");
+    build(&images, &context, &containerfile, &local);
+    push(&local, &remote);
+    let rebuilt = w.ctl(&pull);
+    rebuilt.success();
+    assert!(!rebuilt.stdout().contains("up to date"), "{rebuilt}");
+    assert_ne!(identity(&dir.join("rootfs")), before, "a new rootfs");
+    let second = record(&w, "ociapp");
+    assert_ne!(second["rootfs"]["digest"], first["rootfs"]["digest"]);
+    assert_eq!(second["kernel"], first["kernel"]);
+    check_tree(&dir.join("rootfs"));
+    let run = w.app(&app, &["-c", GUEST_CHECK], None);
+    run.success();
+    check_guest_view(&run.stdout(), "two");
+    assert_eq!(staging_left(&w), Vec::<String>::new());
+}
+
+/// Staging directories left in the world's image registry.
+fn staging_left(w: &World) -> Vec<String> {
+    let images = w.home.join(".config/flakes/firecracker/images");
+    std::fs::read_dir(images)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Images podman has mounted (`podman image mount` without arguments lists them).
+fn mounted_images() -> String {
+    podman(&["image", "mount"])
+}
+
+/// Containers made to read kernels out of images that are still there.
+fn kernel_containers() -> String {
+    podman(&[
+        "ps",
+        "-a",
+        "--filter",
+        "label=io.flake-pilot.kernel-export",
+        "--format",
+        "{{.Names}}",
+    ])
+}
+
+/// Unmounts a tmpfs when dropped.
+struct Tmpfs(PathBuf);
+
+/// Puts the world's VM image registry on a tmpfs of `size`: a full disk on demand, and
+/// pulls that do not depend on the free space of the host's disk (a pull keeps up to
+/// 1 GiB of it free). `None` after a visible skip when it cannot be mounted.
+fn registry_on_tmpfs(w: &World, size: &str) -> Option<Tmpfs> {
+    let images_dir = w.home.join(".config/flakes/firecracker/images");
+    std::fs::create_dir_all(&images_dir).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}")])
+        .arg("tmpfs")
+        .arg(&images_dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        util::skip("cannot mount a tmpfs for the VM image registry");
+        return None;
+    }
+    Some(Tmpfs(images_dir))
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn failed_oci_conversions_leave_the_previous_image_intact() {
+    require_podman!();
+    let Some((_vms, w, fixtures, _sci)) = vm_world() else {
+        return;
+    };
+    let id = std::process::id();
+    let image = format!("localhost/ocipull-{id}-local:1");
+    let other = format!("localhost/ocipull-{id}-other:1");
+    let images = Images(std::cell::RefCell::new(vec![image.clone(), other.clone()]));
+    // The registry sits on a small tmpfs: room for one image, not for a large one beside.
+    let Some(_tmpfs) = registry_on_tmpfs(&w, "80m") else {
+        return;
+    };
+    let ctx = w.path("small");
+    build(
+        &images,
+        &ctx,
+        &format!("FROM {}\nRUN echo small > /small\n", util::IMAGE),
+        &image,
+    );
+    let kernel = fixtures.join("kernel/vmlinux").display().to_string();
+    let pull = |oci: &str, kernel_args: &[&str], extra: &[&str]| {
+        let oci = format!("--oci={oci}");
+        let args = ["firecracker", "--user", "pull", "--name", "keep", &oci];
+        w.ctl(&[&args[..], kernel_args, extra].concat())
+    };
+    let file_kernel = ["--kernel", kernel.as_str()];
+    pull(&image, &file_kernel, &[]).success();
+    let dir = image_dir(&w, "keep");
+    let before = identity(&dir.join("rootfs"));
+    let recorded = record(&w, "keep");
+    let intact = |what: &str| {
+        assert_eq!(identity(&dir.join("rootfs")), before, "{what}: rootfs kept");
+        assert_eq!(record(&w, "keep"), recorded, "{what}: record kept");
+        assert_eq!(staging_left(&w), Vec::<String>::new(), "{what}: no staging");
+        let mounts = mounted_images();
+        assert!(
+            !mounts.contains(&format!("ocipull-{id}-local")),
+            "{what}: unmounted: {mounts}"
+        );
+        assert_eq!(
+            kernel_containers().trim(),
+            "",
+            "{what}: no kernel container"
+        );
+    };
+
+    // A reference podman would take for an option, or that is no reference at all.
+    for bad in ["--privileged", "Bad Ref", "oci:/etc"] {
+        let run = pull(bad, &file_kernel, &["--force"]);
+        run.expect_code(1);
+        assert!(
+            run.stderr().contains("is not a valid image reference"),
+            "{run}"
+        );
+        intact(bad);
+    }
+    // An image nobody has.
+    let missing = format!("{REGISTRY}/ocipull-{id}/missing:1");
+    let run = pull(&missing, &file_kernel, &["--force"]);
+    run.expect_code(1);
+    assert!(
+        run.stderr().contains(&format!("cannot pull {missing}")),
+        "{run}"
+    );
+    intact("missing image");
+    // A kernel image without a kernel (busybox has none of the paths).
+    let run = pull(&image, &["--kernel-oci", util::IMAGE], &[]);
+    run.expect_code(1);
+    assert!(
+        run.stderr()
+            .contains("holds no kernel: tried /boot/vmlinux"),
+        "{run}"
+    );
+    intact("kernel image without a kernel");
+    // Another image's name needs --force.
+    build(
+        &images,
+        &w.path("other"),
+        &format!("FROM {}\n", util::IMAGE),
+        &other,
+    );
+    let run = pull(&other, &file_kernel, &[]);
+    run.expect_code(1);
+    assert!(run.stderr().contains("pass --force"), "{run}");
+    intact("another image without --force");
+
+    // The image grows past the disk: mkfs fails, nothing is replaced.
+    let big = format!(
+        "FROM {}\nRUN head -c 40000000 /dev/urandom > /big\n",
+        util::IMAGE
+    );
+    build(&images, &ctx, &big, &image);
+    let run = pull(&image, &file_kernel, &[]);
+    run.expect_code(1);
+    let err = run.stderr();
+    assert!(err.contains("keep") && err.contains(&image), "{run}");
+    assert!(err.contains("make room"), "{run}");
+    intact("disk full");
+
+    // A local image changed under the same name: rebuilt by its image id, no --force.
+    build(
+        &images,
+        &ctx,
+        &format!("FROM {}\nRUN echo changed > /small\n", util::IMAGE),
+        &image,
+    );
+    let run = pull(&image, &file_kernel, &[]);
+    run.success();
+    assert!(!run.stdout().contains("up to date"), "{run}");
+    assert_ne!(identity(&dir.join("rootfs")), before);
+    let small = debugfs(&dir.join("rootfs"), "cat /small");
+    assert_eq!(small, "changed\n");
+    assert_eq!(
+        record(&w, "keep")["rootfs"]["digest"],
+        serde_json::Value::Null
+    );
+    assert_eq!(staging_left(&w), Vec::<String>::new());
+}
