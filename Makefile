@@ -15,7 +15,7 @@ TRIPLE  := $(shell rustc -vV | sed -n 's/^host: //p')
 AGENT   := target/$(TRIPLE)/release/flake-agent
 SCI     := target/$(TRIPLE)/release/sci
 
-.PHONY: help build agent install uninstall deb deb-test setup vm-fixtures lint test ci demo bench load fuzz fuzz-smoke clean
+.PHONY: help build agent install uninstall deb deb-test setup vm-fixtures lint test ci demo bench bench-oci load fuzz fuzz-smoke clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -106,6 +106,10 @@ demo: setup install ## set up, install, register a flake on the local image and 
 
 bench: build setup ## launch cost of flakes against the raw podman commands
 	bash scripts/bench.sh
+	bash scripts/bench-oci.sh
+
+bench-oci: build setup ## OCI image to VM image (pull --oci) against podman pull + export
+	bash scripts/bench-oci.sh
 
 fuzz: ## run every fuzz target in fuzz/ for FUZZ_SECONDS (default 30) each (nightly, cargo-fuzz)
 	FUZZ_SECONDS=$(FUZZ_SECONDS) bash scripts/fuzz.sh

@@ -267,9 +267,25 @@ pub enum VmmArg {
 /// `flake-ctl firecracker register`.
 #[derive(Debug, Args)]
 pub struct VmRegisterArgs {
-    /// Name of a pulled VM image.
-    #[arg(long)]
-    pub vm: String,
+    /// Name of a pulled VM image; with --oci, the name to pull it as (default: the image's
+    /// last path component and tag, such as app-1.2).
+    #[arg(long, required_unless_present = "oci")]
+    pub vm: Option<String>,
+    /// OCI (container) image to pull as the VM image first, or reuse when it is unchanged
+    /// (as `firecracker pull --oci`); needs --kernel or --kernel-oci.
+    #[arg(long, value_name = "IMAGE")]
+    pub oci: Option<String>,
+    /// With --oci: the kernel, a file or URL.
+    #[arg(long, requires = "oci")]
+    pub kernel: Option<String>,
+    /// With --oci: an OCI image carrying the kernel (as `firecracker pull --kernel-oci`).
+    #[arg(
+        long,
+        value_name = "IMAGE",
+        requires = "oci",
+        conflicts_with = "kernel"
+    )]
+    pub kernel_oci: Option<String>,
     /// Absolute host path of the app to create.
     #[arg(long)]
     pub app: PathBuf,

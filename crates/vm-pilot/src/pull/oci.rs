@@ -186,18 +186,19 @@ pub struct Install<'a> {
 
 /// Makes (or keeps, when unchanged) VM image `to.name` from `req`.
 pub fn pull(req: Request<'_>, to: Install<'_>) -> Result<Outcome, PullError> {
-    let rootfs = image::resolve(req.podman, req.image)?;
-    let kernel = match req.kernel {
-        OciKernel::Image(reference) => Some(image::resolve(req.podman, reference)?),
-        OciKernel::Source(_) => None,
-    };
-    let installed = installed_record(to.target, req.image)?;
+    // Refused before podman pulls anything.
+    let installed = installed_record(to.target, req.image);
     if installed.is_none() && to.target.symlink_metadata().is_ok() && !to.force {
         return Err(PullError::Exists {
             name: to.name.to_string(),
             dir: to.target.to_path_buf(),
         });
     }
+    let rootfs = image::resolve(req.podman, req.image)?;
+    let kernel = match req.kernel {
+        OciKernel::Image(reference) => Some(image::resolve(req.podman, reference)?),
+        OciKernel::Source(_) => None,
+    };
     let record = OciRecord {
         rootfs: rootfs.origin.clone(),
         kernel: kernel.as_ref().map(|k| k.origin.clone()),
@@ -222,13 +223,10 @@ pub fn pull(req: Request<'_>, to: Install<'_>) -> Result<Outcome, PullError> {
 }
 
 /// The record of the image at `target` when it was made from `reference`.
-fn installed_record(target: &Path, reference: &str) -> Result<Option<OciRecord>, PullError> {
-    if target.symlink_metadata().is_err() {
-        return Ok(None);
-    }
+fn installed_record(target: &Path, reference: &str) -> Option<OciRecord> {
     // An unreadable record makes the image one not known to be ours: --force decides.
     let record = crate::oci::read(target).ok().flatten();
-    Ok(record.filter(|r| r.rootfs.reference == reference))
+    record.filter(|r| r.rootfs.reference == reference)
 }
 
 /// Whether the image at `target`, recorded as `old`, is what `new` would make: same image

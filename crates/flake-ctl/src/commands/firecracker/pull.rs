@@ -67,20 +67,106 @@ fn what(args: &VmPullArgs, mode: Mode, ctx: &Context) -> Result<Pull> {
                     .transpose()?,
             },
             (None, None, Some(image), kernel) => {
-                let kernel = match (kernel, &args.kernel_oci) {
-                    (Some(kernel), None) => OciKernel::Source(source(kernel, "--kernel")?),
-                    (None, Some(image)) => OciKernel::Image(image.clone()),
-                    _ => anyhow::bail!(
-                        "--oci needs a kernel: give --kernel FILE|URL or --kernel-oci IMAGE"
-                    ),
+                let kernel = KernelArgs {
+                    file: kernel.as_deref(),
+                    image: args.kernel_oci.as_deref(),
                 };
-                Pull::Oci {
-                    image: image.clone(),
-                    kernel,
-                    podman: Podman::new(ctx.podman(mode)?.podman()),
-                }
+                oci_what(image, kernel, mode, ctx)?
             }
             _ => anyhow::bail!("give --kis-image, --rootfs together with --kernel, or --oci"),
         },
     )
+}
+
+/// The kernel flags that go with `--oci`.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelArgs<'a> {
+    /// `--kernel`.
+    pub file: Option<&'a str>,
+    /// `--kernel-oci`.
+    pub image: Option<&'a str>,
+}
+
+/// The pull of OCI image `image` with `kernel`.
+fn oci_what(image: &str, kernel: KernelArgs<'_>, mode: Mode, ctx: &Context) -> Result<Pull> {
+    let kernel = match (kernel.file, kernel.image) {
+        (Some(file), None) => {
+            OciKernel::Source(Source::parse(file, "--kernel", ctx.insecure_transport)?)
+        }
+        (None, Some(image)) => OciKernel::Image(image.to_string()),
+        _ => anyhow::bail!("--oci needs a kernel: give --kernel FILE|URL or --kernel-oci IMAGE"),
+    };
+    Ok(Pull::Oci {
+        image: image.to_string(),
+        kernel,
+        podman: Podman::new(ctx.podman(mode)?.podman()),
+    })
+}
+
+/// Pulls OCI image `image` as VM image `name` (or finds it up to date), as `register
+/// --oci` does before it registers; an image of that name made otherwise is not replaced.
+pub fn oci(
+    name: &str,
+    image: &str,
+    kernel: KernelArgs<'_>,
+    mode: Mode,
+    ctx: &Context,
+) -> Result<()> {
+    let what = oci_what(image, kernel, mode, ctx)?;
+    let policy = Policy {
+        stall_timeout: stall_timeout(ctx.pull_stall_timeout.as_deref())?,
+        allow_http: ctx.insecure_transport,
+        ..Policy::default()
+    };
+    let sci = ctx.sci();
+    let images = vm_pilot::images_dir(&ctx.settings, mode);
+    let pulled = pull_reporting(&images, name, &what, false, sci.as_deref(), &policy)?;
+    let state = if pulled.up_to_date {
+        "up to date"
+    } else {
+        "pulled"
+    };
+    println!("VM image {name} from {image}: {state}");
+    Ok(())
+}
+
+/// The VM image name for `image` when `--vm` is not given: its last path component and
+/// tag, joined by `-` (`registry:5000/team/app:1.2` is `app-1.2`), digest left out.
+pub fn name_for(image: &str) -> Result<String> {
+    flakes::image_ref::check(image)?;
+    let name = image.split_once('@').map_or(image, |(name, _)| name);
+    let last = name.rsplit('/').next().unwrap_or(name);
+    let name: String = last
+        .chars()
+        .map(|c| if c == ':' { '-' } else { c })
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .collect();
+    anyhow::ensure!(
+        !name.is_empty() && !name.starts_with('.'),
+        "cannot make a VM image name from {image}; give one with --vm"
+    );
+    Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_image_names_come_from_the_last_component_and_tag() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        for (image, name) in [
+            (
+                "registry.example.com:5000/team/app:1.2".to_string(),
+                "app-1.2",
+            ),
+            ("localhost/busybox".to_string(), "busybox"),
+            ("busybox:latest".to_string(), "busybox-latest"),
+            (format!("reg/app@{digest}"), "app"),
+            (format!("reg/app:2@{digest}"), "app-2"),
+        ] {
+            assert_eq!(name_for(&image).unwrap(), name, "{image}");
+        }
+        assert!(name_for("--privileged").is_err());
+    }
 }

@@ -25,15 +25,16 @@ use crate::template::{self, Template};
 /// Runs the registration.
 pub fn run(args: &VmRegisterArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
     let name = app_name(&args.app)?;
-    let image = vm_pilot::find_image(&vm_pilot::images_dir(&ctx.settings, mode), &args.vm)?;
+    let vm = vm_image(args, mode, ctx)?;
+    let image = vm_pilot::find_image(&vm_pilot::images_dir(&ctx.settings, mode), &vm)?;
     let registry = ctx.settings.registry(mode);
     let config = registry.config_path(&name);
     let template = template::load(template::Kind::Vm, ctx.settings.caller.uid)?;
-    let raw = flake_document(args, &image, ctx, None)?;
+    let raw = flake_document(args, &vm, &image, ctx, None)?;
     flakes::config::validate_raw(name.clone(), &config, raw.clone())?;
     let raw = match &template {
         Some(template) => {
-            let raw = flake_document(args, &image, ctx, Some(template))?;
+            let raw = flake_document(args, &vm, &image, ctx, Some(template))?;
             flakes::config::validate_raw(name.clone(), &config, raw.clone())
                 .map_err(|e| template.invalid(e))?;
             raw
@@ -64,6 +65,27 @@ pub fn run(args: &VmRegisterArgs, mode: Mode, ctx: &Context) -> Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
+/// The VM image to register on: `--vm`, or with `--oci` the image pulled (or found up to
+/// date) from it, under `--vm` or a name made from the reference.
+fn vm_image(args: &VmRegisterArgs, mode: Mode, ctx: &Context) -> Result<String> {
+    let Some(oci) = &args.oci else {
+        return args
+            .vm
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("give --vm NAME or --oci IMAGE"));
+    };
+    let vm = match &args.vm {
+        Some(vm) => vm.clone(),
+        None => super::pull::name_for(oci)?,
+    };
+    let kernel = super::pull::KernelArgs {
+        file: args.kernel.as_deref(),
+        image: args.kernel_oci.as_deref(),
+    };
+    super::pull::oci(&vm, oci, kernel, mode, ctx)?;
+    Ok(vm)
+}
+
 /// What to install when the admin chose vsock for QEMU VMs (`FLAKE_QEMU_CHANNEL=vsock`)
 /// and QEMU's vsock device is missing: calls into the flake would fail.
 fn vsock_device_note(args: &VmRegisterArgs) -> Option<String> {
@@ -89,6 +111,7 @@ fn vsock_device_note(args: &VmRegisterArgs) -> Option<String> {
 /// settings the flags leave open.
 fn flake_document(
     args: &VmRegisterArgs,
+    vm: &str,
     image: &vm_pilot::VmImage,
     ctx: &Context,
     template: Option<&Template>,
@@ -141,7 +164,7 @@ fn flake_document(
         }),
         container: None,
         vm: Some(RawVm {
-            name: Some(args.vm.clone()),
+            name: Some(vm.to_string()),
             target_app_path: Some(target),
             host_app_path: path(&args.app),
             base_vm: None,
