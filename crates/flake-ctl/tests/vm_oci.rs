@@ -568,3 +568,82 @@ fn failed_oci_conversions_leave_the_previous_image_intact() {
     );
     assert_eq!(staging_left(&w), Vec::<String>::new());
 }
+
+#[test]
+fn a_user_without_root_pulls_an_oci_image_through_podman_unshare() {
+    require_podman!();
+    if !registry_ready() {
+        return;
+    }
+    let Some((_vms, w, fixtures, sci)) = vm_world() else {
+        return;
+    };
+    let id = std::process::id();
+    let remote = format!("{REGISTRY}/ocipull-{id}/user:1");
+    let local = format!("localhost/ocipull-{id}-user:1");
+    let images = Images(std::cell::RefCell::new(vec![remote.clone(), local.clone()]));
+    let (context, containerfile) = app_context(&w, "user");
+    build(&images, &context, &containerfile, &local);
+    push(&local, &remote);
+    let kit = util::vm::UserKit::new(&fixtures, &sci);
+    let name = format!("ocipull-user-{id}");
+    let cleanup = format!(
+        "rm -rf \"$HOME/.config/flakes/firecracker/images/{name}\"; podman rmi {remote} >/dev/null 2>&1"
+    );
+    let _cleanup = util::vm::UserFlake(cleanup);
+    let pull = format!(
+        "{}\n$ctl firecracker --user pull --name {name} --oci {remote} --kernel {}/vmlinux || exit 90\n\
+         $ctl firecracker --user pull --name {name} --oci {remote} --kernel {}/vmlinux || exit 91\n\
+         podman unshare podman image mount\n\
+         echo \"home=$HOME\"",
+        kit.env("unused"),
+        kit.dir(),
+        kit.dir()
+    );
+    let Some(out) = util::vm::as_user_via(&[], &pull) else {
+        return;
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("pulled VM image {name}")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("is up to date"), "{stdout}");
+    assert!(
+        !stdout.contains(&remote),
+        "the image is unmounted again: {stdout}"
+    );
+    let home = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("home="))
+        .unwrap()
+        .to_string();
+    let rootfs = Path::new(&home)
+        .join(".config/flakes/firecracker/images")
+        .join(&name)
+        .join("rootfs");
+    // Inside podman's user namespace the image's owners are the image's own, so they
+    // reach the file system as they are; the file is the user's.
+    let owner = std::fs::metadata(&rootfs).unwrap().uid();
+    assert_ne!(owner, 0, "the user's own file");
+    let owned = debugfs(&rootfs, "stat /opt/owned");
+    assert!(owned.contains("User:  1234   Group:  1234"), "{owned}");
+    assert!(owned.contains("Links: 2"), "{owned}");
+    let link = debugfs(&rootfs, "stat /opt/link");
+    assert!(link.contains("Fast link dest: \"owned\""), "{link}");
+    let caps = debugfs(&rootfs, "ea_list /opt/capfile");
+    assert!(caps.contains("security.capability"), "{caps}");
+    // Podman's rootless storage cannot create device nodes, so the image's /opt/null is
+    // missing from the user's copy of the image itself (podman unshare ls shows the same).
+    let dev = debugfs(&rootfs, "stat /opt/null");
+    eprintln!(
+        "rootless: /opt/null {}",
+        if dev.contains("character special") {
+            "kept"
+        } else {
+            "absent (podman's rootless storage has no device nodes)"
+        }
+    );
+}
