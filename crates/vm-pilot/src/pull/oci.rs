@@ -6,8 +6,8 @@
 //! kernel image) to an id and digest through podman; stop when the installed image was made
 //! from the same reference, digest, id and kernel (a re-pull is then a manifest request,
 //! no rebuild); otherwise, in the pull's staging directory, get the kernel, make the rootfs
-//! from the image's tree ([`rootfs`]), add what the guest init needs
-//! ([`super::install::prepare_rootfs`]), check the file system with `e2fsck -fn`, write the
+//! from the image's tree (the `rootfs` module), add what the guest init needs
+//! (`install::prepare_rootfs`), check the file system with `e2fsck -fn`, write the
 //! record ([`crate::oci`]) and commit. The old image stays in place until that commit, and
 //! a failure anywhere leaves it as it was and removes the staging directory.
 //!

@@ -10,8 +10,9 @@
 //! `mkfs.ext4` sees them right. So the steps that need the tree (measure it, make the file
 //! system) run in one small fixed shell script, started by `podman unshare` for a user and
 //! directly for root. The script mounts the image, unmounts it again on every exit (a
-//! `trap`), and takes everything as positional arguments: nothing from the image or the
-//! command line is ever part of the script's text.
+//! `trap`, also when SIGINT, SIGTERM or SIGHUP end it; only a `kill -9` of the script
+//! itself leaves the mount to podman), and takes everything as positional arguments:
+//! nothing from the image or the command line is ever part of the script's text.
 //!
 //! The file system is sized from the tree: its allocated bytes (`du`) and inodes, each with
 //! [`HEADROOM_PERCENT`] on top, plus [`EXTRA_BYTES`] for the journal, the guest init and
@@ -40,6 +41,7 @@ podman=$1 image=$2 step=$3
 shift 3
 tree=$("$podman" image mount "$image")
 trap '"$podman" image unmount "$image" >/dev/null' EXIT
+trap 'exit 130' INT TERM HUP
 case $step in
 measure)
     du -sxB1 -- "$tree"
