@@ -341,7 +341,8 @@ pub struct VmPullArgs {
     pub rootfs: Option<String>,
     /// OCI (container) image whose tree becomes the rootfs, pulled through podman when it
     /// names a registry or is not in local storage; needs --kernel or --kernel-oci. Pulling
-    /// again rebuilds the VM image only when the image's digest changed.
+    /// again rebuilds the VM image only when the image's digest or id, or the kernel,
+    /// changed (no --force needed for that); otherwise it says the image is up to date.
     #[arg(long, value_name = "IMAGE", conflicts_with_all = ["kis_image", "rootfs", "initrd"])]
     pub oci: Option<String>,
     /// Kernel image (with --rootfs or --oci).
@@ -359,7 +360,8 @@ pub struct VmPullArgs {
     /// Initrd image.
     #[arg(long, requires = "rootfs")]
     pub initrd: Option<String>,
-    /// Replace an existing image once the new one is complete and verified.
+    /// Replace an existing image once the new one is complete and verified (with --oci:
+    /// also one made from another image, and rebuild an unchanged one).
     #[arg(long)]
     pub force: bool,
     /// Largest download, and largest unpacked archive, accepted: e.g. 16GiB, 100G or

@@ -567,6 +567,15 @@ fn failed_oci_conversions_leave_the_previous_image_intact() {
         serde_json::Value::Null
     );
     assert_eq!(staging_left(&w), Vec::<String>::new());
+
+    // Unchanged: a no-op, unless --force asks for the image to be made again.
+    let changed = identity(&dir.join("rootfs"));
+    let run = pull(&image, &file_kernel, &[]);
+    assert!(run.success().stdout().contains("up to date"), "{run}");
+    assert_eq!(identity(&dir.join("rootfs")), changed);
+    let run = pull(&image, &file_kernel, &["--force"]);
+    assert!(!run.success().stdout().contains("up to date"), "{run}");
+    assert_ne!(identity(&dir.join("rootfs")), changed, "--force rebuilds");
 }
 
 #[test]

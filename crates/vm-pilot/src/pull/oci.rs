@@ -12,7 +12,8 @@
 //! a failure anywhere leaves it as it was and removes the staging directory.
 //!
 //! An existing image is replaced without `--force` only when its record says it was made
-//! from the same reference: that is an update. Any other image needs `--force`.
+//! from the same reference: that is an update. Any other image needs `--force`, and with
+//! `--force` an unchanged image is made again (the way to repair one).
 
 mod image;
 mod kernel;
@@ -24,7 +25,7 @@ use std::path::{Path, PathBuf};
 use flakes::process::{Cmd, ProcessError};
 
 use super::{fetch, install, staging, Policy, PullError, Source};
-use crate::oci::{OciRecord, Origin, RecordError};
+use crate::oci::{OciRecord, RecordError};
 
 pub use image::names_registry;
 pub use kernel::{CANDIDATES as KERNEL_PATHS, LABEL as KERNEL_CONTAINER_LABEL};
@@ -209,7 +210,10 @@ pub fn pull(req: Request<'_>, to: Install<'_>) -> Result<Outcome, PullError> {
     if let OciKernel::Source(source) = req.kernel {
         fetch::fetch(source, &kernel_file, to.policy)?;
     }
-    if installed.is_some_and(|old| unchanged(&old, &record, to.target, &kernel_file)) {
+    // --force rebuilds an unchanged image too: the way to repair one.
+    let keep =
+        !to.force && installed.is_some_and(|old| unchanged(&old, &record, to.target, &kernel_file));
+    if keep {
         return Ok(Outcome::UpToDate);
     }
     if let Some(kernel) = &kernel {
@@ -338,18 +342,10 @@ fn tool(program: &str) -> Result<PathBuf, PullError> {
     Ok(flakes::process::resolve(program, Some(path)).map_err(OciError::Tool)?)
 }
 
-/// The reference of an origin as shown to people.
-pub fn describe(origin: &Origin) -> String {
-    match &origin.digest {
-        Some(digest) => format!("{}@{digest}", origin.reference),
-        None => format!("{} (image id {})", origin.reference, origin.image_id),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oci::ImageConfig;
+    use crate::oci::{ImageConfig, Origin};
 
     fn record(digest: &str, kernel: Option<&str>) -> OciRecord {
         let origin = |reference: &str, d: &str| Origin {
