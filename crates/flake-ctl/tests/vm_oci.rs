@@ -510,6 +510,17 @@ fn failed_oci_conversions_leave_the_previous_image_intact() {
         "{run}"
     );
     intact("missing image");
+    // A kernel container a killed pull left behind (its pid is beyond any pid).
+    let left = format!("flake-kernel-{}-{id}", u32::MAX);
+    podman(&[
+        "create",
+        "--name",
+        &left,
+        "--label",
+        "io.flake-pilot.kernel-export",
+        util::IMAGE,
+        "/none",
+    ]);
     // A kernel image without a kernel (busybox has none of the paths).
     let run = pull(&image, &["--kernel-oci", util::IMAGE], &[]);
     run.expect_code(1);

@@ -8,7 +8,8 @@
 //! `..` stopping at its root, at most [`MAX_HOPS`] links deep: nothing outside the image
 //! is ever reached, since nothing but the stream is read. The file is written within
 //! [`Policy::max_size`] with mode 0644. The container is named `flake-kernel-<pid>-<n>`
-//! and labelled [`LABEL`], and removed on every path out.
+//! and labelled [`LABEL`], and removed on every path out; one left by a pull killed with
+//! `kill -9` is removed by the next pull that reads a kernel image.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -44,6 +45,7 @@ pub fn extract(
     dest: &Path,
     policy: &Policy,
 ) -> Result<(), PullError> {
+    collect_stale(podman);
     let container = Container::create(podman, id, reference)?;
     let mut tree = HashMap::new();
     let wanted = |path: &str| CANDIDATES.contains(&path);
@@ -65,6 +67,36 @@ pub fn extract(
         Some(_) => Ok(()),
         None => Err(missing(reference).into()),
     }
+}
+
+/// Removes the kernel containers of pulls that died before they could (`kill -9`): those
+/// whose name's pid is not a running process. Best effort; a pid taken again by another
+/// process keeps its container until a later pull.
+fn collect_stale(podman: &Podman) {
+    let listed = podman
+        .cmd()
+        .args(["ps", "--all", "--filter", &format!("label={LABEL}")])
+        .args(["--format", "{{.Names}}"])
+        .stdout();
+    let Ok(names) = listed else {
+        return;
+    };
+    for name in names.lines().filter(|n| stale(n)) {
+        let _ = podman.cmd().args(["rm", "--force", "--", name]).run();
+    }
+}
+
+/// Whether container `name` is a kernel container (`flake-kernel-<pid>-<n>`) whose pull
+/// is no longer running.
+fn stale(name: &str) -> bool {
+    let Some(pid) = name
+        .strip_prefix("flake-kernel-")
+        .and_then(|rest| rest.split_once('-'))
+        .and_then(|(pid, _)| pid.parse::<u32>().ok())
+    else {
+        return false;
+    };
+    pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
 }
 
 fn missing(reference: &str) -> OciError {
@@ -285,6 +317,22 @@ mod tests {
 
     fn link(target: &str) -> Member {
         Member::Symlink(target.into())
+    }
+
+    #[test]
+    fn only_kernel_containers_of_dead_pulls_are_stale() {
+        let mine = format!("flake-kernel-{}-0", std::process::id());
+        assert!(!stale(&mine));
+        assert!(!stale("flake-kernel-1-0"), "pid 1 runs");
+        assert!(stale(&format!("flake-kernel-{}-3", u32::MAX)));
+        for other in [
+            "web",
+            "flake-kernel-",
+            "flake-kernel-x-1",
+            "flake-kernel-12",
+        ] {
+            assert!(!stale(other), "{other}");
+        }
     }
 
     #[test]
