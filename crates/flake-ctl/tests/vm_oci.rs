@@ -385,6 +385,27 @@ fn oci_image_becomes_a_vm_image_that_boots_a_kernel_image_and_follows_the_regist
         );
     }
     assert_eq!(record(&w, "app-1")["rootfs"], second["rootfs"]);
+    // Flags that need no image are checked before anything is pulled.
+    let path = w.bin.join("ocibad").display().to_string();
+    let args = [
+        "firecracker",
+        "--user",
+        "register",
+        "--oci",
+        &remote,
+        "--vm",
+        "never-pulled",
+        "--kernel-oci",
+        &kernel_remote,
+        "--app",
+        &path,
+        "--target",
+        "bin/sh",
+    ];
+    let run = w.ctl(&args);
+    run.expect_code(1);
+    assert!(run.stderr().contains("--target 'bin/sh'"), "{run}");
+    assert!(!image_dir(&w, "never-pulled").exists());
     let yaml = std::fs::read_to_string(w.home.join(".config/flakes/ocireg.yaml")).unwrap();
     assert!(yaml.contains("name: app-1"), "{yaml}");
 }

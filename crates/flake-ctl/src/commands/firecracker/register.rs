@@ -25,6 +25,8 @@ use crate::template::{self, Template};
 /// Runs the registration.
 pub fn run(args: &VmRegisterArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
     let name = app_name(&args.app)?;
+    // Before --oci pulls anything.
+    check_flags(args)?;
     let vm = vm_image(args, mode, ctx)?;
     let image = vm_pilot::find_image(&vm_pilot::images_dir(&ctx.settings, mode), &vm)?;
     let registry = ctx.settings.registry(mode);
@@ -116,16 +118,7 @@ fn flake_document(
     ctx: &Context,
     template: Option<&Template>,
 ) -> Result<RawFlake> {
-    let target = args
-        .target
-        .clone()
-        .unwrap_or_else(|| args.app.display().to_string());
-    if !target.starts_with('/') || target == "/" {
-        bail!("--target '{target}' must be an absolute program path inside the VM");
-    }
-    if let Some(size) = &args.overlay_size {
-        ByteSize::parse(size).map_err(|e| anyhow::anyhow!("--overlay-size: {e}"))?;
-    }
+    let target = target(args);
     let path = |p: &Path| Some(p.display().to_string());
     let base = template
         .and_then(Template::firecracker)
@@ -172,6 +165,25 @@ fn flake_document(
             runtime: Some(runtime),
         }),
     })
+}
+
+/// The program inside the VM: `--target`, else the app path.
+fn target(args: &VmRegisterArgs) -> String {
+    args.target
+        .clone()
+        .unwrap_or_else(|| args.app.display().to_string())
+}
+
+/// Checks the flags that need no image: the target and the overlay size.
+fn check_flags(args: &VmRegisterArgs) -> Result<()> {
+    let target = target(args);
+    if !target.starts_with('/') || target == "/" {
+        bail!("--target '{target}' must be an absolute program path inside the VM");
+    }
+    if let Some(size) = &args.overlay_size {
+        ByteSize::parse(size).map_err(|e| anyhow::anyhow!("--overlay-size: {e}"))?;
+    }
+    Ok(())
 }
 
 /// The kernel command line (the template's, else the default one), adjusted for the options
