@@ -220,6 +220,37 @@ pub enum PodmanAction {
     Remove(RemoveArgs),
     /// List the instances of resume and attach flakes and their state.
     Show(ShowArgs),
+    /// Pull the images of registered flakes again and remove what the old ones leave.
+    Update(UpdateArgs),
+}
+
+/// `flake-ctl podman update`.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("which").required(true).args(["app", "all"]))]
+pub struct UpdateArgs {
+    /// App path of a flake to update (repeatable).
+    #[arg(long, num_args = 1..)]
+    pub app: Vec<PathBuf>,
+    /// Update every registered container flake.
+    #[arg(long)]
+    pub all: bool,
+    /// Change nothing; say what would change (asks the registry with skopeo when it is
+    /// installed).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: ReportFormat,
+}
+
+/// Output formats of reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// Lines for people.
+    #[default]
+    Table,
+    /// One JSON object.
+    Json,
 }
 
 /// `flake-ctl podman show`.
