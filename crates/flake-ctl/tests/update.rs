@@ -382,3 +382,54 @@ fn update_needs_a_registered_container_flake() {
         "{run}"
     );
 }
+
+/// A pulled-looking VM image in the user's registry, with the record an image made from
+/// an OCI image keeps when `digest` is given.
+fn vm_image(w: &World, name: &str, digest: Option<&str>) {
+    let dir = w.home.join(".config/flakes/firecracker/images").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    for file in ["rootfs", "kernel"] {
+        std::fs::write(dir.join(file), file).unwrap();
+    }
+    if let Some(digest) = digest {
+        let record = serde_json::json!({
+            "rootfs": {"reference": "registry.example.com/app:1", "digest": digest,
+                       "image_id": "e1108c96a165"},
+        });
+        std::fs::write(dir.join("oci-image.json"), record.to_string()).unwrap();
+    }
+}
+
+#[test]
+fn list_shows_the_oci_digest_of_vm_flakes() {
+    let w = World::new();
+    let digest = format!("sha256:{}", "5e".repeat(32));
+    vm_image(&w, "from-oci", Some(&digest));
+    vm_image(&w, "plain", None);
+    for (vm, app) in [("from-oci", "ocivm"), ("plain", "plainvm")] {
+        let app = w.bin.join(app).display().to_string();
+        w.ctl(&[
+            "firecracker",
+            "--user",
+            "register",
+            "--vm",
+            vm,
+            "--app",
+            &app,
+        ])
+        .success();
+    }
+    let rows = json(w.ctl(&["list", "--user", "--format", "json"]).success());
+    let digest_of = |name: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap()["digest"]
+            .clone()
+    };
+    assert_eq!(digest_of("ocivm"), digest.as_str(), "{rows:#}");
+    assert!(digest_of("plainvm").is_null(), "{rows:#}");
+    let table = w.ctl(&["list", "--user"]);
+    assert!(table.stdout().contains(&digest), "{table}");
+}
