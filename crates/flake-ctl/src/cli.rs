@@ -221,6 +221,14 @@ pub enum PodmanAction {
     /// List the instances of resume and attach flakes and their state.
     Show(ShowArgs),
     /// Pull the images of registered flakes again and remove what the old ones leave.
+    ///
+    /// Each image is pulled once and reported as changed (old -> new image id and digest) or
+    /// up to date. References pinned to a digest (NAME@sha256:...) are not pulled; local
+    /// images (localhost/..., or given by id) are skipped. When an image changed, the
+    /// flakes' assembled images, their stopped instances on the old image and the old images
+    /// that no flake and no container uses are removed; a running instance is kept until it
+    /// ends. Layered flakes are assembled again at their next launch. Exit status 0 when
+    /// every image could be handled, 1 when one failed (the others are still updated).
     Update(UpdateArgs),
 }
 
