@@ -281,6 +281,11 @@ fn update_follows_a_moved_tag_and_removes_what_the_old_image_left() {
     let planned = report["removed"].to_string();
     assert!(planned.contains(&old_assembly[0]), "{report:#}");
     assert!(planned.contains(&stopped), "{report:#}");
+    assert_eq!(
+        report["assembled"][0]["flake"],
+        layered.as_str(),
+        "{report:#}"
+    );
     assert!(report["kept"].to_string().contains(&running), "{report:#}");
     // Nothing changed.
     assert_eq!(image_id(&main_ref), v1_id);
@@ -336,6 +341,19 @@ fn update_follows_a_moved_tag_and_removes_what_the_old_image_left() {
     );
     assert!(out.contains(&format!("podman rm -f {running}")), "{update}");
     assert!(!image_exists(&old_assembly[0]));
+    let new_assembly = assembled(&layered);
+    assert_eq!(
+        new_assembly.len(),
+        1,
+        "assembled again by the update: {update}"
+    );
+    assert!(
+        out.contains(&format!(
+            "assembled flake {layered} again: {}",
+            new_assembly[0]
+        )),
+        "{update}"
+    );
     assert_eq!(
         util::containers_of(&plain).len(),
         1,
@@ -347,11 +365,28 @@ fn update_follows_a_moved_tag_and_removes_what_the_old_image_left() {
     }
     assert_eq!(version(&w, &pinned_app), "v1", "pinned to its digest");
     assert_eq!(version(&w, &by_digest_app), "v1", "pinned to its digest");
-    assert_ne!(assembled(&layered), old_assembly);
+    assert_eq!(
+        assembled(&layered),
+        new_assembly,
+        "the launch used the new assembly"
+    );
 
     let again = w.ctl(&["podman", "update", "--all"]);
     again.success();
     assert!(again.stdout().contains("all up to date"), "{again}");
+
+    // A flake file that does not load fails `--all` (named), not an update of others.
+    let broken = w.flakes.join(format!("{id}-broken.yaml"));
+    std::fs::write(&broken, "container:\n  name: busybox\n  bogus: 1\n").unwrap();
+    let run = w.ctl(&["podman", "update", "--all"]);
+    run.expect_code(1);
+    assert!(
+        run.stdout().contains(&format!("failed: flake {id}-broken")),
+        "{run}"
+    );
+    let plain_s = plain_app.display().to_string();
+    w.ctl(&["podman", "update", "--app", &plain_s]).success();
+    std::fs::remove_file(&broken).unwrap();
 
     // A failing image is named, the others are still handled, and the exit code is 1.
     let missing = format!("{REGISTRY}/flake-pilot/{id}-missing:1");

@@ -102,6 +102,8 @@ pub struct Scope<'a> {
     /// Every image reference of every registered container flake (not only the updated
     /// ones): what must survive.
     pub registered: &'a BTreeSet<String>,
+    /// Every registration could be read: no unknown flake may use an old image.
+    pub all_known: bool,
     /// Plan only.
     pub dry_run: bool,
 }
@@ -251,7 +253,9 @@ impl Scope<'_> {
                 flake: None,
                 reason,
             };
-            let reason = if used.contains(old) {
+            let reason = if !self.all_known {
+                Some("a flake file that cannot be read may use it; fix it and update again".into())
+            } else if used.contains(old) {
                 Some(
                     "a registered flake still uses it (pinned to it, or under another name)".into(),
                 )

@@ -23,9 +23,11 @@ use std::collections::BTreeSet;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use flakes::config::Engine as FlakeEngine;
+use flakes::config::{ContainerFlake, Engine as FlakeEngine};
+use flakes::instance::cache_dir;
 use flakes::register::app_name;
-use flakes::{Mode, Registry};
+use flakes::{Flake, Mode, Registry};
+use podman_pilot::provision::Provisioner;
 use serde::Serialize;
 
 use crate::cli::{ReportFormat, UpdateArgs};
@@ -44,22 +46,42 @@ struct Report {
     removed: Vec<Action>,
     /// What was kept although it belongs to an old image, and why.
     kept: Vec<Action>,
+    /// Layered flakes assembled again from their new inputs (dry run: that would be).
+    assembled: Vec<Assembled>,
     /// One line per failure.
     failures: Vec<String>,
+}
+
+/// A layered flake assembled again.
+#[derive(Debug, Serialize)]
+struct Assembled {
+    /// The flake.
+    flake: String,
+    /// The image it now launches; `None` in a dry run.
+    image: Option<String>,
+}
+
+/// The registered flakes as the update sees them.
+struct Registered {
+    /// The container flakes that load.
+    flakes: Vec<Flake>,
+    /// The images of every container registration, also of those that do not load.
+    images: BTreeSet<String>,
+    /// Registrations whose images cannot be known, one line each.
+    unreadable: Vec<String>,
 }
 
 /// Runs the update.
 pub fn run(args: &UpdateArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
     let engine = ctx.podman(mode)?;
     let registry = ctx.settings.registry(mode);
-    let mut flake_failures = Vec::new();
-    let all = container_flakes(&registry, &mut flake_failures)?;
-    let chosen = chosen(&all, args, &registry)?;
+    let registered = registered(&registry)?;
+    let chosen = chosen(&registered.flakes, args, &registry)?;
     let skopeo = args
         .dry_run
         .then(|| flakes::process::resolve("skopeo", ctx.path_env.as_deref()).ok())
         .flatten();
-    let images: Vec<ImageReport> = cleanup::by_image(&chosen)
+    let images: Vec<ImageReport> = cleanup::by_image(&pairs(&chosen))
         .into_iter()
         .map(|(image, users)| {
             images::update(&engine, &image, users, args.dry_run, skopeo.as_deref())
@@ -77,29 +99,41 @@ pub fn run(args: &UpdateArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
             )
         })
         .collect();
-    failures.append(&mut flake_failures);
-    let registered: BTreeSet<String> = all.iter().map(|(_, image)| image.clone()).collect();
+    if args.all {
+        failures.extend(registered.unreadable.iter().cloned());
+    }
     let scope = Scope {
         engine: &engine,
         images: &images,
-        registered: &registered,
+        registered: &registered.images,
+        all_known: registered.unreadable.is_empty(),
         dry_run: args.dry_run,
     };
     let Cleanup { removed, kept } = scope.run().unwrap_or_else(|err| {
         failures.push(format!("clean-up: {}", flakes::report::one_line(&err)));
         Cleanup::default()
     });
+    let assembled = reassemble(
+        &chosen,
+        &images,
+        ctx,
+        mode,
+        &engine,
+        args.dry_run,
+        &mut failures,
+    );
     let report = Report {
         dry_run: args.dry_run,
         images,
         removed,
         kept,
+        assembled,
         failures,
     };
     print(&report, args.format)?;
     if !report.failures.is_empty() {
         eprintln!(
-            "flake-ctl: podman update: {} failure(s); the other images were handled",
+            "flake-ctl: podman update: {} failure(s); the rest was handled",
             report.failures.len()
         );
     }
@@ -110,61 +144,149 @@ pub fn run(args: &UpdateArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
     })
 }
 
-/// `(flake, image)` for every image of every loadable container flake; flakes that do not
-/// load are failures, named, and left out.
-fn container_flakes(
-    registry: &Registry,
-    failures: &mut Vec<String>,
-) -> Result<Vec<(String, String)>> {
-    let mut pairs = Vec::new();
+/// The container flakes of `registry`, and the images of all its container registrations:
+/// a registration that does not load still keeps its images (read from the raw file) from
+/// being removed as unused.
+fn registered(registry: &Registry) -> Result<Registered> {
+    let mut out = Registered {
+        flakes: Vec::new(),
+        images: BTreeSet::new(),
+        unreadable: Vec::new(),
+    };
     for name in registry.names()? {
-        let flake = match registry.load(&name) {
-            Ok(flake) => flake,
-            Err(err) => {
-                failures.push(format!("flake {name}: {}", flakes::report::one_line(&err)));
-                continue;
+        match registry.load(&name) {
+            Ok(flake) => {
+                let Some(c) = container(&flake) else {
+                    continue;
+                };
+                out.images.extend(inputs(c).map(str::to_string));
+                out.flakes.push(flake);
             }
-        };
-        let FlakeEngine::Container(c) = &flake.engine else {
-            continue;
-        };
-        let inputs = c
-            .base
-            .iter()
-            .chain(&c.layers)
-            .chain(std::iter::once(&c.image));
-        pairs.extend(inputs.map(|image| (name.to_string(), image.clone())));
+            Err(err) => {
+                let config = registry.config_path(&name);
+                let raw = flakes::config::load::load_raw(&config).ok();
+                if let Some(c) = raw.and_then(|r| r.container) {
+                    let images = c.name.into_iter().chain(c.base_container);
+                    out.images
+                        .extend(images.chain(c.layers.unwrap_or_default()));
+                }
+                out.unreadable
+                    .push(format!("flake {name}: {}", flakes::report::one_line(&err)));
+            }
+        }
     }
-    Ok(pairs)
+    Ok(out)
 }
 
-/// The pairs of the flakes chosen by `--app` (each must be a registered container flake),
-/// or all with `--all`.
-fn chosen(
-    all: &[(String, String)],
-    args: &UpdateArgs,
-    registry: &Registry,
-) -> Result<Vec<(String, String)>> {
-    if args.all {
-        return Ok(all.to_vec());
+fn container(flake: &Flake) -> Option<&ContainerFlake> {
+    match &flake.engine {
+        FlakeEngine::Container(c) => Some(c),
+        FlakeEngine::Vm(_) => None,
     }
-    let mut names = Vec::new();
+}
+
+/// Base, layers and the app's image of `c`.
+fn inputs(c: &ContainerFlake) -> impl Iterator<Item = &str> {
+    c.base
+        .iter()
+        .chain(&c.layers)
+        .chain(std::iter::once(&c.image))
+        .map(String::as_str)
+}
+
+/// `(flake, image)` for every image of `flakes`.
+fn pairs(flakes: &[&Flake]) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    for flake in flakes {
+        if let Some(c) = container(flake) {
+            pairs.extend(inputs(c).map(|i| (flake.name.to_string(), i.to_string())));
+        }
+    }
+    pairs
+}
+
+/// Assembles the layered flakes among `flakes` whose inputs changed again, so that their
+/// next launch is as fast as ever; a dry run only names them.
+fn reassemble(
+    flakes: &[&Flake],
+    images: &[ImageReport],
+    ctx: &Context,
+    mode: Mode,
+    engine: &podman_pilot::Engine,
+    dry_run: bool,
+    failures: &mut Vec<String>,
+) -> Vec<Assembled> {
+    let changed: BTreeSet<&str> = images
+        .iter()
+        .filter(|i| i.status == Status::Changed)
+        .flat_map(|i| i.flakes.iter().map(String::as_str))
+        .collect();
+    let mut out = Vec::new();
+    for flake in flakes {
+        let Some(c) = container(flake) else { continue };
+        if !changed.contains(flake.name.as_str()) || !c.needs_provisioning(&flake.include) {
+            continue;
+        }
+        let image = if dry_run {
+            None
+        } else {
+            match assemble(flake, c, ctx, mode, engine) {
+                Ok(image) => Some(image),
+                Err(err) => {
+                    failures.push(format!("flake {}: {err:#}", flake.name));
+                    continue;
+                }
+            }
+        };
+        out.push(Assembled {
+            flake: flake.name.to_string(),
+            image,
+        });
+    }
+    out
+}
+
+/// Assembles one layered flake for the caller, as its launch would.
+fn assemble(
+    flake: &Flake,
+    c: &ContainerFlake,
+    ctx: &Context,
+    mode: Mode,
+    engine: &podman_pilot::Engine,
+) -> Result<String> {
+    let settings = &ctx.settings;
+    let provisioner = Provisioner {
+        engine,
+        name: &flake.name,
+        config: &flake.path,
+        flake: c,
+        include: &flake.include,
+        cache_dir: cache_dir(&settings.podman_ids_dir(mode), settings.caller.uid)?,
+        progress: false,
+        ignore_sync_error: false,
+    };
+    Ok(provisioner.image()?)
+}
+
+/// The flakes chosen by `--app` (each must be a registered container flake), or all with
+/// `--all`.
+fn chosen<'a>(all: &'a [Flake], args: &UpdateArgs, registry: &Registry) -> Result<Vec<&'a Flake>> {
+    if args.all {
+        return Ok(all.iter().collect());
+    }
+    let mut chosen = Vec::new();
     for app in &args.app {
-        let name = app_name(app)?.to_string();
-        if !all.iter().any(|(flake, _)| *flake == name) {
+        let name = app_name(app)?;
+        let Some(flake) = all.iter().find(|f| f.name == name) else {
             bail!(
                 "--app {}: no container flake {name} is registered in {}; see flake-ctl list",
                 app.display(),
                 registry.dir().display()
             );
-        }
-        names.push(name);
+        };
+        chosen.push(flake);
     }
-    Ok(all
-        .iter()
-        .filter(|(flake, _)| names.contains(flake))
-        .cloned()
-        .collect())
+    Ok(chosen)
 }
 
 fn print(report: &Report, format: ReportFormat) -> Result<()> {
@@ -196,6 +318,15 @@ fn table(report: &Report) -> String {
     for action in &report.kept {
         let reason = action.reason.as_deref().unwrap_or("in use");
         out.push_str(&format!("kept {}: {reason}\n", describe(action)));
+    }
+    for assembled in &report.assembled {
+        match &assembled.image {
+            Some(image) => out.push_str(&format!(
+                "assembled flake {} again: {image}\n",
+                assembled.flake
+            )),
+            None => out.push_str(&format!("would assemble flake {} again\n", assembled.flake)),
+        }
     }
     let open = |s: Status| matches!(s, Status::Changed | Status::Unknown | Status::Failed);
     if !report.images.iter().any(|i| open(i.status)) && report.failures.is_empty() {
