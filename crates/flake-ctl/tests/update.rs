@@ -195,10 +195,22 @@ fn update_follows_a_moved_tag_and_removes_what_the_old_image_left() {
         scratch.build(&src, &format!("{id}-src:e1"), "e1"),
         scratch.build(&src, &format!("{id}-src:e2"), "e2"),
     );
+    let (f1, f2) = (
+        scratch.build(&src, &format!("{id}-src:f1"), "f1"),
+        scratch.build(&src, &format!("{id}-src:f2"), "f2"),
+    );
     let main_ref = format!("{REGISTRY}/flake-pilot/{id}:1");
     let other_ref = format!("{REGISTRY}/flake-pilot/{id}-other:1");
     scratch.push(&v1, &main_ref);
     scratch.push(&e1, &other_ref);
+    // An image that also has a name of its own, given by someone else.
+    let named_ref = format!("{REGISTRY}/flake-pilot/{id}-named:1");
+    let own_name = format!("localhost/{id}-keep:1");
+    scratch.push(&f1, &named_ref);
+    podman(&["pull", "-q", &named_ref]);
+    podman(&["tag", &named_ref, &own_name]);
+    scratch.images.push(own_name.clone());
+    let f1_id = image_id(&named_ref);
     podman(&["pull", "-q", &main_ref]);
     let v1_digest = podman(&["image", "inspect", "--format", "{{.Digest}}", &main_ref]);
     let pinned_ref = format!("{REGISTRY}/flake-pilot/{id}:1@{v1_digest}");
@@ -220,6 +232,9 @@ fn update_follows_a_moved_tag_and_removes_what_the_old_image_left() {
     scratch.flakes.push(by_digest.clone());
     let by_digest_app = register(&w, &by_digest, &["--container", &digest_only]);
     let other_app = register(&w, &other, &["--container", &other_ref]);
+    let named = format!("{id}-named");
+    scratch.flakes.push(named.clone());
+    register(&w, &named, &["--container", &named_ref]);
     for app in [&plain_app, &layered_app, &pinned_app, &by_digest_app] {
         assert_eq!(version(&w, app), "v1");
     }
@@ -249,6 +264,7 @@ fn update_follows_a_moved_tag_and_removes_what_the_old_image_left() {
     // The tags move in the registry; nothing local changes yet.
     scratch.push(&v2, &main_ref);
     scratch.push(&e2, &other_ref);
+    scratch.push(&f2, &named_ref);
     // Instances of the plain flake on the old image: one stopped, one running.
     let stopped = format!("{id}-stopped");
     let running = format!("{id}-running");
@@ -360,6 +376,17 @@ fn update_follows_a_moved_tag_and_removes_what_the_old_image_left() {
         "the stopped one is removed"
     );
     assert!(image_exists(&v1_id), "the pinned flake keeps the old image");
+    assert!(
+        out.contains(&format!(
+            "kept image {} (was {main_ref}): a registered flake still uses it",
+            &v1_id[..12]
+        )),
+        "{update}"
+    );
+    assert!(
+        out.contains(&format!("it is still named {own_name}")) && image_exists(&f1_id),
+        "an old image with a name of its own stays: {update}"
+    );
     for app in [&plain_app, &layered_app] {
         assert_eq!(version(&w, app), "v2");
     }
