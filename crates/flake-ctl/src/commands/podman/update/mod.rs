@@ -20,6 +20,7 @@ mod cleanup;
 mod images;
 
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
@@ -73,55 +74,22 @@ struct Registered {
 
 /// Runs the update.
 pub fn run(args: &UpdateArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
-    let engine = ctx.podman(mode)?;
+    let update = Update {
+        ctx,
+        mode,
+        engine: ctx.podman(mode)?,
+        dry_run: args.dry_run,
+    };
     let registry = ctx.settings.registry(mode);
     let registered = registered(&registry)?;
     let chosen = chosen(&registered.flakes, args, &registry)?;
-    let skopeo = args
-        .dry_run
-        .then(|| flakes::process::resolve("skopeo", ctx.path_env.as_deref()).ok())
-        .flatten();
-    let images: Vec<ImageReport> = cleanup::by_image(&pairs(&chosen))
-        .into_iter()
-        .map(|(image, users)| {
-            images::update(&engine, &image, users, args.dry_run, skopeo.as_deref())
-        })
-        .collect();
-    // Image failures first: the table says them on their own lines (see `table`).
-    let mut failures: Vec<String> = images
-        .iter()
-        .filter(|i| i.status == Status::Failed)
-        .map(|i| {
-            format!(
-                "image {}: {}",
-                i.image,
-                i.error.as_deref().unwrap_or("unknown error")
-            )
-        })
-        .collect();
+    let images = update.images(&chosen);
+    let mut failures = image_failures(&images);
     if args.all {
         failures.extend(registered.unreadable.iter().cloned());
     }
-    let scope = Scope {
-        engine: &engine,
-        images: &images,
-        registered: &registered.images,
-        all_known: registered.unreadable.is_empty(),
-        dry_run: args.dry_run,
-    };
-    let Cleanup { removed, kept } = scope.run().unwrap_or_else(|err| {
-        failures.push(format!("clean-up: {}", flakes::report::one_line(&err)));
-        Cleanup::default()
-    });
-    let assembled = reassemble(
-        &chosen,
-        &images,
-        ctx,
-        mode,
-        &engine,
-        args.dry_run,
-        &mut failures,
-    );
+    let Cleanup { removed, kept } = update.clean_up(&images, &registered, &mut failures);
+    let assembled = update.reassemble(&chosen, &images, &mut failures);
     let report = Report {
         dry_run: args.dry_run,
         images,
@@ -131,17 +99,122 @@ pub fn run(args: &UpdateArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
         failures,
     };
     print(&report, args.format)?;
-    if !report.failures.is_empty() {
-        eprintln!(
-            "flake-ctl: podman update: {} failure(s); the rest was handled",
-            report.failures.len()
-        );
+    if report.failures.is_empty() {
+        return Ok(ExitCode::SUCCESS);
     }
-    Ok(if report.failures.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    eprintln!(
+        "flake-ctl: podman update: {} failure(s); the rest was handled",
+        report.failures.len()
+    );
+    Ok(ExitCode::FAILURE)
+}
+
+/// One line per failed image, in the report's order.
+fn image_failures(images: &[ImageReport]) -> Vec<String> {
+    let failed = images.iter().filter(|i| i.status == Status::Failed);
+    failed
+        .map(|i| {
+            let why = i.error.as_deref().unwrap_or("unknown error");
+            format!("image {}: {why}", i.image)
+        })
+        .collect()
+}
+
+/// One run of the update: the engine and what it may change.
+struct Update<'a> {
+    ctx: &'a Context,
+    mode: Mode,
+    engine: podman_pilot::Engine,
+    dry_run: bool,
+}
+
+impl Update<'_> {
+    /// Pulls (or checks) each image of `flakes` once.
+    fn images(&self, flakes: &[&Flake]) -> Vec<ImageReport> {
+        // Only a dry run asks the registry; without skopeo it says what it would pull.
+        let skopeo = self
+            .dry_run
+            .then(|| flakes::process::resolve("skopeo", self.ctx.path_env.as_deref()).ok())
+            .flatten();
+        cleanup::by_image(&pairs(flakes))
+            .into_iter()
+            .map(|(image, users)| {
+                images::update(&self.engine, &image, users, self.dry_run, skopeo.as_deref())
+            })
+            .collect()
+    }
+
+    /// Removes what the changed images left behind; a failure of the listing is reported.
+    fn clean_up(
+        &self,
+        images: &[ImageReport],
+        registered: &Registered,
+        failures: &mut Vec<String>,
+    ) -> Cleanup {
+        let scope = Scope {
+            engine: &self.engine,
+            images,
+            registered: &registered.images,
+            all_known: registered.unreadable.is_empty(),
+            dry_run: self.dry_run,
+        };
+        scope.run().unwrap_or_else(|err| {
+            failures.push(format!("clean-up: {}", flakes::report::one_line(&err)));
+            Cleanup::default()
+        })
+    }
+
+    /// Assembles the layered flakes among `flakes` whose inputs changed again, so that
+    /// their next launch is as fast as ever; a dry run only names them.
+    fn reassemble(
+        &self,
+        flakes: &[&Flake],
+        images: &[ImageReport],
+        failures: &mut Vec<String>,
+    ) -> Vec<Assembled> {
+        let changed: BTreeSet<&str> = images
+            .iter()
+            .filter(|i| i.status == Status::Changed)
+            .flat_map(|i| i.flakes.iter().map(String::as_str))
+            .collect();
+        let mut out = Vec::new();
+        for flake in flakes {
+            let Some(c) = container(flake) else { continue };
+            if !changed.contains(flake.name.as_str()) || !c.needs_provisioning(&flake.include) {
+                continue;
+            }
+            let image = if self.dry_run {
+                None
+            } else {
+                match self.assemble(flake, c) {
+                    Ok(image) => Some(image),
+                    Err(err) => {
+                        failures.push(format!("flake {}: {err:#}", flake.name));
+                        continue;
+                    }
+                }
+            };
+            let flake = flake.name.to_string();
+            out.push(Assembled { flake, image });
+        }
+        out
+    }
+
+    /// Assembles one layered flake for the caller, as its launch would.
+    fn assemble(&self, flake: &Flake, c: &ContainerFlake) -> Result<String> {
+        let settings = &self.ctx.settings;
+        let provisioner = Provisioner {
+            engine: &self.engine,
+            name: &flake.name,
+            config: &flake.path,
+            flake: c,
+            include: &flake.include,
+            cache_dir: cache_dir(&settings.podman_ids_dir(self.mode), settings.caller.uid)?,
+            progress: false,
+            ignore_sync_error: false,
+        };
+        Ok(provisioner.image()?)
+    }
 }
 
 /// The container flakes of `registry`, and the images of all its container registrations:
@@ -205,69 +278,6 @@ fn pairs(flakes: &[&Flake]) -> Vec<(String, String)> {
     pairs
 }
 
-/// Assembles the layered flakes among `flakes` whose inputs changed again, so that their
-/// next launch is as fast as ever; a dry run only names them.
-fn reassemble(
-    flakes: &[&Flake],
-    images: &[ImageReport],
-    ctx: &Context,
-    mode: Mode,
-    engine: &podman_pilot::Engine,
-    dry_run: bool,
-    failures: &mut Vec<String>,
-) -> Vec<Assembled> {
-    let changed: BTreeSet<&str> = images
-        .iter()
-        .filter(|i| i.status == Status::Changed)
-        .flat_map(|i| i.flakes.iter().map(String::as_str))
-        .collect();
-    let mut out = Vec::new();
-    for flake in flakes {
-        let Some(c) = container(flake) else { continue };
-        if !changed.contains(flake.name.as_str()) || !c.needs_provisioning(&flake.include) {
-            continue;
-        }
-        let image = if dry_run {
-            None
-        } else {
-            match assemble(flake, c, ctx, mode, engine) {
-                Ok(image) => Some(image),
-                Err(err) => {
-                    failures.push(format!("flake {}: {err:#}", flake.name));
-                    continue;
-                }
-            }
-        };
-        out.push(Assembled {
-            flake: flake.name.to_string(),
-            image,
-        });
-    }
-    out
-}
-
-/// Assembles one layered flake for the caller, as its launch would.
-fn assemble(
-    flake: &Flake,
-    c: &ContainerFlake,
-    ctx: &Context,
-    mode: Mode,
-    engine: &podman_pilot::Engine,
-) -> Result<String> {
-    let settings = &ctx.settings;
-    let provisioner = Provisioner {
-        engine,
-        name: &flake.name,
-        config: &flake.path,
-        flake: c,
-        include: &flake.include,
-        cache_dir: cache_dir(&settings.podman_ids_dir(mode), settings.caller.uid)?,
-        progress: false,
-        ignore_sync_error: false,
-    };
-    Ok(provisioner.image()?)
-}
-
 /// The flakes chosen by `--app` (each must be a registered container flake), or all with
 /// `--all`.
 fn chosen<'a>(all: &'a [Flake], args: &UpdateArgs, registry: &Registry) -> Result<Vec<&'a Flake>> {
@@ -297,51 +307,48 @@ fn print(report: &Report, format: ReportFormat) -> Result<()> {
     Ok(())
 }
 
-/// The report for people: one line per image, then what was removed and kept.
+/// The report for people: one line per image, then what was removed, kept and assembled,
+/// then the verdict.
 fn table(report: &Report) -> String {
     let mut out = String::new();
     for image in &report.images {
-        out.push_str(&format!(
-            "{}: {}\n",
-            image.image,
-            image_line(image, report.dry_run)
-        ));
+        let line = image_line(image, report.dry_run);
+        let _ = writeln!(out, "{}: {line}", image.image);
     }
+    actions(report, &mut out);
+    let open = |s: Status| matches!(s, Status::Changed | Status::Unknown | Status::Failed);
+    if !report.images.iter().any(|i| open(i.status)) && report.failures.is_empty() {
+        out.push_str("all up to date\n");
+    }
+    // Failed images are said on their own line; the others (flakes, clean-up) here.
+    let failed_images = report.images.iter().filter(|i| i.status == Status::Failed);
+    for failure in report.failures.iter().skip(failed_images.count()) {
+        let _ = writeln!(out, "failed: {failure}");
+    }
+    out
+}
+
+/// The lines of what the clean-up and the assembly did (or would do).
+fn actions(report: &Report, out: &mut String) {
     let verb = if report.dry_run {
         "would remove"
     } else {
         "removed"
     };
     for action in &report.removed {
-        out.push_str(&format!("{verb} {}\n", describe(action)));
+        let _ = writeln!(out, "{verb} {}", describe(action));
     }
     for action in &report.kept {
         let reason = action.reason.as_deref().unwrap_or("in use");
-        out.push_str(&format!("kept {}: {reason}\n", describe(action)));
+        let _ = writeln!(out, "kept {}: {reason}", describe(action));
     }
     for assembled in &report.assembled {
-        match &assembled.image {
-            Some(image) => out.push_str(&format!(
-                "assembled flake {} again: {image}\n",
-                assembled.flake
-            )),
-            None => out.push_str(&format!("would assemble flake {} again\n", assembled.flake)),
-        }
+        let flake = &assembled.flake;
+        let _ = match &assembled.image {
+            Some(image) => writeln!(out, "assembled flake {flake} again: {image}"),
+            None => writeln!(out, "would assemble flake {flake} again"),
+        };
     }
-    let open = |s: Status| matches!(s, Status::Changed | Status::Unknown | Status::Failed);
-    if !report.images.iter().any(|i| open(i.status)) && report.failures.is_empty() {
-        out.push_str("all up to date\n");
-    }
-    // Failed images are said on their own line; the others (flakes, clean-up) here.
-    let images = report
-        .images
-        .iter()
-        .filter(|i| i.status == Status::Failed)
-        .count();
-    for failure in report.failures.iter().skip(images) {
-        out.push_str(&format!("failed: {failure}\n"));
-    }
-    out
 }
 
 fn image_line(image: &ImageReport, dry_run: bool) -> String {
@@ -378,5 +385,70 @@ fn describe(action: &Action) -> String {
     match &action.flake {
         Some(flake) => format!("{kind} {} (flake {flake})", action.name),
         None => format!("{kind} {}", action.name),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(status: Status) -> ImageReport {
+        ImageReport {
+            image: "r/x:1".into(),
+            flakes: vec!["f".into()],
+            status,
+            old_id: Some("a".repeat(64)),
+            new_id: Some("b".repeat(64)),
+            old_digest: Some("sha256:old".into()),
+            new_digest: Some("sha256:new".into()),
+            error: (status == Status::Failed).then(|| "pull refused".into()),
+        }
+    }
+
+    fn report(dry_run: bool, images: Vec<ImageReport>) -> Report {
+        let failures = image_failures(&images);
+        Report {
+            dry_run,
+            images,
+            removed: Vec::new(),
+            kept: Vec::new(),
+            assembled: Vec::new(),
+            failures,
+        }
+    }
+
+    #[test]
+    fn one_line_per_image_and_a_verdict() {
+        let cases = [
+            (false, Status::Changed, "r/x:1: changed aaaaaaaaaaaa -> bbbbbbbbbbbb (sha256:old -> sha256:new)\n"),
+            (true, Status::Changed, "r/x:1: would change (local digest sha256:old -> registry sha256:new)\n"),
+            (true, Status::Unknown, "r/x:1: would be pulled; local digest sha256:old (install skopeo to see the registry's)\n"),
+            (false, Status::Unchanged, "r/x:1: up to date\nall up to date\n"),
+            (false, Status::Pinned, "r/x:1: pinned, not pulled\nall up to date\n"),
+            (false, Status::Local, "r/x:1: local, skipped\nall up to date\n"),
+            (false, Status::Failed, "r/x:1: failed: pull refused\n"),
+        ];
+        for (dry_run, status, want) in cases {
+            assert_eq!(
+                table(&report(dry_run, vec![image(status)])),
+                want,
+                "{status:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_failures_follow_the_images() {
+        let mut report = report(false, vec![image(Status::Failed)]);
+        report.failures.push("flake g: broken".into());
+        let text = table(&report);
+        assert!(
+            text.ends_with("r/x:1: failed: pull refused\nfailed: flake g: broken\n"),
+            "{text}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
+        assert_eq!(json["failures"].as_array().unwrap().len(), 2);
+        assert_eq!(json["images"][0]["status"], "failed");
     }
 }
