@@ -39,6 +39,8 @@ fn frames_request(program: &[u8], stdin_on_ack: bool) -> Request {
         argv: vec![program.to_vec()],
         streams: Streams::Frames,
         term: None,
+        env: Vec::new(),
+        cwd: Vec::new(),
         launcher: "test-pilot",
         output_acks: false,
         stdin_on_ack,

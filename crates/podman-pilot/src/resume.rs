@@ -97,6 +97,8 @@ pub fn call(
                 argv,
                 streams,
                 term,
+                env: Vec::new(),
+                cwd: Vec::new(),
                 launcher: "podman-pilot",
                 output_acks: false,
                 stdin_on_ack: false,

@@ -210,6 +210,7 @@ impl World {
             flake: &self.flake,
             include: &self.include,
             call: &self.call,
+            command: crate::entry::GuestCommand::program("/bin/sh"),
             vmm,
             ids_dir: self.ids.clone(),
             storage_dir: self.storage.clone(),
