@@ -503,3 +503,41 @@ fn show_names_the_oci_image_of_an_instance() {
     let table = w.ctl(&["firecracker", "show"]);
     assert!(table.stdout().contains("DIGEST"), "{table}");
 }
+
+/// `validate` reports what a launch would refuse: a flake on the entry command of an image
+/// without one, and a hostile record, at the line that sets `target_app_path`.
+#[test]
+fn validate_reports_an_entry_command_the_image_does_not_have() {
+    let w = World::new();
+    let image = fake_image(&w, "leap", false);
+    oci_record(&image, image_config(&["/bin/app"], &[]));
+    register(
+        &w,
+        "leap",
+        &w.bin.join("tool").display().to_string(),
+        &["--target", "/"],
+    )
+    .success();
+    w.ctl(&["validate", "--user", "tool"]).success();
+    oci_record(&image, image_config(&[], &[]));
+    let run = w.ctl(&["validate", "--user", "--format", "json", "tool"]);
+    run.expect_code(1);
+    let rows: serde_json::Value = serde_json::from_str(&run.stdout()).unwrap();
+    let row = &rows[0];
+    assert!(
+        row["file"].as_str().unwrap().ends_with("tool.yaml"),
+        "{run}"
+    );
+    assert!(row["line"].as_u64().is_some(), "{run}");
+    assert!(
+        row["problem"]
+            .as_str()
+            .unwrap()
+            .contains("records neither an entrypoint nor a command"),
+        "{run}"
+    );
+    oci_record(&image, image_config(&["/bin/app"], &["NO_VALUE"]));
+    let run = w.ctl(&["validate", "--user", "tool"]);
+    run.expect_code(1);
+    assert!(run.stdout().contains("is not KEY=VALUE"), "{run}");
+}
