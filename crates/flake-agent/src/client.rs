@@ -61,6 +61,9 @@ pub struct Request {
     pub env: Vec<Vec<u8>>,
     /// Working directory of the app; empty for the instance's.
     pub cwd: Vec<u8>,
+    /// The user the app runs as (`USER[:GROUP]`, a VM image's `User`); empty for the
+    /// instance's own.
+    pub user: Vec<u8>,
     /// The launcher's name, prefixed to the errors the instance reports.
     pub launcher: &'static str,
     /// Acknowledge output (the channel drops what the host does not take at once: a VM's
@@ -192,6 +195,7 @@ fn run_call(
                 argv: request.argv.clone(),
                 env: request.env.clone(),
                 cwd: request.cwd.clone(),
+                user: request.user.clone(),
                 ..Call::default()
             };
             let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
@@ -219,6 +223,7 @@ fn run_call(
                 output_acks: request.output_acks,
                 env: request.env.clone(),
                 cwd: request.cwd.clone(),
+                user: request.user.clone(),
                 ..Call::default()
             };
             // `/dev/null` gives nothing to lose or wait for: its EOF goes with the call, in
@@ -291,6 +296,7 @@ fn run_terminal(
         argv: request.argv.clone(),
         env: terminal_env(request),
         cwd: request.cwd.clone(),
+        user: request.user.clone(),
     };
     send_call(&stream, &call, None)?;
     // Declared before the raw mode, so dropped after it: a signal that takes its default
@@ -681,6 +687,7 @@ mod tests {
             term: Some(b"xterm-256color".to_vec()),
             env: vec![b"TERM=dumb".to_vec(), b"A=1".to_vec()],
             cwd: Vec::new(),
+            user: Vec::new(),
             launcher: "test",
             output_acks: false,
             stdin_on_ack: false,

@@ -21,6 +21,7 @@ fn request(output_acks: bool) -> Request {
         term: None,
         env: Vec::new(),
         cwd: Vec::new(),
+        user: Vec::new(),
         launcher: "test-pilot",
         output_acks,
         stdin_on_ack: false,
@@ -165,8 +166,9 @@ fn a_connection_dropped_before_the_answer_is_unanswered() {
     );
 }
 
-/// The request's environment and working directory (a VM image's `Env` and `WorkingDir`)
-/// travel in the call's frame, as given, in both stream modes that need no terminal.
+/// The request's environment, working directory and user (a VM image's `Env`,
+/// `WorkingDir` and `User`) travel in the call's frame, as given, in both stream modes
+/// that need no terminal.
 #[test]
 fn env_and_cwd_travel_with_the_call() {
     for streams in [Streams::Frames, Streams::Descriptors] {
@@ -180,6 +182,7 @@ fn env_and_cwd_travel_with_the_call() {
             streams,
             env: vec![b"A=1".to_vec(), b"B=x=y z".to_vec()],
             cwd: b"/srv/app".to_vec(),
+            user: b"app:staff".to_vec(),
             ..request(false)
         };
         assert_eq!(
@@ -189,5 +192,6 @@ fn env_and_cwd_travel_with_the_call() {
         let call = guest.join().unwrap();
         assert_eq!(call.env, request.env, "{streams:?}");
         assert_eq!(call.cwd, b"/srv/app", "{streams:?}");
+        assert_eq!(call.user, b"app:staff", "{streams:?}");
     }
 }

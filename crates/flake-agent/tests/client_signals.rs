@@ -41,6 +41,7 @@ fn frames_request(program: &[u8], stdin_on_ack: bool) -> Request {
         term: None,
         env: Vec::new(),
         cwd: Vec::new(),
+        user: Vec::new(),
         launcher: "test-pilot",
         output_acks: false,
         stdin_on_ack,

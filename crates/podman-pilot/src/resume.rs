@@ -99,6 +99,7 @@ pub fn call(
                 term,
                 env: Vec::new(),
                 cwd: Vec::new(),
+                user: Vec::new(),
                 launcher: "podman-pilot",
                 output_acks: false,
                 stdin_on_ack: false,

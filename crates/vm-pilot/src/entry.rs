@@ -14,12 +14,16 @@
 //!   every flake on the image; the caller's environment does not pass into the guest
 //!   (only `TERM`, on a terminal, which then wins over the image's).
 //! - working directory: the image's `WorkingDir`, else the guest's `/`.
-//! - user: the image's `User` is not applied; the app runs as the guest's root, whose
-//!   rights end at the VM's boundary.
+//! - user: the image's `User` (`USER[:GROUP]`, names or numbers), resolved by the guest
+//!   init in the guest's `/etc/passwd` and `/etc/group` (see `flake_agent::user`); root
+//!   (`root`, `0`, with no group or group `root`/`0`) is not passed at all, so such images
+//!   work with any guest init.
 //!
 //! The checks: environment entries are `KEY=VALUE` with a portable key (letters, digits,
 //! `_`, `.`, `-`, not starting with a digit), nothing holds a NUL byte (it would cut an
-//! argument or variable short in the guest), the working directory is absolute, and the
+//! argument or variable short in the guest), the working directory is absolute, the user
+//! and group are names or numbers of at most [`MAX_USER`] bytes (letters, digits, `_`, `.`,
+//! `-`), and the
 //! counts and sizes are bounded ([`MAX_ENTRIES`], [`MAX_ENTRY`], [`MAX_TOTAL`]) so that the
 //! call still fits in one frame of the guest protocol.
 
@@ -36,6 +40,8 @@ use crate::oci::{self, ImageConfig, RecordError};
 pub const MAX_ENTRIES: usize = 1024;
 /// The most bytes of one argument, variable or the working directory.
 pub const MAX_ENTRY: usize = 32 << 10;
+/// The most bytes of `User`.
+pub const MAX_USER: usize = 256;
 /// The most bytes of all of them together: a quarter of the protocol's largest frame,
 /// which leaves the rest to the call's own arguments.
 pub const MAX_TOTAL: usize = (flake_protocol::proto::MAX_FRAME as usize) / 4;
@@ -50,6 +56,7 @@ pub struct GuestCommand {
     defaults: Vec<Vec<u8>>,
     env: Vec<Vec<u8>>,
     cwd: Vec<u8>,
+    user: Vec<u8>,
 }
 
 /// Why a flake cannot run what its image records.
@@ -120,6 +127,7 @@ impl GuestCommand {
         if let Some(image) = image {
             command.env = image.env;
             command.cwd = image.cwd;
+            command.user = image.user;
         }
         Ok(command)
     }
@@ -145,6 +153,16 @@ impl GuestCommand {
     /// The image's working directory; empty for the guest's.
     pub fn cwd(&self) -> &[u8] {
         &self.cwd
+    }
+
+    /// The image's user, `USER[:GROUP]`; empty for the guest init's own (root).
+    pub fn user(&self) -> &[u8] {
+        &self.user
+    }
+
+    /// Whether the call needs more than an argv (what serial mode cannot carry).
+    pub fn has_image_settings(&self) -> bool {
+        !self.env.is_empty() || !self.cwd.is_empty() || !self.user.is_empty()
     }
 }
 
@@ -202,6 +220,7 @@ pub struct Checked {
     cmd: Vec<Vec<u8>>,
     env: Vec<Vec<u8>>,
     cwd: Vec<u8>,
+    user: Vec<u8>,
 }
 
 /// Checks the configuration an image record holds; the error says what is wrong.
@@ -225,6 +244,7 @@ pub fn check(config: &ImageConfig) -> Result<Checked, String> {
             None | Some("") => Vec::new(),
             Some(dir) => working_dir(dir)?,
         },
+        user: user(config.user.as_deref().unwrap_or_default())?,
     };
     let total = [&checked.entrypoint, &checked.cmd, &checked.env]
         .into_iter()
@@ -285,6 +305,34 @@ fn variable(entry: &str) -> Result<Vec<u8>, String> {
         ));
     }
     Ok(entry.as_bytes().to_vec())
+}
+
+/// `User`: `USER[:GROUP]`, each a name or a number; root comes out empty.
+fn user(spec: &str) -> Result<Vec<u8>, String> {
+    let (user, group) = match spec.split_once(':') {
+        Some((user, group)) => (user, Some(group)),
+        None => (spec, None),
+    };
+    let word = |w: &str| {
+        !w.is_empty()
+            && w.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    };
+    if spec.is_empty() {
+        return Ok(Vec::new());
+    }
+    if spec.len() > MAX_USER || !word(user) || !group.is_none_or(word) {
+        let shown = spec.chars().take(40).collect::<String>();
+        return Err(format!(
+            "User '{}' is not USER[:GROUP] (names or numbers)",
+            shown.escape_debug()
+        ));
+    }
+    let root = |w: &str| w == "root" || w == "0";
+    if root(user) && group.is_none_or(root) {
+        return Ok(Vec::new());
+    }
+    Ok(spec.as_bytes().to_vec())
 }
 
 /// `WorkingDir`: an absolute path without NUL.

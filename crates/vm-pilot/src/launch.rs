@@ -146,6 +146,7 @@ impl Launch<'_> {
             term: self.term.clone(),
             env: self.command.env().to_vec(),
             cwd: self.command.cwd().to_vec(),
+            user: self.command.user().to_vec(),
             launcher: "firecracker-pilot",
             output_acks,
             // An init that knows the console acknowledges stdin from the start of a call.

@@ -399,9 +399,9 @@ pub enum SerialError {
         /// The argument.
         arg: String,
     },
-    /// The image records an environment or a working directory (see [`crate::entry`]):
-    /// the kernel command line carries only the argv.
-    #[error("the image's environment and working directory")]
+    /// The image records an environment, a working directory or a user (see
+    /// [`crate::entry`]): the kernel command line carries only the argv.
+    #[error("the image's environment, working directory and user")]
     ImageSettings,
 }
 

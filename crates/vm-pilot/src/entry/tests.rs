@@ -123,6 +123,12 @@ fn hostile_records_are_refused_with_what_is_wrong() {
         (env(&["A;rm=x"]), "variable name"),
         (env(&["A=x\0y"]), "NUL"),
         (env(&[&format!("A={long}")]), "longer"),
+        (as_user("a b"), "USER[:GROUP]"),
+        (as_user("app:"), "USER[:GROUP]"),
+        (as_user(":staff"), "USER[:GROUP]"),
+        (as_user("a:b:c"), "USER[:GROUP]"),
+        (as_user("app\0"), "USER[:GROUP]"),
+        (as_user(&"u".repeat(MAX_USER + 1)), "USER[:GROUP]"),
         (workdir("srv"), "absolute"),
         (workdir("/srv\0/x"), "absolute"),
         (workdir(&format!("/{long}")), "absolute"),
@@ -137,6 +143,38 @@ fn env(entries: &[&str]) -> ImageConfig {
     ImageConfig {
         env: entries.iter().map(|s| s.to_string()).collect(),
         ..ImageConfig::default()
+    }
+}
+
+fn as_user(user: &str) -> ImageConfig {
+    ImageConfig {
+        user: Some(user.into()),
+        ..ImageConfig::default()
+    }
+}
+
+#[test]
+fn users_pass_as_written_and_root_not_at_all() {
+    let cases = [
+        ("app", "app"),
+        ("1000:1000", "1000:1000"),
+        ("app:staff", "app:staff"),
+        ("root:staff", "root:staff"),
+        ("0:50", "0:50"),
+        ("nobody.x-1", "nobody.x-1"),
+        ("", ""),
+        ("root", ""),
+        ("0", ""),
+        ("0:0", ""),
+        ("root:root", ""),
+        ("root:0", ""),
+    ];
+    for (user, want) in cases {
+        assert_eq!(
+            check(&as_user(user)).unwrap().user,
+            want.as_bytes(),
+            "{user}"
+        );
     }
 }
 

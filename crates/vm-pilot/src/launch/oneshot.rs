@@ -72,8 +72,7 @@ impl Launch<'_> {
         if !serial {
             return Ok(None);
         }
-        let image_settings = !self.command.env().is_empty() || !self.command.cwd().is_empty();
-        let word = match image_settings {
+        let word = match self.command.has_image_settings() {
             true => Err(crate::vmm::SerialError::ImageSettings),
             false => crate::vmm::serial_run(&self.request(false).argv),
         };
