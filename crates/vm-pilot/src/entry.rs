@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
-//! What a call into a VM made from an OCI image runs: the image's entry command,
-//! environment and working directory, as `podman run IMAGE` would use them.
+//! What a call into a VM runs; for a VM made from an OCI image, the image's entry command,
+//! environment, working directory and user, as `podman run IMAGE` would use them.
 //!
 //! A VM image pulled from an OCI image keeps the parts of the image configuration a call
 //! needs in its record ([`crate::oci`]). Each launch reads it once and checks it here,
@@ -22,10 +22,9 @@
 //! The checks: environment entries are `KEY=VALUE` with a portable key (letters, digits,
 //! `_`, `.`, `-`, not starting with a digit), nothing holds a NUL byte (it would cut an
 //! argument or variable short in the guest), the working directory is absolute, the user
-//! and group are names or numbers of at most [`MAX_USER`] bytes (letters, digits, `_`, `.`,
-//! `-`), and the
-//! counts and sizes are bounded ([`MAX_ENTRIES`], [`MAX_ENTRY`], [`MAX_TOTAL`]) so that the
-//! call still fits in one frame of the guest protocol.
+//! and group are names or numbers (letters, digits, `_`, `.`, `-`; at most [`MAX_USER`]
+//! bytes), and the counts and sizes are bounded ([`MAX_ENTRIES`], [`MAX_ENTRY`],
+//! [`MAX_TOTAL`]) so that the call still fits in one frame of the guest protocol.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
@@ -47,7 +46,7 @@ pub const MAX_USER: usize = 256;
 pub const MAX_TOTAL: usize = (flake_protocol::proto::MAX_FRAME as usize) / 4;
 
 /// What a call into the VM of one flake runs: the program and the arguments it runs with
-/// when the call has none, the environment and the working directory.
+/// when the call has none, the environment, the working directory and the user.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GuestCommand {
     /// Comes first in every argv: the flake's program, or the image's entrypoint.
@@ -105,9 +104,9 @@ impl GuestCommand {
     }
 
     /// What calls of `flake` (named `name`, its file `config`) run: its program, or with
-    /// `target_app_path: /` the image's entry command, with the image's environment and
-    /// working directory when the image was made from an OCI image. Refuses a record
-    /// that fails [`check`], and the entry command of an image that has none.
+    /// `target_app_path: /` the image's entry command, with the image's environment,
+    /// working directory and user when the image was made from an OCI image. Refuses a
+    /// record that fails [`check`], and the entry command of an image that has none.
     pub fn for_flake(flake: &VmFlake, name: &str, config: &Path) -> Result<Self, EntryError> {
         let dir = image_dir(flake);
         let image = read_checked(dir, &flake.image)?;
