@@ -312,7 +312,8 @@ pub struct VmRegisterArgs {
     /// Absolute host path of the app to create.
     #[arg(long)]
     pub app: PathBuf,
-    /// Program inside the VM; defaults to the app path.
+    /// Program inside the VM; defaults to the app path; / runs the entry command of an image
+    /// made from an OCI image.
     #[arg(long)]
     pub target: Option<String>,
     /// User recorded for the VM (the VMM runs as the caller).

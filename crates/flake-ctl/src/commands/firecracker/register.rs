@@ -97,8 +97,11 @@ fn flake_document(
         .target
         .clone()
         .unwrap_or_else(|| args.app.display().to_string());
-    if !target.starts_with('/') || target == "/" {
-        bail!("--target '{target}' must be an absolute program path inside the VM");
+    if target == "/" {
+        let dir = image.rootfs.parent().unwrap_or(Path::new("/"));
+        vm_pilot::entry::require_entry_command(dir, &args.vm, "--target /")?;
+    } else if !target.starts_with('/') {
+        bail!("--target '{target}' must be an absolute program path inside the VM, or / for the image's entry command");
     }
     if let Some(size) = &args.overlay_size {
         ByteSize::parse(size).map_err(|e| anyhow::anyhow!("--overlay-size: {e}"))?;
