@@ -37,6 +37,9 @@ fuzz_target!(|data: &[u8]| {
             Streams::Frames
         },
         term: None,
+        env: Vec::new(),
+        cwd: Vec::new(),
+        user: Vec::new(),
         launcher: "fuzz",
         output_acks: mode & 2 != 0,
         stdin_on_ack: mode & 4 != 0,

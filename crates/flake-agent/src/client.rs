@@ -54,8 +54,16 @@ pub struct Request {
     pub argv: Vec<Vec<u8>>,
     /// How the streams travel.
     pub streams: Streams,
-    /// `TERM` of the caller, for terminal calls.
+    /// `TERM` of the caller, for terminal calls; it comes after `env`, so it wins over a
+    /// `TERM` there (it describes the caller's terminal).
     pub term: Option<Vec<u8>>,
+    /// Environment, `KEY=VALUE`, set on top of the instance's own (a VM image's `Env`).
+    pub env: Vec<Vec<u8>>,
+    /// Working directory of the app; empty for the instance's.
+    pub cwd: Vec<u8>,
+    /// The user the app runs as (`USER[:GROUP]`, a VM image's `User`); empty for the
+    /// instance's own.
+    pub user: Vec<u8>,
     /// The launcher's name, prefixed to the errors the instance reports.
     pub launcher: &'static str,
     /// Acknowledge output (the channel drops what the host does not take at once: a VM's
@@ -185,6 +193,9 @@ fn run_call(
         Streams::Descriptors => {
             let call = Call {
                 argv: request.argv.clone(),
+                env: request.env.clone(),
+                cwd: request.cwd.clone(),
+                user: request.user.clone(),
                 ..Call::default()
             };
             let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
@@ -210,6 +221,9 @@ fn run_call(
                 frames: true,
                 flow: true,
                 output_acks: request.output_acks,
+                env: request.env.clone(),
+                cwd: request.cwd.clone(),
+                user: request.user.clone(),
                 ..Call::default()
             };
             // `/dev/null` gives nothing to lose or wait for: its EOF goes with the call, in
@@ -258,17 +272,21 @@ fn run_call(
     }
 }
 
+/// The environment of a terminal call: the request's, then the caller's `TERM`.
+fn terminal_env(request: &Request) -> Vec<Vec<u8>> {
+    let term = request
+        .term
+        .iter()
+        .map(|t| [b"TERM=".as_slice(), t].concat());
+    request.env.iter().cloned().chain(term).collect()
+}
+
 fn run_terminal(
     stream: UnixStream,
     writer: Arc<Mutex<UnixStream>>,
     request: &Request,
 ) -> Result<ExitStatus, ProtoError> {
     let size = window_size();
-    let env = request
-        .term
-        .iter()
-        .map(|t| [b"TERM=".as_slice(), t].concat())
-        .collect();
     let call = Call {
         terminal: true,
         frames: false,
@@ -276,8 +294,9 @@ fn run_terminal(
         output_acks: request.output_acks,
         size,
         argv: request.argv.clone(),
-        env,
-        cwd: Vec::new(),
+        env: terminal_env(request),
+        cwd: request.cwd.clone(),
+        user: request.user.clone(),
     };
     send_call(&stream, &call, None)?;
     // Declared before the raw mode, so dropped after it: a signal that takes its default
@@ -653,5 +672,34 @@ impl Drop for RawMode {
         if let Some(original) = &self.saved {
             let _ = termios::tcsetattr(std::io::stdin(), OptionalActions::Now, original);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_terminal_call_has_the_request_env_then_the_callers_term() {
+        let mut request = Request {
+            argv: vec![b"/bin/sh".to_vec()],
+            streams: Streams::Terminal,
+            term: Some(b"xterm-256color".to_vec()),
+            env: vec![b"TERM=dumb".to_vec(), b"A=1".to_vec()],
+            cwd: Vec::new(),
+            user: Vec::new(),
+            launcher: "test",
+            output_acks: false,
+            stdin_on_ack: false,
+            answer_within: None,
+        };
+        let want: Vec<Vec<u8>> = vec![
+            b"TERM=dumb".to_vec(),
+            b"A=1".to_vec(),
+            b"TERM=xterm-256color".to_vec(),
+        ];
+        assert_eq!(terminal_env(&request), want);
+        request.term = None;
+        assert_eq!(terminal_env(&request), &want[..2]);
     }
 }

@@ -17,3 +17,4 @@ pub mod command;
 pub mod daemon;
 pub mod framed;
 pub mod transport;
+pub mod user;

@@ -19,6 +19,9 @@ fn request(output_acks: bool) -> Request {
         argv: vec![b"/bin/true".to_vec()],
         streams: Streams::Frames,
         term: None,
+        env: Vec::new(),
+        cwd: Vec::new(),
+        user: Vec::new(),
         launcher: "test-pilot",
         output_acks,
         stdin_on_ack: false,
@@ -161,4 +164,34 @@ fn a_connection_dropped_before_the_answer_is_unanswered() {
         matches!(err, flake_protocol::proto::ProtoError::Unanswered),
         "{err:?}"
     );
+}
+
+/// The request's environment, working directory and user (a VM image's `Env`,
+/// `WorkingDir` and `User`) travel in the call's frame, as given, in both stream modes
+/// that need no terminal.
+#[test]
+fn env_and_cwd_travel_with_the_call() {
+    for streams in [Streams::Frames, Streams::Descriptors] {
+        let (launcher, guest) = fake_guest(move |call, mut agent| {
+            Frame::Exit(ExitStatus::Exited(0))
+                .write_to(&mut agent)
+                .unwrap();
+            call
+        });
+        let request = Request {
+            streams,
+            env: vec![b"A=1".to_vec(), b"B=x=y z".to_vec()],
+            cwd: b"/srv/app".to_vec(),
+            user: b"app:staff".to_vec(),
+            ..request(false)
+        };
+        assert_eq!(
+            client::run(launcher, &request).unwrap(),
+            ExitStatus::Exited(0)
+        );
+        let call = guest.join().unwrap();
+        assert_eq!(call.env, request.env, "{streams:?}");
+        assert_eq!(call.cwd, b"/srv/app", "{streams:?}");
+        assert_eq!(call.user, b"app:staff", "{streams:?}");
+    }
 }

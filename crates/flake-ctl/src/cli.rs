@@ -220,6 +220,45 @@ pub enum PodmanAction {
     Remove(RemoveArgs),
     /// List the instances of resume and attach flakes and their state.
     Show(ShowArgs),
+    /// Pull the images of registered flakes again and remove what the old ones leave.
+    ///
+    /// Each image is pulled once and reported as changed (old -> new image id and digest) or
+    /// up to date. References pinned to a digest (NAME@sha256:...) are not pulled; local
+    /// images (localhost/..., or given by id) are skipped. When an image changed, the
+    /// flakes' assembled images, their stopped instances on the old image and the old images
+    /// that no flake and no container uses are removed; a running instance is kept until it
+    /// ends. Layered flakes are assembled again at their next launch. Exit status 0 when
+    /// every image could be handled, 1 when one failed (the others are still updated).
+    Update(UpdateArgs),
+}
+
+/// `flake-ctl podman update`.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("which").required(true).args(["app", "all"]))]
+pub struct UpdateArgs {
+    /// App path of a flake to update (repeatable).
+    #[arg(long, num_args = 1..)]
+    pub app: Vec<PathBuf>,
+    /// Update every registered container flake.
+    #[arg(long)]
+    pub all: bool,
+    /// Change nothing; say what would change (asks the registry with skopeo when it is
+    /// installed).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: ReportFormat,
+}
+
+/// Output formats of reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// Lines for people.
+    #[default]
+    Table,
+    /// One JSON object.
+    Json,
 }
 
 /// `flake-ctl podman show`.
@@ -289,7 +328,8 @@ pub struct VmRegisterArgs {
     /// Absolute host path of the app to create.
     #[arg(long)]
     pub app: PathBuf,
-    /// Program inside the VM; defaults to the app path.
+    /// Program inside the VM; defaults to the app path; / runs the entry command of an image
+    /// made from an OCI image.
     #[arg(long)]
     pub target: Option<String>,
     /// User recorded for the VM (the VMM runs as the caller).

@@ -534,7 +534,7 @@ fn a_podman_failing_its_nth_call_of_a_layered_assembly_fails_cleanly() {
     let name = unique("fk-layer");
     let _guard = Containers(name.clone());
     let (app, image) = layered(&w, &name);
-    let _images = Images(image, name.clone());
+    let _images = Images(image.clone(), name.clone());
     // An included path lands at the same path in the image.
     let included = w.path("incl/etc/included").display().to_string();
     let args = ["/etc/delta", included.as_str()];
@@ -565,6 +565,19 @@ fn a_podman_failing_its_nth_call_of_a_layered_assembly_fails_cleanly() {
         next.success();
         assert_eq!(next.stdout(), want, "after failing call {n}: {next}");
         assert_clean(&w, &name);
+        // The containers an assembly creates to read the image lists go too, even when
+        // the failing call was their removal (the next assembly replaces them).
+        let scratch = Command::new("podman")
+            .args(["ps", "-a", "--format", "{{.Names}} {{.Image}}"])
+            .args(["--filter", &format!("ancestor={image}")])
+            .output()
+            .unwrap();
+        let scratch = String::from_utf8_lossy(&scratch.stdout);
+        assert_eq!(
+            scratch.trim(),
+            "",
+            "containers of {image} left after call {n}"
+        );
         let staging: Vec<PathBuf> = files_below(&std::env::temp_dir())
             .into_iter()
             .filter(|p| !p.starts_with(w.dir.path()))

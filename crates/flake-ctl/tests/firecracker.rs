@@ -311,3 +311,233 @@ fn firecracker_pilot_logs_like_podman_pilot() {
     quiet.expect_code(125);
     assert_eq!(quiet.stderr().lines().count(), 1, "{quiet}");
 }
+
+/// The record an OCI pull leaves in the image directory `dir`, with `config`.
+fn oci_record(dir: &std::path::Path, config: vm_pilot::oci::ImageConfig) {
+    let record = vm_pilot::oci::OciRecord {
+        rootfs: vm_pilot::oci::Origin {
+            reference: "127.0.0.1:5000/tools:1".into(),
+            digest: Some(format!("sha256:{}", "d".repeat(64))),
+            image_id: "e".repeat(64),
+        },
+        kernel: None,
+        config,
+    };
+    vm_pilot::oci::write(dir, &record).unwrap();
+}
+
+fn image_config(cmd: &[&str], env: &[&str]) -> vm_pilot::oci::ImageConfig {
+    vm_pilot::oci::ImageConfig {
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        env: env.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// `--target /` registers a VM flake on the image's entry command only when the image
+/// records one (it was made from an OCI image with an entrypoint or a command) and the
+/// record is sound; otherwise nothing is written.
+#[test]
+fn register_on_the_image_entry_command_needs_a_sound_oci_record() {
+    let w = World::new();
+    let image = fake_image(&w, "leap", false);
+    let app = w.bin.join("tool").display().to_string();
+    let config = w.home.join(".config/flakes/tool.yaml");
+    let refused = |needle: &str| {
+        let run = register(&w, "leap", &app, &["--target", "/"]);
+        assert_ne!(run.code(), 0, "{run}");
+        assert!(
+            run.stderr().contains(needle) && run.stderr().trim_end().lines().count() == 1,
+            "{run}"
+        );
+        assert!(!config.exists() && !w.bin.join("tool").exists(), "{run}");
+    };
+    refused("--target / asks for the entry command of VM image 'leap', which was not made from an OCI image");
+    oci_record(&image, image_config(&[], &["A=1"]));
+    refused("records neither an entrypoint nor a command");
+    oci_record(&image, image_config(&["/bin/app"], &["BAD KEY=1"]));
+    refused("not a usable image record: Env entry 'BAD KEY=1' has no valid variable name");
+    oci_record(&image, image_config(&["/bin/app"], &["A=1"]));
+    register(&w, "leap", &app, &["--target", "/"]).success();
+    assert!(
+        yaml(&w, "tool").contains("target_app_path: /\n"),
+        "{}",
+        yaml(&w, "tool")
+    );
+    let relative = register(
+        &w,
+        "leap",
+        &w.bin.join("t2").display().to_string(),
+        &["--target", "bin/x"],
+    );
+    assert_ne!(relative.code(), 0, "{relative}");
+    assert!(
+        relative
+            .stderr()
+            .contains("or / for the image's entry command"),
+        "{relative}"
+    );
+}
+
+/// A call of a flake on the image's entry command whose image lost its record, or whose
+/// record is hostile, fails before any VM starts, naming the flake's file or the record.
+#[test]
+fn a_call_on_the_entry_command_of_an_image_without_a_sound_record_is_refused() {
+    let w = World::new();
+    let image = fake_image(&w, "leap", false);
+    oci_record(&image, image_config(&["/bin/app"], &[]));
+    let app = w.bin.join("tool");
+    register(
+        &w,
+        "leap",
+        &app.display().to_string(),
+        &["--target", "/", "--no-net"],
+    )
+    .success();
+    let config = w
+        .home
+        .join(".config/flakes/tool.yaml")
+        .display()
+        .to_string();
+    std::fs::remove_file(image.join(vm_pilot::oci::RECORD_FILE)).unwrap();
+    let run = w.app(&app, &[], None);
+    run.expect_code(125);
+    let want = format!(
+        "firecracker-pilot: target_app_path / in {config} asks for the entry command of VM \
+         image 'leap', which was not made from an OCI image"
+    );
+    assert!(run.stderr().starts_with(&want), "{run}");
+    let hostile = [
+        (
+            image_config(&["/bin/app\0x"], &[]),
+            "an argument of Cmd holds a NUL byte",
+        ),
+        (image_config(&["/bin/app"], &["A=1\0"]), "NUL"),
+        (
+            image_config(&["/bin/app"], &["=1"]),
+            "no valid variable name",
+        ),
+        (
+            vm_pilot::oci::ImageConfig {
+                working_dir: Some("srv".into()),
+                ..image_config(&["/bin/app"], &[])
+            },
+            "WorkingDir 'srv' is not an absolute path",
+        ),
+    ];
+    for (config, needle) in hostile {
+        oci_record(&image, config);
+        let run = w.app(&app, &[], None);
+        run.expect_code(125);
+        assert!(
+            run.stderr()
+                .contains("oci-image.json is not a usable image record")
+                && run.stderr().contains(needle)
+                && run.stderr().trim_end().lines().count() == 1,
+            "{run}"
+        );
+    }
+}
+
+/// `firecracker show` names the OCI image, digest and image id an instance's VM image was
+/// made from, in every format; other images show none.
+#[test]
+fn show_names_the_oci_image_of_an_instance() {
+    let w = World::new();
+    let image = fake_image(&w, "leap", false);
+    oci_record(&image, image_config(&["/bin/app"], &[]));
+    register(
+        &w,
+        "leap",
+        &w.bin.join("tool").display().to_string(),
+        &["--target", "/"],
+    )
+    .success();
+    fake_image(&w, "plain", false);
+    register(&w, "plain", &w.bin.join("other").display().to_string(), &[]).success();
+    for label in ["tool@1", "other@1"] {
+        std::fs::create_dir_all(w.path("ids/0/.vm").join(label)).unwrap();
+    }
+    let show = w.ctl(&["firecracker", "show", "--format", "json"]);
+    let rows: serde_json::Value = serde_json::from_str(&show.stdout()).unwrap();
+    let row = |name: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name}: {show}"))
+    };
+    let tool = row("tool@1");
+    assert_eq!(tool["oci_image"], "127.0.0.1:5000/tools:1", "{show}");
+    assert_eq!(
+        tool["digest"],
+        format!("sha256:{}", "d".repeat(64)),
+        "{show}"
+    );
+    assert_eq!(tool["image_id"], "e".repeat(64), "{show}");
+    let other = row("other@1");
+    assert!(
+        other["oci_image"].is_null() && other["digest"].is_null(),
+        "{show}"
+    );
+    let csv = w.ctl(&["firecracker", "show", "--format", "csv"]);
+    let text = csv.stdout();
+    assert!(
+        text.lines()
+            .next()
+            .unwrap()
+            .ends_with(",oci_image,digest,image_id"),
+        "{csv}"
+    );
+    let digest = format!(
+        "127.0.0.1:5000/tools:1,sha256:{},{}",
+        "d".repeat(64),
+        "e".repeat(64)
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("tool@1,") && l.ends_with(&digest)),
+        "{csv}"
+    );
+    let table = w.ctl(&["firecracker", "show"]);
+    assert!(table.stdout().contains("DIGEST"), "{table}");
+}
+
+/// `validate` reports what a launch would refuse: a flake on the entry command of an image
+/// without one, and a hostile record, at the line that sets `target_app_path`.
+#[test]
+fn validate_reports_an_entry_command_the_image_does_not_have() {
+    let w = World::new();
+    let image = fake_image(&w, "leap", false);
+    oci_record(&image, image_config(&["/bin/app"], &[]));
+    register(
+        &w,
+        "leap",
+        &w.bin.join("tool").display().to_string(),
+        &["--target", "/"],
+    )
+    .success();
+    w.ctl(&["validate", "--user", "tool"]).success();
+    oci_record(&image, image_config(&[], &[]));
+    let run = w.ctl(&["validate", "--user", "--format", "json", "tool"]);
+    run.expect_code(1);
+    let rows: serde_json::Value = serde_json::from_str(&run.stdout()).unwrap();
+    let row = &rows[0];
+    assert!(
+        row["file"].as_str().unwrap().ends_with("tool.yaml"),
+        "{run}"
+    );
+    assert!(row["line"].as_u64().is_some(), "{run}");
+    assert!(
+        row["problem"]
+            .as_str()
+            .unwrap()
+            .contains("records neither an entrypoint nor a command"),
+        "{run}"
+    );
+    oci_record(&image, image_config(&["/bin/app"], &["NO_VALUE"]));
+    let run = w.ctl(&["validate", "--user", "tool"]);
+    run.expect_code(1);
+    assert!(run.stdout().contains("is not KEY=VALUE"), "{run}");
+}

@@ -325,7 +325,7 @@ fn list_formats_and_remove_round_trip() {
     let csv = w.ctl(&["list", "--format", "csv"]);
     assert_eq!(
         csv.stdout().lines().next().unwrap(),
-        "name,engine,target_app_path,host_app_path,config"
+        "name,engine,target_app_path,host_app_path,config,digest"
     );
     assert_eq!(csv.stdout().lines().count(), 3);
 

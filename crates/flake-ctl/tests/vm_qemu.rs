@@ -1036,3 +1036,100 @@ fn the_longest_names_work_in_vms() {
         assert_eq!(run.stdout(), "one-shot\n", "{run}");
     }
 }
+
+/// Issue 20, item 4: a VM flake registered on the image's entry command (`--target /`)
+/// runs what the OCI image it was made from records, as `podman run IMAGE` would: the
+/// entrypoint with `Cmd`, or with the call's arguments in place of `Cmd`; the image's
+/// `Env` on top of the guest's own (the caller's environment stays out) and its
+/// `WorkingDir` as the working directory, as its `User` (a name in the guest's
+/// `/etc/passwd`, with that user's home). One-shot and resume, over whichever channel this
+/// run uses.
+#[test]
+fn oci_entry_command_env_and_working_dir_run_in_the_guest() {
+    let Some((_vms, w, fixtures, sci)) = vm_world() else {
+        return;
+    };
+    // The guest knows the image's user.
+    std::fs::create_dir_all(w.path("guest/etc")).unwrap();
+    let passwd = "root:x:0:0:root:/root:/bin/sh\napp:x:1234:5678::/home/app:/bin/sh\n";
+    std::fs::write(w.path("guest/etc/passwd"), passwd).unwrap();
+    // Pulls the fixture image "guest", which then gets the record an OCI pull writes.
+    vm_flake(&w, &fixtures, &sci, "ocibase");
+    let image = w.home.join(".config/flakes/firecracker/images/guest");
+    let script = "echo \"E=$OCI_VAR\"; echo \"L=${OCI_LEAK-unset}\"; pwd; \
+                  echo \"U=$(id -u):$(id -g) H=$HOME\"; printf '<%s>' \"$0\" \"$@\"; echo";
+    let record = vm_pilot::oci::OciRecord {
+        rootfs: vm_pilot::oci::Origin {
+            reference: "127.0.0.1:5000/entry:1".into(),
+            digest: None,
+            image_id: "f".repeat(64),
+        },
+        kernel: None,
+        config: vm_pilot::oci::ImageConfig {
+            // Relative: found on the image's PATH.
+            entrypoint: vec!["sh".into(), "-c".into(), script.into(), "entry".into()],
+            cmd: vec!["default a".into(), "b".into()],
+            env: vec!["OCI_VAR=one two=three".into(), "PATH=/usr/sbin:/bin".into()],
+            working_dir: Some("/etc".into()),
+            user: Some("app".into()),
+        },
+    };
+    vm_pilot::oci::write(&image, &record).unwrap();
+    let register = |name: &str, extra: &[&str]| {
+        let app = w.bin.join(name);
+        let app_s = app.display().to_string();
+        let args = [
+            "firecracker",
+            "--user",
+            "register",
+            "--vm",
+            "guest",
+            "--app",
+            &app_s,
+            "--target",
+            "/",
+            "--vmm",
+            "qemu",
+            "--no-net",
+        ];
+        w.ctl(&[&args[..], extra].concat()).success();
+        let fragment = w.home.join(format!(".config/flakes/{name}.d/small.yaml"));
+        let small =
+            "vm:\n  runtime:\n    firecracker:\n      mem_size_mib: 256\n      vcpu_count: 1\n";
+        std::fs::write(fragment, small).unwrap();
+        app
+    };
+    let call = |app: &std::path::Path, args: &[&str]| {
+        let mut cmd = w.command(app);
+        cmd.args(args).env("OCI_LEAK", "from the caller");
+        util::Run::from_command(cmd)
+    };
+    let output =
+        |argv: &str| format!("E=one two=three\nL=unset\n/etc\nU=1234:5678 H=/home/app\n{argv}\n");
+    let defaults = output("<entry><default a><b>");
+    let with_args = output("<entry><x y><-c><@not-an-instance>");
+    let args = ["--", "x y", "-c", "@not-an-instance"];
+
+    let one_shot = register("ocione", &[]);
+    let run = call(&one_shot, &[]);
+    run.success();
+    assert_eq!(run.stdout(), defaults, "{run}");
+    let run = call(&one_shot, &args);
+    run.success();
+    assert_eq!(run.stdout(), with_args, "{run}");
+
+    let resume = register("ociresume", &["--resume"]);
+    let run = call(&resume, &[]);
+    run.success();
+    assert_eq!(run.stdout(), defaults, "{run}");
+    let pid = running_vm(&w, "ociresume").expect("the resume VM keeps running");
+    let run = call(&resume, &args);
+    run.success();
+    assert_eq!(run.stdout(), with_args, "{run}");
+    assert_eq!(
+        running_vm(&w, "ociresume"),
+        Some(pid),
+        "the same VM served it"
+    );
+    call(&resume, &["%remove"]).success();
+}

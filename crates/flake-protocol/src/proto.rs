@@ -16,7 +16,7 @@
 //!
 //! | kind | name    | direction      | payload                                               |
 //! |------|---------|----------------|-------------------------------------------------------|
-//! | 1    | Call    | pilot -> agent | version u16, flags u8 (bit 0: terminal, bit 1: stdio as frames, bit 2: stdin flow control, bit 3: output flow control), rows u16, cols u16, argv list, env list (`KEY=VALUE`), cwd bytes (empty: the instance's) |
+//! | 1    | Call    | pilot -> agent | version u16, flags u8 (bit 0: terminal, bit 1: stdio as frames, bit 2: stdin flow control, bit 3: output flow control, bit 4: a user follows), rows u16, cols u16, argv list, env list (`KEY=VALUE`), cwd bytes (empty: the instance's), with bit 4: user bytes (`USER[:GROUP]`, names or numbers) |
 //! | 2    | Stdin   | pilot -> agent | bytes (terminal or frame mode); an empty payload is EOF (a half-close) |
 //! | 3    | Resize  | pilot -> agent | rows u16, cols u16                                    |
 //! | 4    | Signal  | pilot -> agent | signal number u8, delivered to the app's process group |
@@ -66,6 +66,11 @@
 //! keeps at most [`OUTPUT_WINDOW`] of that unacknowledged (one larger frame alone), well
 //! below what a socket holds. A launcher uses this only with a guest init whose image says
 //! it knows it (`pull` records the feature).
+//!
+//! **User.** A call may name the user the app runs as (a VM image's `User`), resolved by the
+//! agent in the instance's own `/etc/passwd` and `/etc/group`. The field is there only with
+//! flag bit 4, so a call without one is what it always was; an agent that predates it
+//! refuses such a call as malformed rather than run the app as someone else.
 //!
 //! [`VERSION`] is bumped on any incompatible change; the agent answers a `Call` of another
 //! version with `Error` and `Exit` 125 rather than guessing.
@@ -185,6 +190,8 @@ pub struct Call {
     pub env: Vec<Vec<u8>>,
     /// Working directory; empty for the instance's.
     pub cwd: Vec<u8>,
+    /// Run the app as this user (`USER[:GROUP]`); empty for the agent's own.
+    pub user: Vec<u8>,
 }
 
 /// What a guest restored from a saved state must take from its host before a call: every
@@ -266,13 +273,17 @@ impl Frame {
                     u8::from(call.terminal)
                         | (u8::from(call.frames) << 1)
                         | (u8::from(call.flow) << 2)
-                        | (u8::from(call.output_acks) << 3),
+                        | (u8::from(call.output_acks) << 3)
+                        | (u8::from(!call.user.is_empty()) << 4),
                 );
                 body.extend(call.size.rows.to_le_bytes());
                 body.extend(call.size.cols.to_le_bytes());
                 put_list(&mut body, &call.argv);
                 put_list(&mut body, &call.env);
                 put_bytes(&mut body, &call.cwd);
+                if !call.user.is_empty() {
+                    put_bytes(&mut body, &call.user);
+                }
             }
             Frame::Stdin(data) => tagged(&mut body, 2, data),
             Frame::Resize(size) => {
@@ -430,6 +441,11 @@ fn decode_call(r: &mut Reader<'_>) -> Result<Call> {
         argv,
         env: r.list()?,
         cwd: r.bytes()?,
+        user: if flags & 16 != 0 {
+            r.bytes()?
+        } else {
+            Vec::new()
+        },
     })
 }
 
@@ -536,6 +552,12 @@ mod tests {
                 ],
                 env: vec![b"TERM=xterm".to_vec()],
                 cwd: b"/root".to_vec(),
+                user: Vec::new(),
+            }),
+            Frame::Call(Call {
+                argv: vec![b"/bin/app".to_vec()],
+                user: b"app:1000".to_vec(),
+                ..Call::default()
             }),
             Frame::Call(Call {
                 argv: vec![b"x".to_vec()],

@@ -38,6 +38,37 @@ pub fn check(image: &str) -> Result<(), ImageRefError> {
     })
 }
 
+/// The digest `image` is pinned to (`name@sha256:...` or `name:tag@sha256:...`), if any.
+///
+/// # Example
+/// ```
+/// let digest = format!("sha256:{}", "ab".repeat(32));
+/// let pinned = format!("quay.io/x/app:1@{digest}");
+/// assert_eq!(flakes::image_ref::pinned_digest(&pinned), Some(digest.as_str()));
+/// assert_eq!(flakes::image_ref::pinned_digest("quay.io/x/app:1"), None);
+/// ```
+pub fn pinned_digest(image: &str) -> Option<&str> {
+    image.split_once('@').map(|(_, digest)| digest)
+}
+
+/// True when `image` names an image by its id (12 to 64 hex digits, optionally after
+/// `sha256:`) rather than by a repository.
+pub fn is_image_id(image: &str) -> bool {
+    let hex = image.strip_prefix("sha256:").unwrap_or(image);
+    (12..=64).contains(&hex.len())
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The registry part of `image` (`quay.io`, `127.0.0.1:5000`, `localhost`), `None` for a
+/// short name such as `amazon/aws-cli` that podman resolves through its search registries.
+pub fn domain(image: &str) -> Option<&str> {
+    let (first, rest) = image.split_once('/')?;
+    let is_registry = first == "localhost" || first.contains(['.', ':']);
+    (is_registry && !rest.is_empty()).then_some(first)
+}
+
 /// What is wrong with `image`, or `None` when it is a valid reference.
 fn reason(image: &str) -> Option<String> {
     if image.is_empty() {
@@ -236,6 +267,37 @@ mod tests {
         ];
         for image in valid {
             assert!(check(image).is_ok(), "{image}: {:?}", check(image));
+        }
+    }
+
+    #[test]
+    fn digests_ids_and_domains() {
+        let digest = format!("sha256:{}", "0f".repeat(32));
+        let pinned = format!("127.0.0.1:5000/a/b:1@{digest}");
+        assert_eq!(pinned_digest(&pinned), Some(digest.as_str()));
+        assert_eq!(pinned_digest("127.0.0.1:5000/a/b:1"), None);
+        for id in ["e1108c96a165", &"a".repeat(64), &digest] {
+            assert!(is_image_id(id), "{id}");
+        }
+        for not_id in [
+            "busybox",
+            "e1108c96a16",
+            "localhost/e1108c96a165",
+            &"a".repeat(65),
+        ] {
+            assert!(!is_image_id(not_id), "{not_id}");
+        }
+        let domains = [
+            ("localhost/busybox:latest", Some("localhost")),
+            ("127.0.0.1:5000/flake-pilot/busybox", Some("127.0.0.1:5000")),
+            ("quay.io/x/y", Some("quay.io")),
+            ("localhost:5000/x", Some("localhost:5000")),
+            ("amazon/aws-cli", None),
+            ("busybox", None),
+            ("busybox:1.36", None),
+        ];
+        for (image, want) in domains {
+            assert_eq!(domain(image), want, "{image}");
         }
     }
 

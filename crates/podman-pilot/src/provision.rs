@@ -210,7 +210,7 @@ impl Provisioner<'_> {
     pub fn image(&self) -> Result<String, PodmanError> {
         self.check_names()?;
         let fingerprint = context::fingerprint(self)?;
-        let record_path = self.cache_dir.join(format!("{}.record", self.name));
+        let record_path = self.record_path();
         if let Some(image) = self.recorded(&record_path, fingerprint)? {
             return Ok(image);
         }
@@ -221,6 +221,11 @@ impl Provisioner<'_> {
             return Ok(image);
         }
         self.assemble(&record_path, fingerprint)
+    }
+
+    /// Where the record of the flake's assembled image is kept.
+    fn record_path(&self) -> PathBuf {
+        self.cache_dir.join(format!("{}.record", self.name))
     }
 
     /// The recorded image, while config, store and listed host files are as recorded.
@@ -406,22 +411,36 @@ impl Provisioner<'_> {
     fn listed_host_files(&self) -> Result<Vec<PathBuf>, PodmanError> {
         let scratch = Scratch(tempdir_in(&self.cache_dir)?);
         let mut listed = BTreeSet::new();
-        for image in self.inputs() {
+        for (n, image) in self.inputs().into_iter().enumerate() {
             let id = self
                 .engine
                 .podman()
-                .args(["create", "--entrypoint", "/", "--", image])
+                .args(["create", "--replace", "--name", &self.scratch_name(n)])
+                .args(["--entrypoint", "/", "--", image])
                 .stdout()?;
-            let id = id.trim().to_string();
+            // `--replace` prints the name of a container it replaced before the new id.
+            let id = id.lines().last().unwrap_or_default().trim().to_string();
             let lists = self.read_lists(image, &id, &scratch.0);
-            let _ = self
-                .engine
-                .podman()
-                .args(["rm", "-f", "--", &id])
-                .succeeds();
+            // A container that cannot be removed fails the assembly, and the record goes,
+            // so the next launch reads the lists again and replaces the container.
+            let removed = self.engine.podman().args(["rm", "-f", "--", &id]).run();
+            if removed.is_err() {
+                let _ = std::fs::remove_file(self.record_path());
+            }
             listed.extend(lists?);
+            removed?;
         }
         Ok(listed.into_iter().collect())
+    }
+
+    /// The name of the container created to read the lists of input `n`. It is fixed per
+    /// flake, caller and input and created with `--replace`, under the assembly lock: a
+    /// container left by an earlier assembly (its `podman rm` failed, or the launcher was
+    /// killed in between) is replaced by the next one, which removes it; with podman's
+    /// random names such containers piled up for good.
+    fn scratch_name(&self, n: usize) -> String {
+        let uid = rustix::process::getuid().as_raw();
+        format!("flake-pilot-lists-{}-{uid}-{n}", self.repo_name())
     }
 
     /// The entries of both lists of `image`, read through its created container `id`.

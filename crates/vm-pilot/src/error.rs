@@ -14,6 +14,9 @@ pub enum VmError {
     /// The flake's image is missing or broken.
     #[error(transparent)]
     Image(#[from] crate::ImageError),
+    /// What the flake's image records for its calls is unusable.
+    #[error(transparent)]
+    Entry(#[from] crate::entry::EntryError),
     /// The instance's state directory is unusable.
     #[error(transparent)]
     Instance(#[from] flakes::instance::InstanceError),

@@ -19,6 +19,7 @@ use flakes::fault::{pause_at, Step};
 use flakes::instance::{InstanceKey, StateDir};
 use flakes::{CallArgs, PilotExit};
 
+use crate::entry::GuestCommand;
 use crate::error::{Result, VmError};
 use crate::instance;
 use crate::vmm::{Channel, GuestSettings, InitCan, Plan, StateFile, Vmm};
@@ -97,6 +98,8 @@ pub struct Launch<'a> {
     pub include: &'a Include,
     /// The call's arguments and options.
     pub call: &'a CallArgs,
+    /// What the call runs in the guest ([`GuestCommand::for_flake`]).
+    pub command: GuestCommand,
     /// The VMM backend.
     pub vmm: &'a dyn Vmm,
     /// `firecracker_ids_dir`.
@@ -132,26 +135,18 @@ impl Launch<'_> {
     }
 
     fn request(&self, output_acks: bool) -> Request {
-        let program = match &self.flake.target {
-            flakes::config::Target::Program(path) => path.clone(),
-            _ => self.key.flake.to_string(),
-        };
-        let mut argv = vec![program.into_bytes()];
-        argv.extend(
-            self.call
-                .app_args
-                .iter()
-                .map(|a| std::os::unix::ffi::OsStrExt::as_bytes(a.as_os_str()).to_vec()),
-        );
         let streams = if self.terminal.wants_tty(self.call) {
             Streams::Terminal
         } else {
             Streams::Frames
         };
         Request {
-            argv,
+            argv: self.command.argv(&self.call.app_args),
             streams,
             term: self.term.clone(),
+            env: self.command.env().to_vec(),
+            cwd: self.command.cwd().to_vec(),
+            user: self.command.user().to_vec(),
             launcher: "firecracker-pilot",
             output_acks,
             // An init that knows the console acknowledges stdin from the start of a call.

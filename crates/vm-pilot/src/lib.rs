@@ -2,6 +2,7 @@
 //! The VM engine of flake-pilot: where VM images live ([`pull`], [`find_image`]), the
 //! Firecracker and QEMU microvm backends behind one [`vmm::Vmm`] trait, instance state
 //! ([`instance`], its small files read with [`state_file`]), overlay disks ([`overlay`]),
+//! what a call runs in the guest ([`entry`], from the record of an OCI image: [`oci`]),
 //! TAP devices ([`tap`]), saved one-shot VM states ([`saved`]) and the lifecycle of one
 //! call ([`launch`]).
 
@@ -28,6 +29,7 @@ pub fn states_dir(settings: &Settings) -> PathBuf {
 /// Root of the system VM image registry.
 pub const SYSTEM_REGISTRY: &str = "/var/lib/firecracker";
 
+pub mod entry;
 pub mod error;
 pub mod firecracker;
 #[doc(hidden)]

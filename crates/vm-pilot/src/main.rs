@@ -19,6 +19,7 @@ use flakes::instance::InstanceKey;
 use flakes::launcher::{self, LaunchError, Launcher, Resolved};
 use flakes::process::{resolve, ProcessError};
 use flakes::{Mode, PilotExit, Settings};
+use vm_pilot::entry::GuestCommand;
 use vm_pilot::firecracker::Firecracker;
 use vm_pilot::launch::{GuestInit, Launch};
 use vm_pilot::qemu::{ChannelChoice, Qemu, ACCEL_ENV, CHANNEL_ENV};
@@ -68,13 +69,21 @@ fn main() -> ExitCode {
 
 fn run() -> Result<PilotExit, PilotError> {
     let flake = launcher::resolve::<VmFlake, _>(std::env::args_os(), Settings::from_env)?;
+    // Before anything is started: the image's record may refuse the call.
+    let command = GuestCommand::for_flake(&flake.engine, flake.name.as_str(), &flake.config)
+        .map_err(VmError::from)?;
     let path = tools_path(std::env::var_os("PATH"));
     let vmm = backend(&flake.engine, &path)?;
-    Ok(launch(&flake, vmm.as_ref(), path).run()?)
+    Ok(launch(&flake, vmm.as_ref(), path, command).run()?)
 }
 
 /// The launch of one call of `flake` on `vmm`, with the caller's world it needs.
-fn launch<'a>(flake: &'a Resolved<VmFlake>, vmm: &'a dyn Vmm, path: OsString) -> Launch<'a> {
+fn launch<'a>(
+    flake: &'a Resolved<VmFlake>,
+    vmm: &'a dyn Vmm,
+    path: OsString,
+    command: GuestCommand,
+) -> Launch<'a> {
     let settings = &flake.settings;
     Launch {
         key: InstanceKey {
@@ -84,6 +93,7 @@ fn launch<'a>(flake: &'a Resolved<VmFlake>, vmm: &'a dyn Vmm, path: OsString) ->
         flake: &flake.engine,
         include: &flake.include,
         call: &flake.call,
+        command,
         vmm,
         ids_dir: settings.firecracker_ids_dir(),
         storage_dir: settings.flakes_dir(Mode::User).join("firecracker/storage"),

@@ -399,6 +399,10 @@ pub enum SerialError {
         /// The argument.
         arg: String,
     },
+    /// The image records an environment, a working directory or a user (see
+    /// [`crate::entry`]): the kernel command line carries only the argv.
+    #[error("the image's environment, working directory and user")]
+    ImageSettings,
 }
 
 /// The `run="..."` word of serial mode for `argv`: each argument a shell word, quoted

@@ -34,7 +34,7 @@ pub fn run(
     let spawned = reaper.spawn(|| {
         // The descriptors move into the command and are closed when it is dropped right
         // after the spawn: the launcher's pipes must see EOF when the app closes them.
-        let mut command = app_command(call);
+        let mut command = app_command(call)?;
         command
             .stdin(Stdio::from(stdin))
             .stdout(Stdio::from(stdout))

@@ -31,7 +31,7 @@ pub fn run(
     let (master, slave) = open_pty(call.size)?;
     announce_acks(&writer, call.flow)?;
     let spawned = reaper.spawn(|| {
-        let mut command = app_command(call);
+        let mut command = app_command(call)?;
         command
             .stdin(Stdio::from(slave.try_clone()?))
             .stdout(Stdio::from(slave.try_clone()?))

@@ -25,7 +25,7 @@ pub(super) fn run(
     announce_acks(&writer, call.flow)?;
     let mut pipes = None;
     let spawned = reaper.spawn(|| {
-        let mut child = piped_app_command(call).spawn()?;
+        let mut child = piped_app_command(call)?.spawn()?;
         pipes = Some((child.stdin.take(), child.stdout.take(), child.stderr.take()));
         Ok(child)
     });

@@ -396,13 +396,14 @@ impl Relay {
     /// Starts the app; a failed start is reported to the launcher, over the link given
     /// back.
     fn start(call: &Call, mut link: Link, reaper: Option<&Reaper>) -> Result<Self, Link> {
-        let mut command = piped_app_command(call);
+        let command = piped_app_command(call);
         // Before the app starts: a launcher that got nothing knows nothing of it ran.
         if call.flow {
             link.send(&Frame::StdinAck(0));
         }
-        let spawned = match reaper {
-            Some(reaper) => {
+        let spawned = match (command, reaper) {
+            (Err(err), _) => Err(err),
+            (Ok(mut command), Some(reaper)) => {
                 let mut pipes = None;
                 reaper
                     .spawn(|| {
@@ -412,7 +413,7 @@ impl Relay {
                     })
                     .map(|(pid, status)| (pid, Waiting::Reaper(status), pipes.unwrap_or_default()))
             }
-            None => command.spawn().map(|mut child| {
+            (Ok(mut command), None) => command.spawn().map(|mut child| {
                 let pipes = Pipes::of(&mut child);
                 let pid = i32::try_from(child.id()).unwrap_or(0);
                 (pid, Waiting::Child(child), pipes)

@@ -2,10 +2,10 @@
 //! `flake-ctl completion bash|zsh|fish`: the completion script of a shell, generated from the
 //! clap definition (subcommands, options, `--format` values).
 //!
-//! The bash and fish scripts also complete registered app paths after `remove --app` and VM
-//! image names after `--vm`: clap_complete's own dynamic completion is still behind an
-//! unstable feature, so the scripts ask the hidden `flake-ctl generate names` at completion
-//! time instead. zsh gets the static script only.
+//! The bash and fish scripts also complete registered app paths after `remove --app` and
+//! `update --app`, and VM image names after `--vm`: clap_complete's own dynamic completion
+//! is still behind an unstable feature, so the scripts ask the hidden `flake-ctl generate
+//! names` at completion time instead. zsh gets the static script only.
 
 use std::process::ExitCode;
 
@@ -47,13 +47,13 @@ pub fn script(shell: Shell) -> Result<String> {
     Ok(text)
 }
 
-/// Wraps clap's bash function (`_flake__ctl`): after `remove --app` the registered app
-/// paths, after `--vm` the pulled VM images, anything else as clap completes it.
+/// Wraps clap's bash function (`_flake__ctl`): after `remove --app` or `update --app` the
+/// registered app paths, after `--vm` the pulled VM images, anything else as clap completes it.
 const BASH_NAMES: &str = r#"
 _flake_ctl_names() {
     local kind= user=
     case "${COMP_WORDS[COMP_CWORD-1]}" in
-        --app) [[ " ${COMP_WORDS[*]} " == *" remove "* ]] && kind=apps ;;
+        --app) [[ " ${COMP_WORDS[*]} " == *" "remove" "* || " ${COMP_WORDS[*]} " == *" "update" "* ]] && kind=apps ;;
         --vm) kind=vms ;;
     esac
     if [[ -z "$kind" ]]; then
@@ -73,7 +73,7 @@ fi
 
 /// The same for fish.
 const FISH_NAMES: &str = r#"
-complete -c flake-ctl -n "__fish_seen_subcommand_from remove" -l app -f -a "(flake-ctl generate names apps (__fish_seen_argument -l user; and echo --user) 2>/dev/null)"
+complete -c flake-ctl -n "__fish_seen_subcommand_from remove update" -l app -f -a "(flake-ctl generate names apps (__fish_seen_argument -l user; and echo --user) 2>/dev/null)"
 complete -c flake-ctl -l vm -f -a "(flake-ctl generate names vms (__fish_seen_argument -l user; and echo --user) 2>/dev/null)"
 "#;
 

@@ -5,7 +5,9 @@
 //! The files go through the loader the launchers use ([`flakes::config::check`]), so a file
 //! that validates here loads there. On top of that, what a launch would find missing only
 //! when it is already under way is checked now: the container images (base and layers too)
-//! in the engine's storage, the VM's kernel, rootfs and initrd files, and the include files.
+//! in the engine's storage, the VM's kernel, rootfs and initrd files, the record of a VM
+//! image made from an OCI image (sound, and naming a program for `target_app_path: /`),
+//! and the include files.
 //! Every problem is reported, each with the file to fix and, where known, its line.
 
 use std::path::{Path, PathBuf};
@@ -215,6 +217,17 @@ impl Checker {
                             ),
                         );
                     }
+                }
+                // What the image's record gives a call (an OCI-made image), as the launch
+                // reads it.
+                let command =
+                    vm_pilot::entry::GuestCommand::for_flake(vm, flake.name.as_str(), &flake.path);
+                if let Err(err) = command {
+                    let at = match err {
+                        vm_pilot::entry::EntryError::NoEntry { .. } => "target_app_path".into(),
+                        _ => rt.rootfs.display().to_string(),
+                    };
+                    missing(&at, err.to_string());
                 }
             }
         }

@@ -21,9 +21,10 @@ fn call() -> impl Strategy<Value = Call> {
         vec(bytes(24), 1..6),
         vec(bytes(24), 0..6),
         bytes(24),
+        bytes(12),
     )
         .prop_map(
-            |([terminal, frames, flow, output_acks], (rows, cols), argv, env, cwd)| Call {
+            |([terminal, frames, flow, output_acks], (rows, cols), argv, env, cwd, user)| Call {
                 terminal,
                 frames,
                 flow,
@@ -32,6 +33,7 @@ fn call() -> impl Strategy<Value = Call> {
                 argv,
                 env,
                 cwd,
+                user,
             },
         )
 }

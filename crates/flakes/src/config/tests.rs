@@ -341,6 +341,14 @@ fn vm_keys_and_spellings() {
         LaunchMode::Resume
     );
     assert_eq!(
+        vm(&with("target_app_path: /bin/bash", "target_app_path: /")).target,
+        Target::ImageEntrypoint
+    );
+    assert_eq!(
+        vm(&with("target_app_path: /bin/bash", "target_app_path: ~")).target,
+        Target::FlakeName
+    );
+    assert_eq!(
         vm(&with("cache_type: Writeback", "cache_type: Unsafe"))
             .runtime
             .cache_type,
@@ -381,6 +389,11 @@ fn vm_errors_name_the_key() {
             "kernel_image_path",
         ),
         ("  name: leap", "  name: ~", "vm.name"),
+        (
+            "target_app_path: /bin/bash",
+            "target_app_path: bin/bash",
+            "target_app_path",
+        ),
         ("cache_type: Writeback", "cache_typ: Writeback", "cache_typ"),
     ];
     for (from, to, needle) in cases {

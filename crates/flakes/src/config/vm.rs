@@ -31,7 +31,8 @@ pub const MIN_OVERLAY: u64 = 1 << 20;
 pub struct VmFlake {
     /// Name of the VM image in the image registry.
     pub image: String,
-    /// Program run in the guest.
+    /// Program run in the guest; [`Target::ImageEntrypoint`] runs the entry command an
+    /// image made from an OCI image records (`vm_pilot::oci`).
     pub target: Target,
     /// Registered host path, if recorded.
     pub host_app_path: Option<PathBuf>,
@@ -95,7 +96,7 @@ pub enum VmConfigError {
     #[error("vm.name is missing; set it to the VM image name")]
     NoImage,
     /// `vm.target_app_path` is not an absolute program path.
-    #[error("vm.target_app_path '{0}' must be an absolute program path")]
+    #[error("vm.target_app_path '{0}' must be an absolute program path, or / for the image's entry command")]
     Target(String),
     /// `vm.runtime.vmm` names no VMM.
     #[error("vm.runtime.vmm '{0}' is unknown; use firecracker or qemu")]
@@ -139,7 +140,9 @@ pub(crate) fn vm_flake(raw: RawVm) -> Result<VmFlake, VmConfigError> {
         .ok_or(VmConfigError::NoImage)?;
     let target = match raw.target_app_path.as_deref() {
         None | Some("") => Target::FlakeName,
-        Some(p) if p.starts_with('/') && p != "/" => Target::Program(p.to_string()),
+        // The launcher checks that the image has an entry command: only it reads images.
+        Some("/") => Target::ImageEntrypoint,
+        Some(p) if p.starts_with('/') => Target::Program(p.to_string()),
         Some(p) => return Err(VmConfigError::Target(p.to_string())),
     };
     Ok(VmFlake {

@@ -36,7 +36,7 @@ pub fn read(cp: &Cmd) -> Result<Option<String>, ListError> {
         .command()
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|source| {
             ListError::Engine(ProcessError::Spawn {
@@ -44,6 +44,13 @@ pub fn read(cp: &Cmd) -> Result<Option<String>, ListError> {
                 source,
             })
         })?;
+    let stderr = child.stderr.take().map(|stderr| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = stderr.take(STDERR_MAX).read_to_end(&mut text);
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    });
     let result = match child.stdout.take() {
         Some(stdout) => {
             let mut stream = stdout.take(MAX_LIST + HEADERS);
@@ -56,10 +63,20 @@ pub fn read(cp: &Cmd) -> Result<Option<String>, ListError> {
         }
         None => Ok(None),
     };
-    let succeeded = finish(&mut child);
+    let code = finish(&mut child);
+    let succeeded = code == Some(0);
+    let stderr = stderr
+        .and_then(|reader| reader.join().ok())
+        .unwrap_or_default();
     match result {
-        // No member at all: podman found no such file (or failed before any output).
-        Ok(None) => Ok(None),
+        // No member: the image has no such file, which podman says; any other failure
+        // is the engine's, and an assembly must not go on as if the list were absent.
+        Ok(None) if succeeded || is_missing(&stderr) => Ok(None),
+        Ok(None) => Err(ListError::Engine(ProcessError::Failed {
+            command: cp.summary(),
+            code: code.unwrap_or(-1),
+            stderr,
+        })),
         Ok(Some(_)) if !succeeded => Err(ListError::Refused(
             "cannot be read completely from the image".into(),
         )),
@@ -67,22 +84,32 @@ pub fn read(cp: &Cmd) -> Result<Option<String>, ListError> {
     }
 }
 
-/// Stops podman if it is still writing, and tells whether it succeeded.
-fn finish(child: &mut Child) -> bool {
+/// The most bytes of podman's error output kept.
+const STDERR_MAX: u64 = 16 << 10;
+
+/// Whether podman's error output says the path does not exist in the container.
+fn is_missing(stderr: &str) -> bool {
+    let stderr = stderr.to_ascii_lowercase();
+    stderr.contains("no such file or directory") || stderr.contains("could not be found")
+}
+
+/// Stops podman if it is still writing, and gives its exit code (`None` when it was
+/// stopped or ended by a signal).
+fn finish(child: &mut Child) -> Option<i32> {
     if let Ok(Some(status)) = child.try_wait() {
-        return status.success();
+        return status.code();
     }
     // The stream is closed: podman ends with EPIPE, or is stopped here.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while std::time::Instant::now() < deadline {
         if let Ok(Some(status)) = child.try_wait() {
-            return status.success();
+            return status.code();
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     let _ = child.kill();
     let _ = child.wait();
-    false
+    None
 }
 
 /// The content of the single regular file at the start of tar stream `stream`.

@@ -72,12 +72,14 @@ impl Launch<'_> {
         if !serial {
             return Ok(None);
         }
-        crate::vmm::serial_run(&self.request(false).argv)
-            .map(Some)
-            .map_err(|what| VmError::Serial {
-                flake: self.key.flake.to_string(),
-                what,
-            })
+        let word = match self.command.has_image_settings() {
+            true => Err(crate::vmm::SerialError::ImageSettings),
+            false => crate::vmm::serial_run(&self.request(false).argv),
+        };
+        word.map(Some).map_err(|what| VmError::Serial {
+            flake: self.key.flake.to_string(),
+            what,
+        })
     }
 
     /// Serial mode: the VM's console is the caller's terminal; the status is the VMM's.

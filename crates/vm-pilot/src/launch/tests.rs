@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Mutex;
 
@@ -210,6 +210,7 @@ impl World {
             flake: &self.flake,
             include: &self.include,
             call: &self.call,
+            command: crate::entry::GuestCommand::program("/bin/sh"),
             vmm,
             ids_dir: self.ids.clone(),
             storage_dir: self.storage.clone(),
@@ -344,4 +345,36 @@ fn a_resume_call_that_started_the_vm_is_never_made_again() {
     let err = w.launch(&vmm, GuestInit::Console).run().unwrap_err();
     assert!(matches!(err, VmError::Call { .. }), "{err}");
     assert_eq!(vmm.asked(), ["start", "connect"]);
+}
+
+/// Serial mode carries only an argv on the kernel command line: a call that needs the
+/// image's environment, working directory or user is refused before a VM starts, rather
+/// than run without them.
+#[test]
+fn serial_mode_refuses_a_call_that_needs_the_images_settings() {
+    let w = World::new(LaunchMode::OneShot);
+    let image_dir = w.flake.runtime.rootfs.parent().unwrap();
+    let record = crate::oci::OciRecord {
+        rootfs: crate::oci::Origin {
+            reference: "localhost/app".into(),
+            digest: None,
+            image_id: "a".repeat(64),
+        },
+        kernel: None,
+        config: crate::oci::ImageConfig {
+            user: Some("app".into()),
+            ..crate::oci::ImageConfig::default()
+        },
+    };
+    crate::oci::write(image_dir, &record).unwrap();
+    let vmm = FakeVmm::new(Channel::Vsock, false, &[Guest::Runs], &[]);
+    let mut launch = w.launch(&vmm, GuestInit::Original);
+    launch.command =
+        crate::entry::GuestCommand::for_flake(&w.flake, "app", Path::new("/x.yaml")).unwrap();
+    let err = launch.run().unwrap_err();
+    assert!(
+        matches!(err, VmError::Serial { .. }) && err.to_string().contains("user"),
+        "{err}"
+    );
+    assert!(vmm.asked().is_empty(), "no VM started: {:?}", vmm.asked());
 }

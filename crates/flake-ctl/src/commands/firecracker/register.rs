@@ -119,6 +119,10 @@ fn flake_document(
     template: Option<&Template>,
 ) -> Result<RawFlake> {
     let target = target(args);
+    if target == "/" {
+        let dir = image.rootfs.parent().unwrap_or(Path::new("/"));
+        vm_pilot::entry::require_entry_command(dir, vm, "--target /")?;
+    }
     let path = |p: &Path| Some(p.display().to_string());
     let base = template
         .and_then(Template::firecracker)
@@ -177,8 +181,8 @@ fn target(args: &VmRegisterArgs) -> String {
 /// Checks the flags that need no image: the target and the overlay size.
 fn check_flags(args: &VmRegisterArgs) -> Result<()> {
     let target = target(args);
-    if !target.starts_with('/') || target == "/" {
-        bail!("--target '{target}' must be an absolute program path inside the VM");
+    if !target.starts_with('/') {
+        bail!("--target '{target}' must be an absolute program path inside the VM, or / for the image's entry command");
     }
     if let Some(size) = &args.overlay_size {
         ByteSize::parse(size).map_err(|e| anyhow::anyhow!("--overlay-size: {e}"))?;

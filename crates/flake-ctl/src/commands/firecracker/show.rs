@@ -37,11 +37,27 @@ pub struct VmRow {
     image: Option<String>,
     config: Option<String>,
     tap: Option<String>,
+    /// For a VM image made from an OCI image: the reference it was pulled as.
+    oci_image: Option<String>,
+    /// The manifest digest that reference resolved to (none for a local-only image).
+    digest: Option<String>,
+    /// The OCI image's id.
+    image_id: Option<String>,
 }
 
 impl Row for VmRow {
-    const HEADERS: &'static [&'static str] =
-        &["NAME", "USER", "ID", "STATUS", "IMAGE", "CONFIG", "TAP"];
+    const HEADERS: &'static [&'static str] = &[
+        "NAME",
+        "USER",
+        "ID",
+        "STATUS",
+        "IMAGE",
+        "CONFIG",
+        "TAP",
+        "OCI IMAGE",
+        "DIGEST",
+        "IMAGE ID",
+    ];
 
     fn cells(&self) -> Vec<Option<String>> {
         vec![
@@ -52,6 +68,9 @@ impl Row for VmRow {
             self.image.clone(),
             self.config.clone(),
             self.tap.clone(),
+            self.oci_image.clone(),
+            self.digest.clone(),
+            self.image_id.clone(),
         ]
     }
 }
@@ -98,6 +117,7 @@ fn row(ctx: &Context, uid: u32, label: &str, dir: &Dir) -> VmRow {
     let tap = vm
         .filter(|vm| vm.runtime.network)
         .map(|_| vm_pilot::tap::used_by_in(dir, label));
+    let origin = vm.and_then(oci_origin);
     VmRow {
         name: label.to_string(),
         user: flakes::host::user_name(uid),
@@ -106,7 +126,18 @@ fn row(ctx: &Context, uid: u32, label: &str, dir: &Dir) -> VmRow {
         image,
         config: found.as_ref().map(|f| f.path.display().to_string()),
         tap,
+        oci_image: origin.as_ref().map(|o| o.reference.clone()),
+        digest: origin.as_ref().and_then(|o| o.digest.clone()),
+        image_id: origin.map(|o| o.image_id),
     }
+}
+
+/// Where the rootfs of `vm`'s image came from, when it was made from an OCI image; a
+/// record that cannot be read shows as none (`validate` and the launch report it).
+fn oci_origin(vm: &flakes::config::vm::VmFlake) -> Option<vm_pilot::oci::Origin> {
+    let dir = vm.runtime.rootfs.parent()?;
+    let record = vm_pilot::oci::read(dir).ok()??;
+    Some(record.rootfs)
 }
 
 /// `(uid, dir)` of the per-user directories: `<ids>/<uid>` and its alternatives, and

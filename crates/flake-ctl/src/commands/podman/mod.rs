@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: MIT
 //! `flake-ctl podman ...`: the container engine's actions.
 
+pub mod inspect;
 pub mod load;
 pub mod pull;
 pub mod register;
 pub mod remove;
 pub mod show;
+pub mod update;
 
 use std::process::ExitCode;
 
@@ -23,5 +25,6 @@ pub fn run(args: PodmanArgs, ctx: &Context) -> Result<ExitCode> {
         PodmanAction::Register(a) => register::run(&a, mode, ctx),
         PodmanAction::Remove(a) => remove::run(&a, mode, ctx),
         PodmanAction::Show(a) => show::run(&a, mode, ctx),
+        PodmanAction::Update(a) => update::run(&a, mode, ctx),
     }
 }
