@@ -688,3 +688,59 @@ fn a_user_without_root_pulls_an_oci_image_through_podman_unshare() {
         }
     );
 }
+
+/// Issue 20, items 1 and 4 together: the configuration `pull --oci` records from a real
+/// image (entrypoint, command, environment, working directory) is what a flake
+/// registered with `--target /` runs in the guest.
+#[test]
+fn the_entry_command_of_a_pulled_image_runs_with_target_root() {
+    require_podman!();
+    let Some((_vms, w, fixtures, _sci)) = vm_world() else {
+        return;
+    };
+    let Some(_tmpfs) = registry_on_tmpfs(&w, "128m") else {
+        return;
+    };
+    let id = std::process::id();
+    let image = format!("localhost/ocipull-{id}-entry:1");
+    let images = Images(std::cell::RefCell::new(vec![image.clone()]));
+    let containerfile = format!(
+        "FROM {}\nENV GREETING=\"hello there\"\nWORKDIR /etc\n\
+         ENTRYPOINT [\"sh\", \"-c\", \"echo \\\"$GREETING in $(pwd):\\\" \\\"$@\\\"\", \"entry\"]\n\
+         CMD [\"default\"]\n",
+        util::IMAGE
+    );
+    build(&images, &w.path("entry"), &containerfile, &image);
+    let kernel = fixtures.join("kernel/vmlinux").display().to_string();
+    let app = w.bin.join("ocientry");
+    let app_s = app.display().to_string();
+    let args = [
+        "firecracker",
+        "--user",
+        "register",
+        "--oci",
+        &image,
+        "--kernel",
+        &kernel,
+        "--app",
+        &app_s,
+        "--target",
+        "/",
+        "--vmm",
+        "qemu",
+        "--no-net",
+    ];
+    w.ctl(&args).success();
+    let fragment = w.home.join(".config/flakes/ocientry.d/small.yaml");
+    std::fs::write(
+        fragment,
+        "vm:\n  runtime:\n    firecracker:\n      mem_size_mib: 256\n      vcpu_count: 1\n",
+    )
+    .unwrap();
+    let run = w.app(&app, &[], None);
+    run.success();
+    assert_eq!(run.stdout(), "hello there in /etc: default\n", "{run}");
+    let run = w.app(&app, &["--", "a b"], None);
+    run.success();
+    assert_eq!(run.stdout(), "hello there in /etc: a b\n", "{run}");
+}
