@@ -477,3 +477,87 @@ fn tar(members: &[RawMember]) -> Vec<u8> {
     out.resize(out.len() + 1024, 0);
     out
 }
+
+/// The staging directories in `dir`.
+fn stagings(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".flake-import.")
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Starts an import of a FIFO nobody writes: it stages, then waits on the archive forever.
+fn blocked_import(w: &World, tmp: &Path, fifo: &Path) -> std::process::Child {
+    let child = w
+        .command(util::bin_dir().join("flake-ctl"))
+        .env("TMPDIR", tmp)
+        .args(["import", &fifo.display().to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while stagings(tmp).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the import never staged"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child
+}
+
+#[test]
+fn what_an_import_killed_with_kill_9_staged_is_removed_by_the_next_one() {
+    let w = World::new();
+    let tmp = w.path("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let fifo = w.path("archive.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let missing = w.path("missing.tar").display().to_string();
+    let next_import = || {
+        let run = w
+            .command(util::bin_dir().join("flake-ctl"))
+            .env("TMPDIR", &tmp)
+            .args(["import", &missing])
+            .output()
+            .unwrap();
+        assert_eq!(run.status.code(), Some(1));
+    };
+
+    // A running import keeps its staging while another import runs.
+    let mut live = blocked_import(&w, &tmp, &fifo);
+    let staged = stagings(&tmp);
+    assert_eq!(staged.len(), 1);
+    next_import();
+    assert_eq!(
+        stagings(&tmp),
+        staged,
+        "a running import's staging was removed"
+    );
+
+    // Killed, it cannot clean up; the next import does.
+    live.kill().unwrap();
+    live.wait().unwrap();
+    assert_eq!(stagings(&tmp), staged, "kill -9 left nothing to collect");
+    next_import();
+    assert_eq!(stagings(&tmp), Vec::<PathBuf>::new(), "stale staging left");
+
+    // A link under a staging name is never followed or removed through.
+    let target = w.path("not-staging");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::write(target.join("keep"), "x").unwrap();
+    std::os::unix::fs::symlink(&target, tmp.join(".flake-import.1.2")).unwrap();
+    next_import();
+    assert!(target.join("keep").exists(), "a link was followed");
+}

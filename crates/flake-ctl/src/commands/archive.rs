@@ -172,6 +172,9 @@ pub struct Staged {
     pub manifest: Manifest,
     dir: PathBuf,
     files: BTreeMap<String, PathBuf>,
+    /// The staging directory's lock, held while the import runs: a directory whose lock
+    /// can be taken belongs to an import that died ([`collect_stale`]).
+    _lock: File,
 }
 
 impl Staged {
@@ -205,11 +208,20 @@ impl Drop for Staged {
 /// Unpacks `archive` into a new private directory below `parent`, verifying every member's
 /// name, kind, size and checksum against the manifest; nothing else is written.
 pub fn stage(archive: &Path, parent: &Path) -> Result<Staged> {
+    collect_stale(parent);
     let dir = private_dir(parent)?;
+    let lock = match lock_new(&dir) {
+        Ok(lock) => lock,
+        Err(err) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(err);
+        }
+    };
     let mut staged = Staged {
         manifest: empty_manifest(),
         dir,
         files: BTreeMap::new(),
+        _lock: lock,
     };
     let file = File::open(archive).with_context(|| format!("cannot read {}", archive.display()))?;
     let mut tar = tar::Archive::new(file);
@@ -251,13 +263,78 @@ fn empty_manifest() -> Manifest {
     }
 }
 
+/// Name prefix of import staging directories.
+const STAGING_PREFIX: &str = ".flake-import.";
+/// The lock file in a staging directory.
+const STAGING_LOCK: &str = "lock";
+/// How long a staging directory without a lock file is left alone: its import may have
+/// made it an instant ago and not yet locked it.
+const UNLOCKED_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Creates and locks the lock file of the new staging directory `dir`.
+fn lock_new(dir: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(STAGING_LOCK);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        .with_context(|| format!("cannot lock {}", path.display()))?;
+    Ok(file)
+}
+
+/// Removes the staging directories below `parent` that imports killed before they could
+/// clean up (`kill -9`, a power cut) left behind: the caller's own, whose lock is free (or
+/// that have no lock and are over a minute old). Best effort; never follows a link.
+pub fn collect_stale(parent: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    let me = rustix::process::geteuid().as_raw();
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(STAGING_PREFIX)
+        {
+            continue;
+        }
+        let dir = entry.path();
+        let Ok(meta) = dir.symlink_metadata() else {
+            continue;
+        };
+        if meta.is_dir() && meta.uid() == me && abandoned(&dir, &meta) {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}
+
+/// Whether the staging directory `dir` belongs to no running import.
+fn abandoned(dir: &Path, meta: &std::fs::Metadata) -> bool {
+    use rustix::fs::{FlockOperation, Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    match rustix::fs::open(dir.join(STAGING_LOCK), flags, Mode::empty()) {
+        Ok(fd) => rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive).is_ok(),
+        Err(rustix::io::Errno::NOENT) => meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age > UNLOCKED_GRACE),
+        Err(_) => false,
+    }
+}
+
 fn private_dir(parent: &Path) -> Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or_default();
-    let dir = parent.join(format!(".flake-import.{}.{nanos}", std::process::id()));
+    let dir = parent.join(format!("{STAGING_PREFIX}{}.{nanos}", std::process::id()));
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&dir)
