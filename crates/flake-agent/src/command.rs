@@ -89,14 +89,28 @@ mod tests {
             return;
         }
         let script = "id -u; id -g; echo \"$HOME\"";
-        let out = app_command(&call(&["/bin/sh", "-c", script], "4321:4322"))
-            .unwrap()
-            .output()
-            .unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "4321\n4322\n/\n");
+        let out = stdout_of(app_command(&call(&["/bin/sh", "-c", script], "4321:4322")).unwrap());
+        assert_eq!(out, "4321\n4322\n/\n");
         let mut with_home = call(&["/bin/sh", "-c", script], "4321");
         with_home.env = vec![b"HOME=/srv".to_vec()];
-        let out = app_command(&with_home).unwrap().output().unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "4321\n0\n/srv\n");
+        let out = stdout_of(app_command(&with_home).unwrap());
+        assert_eq!(out, "4321\n0\n/srv\n");
+    }
+
+    /// What `cmd` prints, read until it closes its output. Not through `output()`: the
+    /// daemon tests of this binary run a reaper that may collect the child first, and
+    /// waiting would then fail with ECHILD.
+    fn stdout_of(mut cmd: std::process::Command) -> String {
+        use std::io::Read;
+        let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        let _ = child.wait();
+        out
     }
 }
