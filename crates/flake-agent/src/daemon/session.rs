@@ -177,7 +177,7 @@ pub fn watch(
 ) {
     std::thread::spawn(move || {
         let mut input = match (terminal, writer.clone()) {
-            (Some(terminal), Some(acks)) if flow => Deliver::Queued(queue_input(terminal, acks)),
+            (Some(terminal), Some(acks)) if flow => queue_input(terminal, acks),
             (terminal, _) => Deliver::Inline(terminal),
         };
         let mut reader = std::io::BufReader::new(reader);
@@ -215,7 +215,7 @@ enum Pending {
 /// Where the watch loop puts input.
 enum Deliver {
     Inline(Option<Box<dyn Input>>),
-    Queued(std::sync::mpsc::Sender<Pending>),
+    Queued(std::sync::mpsc::Sender<Pending>, Arc<Backlog>),
 }
 
 impl Deliver {
@@ -223,9 +223,68 @@ impl Deliver {
         match self {
             Deliver::Inline(Some(terminal)) => deliver(terminal.as_mut(), &pending),
             Deliver::Inline(None) => {}
-            Deliver::Queued(queue) => {
+            Deliver::Queued(queue, backlog) => {
+                backlog.take(pending.cost());
                 let _ = queue.send(pending);
             }
+        }
+    }
+}
+
+/// The most input bytes queued for an app that does not read them. A launcher keeps
+/// [`crate::proto::STDIN_WINDOW`] unacknowledged, plus what it sent before the first
+/// acknowledgement reached it (a moment's worth of its stdin): far below this. A launcher
+/// that ignores the window is not read further until the app takes some, so it cannot
+/// make the agent, which may run as root, hold its input without bound.
+pub const INPUT_BACKLOG: u64 = 16 << 20;
+
+/// Input queued for the app and not yet handed to it, in bytes.
+#[derive(Debug, Default)]
+struct Backlog {
+    /// (queued bytes, the delivering thread has ended)
+    state: Mutex<(u64, bool)>,
+    room: std::sync::Condvar,
+}
+
+impl Backlog {
+    /// Counts `cost` more bytes in, first waiting while that would pass [`INPUT_BACKLOG`]
+    /// (one item alone always passes).
+    fn take(&self, cost: u64) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        while state.0 > 0 && state.0.saturating_add(cost) > INPUT_BACKLOG && !state.1 {
+            state = match self.room.wait(state) {
+                Ok(state) => state,
+                Err(_) => return,
+            };
+        }
+        state.0 = state.0.saturating_add(cost);
+    }
+
+    /// Counts `cost` bytes out: the app has them.
+    fn give(&self, cost: u64) {
+        if let Ok(mut state) = self.state.lock() {
+            state.0 = state.0.saturating_sub(cost);
+        }
+        self.room.notify_all();
+    }
+
+    /// The delivering thread has ended: nothing waits for room any more.
+    fn close(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.1 = true;
+        }
+        self.room.notify_all();
+    }
+}
+
+impl Pending {
+    /// What the item counts in the backlog: its bytes, a resize as a small frame.
+    fn cost(&self) -> u64 {
+        match self {
+            Pending::Bytes(bytes) => u64::try_from(bytes.len()).unwrap_or(u64::MAX),
+            Pending::Resize(..) => 16,
         }
     }
 }
@@ -238,21 +297,98 @@ fn deliver(terminal: &mut dyn Input, pending: &Pending) {
 }
 
 /// Starts the thread that hands input to `terminal` and acknowledges it. The queue holds
-/// at most what the launcher's window lets it send.
-fn queue_input(mut terminal: Box<dyn Input>, acks: Writer) -> std::sync::mpsc::Sender<Pending> {
+/// what the launcher's window lets it send, and never more than [`INPUT_BACKLOG`].
+fn queue_input(terminal: Box<dyn Input>, acks: Writer) -> Deliver {
     let (queue, pending) = std::sync::mpsc::channel();
+    let backlog = Arc::new(Backlog::default());
+    let counted = Arc::clone(&backlog);
     // Sent from the new thread: the watch loop must never wait for output room, since it
     // is what reads the acknowledgements that make room.
     std::thread::spawn(move || {
-        for item in pending {
-            deliver(terminal.as_mut(), &item);
-            if let Pending::Bytes(bytes) = &item {
-                let count = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-                if count > 0 && acks.send(&Frame::StdinAck(count)).is_err() {
-                    break;
-                }
+        hand_over(terminal, &pending, &acks, &counted);
+        counted.close();
+    });
+    Deliver::Queued(queue, backlog)
+}
+
+/// Hands the queued input to `terminal` in order, acknowledging each piece, until the
+/// queue ends or the acknowledgements cannot be sent.
+fn hand_over(
+    mut terminal: Box<dyn Input>,
+    pending: &std::sync::mpsc::Receiver<Pending>,
+    acks: &Writer,
+    backlog: &Backlog,
+) {
+    for item in pending {
+        deliver(terminal.as_mut(), &item);
+        backlog.give(item.cost());
+        if let Pending::Bytes(bytes) = &item {
+            let count = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+            if count > 0 && acks.send(&Frame::StdinAck(count)).is_err() {
+                return;
             }
         }
-    });
-    queue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    /// Endless `Stdin` frames, counting the bytes read from it.
+    struct Flood {
+        frame: Vec<u8>,
+        at: usize,
+        read: Arc<AtomicU64>,
+    }
+
+    impl Read for Flood {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.frame.len() - self.at);
+            buf[..n].copy_from_slice(&self.frame[self.at..self.at + n]);
+            self.at = (self.at + n) % self.frame.len();
+            self.read.fetch_add(n as u64, Ordering::SeqCst);
+            Ok(n)
+        }
+    }
+
+    /// An app that never reads its stdin.
+    struct Deaf(std::sync::mpsc::Receiver<()>);
+
+    impl Input for Deaf {
+        fn input(&mut self, _bytes: &[u8]) {
+            let _ = self.0.recv();
+        }
+    }
+
+    #[test]
+    fn a_launcher_ignoring_the_stdin_window_cannot_queue_input_without_bound() {
+        let read = Arc::new(AtomicU64::new(0));
+        let flood = Flood {
+            frame: Frame::Stdin(vec![7; crate::proto::CHUNK]).encode(),
+            at: 0,
+            read: Arc::clone(&read),
+        };
+        let (_release, deaf) = std::sync::mpsc::channel();
+        // `done` is set: the loop never signals a process group, whatever happens.
+        let done = Arc::new(AtomicBool::new(true));
+        let acks = Writer::new(std::io::sink());
+        watch(
+            flood,
+            i32::MAX,
+            done,
+            Some(Box::new(Deaf(deaf))),
+            Some(acks),
+            true,
+        );
+        std::thread::sleep(Duration::from_millis(1500));
+        let taken = read.load(Ordering::SeqCst);
+        let bound = INPUT_BACKLOG + 4 * crate::proto::CHUNK as u64;
+        assert!(taken > 0, "nothing was read");
+        assert!(
+            taken <= bound,
+            "{taken} bytes read for an app that reads none"
+        );
+    }
 }
