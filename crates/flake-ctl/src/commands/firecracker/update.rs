@@ -60,8 +60,8 @@ enum Status {
 /// The outcome for one VM image.
 #[derive(Debug, Serialize)]
 struct ImageReport {
-    /// The VM image.
-    vm: String,
+    /// The VM image (its name, as `firecracker show` gives it).
+    image: String,
     /// The registered flakes that use it.
     flakes: Vec<String>,
     /// What happened.
@@ -88,7 +88,7 @@ struct ImageReport {
 impl ImageReport {
     fn new(vm: &str, flakes: Vec<String>) -> Self {
         ImageReport {
-            vm: vm.to_string(),
+            image: vm.to_string(),
             flakes,
             status: Status::Unchanged,
             reference: None,
@@ -172,7 +172,7 @@ fn failures(images: &[ImageReport]) -> Vec<String> {
     failed
         .map(|i| {
             let why = i.error.as_deref().unwrap_or("unknown error");
-            format!("VM image {}: {why}", i.vm)
+            format!("VM image {}: {why}", i.image)
         })
         .collect()
 }
@@ -357,7 +357,7 @@ fn note_running(images: &mut [ImageReport], mode: Mode, ctx: &Context) {
     for image in images.iter_mut().filter(|i| i.status == Status::Changed) {
         image.running = rows
             .iter()
-            .filter(|r| r.status == "running" && r.image.as_deref() == Some(image.vm.as_str()))
+            .filter(|r| r.status == "running" && r.image.as_deref() == Some(image.image.as_str()))
             // A user's images are that user's: other users' VMs run on theirs.
             .filter(|r| mode == Mode::System || r.user == caller)
             .map(|r| r.name.clone())
@@ -378,7 +378,12 @@ fn print(report: &Report, format: ReportFormat) -> Result<()> {
 fn table(report: &Report) -> String {
     let mut out = String::new();
     for image in &report.images {
-        let _ = writeln!(out, "{}: {}", image.vm, image_line(image, report.dry_run));
+        let _ = writeln!(
+            out,
+            "{}: {}",
+            image.image,
+            image_line(image, report.dry_run)
+        );
         for vm in &image.running {
             let _ = writeln!(
                 out,
