@@ -74,6 +74,28 @@ fn publish(images: &mut Images, w: &World, local: &str, remote: &str, version: &
     std::fs::create_dir_all(&dir).unwrap();
     let containerfile = format!("FROM {}\nRUN echo {version} > /version\n", util::IMAGE);
     std::fs::write(dir.join("Containerfile"), containerfile).unwrap();
+    build_and_push(images, &dir, local, remote);
+}
+
+/// Publishes a `FROM scratch` image carrying `kernel` at `/boot/vmlinux`, and a note
+/// `version` that makes each version another image.
+fn publish_kernel(
+    images: &mut Images,
+    w: &World,
+    (local, remote): (&str, &str),
+    kernel: &Path,
+    version: &str,
+) {
+    let dir = w.path(&format!("kernel-{version}"));
+    std::fs::create_dir_all(dir.join("tree/boot")).unwrap();
+    std::fs::copy(kernel, dir.join("tree/boot/vmlinux")).unwrap();
+    std::fs::write(dir.join("tree/version"), version).unwrap();
+    std::fs::write(dir.join("Containerfile"), "FROM scratch\nCOPY tree/ /\n").unwrap();
+    build_and_push(images, &dir, local, remote);
+}
+
+/// Builds `dir` as `local`, pushes it to `remote` and drops both local names.
+fn build_and_push(images: &mut Images, dir: &Path, local: &str, remote: &str) {
     let dir_s = dir.display().to_string();
     let id = podman(&["build", "-q", "--no-cache", "-t", local, &dir_s]);
     images.0.push(id.trim().to_string());
@@ -131,10 +153,15 @@ fn identity(path: &Path) -> (u64, u64, i64, i64) {
     (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec())
 }
 
-fn digest(w: &World, name: &str) -> String {
+/// The recorded digest of the rootfs (`part` "rootfs") or kernel image of VM image `name`.
+fn recorded(w: &World, name: &str, part: &str) -> String {
     let text = std::fs::read_to_string(image_dir(w, name).join("oci-image.json")).unwrap();
     let record: serde_json::Value = serde_json::from_str(&text).unwrap();
-    record["rootfs"]["digest"].as_str().unwrap().to_string()
+    record[part]["digest"].as_str().unwrap().to_string()
+}
+
+fn digest(w: &World, name: &str) -> String {
+    recorded(w, name, "rootfs")
 }
 
 /// Registers `app` on VM image `vm` under QEMU with `/bin/sh` (and `extra` words), in
@@ -334,4 +361,67 @@ fn update_follows_the_registry_and_never_restores_an_old_state_onto_a_new_rootfs
     );
     assert!(missing.stdout().contains("upd: up to date"), "{missing}");
     assert!(missing.stderr().contains("1 failure(s)"), "{missing}");
+}
+
+#[test]
+fn a_kernel_from_an_image_is_pulled_again_with_it() {
+    require_podman!();
+    if !registry_ready() {
+        return;
+    }
+    let Some((_vms, w, fixtures, _sci)) = vm_world() else {
+        return;
+    };
+    let Some(_tmpfs) = registry_on_tmpfs(&w) else {
+        return;
+    };
+    let id = std::process::id();
+    let (local, remote) = (
+        format!("localhost/fcupdate-{id}-kapp:1"),
+        format!("{REGISTRY}/fcupdate-{id}/kapp:1"),
+    );
+    let (klocal, kremote) = (
+        format!("localhost/fcupdate-{id}-kernel:1"),
+        format!("{REGISTRY}/fcupdate-{id}/kernel:1"),
+    );
+    let mut images = Images(vec![
+        local.clone(),
+        remote.clone(),
+        klocal.clone(),
+        kremote.clone(),
+    ]);
+    let kernel = fixtures.join("kernel/vmlinux");
+    publish(&mut images, &w, &local, &remote, "one");
+    publish_kernel(&mut images, &w, (&klocal, &kremote), &kernel, "one");
+    let pull = ["firecracker", "--user", "pull", "--name", "kupd", "--oci"];
+    w.ctl(&[&pull[..], &[&remote, "--kernel-oci", &kremote]].concat())
+        .success();
+    let (old_rootfs, old_kernel) = (digest(&w, "kupd"), recorded(&w, "kupd", "kernel"));
+
+    // Only the kernel image moved: the dry run sees it, the update rebuilds with it.
+    publish_kernel(&mut images, &w, (&klocal, &kremote), &kernel, "two");
+    let dry = update(&w, &["--vm", "kupd", "--dry-run", "--format", "json"]);
+    dry.success();
+    let report: serde_json::Value = serde_json::from_str(&dry.stdout()).unwrap();
+    let kupd = entry(&report, "kupd");
+    assert_eq!(kupd["status"], "changed", "{dry}");
+    assert_eq!(kupd["new_digest"], old_rootfs.as_str(), "{dry}");
+    assert_eq!(kupd["old_kernel_digest"], old_kernel.as_str(), "{dry}");
+    let new_kernel = kupd["new_kernel_digest"].as_str().unwrap().to_string();
+    assert_ne!(new_kernel, old_kernel, "{dry}");
+    assert_eq!(
+        recorded(&w, "kupd", "kernel"),
+        old_kernel,
+        "a dry run changes nothing"
+    );
+
+    let rebuilt = update(&w, &["--vm", "kupd"]);
+    rebuilt.success();
+    let line = format!("(kernel from {kremote} {old_kernel} -> {new_kernel})");
+    assert!(rebuilt.stdout().contains(&line), "{rebuilt}");
+    assert_eq!(recorded(&w, "kupd", "kernel"), new_kernel);
+    assert_eq!(digest(&w, "kupd"), old_rootfs);
+    let again = update(&w, &["--vm", "kupd"]);
+    again.success();
+    assert!(again.stdout().ends_with("all up to date\n"), "{again}");
 }

@@ -74,6 +74,10 @@ struct ImageReport {
     old_digest: Option<String>,
     /// The digest after the update (dry run: the registry's).
     new_digest: Option<String>,
+    /// The recorded digest of the kernel image before the update.
+    old_kernel_digest: Option<String>,
+    /// The kernel image's digest after the update (dry run: the registry's).
+    new_kernel_digest: Option<String>,
     /// The recorded image id before the update.
     old_image_id: Option<String>,
     /// The image id after the update (none in a dry run).
@@ -93,6 +97,8 @@ impl ImageReport {
             status: Status::Unchanged,
             reference: None,
             kernel_reference: None,
+            old_kernel_digest: None,
+            new_kernel_digest: None,
             old_digest: None,
             new_digest: None,
             old_image_id: None,
@@ -112,6 +118,7 @@ impl ImageReport {
         self.reference = Some(record.rootfs.reference.clone());
         self.kernel_reference = record.kernel.as_ref().map(|k| k.reference.clone());
         self.old_digest.clone_from(&record.rootfs.digest);
+        self.old_kernel_digest = record.kernel.as_ref().and_then(|k| k.digest.clone());
         self.old_image_id = Some(record.rootfs.image_id.clone());
     }
 }
@@ -298,6 +305,7 @@ impl Update<'_> {
         let pulled = super::pull::oci_pull(vm, &what, self.mode, self.ctx)?;
         let new = vm_pilot::oci::read(dir)?;
         report.new_digest = new.as_ref().and_then(|r| r.rootfs.digest.clone());
+        report.new_kernel_digest = new.as_ref().and_then(|r| r.kernel.as_ref()?.digest.clone());
         report.new_image_id = new.map(|r| r.rootfs.image_id);
         report.status = if pulled.up_to_date {
             Status::Unchanged
@@ -327,6 +335,8 @@ impl Update<'_> {
                     changed |= origin.digest.as_deref() != Some(digest.as_str());
                     if i == 0 {
                         report.new_digest = Some(digest);
+                    } else {
+                        report.new_kernel_digest = Some(digest);
                     }
                 }
                 Err(err) => {
@@ -399,16 +409,26 @@ fn table(report: &Report) -> String {
     out
 }
 
+/// Where the kernel came from, and for a kernel image its digests when they differ.
+fn kernel_part(image: &ImageReport) -> String {
+    let digest = |d: &Option<String>| d.clone().unwrap_or_else(|| "none".into());
+    let (old, new) = (&image.old_kernel_digest, &image.new_kernel_digest);
+    match &image.kernel_reference {
+        None => "kernel file kept".to_string(),
+        Some(k) if new.is_some() && old != new => {
+            format!("kernel from {k} {} -> {}", digest(old), digest(new))
+        }
+        Some(k) => format!("kernel from {k}"),
+    }
+}
+
 fn image_line(image: &ImageReport, dry_run: bool) -> String {
     let digest = |d: &Option<String>| d.clone().unwrap_or_else(|| "none".into());
     let reference = image.reference.as_deref().unwrap_or("?");
-    let kernel = match &image.kernel_reference {
-        Some(k) => format!("kernel from {k}"),
-        None => "kernel file kept".to_string(),
-    };
+    let kernel = kernel_part(image);
     match image.status {
         Status::Changed if dry_run => format!(
-            "would change: {reference} (recorded digest {} -> registry {})",
+            "would change: {reference} (recorded digest {} -> registry {}; {kernel})",
             digest(&image.old_digest),
             digest(&image.new_digest)
         ),
@@ -442,6 +462,10 @@ mod tests {
         image.status = status;
         image.reference = Some("r:5000/app:1".into());
         image.kernel_reference = kernel.map(str::to_string);
+        if kernel.is_some() {
+            image.old_kernel_digest = Some("sha256:k1".into());
+            image.new_kernel_digest = Some("sha256:k2".into());
+        }
         image.old_digest = Some("sha256:old".into());
         image.new_digest = Some("sha256:new".into());
         if status == Status::Failed {
@@ -463,8 +487,8 @@ mod tests {
     fn one_line_per_image_and_a_verdict() {
         let cases = [
             (false, Status::Changed, None, "app-1: changed: r:5000/app:1 sha256:old -> sha256:new (kernel file kept)\n"),
-            (false, Status::Changed, Some("r:5000/k:1"), "app-1: changed: r:5000/app:1 sha256:old -> sha256:new (kernel from r:5000/k:1)\n"),
-            (true, Status::Changed, None, "app-1: would change: r:5000/app:1 (recorded digest sha256:old -> registry sha256:new)\n"),
+            (false, Status::Changed, Some("r:5000/k:1"), "app-1: changed: r:5000/app:1 sha256:old -> sha256:new (kernel from r:5000/k:1 sha256:k1 -> sha256:k2)\n"),
+            (true, Status::Changed, None, "app-1: would change: r:5000/app:1 (recorded digest sha256:old -> registry sha256:new; kernel file kept)\n"),
             (true, Status::Unknown, None, "app-1: would be pulled: r:5000/app:1; recorded digest sha256:old (install skopeo to see the registry's)\n"),
             (false, Status::Unchanged, None, "app-1: up to date: r:5000/app:1 sha256:old\nall up to date\n"),
             (false, Status::Skipped, None, "app-1: not from a registry; pull it again with firecracker pull --force\nall up to date\n"),
