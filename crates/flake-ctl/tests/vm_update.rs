@@ -67,8 +67,7 @@ impl Drop for Images {
     }
 }
 
-/// Builds version `version` of the test image as `local`, pushes it to `remote` and drops
-/// both local names, so that only the registry has it.
+/// Builds version `version` of the test image as `local` and pushes it to `remote`.
 fn publish(images: &mut Images, w: &World, local: &str, remote: &str, version: &str) {
     let dir = w.path(&format!("context-{version}"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -94,15 +93,25 @@ fn publish_kernel(
     build_and_push(images, &dir, local, remote);
 }
 
-/// Builds `dir` as `local`, pushes it to `remote` and drops both local names.
+/// Builds `dir` as `local`, pushes it to `remote` and drops the local name, so that a
+/// pull fetches it from the registry as a host that did not build it would. The remote
+/// name stays where the last pull put it.
 fn build_and_push(images: &mut Images, dir: &Path, local: &str, remote: &str) {
     let dir_s = dir.display().to_string();
     let id = podman(&["build", "-q", "--no-cache", "-t", local, &dir_s]);
     images.0.push(id.trim().to_string());
     podman(&["push", "-q", "--tls-verify=false", local, remote]);
-    for name in [local, remote] {
-        let _ = Command::new("podman").args(["rmi", "--", name]).output();
-    }
+    podman(&["rmi", "--", local]);
+}
+
+/// Held by each test of this file: podman 4.3 loses layers now and then ("layer not
+/// known") when one process removes an image while another pulls one that shares layers.
+static PODMAN_STORAGE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn storage_lock() -> std::sync::MutexGuard<'static, ()> {
+    PODMAN_STORAGE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// True when the registry answers; otherwise a visible skip (a failure under `make test`).
@@ -158,6 +167,21 @@ fn recorded(w: &World, name: &str, part: &str) -> String {
     let text = std::fs::read_to_string(image_dir(w, name).join("oci-image.json")).unwrap();
     let record: serde_json::Value = serde_json::from_str(&text).unwrap();
     record[part]["digest"].as_str().unwrap().to_string()
+}
+
+/// The recorded OCI image id of the rootfs of VM image `name`.
+fn image_id(w: &World, name: &str) -> String {
+    let text = std::fs::read_to_string(image_dir(w, name).join("oci-image.json")).unwrap();
+    let record: serde_json::Value = serde_json::from_str(&text).unwrap();
+    record["rootfs"]["image_id"].as_str().unwrap().to_string()
+}
+
+/// Whether podman's storage holds image `id`.
+fn stored(id: &str) -> bool {
+    let exists = Command::new("podman")
+        .args(["image", "exists", id])
+        .status();
+    exists.unwrap().success()
 }
 
 fn digest(w: &World, name: &str) -> String {
@@ -221,6 +245,7 @@ fn entry<'a>(report: &'a serde_json::Value, vm: &str) -> &'a serde_json::Value {
 #[test]
 fn update_follows_the_registry_and_never_restores_an_old_state_onto_a_new_rootfs() {
     require_podman!();
+    let _storage = storage_lock();
     if !registry_ready() {
         return;
     }
@@ -290,6 +315,8 @@ fn update_follows_the_registry_and_never_restores_an_old_state_onto_a_new_rootfs
 
     // A new push: the dry run asks the registry, reports old -> new and changes nothing.
     let old_digest = digest(&w, "upd");
+    let old_id = image_id(&w, "upd");
+    assert!(stored(&old_id), "pull --oci keeps the image it pulled");
     let before = identity(&rootfs);
     publish(&mut images, &w, &local, &remote, "two");
     let dry = update(&w, &["--all", "--dry-run", "--format", "json"]);
@@ -322,6 +349,29 @@ fn update_follows_the_registry_and_never_restores_an_old_state_onto_a_new_rootfs
     assert!(
         kernel_now == std::fs::read(&kernel).unwrap(),
         "the kernel is kept"
+    );
+    let removed = format!(
+        "  removed the old image {} ({remote}) from podman's storage",
+        &old_id[..12]
+    );
+    assert!(rebuilt.stdout().contains(&removed), "{rebuilt}");
+    assert!(
+        !stored(&old_id),
+        "the replaced image is gone from podman's storage"
+    );
+    assert!(stored(&image_id(&w, "upd")));
+    // The resume VM keeps the old image open and runs on it until it ends.
+    let hint = "  VM updres keeps running on the old image until it ends";
+    assert!(rebuilt.stdout().contains(hint), "{rebuilt}");
+    let old = w.app(&resume, &["-c", "cat /version", "%remove"], None);
+    old.success();
+    assert_eq!(old.stdout(), "one\n", "{old}");
+    let new = w.app(&resume, &["-c", "cat /version", "%remove"], None);
+    new.success();
+    assert_eq!(
+        new.stdout(),
+        "two\n",
+        "the next VM runs the new image: {new}"
     );
 
     // Again: up to date, quickly, nothing touched.
@@ -366,6 +416,7 @@ fn update_follows_the_registry_and_never_restores_an_old_state_onto_a_new_rootfs
 #[test]
 fn a_kernel_from_an_image_is_pulled_again_with_it() {
     require_podman!();
+    let _storage = storage_lock();
     if !registry_ready() {
         return;
     }
@@ -397,6 +448,21 @@ fn a_kernel_from_an_image_is_pulled_again_with_it() {
     w.ctl(&[&pull[..], &[&remote, "--kernel-oci", &kremote]].concat())
         .success();
     let (old_rootfs, old_kernel) = (digest(&w, "kupd"), recorded(&w, "kupd", "kernel"));
+    // A container flake pinned to the old kernel image keeps it in podman's storage.
+    let pinned = format!("{kremote}@{old_kernel}");
+    let pinned_app = w.bin.join("kpinned").display().to_string();
+    w.ctl(&[
+        "podman",
+        "--user",
+        "register",
+        "--container",
+        &pinned,
+        "--app",
+        &pinned_app,
+        "--target",
+        "/vmlinux",
+    ])
+    .success();
 
     // Only the kernel image moved: the dry run sees it, the update rebuilds with it.
     publish_kernel(&mut images, &w, (&klocal, &kremote), &kernel, "two");
@@ -421,6 +487,8 @@ fn a_kernel_from_an_image_is_pulled_again_with_it() {
     assert!(rebuilt.stdout().contains(&line), "{rebuilt}");
     assert_eq!(recorded(&w, "kupd", "kernel"), new_kernel);
     assert_eq!(digest(&w, "kupd"), old_rootfs);
+    let kept = format!("): container flake image {pinned} uses it");
+    assert!(rebuilt.stdout().contains(&kept), "{rebuilt}");
     let again = update(&w, &["--vm", "kupd"]);
     again.success();
     assert!(again.stdout().ends_with("all up to date\n"), "{again}");

@@ -23,6 +23,8 @@
 //! when every image could be handled, 1 when one failed; each failure is named and the
 //! other images are still updated.
 
+mod storage;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -34,12 +36,14 @@ use flakes::config::Engine;
 use flakes::register::app_name;
 use flakes::{FlakeName, Mode, Registry};
 use serde::Serialize;
-use vm_pilot::oci::OciRecord;
+use vm_pilot::oci::{OciRecord, Origin};
 use vm_pilot::pull::oci::{names_registry, OciKernel, Podman};
 use vm_pilot::pull::{Pull, Source};
 
 use crate::cli::{ReportFormat, VmUpdateArgs};
+use crate::commands::podman::inspect::inspect;
 use crate::context::Context;
+use storage::{Replaced, Storage};
 
 /// What happened to one VM image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -84,6 +88,8 @@ struct ImageReport {
     new_image_id: Option<String>,
     /// VM instances still running on the old image.
     running: Vec<String>,
+    /// The OCI images the update replaced in podman's storage, removed or kept.
+    replaced: Vec<Replaced>,
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
@@ -104,6 +110,7 @@ impl ImageReport {
             old_image_id: None,
             new_image_id: None,
             running: Vec::new(),
+            replaced: Vec::new(),
             error: None,
         }
     }
@@ -139,9 +146,18 @@ pub fn run(args: &VmUpdateArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
     let registry = ctx.settings.registry(mode);
     let users = users(&registry)?;
     let chosen = chosen(args, &users, &registry)?;
+    // Without podman there is nothing to pull or remove (each pull then says why).
+    let engine = ctx.podman(mode).ok();
+    // A dry run removes nothing.
+    let storage = engine
+        .clone()
+        .filter(|_| !args.dry_run)
+        .map(|engine| Storage::new(engine, &registry));
     let update = Update {
         ctx,
         mode,
+        engine,
+        storage,
         images: vm_pilot::images_dir(&ctx.settings, mode),
         skopeo: args
             .dry_run
@@ -241,6 +257,8 @@ struct Update<'a> {
     ctx: &'a Context,
     mode: Mode,
     images: PathBuf,
+    engine: Option<podman_pilot::Engine>,
+    storage: Option<Storage>,
     skopeo: Option<PathBuf>,
     dry_run: bool,
 }
@@ -306,6 +324,14 @@ impl Update<'_> {
         let new = vm_pilot::oci::read(dir)?;
         report.new_digest = new.as_ref().and_then(|r| r.rootfs.digest.clone());
         report.new_kernel_digest = new.as_ref().and_then(|r| r.kernel.as_ref()?.digest.clone());
+        if let Some(storage) = &self.storage {
+            let rootfs = storage.release(&record.rootfs, new.as_ref().map(|r| &r.rootfs));
+            let kernel = record
+                .kernel
+                .as_ref()
+                .and_then(|old| storage.release(old, new.as_ref().and_then(|r| r.kernel.as_ref())));
+            report.replaced.extend(rootfs.into_iter().chain(kernel));
+        }
         report.new_image_id = new.map(|r| r.rootfs.image_id);
         report.status = if pulled.up_to_date {
             Status::Unchanged
@@ -332,7 +358,7 @@ impl Update<'_> {
             }
             match crate::commands::remote::digest(skopeo, &origin.reference) {
                 Ok(digest) => {
-                    changed |= origin.digest.as_deref() != Some(digest.as_str());
+                    changed |= !self.known(origin, &digest);
                     if i == 0 {
                         report.new_digest = Some(digest);
                     } else {
@@ -354,6 +380,23 @@ impl Update<'_> {
         } else {
             Status::Unchanged
         };
+    }
+}
+
+impl Update<'_> {
+    /// Whether the registry's `digest` is that of the image `origin` records: the recorded
+    /// digest, or another manifest podman knows the recorded image by (an image pushed
+    /// from this host is known by the digest of its local manifest as well, and podman
+    /// may name either).
+    fn known(&self, origin: &Origin, digest: &str) -> bool {
+        if origin.digest.as_deref() == Some(digest) {
+            return true;
+        }
+        let local = self
+            .engine
+            .as_ref()
+            .and_then(|e| inspect(e, &origin.image_id));
+        local.is_some_and(|info| info.digests().contains(digest))
     }
 }
 
@@ -394,6 +437,9 @@ fn table(report: &Report) -> String {
             image.image,
             image_line(image, report.dry_run)
         );
+        for old in &image.replaced {
+            let _ = writeln!(out, "  {}", replaced_line(old));
+        }
         for vm in &image.running {
             let _ = writeln!(
                 out,
@@ -407,6 +453,17 @@ fn table(report: &Report) -> String {
         out.push_str("all up to date\n");
     }
     out
+}
+
+fn replaced_line(old: &Replaced) -> String {
+    let id = old.id.get(..12).unwrap_or(&old.id);
+    match &old.reason {
+        None => format!(
+            "removed the old image {id} ({}) from podman's storage",
+            old.reference
+        ),
+        Some(why) => format!("kept the old image {id} ({}): {why}", old.reference),
+    }
 }
 
 /// Where the kernel came from, and for a kernel image its digests when they differ.
@@ -504,10 +561,21 @@ mod tests {
     fn running_vms_are_named_and_json_has_every_key() {
         let mut changed = image(Status::Changed, None);
         changed.running = vec!["app@one".into()];
+        let old = |reason: Option<&str>| Replaced {
+            id: "a".repeat(64),
+            reference: "r:5000/app:1".into(),
+            removed: reason.is_none(),
+            reason: reason.map(str::to_string),
+        };
+        changed.replaced = vec![old(None), old(Some("it is still named x:1"))];
         let report = report(false, vec![changed, image(Status::Failed, None)]);
         let text = table(&report);
         assert!(
             text.contains("\n  VM app@one keeps running on the old image until it ends"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n  removed the old image aaaaaaaaaaaa (r:5000/app:1) from podman's storage\n  kept the old image aaaaaaaaaaaa (r:5000/app:1): it is still named x:1\n"),
             "{text}"
         );
         let json: serde_json::Value =
@@ -515,6 +583,11 @@ mod tests {
         assert_eq!(json["failures"][0], "VM image app-1: pull refused");
         assert_eq!(json["images"][0]["status"], "changed");
         assert_eq!(json["images"][0]["running"][0], "app@one");
+        assert_eq!(json["images"][0]["replaced"][0]["removed"], true);
+        assert_eq!(
+            json["images"][0]["replaced"][1]["reason"],
+            "it is still named x:1"
+        );
         assert!(json["images"][0]["kernel_reference"].is_null());
         assert_eq!(json["images"][1]["error"], "pull refused");
     }
