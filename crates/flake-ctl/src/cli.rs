@@ -322,6 +322,10 @@ pub struct VmUpdateArgs {
     /// installed).
     #[arg(long)]
     pub dry_run: bool,
+    /// Largest rootfs (with headroom) and kernel accepted, as for `pull`: e.g. 16GiB, 100G
+    /// or 1.5TB.
+    #[arg(long, value_name = "SIZE", default_value = "16GiB", value_parser = parse_size)]
+    pub max_size: u64,
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     pub format: ReportFormat,

@@ -113,7 +113,7 @@ pub fn oci(
     ctx: &Context,
 ) -> Result<()> {
     let what = oci_what(image, kernel, mode, ctx)?;
-    let pulled = oci_pull(name, &what, mode, ctx)?;
+    let pulled = oci_pull(name, &what, Policy::DEFAULT_MAX_SIZE, mode, ctx)?;
     let state = if pulled.up_to_date {
         "up to date"
     } else {
@@ -123,10 +123,17 @@ pub fn oci(
     Ok(())
 }
 
-/// Pulls `what` (a [`Pull::Oci`]) as VM image `name` without `--force`, within the
-/// default limits: the step `register --oci` and `firecracker update` share with `pull`.
-pub fn oci_pull(name: &str, what: &Pull, mode: Mode, ctx: &Context) -> Result<Pulled> {
+/// Pulls `what` (a [`Pull::Oci`]) as VM image `name` without `--force`, up to
+/// `max_size` bytes: the step `register --oci` and `firecracker update` share with `pull`.
+pub fn oci_pull(
+    name: &str,
+    what: &Pull,
+    max_size: u64,
+    mode: Mode,
+    ctx: &Context,
+) -> Result<Pulled> {
     let policy = Policy {
+        max_size,
         stall_timeout: stall_timeout(ctx.pull_stall_timeout.as_deref())?,
         allow_http: ctx.insecure_transport,
         ..Policy::default()

@@ -41,7 +41,7 @@ use vm_pilot::pull::oci::{names_registry, OciKernel, Podman};
 use vm_pilot::pull::{Pull, Source};
 
 use crate::cli::{ReportFormat, VmUpdateArgs};
-use crate::commands::podman::inspect::inspect;
+use crate::commands::podman::inspect::{inspect, short};
 use crate::context::Context;
 use storage::{Replaced, Storage};
 
@@ -146,25 +146,7 @@ pub fn run(args: &VmUpdateArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
     let registry = ctx.settings.registry(mode);
     let users = users(&registry)?;
     let chosen = chosen(args, &users, &registry)?;
-    // Without podman there is nothing to pull or remove (each pull then says why).
-    let engine = ctx.podman(mode).ok();
-    // A dry run removes nothing.
-    let storage = engine
-        .clone()
-        .filter(|_| !args.dry_run)
-        .map(|engine| Storage::new(engine, &registry));
-    let update = Update {
-        ctx,
-        mode,
-        engine,
-        storage,
-        images: vm_pilot::images_dir(&ctx.settings, mode),
-        skopeo: args
-            .dry_run
-            .then(|| crate::commands::remote::skopeo(ctx))
-            .flatten(),
-        dry_run: args.dry_run,
-    };
+    let update = Update::new(args, mode, ctx, &registry);
     let mut images: Vec<ImageReport> = chosen
         .into_iter()
         .map(|(vm, flakes)| update.image(&vm, flakes))
@@ -260,10 +242,33 @@ struct Update<'a> {
     engine: Option<podman_pilot::Engine>,
     storage: Option<Storage>,
     skopeo: Option<PathBuf>,
+    max_size: u64,
     dry_run: bool,
 }
 
-impl Update<'_> {
+impl<'a> Update<'a> {
+    /// The update `args` ask for, of the images of `registry`.
+    fn new(args: &VmUpdateArgs, mode: Mode, ctx: &'a Context, registry: &Registry) -> Self {
+        // Without podman there is nothing to pull or remove (each pull then says why).
+        let engine = ctx.podman(mode).ok();
+        // A dry run removes nothing, and only a dry run asks skopeo.
+        let storage = engine
+            .clone()
+            .filter(|_| !args.dry_run)
+            .map(|engine| Storage::new(engine, registry));
+        let skopeo = args.dry_run.then(|| crate::commands::remote::skopeo(ctx));
+        Update {
+            ctx,
+            mode,
+            engine,
+            storage,
+            images: vm_pilot::images_dir(&ctx.settings, mode),
+            skopeo: skopeo.flatten(),
+            max_size: args.max_size,
+            dry_run: args.dry_run,
+        }
+    }
+
     /// Updates (or, dry, checks) VM image `vm`.
     fn image(&self, vm: &str, flakes: Vec<String>) -> ImageReport {
         let mut report = ImageReport::new(vm, flakes);
@@ -320,7 +325,7 @@ impl Update<'_> {
             kernel,
             podman: Podman::new(self.ctx.podman(self.mode)?.podman()),
         };
-        let pulled = super::pull::oci_pull(vm, &what, self.mode, self.ctx)?;
+        let pulled = super::pull::oci_pull(vm, &what, self.max_size, self.mode, self.ctx)?;
         let new = vm_pilot::oci::read(dir)?;
         report.new_digest = new.as_ref().and_then(|r| r.rootfs.digest.clone());
         report.new_kernel_digest = new.as_ref().and_then(|r| r.kernel.as_ref()?.digest.clone());
@@ -449,14 +454,16 @@ fn table(report: &Report) -> String {
         }
     }
     let open = |s: Status| matches!(s, Status::Changed | Status::Unknown | Status::Failed);
-    if !report.images.iter().any(|i| open(i.status)) {
+    if report.images.is_empty() {
+        out.push_str("no VM flakes are registered: nothing to update\n");
+    } else if !report.images.iter().any(|i| open(i.status)) {
         out.push_str("all up to date\n");
     }
     out
 }
 
 fn replaced_line(old: &Replaced) -> String {
-    let id = old.id.get(..12).unwrap_or(&old.id);
+    let id = short(&old.id);
     match &old.reason {
         None => format!(
             "removed the old image {id} ({}) from podman's storage",
@@ -498,6 +505,10 @@ fn image_line(image: &ImageReport, dry_run: bool) -> String {
         Status::Skipped => {
             "not from a registry; pull it again with firecracker pull --force".to_string()
         }
+        Status::Unknown if !names_registry(reference) => format!(
+            "would be looked up in local storage: {reference} (recorded image id {})",
+            image.old_image_id.as_deref().map_or("none", short)
+        ),
         Status::Unknown => format!(
             "would be pulled: {reference}; recorded digest {} (install skopeo to see the \
              registry's)",
@@ -555,6 +566,22 @@ mod tests {
             let got = table(&report(dry_run, vec![image(status, kernel)]));
             assert_eq!(got, want, "{status:?}");
         }
+    }
+
+    #[test]
+    fn local_images_and_an_empty_registry_say_so() {
+        let mut local = image(Status::Unknown, None);
+        local.reference = Some("localhost/app:1".into());
+        local.old_image_id = Some("b".repeat(64));
+        assert_eq!(
+            table(&report(true, vec![local])),
+            "app-1: would be looked up in local storage: localhost/app:1 (recorded image id \
+             bbbbbbbbbbbb)\n"
+        );
+        assert_eq!(
+            table(&report(false, Vec::new())),
+            "no VM flakes are registered: nothing to update\n"
+        );
     }
 
     #[test]
