@@ -125,6 +125,15 @@ fn registry_ready() -> bool {
     up
 }
 
+/// True when skopeo is installed; otherwise a visible skip: the dry runs ask the registry.
+fn skopeo_ready() -> bool {
+    let installed = Command::new("skopeo").arg("--version").output().is_ok();
+    if !installed {
+        util::skip("skopeo is not installed: the dry run cannot ask the registry");
+    }
+    installed
+}
+
 /// Unmounts a tmpfs when dropped.
 struct Tmpfs(PathBuf);
 
@@ -252,8 +261,7 @@ fn update_follows_the_registry_and_never_restores_an_old_state_onto_a_new_rootfs
     let Some((_vms, w, fixtures, _sci)) = vm_world() else {
         return;
     };
-    if Command::new("skopeo").arg("--version").output().is_err() {
-        util::skip("skopeo is not installed: the dry run cannot ask the registry");
+    if !skopeo_ready() {
         return;
     }
     let Some(_tmpfs) = registry_on_tmpfs(&w) else {
@@ -417,7 +425,7 @@ fn update_follows_the_registry_and_never_restores_an_old_state_onto_a_new_rootfs
 fn a_kernel_from_an_image_is_pulled_again_with_it() {
     require_podman!();
     let _storage = storage_lock();
-    if !registry_ready() {
+    if !registry_ready() || !skopeo_ready() {
         return;
     }
     let Some((_vms, w, fixtures, _sci)) = vm_world() else {
