@@ -292,6 +292,43 @@ pub enum FirecrackerAction {
     Remove(VmRemoveArgs),
     /// List running and stale VM instances.
     Show(ShowArgs),
+    /// Pull the VM images made from OCI images again, rebuilding those whose image changed.
+    ///
+    /// Each image made with `pull --oci` (or `register --oci`) is pulled again from the
+    /// reference its record names, as `pull --oci` does: an unchanged digest is reported
+    /// up to date and nothing is rebuilt; a new one rebuilds the image next to the old and
+    /// swaps it in once verified (old -> new digest). A kernel taken from an OCI image is
+    /// pulled again with it; one that came from a file or URL stays the image's current
+    /// kernel. Images made otherwise are skipped with a hint (pull --force). VMs running
+    /// on an old image keep running on it until they end. Exit status 0 when every image
+    /// could be handled, 1 when one failed (the others are still updated).
+    Update(VmUpdateArgs),
+}
+
+/// `flake-ctl firecracker update`.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("which").required(true).multiple(true).args(["vm", "app", "all"]))]
+pub struct VmUpdateArgs {
+    /// Name of a VM image to update (repeatable).
+    #[arg(long, num_args = 1.., conflicts_with = "all")]
+    pub vm: Vec<String>,
+    /// App path of a VM flake whose image to update (repeatable).
+    #[arg(long, num_args = 1.., conflicts_with = "all")]
+    pub app: Vec<PathBuf>,
+    /// Update the images of every registered VM flake.
+    #[arg(long)]
+    pub all: bool,
+    /// Change nothing; say what would change (asks the registry with skopeo when it is
+    /// installed).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Largest rootfs (with headroom) and kernel accepted, as for `pull`: e.g. 16GiB, 100G
+    /// or 1.5TB.
+    #[arg(long, value_name = "SIZE", default_value = "16GiB", value_parser = parse_size)]
+    pub max_size: u64,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: ReportFormat,
 }
 
 /// VM monitors.

@@ -344,6 +344,33 @@ mod tests {
         assert_eq!(key(&words, &[&dir.path().join("gone")]), None);
     }
 
+    /// An update swaps in a rootfs built beside the old one: a new file, even when its
+    /// size and modification time are the old one's (as a rebuild from the same tree may
+    /// make them). A state of the old rootfs must not be restored onto it.
+    #[test]
+    fn a_rootfs_replaced_by_an_update_is_a_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("rootfs");
+        std::fs::write(&rootfs, "tree one").unwrap();
+        let words = vec!["-m".to_string(), "256".to_string()];
+        let old = key(&words, &[&rootfs]).unwrap();
+        let mtime = std::fs::metadata(&rootfs).unwrap().modified().unwrap();
+        let staged = dir.path().join("rootfs.new");
+        std::fs::write(&staged, "tree two").unwrap();
+        File::options()
+            .write(true)
+            .open(&staged)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        std::fs::rename(&staged, &rootfs).unwrap();
+        assert_eq!(
+            std::fs::metadata(&rootfs).unwrap().modified().unwrap(),
+            mtime
+        );
+        assert_ne!(key(&words, &[&rootfs]).unwrap(), old);
+    }
+
     #[test]
     fn only_the_flakes_own_states_and_marks_are_removed() {
         let dir = tempfile::tempdir().unwrap();

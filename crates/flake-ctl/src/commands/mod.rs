@@ -11,6 +11,7 @@ pub mod import;
 pub mod init;
 pub mod list;
 pub mod podman;
+pub mod remote;
 pub mod validate;
 
 use std::process::ExitCode;

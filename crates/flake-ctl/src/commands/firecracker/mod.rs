@@ -5,6 +5,7 @@ pub mod pull;
 pub mod register;
 pub mod remove;
 pub mod show;
+pub mod update;
 
 use std::process::ExitCode;
 
@@ -21,5 +22,6 @@ pub fn run(args: FirecrackerArgs, ctx: &Context) -> Result<ExitCode> {
         FirecrackerAction::Register(a) => register::run(&a, mode, ctx),
         FirecrackerAction::Remove(a) => remove::run(&a, mode, ctx),
         FirecrackerAction::Show(a) => show::run(&a, ctx),
+        FirecrackerAction::Update(a) => update::run(&a, mode, ctx),
     }
 }

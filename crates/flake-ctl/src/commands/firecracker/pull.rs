@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use flakes::Mode;
 use vm_pilot::pull::oci::{OciKernel, Podman};
-use vm_pilot::pull::{pull_reporting, stall_timeout, Policy, Pull, Source};
+use vm_pilot::pull::{pull_reporting, stall_timeout, Policy, Pull, Pulled, Source};
 
 use crate::cli::VmPullArgs;
 use crate::context::Context;
@@ -113,14 +113,7 @@ pub fn oci(
     ctx: &Context,
 ) -> Result<()> {
     let what = oci_what(image, kernel, mode, ctx)?;
-    let policy = Policy {
-        stall_timeout: stall_timeout(ctx.pull_stall_timeout.as_deref())?,
-        allow_http: ctx.insecure_transport,
-        ..Policy::default()
-    };
-    let sci = ctx.sci();
-    let images = vm_pilot::images_dir(&ctx.settings, mode);
-    let pulled = pull_reporting(&images, name, &what, false, sci.as_deref(), &policy)?;
+    let pulled = oci_pull(name, &what, Policy::DEFAULT_MAX_SIZE, mode, ctx)?;
     let state = if pulled.up_to_date {
         "up to date"
     } else {
@@ -128,6 +121,33 @@ pub fn oci(
     };
     println!("VM image {name} from {image}: {state}");
     Ok(())
+}
+
+/// Pulls `what` (a [`Pull::Oci`]) as VM image `name` without `--force`, up to
+/// `max_size` bytes: the step `register --oci` and `firecracker update` share with `pull`.
+pub fn oci_pull(
+    name: &str,
+    what: &Pull,
+    max_size: u64,
+    mode: Mode,
+    ctx: &Context,
+) -> Result<Pulled> {
+    let policy = Policy {
+        max_size,
+        stall_timeout: stall_timeout(ctx.pull_stall_timeout.as_deref())?,
+        allow_http: ctx.insecure_transport,
+        ..Policy::default()
+    };
+    let sci = ctx.sci();
+    let images = vm_pilot::images_dir(&ctx.settings, mode);
+    Ok(pull_reporting(
+        &images,
+        name,
+        what,
+        false,
+        sci.as_deref(),
+        &policy,
+    )?)
 }
 
 /// The VM image name for `image` when `--vm` is not given: its last path component and

@@ -34,7 +34,7 @@ pub struct VmRow {
     pub(crate) user: String,
     id: Option<String>,
     pub(crate) status: String,
-    image: Option<String>,
+    pub(crate) image: Option<String>,
     config: Option<String>,
     tap: Option<String>,
     /// For a VM image made from an OCI image: the reference it was pulled as.

@@ -40,6 +40,11 @@ impl ImageInfo {
     }
 }
 
+/// The short form of an image id that podman prints.
+pub fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
 /// `podman image inspect` of `images`, in order; `None` when one of them is missing (or
 /// podman fails), since podman's answer then no longer says which is which.
 pub fn inspect_all(engine: &Engine, images: &[&str]) -> Option<Vec<ImageInfo>> {

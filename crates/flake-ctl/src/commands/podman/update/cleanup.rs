@@ -324,10 +324,7 @@ impl Scope<'_> {
     }
 }
 
-/// The short form of an image id that podman prints.
-pub fn short(id: &str) -> &str {
-    id.get(..12).unwrap_or(id)
-}
+pub use crate::commands::podman::inspect::short;
 
 /// Groups `(flake, image)` pairs by image, images in first-seen order.
 pub fn by_image(pairs: &[(String, String)]) -> Vec<(String, Vec<String>)> {

@@ -5,7 +5,6 @@
 
 use std::path::Path;
 
-use flakes::process::Cmd;
 use podman_pilot::Engine;
 use serde::Serialize;
 
@@ -153,13 +152,8 @@ fn check_remote(report: &mut ImageReport, old: Option<&ImageInfo>, skopeo: Optio
         report.status = Status::Unknown;
         return;
     };
-    // skopeo inspect --format '{{.Digest}}' docker://REF
-    let query = Cmd::new(skopeo)
-        .args(["inspect", "--format", "{{.Digest}}"])
-        .arg(format!("docker://{}", report.image));
-    match query.stdout() {
+    match crate::commands::remote::digest(skopeo, &report.image) {
         Ok(digest) => {
-            let digest = digest.trim().to_string();
             let known = old.is_some_and(|i| i.digests().contains(digest.as_str()));
             report.status = if known {
                 Status::Unchanged

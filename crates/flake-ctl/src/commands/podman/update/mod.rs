@@ -134,7 +134,7 @@ impl Update<'_> {
         // Only a dry run asks the registry; without skopeo it says what it would pull.
         let skopeo = self
             .dry_run
-            .then(|| flakes::process::resolve("skopeo", self.ctx.path_env.as_deref()).ok())
+            .then(|| crate::commands::remote::skopeo(self.ctx))
             .flatten();
         cleanup::by_image(&pairs(flakes))
             .into_iter()
