@@ -744,3 +744,35 @@ fn the_entry_command_of_a_pulled_image_runs_with_target_root() {
     run.success();
     assert_eq!(run.stdout(), "hello there in /etc: a b\n", "{run}");
 }
+
+/// A pull under `umask 000` (or 002) must not leave anything in the image that others (or
+/// the group) may write: the rootfs `mkfs.ext4` creates and the record that chooses what
+/// calls run get fixed modes, like every other file a pull writes.
+#[test]
+fn pulled_files_are_not_writable_by_others_whatever_the_umask() {
+    require_podman!();
+    let Some((_vms, w, fixtures, _sci)) = vm_world() else {
+        return;
+    };
+    let kernel = fixtures.join("kernel/vmlinux").display().to_string();
+    let ctl = util::bin_dir().join("flake-ctl");
+    let mut cmd = w.command("/bin/sh");
+    cmd.args(["-c", "umask 000; exec \"$0\" \"$@\""])
+        .arg(&ctl)
+        .args(["firecracker", "--user", "pull", "--name", "open"])
+        .args(["--oci", util::IMAGE, "--kernel", &kernel]);
+    util::Run::from_command(cmd).success();
+    let dir = image_dir(&w, "open");
+    let mut checked = Vec::new();
+    for path in std::iter::once(dir.clone())
+        .chain(std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()))
+    {
+        let mode = std::fs::symlink_metadata(&path).unwrap().mode() & 0o7777;
+        assert_eq!(mode & 0o7022, 0, "{} has mode {mode:o}", path.display());
+        checked.push(path.file_name().unwrap().to_string_lossy().into_owned());
+    }
+    checked.sort();
+    for file in ["rootfs", "kernel", "oci-image.json"] {
+        assert!(checked.iter().any(|c| c == file), "{file} in {checked:?}");
+    }
+}

@@ -315,9 +315,26 @@ fn make_rootfs(
             source,
         }
     })?;
+    seal(&out)?;
     install::prepare_rootfs(&out, to.name, to.sci)?;
     install::mark_guest_channel(dir, to.name)?;
     verify(&out, to.name, reference)
+}
+
+/// Gives the rootfs `mkfs.ext4` made mode 0644. It created the file with 0666 less the
+/// caller's umask, so under `umask 0` (or 002) anyone (or the group) could have written a
+/// system image's rootfs once it is installed; every other file a pull writes has a fixed
+/// mode already (the `limited` module). The file is still in the private staging
+/// directory, so nobody can have opened it meanwhile.
+fn seal(rootfs: &Path) -> Result<(), PullError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(rootfs)
+        .map_err(super::io("open", rootfs))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o644))
+        .map_err(super::io("set the mode of", rootfs))
 }
 
 /// `e2fsck -fn`: the file system is whole, or the pull fails before anything is replaced.
