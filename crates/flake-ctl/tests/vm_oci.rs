@@ -480,7 +480,7 @@ fn failed_oci_conversions_leave_the_previous_image_intact() {
     let other = format!("localhost/ocipull-{id}-other:1");
     let images = Images(std::cell::RefCell::new(vec![image.clone(), other.clone()]));
     // The registry sits on a small tmpfs: room for one image, not for a large one beside.
-    let Some(_tmpfs) = registry_on_tmpfs(&w, "80m") else {
+    let Some(_tmpfs) = registry_on_tmpfs(&w, "160m") else {
         return;
     };
     let ctx = w.path("small");
@@ -568,17 +568,30 @@ fn failed_oci_conversions_leave_the_previous_image_intact() {
     assert!(run.stderr().contains("pass --force"), "{run}");
     intact("another image without --force");
 
-    // The image grows past the disk: mkfs fails, nothing is replaced.
+    // The image grows past the disk: its data alone would eat into the space a pull
+    // leaves free (5 % here), so mkfs does not even start; nothing is replaced, and the
+    // file system has what it had.
     let big = format!(
-        "FROM {}\nRUN head -c 40000000 /dev/urandom > /big\n",
+        "FROM {}\nRUN head -c 110000000 /dev/urandom > /big\n",
         util::IMAGE
     );
     build(&images, &ctx, &big, &image);
+    let free = || {
+        let out = Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(w.home.join(".config/flakes/firecracker/images"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before_big = free();
     let run = pull(&image, &file_kernel, &[]);
     run.expect_code(1);
     let err = run.stderr();
     assert!(err.contains("keep") && err.contains(&image), "{run}");
+    assert!(err.contains("a pull leaves the last"), "{run}");
     assert!(err.contains("make room"), "{run}");
+    assert_eq!(free(), before_big, "nothing written");
     intact("disk full");
 
     // A local image changed under the same name: rebuilt by its image id, no --force.
