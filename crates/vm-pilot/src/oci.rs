@@ -181,7 +181,7 @@ fn trusted(path: &Path, meta: &std::fs::Metadata, dir: &Path) -> Result<(), Reco
         reason,
         hint,
     };
-    let pull_again = "pull the image again as its owner";
+    let pull_again = "pull the image again with --force as the user it belongs to";
     if meta.uid() != 0 && meta.uid() != me {
         return Err(untrusted(
             format!("it belongs to uid {}", meta.uid()),
@@ -190,7 +190,10 @@ fn trusted(path: &Path, meta: &std::fs::Metadata, dir: &Path) -> Result<(), Reco
     }
     if meta.mode() & 0o022 != 0 {
         let reason = format!("others may write it (mode {:o})", meta.mode() & 0o7777);
-        return Err(untrusted(reason, pull_again));
+        return Err(untrusted(
+            reason,
+            "run chmod go-w on it, or pull the image again with --force",
+        ));
     }
     let dir_meta = std::fs::metadata(dir).map_err(|source| RecordError::Io {
         action: "read",
