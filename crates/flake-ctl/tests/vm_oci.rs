@@ -789,3 +789,54 @@ fn pulled_files_are_not_writable_by_others_whatever_the_umask() {
         assert!(checked.iter().any(|c| c == file), "{file} in {checked:?}");
     }
 }
+
+/// `localhost:PORT/...` names a registry (the usual address of one run for development),
+/// unlike `localhost/...`, podman's name for images that never were in one: a re-pull must
+/// ask the registry, see the tag move and rebuild, and the record must keep the digest.
+#[test]
+fn a_registry_on_localhost_with_a_port_is_followed() {
+    require_podman!();
+    if !registry_ready() {
+        return;
+    }
+    let Some((_vms, w, fixtures, _sci)) = vm_world() else {
+        return;
+    };
+    let id = std::process::id();
+    let local = format!("localhost/ocipull-{id}-lh:1");
+    let remote = format!("localhost:5000/ocipull-{id}/lh:1");
+    let images = Images(std::cell::RefCell::new(vec![local.clone(), remote.clone()]));
+    let ctx = w.path("lh");
+    let version = |v: &str| format!("FROM {}\nRUN echo {v} > /v\n", util::IMAGE);
+    build(&images, &ctx, &version("1"), &local);
+    push(&local, &remote);
+    let kernel = fixtures.join("kernel/vmlinux").display().to_string();
+    let pull = || {
+        w.ctl(&[
+            "firecracker",
+            "--user",
+            "pull",
+            "--name",
+            "lh",
+            "--oci",
+            &remote,
+            "--kernel",
+            &kernel,
+        ])
+    };
+    pull().success();
+    let digest = record(&w, "lh")["rootfs"]["digest"].clone();
+    assert!(
+        digest.as_str().is_some_and(|d| d.starts_with("sha256:")),
+        "a registry's digest is recorded: {digest}"
+    );
+    // The tag moves in the registry; the local copy of the old image keeps its name.
+    build(&images, &ctx, &version("2"), &local);
+    podman(&["push", "-q", "--tls-verify=false", &local, &remote]);
+    podman(&["rmi", "--", &local]);
+    let run = pull();
+    assert!(!run.success().stdout().contains("up to date"), "{run}");
+    let rootfs = image_dir(&w, "lh").join("rootfs");
+    assert_eq!(debugfs(&rootfs, "cat /v"), "2\n");
+    assert_ne!(record(&w, "lh")["rootfs"]["digest"], digest);
+}
