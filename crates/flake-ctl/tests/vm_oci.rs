@@ -568,6 +568,24 @@ fn failed_oci_conversions_leave_the_previous_image_intact() {
     assert!(run.stderr().contains("pass --force"), "{run}");
     intact("another image without --force");
 
+    // A configuration no call can carry (a User that is no name or number) would make
+    // every launch fail: refused before it replaces the working image.
+    build(
+        &images,
+        &ctx,
+        &format!("FROM {}\nUSER app+1\n", util::IMAGE),
+        &image,
+    );
+    let run = pull(&image, &file_kernel, &[]);
+    run.expect_code(1);
+    assert!(
+        run.stderr().contains(&format!(
+            "the configuration of {image} cannot be run in a VM: User 'app+1'"
+        )),
+        "{run}"
+    );
+    intact("unusable configuration");
+
     // The image grows past the disk: its data alone would eat into the space a pull
     // leaves free (5 % here), so mkfs does not even start; nothing is replaced, and the
     // file system has what it had.

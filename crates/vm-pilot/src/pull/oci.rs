@@ -3,7 +3,8 @@
 //!
 //! Images are distributed through registries already; this turns one into a VM image
 //! without a second channel. Steps, each its own function below: resolve the image (and a
-//! kernel image) to an id and digest through podman; stop when the installed image was made
+//! kernel image) to an id and digest through podman, and refuse a configuration every
+//! launch would refuse (`entry::check`); stop when the installed image was made
 //! from the same reference, digest, id and kernel (a re-pull is then a manifest request,
 //! no rebuild); otherwise, in the pull's staging directory, get the kernel, make the rootfs
 //! from the image's tree (the `rootfs` module; only when the file, at its full size, fits
@@ -92,6 +93,14 @@ pub enum OciError {
     /// Podman's description of the image cannot be used.
     #[error("podman describes {image} in a way this release cannot read: {reason}")]
     Inspect {
+        /// The reference.
+        image: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The image's configuration holds what no call into a VM can carry.
+    #[error("the configuration of {image} cannot be run in a VM: {reason}; fix its Entrypoint, Cmd, Env, WorkingDir or User and pull again")]
+    Config {
         /// The reference.
         image: String,
         /// What is wrong.
@@ -213,6 +222,11 @@ pub fn pull(req: Request<'_>, to: Install<'_>) -> Result<Outcome, PullError> {
         });
     }
     let rootfs = image::resolve(req.podman, req.image)?;
+    // What every launch would refuse is refused here, before it replaces a working image.
+    crate::entry::check(&rootfs.config).map_err(|reason| OciError::Config {
+        image: req.image.to_string(),
+        reason,
+    })?;
     let kernel = match req.kernel {
         OciKernel::Image(reference) => Some(image::resolve(req.podman, reference)?),
         OciKernel::Source(_) => None,
