@@ -439,6 +439,51 @@ fn a_call_on_the_entry_command_of_an_image_without_a_sound_record_is_refused() {
     }
 }
 
+/// The record chooses what a call runs, in which environment and as whom: one that
+/// another user may have written (a mode others may write, a directory others may change,
+/// another user's file) is refused before any VM starts, whichever flake uses it.
+#[test]
+fn a_record_others_may_write_is_not_used() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new();
+    let image = fake_image(&w, "leap", false);
+    oci_record(&image, image_config(&["/bin/app"], &["A=1"]));
+    let app = w.bin.join("tool");
+    register(
+        &w,
+        "leap",
+        &app.display().to_string(),
+        &["--target", "/", "--no-net"],
+    )
+    .success();
+    let record = image.join(vm_pilot::oci::RECORD_FILE);
+    let mode = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let refused = |needle: &str| {
+        let run = w.app(&app, &[], None);
+        run.expect_code(125);
+        let err = run.stderr();
+        assert!(
+            err.contains("oci-image.json may have been written by another user")
+                && err.contains(needle)
+                && err.trim_end().lines().count() == 1,
+            "{run}"
+        );
+    };
+    mode(&record, 0o666);
+    refused("others may write it (mode 666)");
+    mode(&record, 0o664);
+    refused("others may write it (mode 664)");
+    mode(&record, 0o644);
+    mode(&image, 0o777);
+    refused("run chmod go-w on the directory");
+    mode(&image, 0o755);
+    if std::os::unix::fs::chown(&record, Some(65534), None).is_ok() {
+        refused("it belongs to uid 65534");
+    }
+}
+
 /// `firecracker show` names the OCI image, digest and image id an instance's VM image was
 /// made from, in every format; other images show none.
 #[test]

@@ -480,7 +480,7 @@ fn failed_oci_conversions_leave_the_previous_image_intact() {
     let other = format!("localhost/ocipull-{id}-other:1");
     let images = Images(std::cell::RefCell::new(vec![image.clone(), other.clone()]));
     // The registry sits on a small tmpfs: room for one image, not for a large one beside.
-    let Some(_tmpfs) = registry_on_tmpfs(&w, "80m") else {
+    let Some(_tmpfs) = registry_on_tmpfs(&w, "160m") else {
         return;
     };
     let ctx = w.path("small");
@@ -568,17 +568,48 @@ fn failed_oci_conversions_leave_the_previous_image_intact() {
     assert!(run.stderr().contains("pass --force"), "{run}");
     intact("another image without --force");
 
-    // The image grows past the disk: mkfs fails, nothing is replaced.
+    // A configuration no call can carry (a User that is no name or number) would make
+    // every launch fail: refused before it replaces the working image.
+    build(
+        &images,
+        &ctx,
+        &format!("FROM {}\nUSER app+1\n", util::IMAGE),
+        &image,
+    );
+    let run = pull(&image, &file_kernel, &[]);
+    run.expect_code(1);
+    assert!(
+        run.stderr().contains(&format!(
+            "the configuration of {image} cannot be run in a VM: User 'app+1'"
+        )),
+        "{run}"
+    );
+    intact("unusable configuration");
+
+    // The image grows past the disk: its data alone would eat into the space a pull
+    // leaves free (5 % here), so mkfs does not even start; nothing is replaced, and the
+    // file system has what it had.
     let big = format!(
-        "FROM {}\nRUN head -c 40000000 /dev/urandom > /big\n",
+        "FROM {}\nRUN head -c 110000000 /dev/urandom > /big\n",
         util::IMAGE
     );
     build(&images, &ctx, &big, &image);
+    let free = || {
+        let out = Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(w.home.join(".config/flakes/firecracker/images"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before_big = free();
     let run = pull(&image, &file_kernel, &[]);
     run.expect_code(1);
     let err = run.stderr();
     assert!(err.contains("keep") && err.contains(&image), "{run}");
+    assert!(err.contains("a pull leaves the last"), "{run}");
     assert!(err.contains("make room"), "{run}");
+    assert_eq!(free(), before_big, "nothing written");
     intact("disk full");
 
     // A local image changed under the same name: rebuilt by its image id, no --force.
@@ -743,4 +774,87 @@ fn the_entry_command_of_a_pulled_image_runs_with_target_root() {
     let run = w.app(&app, &["--", "a b"], None);
     run.success();
     assert_eq!(run.stdout(), "hello there in /etc: a b\n", "{run}");
+}
+
+/// A pull under `umask 000` (or 002) must not leave anything in the image that others (or
+/// the group) may write: the rootfs `mkfs.ext4` creates and the record that chooses what
+/// calls run get fixed modes, like every other file a pull writes.
+#[test]
+fn pulled_files_are_not_writable_by_others_whatever_the_umask() {
+    require_podman!();
+    let Some((_vms, w, fixtures, _sci)) = vm_world() else {
+        return;
+    };
+    let kernel = fixtures.join("kernel/vmlinux").display().to_string();
+    let ctl = util::bin_dir().join("flake-ctl");
+    let mut cmd = w.command("/bin/sh");
+    cmd.args(["-c", "umask 000; exec \"$0\" \"$@\""])
+        .arg(&ctl)
+        .args(["firecracker", "--user", "pull", "--name", "open"])
+        .args(["--oci", util::IMAGE, "--kernel", &kernel]);
+    util::Run::from_command(cmd).success();
+    let dir = image_dir(&w, "open");
+    let mut checked = Vec::new();
+    for path in std::iter::once(dir.clone())
+        .chain(std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()))
+    {
+        let mode = std::fs::symlink_metadata(&path).unwrap().mode() & 0o7777;
+        assert_eq!(mode & 0o7022, 0, "{} has mode {mode:o}", path.display());
+        checked.push(path.file_name().unwrap().to_string_lossy().into_owned());
+    }
+    checked.sort();
+    for file in ["rootfs", "kernel", "oci-image.json"] {
+        assert!(checked.iter().any(|c| c == file), "{file} in {checked:?}");
+    }
+}
+
+/// `localhost:PORT/...` names a registry (the usual address of one run for development),
+/// unlike `localhost/...`, podman's name for images that never were in one: a re-pull must
+/// ask the registry, see the tag move and rebuild, and the record must keep the digest.
+#[test]
+fn a_registry_on_localhost_with_a_port_is_followed() {
+    require_podman!();
+    if !registry_ready() {
+        return;
+    }
+    let Some((_vms, w, fixtures, _sci)) = vm_world() else {
+        return;
+    };
+    let id = std::process::id();
+    let local = format!("localhost/ocipull-{id}-lh:1");
+    let remote = format!("localhost:5000/ocipull-{id}/lh:1");
+    let images = Images(std::cell::RefCell::new(vec![local.clone(), remote.clone()]));
+    let ctx = w.path("lh");
+    let version = |v: &str| format!("FROM {}\nRUN echo {v} > /v\n", util::IMAGE);
+    build(&images, &ctx, &version("1"), &local);
+    push(&local, &remote);
+    let kernel = fixtures.join("kernel/vmlinux").display().to_string();
+    let pull = || {
+        w.ctl(&[
+            "firecracker",
+            "--user",
+            "pull",
+            "--name",
+            "lh",
+            "--oci",
+            &remote,
+            "--kernel",
+            &kernel,
+        ])
+    };
+    pull().success();
+    let digest = record(&w, "lh")["rootfs"]["digest"].clone();
+    assert!(
+        digest.as_str().is_some_and(|d| d.starts_with("sha256:")),
+        "a registry's digest is recorded: {digest}"
+    );
+    // The tag moves in the registry; the local copy of the old image keeps its name.
+    build(&images, &ctx, &version("2"), &local);
+    podman(&["push", "-q", "--tls-verify=false", &local, &remote]);
+    podman(&["rmi", "--", &local]);
+    let run = pull();
+    assert!(!run.success().stdout().contains("up to date"), "{run}");
+    let rootfs = image_dir(&w, "lh").join("rootfs");
+    assert_eq!(debugfs(&rootfs, "cat /v"), "2\n");
+    assert_ne!(record(&w, "lh")["rootfs"]["digest"], digest);
 }

@@ -654,6 +654,28 @@ mod tests {
         assert!(Frame::parse(&[255, 255, 255, 255, 1]).is_err());
     }
 
+    /// An agent that predates users ignored flag bit 4 and read the call up to its cwd: it
+    /// must find the user's bytes left over and refuse the call, never run it as itself.
+    #[test]
+    fn a_call_with_a_user_is_refused_by_an_agent_that_predates_users() {
+        let call = Frame::Call(Call {
+            argv: vec![b"/bin/id".to_vec()],
+            env: vec![b"A=1".to_vec()],
+            cwd: b"/srv".to_vec(),
+            user: b"app:staff".to_vec(),
+            ..Call::default()
+        });
+        let mut body = call.encode().split_off(4);
+        // kind, version u16, then the flags.
+        assert_eq!(body[3] & 16, 16);
+        assert_eq!(Frame::decode(&body).unwrap(), call);
+        body[3] &= !16;
+        assert!(matches!(
+            Frame::decode(&body),
+            Err(ProtoError::Malformed("trailing bytes in frame"))
+        ));
+    }
+
     #[test]
     fn malformed_input_is_an_error_not_a_panic() {
         let bad: &[&[u8]] = &[

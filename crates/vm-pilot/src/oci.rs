@@ -8,8 +8,12 @@
 //! digest with it (same digest: nothing to do), `show` and `list` print it, and a flake
 //! registered with `--target /` runs what it names, as a container flake would.
 //!
-//! The file sits in a directory only its owner can write, but it is read as hostile all
-//! the same: only a regular file, not through a symlink, and at most [`RECORD_MAX`] bytes.
+//! The file chooses what every call of the image's flakes runs (with `--target /`), its
+//! environment and its user, so it is trusted only as far as a flake template is: it and
+//! its directory must belong to root or the caller and be writable by nobody else (the
+//! directory by others only with the sticky bit); a record another user could have
+//! written is refused, not used. It is read as hostile all the same: only a regular file,
+//! not through a symlink, and at most [`RECORD_MAX`] bytes.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -82,6 +86,16 @@ pub enum RecordError {
         /// Underlying error.
         source: std::io::Error,
     },
+    /// Someone other than root and the caller may have written the record.
+    #[error("{} may have been written by another user: {reason}; it chooses what the VM runs, so it is not used: {hint}", path.display())]
+    Untrusted {
+        /// The record's path.
+        path: PathBuf,
+        /// Who may write it.
+        reason: String,
+        /// The fix.
+        hint: &'static str,
+    },
     /// The file is not a record.
     #[error("{} is not a VM image record ({reason}); pull the image again", path.display())]
     Invalid {
@@ -114,6 +128,7 @@ pub fn read(dir: &Path) -> Result<Option<OciRecord>, RecordError> {
     if !meta.is_file() {
         return Err(invalid("not a regular file".into()));
     }
+    trusted(&path, &meta, dir)?;
     let mut bytes = Vec::new();
     file.take(RECORD_MAX + 1)
         .read_to_end(&mut bytes)
@@ -128,6 +143,7 @@ pub fn read(dir: &Path) -> Result<Option<OciRecord>, RecordError> {
 
 /// Writes `record` into `dir` whole: a reader sees the old record or the new one.
 pub fn write(dir: &Path, record: &OciRecord) -> Result<(), RecordError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let path = dir.join(RECORD_FILE);
     let staged = dir.join(format!(".{RECORD_FILE}.new"));
     let io = |action, source| RecordError::Io {
@@ -143,11 +159,59 @@ pub fn write(dir: &Path, record: &OciRecord) -> Result<(), RecordError> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&staged)
+        .map_err(|e| io("write", e))?;
+    // 0644 whatever the umask: who may write the record chooses what calls run.
+    file.set_permissions(std::fs::Permissions::from_mode(0o644))
         .map_err(|e| io("write", e))?;
     file.write_all(&bytes).map_err(|e| io("write", e))?;
     file.sync_all().map_err(|e| io("write", e))?;
     std::fs::rename(&staged, &path).map_err(|e| io("write", e))
+}
+
+/// Refuses a record at `path` (its metadata `meta`, in `dir`) that someone other than
+/// root or the caller owns or may write, or whose directory they may change.
+fn trusted(path: &Path, meta: &std::fs::Metadata, dir: &Path) -> Result<(), RecordError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::geteuid().as_raw();
+    let untrusted = |reason: String, hint| RecordError::Untrusted {
+        path: path.to_path_buf(),
+        reason,
+        hint,
+    };
+    let pull_again = "pull the image again with --force as the user it belongs to";
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(untrusted(
+            format!("it belongs to uid {}", meta.uid()),
+            pull_again,
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        let reason = format!("others may write it (mode {:o})", meta.mode() & 0o7777);
+        return Err(untrusted(
+            reason,
+            "run chmod go-w on it, or pull the image again with --force",
+        ));
+    }
+    let dir_meta = std::fs::metadata(dir).map_err(|source| RecordError::Io {
+        action: "read",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    if dir_meta.uid() != 0 && dir_meta.uid() != me {
+        let reason = format!("its directory belongs to uid {}", dir_meta.uid());
+        return Err(untrusted(reason, pull_again));
+    }
+    if dir_meta.mode() & 0o022 != 0 && dir_meta.mode() & 0o1000 == 0 {
+        let reason = format!(
+            "others may replace it (its directory has mode {:o})",
+            dir_meta.mode() & 0o7777
+        );
+        return Err(untrusted(reason, "run chmod go-w on the directory"));
+    }
+    Ok(())
 }
 
 fn open_nofollow(path: &Path) -> std::io::Result<std::fs::File> {
@@ -186,6 +250,38 @@ mod tests {
         assert!(read(dir.path()).unwrap().is_none());
         write(dir.path(), &record()).unwrap();
         assert_eq!(read(dir.path()).unwrap(), Some(record()));
+    }
+
+    #[test]
+    fn records_others_may_write_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &record()).unwrap();
+        let path = dir.path().join(RECORD_FILE);
+        let mode = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        for file_mode in [0o666, 0o646, 0o664, 0o620] {
+            mode(&path, file_mode);
+            let err = read(dir.path()).unwrap_err().to_string();
+            assert!(err.contains("others may write it"), "{file_mode:o}: {err}");
+        }
+        mode(&path, 0o644);
+        for dir_mode in [0o777, 0o775, 0o757] {
+            mode(dir.path(), dir_mode);
+            let err = read(dir.path()).unwrap_err().to_string();
+            assert!(err.contains("chmod go-w"), "{dir_mode:o}: {err}");
+        }
+        // Sticky: others cannot replace a file they do not own.
+        mode(dir.path(), 0o1777);
+        assert_eq!(read(dir.path()).unwrap(), Some(record()));
+        mode(dir.path(), 0o755);
+        assert_eq!(read(dir.path()).unwrap(), Some(record()));
+        // Another user's record (when the test may give it away).
+        if std::os::unix::fs::chown(&path, Some(65534), None).is_ok() {
+            let err = read(dir.path()).unwrap_err().to_string();
+            assert!(err.contains("belongs to uid 65534"), "{err}");
+        }
     }
 
     #[test]

@@ -152,13 +152,40 @@ fn short_of_space(file: &File) -> Result<(), CopyError> {
     let Ok(fs) = rustix::fs::fstatvfs(file) else {
         return Ok(());
     };
-    let total = fs.f_blocks.saturating_mul(fs.f_frsize);
-    let free = fs.f_bavail.saturating_mul(fs.f_frsize);
-    let reserve = (total / 20).min(RESERVE_MAX);
-    if free < reserve.saturating_add(SPACE_CHECK_EVERY) {
-        return Err(CopyError::NoSpace(reserve));
+    let space = Space::of(&fs);
+    if space.free < space.reserve.saturating_add(SPACE_CHECK_EVERY) {
+        return Err(CopyError::NoSpace(space.reserve));
     }
     Ok(())
+}
+
+/// The free space of a file system and the part of it a pull leaves alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    /// Bytes free for the caller.
+    pub free: u64,
+    /// Bytes a pull leaves free: 5 % of the file system, at most [`RESERVE_MAX`].
+    pub reserve: u64,
+}
+
+impl Space {
+    fn of(fs: &rustix::fs::StatVfs) -> Self {
+        let total = fs.f_blocks.saturating_mul(fs.f_frsize);
+        Space {
+            free: fs.f_bavail.saturating_mul(fs.f_frsize),
+            reserve: (total / 20).min(RESERVE_MAX),
+        }
+    }
+
+    /// Whether `bytes` more fit without touching the reserve.
+    pub fn fits(self, bytes: u64) -> bool {
+        bytes.saturating_add(self.reserve) <= self.free
+    }
+}
+
+/// The space of the file system holding `dir`; `None` when it cannot tell.
+pub fn space(dir: &Path) -> Option<Space> {
+    rustix::fs::statvfs(dir).ok().map(|fs| Space::of(&fs))
 }
 
 /// Creates `dest` (which must not exist) with `mode`, holding `bytes`.
@@ -183,6 +210,18 @@ fn create(dest: &Path, mode: FileMode) -> std::io::Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reserve_is_kept_out_of_what_fits() {
+        let small = Space {
+            free: 100,
+            reserve: 10,
+        };
+        assert!(small.fits(0) && small.fits(90));
+        assert!(!small.fits(91) && !small.fits(u64::MAX));
+        let here = space(Path::new("/")).unwrap();
+        assert!(here.reserve <= RESERVE_MAX);
+    }
 
     #[test]
     fn modes_keep_only_the_execute_bit() {

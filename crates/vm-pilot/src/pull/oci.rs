@@ -3,10 +3,12 @@
 //!
 //! Images are distributed through registries already; this turns one into a VM image
 //! without a second channel. Steps, each its own function below: resolve the image (and a
-//! kernel image) to an id and digest through podman; stop when the installed image was made
+//! kernel image) to an id and digest through podman, and refuse a configuration every
+//! launch would refuse (`entry::check`); stop when the installed image was made
 //! from the same reference, digest, id and kernel (a re-pull is then a manifest request,
 //! no rebuild); otherwise, in the pull's staging directory, get the kernel, make the rootfs
-//! from the image's tree (the `rootfs` module), add what the guest init needs
+//! from the image's tree (the `rootfs` module; only when the file, at its full size, fits
+//! beside the space every pull leaves free), add what the guest init needs
 //! (`install::prepare_rootfs`), check the file system with `e2fsck -fn`, write the
 //! record ([`crate::oci`]) and commit. The old image stays in place until that commit, and
 //! a failure anywhere leaves it as it was and removes the staging directory.
@@ -96,6 +98,14 @@ pub enum OciError {
         /// What is wrong.
         reason: String,
     },
+    /// The image's configuration holds what no call into a VM can carry.
+    #[error("the configuration of {image} cannot be run in a VM: {reason}; fix its Entrypoint, Cmd, Env, WorkingDir or User and pull again")]
+    Config {
+        /// The reference.
+        image: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The image's tree cannot be mounted or measured.
     #[error("cannot read the tree of {image}: {source}")]
     Mount {
@@ -115,6 +125,22 @@ pub enum OciError {
         dir: PathBuf,
         /// What failed.
         source: ProcessError,
+    },
+    /// The registry's file system has no room for the rootfs besides its reserve.
+    #[error("the rootfs of VM image {name} from {image} may take {needed} bytes, but {} has {free} bytes free and a pull leaves the last {reserve} of them alone; make room there and pull again", dir.display())]
+    NoRoom {
+        /// The VM image.
+        name: String,
+        /// The reference.
+        image: String,
+        /// The image registry.
+        dir: PathBuf,
+        /// The size of the rootfs file.
+        needed: u64,
+        /// Bytes free.
+        free: u64,
+        /// Bytes a pull leaves free.
+        reserve: u64,
     },
     /// `e2fsck -fn` found the new rootfs broken.
     #[error("the rootfs made for VM image {name} from {image} fails e2fsck: {source}; the previous image (if any) is unchanged")]
@@ -196,6 +222,11 @@ pub fn pull(req: Request<'_>, to: Install<'_>) -> Result<Outcome, PullError> {
         });
     }
     let rootfs = image::resolve(req.podman, req.image)?;
+    // What every launch would refuse is refused here, before it replaces a working image.
+    crate::entry::check(&rootfs.config).map_err(|reason| OciError::Config {
+        image: req.image.to_string(),
+        reason,
+    })?;
     let kernel = match req.kernel {
         OciKernel::Image(reference) => Some(image::resolve(req.podman, reference)?),
         OciKernel::Source(_) => None,
@@ -305,6 +336,7 @@ fn make_rootfs(
             limit: to.policy.max_size,
         });
     }
+    room(to, reference, usage.fs_bytes(), dir)?;
     let out = dir.join("rootfs");
     let mkfs = tool("mkfs.ext4")?;
     rootfs::build(req.podman, image.id(), usage, &mkfs, &out).map_err(|source| {
@@ -315,9 +347,48 @@ fn make_rootfs(
             source,
         }
     })?;
+    seal(&out)?;
     install::prepare_rootfs(&out, to.name, to.sci)?;
     install::mark_guest_channel(dir, to.name)?;
     verify(&out, to.name, reference)
+}
+
+/// Refuses to start `mkfs.ext4` unless the rootfs file fits into `dir`'s file system with
+/// the reserve every pull leaves free (see `limited`) to spare. Component pulls check the
+/// space while they stream; `mkfs.ext4` cannot be watched like that, so the check is made
+/// before, for the file's whole size (`needed`), which it can never take more of.
+fn room(to: Install<'_>, reference: &str, needed: u64, dir: &Path) -> Result<(), PullError> {
+    let Some(space) = super::limited::space(dir) else {
+        return Ok(());
+    };
+    if space.fits(needed) {
+        return Ok(());
+    }
+    Err(OciError::NoRoom {
+        name: to.name.to_string(),
+        image: reference.to_string(),
+        dir: to.images_dir.to_path_buf(),
+        needed,
+        free: space.free,
+        reserve: space.reserve,
+    }
+    .into())
+}
+
+/// Gives the rootfs `mkfs.ext4` made mode 0644. It created the file with 0666 less the
+/// caller's umask, so under `umask 0` (or 002) anyone (or the group) could have written a
+/// system image's rootfs once it is installed; every other file a pull writes has a fixed
+/// mode already (the `limited` module). The file is still in the private staging
+/// directory, so nobody can have opened it meanwhile.
+fn seal(rootfs: &Path) -> Result<(), PullError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(rootfs)
+        .map_err(super::io("open", rootfs))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o644))
+        .map_err(super::io("set the mode of", rootfs))
 }
 
 /// `e2fsck -fn`: the file system is whole, or the pull fails before anything is replaced.

@@ -4,7 +4,8 @@
 //!
 //! A reference naming a registry (`registry.example.com/app:1`) is always pulled, as
 //! `podman pull` does it: a tag that moved is seen, and an unchanged one costs a manifest
-//! request. Anything else (`localhost/app`, a short name) is used as it is in local storage
+//! request (`localhost:5000/app` too: with a port, `localhost` is a registry). Anything
+//! else (`localhost/app`, a short name) is used as it is in local storage
 //! and pulled only when it is missing; a `localhost/` image has no registry digest and is
 //! known by its id alone. Everything after the lookup names the image by its
 //! id, so the tree, the kernel and the record all come from the same content even if the
@@ -48,22 +49,20 @@ pub fn resolve(podman: &Podman, reference: &str) -> Result<Resolved, PullError> 
     Ok(resolved)
 }
 
-/// Whether `reference` names podman's local-only `localhost` domain.
+/// Whether `reference` names podman's local-only `localhost` domain. `localhost:5000`
+/// is not it: that is a registry (the usual address of one run for development).
 fn is_local(reference: &str) -> bool {
     reference
         .split_once('/')
-        .is_some_and(|(first, _)| first == "localhost" || first.starts_with("localhost:"))
+        .is_some_and(|(first, _)| first == "localhost")
 }
 
-/// Whether the first component of `reference` is a registry host (it has a `.` or a `:`)
-/// other than `localhost`, the name podman gives images that never were in a registry.
+/// Whether the first component of `reference` is a registry host (it has a `.` or a `:`,
+/// as `localhost:5000` has), other than bare `localhost`, the name podman gives images
+/// that never were in a registry.
 pub fn names_registry(reference: &str) -> bool {
     match reference.split_once('/') {
-        Some((first, _)) => {
-            first != "localhost"
-                && !first.starts_with("localhost:")
-                && (first.contains('.') || first.contains(':'))
-        }
+        Some((first, _)) => first != "localhost" && (first.contains('.') || first.contains(':')),
         None => false,
     }
 }
@@ -208,14 +207,15 @@ mod tests {
             ("registry.example.com/team/app", true),
             ("host:5000/app", true),
             ("localhost/app:1", false),
-            ("localhost:5000/app", false),
+            ("localhost:5000/app", true),
+            ("localhost.example.com/app", true),
             ("busybox", false),
             ("library/busybox:1", false),
         ] {
             assert_eq!(names_registry(reference), registry, "{reference}");
             assert_eq!(
                 is_local(reference),
-                reference.starts_with("localhost"),
+                reference.starts_with("localhost/"),
                 "{reference}"
             );
         }

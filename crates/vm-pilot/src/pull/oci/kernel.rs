@@ -7,7 +7,8 @@
 //! lays it out). Links are resolved inside the image's own tree, component by component,
 //! `..` stopping at its root, at most [`MAX_HOPS`] links deep: nothing outside the image
 //! is ever reached, since nothing but the stream is read. The file is written within
-//! [`Policy::max_size`] with mode 0644. The container is named `flake-kernel-<pid>-<n>`
+//! [`Policy::max_size`] with mode 0644; an image of more than [`MAX_MEMBERS`] members is
+//! refused before their names fill the memory. The container is named `flake-kernel-<pid>-<n>`
 //! and labelled [`LABEL`], and removed on every path out; one left by a pull killed with
 //! `kill -9` is removed by the next pull that reads a kernel image.
 
@@ -26,6 +27,9 @@ pub const CANDIDATES: [&str; 4] = ["boot/vmlinux", "boot/vmlinuz", "vmlinux", "v
 pub const LABEL: &str = "io.flake-pilot.kernel-export";
 /// The most links followed to reach the kernel.
 const MAX_HOPS: usize = 40;
+/// The most members of a kernel image's tree kept to resolve links: every one costs
+/// memory, and a kernel image holds a kernel (a whole distribution has some 100,000).
+const MAX_MEMBERS: usize = 1 << 20;
 
 /// One member of the image's tree, as far as finding the kernel needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,7 +167,15 @@ impl<'a> Container<'a> {
             .stdout
             .take()
             .ok_or_else(|| fail("no output".into()))?;
-        let read = read_tree(stdout, tree, wanted, dest, policy, self.reference);
+        let read = read_tree(
+            stdout,
+            tree,
+            wanted,
+            dest,
+            policy,
+            self.reference,
+            MAX_MEMBERS,
+        );
         // Stop podman if the tree was not read to its end.
         let _ = child.kill();
         let status = child.wait().map_err(|e| fail(e.to_string()))?;
@@ -185,8 +197,8 @@ impl Drop for Container<'_> {
     }
 }
 
-/// Reads a tar stream into `tree`, writing the first regular member `wanted` picks to
-/// `dest` within the size limit.
+/// Reads a tar stream of at most `max_members` members into `tree`, writing the first
+/// regular member `wanted` picks to `dest` within the size limit.
 fn read_tree(
     stream: impl Read,
     tree: &mut HashMap<String, Member>,
@@ -194,6 +206,7 @@ fn read_tree(
     dest: &Path,
     policy: &Policy,
     reference: &str,
+    max_members: usize,
 ) -> Result<Option<String>, PullError> {
     let bad = |e: std::io::Error| OciError::Export {
         image: reference.to_string(),
@@ -201,7 +214,17 @@ fn read_tree(
     };
     let mut archive = tar::Archive::new(stream);
     let mut kept = None;
-    for entry in archive.entries().map_err(bad)? {
+    for (count, entry) in archive.entries().map_err(bad)?.enumerate() {
+        if count >= max_members {
+            return Err(OciError::Export {
+                image: reference.to_string(),
+                reason: format!(
+                    "it holds more than {max_members} files, far more than a kernel image; \
+                     put the kernel into an image of its own (FROM scratch)"
+                ),
+            }
+            .into());
+        }
         let mut entry = entry.map_err(bad)?;
         let path = normalize(&String::from_utf8_lossy(&entry.path_bytes()));
         let link = || {
@@ -409,6 +432,7 @@ mod tests {
             &dest,
             &Policy::default(),
             "img",
+            MAX_MEMBERS,
         )
         .unwrap();
         assert_eq!(kept.as_deref(), Some("boot/vmlinuz-6.1"));
@@ -425,8 +449,34 @@ mod tests {
             &dir.path().join("k2"),
             &small,
             "img",
+            MAX_MEMBERS,
         )
         .unwrap_err();
         assert!(err.to_string().contains("size limit"), "{err}");
+        // Three members where two are allowed: refused, whatever they are.
+        let err = read_tree(
+            &bytes[..],
+            &mut HashMap::new(),
+            &|_: &str| false,
+            &dir.path().join("k3"),
+            &Policy::default(),
+            "img",
+            2,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("more than 2 files"), "{err}");
+        let mut t = HashMap::new();
+        let none = |_: &str| false;
+        read_tree(
+            &bytes[..],
+            &mut t,
+            &none,
+            &dest,
+            &Policy::default(),
+            "img",
+            3,
+        )
+        .unwrap();
+        assert_eq!(t.len(), 3);
     }
 }
