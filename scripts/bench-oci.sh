@@ -62,7 +62,9 @@ image() {
     mkdir -p "$ctx"
     printf 'FROM %s\nRUN mkdir /data && for i in 0 1 2 3 4 5 6 7 8 9; do head -c %s /dev/urandom > /data/f$i; done\n' \
         "$BASE" "$per" > "$ctx/Containerfile"
-    podman build -q -t "$local_ref" "$ctx" >/dev/null
+    # No intermediate images: they would keep the layer in local storage, and every
+    # timed pull would find it there instead of fetching it.
+    podman build --layers=false -q -t "$local_ref" "$ctx" >/dev/null
     podman push -q --tls-verify=false "$local_ref" "$2"
     podman rmi -- "$local_ref" >/dev/null
 }

@@ -362,6 +362,16 @@ pub struct VmRegisterArgs {
         conflicts_with = "kernel"
     )]
     pub kernel_oci: Option<String>,
+    /// With --oci: largest rootfs (with headroom) and kernel accepted, as for `pull`: e.g.
+    /// 16GiB, 100G or 1.5TB.
+    #[arg(
+        long,
+        value_name = "SIZE",
+        default_value = "16GiB",
+        value_parser = parse_size,
+        requires = "oci"
+    )]
+    pub max_size: u64,
     /// Absolute host path of the app to create.
     #[arg(long)]
     pub app: PathBuf,

@@ -406,6 +406,27 @@ fn oci_image_becomes_a_vm_image_that_boots_a_kernel_image_and_follows_the_regist
     run.expect_code(1);
     assert!(run.stderr().contains("--target 'bin/sh'"), "{run}");
     assert!(!image_dir(&w, "never-pulled").exists());
+    // --max-size bounds what register --oci pulls, as it does for pull.
+    let args = [
+        "firecracker",
+        "--user",
+        "register",
+        "--oci",
+        &remote,
+        "--vm",
+        "never-pulled",
+        "--kernel-oci",
+        &kernel_remote,
+        "--max-size",
+        "1MiB",
+        "--app",
+        &path,
+    ];
+    let run = w.ctl(&args);
+    run.expect_code(1);
+    assert!(run.stderr().contains("size limit of 1048576"), "{run}");
+    assert!(!image_dir(&w, "never-pulled").exists());
+    assert!(!w.bin.join("ocibad").exists());
     let yaml = std::fs::read_to_string(w.home.join(".config/flakes/ocireg.yaml")).unwrap();
     assert!(yaml.contains("name: app-1"), "{yaml}");
 }

@@ -109,11 +109,12 @@ pub fn oci(
     name: &str,
     image: &str,
     kernel: KernelArgs<'_>,
+    max_size: u64,
     mode: Mode,
     ctx: &Context,
 ) -> Result<()> {
     let what = oci_what(image, kernel, mode, ctx)?;
-    let pulled = oci_pull(name, &what, Policy::DEFAULT_MAX_SIZE, mode, ctx)?;
+    let pulled = oci_pull(name, &what, max_size, mode, ctx)?;
     let state = if pulled.up_to_date {
         "up to date"
     } else {

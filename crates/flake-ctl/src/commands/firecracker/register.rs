@@ -84,7 +84,7 @@ fn vm_image(args: &VmRegisterArgs, mode: Mode, ctx: &Context) -> Result<String> 
         file: args.kernel.as_deref(),
         image: args.kernel_oci.as_deref(),
     };
-    super::pull::oci(&vm, oci, kernel, mode, ctx)?;
+    super::pull::oci(&vm, oci, kernel, args.max_size, mode, ctx)?;
     Ok(vm)
 }
 
