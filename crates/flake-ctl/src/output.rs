@@ -97,6 +97,16 @@ fn csv_field(value: &str) -> String {
     }
 }
 
+/// The exit code of a command that handles many items and goes on after a failure (the
+/// `update` commands): 0 when none failed, else 1 after one line saying how many did.
+pub fn exit_after(command: &str, failures: usize) -> std::process::ExitCode {
+    if failures == 0 {
+        return std::process::ExitCode::SUCCESS;
+    }
+    eprintln!("flake-ctl: {command}: {failures} failure(s); the rest was handled");
+    std::process::ExitCode::FAILURE
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -99,14 +99,10 @@ pub fn run(args: &UpdateArgs, mode: Mode, ctx: &Context) -> Result<ExitCode> {
         failures,
     };
     print(&report, args.format)?;
-    if report.failures.is_empty() {
-        return Ok(ExitCode::SUCCESS);
-    }
-    eprintln!(
-        "flake-ctl: podman update: {} failure(s); the rest was handled",
-        report.failures.len()
-    );
-    Ok(ExitCode::FAILURE)
+    Ok(crate::output::exit_after(
+        "podman update",
+        report.failures.len(),
+    ))
 }
 
 /// One line per failed image, in the report's order.
