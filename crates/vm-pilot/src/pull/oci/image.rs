@@ -72,10 +72,12 @@ fn served_digest(
     if let Some(pinned) = pinned_digest(reference) {
         return Ok(candidates.into_iter().find(|d| d == pinned));
     }
-    if candidates.len() < 2 || !names_registry(reference) {
+    if candidates.len() < 2 {
         return Ok(candidates.into_iter().next());
     }
-    let Some(skopeo) = podman.skopeo() else {
+    // Several, and no registry to ask (a name found in local storage), or nobody to ask
+    // it: no guess.
+    let Some(skopeo) = podman.skopeo().filter(|_| names_registry(reference)) else {
         return Ok(None);
     };
     let served = ask_registry(&skopeo, reference)?;
@@ -373,6 +375,7 @@ mod tests {
         assert_eq!(served(&pinned, &[&a]), None);
         // Several and nobody to ask: no guess.
         assert_eq!(served("reg:5000/app:1", &[&a, &b]), None);
+        assert_eq!(served("library/app:1", &[&a, &b]), None);
     }
 
     /// A stand-in for skopeo that prints `answer` (unit tests only; the integration tests
