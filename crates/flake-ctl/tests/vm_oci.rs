@@ -879,3 +879,179 @@ fn a_registry_on_localhost_with_a_port_is_followed() {
     assert_eq!(debugfs(&rootfs, "cat /v"), "2\n");
     assert_ne!(record(&w, "lh")["rootfs"]["digest"], digest);
 }
+
+/// The digest `skopeo inspect` says the registry serves for `reference`.
+fn registry_digest(reference: &str) -> String {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--format", "{{.Digest}}"])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo inspect {reference}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The digests podman lists for `reference`'s image in `repository`.
+fn local_digests(reference: &str, repository: &str) -> Vec<String> {
+    let text = podman(&["image", "inspect", "--format", "json", "--", reference]);
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut digests: Vec<String> = answer[0]["RepoDigests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d.as_str()?.strip_prefix(&format!("{repository}@")))
+        .map(str::to_string)
+        .collect();
+    digests.sort();
+    digests.dedup();
+    digests
+}
+
+/// The JSON row of `key` == `name` in `rows`.
+fn json_row(rows: &str, key: &str, name: &str) -> serde_json::Value {
+    let rows: serde_json::Value = serde_json::from_str(rows).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r[key] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {name} in {rows}"))
+}
+
+/// An image built and pushed on this host keeps its local names, so podman knows it by the
+/// manifest of the build as well as by the registry's and lists every name with both: the
+/// record, `show` and `list` must hold the digest the registry serves (skopeo's), for the
+/// rootfs image and for the kernel image, and a dry-run update must find nothing new.
+#[test]
+fn an_image_pushed_from_this_host_records_the_registry_digest() {
+    require_podman!();
+    if !registry_ready() {
+        return;
+    }
+    if Command::new("skopeo").arg("--version").output().is_err() {
+        util::skip("skopeo is not installed: the registry's digest cannot be compared");
+        return;
+    }
+    let Some((_vms, w, fixtures, _sci)) = vm_world() else {
+        return;
+    };
+    let id = std::process::id();
+    let repo = format!("{REGISTRY}/ocidigest-{id}");
+    let (remote, kernel_remote) = (format!("{repo}/app:1"), format!("{repo}/kernel:1"));
+    let (local, kernel_local) = (
+        format!("localhost/ocidigest-{id}-app:1"),
+        format!("localhost/ocidigest-{id}-kernel:1"),
+    );
+    let images = Images(std::cell::RefCell::new(vec![
+        remote.clone(),
+        kernel_remote.clone(),
+        local.clone(),
+        kernel_local.clone(),
+    ]));
+    let version = format!("FROM {}\nRUN echo {id} > /v\n", util::IMAGE);
+    build(&images, &w.path("app-context"), &version, &local);
+    kernel_image(&images, &w, &fixtures.join("kernel/vmlinux"), &kernel_local);
+    // Pushed, and the local names kept: the case podman answers with the build's digest.
+    for (from, to) in [(&local, &remote), (&kernel_local, &kernel_remote)] {
+        podman(&["push", "-q", "--tls-verify=false", from, to]);
+    }
+    let vm = format!("ocidigest{id}");
+    w.ctl(&[
+        "firecracker",
+        "--user",
+        "pull",
+        "--name",
+        &vm,
+        "--oci",
+        &remote,
+        "--kernel-oci",
+        &kernel_remote,
+    ])
+    .success();
+    for (reference, part) in [(&remote, "rootfs"), (&kernel_remote, "kernel")] {
+        let repository = reference.rsplit_once(':').unwrap().0;
+        let known = local_digests(reference, repository);
+        assert!(
+            known.len() > 1,
+            "podman knows {reference} by the build's and the registry's digest: {known:?}"
+        );
+        let served = registry_digest(reference);
+        assert_eq!(
+            record(&w, &vm)[part]["digest"],
+            served.as_str(),
+            "{part}: the registry serves {served}; podman knows {known:?}"
+        );
+    }
+    let (served, kernel_served) = (registry_digest(&remote), registry_digest(&kernel_remote));
+
+    let app = format!("ocidigest-app-{id}");
+    register(&w, &vm, &app, &[]);
+    let list = w.ctl(&["list", "--user", "--format", "json"]);
+    let row = json_row(&list.success().stdout(), "name", &app);
+    assert_eq!(row["digest"], served.as_str(), "{list}");
+    assert_eq!(row["kernel_oci_image"], kernel_remote.as_str(), "{list}");
+    assert_eq!(row["kernel_digest"], kernel_served.as_str(), "{list}");
+    // A stale instance of the app is enough for `show` to name its image.
+    let instance = format!("{app}@1");
+    std::fs::create_dir_all(w.path("ids/0/.vm").join(&instance)).unwrap();
+    let show = w.ctl(&["firecracker", "show", "--format", "json"]);
+    let row = json_row(&show.success().stdout(), "name", &instance);
+    assert_eq!(row["oci_image"], remote.as_str(), "{show}");
+    assert_eq!(row["digest"], served.as_str(), "{show}");
+    assert_eq!(row["kernel_oci_image"], kernel_remote.as_str(), "{show}");
+    assert_eq!(row["kernel_digest"], kernel_served.as_str(), "{show}");
+
+    let dry_run = || {
+        let dry = w.ctl(&[
+            "firecracker",
+            "--user",
+            "update",
+            "--vm",
+            &vm,
+            "--dry-run",
+            "--format",
+            "json",
+        ]);
+        let report: serde_json::Value = serde_json::from_str(&dry.success().stdout()).unwrap();
+        let entry = report["images"][0].clone();
+        assert_eq!(entry["status"], "unchanged", "{dry}");
+        assert_eq!(entry["new_digest"], served.as_str(), "{dry}");
+        assert_eq!(entry["new_kernel_digest"], kernel_served.as_str(), "{dry}");
+        entry
+    };
+    let entry = dry_run();
+    assert_eq!(entry["old_digest"], served.as_str());
+    assert_eq!(entry["old_kernel_digest"], kernel_served.as_str());
+
+    // A record of an earlier release, holding the digest of the build's manifest: the dry
+    // run still knows the image, and a pull rewrites the record without a rebuild.
+    let build_digest = local_digests(&remote, remote.rsplit_once(':').unwrap().0)
+        .into_iter()
+        .find(|d| *d != served)
+        .unwrap();
+    let path = image_dir(&w, &vm).join("oci-image.json");
+    let mut old = record(&w, &vm);
+    old["rootfs"]["digest"] = build_digest.clone().into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&old).unwrap()).unwrap();
+    assert_eq!(dry_run()["old_digest"], build_digest.as_str());
+    let rootfs = image_dir(&w, &vm).join("rootfs");
+    let before = identity(&rootfs);
+    let again = w.ctl(&[
+        "firecracker",
+        "--user",
+        "pull",
+        "--name",
+        &vm,
+        "--oci",
+        &remote,
+        "--kernel-oci",
+        &kernel_remote,
+    ]);
+    assert!(again.success().stdout().contains("up to date"), "{again}");
+    assert_eq!(identity(&rootfs), before, "not rebuilt: {again}");
+    assert_eq!(record(&w, &vm)["rootfs"]["digest"], served.as_str());
+}

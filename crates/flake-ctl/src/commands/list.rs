@@ -9,7 +9,8 @@
 //! container flake (`--container NAME@sha256:...`) and the OCI digest a VM image was made
 //! from. JSON adds the current local digest of unpinned container flakes, read with one
 //! `podman image inspect` for all of them (null when podman cannot say, e.g. an image is
-//! not pulled yet).
+//! not pulled yet). For a VM flake whose kernel came from an OCI image, JSON names that
+//! image and its digest too (`kernel_oci_image`, `kernel_digest`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -40,6 +41,10 @@ pub struct FlakeRow {
     digest: Option<String>,
     /// The flake's image reference is pinned to `digest`.
     pinned: bool,
+    /// For a VM flake whose kernel was taken from an OCI image: that image's reference.
+    kernel_oci_image: Option<String>,
+    /// And the manifest digest it resolved to.
+    kernel_digest: Option<String>,
     /// `digest` is what the flake runs whatever happens to tags (pinned, or a VM image).
     #[serde(skip)]
     fixed_digest: bool,
@@ -140,6 +145,8 @@ fn rows(registry: &Registry, vm_images: &Path) -> Result<Vec<FlakeRow>> {
                 error: Some(err.to_string()),
                 digest: None,
                 pinned: false,
+                kernel_oci_image: None,
+                kernel_digest: None,
                 fixed_digest: false,
                 image: None,
             },
@@ -169,6 +176,8 @@ fn flake_row(flake: &Flake, config: String, vm_images: &Path) -> FlakeRow {
         error: None,
         digest: None,
         pinned: false,
+        kernel_oci_image: None,
+        kernel_digest: None,
         fixed_digest: false,
         image: None,
     }
@@ -192,7 +201,10 @@ impl FlakeRow {
                 let record = vm_pilot::image_dir(vm_images, &vm.image)
                     .ok()
                     .and_then(|dir| vm_pilot::oci::read(&dir).ok().flatten());
+                let kernel = record.as_ref().and_then(|r| r.kernel.clone());
                 self.digest = record.and_then(|r| r.rootfs.digest);
+                self.kernel_oci_image = kernel.as_ref().map(|k| k.reference.clone());
+                self.kernel_digest = kernel.and_then(|k| k.digest);
                 self.fixed_digest = true;
             }
         }

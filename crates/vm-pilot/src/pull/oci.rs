@@ -5,8 +5,9 @@
 //! without a second channel. Steps, each its own function below: resolve the image (and a
 //! kernel image) to an id and digest through podman, and refuse a configuration every
 //! launch would refuse (`entry::check`); stop when the installed image was made
-//! from the same reference, digest, id and kernel (a re-pull is then a manifest request,
-//! no rebuild); otherwise, in the pull's staging directory, get the kernel, make the rootfs
+//! from the same reference, image id and kernel (a re-pull is then a manifest request,
+//! no rebuild; a new manifest digest of the same content only updates the record);
+//! otherwise, in the pull's staging directory, get the kernel, make the rootfs
 //! from the image's tree (the `rootfs` module; only when the file, at its full size, fits
 //! beside the space every pull leaves free), add what the guest init needs
 //! (`install::prepare_rootfs`), check the file system with `e2fsck -fn`, write the
@@ -27,18 +28,20 @@ use std::path::{Path, PathBuf};
 use flakes::process::{Cmd, ProcessError};
 
 use super::{fetch, install, staging, Policy, PullError, Source};
-use crate::oci::{OciRecord, RecordError};
+use crate::oci::{OciRecord, Origin, RecordError};
 
 pub use image::names_registry;
 pub use kernel::{CANDIDATES as KERNEL_PATHS, LABEL as KERNEL_CONTAINER_LABEL};
 pub use rootfs::{EXTRA_BYTES, HEADROOM_PERCENT};
 
 /// How podman is run: the base command (program and environment, such as the storage
-/// configuration) and whether the caller is root.
+/// configuration) and whether the caller is root; and skopeo, when installed, to ask a
+/// registry which digest it serves (see `image`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Podman {
     base: Cmd,
     rootless: bool,
+    skopeo: Option<PathBuf>,
 }
 
 impl Podman {
@@ -47,11 +50,25 @@ impl Podman {
         Podman {
             base,
             rootless: !rustix::process::geteuid().is_root(),
+            skopeo: None,
         }
+    }
+
+    /// The same, with skopeo at `skopeo` (`None`: not installed).
+    #[must_use]
+    pub fn with_skopeo(mut self, skopeo: Option<PathBuf>) -> Self {
+        self.skopeo = skopeo;
+        self
     }
 
     fn cmd(&self) -> Cmd {
         self.base.clone()
+    }
+
+    /// skopeo with podman's environment, when it is installed.
+    fn skopeo(&self) -> Option<Cmd> {
+        let skopeo = self.skopeo.as_deref()?;
+        Some(image::skopeo_cmd(&self.base, skopeo))
     }
 
     fn program(&self) -> &Path {
@@ -81,6 +98,22 @@ pub enum OciError {
         image: String,
         /// What podman said.
         source: ProcessError,
+    },
+    /// The registry could not be asked which digest it serves.
+    #[error("cannot ask the registry which digest it serves for {image}: {source}; check that skopeo reaches it as podman does (skopeo inspect docker://{image})")]
+    Registry {
+        /// The reference.
+        image: String,
+        /// What skopeo said.
+        source: ProcessError,
+    },
+    /// The registry serves another image than the one just pulled.
+    #[error("the registry now serves {digest} for {image}, not the image just pulled (the tag moved meanwhile); pull again")]
+    Moved {
+        /// The reference.
+        image: String,
+        /// The digest the registry serves.
+        digest: String,
     },
     /// Another podman call failed.
     #[error("podman failed on {image}: {source}")]
@@ -179,7 +212,8 @@ pub enum OciError {
 pub enum Outcome {
     /// A new image was installed.
     Installed,
-    /// The installed image was made from the same image and kernel: nothing was done.
+    /// The installed image was made from the same image and kernel: nothing was rebuilt
+    /// (the record may now name another manifest digest of the same content).
     UpToDate,
 }
 
@@ -242,9 +276,15 @@ pub fn pull(req: Request<'_>, to: Install<'_>) -> Result<Outcome, PullError> {
         fetch::fetch(source, &kernel_file, to.policy)?;
     }
     // --force rebuilds an unchanged image too: the way to repair one.
-    let keep =
-        !to.force && installed.is_some_and(|old| unchanged(&old, &record, to.target, &kernel_file));
-    if keep {
+    let kept =
+        installed.filter(|old| !to.force && unchanged(old, &record, to.target, &kernel_file));
+    if let Some(old) = kept {
+        if old != record {
+            // Same content under another manifest digest (a tag moved to a recompressed
+            // manifest, or a record of an earlier release holding the digest of a local
+            // manifest): the record follows the registry, the rootfs stays.
+            crate::oci::write(to.target, &record).map_err(OciError::from)?;
+        }
         return Ok(Outcome::UpToDate);
     }
     if let Some(kernel) = &kernel {
@@ -265,17 +305,25 @@ fn installed_record(target: &Path, reference: &str) -> Option<OciRecord> {
 }
 
 /// Whether the image at `target`, recorded as `old`, is what `new` would make: same image
-/// (digest and id), same kernel (origin, or for a file or URL the same bytes as the one
-/// just fetched to `kernel`), and its files in place.
+/// (reference and id), same kernel (reference and id, or for a file or URL the same bytes
+/// as the one just fetched to `kernel`), and its files in place. The manifest digest is
+/// not compared: the image id is the digest of the configuration, which names every
+/// layer's content, so the same id is the same tree whichever manifest carried it.
 fn unchanged(old: &OciRecord, new: &OciRecord, target: &Path, kernel: &Path) -> bool {
     let files = ["rootfs", "kernel"]
         .iter()
         .all(|f| target.join(f).symlink_metadata().is_ok_and(|m| m.is_file()));
-    let same_kernel = match &new.kernel {
-        Some(_) => old.kernel == new.kernel,
-        None => old.kernel.is_none() && same_bytes(&target.join("kernel"), kernel),
+    let same_kernel = match (&old.kernel, &new.kernel) {
+        (Some(old), Some(new)) => same_image(old, new),
+        (None, None) => same_bytes(&target.join("kernel"), kernel),
+        _ => false,
     };
-    files && same_kernel && old.rootfs == new.rootfs && old.config == new.config
+    files && same_kernel && same_image(&old.rootfs, &new.rootfs) && old.config == new.config
+}
+
+/// Whether two origins name the same reference and the same content.
+fn same_image(old: &Origin, new: &Origin) -> bool {
+    old.reference == new.reference && old.image_id == new.image_id
 }
 
 /// Whether two files hold the same bytes (false when either cannot be read).
@@ -416,7 +464,7 @@ fn tool(program: &str) -> Result<PathBuf, PullError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oci::{ImageConfig, Origin};
+    use crate::oci::ImageConfig;
 
     fn record(digest: &str, kernel: Option<&str>) -> OciRecord {
         let origin = |reference: &str, d: &str| Origin {
@@ -456,6 +504,13 @@ mod tests {
         assert!(unchanged(&old, &record("a", Some("c")), target, &same));
         assert!(!unchanged(&old, &record("a", Some("d")), target, &same));
         assert!(!unchanged(&old, &record("a", None), target, &same));
+        // Another manifest digest of the same content (same image id) is no change.
+        let mut moved = record("a", Some("c"));
+        moved.rootfs.digest = Some(format!("sha256:{}", "f".repeat(64)));
+        if let Some(kernel) = moved.kernel.as_mut() {
+            kernel.digest = None;
+        }
+        assert!(unchanged(&old, &moved, target, &same));
         std::fs::remove_file(target.join("rootfs")).unwrap();
         assert!(!unchanged(&old, &record("a", Some("c")), target, &same));
     }

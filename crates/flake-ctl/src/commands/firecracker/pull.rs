@@ -99,7 +99,8 @@ fn oci_what(image: &str, kernel: KernelArgs<'_>, mode: Mode, ctx: &Context) -> R
     Ok(Pull::Oci {
         image: image.to_string(),
         kernel,
-        podman: Podman::new(ctx.podman(mode)?.podman()),
+        podman: Podman::new(ctx.podman(mode)?.podman())
+            .with_skopeo(crate::commands::remote::skopeo(ctx)),
     })
 }
 

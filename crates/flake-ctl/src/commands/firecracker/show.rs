@@ -5,9 +5,11 @@
 //! and `<flake>[@NAME]#<pid>` (one-shot; see `vm_pilot::instance`). One is
 //! `running` while its VMM process lives and names that directory on its command line (a
 //! reused pid is not mistaken for the VM), `stale` otherwise (a VM that crashed or was killed
-//! keeps its console log there for inspection). The TAP column names the network device
-//! an instance uses (`tap-NAME[@ID]`, or its short form where that is longer than the
-//! kernel's 15 characters: the one the admin must make).
+//! keeps its console log there for inspection). For a VM image made from an OCI image the
+//! rows name that image, its digest and id, and in JSON the kernel image and its digest
+//! where the kernel came from one. The TAP column names the network device an instance
+//! uses (`tap-NAME[@ID]`, or its short form where that is longer than the kernel's 15
+//! characters: the one the admin must make).
 //!
 //! Root lists every user's instances, so every directory is held by descriptor and every
 //! file read bounded and without following links (see `vm_pilot::state_file`): a user's
@@ -43,6 +45,11 @@ pub struct VmRow {
     digest: Option<String>,
     /// The OCI image's id.
     image_id: Option<String>,
+    /// For a kernel taken from an OCI image: the reference it was pulled as (JSON only:
+    /// the table and CSV columns stay as they were).
+    kernel_oci_image: Option<String>,
+    /// The manifest digest that reference resolved to.
+    kernel_digest: Option<String>,
 }
 
 impl Row for VmRow {
@@ -117,7 +124,9 @@ fn row(ctx: &Context, uid: u32, label: &str, dir: &Dir) -> VmRow {
     let tap = vm
         .filter(|vm| vm.runtime.network)
         .map(|_| vm_pilot::tap::used_by_in(dir, label));
-    let origin = vm.and_then(oci_origin);
+    let record = vm.and_then(oci_record);
+    let origin = record.as_ref().map(|r| r.rootfs.clone());
+    let kernel = record.and_then(|r| r.kernel);
     VmRow {
         name: label.to_string(),
         user: flakes::host::user_name(uid),
@@ -129,15 +138,16 @@ fn row(ctx: &Context, uid: u32, label: &str, dir: &Dir) -> VmRow {
         oci_image: origin.as_ref().map(|o| o.reference.clone()),
         digest: origin.as_ref().and_then(|o| o.digest.clone()),
         image_id: origin.map(|o| o.image_id),
+        kernel_oci_image: kernel.as_ref().map(|k| k.reference.clone()),
+        kernel_digest: kernel.and_then(|k| k.digest),
     }
 }
 
-/// Where the rootfs of `vm`'s image came from, when it was made from an OCI image; a
-/// record that cannot be read shows as none (`validate` and the launch report it).
-fn oci_origin(vm: &flakes::config::vm::VmFlake) -> Option<vm_pilot::oci::Origin> {
+/// Where `vm`'s image came from, when it was made from an OCI image; a record that
+/// cannot be read shows as none (`validate` and the launch report it).
+fn oci_record(vm: &flakes::config::vm::VmFlake) -> Option<vm_pilot::oci::OciRecord> {
     let dir = vm.runtime.rootfs.parent()?;
-    let record = vm_pilot::oci::read(dir).ok()??;
-    Some(record.rootfs)
+    vm_pilot::oci::read(dir).ok()?
 }
 
 /// `(uid, dir)` of the per-user directories: `<ids>/<uid>` and its alternatives, and

@@ -10,7 +10,18 @@
 //! known by its id alone. Everything after the lookup names the image by its
 //! id, so the tree, the kernel and the record all come from the same content even if the
 //! tag moves meanwhile.
+//!
+//! The digest recorded is the one the registry serves for the reference, the one
+//! `skopeo inspect docker://REF` prints. Podman's own `Digest` is not it for an image built
+//! and pushed on this host: podman keeps the manifest of the build as well as the
+//! registry's, lists every name with both, and names the older one. After the pull the
+//! registry's digest is among the image's digests in the reference's repository; when that
+//! holds one, it is the answer, when several, the registry is asked (skopeo) which one it
+//! serves, and without skopeo none is recorded rather than a guess.
 
+use std::path::Path;
+
+use flakes::process::Cmd;
 use serde::Deserialize;
 
 use super::super::PullError;
@@ -40,13 +51,85 @@ pub fn resolve(podman: &Podman, reference: &str) -> Result<Resolved, PullError> 
     if names_registry(reference) || !exists(podman, reference)? {
         pull(podman, reference)?;
     }
-    let mut resolved = inspect(podman, reference)?;
-    if is_local(reference) {
+    let (mut resolved, candidates) = inspect(podman, reference)?;
+    resolved.origin.digest = if is_local(reference) {
         // What podman calls the digest of an image built here is no registry's: the
         // image id alone says what it is.
-        resolved.origin.digest = None;
-    }
+        None
+    } else {
+        served_digest(podman, reference, candidates)?
+    };
     Ok(resolved)
+}
+
+/// The digest the registry serves for `reference`, among `candidates` (the pulled image's
+/// digests in the reference's repository, see [`candidates`]).
+fn served_digest(
+    podman: &Podman,
+    reference: &str,
+    candidates: Vec<String>,
+) -> Result<Option<String>, PullError> {
+    if let Some(pinned) = pinned_digest(reference) {
+        return Ok(candidates.into_iter().find(|d| d == pinned));
+    }
+    if candidates.len() < 2 {
+        return Ok(candidates.into_iter().next());
+    }
+    // Several, and no registry to ask (a name found in local storage), or nobody to ask
+    // it: no guess.
+    let Some(skopeo) = podman.skopeo().filter(|_| names_registry(reference)) else {
+        return Ok(None);
+    };
+    let served = ask_registry(&skopeo, reference)?;
+    if candidates.contains(&served) {
+        return Ok(Some(served));
+    }
+    Err(OciError::Moved {
+        image: reference.to_string(),
+        digest: served,
+    }
+    .into())
+}
+
+/// `skopeo inspect --format '{{.Digest}}' docker://REF`, with podman's environment.
+fn ask_registry(skopeo: &Cmd, reference: &str) -> Result<String, PullError> {
+    let query = skopeo
+        .clone()
+        .args(["inspect", "--format", "{{.Digest}}"])
+        .arg(format!("docker://{reference}"));
+    let answer = query.stdout().map_err(|source| OciError::Registry {
+        image: reference.to_string(),
+        source,
+    })?;
+    let digest = answer.trim();
+    if !is_digest(digest) {
+        return Err(OciError::Inspect {
+            image: reference.to_string(),
+            reason: format!("skopeo answered '{digest}' for its digest"),
+        }
+        .into());
+    }
+    Ok(digest.to_string())
+}
+
+/// Whether `digest` is `sha256:` and 64 hex digits.
+fn is_digest(digest: &str) -> bool {
+    digest
+        .strip_prefix("sha256:")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The digest `reference` is pinned to (`repo@sha256:...`).
+fn pinned_digest(reference: &str) -> Option<&str> {
+    reference.split_once('@').map(|(_, digest)| digest)
+}
+
+/// skopeo run with the environment of `podman` (registry configuration, credentials).
+pub(super) fn skopeo_cmd(podman: &Cmd, skopeo: &Path) -> Cmd {
+    podman
+        .get_env()
+        .iter()
+        .fold(Cmd::new(skopeo), |cmd, (k, v)| cmd.env(k, v))
 }
 
 /// Whether `reference` names podman's local-only `localhost` domain. `localhost:5000`
@@ -101,8 +184,6 @@ fn pull(podman: &Podman, reference: &str) -> Result<(), PullError> {
 struct Inspect {
     id: String,
     #[serde(default)]
-    digest: Option<String>,
-    #[serde(default)]
     repo_digests: Vec<String>,
     #[serde(default)]
     config: Option<RawConfig>,
@@ -124,7 +205,7 @@ struct RawConfig {
     user: Option<String>,
 }
 
-fn inspect(podman: &Podman, reference: &str) -> Result<Resolved, PullError> {
+fn inspect(podman: &Podman, reference: &str) -> Result<(Resolved, Vec<String>), PullError> {
     let text = podman
         .cmd()
         .args(["image", "inspect", "--format", "json", "--", reference])
@@ -136,8 +217,9 @@ fn inspect(podman: &Podman, reference: &str) -> Result<Resolved, PullError> {
     parse_inspect(reference, &text)
 }
 
-/// Reads the answer of `podman image inspect --format json` for `reference`.
-fn parse_inspect(reference: &str, text: &str) -> Result<Resolved, PullError> {
+/// Reads the answer of `podman image inspect --format json` for `reference`: the image
+/// (without a digest yet) and its digests in the reference's repository.
+fn parse_inspect(reference: &str, text: &str) -> Result<(Resolved, Vec<String>), PullError> {
     let invalid = |reason: String| OciError::Inspect {
         image: reference.to_string(),
         reason,
@@ -151,13 +233,13 @@ fn parse_inspect(reference: &str, text: &str) -> Result<Resolved, PullError> {
     if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(invalid(format!("image id '{id}' is not 64 hex digits")).into());
     }
-    let digest = digest_of(reference, image.digest.as_deref(), &image.repo_digests);
+    let candidates = candidates(reference, &image.repo_digests);
     let raw = image.config.unwrap_or_default();
     let nonempty = |v: Option<String>| v.filter(|s| !s.is_empty());
-    Ok(Resolved {
+    let resolved = Resolved {
         origin: Origin {
             reference: reference.to_string(),
-            digest,
+            digest: None,
             image_id: id,
         },
         config: ImageConfig {
@@ -167,24 +249,26 @@ fn parse_inspect(reference: &str, text: &str) -> Result<Resolved, PullError> {
             working_dir: nonempty(raw.working_dir),
             user: nonempty(raw.user),
         },
-    })
+    };
+    Ok((resolved, candidates))
 }
 
-/// The manifest digest `reference` resolved to: podman's `Digest` when one of the image's
-/// repository digests of the reference's repository carries it, else the first of those;
-/// `None` for an image without one (built here and never pushed or pulled).
-fn digest_of(reference: &str, digest: Option<&str>, repo_digests: &[String]) -> Option<String> {
+/// The digests podman lists for the image in `reference`'s repository, without repeats.
+/// After a pull of `reference` the registry's digest is one of them; podman's `Digest`
+/// is not trusted to be it (see the module documentation).
+fn candidates(reference: &str, repo_digests: &[String]) -> Vec<String> {
     let repository = repository(reference);
-    let mine: Vec<&str> = repo_digests
+    let mut mine: Vec<String> = Vec::new();
+    let found = repo_digests
         .iter()
         .filter_map(|d| d.split_once('@'))
-        .filter(|(repo, _)| *repo == repository)
-        .map(|(_, digest)| digest)
-        .collect();
-    match digest {
-        Some(d) if mine.contains(&d) => Some(d.to_string()),
-        _ => mine.first().map(|d| (*d).to_string()),
+        .filter(|(repo, digest)| *repo == repository && is_digest(digest));
+    for (_, digest) in found {
+        if !mine.iter().any(|d| d == digest) {
+            mine.push(digest.to_string());
+        }
     }
+    mine
 }
 
 /// `reference` without its tag or digest.
@@ -242,28 +326,86 @@ mod tests {
     }
 
     #[test]
-    fn inspect_answers_give_digest_id_and_config() {
+    fn inspect_answers_give_candidates_id_and_config() {
         let (a, b) = (
             format!("sha256:{}", "a".repeat(64)),
             format!("sha256:{}", "b".repeat(64)),
         );
-        let repo = format!(r#"["reg:5000/app@{a}","reg:5000/app@{b}","other/x@{a}"]"#);
+        // Podman lists every name with every digest: the build's and the registry's.
+        let repo = format!(
+            r#"["reg:5000/app@{a}","reg:5000/app@{b}","other/x@{a}","reg:5000/app@{a}","reg:5000/app@junk"]"#
+        );
         let config =
             r#"{"Entrypoint":["/bin/app"],"Cmd":null,"Env":["A=1"],"WorkingDir":"","User":"1234"}"#;
-        let got = parse_inspect("reg:5000/app:1", &answer(&b, &repo, config)).unwrap();
-        assert_eq!(got.origin.digest.as_deref(), Some(b.as_str()));
+        let (got, candidates) =
+            parse_inspect("reg:5000/app:1", &answer(&b, &repo, config)).unwrap();
+        assert_eq!(candidates, [a.clone(), b.clone()]);
+        // Podman's `Digest` decides nothing: it may be the build's.
+        assert_eq!(got.origin.digest, None);
         assert_eq!(got.id(), "c".repeat(64));
         assert_eq!(got.config.entrypoint, ["/bin/app"]);
         assert!(got.config.cmd.is_empty());
         assert_eq!(got.config.working_dir, None);
         assert_eq!(got.config.user.as_deref(), Some("1234"));
-        // Podman's digest is not among this repository's: the repository's first one.
-        let other = format!("sha256:{}", "d".repeat(64));
-        let got = parse_inspect("reg:5000/app:1", &answer(&other, &repo, "null")).unwrap();
-        assert_eq!(got.origin.digest.as_deref(), Some(a.as_str()));
-        // Built here, never pushed: no digest of its own.
-        let got = parse_inspect("localhost/app", &answer(&other, "[]", "{}")).unwrap();
-        assert_eq!(got.origin.digest, None);
+        let (_, candidates) = parse_inspect("other/x", &answer(&b, &repo, "null")).unwrap();
+        assert_eq!(candidates, [a]);
+        let (_, candidates) = parse_inspect("localhost/app", &answer(&b, "[]", "{}")).unwrap();
+        assert!(candidates.is_empty());
+    }
+
+    fn podman_without_skopeo() -> Podman {
+        Podman::new(Cmd::new("/nonexistent/podman"))
+    }
+
+    #[test]
+    fn one_candidate_or_a_pin_needs_no_registry_question() {
+        let (a, b) = (
+            format!("sha256:{}", "a".repeat(64)),
+            format!("sha256:{}", "b".repeat(64)),
+        );
+        let podman = podman_without_skopeo();
+        let served = |reference: &str, candidates: &[&String]| {
+            let candidates = candidates.iter().map(|d| (*d).clone()).collect();
+            served_digest(&podman, reference, candidates).unwrap()
+        };
+        assert_eq!(served("reg:5000/app:1", &[&a]), Some(a.clone()));
+        assert_eq!(served("reg:5000/app:1", &[]), None);
+        let pinned = format!("reg:5000/app@{b}");
+        assert_eq!(served(&pinned, &[&a, &b]), Some(b.clone()));
+        assert_eq!(served(&pinned, &[&a]), None);
+        // Several and nobody to ask: no guess.
+        assert_eq!(served("reg:5000/app:1", &[&a, &b]), None);
+        assert_eq!(served("library/app:1", &[&a, &b]), None);
+    }
+
+    /// A stand-in for skopeo that prints `answer` (unit tests only; the integration tests
+    /// ask the real registry).
+    fn skopeo_printing(dir: &Path, answer: &str) -> Podman {
+        use std::os::unix::fs::PermissionsExt;
+        let script = dir.join("skopeo");
+        std::fs::write(&script, format!("#!/bin/sh\necho '{answer}'\n")).unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        podman_without_skopeo().with_skopeo(Some(script))
+    }
+
+    #[test]
+    fn several_candidates_are_settled_by_the_registry() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            format!("sha256:{}", "a".repeat(64)),
+            format!("sha256:{}", "b".repeat(64)),
+            format!("sha256:{}", "c".repeat(64)),
+        );
+        let two = || vec![a.clone(), b.clone()];
+        let podman = skopeo_printing(dir.path(), &b);
+        let got = served_digest(&podman, "reg:5000/app:1", two()).unwrap();
+        assert_eq!(got, Some(b.clone()));
+        let podman = skopeo_printing(dir.path(), &c);
+        let err = served_digest(&podman, "reg:5000/app:1", two()).unwrap_err();
+        assert!(err.to_string().contains("tag moved"), "{err}");
+        let podman = skopeo_printing(dir.path(), "nonsense");
+        let err = served_digest(&podman, "reg:5000/app:1", two()).unwrap_err();
+        assert!(err.to_string().contains("reg:5000/app:1"), "{err}");
     }
 
     #[test]

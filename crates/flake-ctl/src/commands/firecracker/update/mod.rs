@@ -319,7 +319,8 @@ impl<'a> Update<'a> {
         let what = Pull::Oci {
             image: record.rootfs.reference.clone(),
             kernel,
-            podman: Podman::new(self.ctx.podman(self.mode)?.podman()),
+            podman: Podman::new(self.ctx.podman(self.mode)?.podman())
+                .with_skopeo(crate::commands::remote::skopeo(self.ctx)),
         };
         let pulled = super::pull::oci_pull(vm, &what, self.max_size, self.mode, self.ctx)?;
         let new = vm_pilot::oci::read(dir)?;
@@ -386,9 +387,10 @@ impl<'a> Update<'a> {
 
 impl Update<'_> {
     /// Whether the registry's `digest` is that of the image `origin` records: the recorded
-    /// digest, or another manifest podman knows the recorded image by (an image pushed
-    /// from this host is known by the digest of its local manifest as well, and podman
-    /// may name either).
+    /// digest, or another manifest podman knows the recorded image by. Pulls now record
+    /// the registry's digest, so the second case is for records written by earlier
+    /// releases, which could hold the digest of the local manifest of an image built and
+    /// pushed on this host; a record is right again after its next update.
     fn known(&self, origin: &Origin, digest: &str) -> bool {
         if origin.digest.as_deref() == Some(digest) {
             return true;
