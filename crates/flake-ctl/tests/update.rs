@@ -16,26 +16,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
+use util::registry::{registry_ready, REGISTRY};
 use util::{unique, World, IMAGE};
 
-const REGISTRY: &str = "127.0.0.1:5000";
-
-/// True when the local registry answers; otherwise the test skips visibly.
-fn registry_ready() -> bool {
-    let up = Command::new("curl")
-        .args(["-fsS", "-m", "2", &format!("http://{REGISTRY}/v2/")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !up {
-        util::skip("no local registry on 127.0.0.1:5000 (scripts/setup-host.sh starts one)");
-    }
-    up
-}
-
+/// [`util::registry::podman`], trimmed.
 fn podman(args: &[&str]) -> String {
-    let out = Command::new("podman").args(args).output().unwrap();
-    assert!(out.status.success(), "podman {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    util::registry::podman(args).trim().to_string()
 }
 
 fn image_exists(image: &str) -> bool {

@@ -21,66 +21,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use util::registry::{podman, registry_ready, Images, REGISTRY};
 use util::vm::{running_vm, vm_world};
 use util::World;
-
-/// The local registry of `scripts/setup-host.sh`.
-const REGISTRY: &str = "127.0.0.1:5000";
-
-/// Runs podman with `args`; fails the test when it fails.
-fn podman(args: &[&str]) -> String {
-    let out = Command::new("podman").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "podman {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Removes, when dropped, the local names the test gave, then the images it built that
-/// no name refers to any more (a build can give an image that exists already, such as
-/// the base image itself: that one keeps its names and is left alone). Registry tags stay.
-struct Images(std::cell::RefCell<Vec<String>>);
-
-impl Drop for Images {
-    fn drop(&mut self) {
-        let names = self.0.borrow();
-        let (ids, tags): (Vec<&String>, Vec<&String>) = names
-            .iter()
-            .partition(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()));
-        for tag in tags {
-            // Only this name; `untag` without a name would drop all of the image's.
-            let _ = Command::new("podman").args(["untag", tag, tag]).output();
-        }
-        for id in ids {
-            let tags = Command::new("podman")
-                .args([
-                    "image",
-                    "inspect",
-                    "--format",
-                    "{{len .RepoTags}}",
-                    "--",
-                    id,
-                ])
-                .output();
-            if tags.is_ok_and(|o| o.status.success() && o.stdout == b"0\n") {
-                let _ = Command::new("podman").args(["rmi", "--", id]).output();
-            }
-        }
-    }
-}
-
-/// True when the registry answers; otherwise a visible skip (a failure under `make test`).
-fn registry_ready() -> bool {
-    let up = std::net::TcpStream::connect(REGISTRY).is_ok();
-    if !up {
-        util::skip(&format!(
-            "the local registry {REGISTRY} does not answer (scripts/setup-host.sh)"
-        ));
-    }
-    up
-}
 
 /// Builds `containerfile` in `dir` as `tag` (MKNOD allowed: a RUN step makes a device);
 /// the image is removed with `images`.
@@ -98,7 +41,7 @@ fn build(images: &Images, dir: &Path, containerfile: &str, tag: &str) {
         tag,
         &dir_s,
     ]);
-    images.0.borrow_mut().push(id.trim().to_string());
+    images.add(id.trim());
 }
 
 /// Pushes local `tag` to `remote` and removes both names locally, so a pull must fetch
@@ -270,12 +213,12 @@ fn oci_image_becomes_a_vm_image_that_boots_a_kernel_image_and_follows_the_regist
         format!("localhost/ocipull-{id}-app:1"),
         format!("localhost/ocipull-{id}-kernel:1"),
     );
-    let images = Images(std::cell::RefCell::new(vec![
+    let images = Images::new(vec![
         remote.clone(),
         kernel_remote.clone(),
         local.clone(),
         kernel_local.clone(),
-    ]));
+    ]);
     let (context, containerfile) = app_context(&w, "one");
     build(&images, &context, &containerfile, &local);
     push(&local, &remote);
@@ -499,7 +442,7 @@ fn failed_oci_conversions_leave_the_previous_image_intact() {
     let id = std::process::id();
     let image = format!("localhost/ocipull-{id}-local:1");
     let other = format!("localhost/ocipull-{id}-other:1");
-    let images = Images(std::cell::RefCell::new(vec![image.clone(), other.clone()]));
+    let images = Images::new(vec![image.clone(), other.clone()]);
     // The registry sits on a small tmpfs: room for one image, not for a large one beside.
     let Some(_tmpfs) = registry_on_tmpfs(&w, "160m") else {
         return;
@@ -674,7 +617,7 @@ fn a_user_without_root_pulls_an_oci_image_through_podman_unshare() {
     let id = std::process::id();
     let remote = format!("{REGISTRY}/ocipull-{id}/user:1");
     let local = format!("localhost/ocipull-{id}-user:1");
-    let images = Images(std::cell::RefCell::new(vec![remote.clone(), local.clone()]));
+    let images = Images::new(vec![remote.clone(), local.clone()]);
     let (context, containerfile) = app_context(&w, "user");
     build(&images, &context, &containerfile, &local);
     push(&local, &remote);
@@ -755,7 +698,7 @@ fn the_entry_command_of_a_pulled_image_runs_with_target_root() {
     };
     let id = std::process::id();
     let image = format!("localhost/ocipull-{id}-entry:1");
-    let images = Images(std::cell::RefCell::new(vec![image.clone()]));
+    let images = Images::new(vec![image.clone()]);
     let containerfile = format!(
         "FROM {}\nENV GREETING=\"hello there\"\nWORKDIR /etc\n\
          ENTRYPOINT [\"sh\", \"-c\", \"echo \\\"$GREETING in $(pwd):\\\" \\\"$@\\\"\", \"entry\"]\n\
@@ -844,7 +787,7 @@ fn a_registry_on_localhost_with_a_port_is_followed() {
     let id = std::process::id();
     let local = format!("localhost/ocipull-{id}-lh:1");
     let remote = format!("localhost:5000/ocipull-{id}/lh:1");
-    let images = Images(std::cell::RefCell::new(vec![local.clone(), remote.clone()]));
+    let images = Images::new(vec![local.clone(), remote.clone()]);
     let ctx = w.path("lh");
     let version = |v: &str| format!("FROM {}\nRUN echo {v} > /v\n", util::IMAGE);
     build(&images, &ctx, &version("1"), &local);
@@ -946,12 +889,12 @@ fn an_image_pushed_from_this_host_records_the_registry_digest() {
         format!("localhost/ocidigest-{id}-app:1"),
         format!("localhost/ocidigest-{id}-kernel:1"),
     );
-    let images = Images(std::cell::RefCell::new(vec![
+    let images = Images::new(vec![
         remote.clone(),
         kernel_remote.clone(),
         local.clone(),
         kernel_local.clone(),
-    ]));
+    ]);
     let version = format!("FROM {}\nRUN echo {id} > /v\n", util::IMAGE);
     build(&images, &w.path("app-context"), &version, &local);
     kernel_image(&images, &w, &fixtures.join("kernel/vmlinux"), &kernel_local);

@@ -21,54 +21,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use util::registry::{podman, registry_ready, Images, REGISTRY};
 use util::vm::vm_world;
 use util::World;
 
-/// The local registry of `scripts/setup-host.sh`.
-const REGISTRY: &str = "127.0.0.1:5000";
-
-/// Runs podman with `args`; fails the test when it fails.
-fn podman(args: &[&str]) -> String {
-    let out = Command::new("podman").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "podman {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The local names the test gave and the ids of the images it built; dropped, it removes
-/// those names (only those: `untag` with the name) and then each built image no name
-/// refers to any more. Shared images such as the base keep their names and stay.
-struct Images(Vec<String>);
-
-impl Drop for Images {
-    fn drop(&mut self) {
-        let is_id = |n: &String| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit());
-        let (ids, tags): (Vec<&String>, Vec<&String>) = self.0.iter().partition(|n| is_id(n));
-        for tag in tags {
-            let _ = Command::new("podman").args(["untag", tag, tag]).output();
-        }
-        for id in ids {
-            let inspect = [
-                "image",
-                "inspect",
-                "--format",
-                "{{len .RepoTags}}",
-                "--",
-                id,
-            ];
-            let tags = Command::new("podman").args(inspect).output();
-            if tags.is_ok_and(|o| o.status.success() && o.stdout == b"0\n") {
-                let _ = Command::new("podman").args(["rmi", "--", id]).output();
-            }
-        }
-    }
-}
-
 /// Builds version `version` of the test image as `local` and pushes it to `remote`.
-fn publish(images: &mut Images, w: &World, local: &str, remote: &str, version: &str) {
+fn publish(images: &Images, w: &World, local: &str, remote: &str, version: &str) {
     let dir = w.path(&format!("context-{version}"));
     std::fs::create_dir_all(&dir).unwrap();
     let containerfile = format!("FROM {}\nRUN echo {version} > /version\n", util::IMAGE);
@@ -79,7 +37,7 @@ fn publish(images: &mut Images, w: &World, local: &str, remote: &str, version: &
 /// Publishes a `FROM scratch` image carrying `kernel` at `/boot/vmlinux`, and a note
 /// `version` that makes each version another image.
 fn publish_kernel(
-    images: &mut Images,
+    images: &Images,
     w: &World,
     (local, remote): (&str, &str),
     kernel: &Path,
@@ -96,10 +54,10 @@ fn publish_kernel(
 /// Builds `dir` as `local`, pushes it to `remote` and drops the local name, so that a
 /// pull fetches it from the registry as a host that did not build it would. The remote
 /// name stays where the last pull put it.
-fn build_and_push(images: &mut Images, dir: &Path, local: &str, remote: &str) {
+fn build_and_push(images: &Images, dir: &Path, local: &str, remote: &str) {
     let dir_s = dir.display().to_string();
     let id = podman(&["build", "-q", "--no-cache", "-t", local, &dir_s]);
-    images.0.push(id.trim().to_string());
+    images.add(id.trim());
     podman(&["push", "-q", "--tls-verify=false", local, remote]);
     podman(&["rmi", "--", local]);
 }
@@ -115,16 +73,6 @@ fn storage_lock() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// True when the registry answers; otherwise a visible skip (a failure under `make test`).
-fn registry_ready() -> bool {
-    let up = std::net::TcpStream::connect(REGISTRY).is_ok();
-    if !up {
-        util::skip(&format!(
-            "the local registry {REGISTRY} does not answer (scripts/setup-host.sh)"
-        ));
-    }
-    up
-}
-
 /// True when skopeo is installed; otherwise a visible skip: the dry runs ask the registry.
 fn skopeo_ready() -> bool {
     let installed = Command::new("skopeo").arg("--version").output().is_ok();
@@ -270,8 +218,8 @@ fn update_follows_the_registry_and_never_restores_an_old_state_onto_a_new_rootfs
     let id = std::process::id();
     let local = format!("localhost/fcupdate-{id}-app:1");
     let remote = format!("{REGISTRY}/fcupdate-{id}/app:1");
-    let mut images = Images(vec![local.clone(), remote.clone()]);
-    publish(&mut images, &w, &local, &remote, "one");
+    let images = Images::new(vec![local.clone(), remote.clone()]);
+    publish(&images, &w, &local, &remote, "one");
     let kernel = fixtures.join("kernel/vmlinux");
     let kernel_s = kernel.display().to_string();
     let pull = ["firecracker", "--user", "pull", "--name", "upd"];
@@ -326,7 +274,7 @@ fn update_follows_the_registry_and_never_restores_an_old_state_onto_a_new_rootfs
     let old_id = image_id(&w, "upd");
     assert!(stored(&old_id), "pull --oci keeps the image it pulled");
     let before = identity(&rootfs);
-    publish(&mut images, &w, &local, &remote, "two");
+    publish(&images, &w, &local, &remote, "two");
     let dry = update(&w, &["--all", "--dry-run", "--format", "json"]);
     dry.success();
     let report: serde_json::Value = serde_json::from_str(&dry.stdout()).unwrap();
@@ -443,15 +391,15 @@ fn a_kernel_from_an_image_is_pulled_again_with_it() {
         format!("localhost/fcupdate-{id}-kernel:1"),
         format!("{REGISTRY}/fcupdate-{id}/kernel:1"),
     );
-    let mut images = Images(vec![
+    let images = Images::new(vec![
         local.clone(),
         remote.clone(),
         klocal.clone(),
         kremote.clone(),
     ]);
     let kernel = fixtures.join("kernel/vmlinux");
-    publish(&mut images, &w, &local, &remote, "one");
-    publish_kernel(&mut images, &w, (&klocal, &kremote), &kernel, "one");
+    publish(&images, &w, &local, &remote, "one");
+    publish_kernel(&images, &w, (&klocal, &kremote), &kernel, "one");
     let pull = ["firecracker", "--user", "pull", "--name", "kupd", "--oci"];
     w.ctl(&[&pull[..], &[&remote, "--kernel-oci", &kremote]].concat())
         .success();
@@ -473,7 +421,7 @@ fn a_kernel_from_an_image_is_pulled_again_with_it() {
     .success();
 
     // Only the kernel image moved: the dry run sees it, the update rebuilds with it.
-    publish_kernel(&mut images, &w, (&klocal, &kremote), &kernel, "two");
+    publish_kernel(&images, &w, (&klocal, &kremote), &kernel, "two");
     let dry = update(&w, &["--vm", "kupd", "--dry-run", "--format", "json"]);
     dry.success();
     let report: serde_json::Value = serde_json::from_str(&dry.stdout()).unwrap();

@@ -8,6 +8,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod netns;
+pub mod registry;
 pub mod vm;
 
 use std::ffi::OsStr;
