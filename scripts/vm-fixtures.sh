@@ -15,6 +15,9 @@
 #   `mkfs.ext4 -d` (no root tricks, no loop mount).
 # Needs root for apt only. Prints one line per step it had to do, and a summary.
 set -euo pipefail
+# The launcher refuses a kernel or rootfs that anyone but root and its caller may change:
+# nothing made here is group- or world-writable, whatever the caller's umask.
+umask 022
 DEST=${1:-${FLAKE_VM_FIXTURES:-/var/cache/flake-pilot-vm}}
 mkdir -p "$DEST/bin" "$DEST/kernel" "$DEST/vhost-user"
 step() { printf 'vm-fixtures: %s\n' "$*"; }
@@ -108,4 +111,6 @@ if [ ! -s "$DEST/rootfs.ext4" ]; then
     mv "$DEST/rootfs.ext4.tmp" "$DEST/rootfs.ext4"
     rm -rf "$tree"
 fi
+# Fixtures made by an earlier run under a looser umask.
+chmod -R go-w "$DEST"
 echo "vm-fixtures: ready in $DEST: $("$DEST/bin/firecracker" --version 2>/dev/null | head -1), kernel $(cat "$DEST/kernel/source-version")"

@@ -477,7 +477,10 @@ fn a_record_others_may_write_is_not_used() {
     refused("others may write it (mode 664)");
     mode(&record, 0o644);
     mode(&image, 0o777);
-    refused("run chmod go-w on the directory");
+    // The directory is refused for the VM's kernel before the record is read.
+    let run = w.app(&app, &[], None);
+    run.expect_code(125);
+    assert!(run.stderr().contains("has mode 777"), "{run}");
     mode(&image, 0o755);
     if std::os::unix::fs::chown(&record, Some(65534), None).is_ok() {
         refused("it belongs to uid 65534");
@@ -585,4 +588,148 @@ fn validate_reports_an_entry_command_the_image_does_not_have() {
     let run = w.ctl(&["validate", "--user", "tool"]);
     run.expect_code(1);
     assert!(run.stdout().contains("is not KEY=VALUE"), "{run}");
+}
+
+/// Sets the mode bits of `path`.
+fn chmod(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Runs `app` and expects the launch refused before any VMM starts: exit 125 and one line
+/// naming `file` as changeable by another user, with `needle` (who may, or the fix).
+fn expect_untrusted(w: &World, app: &std::path::Path, file: &std::path::Path, needle: &str) {
+    let run = w.app(app, &[], None);
+    run.expect_code(125);
+    let err = run.stderr();
+    let named = format!("{} may be changed by another user", file.display());
+    assert!(
+        err.contains(&named) && err.contains(needle) && err.trim_end().lines().count() == 1,
+        "{needle}: {run}"
+    );
+}
+
+/// Runs `app` and expects the trust check passed (the launch goes on and fails later
+/// with these fake files, or without a VMM).
+fn expect_trusted(w: &World, app: &std::path::Path) {
+    let run = w.app(app, &[], None);
+    assert!(
+        !run.stderr().contains("may be changed by another user"),
+        "{run}"
+    );
+}
+
+/// The kernel, rootfs, initrd and guest init marker decide what root's VMs run: a file
+/// or directory on their way that another user may write (or owns) refuses the launch
+/// with exit 125 before any VMM starts, naming the file, who may change it and the fix;
+/// `validate` and `doctor` report the same.
+#[test]
+fn vm_files_others_may_change_are_refused() {
+    let w = World::new();
+    let image = fake_image(&w, "leap", true);
+    let app = w.bin.join("tool");
+    register(&w, "leap", &app.display().to_string(), &["--no-net"]).success();
+    let (rootfs, kernel, initrd) = (
+        image.join("rootfs"),
+        image.join("kernel"),
+        image.join("initrd"),
+    );
+    let marker = image.join(vm_pilot::pull::GUEST_CHANNEL_FILE);
+    std::fs::write(&marker, "").unwrap();
+    expect_trusted(&w, &app);
+    chmod(&rootfs, 0o666);
+    expect_untrusted(&w, &app, &rootfs, "others may write it (mode 666)");
+    let fix = format!("chmod go-w {}", rootfs.display());
+    expect_untrusted(&w, &app, &rootfs, &fix);
+    for (what, path) in [("validate", &rootfs), ("doctor", &rootfs)] {
+        let args: &[&str] = match what {
+            "validate" => &["validate", "--user"],
+            _ => &["doctor", "--user", "--format", "json"],
+        };
+        let out = w.ctl(args).stdout();
+        assert!(
+            out.contains(&format!(
+                "{} may be changed by another user",
+                path.display()
+            )) && out.contains("mode 666"),
+            "{what}: {out}"
+        );
+    }
+    chmod(&rootfs, 0o644);
+    chmod(&kernel, 0o664);
+    expect_untrusted(&w, &app, &kernel, "others may write it (mode 664)");
+    chmod(&kernel, 0o644);
+    chmod(&initrd, 0o646);
+    expect_untrusted(&w, &app, &initrd, "mode 646");
+    chmod(&initrd, 0o644);
+    chmod(&marker, 0o664);
+    expect_untrusted(&w, &app, &marker, "mode 664");
+    chmod(&marker, 0o644);
+    chmod(&image, 0o777);
+    let dir = format!("its directory {} has mode 777", image.display());
+    expect_untrusted(&w, &app, &kernel, &dir);
+    chmod(&image, 0o775);
+    expect_untrusted(&w, &app, &kernel, "has mode 775");
+    // A directory further up counts as much as the image's own.
+    let registry = image.parent().unwrap();
+    chmod(registry, 0o757);
+    expect_untrusted(&w, &app, &kernel, "has mode 757");
+    chmod(registry, 0o755);
+    // Sticky (as /tmp): others may add names, not replace root's files.
+    chmod(&image, 0o1777);
+    expect_trusted(&w, &app);
+    chmod(&image, 0o755);
+    std::os::unix::fs::chown(&rootfs, Some(65534), None).unwrap();
+    expect_untrusted(&w, &app, &rootfs, "it belongs to uid 65534");
+    // Another user's own file in a sticky directory is theirs to replace.
+    chmod(&image, 0o1777);
+    expect_untrusted(&w, &app, &rootfs, "it belongs to uid 65534");
+    std::os::unix::fs::chown(&rootfs, Some(0), None).unwrap();
+    chmod(&image, 0o755);
+    expect_trusted(&w, &app);
+}
+
+/// A user's VM flake on files of their own, in their own home, launches past the check;
+/// the same file made writable by others is refused for them too.
+#[test]
+fn a_users_own_vm_files_are_trusted_for_them() {
+    let bin = util::bin_dir();
+    let ctl = bin.join("flake-ctl");
+    let name = format!("vmtrust-{}", std::process::id());
+    let script = format!(
+        r#"set -e
+ctl={ctl}
+img="$HOME/.config/flakes/firecracker/images/{name}"
+app="$HOME/bin/{name}"
+cleanup() {{ $ctl firecracker --user remove --app "$app" >/dev/null 2>&1 || true; rm -rf "$img"; }}
+trap cleanup EXIT
+test -x $ctl || exit 93
+mkdir -p "$img" "$HOME/bin"
+chmod go-w "$HOME" "$HOME/.config" "$HOME/.config/flakes" "$HOME/.config/flakes/firecracker" "$HOME/.config/flakes/firecracker/images" "$HOME/bin"
+echo rootfs > "$img/rootfs"; echo kernel > "$img/kernel"
+chmod 0644 "$img/rootfs" "$img/kernel"
+$ctl firecracker --user register --vm {name} --app "$app" --no-net >/dev/null
+"$app" 2>&1 || true
+echo ----
+chmod 0666 "$img/rootfs"
+"$app" 2>&1 || echo "exit $?"
+"#,
+        ctl = ctl.display()
+    );
+    let Some(out) = util::vm::as_user_via(&[], &script) else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.code() == Some(93) {
+        util::skip("the user flaketest cannot run the built flake-ctl");
+        return;
+    }
+    let (own, loose) = text.split_once("----").unwrap_or_else(|| panic!("{text}"));
+    assert!(!own.contains("may be changed by another user"), "{text}");
+    assert!(
+        loose.contains("rootfs may be changed by another user")
+            && loose.contains("others may write it (mode 666)")
+            && loose.contains("exit 125"),
+        "{text}"
+    );
 }

@@ -14,6 +14,9 @@ pub enum VmError {
     /// The flake's image is missing or broken.
     #[error(transparent)]
     Image(#[from] crate::ImageError),
+    /// A file of the flake's VM may have been changed by another user.
+    #[error(transparent)]
+    Untrusted(#[from] crate::trust::TrustError),
     /// What the flake's image records for its calls is unusable.
     #[error(transparent)]
     Entry(#[from] crate::entry::EntryError),

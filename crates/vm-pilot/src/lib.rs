@@ -3,7 +3,7 @@
 //! Firecracker and QEMU microvm backends behind one [`vmm::Vmm`] trait, instance state
 //! ([`instance`], its small files read with [`state_file`]), overlay disks ([`overlay`]),
 //! what a call runs in the guest ([`entry`], from the record of an OCI image: [`oci`]),
-//! TAP devices ([`tap`]), saved one-shot VM states ([`saved`]) and the lifecycle of one
+//! TAP devices ([`tap`]), who may have changed an image's files ([`trust`]), saved one-shot VM states ([`saved`]) and the lifecycle of one
 //! call ([`launch`]).
 
 #![deny(missing_docs)]
@@ -45,6 +45,7 @@ pub mod state_file;
 pub mod tap;
 pub mod timing;
 pub mod tools;
+pub mod trust;
 pub mod vmm;
 pub mod vsock;
 

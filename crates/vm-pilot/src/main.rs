@@ -69,7 +69,9 @@ fn main() -> ExitCode {
 
 fn run() -> Result<PilotExit, PilotError> {
     let flake = launcher::resolve::<VmFlake, _>(std::env::args_os(), Settings::from_env)?;
-    // Before anything is started: the image's record may refuse the call.
+    // Before anything is read from the image or started: files another user may have
+    // changed refuse the call, and so may the image's record.
+    vm_pilot::trust::check_vm(&flake.engine).map_err(VmError::from)?;
     let command = GuestCommand::for_flake(&flake.engine, flake.name.as_str(), &flake.config)
         .map_err(VmError::from)?;
     let path = tools_path(std::env::var_os("PATH"));

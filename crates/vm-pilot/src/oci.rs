@@ -10,8 +10,9 @@
 //!
 //! The file chooses what every call of the image's flakes runs (with `--target /`), its
 //! environment and its user, so it is trusted only as far as a flake template is: it and
-//! its directory must belong to root or the caller and be writable by nobody else (the
-//! directory by others only with the sticky bit); a record another user could have
+//! every directory on its path must belong to root or the caller and be writable by
+//! nobody else (a directory by others only with the sticky bit; see [`crate::trust`], which
+//! checks a VM's kernel and rootfs the same way); a record another user could have
 //! written is refused, not used. It is read as hostile all the same: only a regular file,
 //! not through a symlink, and at most [`RECORD_MAX`] bytes.
 
@@ -94,7 +95,7 @@ pub enum RecordError {
         /// Who may write it.
         reason: String,
         /// The fix.
-        hint: &'static str,
+        hint: String,
     },
     /// The file is not a record.
     #[error("{} is not a VM image record ({reason}); pull the image again", path.display())]
@@ -128,7 +129,7 @@ pub fn read(dir: &Path) -> Result<Option<OciRecord>, RecordError> {
     if !meta.is_file() {
         return Err(invalid("not a regular file".into()));
     }
-    trusted(&path, &meta, dir)?;
+    trusted(&path, &meta)?;
     let mut bytes = Vec::new();
     file.take(RECORD_MAX + 1)
         .read_to_end(&mut bytes)
@@ -171,47 +172,24 @@ pub fn write(dir: &Path, record: &OciRecord) -> Result<(), RecordError> {
     std::fs::rename(&staged, &path).map_err(|e| io("write", e))
 }
 
-/// Refuses a record at `path` (its metadata `meta`, in `dir`) that someone other than
-/// root or the caller owns or may write, or whose directory they may change.
-fn trusted(path: &Path, meta: &std::fs::Metadata, dir: &Path) -> Result<(), RecordError> {
-    use std::os::unix::fs::MetadataExt;
-    let me = rustix::process::geteuid().as_raw();
-    let untrusted = |reason: String, hint| RecordError::Untrusted {
+/// Refuses a record at `path` (its metadata `meta`, read from the open file) that someone
+/// other than root or the caller owns or may write, or whose path they may change
+/// ([`crate::trust`]).
+fn trusted(path: &Path, meta: &std::fs::Metadata) -> Result<(), RecordError> {
+    let untrusted = |distrust: crate::trust::Distrust| RecordError::Untrusted {
         path: path.to_path_buf(),
-        reason,
-        hint,
+        reason: distrust.reason,
+        hint: distrust.hint,
     };
-    let pull_again = "pull the image again with --force as the user it belongs to";
-    if meta.uid() != 0 && meta.uid() != me {
-        return Err(untrusted(
-            format!("it belongs to uid {}", meta.uid()),
-            pull_again,
-        ));
-    }
-    if meta.mode() & 0o022 != 0 {
-        let reason = format!("others may write it (mode {:o})", meta.mode() & 0o7777);
-        return Err(untrusted(
-            reason,
-            "run chmod go-w on it, or pull the image again with --force",
-        ));
-    }
-    let dir_meta = std::fs::metadata(dir).map_err(|source| RecordError::Io {
-        action: "read",
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    if dir_meta.uid() != 0 && dir_meta.uid() != me {
-        let reason = format!("its directory belongs to uid {}", dir_meta.uid());
-        return Err(untrusted(reason, pull_again));
-    }
-    if dir_meta.mode() & 0o022 != 0 && dir_meta.mode() & 0o1000 == 0 {
-        let reason = format!(
-            "others may replace it (its directory has mode {:o})",
-            dir_meta.mode() & 0o7777
-        );
-        return Err(untrusted(reason, "run chmod go-w on the directory"));
-    }
-    Ok(())
+    crate::trust::file(path, meta).map_err(untrusted)?;
+    crate::trust::check("record", path).map_err(|err| match err {
+        crate::trust::TrustError::Untrusted { distrust, .. } => untrusted(distrust),
+        crate::trust::TrustError::Io { path, source, .. } => RecordError::Io {
+            action: "check",
+            path,
+            source,
+        },
+    })
 }
 
 fn open_nofollow(path: &Path) -> std::io::Result<std::fs::File> {

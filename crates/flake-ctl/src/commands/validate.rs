@@ -5,7 +5,8 @@
 //! The files go through the loader the launchers use ([`flakes::config::check`]), so a file
 //! that validates here loads there. On top of that, what a launch would find missing only
 //! when it is already under way is checked now: the container images (base and layers too)
-//! in the engine's storage, the VM's kernel, rootfs and initrd files, the record of a VM
+//! in the engine's storage, the VM's kernel, rootfs and initrd files (present, and
+//! changeable by nobody but root and the caller: [`vm_pilot::trust`]), the record of a VM
 //! image made from an OCI image (sound, and naming a program for `target_app_path: /`),
 //! and the include files.
 //! Every problem is reported, each with the file to fix and, where known, its line.
@@ -216,6 +217,12 @@ impl Checker {
                                 vm.image, vm.image
                             ),
                         );
+                    }
+                }
+                // What another user may have changed refuses the launch.
+                for (what, path) in vm_pilot::trust::vm_files(vm) {
+                    if let Err(err) = vm_pilot::trust::check(what, &path) {
+                        missing(&path.display().to_string(), err.to_string());
                     }
                 }
                 // What the image's record gives a call (an OCI-made image), as the launch

@@ -186,7 +186,8 @@ fn command(qemu: &Path, kernel: &Path, accel: &str) -> std::process::Command {
     cmd
 }
 
-/// A kernel to boot: a registered VM flake's, else a pulled VM image's.
+/// A kernel to boot: a registered VM flake's, else a pulled VM image's, of those only
+/// root and the caller may change ([`vm_pilot::trust`]).
 fn kernel(ctx: &Context, mode: Mode, needs: &Needs) -> Option<PathBuf> {
     let registered = needs.flakes.iter().filter_map(|f| match &f.engine {
         Engine::Vm(vm) => Some(vm.runtime.kernel.clone()),
@@ -200,7 +201,10 @@ fn kernel(ctx: &Context, mode: Mode, needs: &Needs) -> Option<PathBuf> {
         .filter_map(|e| e.file_name().into_string().ok())
         .filter_map(|name| vm_pilot::find_image(&images, &name).ok())
         .map(|image| image.kernel);
-    registered.chain(pulled).find(|k| k.is_file())
+    // A kernel another user may have changed is not booted as root, not even in a probe.
+    registered
+        .chain(pulled)
+        .find(|k| k.is_file() && vm_pilot::trust::check("kernel", k).is_ok())
 }
 
 #[cfg(test)]
