@@ -221,6 +221,9 @@ impl Launch<'_> {
                 }
                 overlay::create(path, size, self.include, self.tools.mkfs()?)?;
             }
+            // The guest's writable layer lies over its root: held to the rule of its
+            // rootfs (an overlay of an older release may carry a loose umask's mode).
+            crate::trust::check("overlay", path)?;
         }
         if let Some(name) = &plan.tap {
             let created = tap::ensure(name, &plan.dir, self.tools.ip()?, self.uid)?;

@@ -82,6 +82,15 @@ pub fn create(path: &Path, size: ByteSize, include: &Include, mkfs: &Path) -> Re
                 .arg(&partial)
                 .arg(format!("{}k", size.bytes() / 1024))
                 .run()?;
+            // The guest's writable layer: only the caller reads or changes it, whatever
+            // the umask (mkfs creates the file with the umask's mode).
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o600)).map_err(
+                |source| OverlayError::Place {
+                    overlay: path.to_path_buf(),
+                    source,
+                },
+            )?;
             std::fs::rename(&partial, path).map_err(|source| {
                 OverlayError::Place {
                     overlay: path.to_path_buf(),
@@ -200,6 +209,21 @@ mod tests {
             Path::new("conf")
         );
         assert!(staging.join("rootfs_work").is_dir());
+    }
+
+    #[test]
+    fn the_overlay_is_the_callers_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("overlay.ext4");
+        let include = Include {
+            tar: Vec::new(),
+            path: Vec::new(),
+        };
+        let size = ByteSize::parse("8MiB").unwrap();
+        create(&disk, size, &include, Path::new("/sbin/mkfs.ext4")).unwrap();
+        let mode = std::fs::metadata(&disk).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "overlay mode {mode:o}");
     }
 
     #[test]
