@@ -641,6 +641,12 @@ fn vm_files_others_may_change_are_refused() {
     expect_untrusted(&w, &app, &rootfs, "others may write it (mode 666)");
     let fix = format!("chmod go-w {}", rootfs.display());
     expect_untrusted(&w, &app, &rootfs, &fix);
+    // A registration on such files is refused before anything is written.
+    let second = w.bin.join("tool2");
+    let run = register(&w, "leap", &second.display().to_string(), &["--no-net"]);
+    run.expect_code(1);
+    assert!(run.stderr().contains("mode 666"), "{run}");
+    assert!(!second.exists() && !w.home.join(".config/flakes/tool2.yaml").exists());
     for (what, path) in [("validate", &rootfs), ("doctor", &rootfs)] {
         let args: &[&str] = match what {
             "validate" => &["validate", "--user"],

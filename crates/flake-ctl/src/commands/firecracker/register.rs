@@ -33,16 +33,21 @@ pub fn run(args: &VmRegisterArgs, mode: Mode, ctx: &Context) -> Result<ExitCode>
     let config = registry.config_path(&name);
     let template = template::load(template::Kind::Vm, ctx.settings.caller.uid)?;
     let raw = flake_document(args, &vm, &image, ctx, None)?;
-    flakes::config::validate_raw(name.clone(), &config, raw.clone())?;
-    let raw = match &template {
+    // The flags alone first, so that their mistakes are not blamed on a template.
+    let plain = flakes::config::validate_raw(name.clone(), &config, raw.clone())?;
+    let (raw, flake) = match &template {
         Some(template) => {
             let raw = flake_document(args, &vm, &image, ctx, Some(template))?;
-            flakes::config::validate_raw(name.clone(), &config, raw.clone())
+            let flake = flakes::config::validate_raw(name.clone(), &config, raw.clone())
                 .map_err(|e| template.invalid(e))?;
-            raw
+            (raw, flake)
         }
-        None => raw,
+        None => (raw, plain),
     };
+    // Files the launcher would refuse to boot: said now, before anything is written.
+    if let flakes::config::Engine::Vm(vm_flake) = &flake.engine {
+        vm_pilot::trust::check_vm(vm_flake)?;
+    }
     let registration = Registration {
         registry: &registry,
         app: args.app.clone(),
