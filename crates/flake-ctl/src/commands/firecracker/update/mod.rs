@@ -499,7 +499,16 @@ fn image_line(image: &ImageReport, dry_run: bool) -> String {
             digest(&image.old_digest),
             digest(&image.new_digest)
         ),
-        Status::Unchanged => format!("up to date: {reference} {}", digest(&image.old_digest)),
+        // The digest the record holds now (a pull may have corrected an old record's).
+        Status::Unchanged => format!(
+            "up to date: {reference} {}",
+            digest(
+                image
+                    .new_digest
+                    .as_ref()
+                    .map_or(&image.old_digest, |_| &image.new_digest)
+            )
+        ),
         Status::Skipped => {
             "not from a registry; pull it again with firecracker pull --force".to_string()
         }
@@ -556,7 +565,7 @@ mod tests {
             (false, Status::Changed, Some("r:5000/k:1"), "app-1: changed: r:5000/app:1 sha256:old -> sha256:new (kernel from r:5000/k:1 sha256:k1 -> sha256:k2)\n"),
             (true, Status::Changed, None, "app-1: would change: r:5000/app:1 (recorded digest sha256:old -> registry sha256:new; kernel file kept)\n"),
             (true, Status::Unknown, None, "app-1: would be pulled: r:5000/app:1; recorded digest sha256:old (install skopeo to see the registry's)\n"),
-            (false, Status::Unchanged, None, "app-1: up to date: r:5000/app:1 sha256:old\nall up to date\n"),
+            (false, Status::Unchanged, None, "app-1: up to date: r:5000/app:1 sha256:new\nall up to date\n"),
             (false, Status::Skipped, None, "app-1: not from a registry; pull it again with firecracker pull --force\nall up to date\n"),
             (false, Status::Failed, None, "app-1: failed: pull refused\n"),
         ];
