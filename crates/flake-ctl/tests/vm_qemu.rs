@@ -269,6 +269,31 @@ fn idle_resume_vm_powers_off_and_restarts_with_its_overlay() {
         );
         std::thread::sleep(std::time::Duration::from_millis(250));
     }
+    // The overlay is the caller's alone; one others could change is refused before the
+    // VM starts again (it lies over the guest's root).
+    use std::os::unix::fs::PermissionsExt;
+    let storage = w.home.join(".config/flakes/firecracker/storage");
+    let overlay = std::fs::read_dir(&storage)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "ext4"))
+        .unwrap();
+    let mode = |m| std::fs::set_permissions(&overlay, std::fs::Permissions::from_mode(m));
+    let meta = std::fs::metadata(&overlay).unwrap();
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o600,
+        "{}",
+        overlay.display()
+    );
+    mode(0o666).unwrap();
+    let refused = w.app(&app, &["-c", "cat /root/file"], None);
+    refused.expect_code(125);
+    assert!(
+        refused.stderr().contains("overlay") && refused.stderr().contains("mode 666"),
+        "{refused}"
+    );
+    mode(0o600).unwrap();
     let again = w.app(&app, &["-c", "cat /root/file"], None);
     again.success();
     assert_eq!(
