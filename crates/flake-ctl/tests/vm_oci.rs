@@ -148,35 +148,6 @@ fn record(w: &World, name: &str) -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
-/// Registers `app` on VM image `vm` under QEMU with `/bin/sh` (and `extra` words), in the
-/// small memory the tests use.
-fn register(w: &World, vm: &str, app: &str, extra: &[&str]) -> PathBuf {
-    let path = w.bin.join(app);
-    let path_s = path.display().to_string();
-    let args = [
-        "firecracker",
-        "--user",
-        "register",
-        "--vm",
-        vm,
-        "--app",
-        &path_s,
-        "--target",
-        "/bin/sh",
-        "--vmm",
-        "qemu",
-        "--no-net",
-    ];
-    w.ctl(&[&args[..], extra].concat()).success();
-    let fragment = w.home.join(format!(".config/flakes/{app}.d/small.yaml"));
-    std::fs::write(
-        fragment,
-        "vm:\n  runtime:\n    firecracker:\n      mem_size_mib: 256\n      vcpu_count: 1\n",
-    )
-    .unwrap();
-    path
-}
-
 /// What the guest shows of the test image's files.
 const GUEST_CHECK: &str = "ls -ln /opt | while read -r mode links uid gid rest; do \
      echo \"$mode $links $uid $gid ${rest##* }\"; done; readlink /opt/link; cat /opt/version";
@@ -254,11 +225,11 @@ fn oci_image_becomes_a_vm_image_that_boots_a_kernel_image_and_follows_the_regist
 
     // The kernel from the image boots the image's tree; one-shot and resume calls see
     // the files as the image has them.
-    let app = register(&w, "ociapp", "ocish", &[]);
+    let app = util::vm::register_small(&w, "ociapp", "ocish", &[]);
     let run = w.app(&app, &["-c", GUEST_CHECK], None);
     run.success();
     check_guest_view(&run.stdout(), "one");
-    let resume = register(&w, "ociapp", "ocires", &["--resume"]);
+    let resume = util::vm::register_small(&w, "ociapp", "ocires", &["--resume"]);
     for _ in 0..2 {
         let run = w.app(&resume, &["-c", GUEST_CHECK], None);
         run.success();
@@ -932,7 +903,7 @@ fn an_image_pushed_from_this_host_records_the_registry_digest() {
     let (served, kernel_served) = (registry_digest(&remote), registry_digest(&kernel_remote));
 
     let app = format!("ocidigest-app-{id}");
-    register(&w, &vm, &app, &[]);
+    util::vm::register_small(&w, &vm, &app, &[]);
     let list = w.ctl(&["list", "--user", "--format", "json"]);
     let row = json_row(&list.success().stdout(), "name", &app);
     assert_eq!(row["digest"], served.as_str(), "{list}");

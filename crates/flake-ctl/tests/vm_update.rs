@@ -145,35 +145,6 @@ fn digest(w: &World, name: &str) -> String {
     recorded(w, name, "rootfs")
 }
 
-/// Registers `app` on VM image `vm` under QEMU with `/bin/sh` (and `extra` words), in
-/// small memory.
-fn register(w: &World, vm: &str, app: &str, extra: &[&str]) -> PathBuf {
-    let path = w.bin.join(app);
-    let path_s = path.display().to_string();
-    let args = [
-        "firecracker",
-        "--user",
-        "register",
-        "--vm",
-        vm,
-        "--app",
-        &path_s,
-        "--target",
-        "/bin/sh",
-        "--vmm",
-        "qemu",
-        "--no-net",
-    ];
-    w.ctl(&[&args[..], extra].concat()).success();
-    let fragment = w.home.join(format!(".config/flakes/{app}.d/small.yaml"));
-    std::fs::write(
-        fragment,
-        "vm:\n  runtime:\n    firecracker:\n      mem_size_mib: 256\n      vcpu_count: 1\n",
-    )
-    .unwrap();
-    path
-}
-
 /// The saved VM states of flake `name`.
 fn states_of(w: &World, name: &str) -> Vec<String> {
     let dir = w.home.join(".config/flakes/firecracker/states");
@@ -235,9 +206,9 @@ fn update_follows_the_registry_and_never_restores_an_old_state_onto_a_new_rootfs
         .concat(),
     )
     .success();
-    let app = register(&w, "upd", "updsh", &[]);
-    let resume = register(&w, "upd", "updres", &["--resume"]);
-    let plain_app = register(&w, "plain", "plainsh", &[]);
+    let app = util::vm::register_small(&w, "upd", "updsh", &[]);
+    let resume = util::vm::register_small(&w, "upd", "updres", &["--resume"]);
+    let plain_app = util::vm::register_small(&w, "plain", "plainsh", &[]);
     let rootfs = image_dir(&w, "upd").join("rootfs");
 
     // The first call boots and (on the console channel) saves its VM.

@@ -390,3 +390,32 @@ impl Drop for UserFlake {
         let _ = as_user_via(&[], &self.0);
     }
 }
+
+/// Registers `app` (in the world's bin dir) on VM image `vm` under QEMU with `/bin/sh`
+/// (and `extra` words), in the small memory the tests use.
+pub fn register_small(w: &World, vm: &str, app: &str, extra: &[&str]) -> PathBuf {
+    let path = w.bin.join(app);
+    let path_s = path.display().to_string();
+    let args = [
+        "firecracker",
+        "--user",
+        "register",
+        "--vm",
+        vm,
+        "--app",
+        &path_s,
+        "--target",
+        "/bin/sh",
+        "--vmm",
+        "qemu",
+        "--no-net",
+    ];
+    w.ctl(&[&args[..], extra].concat()).success();
+    let fragment = w.home.join(format!(".config/flakes/{app}.d/small.yaml"));
+    std::fs::write(
+        fragment,
+        "vm:\n  runtime:\n    firecracker:\n      mem_size_mib: 256\n      vcpu_count: 1\n",
+    )
+    .unwrap();
+    path
+}
